@@ -1,0 +1,127 @@
+"""Shared pieces of every ReHyAt path: input validation, chunk geometry, and the guarded combine.
+
+Every path (reference, recurrent, fused kernels) goes through :func:`combine` so that the output
+convention of SPEC §3 — softmax part stabilised by the row max, linear part *not* rescaled, one shared
+normaliser, guarded denominator — is written exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: The denominator guard: ``den = max(nS + nL, DENOMINATOR_EPS * nS)``. ``nS >= 1`` (the row-max key
+#: contributes ``exp(0) = 1``), so a guarded row divides by at least ``DENOMINATOR_EPS`` and its
+#: softmax part keeps its sign. Rows where ``nS + nL < DENOMINATOR_EPS * nS`` are counted as guarded.
+DENOMINATOR_EPS = 1e-3
+
+
+@dataclass
+class AttentionStats:
+    """Counts of query rows (one row = one query token of one head) seen and guarded.
+
+    Pass an instance as ``stats=`` to any ReHyAt op; it accumulates across calls, so a caller can
+    measure the fraction of rows where the denominator guard fired over a whole run.
+    """
+
+    total_rows: int = 0
+    guarded_rows: int = 0
+
+    @property
+    def guarded_fraction(self) -> float:
+        return self.guarded_rows / self.total_rows if self.total_rows else 0.0
+
+    def reset(self) -> None:
+        self.total_rows = 0
+        self.guarded_rows = 0
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """States and normalisers are fp32 for half inputs (SPEC §3), fp64 stays fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def resolve_scale(scale: float | None, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    return float(scale)
+
+
+def combine(
+    a_softmax: Tensor,
+    n_softmax: Tensor,
+    a_linear: Tensor | None,
+    n_linear: Tensor | None,
+    stats: AttentionStats | None = None,
+    valid_rows: Tensor | None = None,
+) -> Tensor:
+    """``y = (aS + aL) / max(nS + nL, eps * nS)`` with ``n*`` shaped like ``a*`` minus the last dim.
+
+    ``valid_rows`` (broadcastable to ``n_softmax``) excludes padding rows from ``stats``.
+    """
+    numerator = a_softmax if a_linear is None else a_softmax + a_linear
+    denominator = n_softmax if n_linear is None else n_softmax + n_linear
+    floor = DENOMINATOR_EPS * n_softmax
+    if stats is not None:
+        with torch.no_grad():
+            guarded = denominator < floor
+            if valid_rows is None:
+                stats.total_rows += guarded.numel()
+            else:
+                guarded = guarded & valid_rows
+                stats.total_rows += int(valid_rows.expand_as(guarded).sum())
+            stats.guarded_rows += int(guarded.sum())
+    denominator = torch.maximum(denominator, floor)
+    return numerator / denominator.unsqueeze(-1)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def validate_geometry(frame_tokens: object, chunk_frames: object | None, overlap_frames: object) -> None:
+    _check_int("frame_tokens", frame_tokens, 1)
+    if chunk_frames is not None:
+        _check_int("chunk_frames", chunk_frames, 1)
+    _check_int("overlap_frames", overlap_frames, 0)
+
+
+def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, frame_tokens: int) -> int:
+    """Check the five inputs of a ReHyAt op; return the number of frames T. Raises ``ValueError``."""
+    named = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk}
+    for name, tensor in named.items():
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"{name} must have 4 dims [B, N, H, D], got shape {tuple(tensor.shape)}")
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+        if tensor.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {tensor.dtype} but q has dtype {q.dtype}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}")
+    for name in ("k", "v"):
+        if named[name].shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(named[name].shape)} but q has shape {tuple(q.shape)}")
+    for name in ("fq", "fk"):
+        if named[name].shape[:3] != q.shape[:3]:
+            raise ValueError(
+                f"{name} has shape {tuple(named[name].shape)}: its [B, N, H] must match q's {tuple(q.shape[:3])}"
+            )
+    if fq.shape[-1] != fk.shape[-1]:
+        raise ValueError(f"fq and fk feature dims differ: fq has {fq.shape[-1]}, fk has {fk.shape[-1]}")
+    n_tokens = q.shape[1]
+    if n_tokens == 0 or n_tokens % frame_tokens != 0:
+        raise ValueError(
+            f"N = {n_tokens} (q.shape[1]) must be a positive multiple of frame_tokens = {frame_tokens}"
+        )
+    return n_tokens // frame_tokens

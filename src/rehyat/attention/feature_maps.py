@@ -1,0 +1,139 @@
+"""Learned feature maps φ for the linear part (SPEC §5): per-head polynomial MLPs.
+
+Per head, ``x ∈ R^D`` goes through ``num_layers`` linear layers (D → P·D → … → P·D, activation between)
+whose output splits into P parts ψ_1..ψ_P of size D; ``φ(x) = [ψ_1(x)^1, ψ_2(x)^2, …, ψ_P(x)^P]`` with
+D' = P·D. Heads have separate weights, applied as one batched matmul over heads (no loop over heads).
+
+Choices the paper leaves open (documented here, compared by distillation error in the training tools):
+- activation: ReLU by default; GELU and SiLU available. All three satisfy act(x) − act(−x) = x, which
+  the ``"taylor"`` initialisation uses to pass x through the hidden layers exactly.
+- bias: on, initialised to zero; ``num_weights`` counts weights without biases (1,179,648 per map at
+  12 heads × 128, P = 2, two layers), ``num_biases`` counts biases separately.
+- init ``"taylor"`` (default): ψ_p(x) = a_p · x with a_p = (scale^p / p!)^(1/2p), so that
+  φ(q)·φ(k) = Σ_p Σ_m (scale · q_m k_m)^p / p! — a per-coordinate Taylor expansion of exp(q·k·scale)
+  without its constant term, whose degree-1 part is exactly the softmax logit. Hidden layers carry
+  x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.
+  ``"random"``: PyTorch's default (Kaiming-uniform) initialisation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
+
+
+class PolynomialFeatureMap(nn.Module):
+    """φ: [B, N, H, D] -> [B, N, H, degree·D], separate weights per head."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        degree: int = 2,
+        num_layers: int = 2,
+        *,
+        activation: Literal["relu", "gelu", "silu"] = "relu",
+        bias: bool = True,
+        init: Literal["taylor", "random"] = "taylor",
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_heads", num_heads),
+            ("head_dim", head_dim),
+            ("degree", degree),
+            ("num_layers", num_layers),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if init not in ("taylor", "random"):
+            raise ValueError(f"init must be 'taylor' or 'random', got {init!r}")
+        if init == "taylor" and num_layers > 1 and degree < 2:
+            raise ValueError(
+                "init='taylor' with num_layers > 1 needs degree >= 2 (the identity path needs 2·D hidden width)"
+            )
+        self.num_heads, self.head_dim, self.degree, self.num_layers = num_heads, head_dim, degree, num_layers
+        self.activation = activation
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        width = degree * head_dim
+        dims = [head_dim] + [width] * num_layers
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_heads, d_in, d_out)) for d_in, d_out in itertools.pairwise(dims)
+        )
+        self.biases = (
+            nn.ParameterList(nn.Parameter(torch.zeros(num_heads, d_out)) for d_out in dims[1:])
+            if bias
+            else None
+        )
+        self.init = init
+        self.reset_parameters()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.degree * self.head_dim
+
+    @property
+    def num_weights(self) -> int:
+        return sum(w.numel() for w in self.weights)
+
+    @property
+    def num_biases(self) -> int:
+        return 0 if self.biases is None else sum(b.numel() for b in self.biases)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.biases is not None:
+            for b in self.biases:
+                b.zero_()
+        if self.init == "random":
+            for w in self.weights:
+                bound = 1.0 / math.sqrt(w.shape[1])
+                w.uniform_(-bound, bound)
+            return
+        d, p_max = self.head_dim, self.degree
+        eye = torch.eye(d)
+        gains = [(self.scale**p / math.factorial(p)) ** (1.0 / (2 * p)) for p in range(1, p_max + 1)]
+        last = len(self.weights) - 1
+        for index, w in enumerate(self.weights):
+            w.zero_()
+            if index == last:
+                # Input of the last layer is x (one layer) or [relu(x), relu(-x)]; output ψ_p = a_p·x.
+                for p, gain in enumerate(gains):
+                    w[:, :d, p * d : (p + 1) * d] = gain * eye
+                    if last > 0:
+                        w[:, d : 2 * d, p * d : (p + 1) * d] = -gain * eye
+            elif index == 0:
+                w[:, :, :d] = eye
+                w[:, :, d : 2 * d] = -eye
+            else:
+                w[:, : 2 * d, : 2 * d] = torch.eye(2 * d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[2] != self.num_heads or x.shape[3] != self.head_dim:
+            raise ValueError(
+                f"expected input [B, N, {self.num_heads}, {self.head_dim}], got {tuple(x.shape)}"
+            )
+        act = _ACTIVATIONS[self.activation]
+        h = x
+        for index, w in enumerate(self.weights):
+            if index:
+                h = act(h)
+            h = torch.einsum("bnhi,hio->bnho", h, w.to(h.dtype))
+            if self.biases is not None:
+                h = h + self.biases[index].to(h.dtype)
+        parts = h.split(self.head_dim, dim=-1)
+        return torch.cat([part if p == 0 else part ** (p + 1) for p, part in enumerate(parts)], dim=-1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, degree={self.degree}, "
+            f"num_layers={self.num_layers}, activation={self.activation}, init={self.init}"
+        )

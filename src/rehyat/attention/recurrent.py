@@ -1,0 +1,167 @@
+"""The chunk-wise recurrent (RNN) form of causal ReHyAt attention (SPEC §4).
+
+A :class:`HybridAttentionState` carries the past in a fixed size: the linear-attention sums
+``Skv = Σ φk(k) vᵀ`` and ``z = Σ φk(k)`` (fp32, or fp64 for fp64 inputs) plus the K, V and φk(K) of the
+last ``overlap_frames`` frames seen. :func:`hybrid_attention_step` consumes one chunk of frames and
+returns its output and the next state, so a caller can stream a video of any length holding only one
+chunk and the state. :func:`recurrent_hybrid_attention` drives it over a whole sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rehyat.attention._common import (
+    AttentionStats,
+    accumulation_dtype,
+    combine,
+    resolve_scale,
+    validate_geometry,
+    validate_inputs,
+)
+
+
+@dataclass(frozen=True)
+class HybridAttentionState:
+    """Streaming state of one attention layer (per batch element and head, for one CFG branch).
+
+    kv: [B, H, D', D] and z: [B, H, D'] in the accumulation dtype; k, v: [B, M, H, D] and
+    fk: [B, M, H, D'] hold the last ``cached_frames`` frames seen (M = cached_frames · frame_tokens);
+    ``frames_seen`` counts every frame consumed so far.
+    """
+
+    kv: Tensor
+    z: Tensor
+    k: Tensor
+    v: Tensor
+    fk: Tensor
+    frames_seen: int = 0
+
+    @classmethod
+    def initial(cls, k: Tensor, v: Tensor, fk: Tensor) -> HybridAttentionState:
+        """The empty state (zero sums, no cached frames) for chunks shaped like ``k``, ``v``, ``fk``."""
+        batch, _, heads, _ = k.shape
+        acc = accumulation_dtype(k.dtype)
+        return cls(
+            kv=k.new_zeros(batch, heads, fk.shape[-1], v.shape[-1], dtype=acc),
+            z=k.new_zeros(batch, heads, fk.shape[-1], dtype=acc),
+            k=k[:, :0],
+            v=v[:, :0],
+            fk=fk[:, :0],
+        )
+
+    def check_compatible(self, k: Tensor, v: Tensor, fk: Tensor) -> None:
+        expected = (k.shape[0], k.shape[2], fk.shape[-1], v.shape[-1])
+        if tuple(self.kv.shape) != expected:
+            raise ValueError(
+                f"state has kv shape {tuple(self.kv.shape)} but this chunk needs [B, H, D', D] = {expected}"
+            )
+        if self.k.dtype != k.dtype or self.k.device != k.device:
+            raise ValueError(
+                f"state holds {self.k.dtype} on {self.k.device} but the chunk is {k.dtype} on {k.device}"
+            )
+
+
+def hybrid_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    state: HybridAttentionState | None,
+    *,
+    frame_tokens: int,
+    overlap_frames: int,
+    scale: float | None = None,
+    stats: AttentionStats | None = None,
+) -> tuple[Tensor, HybridAttentionState]:
+    """Attend one chunk of whole frames ([B, n·S, H, D] each) given the past; return (output, next state).
+
+    The chunk's softmax keys are the cached overlap frames followed by the chunk; its linear keys are
+    the state's sums. Afterwards exactly the frames that leave the next chunk's softmax window are
+    added to the sums (SPEC §4), so driving this with chunks of ``chunk_frames`` frames reproduces the
+    parallel causal form for any overlap. ``state=None`` starts a new sequence.
+    """
+    validate_geometry(frame_tokens, None, overlap_frames)
+    validate_inputs(q, k, v, fq, fk, frame_tokens)
+    if state is None:
+        state = HybridAttentionState.initial(k, v, fk)
+    else:
+        state.check_compatible(k, v, fk)
+    acc = accumulation_dtype(q.dtype)
+    scale = resolve_scale(scale, q.shape[-1])
+
+    keys = torch.cat([state.k, k], dim=1)
+    values = torch.cat([state.v, v], dim=1)
+    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
+    row_max = torch.amax(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - row_max)
+    n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
+    a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
+    fq_acc = fq.to(acc)
+    a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, state.kv)
+    n_linear = torch.einsum("bihe,bhe->bih", fq_acc, state.z)
+    out = combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
+
+    # Frames of the window that the next chunk's window (its last `overlap_frames` frames) drops.
+    keys_fk = torch.cat([state.fk, fk], dim=1)
+    window_frames = keys.shape[1] // frame_tokens
+    leaving = max(window_frames - overlap_frames, 0) * frame_tokens
+    kv, z = state.kv, state.z
+    if leaving:
+        fk_out, v_out = keys_fk[:, :leaving].to(acc), values[:, :leaving].to(acc)
+        kv = kv + torch.einsum("bjhe,bjhd->bhed", fk_out, v_out)
+        z = z + fk_out.sum(dim=1)
+    next_state = HybridAttentionState(
+        kv=kv,
+        z=z,
+        k=keys[:, leaving:],
+        v=values[:, leaving:],
+        fk=keys_fk[:, leaving:],
+        frames_seen=state.frames_seen + q.shape[1] // frame_tokens,
+    )
+    return out, next_state
+
+
+def recurrent_hybrid_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    *,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    scale: float | None = None,
+    stats: AttentionStats | None = None,
+) -> Tensor:
+    """Causal ReHyAt attention computed chunk by chunk with :func:`hybrid_attention_step`.
+
+    Same arguments and result as ``hybrid_attention(..., causal=True)``; working memory is one chunk
+    plus the fixed-size state (the inputs and the output themselves are whole here).
+    """
+    validate_geometry(frame_tokens, chunk_frames, overlap_frames)
+    validate_inputs(q, k, v, fq, fk, frame_tokens)
+    step_tokens = chunk_frames * frame_tokens
+    state = None
+    outputs = []
+    for start in range(0, q.shape[1], step_tokens):
+        piece = slice(start, start + step_tokens)
+        out, state = hybrid_attention_step(
+            q[:, piece],
+            k[:, piece],
+            v[:, piece],
+            fq[:, piece],
+            fk[:, piece],
+            state,
+            frame_tokens=frame_tokens,
+            overlap_frames=overlap_frames,
+            scale=scale,
+            stats=stats,
+        )
+        outputs.append(out)
+    return torch.cat(outputs, dim=1)

@@ -1,0 +1,78 @@
+"""The recurrent (streaming) form against the parallel causal form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rehyat import HybridAttentionState, hybrid_attention, hybrid_attention_step, recurrent_hybrid_attention
+
+from conftest import GEOMETRIES, make_inputs, rel_err
+
+
+@pytest.mark.parametrize("frames,frame_tokens,chunk,overlap", GEOMETRIES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_recurrent_matches_parallel(frames, frame_tokens, chunk, overlap, dtype, tol):
+    q, k, v, fq, fk = make_inputs(2, frames, frame_tokens, 3, 4, 6, dtype=dtype, seed=frames + chunk)
+    kwargs = dict(frame_tokens=frame_tokens, chunk_frames=chunk, overlap_frames=overlap)
+    rec = recurrent_hybrid_attention(q, k, v, fq, fk, **kwargs)
+    par = hybrid_attention(q, k, v, fq, fk, causal=True, **kwargs)
+    assert rec.dtype == dtype
+    assert rel_err(rec, par) <= tol
+
+
+def test_recurrent_gradients_match_parallel():
+    inputs = make_inputs(1, 7, 2, 2, 3, 4, seed=2, requires_grad=True)
+    kwargs = dict(frame_tokens=2, chunk_frames=3, overlap_frames=1)
+    got = torch.autograd.grad(recurrent_hybrid_attention(*inputs, **kwargs).sum(), inputs)
+    want = torch.autograd.grad(hybrid_attention(*inputs, **kwargs).sum(), inputs)
+    for g, w in zip(got, want, strict=True):
+        assert rel_err(g, w) <= 1e-10
+
+
+def test_step_state_is_fixed_size_and_streams():
+    """Driving the public step by hand: the state never grows, and frames_seen counts frames."""
+    frames, s, chunk, overlap = 11, 3, 2, 1
+    q, k, v, fq, fk = make_inputs(1, frames, s, 2, 4, 5, seed=9)
+    state: HybridAttentionState | None = None
+    outs, sizes = [], set()
+    for start in range(0, frames * s, chunk * s):
+        sl = slice(start, start + chunk * s)
+        out, state = hybrid_attention_step(
+            q[:, sl], k[:, sl], v[:, sl], fq[:, sl], fk[:, sl], state, frame_tokens=s, overlap_frames=overlap
+        )
+        outs.append(out)
+        sizes.add((tuple(state.kv.shape), state.k.shape[1]))
+    assert state.frames_seen == frames
+    assert sizes == {((1, 2, 5, 4), overlap * s)}
+    assert state.kv.dtype == torch.float64
+    par = hybrid_attention(q, k, v, fq, fk, frame_tokens=s, chunk_frames=chunk, overlap_frames=overlap)
+    assert rel_err(torch.cat(outs, 1), par) <= 1e-10
+
+
+def test_half_inputs_keep_fp32_state_over_a_long_run():
+    """≥ 1,000 frames in bf16 and fp16: state/normaliser in fp32, result within 1e-3 of float64."""
+    frames, s, chunk, overlap = 1002, 2, 3, 1
+    q, k, v, fq, fk = make_inputs(1, frames, s, 1, 8, 8, seed=4)
+    kwargs = dict(frame_tokens=s, chunk_frames=chunk, overlap_frames=overlap)
+    for dtype in (torch.bfloat16, torch.float16):
+        half = [t.to(dtype) for t in (q, k, v, fq, fk)]
+        rounded = [t.double() for t in half]  # the same inputs, exactly, in float64
+        ref = hybrid_attention(*rounded, **kwargs)
+        out = recurrent_hybrid_attention(*half, **kwargs)
+        assert out.dtype == dtype
+        # The output itself is rounded to dtype (bf16 has an 8-bit mantissa): compare against the
+        # reference rounded the same way, so what is left is the accumulation error of the run.
+        assert rel_err(out, ref.to(dtype)) <= 1e-3, dtype
+        _, state = hybrid_attention_step(
+            *[t[:, : chunk * s] for t in half], None, frame_tokens=s, overlap_frames=1
+        )
+        assert state.kv.dtype == torch.float32 and state.z.dtype == torch.float32
+
+
+def test_step_rejects_incompatible_state():
+    q, k, v, fq, fk = make_inputs(1, 2, 2, 2, 4, 6, seed=1)
+    _, state = hybrid_attention_step(q, k, v, fq, fk, None, frame_tokens=2, overlap_frames=1)
+    q2, k2, v2, fq2, fk2 = make_inputs(1, 2, 2, 3, 4, 6, seed=1)
+    with pytest.raises(ValueError, match="state has kv shape"):
+        hybrid_attention_step(q2, k2, v2, fq2, fk2, state, frame_tokens=2, overlap_frames=1)
