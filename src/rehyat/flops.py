@@ -1,0 +1,88 @@
+"""FLOP counts of one self-attention layer: full softmax vs ReHyAt (SPEC §9). FLOP = 2 · MAC.
+
+Counted: the two attention matmuls (QKᵀ and PV) of the softmax part over each chunk's window; for the
+linear part, φk(k)vᵀ accumulation and φq(q)·S per token (D'·D MAC each); the feature maps as per-head
+MLPs on q and k (D → P·D, then (layers − 1) × P·D → P·D). Lower-order terms are left out, as in the
+SPEC §9 table: the normaliser sums φk and φq·z (D' per token, 1/D of the linear part), softmax
+exponentials, the power in φ and the prefix sums over frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class AttentionFlops:
+    full: float
+    softmax: float
+    linear: float
+    feature_maps: float
+
+    @property
+    def rehyat_total(self) -> float:
+        return self.softmax + self.linear + self.feature_maps
+
+    @property
+    def ratio(self) -> float:
+        return self.full / self.rehyat_total
+
+    @property
+    def softmax_ratio(self) -> float:
+        return self.full / self.softmax
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            **asdict(self),
+            "rehyat_total": self.rehyat_total,
+            "ratio": self.ratio,
+            "softmax_ratio": self.softmax_ratio,
+        }
+
+
+def softmax_pairs(frames: int, chunk_frames: int, overlap_frames: int) -> int:
+    """Σ over chunks of (query frames × softmax-key frames), in frame² units."""
+    total = 0
+    for start in range(0, frames, chunk_frames):
+        end = min(start + chunk_frames, frames)
+        total += (end - start) * (end - max(start - overlap_frames, 0))
+    return total
+
+
+def attention_flops(
+    frames: int,
+    frame_tokens: int,
+    heads: int,
+    head_dim: int,
+    *,
+    chunk_frames: int,
+    overlap_frames: int,
+    feature_dim: int,
+    feature_layers: int = 2,
+    batch: int = 1,
+) -> AttentionFlops:
+    """FLOPs of one layer's self-attention for ``batch`` videos of ``frames`` × ``frame_tokens`` tokens."""
+    for name, value in (
+        ("frames", frames),
+        ("frame_tokens", frame_tokens),
+        ("heads", heads),
+        ("head_dim", head_dim),
+        ("chunk_frames", chunk_frames),
+        ("feature_dim", feature_dim),
+        ("feature_layers", feature_layers),
+        ("batch", batch),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if overlap_frames < 0:
+        raise ValueError(f"overlap_frames must be >= 0, got {overlap_frames}")
+    tokens = frames * frame_tokens
+    per_head = batch * heads
+    full = 4.0 * tokens * tokens * head_dim * per_head
+    softmax = (
+        4.0 * softmax_pairs(frames, chunk_frames, overlap_frames) * frame_tokens**2 * head_dim * per_head
+    )
+    linear = 2.0 * tokens * per_head * 2 * feature_dim * head_dim  # keys add φk vᵀ, queries read φq·S
+    map_macs = head_dim * feature_dim + (feature_layers - 1) * feature_dim * feature_dim
+    feature_maps = 2.0 * 2 * tokens * per_head * map_macs  # φq and φk
+    return AttentionFlops(full=full, softmax=softmax, linear=linear, feature_maps=feature_maps)
