@@ -99,13 +99,13 @@ class PolynomialFeatureMap(nn.Module):
                 w.uniform_(-bound, bound)
             return
         d, p_max = self.head_dim, self.degree
-        eye = torch.eye(d)
         gains = [(self.scale**p / math.factorial(p)) ** (1.0 / (2 * p)) for p in range(1, p_max + 1)]
         last = len(self.weights) - 1
         for index, w in enumerate(self.weights):
             w.zero_()
+            eye = torch.eye(d, dtype=w.dtype, device=w.device)
             if index == last:
-                # Input of the last layer is x (one layer) or [relu(x), relu(-x)]; output ψ_p = a_p·x.
+                # Input of the last layer is x (one layer) or [act(x), act(-x)]; output ψ_p = a_p·x.
                 for p, gain in enumerate(gains):
                     w[:, :d, p * d : (p + 1) * d] = gain * eye
                     if last > 0:
@@ -114,7 +114,11 @@ class PolynomialFeatureMap(nn.Module):
                 w[:, :, :d] = eye
                 w[:, :, d : 2 * d] = -eye
             else:
-                w[:, : 2 * d, : 2 * d] = torch.eye(2 * d)
+                # [act(x), act(-x)] -> pre-activations [x, -x], so the next activation repeats the pair.
+                w[:, :d, :d] = eye
+                w[:, d : 2 * d, :d] = -eye
+                w[:, :d, d : 2 * d] = -eye
+                w[:, d : 2 * d, d : 2 * d] = eye
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[2] != self.num_heads or x.shape[3] != self.head_dim:

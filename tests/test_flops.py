@@ -1,0 +1,43 @@
+"""The FLOP counter reproduces SPEC §9's table; the CLI prints it as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rehyat.cli import main
+from rehyat.flops import attention_flops
+
+# frames, tokens per frame, full, softmax, linear, feature maps, total (GFLOP), ratio, softmax-only ratio
+SPEC_TABLE = [
+    (21, 1560, 6594, 1211, 52, 155, 1417, 4.65, 5.44),
+    (41, 1560, 25134, 2377, 101, 302, 2780, 9.04, 10.57),
+    (61, 1560, 55637, 3574, 150, 449, 4173, 13.3, 15.6),
+    (31, 600, 2126, 263, 29, 88, 380, 5.59, 8.08),
+]
+
+
+@pytest.mark.parametrize("row", SPEC_TABLE)
+def test_reproduces_spec_table(row):
+    frames, tokens, *gflops, ratio, softmax_ratio = row
+    f = attention_flops(frames, tokens, 12, 128, chunk_frames=3, overlap_frames=1, feature_dim=256)
+    got = [f.full, f.softmax, f.linear, f.feature_maps, f.rehyat_total]
+    for value, want in zip(got, gflops, strict=True):
+        assert abs(value / 1e9 - want) <= 1.0  # the table rounds each part to 1 GFLOP
+    assert round(f.ratio, len(str(ratio).split(".")[1])) == ratio
+    assert round(f.softmax_ratio, len(str(softmax_ratio).split(".")[1])) == softmax_ratio
+
+
+def test_cli_json(capsys):
+    argv = "flops --frames 21 --height 30 --width 52 --heads 12 --head-dim 128 --chunk-frames 3 "
+    argv += "--overlap-frames 1 --feature-dim 256 --json"
+    assert main(argv.split()) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"full", "softmax", "linear", "feature_maps", "rehyat_total", "ratio"} <= out.keys()
+    assert round(out["ratio"], 2) == 4.65 and out["rehyat_total"] == pytest.approx(1417.2e9, rel=1e-3)
+
+
+def test_cli_rejects_bad_numbers(capsys):
+    assert main(["flops", "--frames", "0", "--height", "2", "--width", "2"]) == 2
+    assert "frames must be >= 1" in capsys.readouterr().err
