@@ -1,0 +1,195 @@
+"""Training checkpoints: safetensors + JSON, written atomically, never pickled.
+
+A checkpoint is a folder ``step-<N>/`` holding ``model.safetensors`` (trainable weights),
+``optimizer.safetensors`` (the optimizer's tensor state, flattened as ``<param index>.<name>``),
+``rng.safetensors`` (CPU and CUDA generator states) and ``state.json`` (step, the optimizer's
+param groups and non-tensor state, the run's metadata). It is first written to a hidden temporary
+folder beside it, then renamed into place, and only then does the ``latest`` file (itself replaced
+atomically) point at it: a run killed at any moment leaves the previous checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+FORMAT_VERSION = 1
+_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, or does not match what is loading it."""
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any] | None
+    rng: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entries in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> dict[str, Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda.{index}"] = cuda_state
+    return states
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model_state: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    metadata: dict[str, Any] | None = None,
+    keep: int | None = 2,
+) -> Path:
+    """Write ``directory/step-<step>/`` atomically, point ``directory/latest`` at it, keep the newest ``keep``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / _FILES[0])
+        optimizer_meta = None
+        optimizer_tensors: dict[str, Tensor] = {}
+        if optimizer is not None:
+            optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(optimizer_tensors, staging / _FILES[1])
+        save_file(_rng_state(), staging / _FILES[2])
+        state = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "optimizer": optimizer_meta,
+            "metadata": metadata or {},
+        }
+        (staging / _FILES[3]).write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _atomic_write_text(directory / "latest", final.name + "\n")
+    if keep is not None:
+        old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p != final)
+        for stale in old[: max(len(old) - (keep - 1), 0)]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint ``directory/latest`` points at, or None when the folder holds none yet."""
+    pointer = Path(directory) / "latest"
+    if not pointer.exists():
+        return None
+    path = Path(directory) / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} points at {path.name}, which does not exist")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint folder; any missing or damaged file raises :class:`CheckpointError`."""
+    path = Path(path)
+    for name in _FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+    try:
+        state = json.loads((path / _FILES[3]).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"checkpoint {path}: state.json is not valid JSON ({error})") from error
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}"
+        )
+    tensors = {}
+    for name in _FILES[:3]:
+        try:
+            tensors[name] = load_file(path / name)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"checkpoint {path}: {name} is damaged or truncated ({error})") from error
+    optimizer = None
+    if state["optimizer"] is not None:
+        optimizer = _unflatten_optimizer(tensors[_FILES[1]], state["optimizer"])
+    return Checkpoint(
+        step=state["step"],
+        model=tensors[_FILES[0]],
+        optimizer=optimizer,
+        rng=tensors[_FILES[2]],
+        metadata=state["metadata"],
+        path=path,
+    )
+
+
+def check_model_state(checkpoint: Checkpoint, expected: dict[str, Tensor]) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's weights have exactly the expected names and shapes."""
+    missing = sorted(expected.keys() - checkpoint.model.keys())
+    unexpected = sorted(checkpoint.model.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} does not match the model: missing {missing[:5]}"
+            f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in expected.items():
+        if tuple(checkpoint.model[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path}: {name} has shape {tuple(checkpoint.model[name].shape)}, "
+                f"the model has {tuple(tensor.shape)}"
+            )
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    if checkpoint.optimizer is None:
+        raise CheckpointError(f"checkpoint {checkpoint.path} holds no optimizer state")
+    optimizer.load_state_dict(checkpoint.optimizer)
+
+
+def restore_rng(checkpoint: Checkpoint) -> None:
+    torch.set_rng_state(checkpoint.rng["cpu"])
+    cuda_states = [checkpoint.rng[k] for k in sorted(checkpoint.rng) if k.startswith("cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
