@@ -1,10 +1,11 @@
-"""Public entry point of the parallel ReHyAt op: validation, then the implementation."""
+"""Public entry point of the parallel ReHyAt op: validation, then the implementation (PyTorch or Triton)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
 from rehyat.attention._common import AttentionStats, validate_geometry, validate_inputs
+from rehyat.attention.kernels import Backend, resolve_backend
 from rehyat.attention.naive import naive_hybrid_attention
 
 
@@ -21,6 +22,7 @@ def hybrid_attention(
     causal: bool = True,
     scale: float | None = None,
     stats: AttentionStats | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     """ReHyAt attention (SPEC §2–§3), all chunks in parallel.
 
@@ -33,12 +35,32 @@ def hybrid_attention(
         causal: linear part over past frames only (the recurrent-capable default) or over all others.
         scale: softmax scale, default 1/sqrt(D).
         stats: optional :class:`AttentionStats` accumulating how many rows the denominator guard hit.
+        backend: "torch" (the reference), "triton" (the fused kernels; on CPU only under
+            TRITON_INTERPRET=1), or "auto": the kernels on CUDA when Triton is installed and the
+            shapes are supported (fp16/bf16/fp32, head dim a power of two in [16, 256], feature dim a
+            multiple of 16), else PyTorch. Both give the same outputs and gradients (to rounding).
 
     Returns:
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
+    if resolve_backend(backend, q, fq) == "triton":
+        from rehyat.attention.kernels.fused import triton_hybrid_attention
+
+        return triton_hybrid_attention(
+            q,
+            k,
+            v,
+            fq,
+            fk,
+            frame_tokens=frame_tokens,
+            chunk_frames=chunk_frames,
+            overlap_frames=overlap_frames,
+            causal=causal,
+            scale=scale,
+            stats=stats,
+        )
     return naive_hybrid_attention(
         q,
         k,

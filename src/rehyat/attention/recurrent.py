@@ -22,6 +22,7 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
+from rehyat.attention.kernels import Backend, resolve_backend
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,15 @@ def hybrid_attention_step(
     overlap_frames: int,
     scale: float | None = None,
     stats: AttentionStats | None = None,
+    backend: Backend = "auto",
 ) -> tuple[Tensor, HybridAttentionState]:
     """Attend one chunk of whole frames ([B, n·S, H, D] each) given the past; return (output, next state).
 
     The chunk's softmax keys are the cached overlap frames followed by the chunk; its linear keys are
     the state's sums. Afterwards exactly the frames that leave the next chunk's softmax window are
     added to the sums (SPEC §4), so driving this with chunks of ``chunk_frames`` frames reproduces the
-    parallel causal form for any overlap. ``state=None`` starts a new sequence.
+    parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
+    ``hybrid_attention``: "triton" runs the chunk's attention and the state update on the kernels.
     """
     validate_geometry(frame_tokens, None, overlap_frames)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
@@ -94,24 +97,34 @@ def hybrid_attention_step(
     acc = accumulation_dtype(q.dtype)
     scale = resolve_scale(scale, q.shape[-1])
 
+    use_triton = resolve_backend(backend, q, fq) == "triton"
+
     keys = torch.cat([state.k, k], dim=1)
     values = torch.cat([state.v, v], dim=1)
-    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
-    row_max = torch.amax(scores, dim=-1, keepdim=True)
-    probs = torch.exp(scores - row_max)
-    n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
-    a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
-    fq_acc = fq.to(acc)
-    a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, state.kv)
-    n_linear = torch.einsum("bihe,bhe->bih", fq_acc, state.z)
-    out = combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
+    if use_triton:
+        from rehyat.attention.kernels.fused import triton_state_update, triton_step_attention
+
+        out = triton_step_attention(q, keys, values, fq, state.kv, state.z, scale=scale, stats=stats)
+    else:
+        scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
+        row_max = torch.amax(scores, dim=-1, keepdim=True)
+        probs = torch.exp(scores - row_max)
+        n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
+        a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
+        fq_acc = fq.to(acc)
+        a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, state.kv)
+        n_linear = torch.einsum("bihe,bhe->bih", fq_acc, state.z)
+        out = combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
 
     # Frames of the window that the next chunk's window (its last `overlap_frames` frames) drops.
     keys_fk = torch.cat([state.fk, fk], dim=1)
     window_frames = keys.shape[1] // frame_tokens
     leaving = max(window_frames - overlap_frames, 0) * frame_tokens
     kv, z = state.kv, state.z
-    if leaving:
+    if leaving and use_triton:
+        kv_out, z_out = triton_state_update(keys_fk[:, :leaving], values[:, :leaving])
+        kv, z = kv + kv_out, z + z_out
+    elif leaving:
         fk_out, v_out = keys_fk[:, :leaving].to(acc), values[:, :leaving].to(acc)
         kv = kv + torch.einsum("bjhe,bjhd->bhed", fk_out, v_out)
         z = z + fk_out.sum(dim=1)
@@ -138,6 +151,7 @@ def recurrent_hybrid_attention(
     overlap_frames: int,
     scale: float | None = None,
     stats: AttentionStats | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     """Causal ReHyAt attention computed chunk by chunk with :func:`hybrid_attention_step`.
 
@@ -162,6 +176,7 @@ def recurrent_hybrid_attention(
             overlap_frames=overlap_frames,
             scale=scale,
             stats=stats,
+            backend=backend,
         )
         outputs.append(out)
     return torch.cat(outputs, dim=1)

@@ -1,0 +1,58 @@
+"""Fused Triton kernels for ReHyAt attention (forward and backward), beside the PyTorch reference.
+
+This package imports Triton only when a kernel is actually used, so ``import rehyat`` works without
+it. :func:`resolve_backend` picks the implementation for ``backend="auto" | "torch" | "triton"``:
+"auto" takes the kernels on CUDA when Triton is installed and the shapes are supported, else PyTorch;
+"triton" forces them (on CPU this needs ``TRITON_INTERPRET=1``, Triton's interpreter — slow, for tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rehyat.attention.kernels.config import interpreting
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS = ("auto", "torch", "triton")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def unsupported_reason(q: Tensor, fq: Tensor | None) -> str | None:
+    """Why the kernels cannot take these inputs, or None if they can."""
+    head_dim = q.shape[-1]
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} (the kernels take float16, bfloat16, float32)"
+    if head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1):
+        return f"head dim {head_dim} (the kernels take a power of two in [16, 256])"
+    if fq is not None and (fq.shape[-1] < 16 or fq.shape[-1] % 16):
+        return f"feature dim {fq.shape[-1]} (the kernels take a multiple of 16)"
+    if q.device.type != "cuda" and not interpreting():
+        return f"device {q.device} (the kernels need CUDA, or TRITON_INTERPRET=1 on CPU)"
+    return None
+
+
+def resolve_backend(backend: str, q: Tensor, fq: Tensor | None) -> Literal["torch", "triton"]:
+    """Turn the user's ``backend`` into "torch" or "triton"; raise if "triton" cannot run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        usable = q.device.type == "cuda" and triton_available() and unsupported_reason(q, fq) is None
+        return "triton" if usable else "torch"
+    if not triton_available():
+        raise ImportError(
+            "backend='triton' needs the triton package (pip install triton; on CPU also set TRITON_INTERPRET=1)"
+        )
+    reason = unsupported_reason(q, fq)
+    if reason is not None:
+        raise ValueError(f"backend='triton' cannot run on {reason}; use backend='torch' or 'auto'")
+    return "triton"

@@ -1,0 +1,85 @@
+"""Block sizes of the Triton kernels, and the dot precision per input dtype.
+
+GPU values are for Hopper (H100/H200) at head dim 64/128; the interpreter (CPU, TRITON_INTERPRET=1)
+uses the smallest blocks ``tl.dot`` accepts so that tiny test shapes still span several blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    block_t: int
+    block_e: int
+    num_warps: int
+    num_stages: int
+
+
+#: Smallest tile ``tl.dot`` accepts; also the feature-dim slice width under the interpreter.
+MIN_BLOCK = 16
+
+_INTERPRETER_ATTENTION = AttentionConfig(MIN_BLOCK, MIN_BLOCK, 1, 1)
+
+#: Per kernel ("fwd", "bwd_dq", "bwd_dkdv"), keyed by head dim; chosen on an H100 (see bench notes).
+ATTENTION_CONFIGS: dict[str, dict[int, AttentionConfig]] = {
+    "fwd": {
+        16: AttentionConfig(64, 64, 4, 3),
+        32: AttentionConfig(64, 64, 4, 3),
+        64: AttentionConfig(128, 64, 4, 3),
+        128: AttentionConfig(128, 64, 8, 3),
+        256: AttentionConfig(64, 32, 8, 2),
+    },
+    "bwd_dq": {
+        16: AttentionConfig(64, 32, 4, 3),
+        32: AttentionConfig(64, 32, 4, 3),
+        64: AttentionConfig(128, 32, 4, 3),
+        128: AttentionConfig(128, 32, 8, 3),
+        256: AttentionConfig(64, 32, 8, 2),
+    },
+    "bwd_dkdv": {
+        16: AttentionConfig(32, 64, 4, 3),
+        32: AttentionConfig(32, 64, 4, 3),
+        64: AttentionConfig(32, 128, 4, 3),
+        128: AttentionConfig(32, 128, 8, 3),
+        256: AttentionConfig(32, 64, 8, 2),
+    },
+}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def attention_config(kernel: str, head_dim: int, device: torch.device) -> AttentionConfig:
+    if device.type != "cuda" or interpreting():
+        return _INTERPRETER_ATTENTION
+    return ATTENTION_CONFIGS[kernel][head_dim]
+
+
+def feature_block(feature_dim: int) -> int:
+    """Width of the feature-dim slices (state tiles [slice, D] in fp32); feature_dim % 16 == 0."""
+    return 64 if feature_dim % 64 == 0 else 32 if feature_dim % 32 == 0 else MIN_BLOCK
+
+
+def segment_config(head_dim: int, feature_dim: int, device: torch.device) -> SegmentConfig:
+    if device.type != "cuda" or interpreting():
+        return SegmentConfig(MIN_BLOCK, feature_block(feature_dim), 1, 1)
+    return SegmentConfig(64, feature_block(feature_dim), 4 if head_dim <= 64 else 8, 2)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 dots (``"ieee"``); half inputs use tf32 for their fp32 state dots."""
+    return "ieee" if dtype == torch.float32 else "tf32"

@@ -1,0 +1,99 @@
+"""ReHyAt attention on the Triton kernels: the parallel form and the streaming step's attention.
+
+Parallel form: per-frame sums Σ φk vᵀ, Σ φk (Triton, fp32) → exclusive prefix over frames and gather
+at each chunk's window start (torch, tiny: [B, T, H, D', D]) → fused windowed-softmax + linear kernel.
+Gradients flow through all three (the middle one by plain autograd).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rehyat.attention._common import AttentionStats, resolve_scale
+from rehyat.attention.kernels.states import SegmentSums
+from rehyat.attention.kernels.windowed import WindowedHybridAttention
+
+
+def _exclusive_prefix(x: Tensor) -> Tensor:
+    return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
+
+
+def chunk_states(
+    fk: Tensor, v: Tensor, frame_tokens: int, chunk: int, overlap: int, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Each chunk's linear state (SPEC §2): kv [B, C, H, D', D], z [B, C, H, D'] in fp32."""
+    frames = v.shape[1] // frame_tokens
+    kv_frames, z_frames = SegmentSums.apply(fk, v, frame_tokens)
+    index = torch.arange(0, frames, chunk, device=v.device)
+    starts = (index - overlap).clamp(min=0)
+    kv, z = _exclusive_prefix(kv_frames)[:, starts], _exclusive_prefix(z_frames)[:, starts]
+    if not causal:
+        ends = (index + chunk).clamp(max=frames)
+        kv_suffix = _exclusive_prefix(kv_frames.flip(1)).flip(1)  # [f] = sum over frames >= f
+        z_suffix = _exclusive_prefix(z_frames.flip(1)).flip(1)
+        kv, z = kv + kv_suffix[:, ends], z + z_suffix[:, ends]
+    return kv, z
+
+
+def triton_hybrid_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | None,
+    fk: Tensor | None,
+    *,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool = True,
+    scale: float | None = None,
+    stats: AttentionStats | None = None,
+) -> Tensor:
+    """Parallel ReHyAt attention on the kernels; inputs validated by the caller. ``fq = fk = None``
+    drops the linear part (the local-only baseline, and the softmax part alone in the benchmark)."""
+    frames = q.shape[1] // frame_tokens
+    chunk = min(chunk_frames, frames)
+    kv = z = None
+    if fq is not None and fk is not None:
+        kv, z = chunk_states(fk, v, frame_tokens, chunk, overlap_frames, causal)
+    else:
+        fq = None
+    return WindowedHybridAttention.apply(
+        q,
+        k,
+        v,
+        fq,
+        kv,
+        z,
+        chunk * frame_tokens,
+        overlap_frames * frame_tokens,
+        0,
+        resolve_scale(scale, q.shape[-1]),
+        stats,
+    )
+
+
+def triton_step_attention(
+    q: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    *,
+    scale: float,
+    stats: AttentionStats | None = None,
+) -> Tensor:
+    """One chunk of the streaming form: q [B, n, H, D] attends with softmax to all of ``keys``/``values``
+    ([B, M + n, H, D], cached frames first) and linearly through the state kv [B, H, D', D], z [B, H, D']."""
+    n_q, n_k = q.shape[1], keys.shape[1]
+    return WindowedHybridAttention.apply(
+        q, keys, values, fq, kv[:, None], z[:, None], n_q, 0, n_k - n_q, scale, stats
+    )
+
+
+def triton_state_update(fk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Σ φk vᵀ [B, H, D', D] and Σ φk [B, H, D'] over all tokens of fk [B, M, H, D'], v [B, M, H, D]."""
+    kv, z = SegmentSums.apply(fk, v, fk.shape[1])
+    return kv[:, 0], z[:, 0]

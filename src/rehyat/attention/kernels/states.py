@@ -1,0 +1,248 @@
+"""Linear-attention sums over runs of tokens, in Triton: ``Σ_j a_jᵀ (w_j b_j)`` and ``Σ_j u_j a_j``.
+
+The forward of the parallel form needs per-frame sums ``Σ φk(k_j) v_jᵀ`` and ``Σ φk(k_j)`` (then an
+exclusive prefix over frames, in torch); the backward needs the same product per chunk with the
+gradient in place of ``v`` (``Σ φq(q_i) ∇num_iᵀ``, ``Σ ∇nL_i φq(q_i)``). Both are one kernel over
+"segments" of ``seg_len`` consecutive tokens, reading the [B, N, H, ·] layout in place, accumulating
+in fp32. :class:`SegmentSums` is its autograd wrapper; its backward broadcasts the state gradients
+back onto the tokens with a second kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rehyat.attention.kernels.config import dot_precision, segment_config
+
+
+@triton.jit
+def _segment_sums_kernel(
+    a_ptr,
+    b_ptr,
+    wb_ptr,
+    wz_ptr,
+    kv_ptr,
+    z_ptr,
+    stride_ab,
+    stride_an,
+    stride_ah,
+    stride_bb,
+    stride_bn,
+    stride_bh,
+    n_tokens,
+    seg_len,
+    n_heads,
+    n_segs,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    HAS_WB: tl.constexpr,
+    HAS_WZ: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One program: segment ``program_id(0)``, (batch, head) ``program_id(1)``, a BLOCK_E slice of E.
+
+    ``wb``/``wz`` are per-token weights laid out [B, H, N]; kv out is [B, n_segs, H, E, D], z out
+    [B, n_segs, H, E], both contiguous fp32.
+    """
+    seg = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    start = seg * seg_len
+    end = tl.minimum(start + seg_len, n_tokens)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_d = tl.arange(0, D)
+    a_base = a_ptr + batch * stride_ab + head * stride_ah
+    b_base = b_ptr + batch * stride_bb + head * stride_bh
+    w_off = bh * n_tokens
+    acc = tl.zeros([BLOCK_E, D], dtype=tl.float32)
+    z_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        tok = t0 + offs_t
+        valid = tok < end
+        a = tl.load(a_base + tok[:, None] * stride_an + offs_e[None, :], mask=valid[:, None], other=0.0)
+        b = tl.load(b_base + tok[:, None] * stride_bn + offs_d[None, :], mask=valid[:, None], other=0.0)
+        if HAS_WB:
+            wb = tl.load(wb_ptr + w_off + tok, mask=valid, other=0.0)
+            b = (b.to(tl.float32) * wb[:, None]).to(a.dtype)
+        acc += tl.dot(tl.trans(a), b, input_precision=PREC)
+        if HAS_WZ:
+            wz = tl.load(wz_ptr + w_off + tok, mask=valid, other=0.0)
+            z_acc += tl.sum(a.to(tl.float32) * wz[:, None], axis=0)
+        else:
+            z_acc += tl.sum(a.to(tl.float32), axis=0)
+    out = (batch * n_segs + seg) * n_heads + head
+    tl.store(kv_ptr + out * E * D + offs_e[:, None] * D + offs_d[None, :], acc)
+    tl.store(z_ptr + out * E + offs_e, z_acc)
+
+
+@triton.jit
+def _segment_apply_kernel(
+    a_ptr,
+    b_ptr,
+    dkv_ptr,
+    dz_ptr,
+    da_ptr,
+    db_ptr,
+    stride_ab,
+    stride_an,
+    stride_ah,
+    stride_bb,
+    stride_bn,
+    stride_bh,
+    n_tokens,
+    seg_len,
+    n_heads,
+    n_segs,
+    blocks_per_seg,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Backward of the sums: ``da_j = dKV b_j + dz`` and ``db_j = dKVᵀ a_j`` for token j of a segment.
+
+    da, db are written contiguous [B, N, H, E] / [B, N, H, D] in the inputs' dtype.
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    seg = pid // blocks_per_seg
+    seg_end = tl.minimum((seg + 1) * seg_len, n_tokens)
+    tok = seg * seg_len + (pid % blocks_per_seg) * BLOCK_T + tl.arange(0, BLOCK_T)
+    valid = tok < seg_end
+    offs_d = tl.arange(0, D)
+    offs_e = tl.arange(0, BLOCK_E)
+    b = tl.load(
+        b_ptr + batch * stride_bb + head * stride_bh + tok[:, None] * stride_bn + offs_d[None, :],
+        mask=valid[:, None],
+        other=0.0,
+    )
+    b32 = b.to(tl.float32)
+    state = (batch * n_segs + seg) * n_heads + head
+    a_base = a_ptr + batch * stride_ab + head * stride_ah + tok[:, None] * stride_an
+    da_base = da_ptr + ((batch * n_tokens + tok[:, None]) * n_heads + head) * E
+    db = tl.zeros([BLOCK_T, D], dtype=tl.float32)
+    for e0 in tl.static_range(0, E, BLOCK_E):
+        dkv = tl.load(dkv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+        dz = tl.load(dz_ptr + state * E + e0 + offs_e)
+        a = tl.load(a_base + (e0 + offs_e)[None, :], mask=valid[:, None], other=0.0)
+        db += tl.dot(a.to(tl.float32), dkv, input_precision=PREC)
+        da = tl.dot(b32, tl.trans(dkv), input_precision=PREC) + dz[None, :]
+        tl.store(da_base + (e0 + offs_e)[None, :], da.to(a.dtype), mask=valid[:, None])
+    db_off = ((batch * n_tokens + tok[:, None]) * n_heads + head) * D + offs_d[None, :]
+    tl.store(db_ptr + db_off, db.to(b.dtype), mask=valid[:, None])
+
+
+def segment_sums(
+    a: Tensor, b: Tensor, seg_len: int, wb: Tensor | None = None, wz: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """kv [B, n_segs, H, E, D] = Σ_j a_jᵀ (wb_j b_j), z [B, n_segs, H, E] = Σ_j wz_j a_j, in fp32.
+
+    a: [B, N, H, E], b: [B, N, H, D] (last dim contiguous); wb, wz: [B, H, N] fp32 or None (= 1).
+    Segment s is tokens [s·seg_len, min((s+1)·seg_len, N)).
+    """
+    batch, n_tokens, heads, feat = a.shape
+    head_dim = b.shape[-1]
+    n_segs = -(-n_tokens // seg_len)
+    kv = torch.empty(batch, n_segs, heads, feat, head_dim, device=a.device, dtype=torch.float32)
+    z = torch.empty(batch, n_segs, heads, feat, device=a.device, dtype=torch.float32)
+    cfg = segment_config(head_dim, feat, a.device)
+    grid = (n_segs, batch * heads, feat // cfg.block_e)
+    _segment_sums_kernel[grid](
+        a,
+        b,
+        a if wb is None else wb,
+        a if wz is None else wz,
+        kv,
+        z,
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        n_tokens,
+        seg_len,
+        heads,
+        n_segs,
+        E=feat,
+        D=head_dim,
+        BLOCK_T=cfg.block_t,
+        BLOCK_E=cfg.block_e,
+        HAS_WB=wb is not None,
+        HAS_WZ=wz is not None,
+        PREC=dot_precision(a.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return kv, z
+
+
+def segment_apply(a: Tensor, b: Tensor, dkv: Tensor, dz: Tensor, seg_len: int) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`segment_sums` (unweighted) w.r.t. a and b, given dkv and dz."""
+    batch, n_tokens, heads, feat = a.shape
+    head_dim = b.shape[-1]
+    n_segs = dkv.shape[1]
+    da = torch.empty(batch, n_tokens, heads, feat, device=a.device, dtype=a.dtype)
+    db = torch.empty(batch, n_tokens, heads, head_dim, device=a.device, dtype=b.dtype)
+    cfg = segment_config(head_dim, feat, a.device)
+    blocks_per_seg = -(-seg_len // cfg.block_t)
+    grid = (n_segs * blocks_per_seg, batch * heads)
+    _segment_apply_kernel[grid](
+        a,
+        b,
+        dkv.contiguous(),
+        dz.contiguous(),
+        da,
+        db,
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        n_tokens,
+        seg_len,
+        heads,
+        n_segs,
+        blocks_per_seg,
+        E=feat,
+        D=head_dim,
+        BLOCK_T=cfg.block_t,
+        BLOCK_E=cfg.block_e,
+        PREC=dot_precision(a.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return da, db
+
+
+class SegmentSums(torch.autograd.Function):
+    """Differentiable :func:`segment_sums` without weights: (a, b) -> (Σ aᵀb, Σ a) per segment."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, seg_len: int) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(a, b)
+        ctx.seg_len = seg_len
+        return segment_sums(a, b, seg_len)
+
+    @staticmethod
+    def backward(ctx, dkv: Tensor | None, dz: Tensor | None):
+        a, b = ctx.saved_tensors
+        batch, n_tokens, heads, feat = a.shape
+        n_segs = -(-n_tokens // ctx.seg_len)
+        if dkv is None:
+            dkv = a.new_zeros(batch, n_segs, heads, feat, b.shape[-1], dtype=torch.float32)
+        if dz is None:
+            dz = a.new_zeros(batch, n_segs, heads, feat, dtype=torch.float32)
+        da, db = segment_apply(a, b, dkv, dz, ctx.seg_len)
+        return da, db, None

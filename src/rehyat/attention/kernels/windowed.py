@@ -1,0 +1,604 @@
+"""Flash-style Triton kernels for the windowed softmax part of ReHyAt, fused with the linear part.
+
+Geometry, in tokens: queries of chunk t are rows [t·L, min((t+1)·L, NQ)) of q; their softmax keys are
+rows [max(t·L − O, 0), min((t+1)·L + K0, NK)) of k and v, where L = chunk length, O = overlap length
+and K0 = key offset. The parallel form uses K0 = 0 and k, v indexed like q; the streaming step uses
+one chunk whose keys are [cached overlap frames ‖ chunk] (K0 = cached tokens). The linear part enters
+through each chunk's state KV_t [D', D] and z_t [D'] (fp32).
+
+Forward (per query block, all rows in one chunk): online softmax over the window in the log2 domain,
+then the epilogue ``y = (aS + φq·KV_t) / max(nS + φq·z_t, eps·nS)`` (SPEC §3; the linear part is not
+rescaled by the row max). Saved per row: m = c·log2(e) (the row max), nS, nL.
+
+Backward, with g = ∂L/∂y, den the guarded denominator, ĝ = g/den, δ = g·y:
+  ∂L/∂den = −δ/den; unguarded rows pass it to nS and nL, guarded rows pass eps·(it) to nS only.
+  ds_ij = p_ij (ĝ_i·v_j + ∂L/∂nS_i)  (through p with the row max c_i held fixed)
+  ∂L/∂c_i = −Σ_j ds_ij, which flows to s_ij* for the argmax key j* (c_i = max_j s_ij). Without a linear
+  part it is 0 exactly (y does not depend on c) and is skipped. torch.amax splits it evenly over tied
+  maxima; the kernel gives it to the first maximum — ties have probability 0 with continuous inputs.
+  ∂L/∂fq_i = KV_t ĝ_i + ∂L/∂nL_i z_t;  ∂L/∂KV_t, ∂L/∂z_t: chunk sums done by ``segment_sums``.
+The dq kernel (per query block) also finds the argmax key, adds the ∂L/∂c term to dq and scatters it
+into an fp32 dk buffer with atomics; the dk/dv kernel (per key block, looping over the chunks whose
+window holds it) adds that buffer when it writes dk.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats
+from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block
+from rehyat.attention.kernels.states import segment_sums
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    lo,
+    hi,
+    offs_n,
+    offs_d,
+    qk_scale,
+    MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + offs_n
+        if MASK:
+            valid = cols < hi
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :])
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        if MASK:
+            s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    fq_ptr,
+    kv_ptr,
+    z_ptr,
+    o_ptr,
+    m_ptr,
+    l_ptr,
+    nl_ptr,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_fb,
+    stride_fn,
+    stride_fh,
+    n_heads,
+    n_q,
+    n_k,
+    chunk_len,
+    overlap_len,
+    key_offset,
+    blocks_per_chunk,
+    n_chunks,
+    qk_scale,
+    eps,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    chunk = pid // blocks_per_chunk
+    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
+    key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
+    key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+    key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    q = tl.load(
+        q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
+    k_base = k_ptr + batch * stride_kb + head * stride_kh
+    v_base = v_ptr + batch * stride_vb + head * stride_vh
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_lo, key_full, offs_n, offs_d,
+        qk_scale, False, BLOCK_N, PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_full, key_hi, offs_n, offs_d,
+        qk_scale, True, BLOCK_N, PREC,
+    )  # fmt: skip
+
+    num = acc
+    n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_LINEAR:
+        offs_e = tl.arange(0, BLOCK_E)
+        state = (batch * n_chunks + chunk) * n_heads + head
+        fq_base = fq_ptr + batch * stride_fb + head * stride_fh + rows[:, None] * stride_fn
+        for e0 in tl.static_range(0, E, BLOCK_E):
+            fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
+            kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+            z = tl.load(z_ptr + state * E + e0 + offs_e)
+            num += tl.dot(fq, kv, input_precision=PREC)
+            n_lin += tl.sum(fq * z[None, :], axis=1)
+    den = tl.maximum(l_i + n_lin, eps * l_i)
+    out = num / den[:, None]
+    o_off = ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
+    tl.store(o_ptr + o_off, out.to(q.dtype), mask=row_valid[:, None])
+    stat_off = bh * n_q + rows
+    tl.store(m_ptr + stat_off, m_i, mask=row_valid)
+    tl.store(l_ptr + stat_off, l_i, mask=row_valid)
+    tl.store(nl_ptr + stat_off, n_lin, mask=row_valid)
+
+
+@triton.jit
+def _bwd_preprocess_kernel(
+    o_ptr,
+    g_ptr,
+    l_ptr,
+    nl_ptr,
+    rden_ptr,
+    dns_ptr,
+    dnl_ptr,
+    stride_gb,
+    stride_gn,
+    stride_gh,
+    n_heads,
+    n_q,
+    eps,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Per row: 1/den, ∂L/∂nS and ∂L/∂nL from δ = g·y and the guard (see the module docstring)."""
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid = rows < n_q
+    offs_d = tl.arange(0, D)
+    o = tl.load(
+        o_ptr + ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :],
+        mask=valid[:, None],
+        other=0.0,
+    )
+    g = tl.load(
+        g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :],
+        mask=valid[:, None],
+        other=0.0,
+    )
+    delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
+    n_soft = tl.load(l_ptr + bh * n_q + rows, mask=valid, other=1.0)
+    n_lin = tl.load(nl_ptr + bh * n_q + rows, mask=valid, other=0.0)
+    floor = eps * n_soft
+    total = n_soft + n_lin
+    guarded = total < floor
+    rden = 1.0 / tl.maximum(total, floor)
+    d_den = -delta * rden
+    tl.store(rden_ptr + bh * n_q + rows, rden, mask=valid)
+    tl.store(dns_ptr + bh * n_q + rows, tl.where(guarded, eps * d_den, d_den), mask=valid)
+    tl.store(dnl_ptr + bh * n_q + rows, tl.where(guarded, 0.0, d_den), mask=valid)
+
+
+@triton.jit
+def _bwd_dq_inner(
+    dq,
+    row_sum,
+    best,
+    best_idx,
+    q,
+    gn,
+    m,
+    dns,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    lo,
+    hi,
+    offs_n,
+    offs_d,
+    qk_scale,
+    MASK: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + offs_n
+        if MASK:
+            valid = cols < hi
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :])
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        if MASK:
+            s = tl.where(valid[None, :], s, float("-inf"))
+        if HAS_LINEAR:
+            block_best = tl.max(s, axis=1)
+            block_idx = tl.argmax(s, axis=1) + start
+            better = block_best > best
+            best_idx = tl.where(better, block_idx, best_idx)
+            best = tl.where(better, block_best, best)
+        p = tl.math.exp2(s - m[:, None])
+        dp = tl.dot(gn, tl.trans(v), input_precision=PREC) + dns[:, None]
+        ds = p * dp
+        row_sum += tl.sum(ds, axis=1)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return dq, row_sum, best, best_idx
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    g_ptr,
+    kv_ptr,
+    z_ptr,
+    m_ptr,
+    rden_ptr,
+    dns_ptr,
+    dnl_ptr,
+    dq_ptr,
+    dfq_ptr,
+    dk_extra_ptr,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_gb,
+    stride_gn,
+    stride_gh,
+    n_heads,
+    n_q,
+    n_k,
+    chunk_len,
+    overlap_len,
+    key_offset,
+    blocks_per_chunk,
+    n_chunks,
+    scale,
+    qk_scale,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    chunk = pid // blocks_per_chunk
+    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
+    key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
+    key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+    key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    q = tl.load(
+        q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
+    g = tl.load(
+        g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
+    stat_off = bh * n_q + rows
+    m = tl.load(m_ptr + stat_off, mask=row_valid, other=0.0)
+    rden = tl.load(rden_ptr + stat_off, mask=row_valid, other=0.0)
+    dns = tl.load(dns_ptr + stat_off, mask=row_valid, other=0.0)
+    gn32 = g.to(tl.float32) * rden[:, None]
+    gn = gn32.to(q.dtype)
+    k_base = k_ptr + batch * stride_kb + head * stride_kh
+    v_base = v_ptr + batch * stride_vb + head * stride_vh
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    best = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
+    dq, row_sum, best, best_idx = _bwd_dq_inner(
+        dq, row_sum, best, best_idx, q, gn, m, dns, k_base, v_base, stride_kn, stride_vn, key_lo,
+        key_full, offs_n, offs_d, qk_scale, False, HAS_LINEAR, BLOCK_N, PREC,
+    )  # fmt: skip
+    dq, row_sum, best, best_idx = _bwd_dq_inner(
+        dq, row_sum, best, best_idx, q, gn, m, dns, k_base, v_base, stride_kn, stride_vn, key_full,
+        key_hi, offs_n, offs_d, qk_scale, True, HAS_LINEAR, BLOCK_N, PREC,
+    )  # fmt: skip
+
+    if HAS_LINEAR:
+        # The row-max term: ∂L/∂c_i = −Σ_j ds_ij lands on the argmax key.
+        d_max = -row_sum
+        k_best = tl.load(
+            k_base + best_idx[:, None] * stride_kn + offs_d[None, :], mask=row_valid[:, None], other=0.0
+        )
+        dq += d_max[:, None] * k_best.to(tl.float32)
+        extra_off = ((batch * n_k + best_idx[:, None]) * n_heads + head) * D + offs_d[None, :]
+        tl.atomic_add(
+            dk_extra_ptr + extra_off, (d_max * scale)[:, None] * q.to(tl.float32), mask=row_valid[:, None]
+        )
+    dq_off = ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
+    tl.store(dq_ptr + dq_off, (dq * scale).to(q.dtype), mask=row_valid[:, None])
+
+    if HAS_LINEAR:
+        dnl = tl.load(dnl_ptr + stat_off, mask=row_valid, other=0.0)
+        offs_e = tl.arange(0, BLOCK_E)
+        state = (batch * n_chunks + chunk) * n_heads + head
+        dfq_base = dfq_ptr + ((batch * n_q + rows[:, None]) * n_heads + head) * E
+        for e0 in tl.static_range(0, E, BLOCK_E):
+            kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+            z = tl.load(z_ptr + state * E + e0 + offs_e)
+            dfq = tl.dot(gn32, tl.trans(kv), input_precision=PREC) + dnl[:, None] * z[None, :]
+            tl.store(dfq_base + (e0 + offs_e)[None, :], dfq.to(q.dtype), mask=row_valid[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    g_ptr,
+    m_ptr,
+    rden_ptr,
+    dns_ptr,
+    dk_ptr,
+    dv_ptr,
+    dk_extra_ptr,
+    stride_qb,
+    stride_qn,
+    stride_qh,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_gb,
+    stride_gn,
+    stride_gh,
+    n_heads,
+    n_q,
+    n_k,
+    chunk_len,
+    overlap_len,
+    key_offset,
+    n_chunks,
+    scale,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_EXTRA: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    bh = tl.program_id(1)
+    batch = bh // n_heads
+    head = bh % n_heads
+    key0 = tl.program_id(0) * BLOCK_N
+    cols = key0 + tl.arange(0, BLOCK_N)
+    col_valid = cols < n_k
+    offs_d = tl.arange(0, D)
+    offs_m = tl.arange(0, BLOCK_M)
+    k = tl.load(
+        k_ptr + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
+        mask=col_valid[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        v_ptr + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vn + offs_d[None, :],
+        mask=col_valid[:, None],
+        other=0.0,
+    )
+    q_base = q_ptr + batch * stride_qb + head * stride_qh
+    g_base = g_ptr + batch * stride_gb + head * stride_gh
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    # Chunks whose window [max(t·L − O, 0), min((t+1)·L + K0, NK)) meets this key block.
+    last_key = tl.minimum(key0 + BLOCK_N, n_k) - 1
+    first_chunk = tl.maximum(key0 - key_offset, 0) // chunk_len
+    last_chunk = tl.minimum((last_key + overlap_len) // chunk_len, n_chunks - 1)
+    for chunk in range(first_chunk, last_chunk + 1):
+        key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
+        key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+        in_window = (cols >= key_lo) & (cols < key_hi)
+        row_hi = tl.minimum((chunk + 1) * chunk_len, n_q)
+        for row0 in range(chunk * chunk_len, row_hi, BLOCK_M):
+            rows = row0 + offs_m
+            row_valid = rows < row_hi
+            q = tl.load(
+                q_base + rows[:, None] * stride_qn + offs_d[None, :], mask=row_valid[:, None], other=0.0
+            )
+            g = tl.load(
+                g_base + rows[:, None] * stride_gn + offs_d[None, :], mask=row_valid[:, None], other=0.0
+            )
+            stat_off = bh * n_q + rows
+            m = tl.load(m_ptr + stat_off, mask=row_valid, other=float("inf"))
+            rden = tl.load(rden_ptr + stat_off, mask=row_valid, other=0.0)
+            dns = tl.load(dns_ptr + stat_off, mask=row_valid, other=0.0)
+            gn = (g.to(tl.float32) * rden[:, None]).to(q.dtype)
+            s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+            p_t = tl.math.exp2(s_t - m[None, :])
+            p_t = tl.where(in_window[:, None], p_t, 0.0)
+            dv += tl.dot(p_t.to(q.dtype), gn, input_precision=PREC)
+            dp_t = tl.dot(v, tl.trans(gn), input_precision=PREC) + dns[None, :]
+            ds_t = p_t * dp_t
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+    dk *= scale
+    out_off = ((batch * n_k + cols[:, None]) * n_heads + head) * D + offs_d[None, :]
+    if HAS_EXTRA:
+        dk += tl.load(dk_extra_ptr + out_off, mask=col_valid[:, None], other=0.0)
+    tl.store(dk_ptr + out_off, dk.to(k.dtype), mask=col_valid[:, None])
+    tl.store(dv_ptr + out_off, dv.to(v.dtype), mask=col_valid[:, None])
+
+
+def _grid_rows(n_q: int, chunk_len: int, block_m: int) -> tuple[int, int, int]:
+    """(blocks per chunk, number of chunks, number of query-block programs) — no empty programs."""
+    blocks_per_chunk = -(-chunk_len // block_m)
+    n_chunks = -(-n_q // chunk_len)
+    last_len = n_q - (n_chunks - 1) * chunk_len
+    return blocks_per_chunk, n_chunks, (n_chunks - 1) * blocks_per_chunk + -(-last_len // block_m)
+
+
+def _strides(x: Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class WindowedHybridAttention(torch.autograd.Function):
+    """(q, k, v, fq, kv, z) -> y: windowed softmax part + linear part through chunk states kv, z.
+
+    q, fq: [B, NQ, H, D|D']; k, v: [B, NK, H, D]; kv: [B, C, H, D', D], z: [B, C, H, D'] fp32, one
+    state per chunk (C = ceil(NQ / chunk_len)); fq, kv, z all None drops the linear part.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        fq: Tensor | None,
+        kv: Tensor | None,
+        z: Tensor | None,
+        chunk_len: int,
+        overlap_len: int,
+        key_offset: int,
+        scale: float,
+        stats: AttentionStats | None,
+    ) -> Tensor:
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        has_linear = fq is not None
+        if has_linear:
+            fq, kv, z = _last_dim_contiguous(fq), kv.contiguous(), z.contiguous()
+        batch, n_q, heads, head_dim = q.shape
+        n_k = k.shape[1]
+        feat = fq.shape[-1] if has_linear else 0
+        cfg = attention_config("fwd", head_dim, q.device)
+        blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+        out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
+        m, l_soft, n_lin = (
+            torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
+        )
+        _fwd_kernel[(n_programs, batch * heads)](
+            q, k, v,
+            fq if has_linear else q, kv if has_linear else q, z if has_linear else q,
+            out, m, l_soft, n_lin,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(fq if has_linear else q),
+            heads, n_q, n_k, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
+            scale * LOG2E, DENOMINATOR_EPS,
+            D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear,
+            PREC=dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+        if stats is not None:
+            stats.total_rows += m.numel()
+            stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
+        ctx.save_for_backward(q, k, v, fq, kv, z, out, m, l_soft, n_lin)
+        ctx.geometry = (chunk_len, overlap_len, key_offset, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        q, k, v, fq, kv, z, out, m, l_soft, n_lin = ctx.saved_tensors
+        chunk_len, overlap_len, key_offset, scale = ctx.geometry
+        g = _last_dim_contiguous(g)
+        has_linear = fq is not None
+        batch, n_q, heads, head_dim = q.shape
+        n_k = k.shape[1]
+        feat = fq.shape[-1] if has_linear else 0
+        prec = dot_precision(q.dtype)
+
+        rden, dns, dnl = (torch.empty_like(m) for _ in range(3))
+        block = 64 if q.is_cuda else 16
+        _bwd_preprocess_kernel[(-(-n_q // block), batch * heads)](
+            out, g, l_soft, n_lin, rden, dns, dnl, *_strides(g), heads, n_q, DENOMINATOR_EPS,
+            D=head_dim, BLOCK_M=block,
+        )  # fmt: skip
+
+        dq = torch.empty_like(q)
+        dfq = torch.empty_like(fq) if has_linear else None
+        dk_extra = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if has_linear else q
+        cfg = attention_config("bwd_dq", head_dim, q.device)
+        blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+        _bwd_dq_kernel[(n_programs, batch * heads)](
+            q, k, v, g,
+            kv if has_linear else q, z if has_linear else q,
+            m, rden, dns, dnl, dq, dfq if has_linear else q, dk_extra,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g),
+            heads, n_q, n_k, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
+            scale, scale * LOG2E,
+            D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        cfg = attention_config("bwd_dkdv", head_dim, q.device)
+        _bwd_dkdv_kernel[(-(-n_k // cfg.block_n), batch * heads)](
+            q, k, v, g, m, rden, dns, dk, dv, dk_extra,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(g),
+            heads, n_q, n_k, chunk_len, overlap_len, key_offset, n_chunks, scale, scale * LOG2E,
+            D=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_EXTRA=has_linear, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+
+        dkv = dz = None
+        if has_linear and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
+            dkv, dz = segment_sums(fq, g, chunk_len, wb=rden, wz=dnl)
+        return dq, dk, dv, dfq, dkv, dz, None, None, None, None, None
