@@ -9,6 +9,13 @@ from rehyat.attention import (
     hybrid_attention_step,
     recurrent_hybrid_attention,
 )
+from rehyat.models import (
+    ReHyAtConfig,
+    convert_wan,
+    load_rehyat,
+    recurrent_forward,
+    save_rehyat,
+)
 
 __version__ = "0.1.0"
 
@@ -17,8 +24,13 @@ __all__ = [
     "AttentionStats",
     "HybridAttentionState",
     "PolynomialFeatureMap",
+    "ReHyAtConfig",
     "__version__",
+    "convert_wan",
     "hybrid_attention",
     "hybrid_attention_step",
+    "load_rehyat",
+    "recurrent_forward",
     "recurrent_hybrid_attention",
+    "save_rehyat",
 ]

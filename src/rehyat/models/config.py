@@ -1,0 +1,129 @@
+"""``ReHyAtConfig``: how a DiT is converted to ReHyAt attention (a JSON-serialisable dataclass)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_ACTIVATIONS = ("relu", "gelu", "silu")
+_INITS = ("taylor", "random")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _index_tuple(name: str, value: object) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of block indices, got {value!r}")
+    for index in value:
+        _check_int(f"{name} entry", index, 0)
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} has repeated block indices: {list(value)}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ReHyAtConfig:
+    """Which self-attention blocks become ReHyAt and with what chunking and feature maps.
+
+    Attributes:
+        chunk_frames: Tc, latent frames per chunk (after patching).
+        overlap_frames: To, frames before a chunk that it also attends to with softmax.
+        causal: linear part over past frames only (needed by the recurrent forward) or bidirectional.
+        blocks: ``"all"``, a list of block indices, or an int k = the k blocks ranked best in
+            ``block_ranking`` (block indices ordered by stage-1 distillation error, lowest first).
+        block_ranking: ranking used when ``blocks`` is an int; ignored otherwise.
+        feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
+            :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
+    """
+
+    chunk_frames: int = 3
+    overlap_frames: int = 1
+    causal: bool = True
+    blocks: str | int | tuple[int, ...] = "all"
+    block_ranking: tuple[int, ...] | None = None
+    feature_degree: int = 2
+    feature_layers: int = 2
+    feature_activation: str = "relu"
+    feature_bias: bool = True
+    feature_init: str = "taylor"
+
+    def __post_init__(self) -> None:
+        _check_int("chunk_frames", self.chunk_frames, 1)
+        _check_int("overlap_frames", self.overlap_frames, 0)
+        _check_int("feature_degree", self.feature_degree, 1)
+        _check_int("feature_layers", self.feature_layers, 1)
+        for name in ("causal", "feature_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.feature_activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"feature_activation must be one of {_ACTIVATIONS}, got {self.feature_activation!r}"
+            )
+        if self.feature_init not in _INITS:
+            raise ValueError(f"feature_init must be one of {_INITS}, got {self.feature_init!r}")
+        if isinstance(self.blocks, str):
+            if self.blocks != "all":
+                raise ValueError(f"blocks must be 'all', an int or a list of indices, got {self.blocks!r}")
+        elif isinstance(self.blocks, int) and not isinstance(self.blocks, bool):
+            _check_int("blocks", self.blocks, 1)
+            if self.block_ranking is None:
+                raise ValueError(
+                    f"blocks={self.blocks} means 'the {self.blocks} lowest-error blocks' and needs "
+                    "block_ranking (block indices ordered by distillation error)"
+                )
+        else:
+            indices = _index_tuple("blocks", self.blocks)
+            if not indices:
+                raise ValueError("blocks must name at least one block")
+            object.__setattr__(self, "blocks", indices)
+        if self.block_ranking is not None:
+            object.__setattr__(self, "block_ranking", _index_tuple("block_ranking", self.block_ranking))
+
+    def resolve_blocks(self, num_blocks: int) -> list[int]:
+        """The sorted block indices to convert in a model of ``num_blocks`` blocks (validated)."""
+        if self.blocks == "all":
+            return list(range(num_blocks))
+        if isinstance(self.blocks, int):
+            ranking = self.block_ranking or ()
+            if sorted(ranking) != list(range(num_blocks)):
+                raise ValueError(
+                    f"block_ranking must be a permutation of the model's {num_blocks} block indices, "
+                    f"got {list(ranking)}"
+                )
+            if self.blocks > num_blocks:
+                raise ValueError(f"blocks={self.blocks} but the model has only {num_blocks} blocks")
+            return sorted(ranking[: self.blocks])
+        out_of_range = [i for i in self.blocks if i >= num_blocks]
+        if out_of_range:
+            raise ValueError(
+                f"block indices {out_of_range} are out of range for a model with {num_blocks} blocks"
+            )
+        return sorted(self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("blocks", "block_ranking"):
+            if isinstance(data[name], tuple):
+                data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReHyAtConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ReHyAtConfig fields: {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReHyAtConfig:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,201 @@
+"""ReHyAt for Wan2.1 in diffusers: the self-attention processor and :func:`convert_wan`.
+
+Conversion follows diffusers' idiom: the model stays a ``WanTransformer3DModel``; the chosen blocks'
+``attn1`` gets a :class:`ReHyAtWanAttnProcessor` and two feature maps registered on the attention
+module (``attn1.rehyat_phi_q``, ``attn1.rehyat_phi_k``), so ``parameters()``, ``state_dict()``,
+``.to()`` and FSDP see them. Processors are not told the latent grid, so a forward pre-hook on the
+transformer records the post-patch ``(T, H, W)`` of every call in a :class:`ReHyAtRuntime` that all
+processors of the model share. The same runtime switches the processors into streaming mode for
+:func:`rehyat.recurrent_forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rehyat.attention import (
+    AttentionStats,
+    HybridAttentionState,
+    PolynomialFeatureMap,
+    hybrid_attention,
+    hybrid_attention_step,
+)
+from rehyat.models.config import ReHyAtConfig
+
+PHI_Q = "rehyat_phi_q"
+PHI_K = "rehyat_phi_k"
+
+
+@dataclass
+class ReHyAtRuntime:
+    """Per-model state shared by the processors: config, the current latent grid, streaming mode."""
+
+    config: ReHyAtConfig
+    blocks: list[int]
+    grid: tuple[int, int, int] | None = None
+    streaming: bool = False
+
+    def capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: record the post-patch (T, H, W) of the transformer's input."""
+        hidden_states = args[0] if args else kwargs.get("hidden_states")
+        if hidden_states is None or hidden_states.dim() != 5:
+            raise ValueError("ReHyAt expects hidden_states [B, C, F, H, W] as the transformer's first input")
+        p_t, p_h, p_w = module.config.patch_size
+        _, _, frames, height, width = hidden_states.shape
+        self.grid = (frames // p_t, height // p_h, width // p_w)
+
+
+def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Wan's interleaved rotary embedding, the same arithmetic as diffusers' ``WanAttnProcessor``."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class ReHyAtWanAttnProcessor:
+    """Self-attention processor for ``WanAttention`` computing ReHyAt instead of softmax attention.
+
+    q, k, v are exactly the teacher's (projections, QK RMSNorm, 3D RoPE); the attention is
+    :func:`rehyat.hybrid_attention` with the teacher's scale (1/sqrt(head_dim), as SDPA uses), with
+    φq, φk read from the attention module. In streaming mode each call is one chunk of whole frames and
+    :func:`rehyat.hybrid_attention_step` carries ``state`` to the next call.
+    """
+
+    def __init__(self, runtime: ReHyAtRuntime, stats: AttentionStats | None = None) -> None:
+        self.runtime = runtime
+        self.stats = stats
+        self.state: HybridAttentionState | None = None
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        rotary_emb: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("the ReHyAt processor serves self-attention only (no context, no mask)")
+        grid = self.runtime.grid
+        if grid is None:
+            raise ValueError("no latent grid captured: call the converted transformer, not its blocks")
+        frame_tokens = grid[1] * grid[2]
+
+        if getattr(attn, "fused_projections", False):
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _apply_rotary(query, *rotary_emb)
+            key = _apply_rotary(key, *rotary_emb)
+
+        fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
+        config = self.runtime.config
+        if self.runtime.streaming:
+            out, self.state = hybrid_attention_step(
+                query,
+                key,
+                value,
+                fq,
+                fk,
+                self.state,
+                frame_tokens=frame_tokens,
+                overlap_frames=config.overlap_frames,
+                stats=self.stats,
+            )
+        else:
+            if query.shape[1] != grid[0] * frame_tokens:
+                raise ValueError(
+                    f"attention got {query.shape[1]} tokens but the captured grid {grid} has "
+                    f"{grid[0] * frame_tokens}"
+                )
+            out = hybrid_attention(
+                query,
+                key,
+                value,
+                fq,
+                fk,
+                frame_tokens=frame_tokens,
+                chunk_frames=config.chunk_frames,
+                overlap_frames=config.overlap_frames,
+                causal=config.causal,
+                stats=self.stats,
+            )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def rehyat_runtime(transformer: nn.Module) -> ReHyAtRuntime | None:
+    """The runtime of a converted transformer, or None if it is not converted."""
+    runtime = getattr(transformer, "_rehyat_runtime", None)
+    return runtime if isinstance(runtime, ReHyAtRuntime) else None
+
+
+def converted_blocks(transformer: nn.Module) -> list[int]:
+    """Indices of the blocks whose self-attention runs the ReHyAt processor."""
+    return [
+        i
+        for i, block in enumerate(transformer.blocks)
+        if isinstance(block.attn1.processor, ReHyAtWanAttnProcessor)
+    ]
+
+
+def feature_maps(transformer: nn.Module) -> dict[int, tuple[PolynomialFeatureMap, PolynomialFeatureMap]]:
+    """(φq, φk) of every converted block, by block index."""
+    return {
+        i: (getattr(transformer.blocks[i].attn1, PHI_Q), getattr(transformer.blocks[i].attn1, PHI_K))
+        for i in converted_blocks(transformer)
+    }
+
+
+def _check_wan(transformer: nn.Module) -> None:
+    config = getattr(transformer, "config", None)
+    if not hasattr(transformer, "blocks") or config is None or not hasattr(config, "patch_size"):
+        raise ValueError(f"expected a diffusers WanTransformer3DModel, got {type(transformer).__name__}")
+
+
+def convert_wan(transformer: nn.Module, config: ReHyAtConfig | None = None) -> nn.Module:
+    """Convert the self-attention of the chosen blocks of a ``WanTransformer3DModel`` to ReHyAt, in place.
+
+    Each converted ``blocks[i].attn1`` gets a :class:`ReHyAtWanAttnProcessor` and fresh feature maps
+    (``config``'s degree, layers, activation, bias, init) on the module's device and dtype. attn2, the
+    FFN, norms and unconverted blocks are not touched. Returns ``transformer``.
+    """
+    _check_wan(transformer)
+    config = ReHyAtConfig() if config is None else config
+    if not isinstance(config, ReHyAtConfig):
+        raise ValueError(f"config must be a ReHyAtConfig, got {type(config).__name__}")
+    if rehyat_runtime(transformer) is not None:
+        raise ValueError("this transformer is already converted to ReHyAt")
+    blocks = config.resolve_blocks(len(transformer.blocks))
+    runtime = ReHyAtRuntime(config=config, blocks=blocks)
+    for index in blocks:
+        attn = transformer.blocks[index].attn1
+        if getattr(attn, "is_cross_attention", False) or getattr(attn, "add_k_proj", None) is not None:
+            raise ValueError(f"blocks[{index}].attn1 is not a plain self-attention layer")
+        head_dim = attn.inner_dim // attn.heads
+        reference = attn.to_q.weight
+        for name in (PHI_Q, PHI_K):
+            phi = PolynomialFeatureMap(
+                attn.heads,
+                head_dim,
+                config.feature_degree,
+                config.feature_layers,
+                activation=config.feature_activation,
+                bias=config.feature_bias,
+                init=config.feature_init,
+            )
+            attn.add_module(name, phi.to(device=reference.device, dtype=reference.dtype))
+        attn.set_processor(ReHyAtWanAttnProcessor(runtime))
+    transformer.register_forward_pre_hook(runtime.capture_grid, with_kwargs=True)
+    transformer._rehyat_runtime = runtime
+    return transformer

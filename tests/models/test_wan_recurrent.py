@@ -1,0 +1,93 @@
+"""recurrent_forward: equal to the parallel converted model, chunk-sized activations, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_wan import FRAMES, converted, run, tiny_inputs, tiny_wan
+
+from rehyat import recurrent_forward
+from rehyat.models import rotary_for_frames
+
+from conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_wan(num_layers=3)
+
+
+@pytest.mark.parametrize(
+    "chunk,overlap",
+    [(3, 1), (2, 0), (2, 3), (3, 3), (1, 1), (4, 2), (FRAMES, 1), (FRAMES + 2, 0)],
+    ids=lambda v: str(v),
+)
+def test_recurrent_equals_parallel(model, chunk, overlap):
+    net = converted(model, chunk_frames=chunk, overlap_frames=overlap)
+    hidden, timestep, context = tiny_inputs(batch=2)
+    parallel = run(net, hidden, timestep, context)
+    with torch.no_grad():
+        recurrent = recurrent_forward(net, hidden, timestep, context)
+    assert recurrent.shape == parallel.shape and recurrent.dtype == parallel.dtype
+    assert rel_err(recurrent, parallel) <= 1e-4
+    assert all(block.attn1.processor.state is None for block in net.blocks)  # states dropped afterwards
+    assert rel_err(run(net, hidden, timestep, context), parallel) == 0  # parallel mode restored
+
+
+def test_recurrent_random_feature_maps_and_long_video(model):
+    net = converted(model, chunk_frames=3, overlap_frames=1, feature_init="random")
+    hidden, timestep, context = tiny_inputs(frames=13)
+    with torch.no_grad():
+        assert (
+            rel_err(recurrent_forward(net, hidden, timestep, context), run(net, hidden, timestep, context))
+            <= 1e-4
+        )
+
+
+def test_image_to_video_recurrent():
+    net = converted(tiny_wan(image_dim=8, added_kv_proj_dim=24), chunk_frames=3)
+    hidden, timestep, _ = tiny_inputs()
+    context, image = torch.randn(1, 512, 32), torch.randn(1, 3, 8)
+    parallel = run(net, hidden, timestep, context, encoder_hidden_states_image=image)
+    with torch.no_grad():
+        recurrent = recurrent_forward(net, hidden, timestep, context, encoder_hidden_states_image=image)
+    assert rel_err(recurrent, parallel) <= 1e-4
+
+
+def test_blocks_only_ever_see_one_chunk(model):
+    """Activations are chunk-sized whatever the video length: every block input holds <= Tc frames."""
+    net = converted(model, chunk_frames=2, overlap_frames=1)
+    sizes = []
+    for block in net.blocks:
+        block.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[1]))
+    for frames in (5, 21):
+        sizes.clear()
+        hidden, timestep, context = tiny_inputs(frames=frames)
+        with torch.no_grad():
+            recurrent_forward(net, hidden, timestep, context)
+        assert max(sizes) == 2 * 16
+        assert len(sizes) == 3 * -(-frames // 2)
+
+
+def test_rotary_slices_use_absolute_frames(model):
+    hidden = torch.zeros(1, 16, 9, 8, 8)
+    cos, sin = model.rope(hidden)
+    part_cos, part_sin = rotary_for_frames(model.rope, 3, 7, 4, 4)
+    assert torch.equal(part_cos, cos[:, 3 * 16 : 7 * 16]) and torch.equal(part_sin, sin[:, 3 * 16 : 7 * 16])
+    with pytest.raises(ValueError, match="rope_max_seq_len"):
+        rotary_for_frames(model.rope, 60, 65, 4, 4)
+
+
+def test_recurrent_errors(model):
+    hidden, timestep, context = tiny_inputs()
+    with pytest.raises(ValueError, match="converted with convert_wan"):
+        recurrent_forward(model, hidden, timestep, context)
+    with pytest.raises(ValueError, match=r"blocks \[1\] still run full softmax"):
+        recurrent_forward(converted(model, blocks=[0, 2]), hidden, timestep, context)
+    with pytest.raises(ValueError, match="causal"):
+        recurrent_forward(converted(model, causal=False), hidden, timestep, context)
+    net = converted(model)
+    with pytest.raises(ValueError, match="per-token timesteps"):
+        recurrent_forward(net, hidden, timestep[:, None].expand(1, 16 * FRAMES), context)
+    with pytest.raises(ValueError, match=r"\[B, C, F, H, W\]"):
+        recurrent_forward(net, hidden[0], timestep, context)
