@@ -9,7 +9,7 @@ import json
 import sys
 
 # Modules whose register() adds a top-level subcommand, and modules adding a `rehyat bench` target.
-COMMAND_MODULES = ["rehyat.demo"]
+COMMAND_MODULES = ["rehyat.demo", "rehyat.training.distill"]
 BENCH_MODULES: list[str] = []
 
 

@@ -1,0 +1,365 @@
+"""Stage 1 — attention distillation (SPEC §7), ``rehyat distill``.
+
+The frozen teacher runs its real sampler (diffusers' ``WanPipeline``: its scheduler, CFG, both
+branches) on the given prompts with fresh seeds. At the chosen denoising steps an
+:class:`~rehyat.training.capture.AttentionRecorder` records every distilled block's q, k, v and softmax
+output, and each block's students train on them right away ("capture and train on the fly"): nothing
+is written to disk and memory stays at one step's captures of this process's blocks, which is what
+makes Wan2.1 at 480×832×81 (≈100 MB per tensor per block in bf16) practical. The last ``heldout``
+sampler runs are kept (on CPU) for evaluation instead of training.
+
+Blocks are independent, so with several processes (``accelerate launch`` / ``torchrun``) each process
+takes every world-size-th block; every process runs the teacher. The main process then merges the
+per-block results into ``report.json`` / ``report.md`` (final train and held-out L1 and relative error
+and the guarded-row fraction per block and variant), ``ranking.json`` (blocks by held-out L1 of the
+ReHyAt student, lowest first — what ``ReHyAtConfig(blocks=k, block_ranking=...)`` consumes) and a
+ReHyAt checkpoint of the teacher converted with the distilled feature maps (``rehyat/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rehyat.models.config import ReHyAtConfig
+from rehyat.training.capture import AttentionCapture, AttentionRecorder
+from rehyat.training.config import load_config, write_config
+from rehyat.training.students import VARIANTS, BlockStudent
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class DistillConfig:
+    """Everything a stage-1 run needs; written to ``<out>/config.json``."""
+
+    model: str = ""  # local diffusers Wan folder (transformer/, scheduler/, and text_encoder/, tokenizer/ for text prompts)
+    prompts: str = ""  # a .txt file (one prompt a line) or .safetensors with prompt_embeds [P, L, D]
+    out: str = "runs/distill"
+    rehyat: ReHyAtConfig = field(default_factory=ReHyAtConfig)
+    blocks: list[int] | None = None  # None: every block (a full ranking needs every block)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    num_frames: int = 81
+    height: int = 480
+    width: int = 832
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    capture_steps: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40])
+    seeds_per_prompt: int = 1
+    heldout: int = 1  # the last `heldout` sampler runs are held out for evaluation
+    inner_steps: int = 1  # optimiser steps per captured call
+    lr: float = 1e-3
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    device: str = "auto"
+    seed: int = 0
+    negative_prompt: str = ""
+
+
+def _read_prompts(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check(config: DistillConfig) -> None:
+    if not config.model:
+        raise ValueError("model is required: a local diffusers Wan folder")
+    if not Path(config.model).is_dir():
+        raise ValueError(f"model folder {config.model} does not exist")
+    if not config.prompts:
+        raise ValueError("prompts is required: a .txt file or a .safetensors file of prompt embeddings")
+    if not Path(config.prompts).is_file():
+        raise ValueError(f"prompts file {config.prompts} does not exist")
+    if not config.prompts.endswith(".safetensors") and not _read_prompts(Path(config.prompts)):
+        raise ValueError(f"prompt file {config.prompts} holds no prompts")
+    unknown = sorted(set(config.variants) - set(VARIANTS))
+    if unknown or "rehyat" not in config.variants:
+        raise ValueError(f"variants must include 'rehyat' and come from {VARIANTS}, got {config.variants}")
+    bad_steps = [s for s in config.capture_steps if not 0 <= s < config.num_inference_steps]
+    if bad_steps or not config.capture_steps:
+        raise ValueError(
+            f"capture_steps must be non-empty and in [0, {config.num_inference_steps}), got {bad_steps}"
+        )
+    for name in ("seeds_per_prompt", "inner_steps", "num_frames", "height", "width"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.heldout < 0:
+        raise ValueError(f"heldout must be >= 0, got {config.heldout}")
+
+
+def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.device, need_text: bool):
+    """A ``WanPipeline`` from a local folder: transformer and scheduler, and the text encoder when needed.
+    No VAE: the sampler stops at latents."""
+    import diffusers
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    folder = Path(folder)
+    for sub in ("transformer", "scheduler"):
+        if not (folder / sub).is_dir():
+            raise ValueError(
+                f"model folder {folder} has no {sub}/ subfolder (expected a diffusers Wan folder)"
+            )
+    transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(folder / "scheduler")
+    tokenizer = text_encoder = None
+    if need_text:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
+            raise ValueError(
+                f"text prompts need {folder}/text_encoder and {folder}/tokenizer; "
+                "or pass prompt embeddings as .safetensors"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).to(device)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=scheduler, transformer=transformer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    transformer.requires_grad_(False).eval()
+    return pipe
+
+
+def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device: torch.device):
+    """(prompt_embeds [P, L, D], negative_prompt_embeds [P, L, D]) from a .txt or .safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = load_file(path)
+        if "prompt_embeds" not in tensors:
+            raise ValueError(f"{path} has no 'prompt_embeds' tensor (found {sorted(tensors)})")
+        positive = tensors["prompt_embeds"]
+        negative = tensors.get("negative_prompt_embeds", torch.zeros_like(positive[:1]))
+        if positive.dim() != 3 or negative.dim() != 3 or negative.shape[1:] != positive.shape[1:]:
+            raise ValueError(f"{path}: prompt embeddings must be [P, L, D] with matching L, D")
+        return positive.to(device), negative.expand(positive.shape[0], -1, -1).to(device)
+    prompts = _read_prompts(path)
+    positive, negative = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+    return positive, negative
+
+
+def _evaluate_all(
+    students: dict[int, dict[str, BlockStudent]],
+    captures: dict[int, list[AttentionCapture]],
+    device: torch.device,
+) -> dict[int, dict[str, dict[str, float]]]:
+    return {
+        block: {
+            name: s.evaluate([c.to(device) for c in captures[block]]).as_dict()
+            for name, s in by_variant.items()
+        }
+        for block, by_variant in students.items()
+    }
+
+
+def run_distillation(config: DistillConfig) -> dict:
+    """Run stage 1 as configured; return the merged report (on the main process; {} elsewhere)."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    _check(config)
+    state = PartialState()
+    device = state.device if config.device == "auto" else torch.device(config.device)
+    dtype = DTYPES[config.dtype]
+    out = Path(config.out)
+    (out / "blocks").mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        write_config(config, out / "config.json")
+
+    pipe = load_teacher_pipeline(
+        config.model, dtype, device, need_text=not config.prompts.endswith(".safetensors")
+    )
+    transformer = pipe.transformer
+    num_blocks = len(transformer.blocks)
+    blocks = list(range(num_blocks)) if config.blocks is None else sorted(config.blocks)
+    if any(not 0 <= b < num_blocks for b in blocks):
+        raise ValueError(f"blocks {blocks} out of range for a model with {num_blocks} blocks")
+    mine = blocks[state.process_index :: state.num_processes]
+    prompt_embeds, negative_embeds = load_prompt_embeddings(
+        pipe, config.prompts, config.negative_prompt, device
+    )
+    runs = [(p, s) for s in range(config.seeds_per_prompt) for p in range(prompt_embeds.shape[0])]
+    if config.heldout >= len(runs):
+        raise ValueError(
+            f"heldout={config.heldout} leaves no training run out of {len(runs)} (prompts × seeds)"
+        )
+    train_runs, heldout_runs = runs[: len(runs) - config.heldout], runs[len(runs) - config.heldout :]
+
+    attn = transformer.blocks[0].attn1
+    heads, head_dim = attn.heads, attn.inner_dim // attn.heads
+    torch.manual_seed(config.seed)
+    students = {
+        b: {
+            v: BlockStudent(v, config.rehyat, heads, head_dim, lr=config.lr, device=device)
+            for v in config.variants
+        }
+        for b in mine
+    }
+    recorder = AttentionRecorder(transformer, mine, store_device=device)
+    log = (out / f"metrics-rank{state.process_index}.jsonl").open("a")
+    capture_steps = set(config.capture_steps)
+    heldout: dict[int, list[AttentionCapture]] = {b: [] for b in mine}
+    last_train: dict[int, list[AttentionCapture]] = {b: [] for b in mine}
+    step_count = 0
+
+    def sample(prompt: int, seed: int, on_step) -> None:
+        """One teacher sampler run; ``on_step(step)`` runs after each denoising step."""
+
+        def callback(_pipe, step: int, _t, kwargs: dict) -> dict:
+            on_step(step)
+            recorder.active = (step + 1) in capture_steps
+            return kwargs
+
+        recorder.active = 0 in capture_steps
+        pipe(
+            prompt_embeds=prompt_embeds[prompt : prompt + 1],
+            negative_prompt_embeds=negative_embeds[prompt : prompt + 1],
+            num_frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + 7919 * seed + prompt),
+            output_type="latent",
+            callback_on_step_end=callback,
+        )
+        recorder.active = False
+
+    def keep_heldout(step: int) -> None:
+        if step in capture_steps:
+            for block, items in recorder.take().items():
+                heldout[block] += [c.to("cpu") for c in items]
+
+    def train_on_captures(step: int) -> None:
+        nonlocal step_count
+        if step not in capture_steps:
+            return
+        captured = recorder.take()
+        tic, first = time.perf_counter(), step_count
+        with torch.enable_grad():
+            for block, items in captured.items():
+                last_train[block] = [c.to("cpu") for c in items]
+                for capture in items:
+                    for _ in range(config.inner_steps):
+                        losses = {n: s.train_step(capture) for n, s in students[block].items() if s.trainable}
+                        step_count += 1
+                        log.write(
+                            json.dumps(
+                                {
+                                    "step": step_count,
+                                    "block": block,
+                                    "denoising_step": step,
+                                    **{f"loss/{n}": v for n, v in losses.items()},
+                                }
+                            )
+                            + "\n"
+                        )
+        log.flush()
+        progress.set_postfix(
+            block_steps_per_s=f"{(step_count - first) / max(time.perf_counter() - tic, 1e-9):.2f}"
+        )
+
+    with recorder.installed():
+        progress = tqdm(
+            train_runs, desc=f"distill (rank {state.process_index})", disable=not state.is_local_main_process
+        )
+        for prompt, seed in progress:
+            sample(prompt, seed, train_on_captures)
+        for prompt, seed in heldout_runs:
+            sample(prompt, seed, keep_heldout)
+    log.close()
+
+    train_eval = _evaluate_all(students, last_train, device)
+    heldout_eval = _evaluate_all(students, heldout, device) if config.heldout else train_eval
+    for block in mine:
+        result = {
+            "block": block,
+            "train": train_eval[block],
+            "heldout": heldout_eval[block],
+            "train_steps": step_count,
+            "captures_heldout": len(heldout[block]),
+        }
+        (out / "blocks" / f"block-{block:03d}.json").write_text(json.dumps(result, indent=2))
+        save_file(
+            students[block]["rehyat"].feature_map_state(), out / "blocks" / f"block-{block:03d}.safetensors"
+        )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    return _merge(config, out, transformer, blocks)
+
+
+def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> dict:
+    """Combine per-block results into the report, the ranking and a ReHyAt checkpoint."""
+    from rehyat.models import convert_wan, save_rehyat
+
+    results = {b: json.loads((out / "blocks" / f"block-{b:03d}.json").read_text()) for b in blocks}
+    ranking = sorted(blocks, key=lambda b: results[b]["heldout"]["rehyat"]["l1"])
+    report = {"config": json.loads((out / "config.json").read_text()), "blocks": results, "ranking": ranking}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "ranking.json").write_text(
+        json.dumps({"block_ranking": ranking, "metric": "heldout L1 of ReHyAt"}, indent=2)
+    )
+    (out / "report.md").write_text(_markdown(results, ranking, config.variants))
+
+    rehyat_config = ReHyAtConfig.from_dict(
+        {**config.rehyat.to_dict(), "blocks": blocks, "block_ranking": None}
+    )
+    student_model = convert_wan(transformer, rehyat_config)
+    for b in blocks:
+        student_model.blocks[b].attn1.load_state_dict(
+            {
+                **student_model.blocks[b].attn1.state_dict(),
+                **load_file(out / "blocks" / f"block-{b:03d}.safetensors"),
+            }
+        )
+    save_rehyat(student_model, out / "rehyat")
+    return report
+
+
+def _markdown(results: dict[int, dict], ranking: list[int], variants: list[str]) -> str:
+    lines = [
+        "# Stage-1 distillation report",
+        "",
+        "Held-out L1 / relative error per block and variant (train values in the JSON). "
+        "`guarded` = fraction of query rows where the denominator guard fired (ReHyAt student).",
+        "",
+        "| block | rank | " + " | ".join(f"{v} L1 | {v} rel" for v in variants) + " | guarded |",
+        "|---|---|" + "---|---|" * len(variants) + "---|",
+    ]
+    for block, result in sorted(results.items()):
+        cells = [
+            f"{result['heldout'][v]['l1']:.4g} | {result['heldout'][v]['rel_error']:.3f}" for v in variants
+        ]
+        guarded = result["heldout"]["rehyat"]["guarded_fraction"]
+        lines.append(f"| {block} | {ranking.index(block) + 1} | " + " | ".join(cells) + f" | {guarded:.2%} |")
+    lines += ["", f"Ranking (lowest held-out ReHyAt L1 first): {ranking}", ""]
+    return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_config(DistillConfig, args.config, args.set)
+    report = run_distillation(config)
+    if report:
+        print(f"wrote {config.out}/report.md, ranking.json and rehyat/ (ranking: {report['ranking']})")
+    return 0
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "distill", help="stage 1: distill φq, φk of each block from the teacher's attention"
+    )
+    parser.add_argument("--config", help="TOML/YAML/JSON file with DistillConfig fields")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides, e.g. model=/path/Wan2.1 prompts=prompts.txt rehyat.chunk_frames=3",
+    )
+    parser.set_defaults(handler=_main)

@@ -1,0 +1,131 @@
+"""Stage-1 students: one block's attention variant trained to reproduce the teacher's attention output.
+
+A :class:`BlockStudent` holds the trainable feature maps of one block for one attention variant
+(``"rehyat"``, ``"linear"``; ``"local"`` has none and ``"untrained"`` keeps its initial φ) and takes
+L1 steps on :class:`~rehyat.training.capture.AttentionCapture` batches (SPEC §7: loss = mean |y − ŷ|).
+Feature maps and their optimiser run in fp32 whatever the capture dtype; the attention accumulates in
+fp32 as always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rehyat.attention import AttentionStats, PolynomialFeatureMap, hybrid_attention
+from rehyat.baselines import linear_attention, local_attention
+from rehyat.models.config import ReHyAtConfig
+from rehyat.training.capture import AttentionCapture
+
+VARIANTS = ("rehyat", "untrained", "linear", "local")
+_TRAINABLE = ("rehyat", "linear")
+
+
+@dataclass
+class Evaluation:
+    l1: float
+    rel_error: float
+    guarded_fraction: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"l1": self.l1, "rel_error": self.rel_error, "guarded_fraction": self.guarded_fraction}
+
+
+def _feature_map(
+    config: ReHyAtConfig, heads: int, head_dim: int, device: torch.device
+) -> PolynomialFeatureMap:
+    return PolynomialFeatureMap(
+        heads,
+        head_dim,
+        config.feature_degree,
+        config.feature_layers,
+        activation=config.feature_activation,
+        bias=config.feature_bias,
+        init=config.feature_init,
+    ).to(device)
+
+
+class BlockStudent:
+    """One block, one variant: φq, φk (if any), an AdamW optimiser, and the variant's attention op."""
+
+    def __init__(
+        self,
+        variant: str,
+        config: ReHyAtConfig,
+        heads: int,
+        head_dim: int,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant, self.config = variant, config
+        device = torch.device(device)
+        self.phi_q = self.phi_k = None
+        self.optimizer = None
+        if variant != "local":
+            self.phi_q = _feature_map(config, heads, head_dim, device)
+            self.phi_k = _feature_map(config, heads, head_dim, device)
+            self.phi_q.requires_grad_(variant in _TRAINABLE)
+            self.phi_k.requires_grad_(variant in _TRAINABLE)
+        if variant in _TRAINABLE:
+            params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    @property
+    def trainable(self) -> bool:
+        return self.optimizer is not None
+
+    def predict(self, capture: AttentionCapture, stats: AttentionStats | None = None) -> Tensor:
+        q, k, v = (t.float() for t in (capture.q, capture.k, capture.v))
+        geometry = dict(
+            frame_tokens=capture.frame_tokens,
+            chunk_frames=self.config.chunk_frames,
+            overlap_frames=self.config.overlap_frames,
+            causal=self.config.causal,
+            stats=stats,
+        )
+        if self.variant == "local":
+            return local_attention(q, k, v, **geometry)
+        fq, fk = self.phi_q(q), self.phi_k(k)
+        op = linear_attention if self.variant == "linear" else hybrid_attention
+        return op(q, k, v, fq, fk, **geometry)
+
+    def train_step(self, capture: AttentionCapture) -> float:
+        """One AdamW step on mean |y − ŷ|; returns the loss before the step."""
+        if not self.trainable:
+            raise ValueError(f"variant {self.variant!r} has nothing to train")
+        loss = (self.predict(capture) - capture.y.float()).abs().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, captures: list[AttentionCapture]) -> Evaluation:
+        """Mean L1, relative error ‖y − ŷ‖/‖y‖ and guarded-row fraction over ``captures``."""
+        if not captures:
+            raise ValueError("evaluate needs at least one capture")
+        stats = AttentionStats()
+        l1 = err2 = ref2 = 0.0
+        count = 0
+        for capture in captures:
+            y = capture.y.float()
+            diff = self.predict(capture, stats) - y
+            l1 += diff.abs().sum().item()
+            count += diff.numel()
+            err2 += diff.square().sum().item()
+            ref2 += y.square().sum().item()
+        return Evaluation(l1 / count, (err2 / max(ref2, 1e-30)) ** 0.5, stats.guarded_fraction)
+
+    def feature_map_state(self) -> dict[str, Tensor]:
+        """φ weights under the names a converted block's attn1 uses (``rehyat_phi_q.*``, ``rehyat_phi_k.*``)."""
+        if self.phi_q is None:
+            return {}
+        state = {f"rehyat_phi_q.{k}": v.detach().cpu() for k, v in self.phi_q.state_dict().items()}
+        state.update({f"rehyat_phi_k.{k}": v.detach().cpu() for k, v in self.phi_k.state_dict().items()})
+        return state

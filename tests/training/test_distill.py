@@ -1,0 +1,138 @@
+"""Stage 1 end to end on a tiny teacher: capture, students, report, ranking, checkpoint; and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rehyat import ReHyAtConfig
+from rehyat.baselines import full_attention
+from rehyat.training.capture import AttentionRecorder
+from rehyat.training.distill import DistillConfig, run_distillation
+from rehyat.training.students import BlockStudent
+
+from conftest import rel_err
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_teacher import VIDEO, make_teacher_folder
+
+
+def test_recorder_captures_the_teachers_attention_exactly(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    folder, _ = make_teacher_folder(tmp_path)
+    model = WanTransformer3DModel.from_pretrained(folder / "transformer")
+    hidden = torch.randn(1, 16, 5, 8, 8)
+    args = (hidden, torch.tensor([500.0]), torch.randn(1, 6, 32))
+    with torch.no_grad():
+        reference = model(*args, return_dict=False)[0]
+        recorder = AttentionRecorder(model, [1])
+        with recorder.installed():
+            recorder.active = True
+            out = model(*args, return_dict=False)[0]
+    assert torch.equal(out, reference)  # recording does not change the teacher
+    (capture,) = recorder.take()[1]
+    assert capture.q.shape == (1, 5 * 16, 2, 12) and capture.frame_tokens == 16
+    assert rel_err(full_attention(capture.q, capture.k, capture.v), capture.y) <= 1e-6
+    with pytest.raises(ValueError, match="out of range"):
+        AttentionRecorder(model, [2])
+
+
+def test_distillation_run(tmp_path):
+    folder, prompts = make_teacher_folder(tmp_path)
+    config = DistillConfig(
+        model=str(folder),
+        prompts=str(prompts),
+        out=str(tmp_path / "run"),
+        dtype="fp32",
+        device="cpu",
+        num_inference_steps=4,
+        capture_steps=[0, 2],
+        inner_steps=3,
+        lr=3e-3,
+        heldout=1,
+        **VIDEO,
+    )
+    report = run_distillation(config)
+    out = tmp_path / "run"
+    assert sorted(report["ranking"]) == [0, 1]
+    for block in ("0", "1"):
+        result = json.loads((out / "report.json").read_text())["blocks"][block]
+        assert set(result["heldout"]) == {"rehyat", "untrained", "linear", "local"}
+        assert result["captures_heldout"] == 2 * 2  # 2 capture steps × (cond, uncond)
+        # Training on 2 runs × 2 steps × 2 branches × 3 inner steps beats the untrained feature maps.
+        assert result["heldout"]["rehyat"]["l1"] < result["heldout"]["untrained"]["l1"]
+        assert 0.0 <= result["heldout"]["rehyat"]["guarded_fraction"] <= 1.0
+    assert "| block | rank |" in (out / "report.md").read_text()
+    ranking = json.loads((out / "ranking.json").read_text())["block_ranking"]
+    assert ReHyAtConfig(blocks=1, block_ranking=ranking).resolve_blocks(2) == [ranking[0]]
+    assert json.loads((out / "config.json").read_text())["inner_steps"] == 3
+    assert (out / "rehyat" / "rehyat.safetensors").is_file()
+    assert (
+        len((out / "metrics-rank0.jsonl").read_text().splitlines()) == 2 * 2 * 2 * 2 * 3
+    )  # blocks×runs×steps×cfg×inner
+
+
+def test_student_variants_and_errors():
+    student = BlockStudent("local", ReHyAtConfig(), 2, 4)
+    assert not student.trainable and student.feature_map_state() == {}
+    with pytest.raises(ValueError, match="nothing to train"):
+        student.train_step(None)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        BlockStudent("sparse", ReHyAtConfig(), 2, 4)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(model=""), "model is required"),
+        (dict(model="/no/such/folder"), "does not exist"),
+        (dict(prompts="/no/such.txt"), "prompts file /no/such.txt does not exist"),
+        (dict(capture_steps=[9]), "capture_steps must be"),
+        (dict(variants=["linear"]), "variants must include 'rehyat'"),
+        (dict(heldout=3), "leaves no training run"),
+    ],
+)
+def test_bad_configs(tmp_path, changes, message):
+    folder, prompts = make_teacher_folder(tmp_path)
+    base = dict(
+        model=str(folder),
+        prompts=str(prompts),
+        out=str(tmp_path / "run"),
+        dtype="fp32",
+        device="cpu",
+        num_inference_steps=4,
+        capture_steps=[0],
+        **VIDEO,
+    )
+    with pytest.raises(ValueError, match=message):
+        run_distillation(DistillConfig(**{**base, **changes}))
+
+
+def test_empty_prompt_file(tmp_path):
+    folder, _ = make_teacher_folder(tmp_path)
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    config = DistillConfig(
+        model=str(folder),
+        prompts=str(empty),
+        out=str(tmp_path / "run"),
+        device="cpu",
+        num_inference_steps=2,
+        capture_steps=[0],
+    )
+    with pytest.raises(ValueError, match="holds no prompts"):
+        run_distillation(config)
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    from rehyat.cli import main
+
+    assert main(["distill", "--set", "model=/no/such/folder", "prompts=p.txt"]) == 2
+    assert "model folder /no/such/folder does not exist" in capsys.readouterr().err
+    assert main(["distill", "--set", "chunk=3"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
