@@ -3,8 +3,9 @@
 A :class:`BlockStudent` holds the trainable feature maps of one block for one attention variant
 (``"rehyat"``, ``"linear"``; ``"local"`` has none and ``"untrained"`` keeps its initial φ) and takes
 L1 steps on :class:`~rehyat.training.capture.AttentionCapture` batches (SPEC §7: loss = mean |y − ŷ|).
-Feature maps and their optimiser run in fp32 whatever the capture dtype; the attention accumulates in
-fp32 as always.
+Feature-map master weights and their optimiser are fp32; φ runs in the capture's dtype (bf16 on a GPU:
+the weights are cast on the fly and gradients reach the fp32 masters), the attention accumulates in
+fp32 as always, and the loss is taken in fp32.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class BlockStudent:
         return self.optimizer is not None
 
     def predict(self, capture: AttentionCapture, stats: AttentionStats | None = None) -> Tensor:
-        q, k, v = (t.float() for t in (capture.q, capture.k, capture.v))
+        q, k, v = capture.q, capture.k, capture.v
         geometry = dict(
             frame_tokens=capture.frame_tokens,
             chunk_frames=self.config.chunk_frames,
@@ -99,7 +100,7 @@ class BlockStudent:
         """One AdamW step on mean |y − ŷ|; returns the loss before the step."""
         if not self.trainable:
             raise ValueError(f"variant {self.variant!r} has nothing to train")
-        loss = (self.predict(capture) - capture.y.float()).abs().mean()
+        loss = (self.predict(capture).float() - capture.y.float()).abs().mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -115,7 +116,7 @@ class BlockStudent:
         count = 0
         for capture in captures:
             y = capture.y.float()
-            diff = self.predict(capture, stats) - y
+            diff = self.predict(capture, stats).float() - y
             l1 += diff.abs().sum().item()
             count += diff.numel()
             err2 += diff.square().sum().item()
