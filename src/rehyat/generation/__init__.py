@@ -1,0 +1,26 @@
+"""Video generation with the recurrent ReHyAt forward: sampler, video writing, ``rehyat generate``.
+
+Names are imported on first use so that ``rehyat`` subcommands do not pay diffusers' import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "decode_latents": "rehyat.generation.sampler",
+    "generate_latents": "rehyat.generation.sampler",
+    "generate_video": "rehyat.generation.sampler",
+    "latent_shape": "rehyat.generation.sampler",
+    "make_scheduler": "rehyat.generation.sampler",
+    "write_video": "rehyat.generation.video",
+    "load_pipeline": "rehyat.generation.cli",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rehyat.generation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
