@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from rehyat import ReHyAtConfig
 from rehyat.baselines import full_attention
 from rehyat.training.capture import AttentionRecorder
 from rehyat.training.distill import DistillConfig, run_distillation
+from rehyat.training.metrics import read_metrics
 from rehyat.training.students import BlockStudent
 
 from conftest import rel_err
@@ -72,9 +75,9 @@ def test_distillation_run(tmp_path):
     assert ReHyAtConfig(blocks=1, block_ranking=ranking).resolve_blocks(2) == [ranking[0]]
     assert json.loads((out / "config.json").read_text())["inner_steps"] == 3
     assert (out / "rehyat" / "rehyat.safetensors").is_file()
-    assert (
-        len((out / "metrics-rank0.jsonl").read_text().splitlines()) == 2 * 2 * 2 * 2 * 3
-    )  # blocks×runs×steps×cfg×inner
+    records = read_metrics(out / "logs" / "rank-0")
+    assert len(records) == 2 * 2 * 2 * 2 * 3  # blocks × runs × capture steps × CFG branches × inner steps
+    assert {r["block"] for r in records} == {0, 1} and all(r["loss/rehyat"] > 0 for r in records)
 
 
 def test_student_variants_and_errors():
@@ -136,3 +139,38 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     assert "model folder /no/such/folder does not exist" in capsys.readouterr().err
     assert main(["distill", "--set", "chunk=3"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_two_processes_split_the_blocks(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes one block; rank 0 merges both into one report."""
+    folder, prompts = make_teacher_folder(tmp_path)
+    out = tmp_path / "run"
+    overrides = [
+        f"model={folder}",
+        f"prompts={prompts}",
+        f"out={out}",
+        "dtype=fp32",
+        "num_inference_steps=3",
+        "capture_steps=[1]",
+        "num_frames=25",
+        "height=64",
+        "width=64",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "rehyat.cli",
+        "distill",
+        "--set",
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r["block"] for r in read_metrics(out / "logs" / "rank-0")} == {0}
+    assert {r["block"] for r in read_metrics(out / "logs" / "rank-1")} == {1}
+    assert sorted(json.loads((out / "ranking.json").read_text())["block_ranking"]) == [0, 1]

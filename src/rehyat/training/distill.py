@@ -8,7 +8,7 @@ is written to disk and memory stays at one step's captures of this process's blo
 makes Wan2.1 at 480×832×81 (≈100 MB per tensor per block in bf16) practical. The last ``heldout``
 sampler runs are kept (on CPU) for evaluation instead of training.
 
-Blocks are independent, so with several processes (``accelerate launch`` / ``torchrun``) each process
+Blocks are independent, so with several processes (``torchrun`` or ``accelerate launch``) each process
 takes every world-size-th block; every process runs the teacher. The main process then merges the
 per-block results into ``report.json`` / ``report.md`` (final train and held-out L1 and relative error
 and the guarded-row fraction per block and variant), ``ranking.json`` (blocks by held-out L1 of the
@@ -31,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from rehyat.models.config import ReHyAtConfig
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.config import load_config, write_config
+from rehyat.training.distributed import init_distributed, shutdown
+from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,16 +161,15 @@ def _evaluate_all(
 
 def run_distillation(config: DistillConfig) -> dict:
     """Run stage 1 as configured; return the merged report (on the main process; {} elsewhere)."""
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     _check(config)
-    state = PartialState()
-    device = state.device if config.device == "auto" else torch.device(config.device)
+    env = init_distributed()
+    device = env.device if config.device == "auto" else torch.device(config.device)
     dtype = DTYPES[config.dtype]
     out = Path(config.out)
     (out / "blocks").mkdir(parents=True, exist_ok=True)
-    if state.is_main_process:
+    if env.is_main:
         write_config(config, out / "config.json")
 
     pipe = load_teacher_pipeline(
@@ -179,7 +180,7 @@ def run_distillation(config: DistillConfig) -> dict:
     blocks = list(range(num_blocks)) if config.blocks is None else sorted(config.blocks)
     if any(not 0 <= b < num_blocks for b in blocks):
         raise ValueError(f"blocks {blocks} out of range for a model with {num_blocks} blocks")
-    mine = blocks[state.process_index :: state.num_processes]
+    mine = blocks[env.rank :: env.world]
     prompt_embeds, negative_embeds = load_prompt_embeddings(
         pipe, config.prompts, config.negative_prompt, device
     )
@@ -201,7 +202,7 @@ def run_distillation(config: DistillConfig) -> dict:
         for b in mine
     }
     recorder = AttentionRecorder(transformer, mine, store_device=device)
-    log = (out / f"metrics-rank{state.process_index}.jsonl").open("a")
+    log = MetricsLogger(out / "logs" / f"rank-{env.rank}")
     capture_steps = set(config.capture_steps)
     heldout: dict[int, list[AttentionCapture]] = {b: [] for b in mine}
     last_train: dict[int, list[AttentionCapture]] = {b: [] for b in mine}
@@ -248,26 +249,18 @@ def run_distillation(config: DistillConfig) -> dict:
                     for _ in range(config.inner_steps):
                         losses = {n: s.train_step(capture) for n, s in students[block].items() if s.trainable}
                         step_count += 1
-                        log.write(
-                            json.dumps(
-                                {
-                                    "step": step_count,
-                                    "block": block,
-                                    "denoising_step": step,
-                                    **{f"loss/{n}": v for n, v in losses.items()},
-                                }
-                            )
-                            + "\n"
+                        log.log(
+                            step_count,
+                            block=block,
+                            denoising_step=step,
+                            **{f"loss/{n}": v for n, v in losses.items()},
                         )
-        log.flush()
         progress.set_postfix(
             block_steps_per_s=f"{(step_count - first) / max(time.perf_counter() - tic, 1e-9):.2f}"
         )
 
     with recorder.installed():
-        progress = tqdm(
-            train_runs, desc=f"distill (rank {state.process_index})", disable=not state.is_local_main_process
-        )
+        progress = tqdm(train_runs, desc=f"distill (rank {env.rank})", disable=env.local_rank != 0)
         for prompt, seed in progress:
             sample(prompt, seed, train_on_captures)
         for prompt, seed in heldout_runs:
@@ -288,8 +281,9 @@ def run_distillation(config: DistillConfig) -> dict:
         save_file(
             students[block]["rehyat"].feature_map_state(), out / "blocks" / f"block-{block:03d}.safetensors"
         )
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    if env.world > 1:
+        torch.distributed.barrier()
+    if not env.is_main:
         return {}
     return _merge(config, out, transformer, blocks)
 
@@ -344,7 +338,10 @@ def _markdown(results: dict[int, dict], ranking: list[int], variants: list[str])
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(DistillConfig, args.config, args.set)
-    report = run_distillation(config)
+    try:
+        report = run_distillation(config)
+    finally:
+        shutdown()
     if report:
         print(f"wrote {config.out}/report.md, ranking.json and rehyat/ (ranking: {report['ranking']})")
     return 0
