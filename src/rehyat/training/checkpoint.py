@@ -2,8 +2,10 @@
 
 A checkpoint is a folder ``step-<N>/`` holding ``model.safetensors`` (trainable weights),
 ``optimizer.safetensors`` (the optimizer's tensor state, flattened as ``<param index>.<name>``),
-``rng.safetensors`` (CPU and CUDA generator states) and ``state.json`` (step, the optimizer's
-param groups and non-tensor state, the run's metadata). It is first written to a hidden temporary
+``rng.safetensors`` (CPU and CUDA generator states), ``state.json`` (step, the optimizer's
+param groups and non-tensor state, the run's metadata) and one ``extra-<name>.safetensors`` per named
+extra tensor set (EMA weights, say). The optimizer state may be keyed by parameter index (an optimizer's
+own ``state_dict()``) or by parameter name (``torch.distributed.checkpoint.state_dict``). It is first written to a hidden temporary
 folder beside it, then renamed into place, and only then does the ``latest`` file (itself replaced
 atomically) point at it: a run killed at any moment leaves the previous checkpoint intact and loadable.
 """
@@ -39,6 +41,7 @@ class Checkpoint:
     rng: dict[str, Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    extra: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -62,13 +65,17 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], d
 
 
 def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+        index, name = key.rsplit(".", 1)  # state names (exp_avg, step) hold no dots; parameter names may
+        state.setdefault(_param_key(index), {})[name] = value
     for index, entries in meta["scalars"].items():
-        state.setdefault(int(index), {}).update(entries)
+        state.setdefault(_param_key(index), {}).update(entries)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _param_key(index: str) -> int | str:
+    return int(index) if index.isdigit() else index
 
 
 def _rng_state() -> dict[str, Tensor]:
@@ -83,11 +90,15 @@ def save_checkpoint(
     directory: str | os.PathLike,
     step: int,
     model_state: dict[str, Tensor],
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     keep: int | None = 2,
+    extra: dict[str, dict[str, Tensor]] | None = None,
 ) -> Path:
-    """Write ``directory/step-<step>/`` atomically, point ``directory/latest`` at it, keep the newest ``keep``."""
+    """Write ``directory/step-<step>/`` atomically, point ``directory/latest`` at it, keep the newest ``keep``.
+
+    ``optimizer`` is an optimizer or its state dict; ``extra`` maps names to further tensor sets.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
@@ -97,14 +108,20 @@ def save_checkpoint(
         optimizer_meta = None
         optimizer_tensors: dict[str, Tensor] = {}
         if optimizer is not None:
-            optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+            state_dict = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+            optimizer_tensors, optimizer_meta = _flatten_optimizer(state_dict)
         save_file(optimizer_tensors, staging / _FILES[1])
         save_file(_rng_state(), staging / _FILES[2])
+        for name, tensors in (extra or {}).items():
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, staging / _extra_file(name)
+            )
         state = {
             "format_version": FORMAT_VERSION,
             "step": step,
             "optimizer": optimizer_meta,
             "metadata": metadata or {},
+            "extra": sorted(extra or {}),
         }
         (staging / _FILES[3]).write_text(json.dumps(state, indent=2))
         if final.exists():
@@ -119,6 +136,10 @@ def save_checkpoint(
         for stale in old[: max(len(old) - (keep - 1), 0)]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _extra_file(name: str) -> str:
+    return f"extra-{name}.safetensors"
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
@@ -147,7 +168,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}"
         )
     tensors = {}
-    for name in _FILES[:3]:
+    for name in [*_FILES[:3], *map(_extra_file, state.get("extra", []))]:
         try:
             tensors[name] = load_file(path / name)
         except (SafetensorError, OSError) as error:
@@ -162,6 +183,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         rng=tensors[_FILES[2]],
         metadata=state["metadata"],
         path=path,
+        extra={name: tensors[_extra_file(name)] for name in state.get("extra", [])},
     )
 
 

@@ -1,0 +1,373 @@
+"""Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted Wan DiT (SPEC §7).
+
+The loss is Wan's rectified flow: x_t = (1 − σ)·x0 + σ·ε, the model predicts v = ε − x0 at timestep
+σ·1000, with σ drawn by Wan's shifted sampling σ = shift·u / (1 + (shift − 1)·u), u ~ U(0, 1). Every
+parameter trains (φ included) with AdamW, bf16 autocast, optional gradient checkpointing, gradient
+accumulation and EMA. One process or many (``torchrun``; DDP or FSDP2, see
+:mod:`rehyat.training.distributed`).
+
+Runs are exactly reproducible and resumable: the samples of a step come from :class:`SampleOrder`
+and its noise from a generator seeded with (seed, step, slot in the global batch), so a run resumed
+from a checkpoint continues the same loss curve, and 2 ranks × 1 micro-step train on what 1 rank × 2
+micro-steps do. Outputs in ``output_dir``: ``config.json`` (the resolved
+config), ``metrics.jsonl``, ``checkpoints/step-*``, and at the end ``final/`` (and ``final-ema/``) as
+ReHyAt checkpoints with base weights (:func:`rehyat.save_rehyat`).
+
+CLI: ``rehyat finetune [--config run.toml] [key=value ...]``, e.g.
+``rehyat finetune --config run.toml optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat, rehyat_runtime, save_rehyat
+from rehyat.training import distributed
+from rehyat.training.checkpoint import (
+    CheckpointError,
+    check_model_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rehyat.training.config import config_to_dict, load_config, write_config
+from rehyat.training.data import LatentDataset, SampleOrder
+from rehyat.training.ema import EMA
+from rehyat.training.metrics import MetricsLogger
+
+ARCHITECTURES = ("tiny", "wan2.1-t2v-1.3b")
+
+
+@dataclass
+class ModelSection:
+    path: str | None = None
+    """A diffusers Wan folder (with ``transformer/``) or a transformer folder."""
+    architecture: str | None = None
+    """Instead of ``path``: random weights of ``tiny`` or ``wan2.1-t2v-1.3b`` (smoke tests, benchmarks)."""
+    rehyat_checkpoint: str | None = None
+    """A ReHyAt checkpoint (e.g. stage 1's) to start from; else the model is converted fresh."""
+    rehyat: dict[str, Any] = field(default_factory=dict)
+    """ReHyAtConfig fields for a fresh conversion."""
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DataSection:
+    path: str = ""
+    """A latent dataset folder (:mod:`rehyat.training.data`)."""
+    micro_batch_size: int = 1
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class FinetuneConfig:
+    output_dir: str = "runs/finetune"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    steps: int = 1000
+    grad_accumulation: int = 1
+    flow_shift: float = 5.0
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    ema_decay: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    resume: bool = True
+    """Continue from ``output_dir/checkpoints`` when it holds a checkpoint."""
+    progress: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    model: nn.Module
+    """This rank's trained model (a DDP replica or an FSDP shard owner)."""
+    samples_seen: list[int]
+    """Dataset indices this rank trained on, in order (from the start step of this process)."""
+
+
+# --- flow matching -------------------------------------------------------------------------------
+
+
+def shifted_sigmas(u: Tensor, shift: float) -> Tensor:
+    """Wan's timestep shift: σ = shift·u / (1 + (shift − 1)·u), which moves mass towards high noise."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def flow_matching_loss(
+    model: nn.Module, latents: Tensor, prompt_embeds: Tensor, generator: torch.Generator, shift: float
+) -> Tensor:
+    """MSE between the model's velocity and v = ε − x0 at x_t = (1 − σ)·x0 + σ·ε, σ shifted-uniform."""
+    batch = latents.shape[0]
+    u = torch.rand(batch, generator=generator, dtype=torch.float32)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    sigma = shifted_sigmas(u, shift).to(latents.device)
+    noise = noise.to(latents.device)
+    s = sigma.view(batch, 1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    prediction = model(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0]
+    return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def noise_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The generator of micro-batch ``slot`` (micro-step · world + rank) of a step.
+
+    Noise depends on the slot in the global batch only: a resumed run draws the same noise, and so does
+    a run with another split of the same global batch into ranks and accumulation steps.
+    """
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 65_537 + slot) % 2**63)
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+
+def load_base_transformer(section: ModelSection) -> nn.Module:
+    """The base ``WanTransformer3DModel`` in fp32: from a local folder, or random for ``architecture``."""
+    from diffusers import WanTransformer3DModel
+
+    from rehyat.models.wan_configs import WAN21_T2V_1_3B, tiny_wan_config
+
+    if (section.path is None) == (section.architecture is None):
+        raise ValueError("set exactly one of model.path (a local Wan folder) and model.architecture")
+    if section.architecture is not None:
+        configs = {"tiny": tiny_wan_config(), "wan2.1-t2v-1.3b": WAN21_T2V_1_3B}
+        if section.architecture not in configs:
+            raise ValueError(
+                f"model.architecture must be one of {ARCHITECTURES}, got {section.architecture!r}"
+            )
+        return WanTransformer3DModel(**configs[section.architecture])
+    folder = Path(section.path)
+    if not folder.is_dir():
+        raise ValueError(f"model folder {folder} does not exist")
+    if (folder / "transformer" / "config.json").is_file():
+        return WanTransformer3DModel.from_pretrained(
+            folder, subfolder="transformer", torch_dtype=torch.float32
+        )
+    if (folder / "config.json").is_file():
+        return WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.float32)
+    raise ValueError(
+        f"{folder} is neither a diffusers Wan folder (transformer/config.json) nor a transformer folder "
+        "(config.json)"
+    )
+
+
+def build_model(section: ModelSection, seed: int) -> nn.Module:
+    """Base Wan transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``."""
+    torch.manual_seed(seed)  # random architectures and fresh φ are identical on every rank
+    model = load_base_transformer(section)
+    if section.rehyat_checkpoint is not None:
+        if section.rehyat:
+            raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
+        return load_rehyat(model, section.rehyat_checkpoint)
+    return convert_wan(model, ReHyAtConfig.from_dict(section.rehyat))
+
+
+def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
+    config = model.config
+    channels, text_dim = dataset.latent_shape[0], dataset.prompt_shape[1]
+    if channels != config.in_channels or text_dim != config.text_dim:
+        raise ValueError(
+            f"dataset {dataset.path} has {channels}-channel latents and {text_dim}-dim prompt embeddings; "
+            f"the model takes {config.in_channels} and {config.text_dim}"
+        )
+
+
+def _save_final(section: ModelSection, seed: int, state: dict[str, Tensor], folder: Path) -> None:
+    """Save full weights as a ReHyAt checkpoint with base weights, through a fresh CPU model."""
+    model = build_model(section, seed)
+    model.load_state_dict(state)
+    save_rehyat(model, folder, include_base_weights=True)
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def _learning_rate(cfg: FinetuneConfig, step: int) -> float:
+    return cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None) -> int:
+    """Load a training checkpoint into model, optimizer and EMA; return its step. Validates first."""
+    checkpoint = load_checkpoint(path)
+    check_model_state(checkpoint, distributed.unwrap(model).state_dict())
+    ours = rehyat_runtime(distributed.unwrap(model)).config.to_dict()
+    if checkpoint.metadata.get("rehyat") != ours:
+        raise CheckpointError(
+            f"checkpoint {path} was made with ReHyAt config {checkpoint.metadata.get('rehyat')}, "
+            f"this run converts with {ours}"
+        )
+    if checkpoint.optimizer is None:
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state")
+    if (ema is None) != ("ema" not in checkpoint.extra):
+        raise CheckpointError(
+            f"checkpoint {path} {'has' if ema is None else 'lacks'} EMA weights but ema_decay is "
+            f"{'unset' if ema is None else 'set'}"
+        )
+    distributed.load_full_state(model, optimizer, checkpoint.model, checkpoint.optimizer)
+    if ema is not None:
+        ema.load_state_dict(checkpoint.extra["ema"])
+    return checkpoint.step
+
+
+def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> FinetuneResult:
+    """Run stage 2 as ``cfg`` says (in every process of a ``torchrun`` launch)."""
+    from tqdm.auto import tqdm
+
+    env = distributed.init_distributed()
+    out = Path(cfg.output_dir)
+    checkpoints = out / "checkpoints"
+    if cfg.grad_accumulation < 1 or cfg.data.micro_batch_size < 1 or cfg.steps < 1:
+        raise ValueError("steps, grad_accumulation and data.micro_batch_size must be >= 1")
+
+    dataset = LatentDataset(cfg.data.path)
+    model = build_model(cfg.model, cfg.seed)
+    _check_data_fits(dataset, model)
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model = distributed.wrap_model(model.to(env.device).train(), cfg.strategy, env)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        weight_decay=cfg.optim.weight_decay,
+        eps=cfg.optim.eps,
+    )
+    ema = EMA(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
+    rehyat_config = rehyat_runtime(distributed.unwrap(model)).config.to_dict()
+
+    start = 0
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        if not cfg.resume:
+            raise ValueError(
+                f"{checkpoints} already holds checkpoints: set resume=true or another output_dir"
+            )
+        start = _resume(latest, model, optimizer, ema)
+    logger = None
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out / "config.json")
+        logger = MetricsLogger(out, resume_step=start if latest is not None else None)
+
+    order = SampleOrder(len(dataset), cfg.seed, cfg.data.micro_batch_size, cfg.grad_accumulation, env.world)
+    autocast = (
+        torch.autocast(env.device.type, dtype=torch.bfloat16)
+        if cfg.mixed_precision == "bf16"
+        else nullcontext()
+    )
+    samples_per_step = cfg.data.micro_batch_size * cfg.grad_accumulation * env.world
+    samples_seen: list[int] = []
+    progress = tqdm(
+        total=cfg.steps, initial=start, disable=not (env.is_main and cfg.progress), desc="finetune"
+    )
+    for step in range(start, cfg.steps):
+        tic = time.perf_counter()
+        lr = _learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        loss_sum = torch.zeros((), device=env.device)
+        for micro in range(cfg.grad_accumulation):
+            indices = order.indices(step, micro, env.rank)
+            samples_seen += indices
+            latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
+            generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
+            with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
+                with autocast:
+                    loss = flow_matching_loss(model, latents, prompt_embeds, generator, cfg.flow_shift)
+                (loss / cfg.grad_accumulation).backward()
+            loss_sum += loss.detach()
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(distributed.unwrap(model))
+
+        loss_value = distributed.mean_over_ranks(loss_sum / cfg.grad_accumulation)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        throughput = samples_per_step / (time.perf_counter() - tic)
+        done = step + 1
+        progress.update()
+        progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
+        if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+            logger.log(done, loss=loss_value, lr=lr, grad_norm=grad_norm, samples_per_s=throughput)
+
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            model_state, optim_state = distributed.full_state(model, optimizer)
+            extra = {"ema": ema.state_dict()} if ema is not None else {}  # collective under FSDP
+            if env.is_main:
+                metadata = {"world_size": env.world, "rehyat": rehyat_config, "config": config_to_dict(cfg)}
+                save_checkpoint(
+                    checkpoints, done, model_state, optim_state, metadata, cfg.keep_checkpoints, extra
+                )
+            distributed.barrier()
+        if kill_after_steps is not None and done == kill_after_steps:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die as a killed job would
+    progress.close()
+
+    if env.is_main:
+        logger.close()
+        final = load_checkpoint(latest_checkpoint(checkpoints))
+        _save_final(cfg.model, cfg.seed, final.model, out / "final")
+        if ema is not None:
+            _save_final(cfg.model, cfg.seed, final.model | final.extra["ema"], out / "final-ema")
+        if env.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"peak GPU memory (rank 0): {peak:.2f} GiB")
+    distributed.barrier()
+    return FinetuneResult(output_dir=out, model=model, samples_seen=samples_seen)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    try:
+        finetune(cfg, kill_after_steps=args.kill_after_steps)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "finetune",
+        help="stage 2: flow-matching fine-tune of a converted Wan DiT (torchrun for several processes)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--config", help="a TOML/YAML/JSON run config (FinetuneConfig fields)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5 steps=200"
+    )
+    parser.add_argument(
+        "--kill-after-steps",
+        type=int,
+        help="fault injection for resume tests: SIGKILL itself after this step",
+    )
+    parser.set_defaults(handler=_main)

@@ -1,0 +1,91 @@
+"""Resume: a run killed mid-way (SIGKILL, in a subprocess) continues onto the uninterrupted loss curve;
+damaged or mismatched checkpoints stop a run with a clear error before anything is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from finetune_helpers import tiny_config, tiny_dataset, tiny_overrides
+from safetensors.torch import load_file
+
+from rehyat.training.checkpoint import CheckpointError, latest_checkpoint
+from rehyat.training.finetune import finetune
+from rehyat.training.metrics import read_metrics
+
+RUN = {"steps": 6, "ema_decay": 0.8, "grad_accumulation": 2}
+
+
+@pytest.fixture
+def single_thread():
+    """The killed subprocess runs with one thread; so do the in-process runs, for bitwise-equal sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_killed_run_resumes_onto_the_uninterrupted_curve(tmp_path, single_thread):
+    data = tiny_dataset(tmp_path / "data")
+    finetune(tiny_config(tmp_path / "reference", data, **RUN))
+    reference = read_metrics(tmp_path / "reference")
+
+    run = tmp_path / "run"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rehyat.cli",
+            "finetune",
+            *tiny_overrides(run, data, **RUN),
+            "--kill-after-steps",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000004"
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]  # step 5 is lost with the process
+
+    finetune(tiny_config(run, data, **RUN))
+    resumed = read_metrics(run)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in reference]
+    for folder in ("final", "final-ema"):
+        for name in ("rehyat.safetensors", "transformer/diffusion_pytorch_model.safetensors"):
+            ours, theirs = load_file(run / folder / name), load_file(tmp_path / "reference" / folder / name)
+            assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_damaged_or_mismatched_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    finetune(tiny_config(run, data, steps=2))
+    before = _snapshot(run)
+
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        finetune(
+            tiny_config(run, data, steps=4, **{"model.rehyat": '{"chunk_frames": 2, "feature_layers": 1}'})
+        )
+    with pytest.raises(CheckpointError, match="was made with ReHyAt config"):
+        finetune(tiny_config(run, data, steps=4, **{"model.rehyat": '{"chunk_frames": 3}'}))
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        finetune(tiny_config(run, data, steps=4, resume="false"))
+    weights = latest_checkpoint(run / "checkpoints") / "model.safetensors"
+    weights.write_bytes(before[weights][:-100])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        finetune(tiny_config(run, data, steps=4))
+    weights.write_bytes(before[weights])
+    assert _snapshot(run) == before
