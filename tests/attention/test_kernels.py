@@ -56,19 +56,20 @@ def _compare(inputs, kwargs, *, fn=hybrid_attention, tol=TOL, positive=True):
             assert rel_err(grad.cpu(), ref) <= tol, f"d{name}: {rel_err(grad.cpu(), ref):.2e}"
 
 
-# Every (To, Tc) pair of the issue, on 7 frames of 6 tokens (chunks end mid-block, a short last chunk
-# for Tc in {2, 3, 5}), cycling through batch/head counts; the bidirectional variant on a subset.
+# Every (To, Tc) pair of the issue on 7 frames of 5 tokens: chunks and windows end mid-block, the last
+# chunk is short for Tc in {2, 3, 5}. Batch 2 and 3 heads on some of them; bidirectional on a subset.
+SIZES = {(1, 2): (2, 1), (2, 3): (1, 3), (0, 5): (2, 3)}
 CASES = [
-    (overlap, chunk, *[(1, 1), (2, 1), (1, 3)][(4 * overlap + chunk) % 3], True)
+    (overlap, chunk, *SIZES.get((overlap, chunk), (1, 1)), True)
     for overlap in (0, 1, 2)
     for chunk in (1, 2, 3, 5)
-] + [(1, 3, 2, 3, False), (2, 2, 2, 1, False), (0, 5, 1, 1, False)]
+] + [(1, 3, 1, 3, False), (2, 2, 2, 1, False), (0, 5, 1, 1, False)]
 
 
 @pytest.mark.parametrize("overlap,chunk,batch,heads,causal", CASES)
 def test_kernels_match_reference(overlap, chunk, batch, heads, causal):
-    inputs = make_inputs(batch, 7, 6, heads, 16, 32, seed=10 * overlap + chunk)
-    _compare(inputs, dict(frame_tokens=6, chunk_frames=chunk, overlap_frames=overlap, causal=causal))
+    inputs = make_inputs(batch, 7, 5, heads, 16, 32, seed=10 * overlap + chunk)
+    _compare(inputs, dict(frame_tokens=5, chunk_frames=chunk, overlap_frames=overlap, causal=causal))
 
 
 def test_one_chunk_and_long_overlap():

@@ -104,7 +104,9 @@ def hybrid_attention_step(
     if use_triton:
         from rehyat.attention.kernels.fused import triton_state_update, triton_step_attention
 
-        out = triton_step_attention(q, keys, values, fq, state.kv, state.z, scale=scale, stats=stats)
+        out = triton_step_attention(
+            q, keys, values, fq, state.kv, state.z, frame_tokens=frame_tokens, scale=scale, stats=stats
+        )
     else:
         scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
         row_max = torch.amax(scores, dim=-1, keepdim=True)
@@ -122,7 +124,7 @@ def hybrid_attention_step(
     leaving = max(window_frames - overlap_frames, 0) * frame_tokens
     kv, z = state.kv, state.z
     if leaving and use_triton:
-        kv_out, z_out = triton_state_update(keys_fk[:, :leaving], values[:, :leaving])
+        kv_out, z_out = triton_state_update(keys_fk[:, :leaving], values[:, :leaving], frame_tokens)
         kv, z = kv + kv_out, z + z_out
     elif leaving:
         fk_out, v_out = keys_fk[:, :leaving].to(acc), values[:, :leaving].to(acc)

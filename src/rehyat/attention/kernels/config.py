@@ -45,15 +45,15 @@ ATTENTION_CONFIGS: dict[str, dict[int, AttentionConfig]] = {
     "bwd_dq": {
         16: AttentionConfig(64, 32, 4, 3),
         32: AttentionConfig(64, 32, 4, 3),
-        64: AttentionConfig(128, 32, 4, 3),
-        128: AttentionConfig(128, 32, 8, 3),
+        64: AttentionConfig(64, 64, 4, 3),
+        128: AttentionConfig(64, 64, 4, 3),
         256: AttentionConfig(64, 32, 8, 2),
     },
     "bwd_dkdv": {
         16: AttentionConfig(32, 64, 4, 3),
         32: AttentionConfig(32, 64, 4, 3),
-        64: AttentionConfig(32, 128, 4, 3),
-        128: AttentionConfig(32, 128, 8, 3),
+        64: AttentionConfig(64, 128, 8, 3),
+        128: AttentionConfig(64, 128, 8, 3),
         256: AttentionConfig(32, 64, 8, 2),
     },
 }
@@ -63,9 +63,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def attention_config(kernel: str, head_dim: int, device: torch.device) -> AttentionConfig:
+#: fp32 inputs: tiles twice as wide in bytes, so half the blocks and fewer stages (shared memory).
+FP32_CONFIGS: dict[str, AttentionConfig] = {
+    "fwd": AttentionConfig(64, 32, 4, 2),
+    "bwd_dq": AttentionConfig(64, 32, 4, 2),
+    "bwd_dkdv": AttentionConfig(32, 64, 4, 2),
+}
+
+
+def attention_config(kernel: str, head_dim: int, dtype: torch.dtype, device: torch.device) -> AttentionConfig:
     if device.type != "cuda" or interpreting():
         return _INTERPRETER_ATTENTION
+    if dtype == torch.float32 and head_dim > 64:
+        return FP32_CONFIGS[kernel]
     return ATTENTION_CONFIGS[kernel][head_dim]
 
 

@@ -69,6 +69,7 @@ def triton_hybrid_attention(
         chunk * frame_tokens,
         overlap_frames * frame_tokens,
         0,
+        frame_tokens,
         resolve_scale(scale, q.shape[-1]),
         stats,
     )
@@ -82,6 +83,7 @@ def triton_step_attention(
     kv: Tensor,
     z: Tensor,
     *,
+    frame_tokens: int,
     scale: float,
     stats: AttentionStats | None = None,
 ) -> Tensor:
@@ -89,11 +91,12 @@ def triton_step_attention(
     ([B, M + n, H, D], cached frames first) and linearly through the state kv [B, H, D', D], z [B, H, D']."""
     n_q, n_k = q.shape[1], keys.shape[1]
     return WindowedHybridAttention.apply(
-        q, keys, values, fq, kv[:, None], z[:, None], n_q, 0, n_k - n_q, scale, stats
+        q, keys, values, fq, kv[:, None], z[:, None], n_q, 0, n_k - n_q, frame_tokens, scale, stats
     )
 
 
-def triton_state_update(fk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Σ φk vᵀ [B, H, D', D] and Σ φk [B, H, D'] over all tokens of fk [B, M, H, D'], v [B, M, H, D]."""
-    kv, z = SegmentSums.apply(fk, v, fk.shape[1])
-    return kv[:, 0], z[:, 0]
+def triton_state_update(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
+    """Σ φk vᵀ [B, H, D', D] and Σ φk [B, H, D'] over all tokens of fk [B, M, H, D'], v [B, M, H, D]
+    (summed per frame, one program each, then over frames)."""
+    kv, z = SegmentSums.apply(fk, v, frame_tokens)
+    return kv.sum(dim=1), z.sum(dim=1)

@@ -126,17 +126,17 @@ def _segment_apply_kernel(
         mask=valid[:, None],
         other=0.0,
     )
-    b32 = b.to(tl.float32)
     state = (batch * n_segs + seg) * n_heads + head
     a_base = a_ptr + batch * stride_ab + head * stride_ah + tok[:, None] * stride_an
     da_base = da_ptr + ((batch * n_tokens + tok[:, None]) * n_heads + head) * E
     db = tl.zeros([BLOCK_T, D], dtype=tl.float32)
     for e0 in tl.static_range(0, E, BLOCK_E):
-        dkv = tl.load(dkv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+        # Gradients go out in the inputs' dtype: the dots take dKV in that dtype too (fp32 stays fp32).
+        dkv = tl.load(dkv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :]).to(b.dtype)
         dz = tl.load(dz_ptr + state * E + e0 + offs_e)
         a = tl.load(a_base + (e0 + offs_e)[None, :], mask=valid[:, None], other=0.0)
-        db += tl.dot(a.to(tl.float32), dkv, input_precision=PREC)
-        da = tl.dot(b32, tl.trans(dkv), input_precision=PREC) + dz[None, :]
+        db += tl.dot(a, dkv, input_precision=PREC)
+        da = tl.dot(b, tl.trans(dkv), input_precision=PREC) + dz[None, :]
         tl.store(da_base + (e0 + offs_e)[None, :], da.to(a.dtype), mask=valid[:, None])
     db_off = ((batch * n_tokens + tok[:, None]) * n_heads + head) * D + offs_d[None, :]
     tl.store(db_ptr + db_off, db.to(b.dtype), mask=valid[:, None])

@@ -504,7 +504,8 @@ class WindowedHybridAttention(torch.autograd.Function):
     """(q, k, v, fq, kv, z) -> y: windowed softmax part + linear part through chunk states kv, z.
 
     q, fq: [B, NQ, H, D|D']; k, v: [B, NK, H, D]; kv: [B, C, H, D', D], z: [B, C, H, D'] fp32, one
-    state per chunk (C = ceil(NQ / chunk_len)); fq, kv, z all None drops the linear part.
+    state per chunk (C = ceil(NQ / chunk_len)); fq, kv, z all None drops the linear part. ``split_len``
+    must divide ``chunk_len`` (the frame length): the backward sums state gradients in runs of it.
     """
 
     @staticmethod
@@ -519,6 +520,7 @@ class WindowedHybridAttention(torch.autograd.Function):
         chunk_len: int,
         overlap_len: int,
         key_offset: int,
+        split_len: int,
         scale: float,
         stats: AttentionStats | None,
     ) -> Tensor:
@@ -529,7 +531,7 @@ class WindowedHybridAttention(torch.autograd.Function):
         batch, n_q, heads, head_dim = q.shape
         n_k = k.shape[1]
         feat = fq.shape[-1] if has_linear else 0
-        cfg = attention_config("fwd", head_dim, q.device)
+        cfg = attention_config("fwd", head_dim, q.dtype, q.device)
         blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
         out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
         m, l_soft, n_lin = (
@@ -550,13 +552,13 @@ class WindowedHybridAttention(torch.autograd.Function):
             stats.total_rows += m.numel()
             stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
         ctx.save_for_backward(q, k, v, fq, kv, z, out, m, l_soft, n_lin)
-        ctx.geometry = (chunk_len, overlap_len, key_offset, scale)
+        ctx.geometry = (chunk_len, overlap_len, key_offset, split_len, scale)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         q, k, v, fq, kv, z, out, m, l_soft, n_lin = ctx.saved_tensors
-        chunk_len, overlap_len, key_offset, scale = ctx.geometry
+        chunk_len, overlap_len, key_offset, split_len, scale = ctx.geometry
         g = _last_dim_contiguous(g)
         has_linear = fq is not None
         batch, n_q, heads, head_dim = q.shape
@@ -574,7 +576,7 @@ class WindowedHybridAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dfq = torch.empty_like(fq) if has_linear else None
         dk_extra = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if has_linear else q
-        cfg = attention_config("bwd_dq", head_dim, q.device)
+        cfg = attention_config("bwd_dq", head_dim, q.dtype, q.device)
         blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
         _bwd_dq_kernel[(n_programs, batch * heads)](
             q, k, v, g,
@@ -589,7 +591,7 @@ class WindowedHybridAttention(torch.autograd.Function):
         )  # fmt: skip
 
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        cfg = attention_config("bwd_dkdv", head_dim, q.device)
+        cfg = attention_config("bwd_dkdv", head_dim, q.dtype, q.device)
         _bwd_dkdv_kernel[(-(-n_k // cfg.block_n), batch * heads)](
             q, k, v, g, m, rden, dns, dk, dv, dk_extra,
             *_strides(q), *_strides(k), *_strides(v), *_strides(g),
@@ -600,5 +602,10 @@ class WindowedHybridAttention(torch.autograd.Function):
 
         dkv = dz = None
         if has_linear and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
-            dkv, dz = segment_sums(fq, g, chunk_len, wb=rden, wz=dnl)
-        return dq, dk, dv, dfq, dkv, dz, None, None, None, None, None
+            # Σ over a chunk's rows of φq ĝᵀ and ∂L/∂nL φq: partial sums over runs of split_len rows
+            # (more programs than one per chunk), then added per chunk.
+            part_kv, part_z = segment_sums(fq, g, split_len, wb=rden, wz=dnl)
+            owner = torch.arange(part_kv.shape[1], device=q.device) * split_len // chunk_len
+            dkv = kv.new_zeros(kv.shape).index_add_(1, owner, part_kv)
+            dz = z.new_zeros(z.shape).index_add_(1, owner, part_z)
+        return dq, dk, dv, dfq, dkv, dz, None, None, None, None, None, None

@@ -1,0 +1,1 @@
+"""``rehyat bench`` targets (GPU benchmarks) and the helpers they share."""

@@ -1,0 +1,366 @@
+"""``rehyat bench attention``: one Wan2.1-1.3B self-attention layer, full attention vs ReHyAt, on a GPU.
+
+Shapes (issue 3): B=1, H=12, D=128, 1560 tokens per latent frame, D'=256, Tc=3, To=1, bf16. Each row
+is timed forward (under no_grad) and forward+backward (gradients of every input, φ weights included),
+median ms over CUDA-event-timed calls; TFLOP/s from :mod:`rehyat.flops` (forward+backward counts 3.5×
+the attention-matmul FLOPs and 3× the linear/φ FLOPs, the usual FlashAttention convention); peak memory
+is what the call allocates above its inputs. Rows:
+
+- ``sdpa_cudnn`` / ``sdpa_flash`` / ``sdpa_efficient``: full softmax attention, torch SDPA pinned to one
+  backend (inputs already in SDPA's [B, H, N, D] layout); backends that refuse to run are left out.
+- ``rehyat_layer``: the whole ReHyAt layer on the kernels — φq(q), φk(k), then ``hybrid_attention``.
+- ``rehyat_op``: ``hybrid_attention(backend="triton")`` given fq, fk (softmax + linear parts).
+- ``softmax_part``: the fused kernel with the linear part off. This is also the local-only baseline
+  (chunk softmax, no linear part) on the kernels.
+- ``linear_states``: the key side of the linear part — per-frame Σφk vᵀ kernel + prefix over frames
+  (half the linear FLOPs); the query side φq·KV runs inside the fused kernel's epilogue.
+- ``feature_maps``: φq(q) and φk(k) (PolynomialFeatureMap, batched per-head matmuls).
+- ``rehyat_torch``: the whole layer on the PyTorch reference path (``backend="torch"``).
+- ``recurrent``: the streaming step on the kernels, chunk by chunk, each chunk's output written into a
+  preallocated output (forward only); its peak memory is the working memory beyond inputs and output.
+- ``linear_only``: the linear-only baseline (``rehyat.baselines.linear_attention``, PyTorch, fp32 sums;
+  its gradients are those of v, fq, fk — it does not read q or k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rehyat.bench.common import (
+    environment,
+    environment_markdown,
+    is_oom,
+    markdown_table,
+    peak_memory_mib,
+    plot_loglog,
+    read_json,
+    time_ms,
+    write_json,
+)
+
+SHAPE = dict(heads=12, head_dim=128, frame_tokens=1560, feature_dim=256, chunk_frames=3, overlap_frames=1)
+SDPA_BACKENDS = ("cudnn", "flash", "efficient")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    attention_flops: float  # softmax-style matmul FLOPs (fwd)
+    matmul_flops: float  # linear part / feature map FLOPs (fwd)
+    forward: Callable[[], object]
+    backward: Callable[[], object] | None  # forward + backward, or None if not measured
+
+
+def _inputs(frames: int, dtype: torch.dtype, device: str, seed: int = 0):
+    from rehyat import PolynomialFeatureMap
+
+    torch.manual_seed(seed)
+    n = frames * SHAPE["frame_tokens"]
+    q, k, v = (
+        torch.randn(1, n, SHAPE["heads"], SHAPE["head_dim"], device=device, dtype=dtype) for _ in range(3)
+    )
+    maps = [PolynomialFeatureMap(SHAPE["heads"], SHAPE["head_dim"], degree=2).to(device, dtype) for _ in "qk"]
+    return q, k, v, maps
+
+
+def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from rehyat import hybrid_attention, hybrid_attention_step
+    from rehyat.attention.kernels.fused import chunk_states, triton_hybrid_attention
+    from rehyat.baselines import linear_attention
+    from rehyat.flops import attention_flops
+
+    flops = attention_flops(
+        frames,
+        SHAPE["frame_tokens"],
+        SHAPE["heads"],
+        SHAPE["head_dim"],
+        chunk_frames=SHAPE["chunk_frames"],
+        overlap_frames=SHAPE["overlap_frames"],
+        feature_dim=SHAPE["feature_dim"],
+    )
+    q, k, v, (phi_q, phi_k) = _inputs(frames, dtype, "cuda")
+    with torch.no_grad():
+        fq, fk = phi_q(q), phi_k(k)
+    grad_out = torch.randn_like(q)
+    geo = dict(
+        frame_tokens=SHAPE["frame_tokens"],
+        chunk_frames=SHAPE["chunk_frames"],
+        overlap_frames=SHAPE["overlap_frames"],
+    )
+    leaves = [x.detach().requires_grad_(True) for x in (q, k, v, fq, fk)]
+    params = list(phi_q.parameters()) + list(phi_k.parameters())
+
+    def fwd_bwd(run: Callable[[], torch.Tensor], wrt: list[torch.Tensor], grad: torch.Tensor) -> Callable:
+        return lambda: torch.autograd.grad(run(), wrt, grad)
+
+    def no_grad(run: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            with torch.no_grad():
+                return run()
+
+        return call
+
+    rows = []
+    qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+    grad_t = grad_out.transpose(1, 2).contiguous()
+    for backend in SDPA_BACKENDS:
+        kernel = getattr(
+            SDPBackend,
+            {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}.get(backend, "EFFICIENT_ATTENTION"),
+        )
+
+        def sdpa(kernel=kernel) -> torch.Tensor:
+            with sdpa_kernel(kernel):
+                return F.scaled_dot_product_attention(qt, kt, vt)
+
+        rows.append(
+            Row(f"sdpa_{backend}", flops.full, 0.0, no_grad(sdpa), fwd_bwd(sdpa, [qt, kt, vt], grad_t))
+        )
+
+    ql, kl, vl, fql, fkl = leaves
+
+    def layer(backend: str) -> Callable[[], torch.Tensor]:
+        return lambda: hybrid_attention(ql, kl, vl, phi_q(ql), phi_k(kl), **geo, backend=backend)
+
+    def op() -> torch.Tensor:
+        return hybrid_attention(ql, kl, vl, fql, fkl, **geo, backend="triton")
+
+    def softmax_part() -> torch.Tensor:
+        return triton_hybrid_attention(ql, kl, vl, None, None, **geo)
+
+    def states() -> torch.Tensor:
+        kv, z = chunk_states(
+            fkl, vl, SHAPE["frame_tokens"], SHAPE["chunk_frames"], SHAPE["overlap_frames"], True
+        )
+        return kv.sum() + z.sum()
+
+    def feature_maps() -> torch.Tensor:
+        return torch.cat([phi_q(ql), phi_k(kl)], dim=-1)
+
+    out_buffer = torch.empty_like(q)
+    step_tokens = SHAPE["chunk_frames"] * SHAPE["frame_tokens"]
+
+    def recurrent() -> None:
+        state = None
+        for start in range(0, q.shape[1], step_tokens):
+            piece = slice(start, start + step_tokens)
+            out, state = hybrid_attention_step(
+                q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
+                frame_tokens=SHAPE["frame_tokens"], overlap_frames=SHAPE["overlap_frames"], backend="triton",
+            )  # fmt: skip
+            out_buffer[:, piece].copy_(out)
+
+    def linear_only() -> torch.Tensor:
+        return linear_attention(ql, kl, vl, fql, fkl, **geo)
+
+    all_inputs = [ql, kl, vl, *params]
+    rows += [
+        Row("rehyat_layer", flops.softmax, flops.linear + flops.feature_maps, no_grad(layer("triton")),
+            fwd_bwd(layer("triton"), all_inputs, grad_out)),
+        Row("rehyat_op", flops.softmax, flops.linear, no_grad(op), fwd_bwd(op, leaves, grad_out)),
+        Row("softmax_part", flops.softmax, 0.0, no_grad(softmax_part), fwd_bwd(softmax_part, [ql, kl, vl], grad_out)),
+        Row("linear_states", 0.0, flops.linear / 2, no_grad(states),
+            lambda: torch.autograd.grad(states(), [fkl, vl])),
+        Row("feature_maps", 0.0, flops.feature_maps, no_grad(feature_maps),
+            fwd_bwd(feature_maps, all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
+        Row("rehyat_torch", flops.softmax, flops.linear + flops.feature_maps, no_grad(layer("torch")),
+            fwd_bwd(layer("torch"), all_inputs, grad_out)),
+        Row("recurrent", flops.softmax, flops.linear, no_grad(recurrent), None),
+        Row("linear_only", 0.0, flops.linear, no_grad(linear_only), fwd_bwd(linear_only, [vl, fql, fkl], grad_out)),
+    ]  # fmt: skip
+    return rows
+
+
+def _measure(fn: Callable[[], object], rep_ms: float) -> dict[str, float | str]:
+    try:
+        result: dict[str, float | str] = {"ms": time_ms(fn, rep_ms=rep_ms), "peak_mib": peak_memory_mib(fn)}
+    except Exception as error:  # OOM or a backend that refuses these inputs: record and go on
+        if not is_oom(error) and not isinstance(error, RuntimeError):
+            raise
+        result = {"error": "OOM" if is_oom(error) else f"{type(error).__name__}: {str(error)[:120]}"}
+    torch.cuda.empty_cache()
+    return result
+
+
+def run_benchmark(frames: list[int], rep_ms: float) -> list[dict]:
+    results = []
+    for count in frames:
+        for row in _rows(count, torch.bfloat16):
+            record = {"frames": count, "tokens": count * SHAPE["frame_tokens"], "row": row.name}
+            for mode, fn, total in (
+                ("fwd", row.forward, row.attention_flops + row.matmul_flops),
+                ("fwd_bwd", row.backward, 3.5 * row.attention_flops + 3.0 * row.matmul_flops),
+            ):
+                if fn is None:
+                    continue
+                measured = _measure(fn, rep_ms)
+                if "ms" in measured:
+                    measured["tflops"] = total / (measured["ms"] * 1e-3) / 1e12
+                record[mode] = measured
+            print(record, flush=True)
+            results.append(record)
+        torch.cuda.empty_cache()
+    return results
+
+
+def run_parity(frames: int = 7) -> dict[str, float]:
+    """Kernels (bf16 and fp32) and the torch path (bf16) against the float64 reference at Wan frame
+    size: output and the gradients of q, k, v, fq, fk; max over causal and bidirectional."""
+    from rehyat import hybrid_attention, recurrent_hybrid_attention
+
+    q, k, v, (phi_q, phi_k) = _inputs(frames, torch.float64, "cuda", seed=1)
+    with torch.no_grad():
+        inputs = [q, k, v, phi_q(q), phi_k(k)]
+    geo = dict(
+        frame_tokens=SHAPE["frame_tokens"],
+        chunk_frames=SHAPE["chunk_frames"],
+        overlap_frames=SHAPE["overlap_frames"],
+    )
+    grad = torch.randn_like(q)
+
+    def run(fn, dtype, **kwargs):
+        leaves = [x.detach().to(dtype).requires_grad_(True) for x in inputs]
+        out = fn(*leaves, **geo, **kwargs)
+        return [out.detach(), *torch.autograd.grad(out, leaves, grad.to(dtype))]
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    names = ("out", "dq", "dk", "dv", "dfq", "dfk")
+    errors: dict[str, float] = {}
+    for causal in (True, False):
+        ref = run(hybrid_attention, torch.float64, causal=causal, backend="torch")
+        for label, fn, dtype, kwargs in (
+            ("triton_bf16", hybrid_attention, torch.bfloat16, dict(causal=causal, backend="triton")),
+            ("triton_fp32", hybrid_attention, torch.float32, dict(causal=causal, backend="triton")),
+            ("torch_bf16", hybrid_attention, torch.bfloat16, dict(causal=causal, backend="torch")),
+            ("recurrent_triton_bf16", recurrent_hybrid_attention, torch.bfloat16, dict(backend="triton")),
+        ):
+            if label.startswith("recurrent") and not causal:
+                continue
+            for name, got, want in zip(names, run(fn, dtype, **kwargs), ref, strict=True):
+                key = f"{label}.{name}"
+                errors[key] = max(errors.get(key, 0.0), rel(got, want))
+        del ref
+        torch.cuda.empty_cache()
+    return errors
+
+
+def render(payload: dict, out_dir: Path) -> None:
+    """Write attention.md and attention.png from the JSON payload."""
+    results = payload["results"]
+    frames = sorted({r["frames"] for r in results})
+    rows = list(dict.fromkeys(r["row"] for r in results))
+    by_key = {(r["frames"], r["row"]): r for r in results}
+
+    def fastest_sdpa(count: int, mode: str) -> float:
+        times = [
+            by_key.get((count, n), {}).get(mode, {}).get("ms", math.inf)
+            for n in rows
+            if n.startswith("sdpa_")
+        ]
+        return min(times, default=math.inf)
+
+    sections = [
+        "# Attention benchmark: one Wan2.1-1.3B self-attention layer",
+        environment_markdown(payload["environment"]),
+        "B=1, H=12, D=128, 1560 tokens/frame, D'=256, Tc=3, To=1, bf16. Median ms (CUDA events); "
+        "TFLOP/s from rehyat.flops (fwd+bwd = 3.5× attention + 3× linear/φ FLOPs); peak MiB allocated "
+        "above the inputs; speedup = fastest SDPA backend's ms / this row's ms (same mode, same frames).",
+    ]
+    if payload.get("parity"):
+        sections.append(
+            "## Parity at Wan frame size (7 frames × 1560 tokens, rel. error vs float64 reference)\n\n"
+            + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
+        )
+    for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
+        table = []
+        for count in frames:
+            best = fastest_sdpa(count, mode)
+            for name in rows:
+                entry = by_key.get((count, name), {}).get(mode)
+                if entry is None:
+                    continue
+                if "error" in entry:
+                    table.append([count, name, entry["error"], None, None, None, None])
+                    continue
+                table.append(
+                    [count, name, entry["ms"], entry["ms"] / count, entry["tflops"], entry["peak_mib"],
+                     best / entry["ms"] if math.isfinite(best) else None]
+                )  # fmt: skip
+        sections.append(
+            f"## {title}\n\n"
+            + markdown_table(
+                ["frames", "row", "ms", "ms/frame", "TFLOP/s", "peak MiB", "speedup vs best SDPA"], table
+            )
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "attention.md").write_text("\n\n".join(sections) + "\n")
+    series = {}
+    for mode in ("fwd", "fwd_bwd"):
+        for name in rows:
+            ys = [by_key.get((c, name), {}).get(mode, {}).get("ms", math.nan) for c in frames]
+            if any(y == y for y in ys):
+                series[f"{name} {mode}"] = (frames, ys)
+    styles = {label: ("o-" if label.endswith(" fwd") else "s--") for label in series}
+    plot_loglog(
+        series,
+        out_dir / "attention.png",
+        xlabel="latent frames (1560 tokens each)",
+        ylabel="median ms",
+        title=f"Wan2.1-1.3B self-attention layer — {payload['environment'].get('gpu')}",
+        styles=styles,
+    )
+
+
+def _main(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    if args.render_only:
+        render(read_json(out_dir / "attention.json"), out_dir)
+        return 0
+    if not torch.cuda.is_available():
+        raise ValueError("the attention benchmark needs a CUDA GPU (use --render-only to re-render results)")
+    frames = args.frames or ([21, 41] if args.quick else [21, 41, 81, 161])
+    rep_ms = 50.0 if args.quick else 300.0
+    payload = {"environment": environment(), "shape": SHAPE, "parity": None, "results": []}
+    if not args.skip_parity:
+        payload["parity"] = run_parity()
+        print(payload["parity"], flush=True)
+    payload["results"] = run_benchmark(frames, rep_ms)
+    write_json(payload, out_dir / "attention.json")
+    render(payload, out_dir)
+    print((out_dir / "attention.md").read_text())
+    return 0
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81 161)")
+    parser.add_argument("--out", default="bench/results", help="folder for attention.json/.md/.png")
+    parser.add_argument("--quick", action="store_true", help="21 and 41 frames, fewer timed calls")
+    parser.add_argument("--skip-parity", action="store_true", help="skip the parity check at Wan frame size")
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render attention.md/.png from attention.json (no GPU)"
+    )
+    parser.set_defaults(handler=_main)
+
+
+def register(targets) -> None:
+    _add_arguments(
+        targets.add_parser("attention", help="one self-attention layer: SDPA backends vs ReHyAt (GPU)")
+    )
+
+
+if __name__ == "__main__":  # `python -m rehyat.bench.attention ...`, the same as `rehyat bench attention ...`
+    cli = argparse.ArgumentParser(prog="python -m rehyat.bench.attention", description=__doc__.split("\n")[0])
+    _add_arguments(cli)
+    parsed = cli.parse_args()
+    raise SystemExit(parsed.handler(parsed))
