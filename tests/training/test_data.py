@@ -8,7 +8,13 @@ import pytest
 import torch
 from finetune_helpers import LATENT_SHAPE, PROMPT_SHAPE, tiny_dataset
 
-from rehyat.training.data import LatentDataset, SampleOrder, write_latent_dataset
+from rehyat.training.data import (
+    LatentDataset,
+    SampleOrder,
+    build_latent_dataset,
+    prepare_video,
+    write_latent_dataset,
+)
 
 
 def test_round_trip_across_shards(tmp_path):
@@ -67,3 +73,31 @@ def test_errors(tmp_path):
         ValueError, match=r"latents has shape \(2, 16, 4, 8, 8\), the index says \(2, 16, 7, 8, 8\)"
     ):
         LatentDataset(folder)
+
+
+def test_build_latent_dataset_encodes_videos_with_the_wan_vae(tmp_path):
+    import imageio.v3 as iio
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    gen = torch.Generator().manual_seed(0)
+    clip = torch.randint(0, 256, (6, 20, 24, 3), dtype=torch.uint8, generator=gen)
+    iio.imwrite(tmp_path / "clip.mp4", clip.numpy(), fps=8)
+    embeds = [torch.randn(*PROMPT_SHAPE, generator=gen) for _ in range(2)]
+    kwargs = dict(num_frames=5, height=16, width=16)
+    folder = build_latent_dataset(
+        tmp_path / "d", [clip, tmp_path / "clip.mp4"], vae, prompt_embeds=embeds, **kwargs
+    )
+
+    dataset = LatentDataset(folder)
+    assert (
+        len(dataset) == 2 and dataset.latent_shape == (16, 2, 2, 2) and torch.equal(dataset[1][1], embeds[1])
+    )
+    video = prepare_video(clip, **kwargs)
+    assert video.shape == (1, 3, 5, 16, 16) and video.min() >= -1 and video.max() <= 1
+    z = vae.encode(video).latent_dist.mode()[0]
+    mean, std = (torch.tensor(vae.config[k]).view(-1, 1, 1, 1) for k in ("latents_mean", "latents_std"))
+    assert torch.allclose(dataset[0][0], (z - mean) / std, atol=1e-5)  # WanPipeline's normalisation
+    with pytest.raises(ValueError, match="4k \\+ 1"):
+        prepare_video(clip, num_frames=4, height=16, width=16)

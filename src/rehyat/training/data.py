@@ -185,3 +185,98 @@ def write_latent_dataset(
     }
     _atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
     return out
+
+
+# --- building a dataset from videos -----------------------------------------------------------------
+
+
+def read_video(path: str | os.PathLike) -> Tensor:
+    """Frames of a video file as uint8 [F, H, W, 3] (imageio; mp4 needs imageio-ffmpeg)."""
+    import imageio.v3 as iio
+
+    if not Path(path).is_file():
+        raise ValueError(f"video {path} does not exist")
+    frames = iio.imread(path, index=None)
+    return torch.from_numpy(frames[..., :3].copy())
+
+
+def prepare_video(frames: Tensor, num_frames: int, height: int, width: int) -> Tensor:
+    """uint8 [F, H, W, 3] → float [1, 3, num_frames, height, width] in [−1, 1]: the first frames,
+    resized to cover height × width (aspect kept) and centre-cropped."""
+    if (num_frames - 1) % 4:
+        raise ValueError(f"num_frames must be 4k + 1 for the Wan VAE, got {num_frames}")
+    if frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] < num_frames:
+        raise ValueError(
+            f"expected at least {num_frames} RGB frames [F, H, W, 3], got shape {tuple(frames.shape)}"
+        )
+    video = frames[:num_frames].permute(0, 3, 1, 2).float()  # [F, 3, H, W]
+    scale = max(height / video.shape[2], width / video.shape[3])
+    size = (max(height, round(video.shape[2] * scale)), max(width, round(video.shape[3] * scale)))
+    video = torch.nn.functional.interpolate(video, size=size, mode="bilinear", antialias=True)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    video = video[:, :, top : top + height, left : left + width]
+    return (video / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).unsqueeze(0)
+
+
+@torch.no_grad()
+def encode_video(vae: torch.nn.Module, video: Tensor) -> Tensor:
+    """Wan VAE latent [C, T, H, W] of a prepared video, normalised as WanPipeline un-normalises it
+    before decoding: (z − latents_mean) / latents_std, z the posterior mean."""
+    param = next(vae.parameters())
+    z = vae.encode(video.to(param)).latent_dist.mode()[0].float()
+    shape = (-1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(z)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(z)
+    return ((z - mean) / std).cpu()
+
+
+def load_encoders(model_folder: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    """The VAE (fp32) and a transformer-less ``WanPipeline`` (for ``encode_prompt``) of a local Wan folder."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    folder = Path(model_folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a local diffusers Wan folder (model_index.json is missing)")
+    vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32).to(device)
+    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=vae, local_files_only=True).to(device)
+    return vae, pipe
+
+
+def build_latent_dataset(
+    out_dir: str | os.PathLike,
+    videos: Sequence[str | os.PathLike | Tensor],
+    vae: torch.nn.Module,
+    *,
+    prompts: Sequence[str] | None = None,
+    pipeline: Any = None,
+    prompt_embeds: Sequence[Tensor] | None = None,
+    num_frames: int = 81,
+    height: int = 480,
+    width: int = 832,
+    max_sequence_length: int = 512,
+    shard_size: int = 64,
+) -> Path:
+    """Encode videos (files or uint8 [F, H, W, 3] tensors) with the Wan VAE and pair them with prompt
+    embeddings: given precomputed ([L, D] each), or ``prompts`` encoded by ``pipeline.encode_prompt``
+    (WanPipeline's UMT5, padded to ``max_sequence_length`` as at inference). Writes a dataset folder."""
+    if (prompt_embeds is None) == (prompts is None):
+        raise ValueError("pass exactly one of prompts (with pipeline) and prompt_embeds")
+    if len(prompt_embeds if prompt_embeds is not None else prompts) != len(videos):
+        raise ValueError("need one prompt per video")
+    if prompts is not None and pipeline is None:
+        raise ValueError("encoding prompts needs the pipeline (load_encoders)")
+
+    def embed(index: int) -> Tensor:
+        if prompt_embeds is not None:
+            return prompt_embeds[index]
+        encoded, _ = pipeline.encode_prompt(
+            prompts[index], do_classifier_free_guidance=False, max_sequence_length=max_sequence_length
+        )
+        return encoded[0].float().cpu()
+
+    def samples() -> Iterable[tuple[Tensor, Tensor]]:
+        for index, video in enumerate(videos):
+            frames = video if isinstance(video, Tensor) else read_video(video)
+            yield encode_video(vae, prepare_video(frames, num_frames, height, width)), embed(index)
+
+    return write_latent_dataset(out_dir, samples(), shard_size)

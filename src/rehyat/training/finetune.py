@@ -14,7 +14,8 @@ config), ``metrics.jsonl``, ``checkpoints/step-*``, and at the end ``final/`` (a
 ReHyAt checkpoints with base weights (:func:`rehyat.save_rehyat`).
 
 CLI: ``rehyat finetune [--config run.toml] [key=value ...]``, e.g.
-``rehyat finetune --config run.toml optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``.
+``rehyat finetune --config run.toml optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``;
+``rehyat build-dataset --model WAN_FOLDER --manifest videos.jsonl --out DATASET`` makes the dataset.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class FinetuneConfig:
     log_every: int = 1
     resume: bool = True
     """Continue from ``output_dir/checkpoints`` when it holds a checkpoint."""
+    save: bool = True
+    """Write checkpoints and the final model (off for throughput measurements)."""
     progress: bool = True
 
 
@@ -315,9 +318,12 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
         progress.update()
         progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
         if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps):
-            logger.log(done, loss=loss_value, lr=lr, grad_norm=grad_norm, samples_per_s=throughput)
+            memory = (
+                {"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if env.device.type == "cuda" else {}
+            )
+            logger.log(done, loss=loss_value, lr=lr, grad_norm=grad_norm, samples_per_s=throughput, **memory)
 
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if cfg.save and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             model_state, optim_state = distributed.full_state(model, optimizer)
             extra = {"ema": ema.state_dict()} if ema is not None else {}  # collective under FSDP
             if env.is_main:
@@ -332,13 +338,11 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
 
     if env.is_main:
         logger.close()
+    if env.is_main and cfg.save:
         final = load_checkpoint(latest_checkpoint(checkpoints))
         _save_final(cfg.model, cfg.seed, final.model, out / "final")
         if ema is not None:
             _save_final(cfg.model, cfg.seed, final.model | final.extra["ema"], out / "final-ema")
-        if env.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"peak GPU memory (rank 0): {peak:.2f} GiB")
     distributed.barrier()
     return FinetuneResult(output_dir=out, model=model, samples_seen=samples_seen)
 
@@ -371,3 +375,49 @@ def register(commands: Any) -> None:
         help="fault injection for resume tests: SIGKILL itself after this step",
     )
     parser.set_defaults(handler=_main)
+    register_build_dataset(commands)
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    import json
+
+    from rehyat.training.data import build_latent_dataset, load_encoders
+
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest} does not exist")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    if not rows or any(not {"video", "prompt"} <= row.keys() for row in rows):
+        raise ValueError(f"{manifest} must hold JSON lines with 'video' and 'prompt' keys")
+    vae, pipe = load_encoders(args.model, args.device)
+    videos = [manifest.parent / row["video"] for row in rows]
+    out = build_latent_dataset(
+        args.out,
+        videos,
+        vae,
+        prompts=[row["prompt"] for row in rows],
+        pipeline=pipe,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        shard_size=args.shard_size,
+    )
+    print(f"wrote {len(rows)} samples to {out}")
+    return 0
+
+
+def register_build_dataset(commands: Any) -> None:
+    parser = commands.add_parser(
+        "build-dataset", help="encode videos + prompts with a local Wan folder into a finetune dataset"
+    )
+    parser.add_argument("--model", required=True, help="local diffusers Wan folder (vae, text_encoder)")
+    parser.add_argument(
+        "--manifest", required=True, help='JSON lines {"video": path relative to the file, "prompt": text}'
+    )
+    parser.add_argument("--out", required=True, help="new dataset folder")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.set_defaults(handler=_build_dataset)
