@@ -9,8 +9,13 @@ import json
 import sys
 
 # Modules whose register() adds a top-level subcommand, and modules adding a `rehyat bench` target.
-COMMAND_MODULES = ["rehyat.demo", "rehyat.generation.cli", "rehyat.training.distill", "rehyat.training.finetune"]
-BENCH_MODULES: list[str] = ["rehyat.bench.attention", "rehyat.bench.distill"]
+COMMAND_MODULES = [
+    "rehyat.demo",
+    "rehyat.generation.cli",
+    "rehyat.training.distill",
+    "rehyat.training.finetune",
+]
+BENCH_MODULES: list[str] = ["rehyat.bench.attention", "rehyat.bench.distill", "rehyat.bench.model"]
 
 
 def _flops(args: argparse.Namespace) -> int:

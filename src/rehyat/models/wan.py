@@ -31,12 +31,14 @@ PHI_K = "rehyat_phi_k"
 
 @dataclass
 class ReHyAtRuntime:
-    """Per-model state shared by the processors: config, the current latent grid, streaming mode."""
+    """Per-model state shared by the processors: config, the current latent grid, streaming mode, and
+    the attention ``backend`` ("auto", "torch" or "triton", as in :func:`rehyat.hybrid_attention`)."""
 
     config: ReHyAtConfig
     blocks: list[int]
     grid: tuple[int, int, int] | None = None
     streaming: bool = False
+    backend: str = "auto"
 
     def capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: record the post-patch (T, H, W) of the transformer's input."""
@@ -111,6 +113,7 @@ class ReHyAtWanAttnProcessor:
                 frame_tokens=frame_tokens,
                 overlap_frames=config.overlap_frames,
                 stats=self.stats,
+                backend=self.runtime.backend,
             )
         else:
             if query.shape[1] != grid[0] * frame_tokens:
@@ -129,6 +132,7 @@ class ReHyAtWanAttnProcessor:
                 overlap_frames=config.overlap_frames,
                 causal=config.causal,
                 stats=self.stats,
+                backend=self.runtime.backend,
             )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
