@@ -113,3 +113,14 @@ def test_conversion_errors():
         convert_wan(tiny_wan(), {"chunk_frames": 3})
     with pytest.raises(ValueError, match="no latent grid"):
         model.blocks[0].attn1(torch.randn(1, 16, 24))
+
+
+def test_attention_backend_is_selectable():
+    model = converted(tiny_wan(), chunk_frames=2)
+    inputs = tiny_inputs()
+    reference = run(model, *inputs)
+    model._rehyat_runtime.backend = "torch"
+    assert torch.equal(run(model, *inputs), reference)  # "auto" is the PyTorch path on CPU
+    model._rehyat_runtime.backend = "fast"
+    with pytest.raises(ValueError, match="backend"):
+        run(model, *inputs)
