@@ -1,6 +1,7 @@
-"""The embedded toy world (issue 6): procedural videos, a tiny text encoder and ToyBench metrics."""
+"""The embedded toy world (issue 6): procedural videos, a tiny text encoder and the ToyBench metrics."""
 
 from rehyat.toy.text import MAX_LENGTH, VOCABULARY, ToyTextEncoder, tokenize
+from rehyat.toy.toybench import Readout, evaluate_videos, psnr, read_back, ssim
 from rehyat.toy.world import (
     BACKGROUNDS,
     COLOURS,
@@ -21,10 +22,15 @@ __all__ = [
     "SHAPES",
     "SPEEDS",
     "VOCABULARY",
+    "Readout",
     "ToyPrompt",
     "ToyTextEncoder",
     "all_prompts",
+    "evaluate_videos",
+    "psnr",
+    "read_back",
     "render",
     "sample_prompt",
+    "ssim",
     "tokenize",
 ]
