@@ -90,3 +90,18 @@ def test_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="16-dim prompt embeddings; the model takes 16 and 32"):
         finetune(tiny_config(tmp_path / "run", narrow))
+
+
+def test_plain_model_training_saves_a_diffusers_folder(tmp_path):
+    """convert=false trains the softmax model itself (how the toy teacher is trained) with the same loop."""
+    from diffusers import WanTransformer3DModel
+
+    base, data, out = tiny_base(tmp_path / "wan"), tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    config = tiny_config(out, data, base, **{"model.convert": "false", "model.rehyat": "{}", "steps": 2})
+    finetune(config)
+    trained = WanTransformer3DModel.from_pretrained(out / "final")
+    start = load_base_transformer(config.model)
+    assert not any("rehyat" in name for name in trained.state_dict())
+    assert any(not torch.equal(p, start.state_dict()[n]) for n, p in trained.state_dict().items())
+    with pytest.raises(ValueError, match=r"model\.convert=false trains the plain model"):
+        build_model(tiny_config(out, data, base, **{"model.convert": "false"}).model, seed=0)

@@ -61,6 +61,8 @@ class ModelSection:
     """A ReHyAt checkpoint (e.g. stage 1's) to start from; else the model is converted fresh."""
     rehyat: dict[str, Any] = field(default_factory=dict)
     """ReHyAtConfig fields for a fresh conversion."""
+    convert: bool = True
+    """False trains the plain softmax model (e.g. pretraining the toy teacher) with this same loop."""
     gradient_checkpointing: bool = True
 
 
@@ -179,9 +181,14 @@ def load_base_transformer(section: ModelSection) -> nn.Module:
 
 
 def build_model(section: ModelSection, seed: int) -> nn.Module:
-    """Base Wan transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``."""
+    """Base Wan transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``
+    (or left as it is with ``convert=False``)."""
     torch.manual_seed(seed)  # random architectures and fresh φ are identical on every rank
     model = load_base_transformer(section)
+    if not section.convert:
+        if section.rehyat or section.rehyat_checkpoint is not None:
+            raise ValueError("model.convert=false trains the plain model: leave model.rehyat* unset")
+        return model
     if section.rehyat_checkpoint is not None:
         if section.rehyat:
             raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
@@ -200,10 +207,19 @@ def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
 
 
 def _save_final(section: ModelSection, seed: int, state: dict[str, Tensor], folder: Path) -> None:
-    """Save full weights as a ReHyAt checkpoint with base weights, through a fresh CPU model."""
+    """Save full weights through a fresh CPU model: a ReHyAt checkpoint with base weights, or a plain
+    diffusers transformer folder (``save_pretrained``) when the model is not converted."""
     model = build_model(section, seed)
     model.load_state_dict(state)
-    save_rehyat(model, folder, include_base_weights=True)
+    if section.convert:
+        save_rehyat(model, folder, include_base_weights=True)
+    else:
+        model.save_pretrained(folder)
+
+
+def _rehyat_config(model: nn.Module) -> dict[str, Any] | None:
+    runtime = rehyat_runtime(distributed.unwrap(model))
+    return None if runtime is None else runtime.config.to_dict()
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -217,7 +233,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema:
     """Load a training checkpoint into model, optimizer and EMA; return its step. Validates first."""
     checkpoint = load_checkpoint(path)
     check_model_state(checkpoint, distributed.unwrap(model).state_dict())
-    ours = rehyat_runtime(distributed.unwrap(model)).config.to_dict()
+    ours = _rehyat_config(model)
     if checkpoint.metadata.get("rehyat") != ours:
         raise CheckpointError(
             f"checkpoint {path} was made with ReHyAt config {checkpoint.metadata.get('rehyat')}, "
@@ -260,7 +276,7 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
         eps=cfg.optim.eps,
     )
     ema = EMA(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
-    rehyat_config = rehyat_runtime(distributed.unwrap(model)).config.to_dict()
+    rehyat_config = _rehyat_config(model)
 
     start = 0
     latest = latest_checkpoint(checkpoints)
