@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "rehyat.generation.cli",
     "rehyat.training.distill",
     "rehyat.training.finetune",
+    "rehyat.toy.teacher",
 ]
 BENCH_MODULES: list[str] = ["rehyat.bench.attention", "rehyat.bench.distill", "rehyat.bench.model"]
 
