@@ -255,6 +255,50 @@ def run_parity(frames: int = 7) -> dict[str, float]:
     return errors
 
 
+def _targets(by_key: dict, frames: list[int], fastest_sdpa: Callable[[int, str], float]) -> str:
+    """The issue's targets, each with what this run measured (ratios against the fastest SDPA backend)."""
+
+    def ms(count: int, row: str, mode: str) -> float:
+        return by_key.get((count, row), {}).get(mode, {}).get("ms", math.nan)
+
+    def best_tflops(count: int, mode: str) -> float:
+        rows = [by_key.get((count, f"sdpa_{b}"), {}).get(mode, {}) for b in SDPA_BACKENDS]
+        return max((r.get("tflops", 0.0) for r in rows), default=math.nan)
+
+    lines = []
+    for mode, goals in (("fwd", {21: 4.0, 81: 15.0}), ("fwd_bwd", {21: 3.5, 81: 12.0})):
+        for count, goal in goals.items():
+            got = fastest_sdpa(count, mode) / ms(count, "rehyat_layer", mode)
+            verdict = "met" if got >= goal else "missed"
+            lines.append(f"- whole layer {mode}, {count} frames: {got:.2f}× (target ≥ {goal}×) — {verdict}")
+    for mode in ("fwd", "fwd_bwd"):
+        shares = [
+            by_key.get((c, "softmax_part"), {}).get(mode, {}).get("tflops", math.nan) / best_tflops(c, mode)
+            for c in frames
+        ]
+        listed = ", ".join(f"{c}: {100 * x:.0f}%" for c, x in zip(frames, shares, strict=True))
+        verdict = "met" if min(shares) >= 0.7 else "missed"
+        lines.append(f"- softmax part TFLOP/s vs best SDPA, {mode}: {listed} (target ≥ 70%) — {verdict}")
+    for mode in ("fwd", "fwd_bwd"):
+        per_frame = [ms(c, "rehyat_layer", mode) / c for c in frames]
+        spread = max(per_frame) / min(per_frame) - 1
+        verdict = "met" if spread <= 0.15 else "missed"
+        lines.append(
+            f"- linear scaling, whole layer {mode}: ms/frame {min(per_frame):.3f}–{max(per_frame):.3f} "
+            f"({100 * spread:.1f}% spread, target ±15%) — {verdict}"
+        )
+    ratios = [ms(c, "recurrent", "fwd") / ms(c, "rehyat_op", "fwd") for c in frames]
+    peaks = [by_key.get((c, "recurrent"), {}).get("fwd", {}).get("peak_mib", math.nan) for c in frames]
+    lines.append(
+        "- recurrent / parallel op time, fwd: "
+        + ", ".join(f"{c}: {r:.2f}×" for c, r in zip(frames, ratios, strict=True))
+        + f" (target ≤ 1.3×) — {'met' if max(ratios) <= 1.3 else 'missed'}; recurrent peak working memory "
+        + ", ".join(f"{p:.0f}" for p in peaks)
+        + " MiB"
+    )
+    return "\n".join(lines)
+
+
 def render(payload: dict, out_dir: Path) -> None:
     """Write attention.md and attention.png from the JSON payload."""
     results = payload["results"]
@@ -282,6 +326,7 @@ def render(payload: dict, out_dir: Path) -> None:
             "## Parity at Wan frame size (7 frames × 1560 tokens, rel. error vs float64 reference)\n\n"
             + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
         )
+    sections.append("## Issue-3 targets (this run)\n\n" + _targets(by_key, frames, fastest_sdpa))
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
         table = []
         for count in frames:
@@ -312,13 +357,16 @@ def render(payload: dict, out_dir: Path) -> None:
             if any(y == y for y in ys):
                 series[f"{name} {mode}"] = (frames, ys)
     styles = {label: ("o-" if label.endswith(" fwd") else "s--") for label in series}
+    palette = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "k", "y"]
+    colors = {label: palette[rows.index(label.split()[0]) % len(palette)] for label in series}
     plot_loglog(
         series,
         out_dir / "attention.png",
         xlabel="latent frames (1560 tokens each)",
         ylabel="median ms",
-        title=f"Wan2.1-1.3B self-attention layer — {payload['environment'].get('gpu')}",
+        title=f"Wan2.1-1.3B self-attention layer — {payload['environment'].get('gpu')} (solid: fwd, dashed: fwd+bwd)",
         styles=styles,
+        colors=colors,
     )
 
 

@@ -124,9 +124,11 @@ def plot_loglog(
     ylabel: str,
     title: str,
     styles: dict[str, str] | None = None,
+    colors: dict[str, str] | None = None,
 ) -> bool:
-    """Log-log line plot of ``{label: (xs, ys)}`` to ``path``; False (and nothing written) without
-    matplotlib. Points that are NaN (not run, out of memory) are left out."""
+    """Log-log line plot of ``{label: (xs, ys)}`` to ``path``, legend outside on the right; False (and
+    nothing written) without matplotlib. Points that are NaN (not run, out of memory) are left out.
+    ``styles``/``colors`` map labels to matplotlib format strings / colors (default: distinct colors)."""
     try:
         import matplotlib
 
@@ -135,18 +137,20 @@ def plot_loglog(
     except ImportError:
         print(f"matplotlib is not installed: {path} not written", file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for label, (xs, ys) in series.items():
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    palette = plt.get_cmap("tab20").colors
+    for index, (label, (xs, ys)) in enumerate(series.items()):
         points = [(x, y) for x, y in zip(xs, ys, strict=True) if y == y and y > 0]
         if points:
-            ax.plot(*zip(*points, strict=True), (styles or {}).get(label, "o-"), label=label)
+            color = (colors or {}).get(label, palette[index % len(palette)])
+            ax.plot(*zip(*points, strict=True), (styles or {}).get(label, "o-"), label=label, color=color)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
