@@ -105,3 +105,14 @@ def test_plain_model_training_saves_a_diffusers_folder(tmp_path):
     assert any(not torch.equal(p, start.state_dict()[n]) for n, p in trained.state_dict().items())
     with pytest.raises(ValueError, match=r"model\.convert=false trains the plain model"):
         build_model(tiny_config(out, data, base, **{"model.convert": "false"}).model, seed=0)
+
+
+def test_prompt_dropout_zeroes_whole_prompts():
+    from rehyat.training.finetune import drop_prompts
+
+    prompts = torch.ones(1000, 3, 4)
+    dropped = drop_prompts(prompts, 0.25, torch.Generator().manual_seed(0))
+    per_sample = dropped.flatten(1)
+    assert set(per_sample.sum(1).tolist()) == {0.0, 12.0}  # a prompt is kept or zeroed whole
+    assert 0.2 < (per_sample.sum(1) == 0).float().mean() < 0.3
+    assert torch.equal(drop_prompts(prompts, 0.0, torch.Generator()), prompts)

@@ -146,6 +146,7 @@ def train_teacher(
         "optim.warmup_steps=200",
         "optim.weight_decay=0.0",
         f"flow_shift={FLOW_SHIFT}",
+        "prompt_dropout=0.1",
         "ema_decay=0.999",
         f"seed={seed}",
         f"checkpoint_every={max(steps // 4, 1)}",

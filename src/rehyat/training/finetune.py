@@ -92,6 +92,8 @@ class FinetuneConfig:
     steps: int = 1000
     grad_accumulation: int = 1
     flow_shift: float = 5.0
+    prompt_dropout: float = 0.0
+    """Probability of training a sample on the empty (all-zero) prompt, which classifier-free guidance needs."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     ema_decay: float | None = None
@@ -136,6 +138,12 @@ def flow_matching_loss(
     noisy = (1 - s) * latents + s * noise
     prediction = model(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0]
     return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def drop_prompts(prompt_embeds: Tensor, probability: float, generator: torch.Generator) -> Tensor:
+    """Zero each sample's prompt embedding with ``probability`` (the empty prompt of CFG's unconditional branch)."""
+    keep = torch.rand(prompt_embeds.shape[0], generator=generator) >= probability
+    return prompt_embeds * keep.to(prompt_embeds.device, prompt_embeds.dtype).view(-1, 1, 1)
 
 
 def noise_generator(seed: int, step: int, slot: int) -> torch.Generator:
@@ -259,6 +267,8 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     env = distributed.init_distributed()
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
+    if not 0.0 <= cfg.prompt_dropout < 1.0:
+        raise ValueError(f"prompt_dropout must be in [0, 1), got {cfg.prompt_dropout}")
     if cfg.grad_accumulation < 1 or cfg.data.micro_batch_size < 1 or cfg.steps < 1:
         raise ValueError("steps, grad_accumulation and data.micro_batch_size must be >= 1")
 
@@ -315,6 +325,8 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
             samples_seen += indices
             latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
             generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
+            if cfg.prompt_dropout > 0:
+                prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
             with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
                 with autocast:
                     loss = flow_matching_loss(model, latents, prompt_embeds, generator, cfg.flow_shift)
