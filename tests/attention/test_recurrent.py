@@ -76,3 +76,12 @@ def test_step_rejects_incompatible_state():
     q2, k2, v2, fq2, fk2 = make_inputs(1, 2, 2, 3, 4, 6, seed=1)
     with pytest.raises(ValueError, match="state has kv shape"):
         hybrid_attention_step(q2, k2, v2, fq2, fk2, state, frame_tokens=2, overlap_frames=1)
+
+
+def test_state_does_not_keep_the_window_buffers_alive():
+    """The cached overlap frames are their own storage, not views of the (Tc + To)-frame window."""
+    q, k, v, fq, fk = make_inputs(1, 3, 4, 2, 4, 6, seed=3)
+    _, state = hybrid_attention_step(q, k, v, fq, fk, None, frame_tokens=4, overlap_frames=1)
+    for cached in (state.k, state.v, state.fk):
+        assert cached.shape[1] == 4
+        assert cached.untyped_storage().nbytes() == cached.numel() * cached.element_size()

@@ -130,12 +130,18 @@ def hybrid_attention_step(
         fk_out, v_out = keys_fk[:, :leaving].to(acc), values[:, :leaving].to(acc)
         kv = kv + torch.einsum("bjhe,bjhd->bhed", fk_out, v_out)
         z = z + fk_out.sum(dim=1)
+
+    # Copy the kept overlap frames out of the window buffers: a slice would keep each whole
+    # (Tc + To)-frame window alive in the state of every layer.
+    def keep(window: Tensor) -> Tensor:
+        return window[:, leaving:].clone() if leaving else window
+
     next_state = HybridAttentionState(
         kv=kv,
         z=z,
-        k=keys[:, leaving:],
-        v=values[:, leaving:],
-        fk=keys_fk[:, leaving:],
+        k=keep(keys),
+        v=keep(values),
+        fk=keep(keys_fk),
         frames_seen=state.frames_seen + q.shape[1] // frame_tokens,
     )
     return out, next_state
