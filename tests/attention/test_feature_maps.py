@@ -47,6 +47,11 @@ def test_taylor_init_is_a_diagonal_exp_expansion(activation, degree, layers):
     prod = torch.einsum("bnhd,bmhd->bhnmd", q, k) * scale
     want = sum(prod**p / math.factorial(p) for p in range(1, degree + 1)).sum(-1)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    scaled = PolynomialFeatureMap(2, d, degree, layers, activation=activation, kernel_scale=1e-3).double()
+    scaled.reset_parameters()
+    torch.testing.assert_close(
+        torch.einsum("bnhe,bmhe->bhnm", scaled(q), scaled(k)), 1e-3 * want, rtol=1e-10, atol=1e-13
+    )
     # The degree-1 part alone is the softmax logit.
     first = torch.einsum("bnhe,bmhe->bhnm", phi(q)[..., :d], phi(k)[..., :d])
     torch.testing.assert_close(first, prod.sum(-1), rtol=1e-10, atol=1e-10)
@@ -67,6 +72,8 @@ def test_heads_are_independent_and_trainable():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_heads must be a positive int"):
         PolynomialFeatureMap(0, 4)
+    with pytest.raises(ValueError, match="kernel_scale must be a positive number"):
+        PolynomialFeatureMap(2, 4, kernel_scale=0.0)
     with pytest.raises(ValueError, match="activation must be one of"):
         PolynomialFeatureMap(2, 4, activation="tanh")
     with pytest.raises(ValueError, match="needs degree >= 2"):
@@ -74,3 +81,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"expected input \[B, N, 2, 4\]"):
         PolynomialFeatureMap(2, 4)(torch.randn(1, 3, 2, 5))
     assert PolynomialFeatureMap(2, 4, degree=1, num_layers=2, init="random").feature_dim == 4
+
+
+def test_output_dtype_follows_the_input_under_autocast():
+    """Under CUDA autocast pow runs in fp32; the map must still hand the attention op q's dtype."""
+    phi = PolynomialFeatureMap(2, 4)
+    x = torch.randn(1, 3, 2, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert phi(x).dtype == torch.bfloat16
+    assert phi(x.float()).dtype == torch.float32

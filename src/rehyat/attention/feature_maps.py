@@ -9,9 +9,12 @@ Choices the paper leaves open (documented here, compared by distillation error i
   the ``"taylor"`` initialisation uses to pass x through the hidden layers exactly.
 - bias: on, initialised to zero; ``num_weights`` counts weights without biases (1,179,648 per map at
   12 heads × 128, P = 2, two layers), ``num_biases`` counts biases separately.
-- init ``"taylor"`` (default): ψ_p(x) = a_p · x with a_p = (scale^p / p!)^(1/2p), so that
-  φ(q)·φ(k) = Σ_p Σ_m (scale · q_m k_m)^p / p! — a per-coordinate Taylor expansion of exp(q·k·scale)
-  without its constant term, whose degree-1 part is exactly the softmax logit. Hidden layers carry
+- init ``"taylor"`` (default): ψ_p(x) = a_p · x with a_p = (κ · scale^p / p!)^(1/2p), so that
+  φ(q)·φ(k) = κ · Σ_p Σ_m (scale · q_m k_m)^p / p! — a per-coordinate Taylor expansion of exp(q·k·scale)
+  without its constant term (degree-1 part: the softmax logit), times ``kernel_scale`` κ. The linear
+  part is not rescaled by exp(−row max) (SPEC §3), so far keys should weigh about exp(s − c) ≪ 1:
+  a converted model starts best with κ ≪ 1 (near local attention; ``ReHyAtConfig`` uses 1e-3), since
+  κ = 1 lets the signed degree-1 sums over thousands of keys swamp or cancel the softmax normaliser. Hidden layers carry
   x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.
   ``"random"``: PyTorch's default (Kaiming-uniform) initialisation.
 """
@@ -29,7 +32,7 @@ _ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": 
 
 
 class PolynomialFeatureMap(nn.Module):
-    """φ: [B, N, H, D] -> [B, N, H, degree·D], separate weights per head."""
+    """φ: [B, N, H, D] -> [B, N, H, degree·D] in the input's dtype, separate weights per head."""
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class PolynomialFeatureMap(nn.Module):
         bias: bool = True,
         init: Literal["taylor", "random"] = "taylor",
         scale: float | None = None,
+        kernel_scale: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -62,7 +66,10 @@ class PolynomialFeatureMap(nn.Module):
             )
         self.num_heads, self.head_dim, self.degree, self.num_layers = num_heads, head_dim, degree, num_layers
         self.activation = activation
+        if not (isinstance(kernel_scale, (int, float)) and math.isfinite(kernel_scale) and kernel_scale > 0):
+            raise ValueError(f"kernel_scale must be a positive number, got {kernel_scale!r}")
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        self.kernel_scale = float(kernel_scale)
         width = degree * head_dim
         dims = [head_dim] + [width] * num_layers
         self.weights = nn.ParameterList(
@@ -99,7 +106,10 @@ class PolynomialFeatureMap(nn.Module):
                 w.uniform_(-bound, bound)
             return
         d, p_max = self.head_dim, self.degree
-        gains = [(self.scale**p / math.factorial(p)) ** (1.0 / (2 * p)) for p in range(1, p_max + 1)]
+        gains = [
+            (self.kernel_scale * self.scale**p / math.factorial(p)) ** (1.0 / (2 * p))
+            for p in range(1, p_max + 1)
+        ]
         last = len(self.weights) - 1
         for index, w in enumerate(self.weights):
             w.zero_()
@@ -134,10 +144,13 @@ class PolynomialFeatureMap(nn.Module):
             if self.biases is not None:
                 h = h + self.biases[index].to(h.dtype)
         parts = h.split(self.head_dim, dim=-1)
-        return torch.cat([part if p == 0 else part ** (p + 1) for p, part in enumerate(parts)], dim=-1)
+        features = torch.cat([part if p == 0 else part ** (p + 1) for p, part in enumerate(parts)], dim=-1)
+        # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
+        return features.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, degree={self.degree}, "
-            f"num_layers={self.num_layers}, activation={self.activation}, init={self.init}"
+            f"num_layers={self.num_layers}, activation={self.activation}, init={self.init}, "
+            f"kernel_scale={self.kernel_scale:g}"
         )

@@ -38,6 +38,8 @@ class ReHyAtConfig:
         blocks: ``"all"``, a list of block indices, or an int k = the k blocks ranked best in
             ``block_ranking`` (block indices ordered by stage-1 distillation error, lowest first).
         block_ranking: ranking used when ``blocks`` is an int; ignored otherwise.
+        feature_kernel_scale: κ of the "taylor" initialisation (φq·φk starts as κ × a Taylor
+            expansion of exp(s)); small κ starts the converted model close to local attention.
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
     """
@@ -52,6 +54,7 @@ class ReHyAtConfig:
     feature_activation: str = "relu"
     feature_bias: bool = True
     feature_init: str = "taylor"
+    feature_kernel_scale: float = 1e-3
 
     def __post_init__(self) -> None:
         _check_int("chunk_frames", self.chunk_frames, 1)
@@ -64,6 +67,14 @@ class ReHyAtConfig:
         if self.feature_activation not in _ACTIVATIONS:
             raise ValueError(
                 f"feature_activation must be one of {_ACTIVATIONS}, got {self.feature_activation!r}"
+            )
+        if (
+            isinstance(self.feature_kernel_scale, bool)
+            or not isinstance(self.feature_kernel_scale, (int, float))
+            or not self.feature_kernel_scale > 0
+        ):
+            raise ValueError(
+                f"feature_kernel_scale must be a positive number, got {self.feature_kernel_scale!r}"
             )
         if self.feature_init not in _INITS:
             raise ValueError(f"feature_init must be one of {_INITS}, got {self.feature_init!r}")
