@@ -10,13 +10,18 @@ import sys
 
 # Modules whose register() adds a top-level subcommand, and modules adding a `rehyat bench` target.
 COMMAND_MODULES = [
-    "rehyat.demo",
+    "rehyat.toy.demo",
     "rehyat.generation.cli",
     "rehyat.training.distill",
     "rehyat.training.finetune",
     "rehyat.toy.teacher",
 ]
-BENCH_MODULES: list[str] = ["rehyat.bench.attention", "rehyat.bench.distill", "rehyat.bench.model"]
+BENCH_MODULES: list[str] = [
+    "rehyat.bench.op",
+    "rehyat.bench.attention",
+    "rehyat.bench.distill",
+    "rehyat.bench.model",
+]
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -63,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)
-    bench = commands.add_parser("bench", help="benchmarks (GPU); results under bench/results/")
+    bench = commands.add_parser(
+        "bench", help="benchmarks (op: CPU; the others: GPU, results under bench/results/)"
+    )
     targets = bench.add_subparsers(dest="target", required=True)
     for name in BENCH_MODULES:
         importlib.import_module(name).register(targets)

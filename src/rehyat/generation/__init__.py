@@ -13,6 +13,7 @@ _EXPORTS = {
     "generate_video": "rehyat.generation.sampler",
     "latent_shape": "rehyat.generation.sampler",
     "make_scheduler": "rehyat.generation.sampler",
+    "parallel_forward": "rehyat.generation.sampler",
     "write_video": "rehyat.generation.video",
     "load_pipeline": "rehyat.generation.cli",
 }

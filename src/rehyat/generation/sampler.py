@@ -10,6 +10,7 @@ the pipeline's own (UniPC with ``flow_shift`` for Wan2.1) unless another is pass
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rehyat.models.recurrent import recurrent_forward
+
+
+def parallel_forward(
+    transformer: nn.Module, hidden_states: Tensor, timestep: Tensor, context: Tensor
+) -> Tensor:
+    """The model's own (parallel) forward, with :func:`rehyat.recurrent_forward`'s signature."""
+    return transformer(hidden_states, timestep, context, return_dict=False)[0]
 
 
 def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0):
@@ -65,12 +73,14 @@ def generate_latents(
     generator: torch.Generator | None = None,
     latents: Tensor | None = None,
     progress: bool = True,
+    forward: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] = recurrent_forward,
 ) -> Tensor:
     """Denoise from noise to clean latents with the recurrent forward at every step.
 
     Mirrors ``WanPipeline.__call__`` (float32 latents, model-dtype inputs, CFG when
     ``guidance_scale > 1``) so that with the same generator it reproduces the pipeline's latents.
-    ``scheduler`` is copied, not advanced.
+    ``scheduler`` is copied, not advanced. ``forward`` may be :func:`parallel_forward` instead, e.g. to
+    sample from an unconverted teacher with the very same loop.
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -90,9 +100,9 @@ def generate_latents(
     for t in tqdm(scheduler.timesteps, desc="denoising (recurrent)", disable=not progress):
         model_input = latents.to(dtype)
         timestep = t.expand(latents.shape[0])
-        noise_pred = recurrent_forward(transformer, model_input, timestep, prompt_embeds)
+        noise_pred = forward(transformer, model_input, timestep, prompt_embeds)
         if guided:
-            noise_uncond = recurrent_forward(transformer, model_input, timestep, negative_prompt_embeds)
+            noise_uncond = forward(transformer, model_input, timestep, negative_prompt_embeds)
             noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
         latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
     return latents

@@ -1,4 +1,4 @@
-"""The README's main job, `rehyat demo`, runs end to end and reports consistent rows."""
+"""`rehyat bench op` (the CPU op comparison) runs end to end and reports consistent rows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,21 @@ from rehyat.cli import main
 def test_demo_writes_rows(tmp_path, capsys):
     out = tmp_path / "demo.json"
     assert (
-        main(["demo", "--frames", "4", "7", "--frame-tokens", "16", "--threads", "1", "--json", str(out)])
+        main(
+            [
+                "bench",
+                "op",
+                "--frames",
+                "4",
+                "7",
+                "--frame-tokens",
+                "16",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
         == 0
     )
     assert "recurrent ms" in capsys.readouterr().out
@@ -22,5 +36,5 @@ def test_demo_writes_rows(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_frames(capsys):
-    assert main(["demo", "--frames", "0"]) == 2
+    assert main(["bench", "op", "--frames", "0"]) == 2
     assert "--frames must all be >= 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``rehyat demo``: a CPU demonstration of the op as the video grows.
+"""``rehyat bench op``: the op on a CPU (or any device torch runs on) as the video grows.
 
 Full softmax attention (torch SDPA), the parallel ReHyAt form and the recurrent form run on the same
 inputs at growing frame counts; each run happens in a fresh subprocess so that its peak resident memory
@@ -172,10 +172,8 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands) -> None:
-    parser = commands.add_parser(
-        "demo", help="CPU demonstration: full vs parallel vs recurrent as frames grow"
-    )
+def register(targets) -> None:
+    parser = targets.add_parser("op", help="CPU: full softmax vs parallel vs recurrent ReHyAt as frames grow")
     parser.add_argument(
         "--frames", type=int, nargs="+", default=[6, 12, 24, 48, 96], help="latent frame counts"
     )
