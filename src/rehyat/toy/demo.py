@@ -1,0 +1,408 @@
+"""``rehyat demo``: the whole ReHyAt recipe on the bundled toy teacher, end to end, on a CPU or a GPU.
+
+1. Stage 1 (``rehyat distill``): the teacher's sampler runs on a few prompts; every block's φq, φk
+   are distilled from its attention (with the untrained-φ, linear-only and local-only comparisons).
+2. Stage 2 (``rehyat finetune``): the converted model (all blocks, causal, Tc=3, To=1) is fine-tuned
+   briefly with flow matching on rendered toy clips.
+3. Evaluation: the teacher (parallel) and the students (recurrent forward) generate videos for unseen
+   prompts from identical noise; ToyBench scores them; the fine-tuned student then generates a video
+   4× the training length recurrently, and time and peak memory are measured as the length grows.
+
+Writes ``OUT/report.json``, ``OUT/report.md``, PNG plots and GIFs. The toy teacher is pixel-space:
+what Wan calls the latent grid is the pixel grid, so the Wan tools get the equivalent video size
+(4·(F − 1) + 1 frames, 8× the pixels), as :func:`wan_video_size` computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rehyat.toy.teacher import CLIP, FLOW_SHIFT, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.toy.toybench import evaluate_videos
+from rehyat.toy.world import ToyPrompt, render, sample_prompt
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of each stage; the defaults fit in about ten minutes on two CPU cores."""
+
+    distill_prompts: int = 6
+    distill_heldout: int = 2
+    distill_steps: int = 10  # sampler steps while capturing
+    capture_steps: tuple[int, ...] = (0, 3, 6, 9)
+    distill_inner_steps: int = 8
+    distill_lr: float = 3e-3
+    finetune_clips: int = 64
+    finetune_steps: int = 24
+    finetune_batch: int = 2
+    finetune_lr: float = 1e-4
+    eval_prompts: int = 6
+    sample_steps: int = 16
+    guidance_scale: float = 1.0
+    long_factor: int = 4
+    long_videos: int = 2
+    memory_frames: tuple[int, ...] = (16, 32, 64)
+    seed: int = 0
+
+
+QUICK = DemoSettings(
+    distill_prompts=2,
+    distill_heldout=1,
+    distill_steps=2,
+    capture_steps=(1,),
+    distill_inner_steps=1,
+    finetune_clips=4,
+    finetune_steps=2,
+    finetune_batch=2,
+    eval_prompts=2,
+    sample_steps=2,
+    long_factor=2,
+    long_videos=1,
+    memory_frames=(16, 32),
+)
+
+
+def wan_video_size(frames: int, height: int, width: int) -> dict[str, int]:
+    """The Wan pipeline's video size whose latent grid is (frames, height, width) (VAE stride 4, 8, 8)."""
+    return {"num_frames": 4 * (frames - 1) + 1, "height": 8 * height, "width": 8 * width}
+
+
+def _prompts(count: int, seed: int) -> list[ToyPrompt]:
+    rng = random.Random(seed)
+    return [sample_prompt(rng) for _ in range(count)]
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], upscaled 4× so a GIF is visible."""
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    return frames.repeat(4, axis=1).repeat(4, axis=2)
+
+
+def _load(teacher: Path, rehyat_folder: Path | None, device: torch.device):
+    from diffusers import WanTransformer3DModel
+
+    from rehyat.models import load_rehyat
+
+    model = WanTransformer3DModel.from_pretrained(teacher / "transformer")
+    if rehyat_folder is not None:
+        model = load_rehyat(model, rehyat_folder)
+    return model.to(device).eval()
+
+
+def _sample(model, embeds: torch.Tensor, *, frames: int, settings: DemoSettings, seed: int, recurrent: bool):
+    """One video [3, F, H, W] from the same noise for every model (seeded by ``seed``)."""
+    from rehyat.generation.sampler import (
+        generate_latents,
+        make_scheduler,
+        parallel_forward,
+        recurrent_forward,
+    )
+
+    device = next(model.parameters()).device
+    shape = (1, 3, frames, CLIP["height"], CLIP["width"])
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    video = generate_latents(
+        model,
+        embeds.to(device),
+        torch.zeros_like(embeds).to(device),
+        scheduler=make_scheduler("unipc", FLOW_SHIFT),
+        latent_shape=shape,
+        num_inference_steps=settings.sample_steps,
+        guidance_scale=settings.guidance_scale,
+        latents=noise,
+        progress=False,
+        forward=recurrent_forward if recurrent else parallel_forward,
+    )
+    return video[0].float().cpu()
+
+
+def _measure_generation(
+    teacher: str, rehyat_folder: str | None, frames: int, settings: dict, device: str
+) -> dict:
+    """Subprocess body: time and peak memory of generating one ``frames``-frame video."""
+    torch.set_num_threads(2)
+    model = _load(Path(teacher), None if rehyat_folder is None else Path(rehyat_folder), torch.device(device))
+    embeds = prompt_embeddings(load_text_encoder(teacher), _prompts(1, 99)).to(device)
+    config = DemoSettings(**settings)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    tic = time.perf_counter()
+    _sample(model, embeds, frames=frames, settings=config, seed=0, recurrent=rehyat_folder is not None)
+    seconds = time.perf_counter() - tic
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    return {"frames": frames, "seconds": seconds, "peak_mib": peak}
+
+
+def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
+    from rich.console import Console
+
+    from rehyat.generation.video import write_video
+    from rehyat.toy.teacher import write_prompt_file
+    from rehyat.training.config import load_config
+    from rehyat.training.data import write_latent_dataset
+    from rehyat.training.distill import DistillConfig, run_distillation
+    from rehyat.training.finetune import FinetuneConfig, finetune
+
+    settings = settings or DemoSettings()
+    console = Console()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    teacher = bundled_teacher()
+    encoder = load_text_encoder(teacher)
+    timings: dict[str, float] = {}
+
+    console.rule("stage 1: attention distillation")
+    tic = time.perf_counter()
+    prompt_file = write_prompt_file(
+        encoder, _prompts(settings.distill_prompts, settings.seed + 1), out / "distill_prompts.safetensors"
+    )
+    distill = run_distillation(
+        DistillConfig(
+            model=str(teacher),
+            prompts=str(prompt_file),
+            out=str(out / "distill"),
+            heldout=settings.distill_heldout,
+            num_inference_steps=settings.distill_steps,
+            capture_steps=list(settings.capture_steps),
+            guidance_scale=settings.guidance_scale,
+            inner_steps=settings.distill_inner_steps,
+            lr=settings.distill_lr,
+            dtype="fp32",
+            device=device,
+            seed=settings.seed,
+            **wan_video_size(CLIP["num_frames"], CLIP["height"], CLIP["width"]),
+        )
+    )
+    timings["stage1_s"] = time.perf_counter() - tic
+
+    console.rule("stage 2: flow-matching fine-tune")
+    tic = time.perf_counter()
+    rng = random.Random(settings.seed + 2)
+    clips = [
+        (render(p, **CLIP, seed=i), prompt_embeddings(encoder, [p])[0])
+        for i, p in enumerate(sample_prompt(rng) for _ in range(settings.finetune_clips))
+    ]
+    dataset = (
+        write_latent_dataset(out / "finetune_data", clips)
+        if not (out / "finetune_data" / "index.json").exists()
+        else out / "finetune_data"
+    )
+    finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            [
+                f"output_dir={out / 'finetune'}",
+                f"model.path={teacher}",
+                f"model.rehyat_checkpoint={out / 'distill' / 'rehyat'}",
+                "model.gradient_checkpointing=false",
+                f"data.path={dataset}",
+                f"data.micro_batch_size={settings.finetune_batch}",
+                f"steps={settings.finetune_steps}",
+                f"optim.lr={settings.finetune_lr}",
+                f"flow_shift={FLOW_SHIFT}",
+                f"mixed_precision={'bf16' if device == 'cuda' else 'no'}",
+                f"checkpoint_every={settings.finetune_steps}",
+                "resume=false" if not (out / "finetune" / "checkpoints").exists() else "resume=true",
+                f"seed={settings.seed}",
+            ],
+        )
+    )
+    timings["stage2_s"] = time.perf_counter() - tic
+
+    console.rule("evaluation")
+    tic = time.perf_counter()
+    torch_device = torch.device(device)
+    models = {
+        "teacher": (_load(teacher, None, torch_device), False),
+        "rehyat_stage1": (_load(teacher, out / "distill" / "rehyat", torch_device), True),
+        "rehyat": (_load(teacher, out / "finetune" / "final", torch_device), True),
+    }
+    prompts = _prompts(settings.eval_prompts, settings.seed + 3)
+    embeds = prompt_embeddings(encoder, prompts)
+    videos = {
+        name: [
+            _sample(
+                m,
+                embeds[i : i + 1],
+                frames=CLIP["num_frames"],
+                settings=settings,
+                seed=1000 + i,
+                recurrent=rec,
+            )
+            for i in range(len(prompts))
+        ]
+        for name, (m, rec) in models.items()
+    }
+    metrics = {
+        name: evaluate_videos(v, prompts, reference=None if name == "teacher" else videos["teacher"])
+        for name, v in videos.items()
+    }
+    for name, v in videos.items():
+        write_video(np.concatenate([_to_uint8(x) for x in v[:3]], axis=2), out / f"{name}.gif", fps=8)
+
+    long_frames = settings.long_factor * CLIP["num_frames"]
+    long_videos = [
+        _sample(
+            models["rehyat"][0],
+            embeds[i : i + 1],
+            frames=long_frames,
+            settings=settings,
+            seed=2000 + i,
+            recurrent=True,
+        )
+        for i in range(settings.long_videos)
+    ]
+    long_metrics = evaluate_videos(long_videos, prompts[: settings.long_videos])
+    write_video(_to_uint8(long_videos[0]), out / "rehyat_long.gif", fps=8)
+    timings["evaluation_s"] = time.perf_counter() - tic
+
+    console.rule("time and memory as the video grows")
+    scaling = _scaling(teacher, out / "finetune" / "final", settings, device)
+    report = _report(settings, distill, metrics, long_metrics, long_frames, scaling, timings)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_markdown(report, out)
+    console.print(f"[bold]report:[/bold] {out / 'report.md'}")
+    return report
+
+
+def _scaling(teacher: Path, student: Path, settings: DemoSettings, device: str) -> dict[str, list[dict]]:
+    """Each generation in a fresh process, so that its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    rows: dict[str, list[dict]] = {"teacher (parallel, softmax)": [], "rehyat (recurrent)": []}
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for frames in settings.memory_frames:
+            for name, folder in (("teacher (parallel, softmax)", None), ("rehyat (recurrent)", str(student))):
+                args = (str(teacher), folder, frames, asdict(settings), device)
+                rows[name].append(pool.apply(_measure_generation, args))
+    return rows
+
+
+def _report(settings, distill, metrics, long_metrics, long_frames, scaling, timings) -> dict:
+    drop = ("per_clip",)
+    recurrent_long = next(
+        r for r in scaling["rehyat (recurrent)"] if r["frames"] == max(settings.memory_frames)
+    )
+    return {
+        "settings": asdict(settings),
+        "models": {name: {k: v for k, v in m.items() if k not in drop} for name, m in metrics.items()},
+        "distillation": {
+            "ranking": distill["ranking"],
+            "heldout": {str(b): r["heldout"] for b, r in distill["blocks"].items()},
+        },
+        "long_video": {
+            "frames": long_frames,
+            "training_frames": CLIP["num_frames"],
+            "toybench": {k: v for k, v in long_metrics.items() if k not in drop},
+            "peak_memory_mib": recurrent_long["peak_mib"],
+            "seconds": recurrent_long["seconds"],
+            "memory_frames": recurrent_long["frames"],
+        },
+        "scaling": scaling,
+        "timings": timings,
+    }
+
+
+def _write_markdown(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rehyat.bench.common import markdown_table
+
+    keys = ["adherence", "temporal_consistency", "motion_smoothness", "psnr", "ssim"]
+    models = report["models"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(models)
+    for i, (name, m) in enumerate(models.items()):
+        ax.bar(np.arange(3) + i * width, [m[k] for k in keys[:3]], width, label=name)
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2, keys[:3])
+    ax.set_ylabel("points (higher is better)")
+    ax.set_title("ToyBench")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "toybench.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in report["scaling"].items():
+        frames = [r["frames"] for r in rows]
+        axes[0].plot(frames, [r["seconds"] for r in rows], "o-", label=name)
+        axes[1].plot(frames, [r["peak_mib"] for r in rows], "o-", label=name)
+    for ax, label in zip(axes, ("seconds per video", "peak memory (MiB above idle)"), strict=True):
+        ax.set_xlabel("frames")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=110)
+    plt.close(fig)
+
+    rows = [[name] + [m.get(k) for k in keys] for name, m in models.items()]
+    long = report["long_video"]
+    distill_rows = [
+        [block] + [h[v]["rel_error"] for v in ("rehyat", "untrained", "linear", "local")]
+        for block, h in report["distillation"]["heldout"].items()
+    ]
+    scaling_rows = [
+        [name, r["frames"], r["seconds"], r["peak_mib"]] for name, rs in report["scaling"].items() for r in rs
+    ]
+    text = "\n\n".join(
+        [
+            "# rehyat demo: the recipe on the toy world",
+            "ToyBench on unseen prompts (students from the teacher's noise; PSNR/SSIM against the teacher).",
+            markdown_table(["model", *keys], rows),
+            "![ToyBench](toybench.png)",
+            "## Stage 1: held-out relative error of the attention output per block",
+            markdown_table(["block", "rehyat", "untrained φ", "linear-only", "local-only"], distill_rows),
+            f"## Long video: {long['frames']} frames ({long['frames'] // long['training_frames']}× training length), recurrent",
+            markdown_table(
+                ["metric", "value"],
+                [
+                    [k, long["toybench"][k]]
+                    for k in ("adherence", "temporal_consistency", "motion_smoothness")
+                ],
+            ),
+            "## Time and memory as the video grows",
+            markdown_table(["model", "frames", "seconds", "peak MiB"], scaling_rows),
+            "![scaling](scaling.png)",
+            "Videos: teacher.gif, rehyat_stage1.gif, rehyat.gif (3 prompts side by side), rehyat_long.gif.",
+            "Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items()),
+        ]
+    )
+    (out / "report.md").write_text(text + "\n")
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA GPU is available")
+    if args.device == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+    run_demo(Path(args.out), args.device, QUICK if args.quick else DemoSettings())
+    return 0
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "demo", help="the whole recipe on the bundled toy teacher (distill, fine-tune, long video)"
+    )
+    parser.add_argument("--out", default="demo_out", help="output folder")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run of every stage)")
+    parser.set_defaults(handler=_main)
