@@ -27,27 +27,32 @@ def _pad_frames(x: Tensor, front: int, back: int) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-def linear_states(fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
-    """Per-chunk linear-attention states from per-frame sums.
+def states_from_frame_sums(
+    kv_frames: Tensor, z_frames: Tensor, starts: Tensor, ends: Tensor, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-chunk linear-attention states from per-frame sums kv_frames [B, T, H, D', D], z_frames [B, T, H, D'].
 
-    fk: [B, T, S, H, D'], v: [B, T, S, H, D] (accumulation dtype). ``starts``/``ends`` ([C]) bound
-    each chunk's softmax window in frames. Causal: the state sums frames [0, start); bidirectional: all
-    frames outside [start, end), summed as prefix + suffix (no cancelling subtraction).
-    Returns kv [B, C, H, D', D] and z [B, C, H, D'].
+    ``starts``/``ends`` ([C]) bound each chunk's softmax window in frames. Causal: the state sums frames
+    [0, start); bidirectional: all frames outside [start, end), summed as prefix + suffix (no cancelling
+    subtraction). Returns kv [B, C, H, D', D] and z [B, C, H, D'].
     """
-    kv_frames = torch.einsum("btshe,btshd->bthed", fk, v)
-    z_frames = fk.sum(dim=2)
 
     def exclusive_prefix(x: Tensor) -> Tensor:
         return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
 
-    kv_prefix, z_prefix = exclusive_prefix(kv_frames), exclusive_prefix(z_frames)
-    kv, z = kv_prefix[:, starts], z_prefix[:, starts]
+    kv, z = exclusive_prefix(kv_frames)[:, starts], exclusive_prefix(z_frames)[:, starts]
     if not causal:
         kv_suffix = exclusive_prefix(kv_frames.flip(1)).flip(1)  # kv_suffix[f] = sum over frames >= f
         z_suffix = exclusive_prefix(z_frames.flip(1)).flip(1)
         kv, z = kv + kv_suffix[:, ends], z + z_suffix[:, ends]
     return kv, z
+
+
+def linear_states(fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
+    """Per-chunk states (see :func:`states_from_frame_sums`) from fk [B, T, S, H, D'] and v [B, T, S, H, D]."""
+    return states_from_frame_sums(
+        torch.einsum("btshe,btshd->bthed", fk, v), fk.sum(dim=2), starts, ends, causal
+    )
 
 
 def naive_hybrid_attention(

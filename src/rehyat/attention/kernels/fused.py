@@ -13,10 +13,7 @@ from torch import Tensor
 from rehyat.attention._common import AttentionStats, resolve_scale
 from rehyat.attention.kernels.states import SegmentSums
 from rehyat.attention.kernels.windowed import WindowedHybridAttention
-
-
-def _exclusive_prefix(x: Tensor) -> Tensor:
-    return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
+from rehyat.attention.naive import states_from_frame_sums
 
 
 def chunk_states(
@@ -27,13 +24,8 @@ def chunk_states(
     kv_frames, z_frames = SegmentSums.apply(fk, v, frame_tokens)
     index = torch.arange(0, frames, chunk, device=v.device)
     starts = (index - overlap).clamp(min=0)
-    kv, z = _exclusive_prefix(kv_frames)[:, starts], _exclusive_prefix(z_frames)[:, starts]
-    if not causal:
-        ends = (index + chunk).clamp(max=frames)
-        kv_suffix = _exclusive_prefix(kv_frames.flip(1)).flip(1)  # [f] = sum over frames >= f
-        z_suffix = _exclusive_prefix(z_frames.flip(1)).flip(1)
-        kv, z = kv + kv_suffix[:, ends], z + z_suffix[:, ends]
-    return kv, z
+    ends = (index + chunk).clamp(max=frames)
+    return states_from_frame_sums(kv_frames, z_frames, starts, ends, causal)
 
 
 def triton_hybrid_attention(
