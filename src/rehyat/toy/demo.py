@@ -41,7 +41,7 @@ class DemoSettings:
     distill_steps: int = 10  # sampler steps while capturing
     capture_steps: tuple[int, ...] = (0, 3, 6, 9)
     distill_inner_steps: int = 6
-    distill_lr: float = 3e-3
+    distill_lr: float = 3e-4
     finetune_clips: int = 64
     finetune_steps: int = 20
     finetune_batch: int = 2
