@@ -12,7 +12,8 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_python_example_runs():
-    (example,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    """The op example (the first Python block) runs as written; the Wan example needs a real checkpoint."""
+    example = re.findall(r"```python\n(.*?)```", README, flags=re.S)[0]
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
     torch.testing.assert_close(torch.cat(namespace["outs"], dim=1), namespace["y"], rtol=1e-4, atol=1e-5)
