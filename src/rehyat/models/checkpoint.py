@@ -70,7 +70,7 @@ def _model_dims(transformer: nn.Module) -> dict[str, object]:
 def _expected_shapes(transformer: nn.Module, config: ReHyAtConfig, blocks: list[int]) -> dict[str, tuple]:
     """Names and shapes of the φ tensors that conversion with ``config`` creates (built on meta)."""
     shapes = {}
-    for index in blocks:
+    for index in blocks if config.attention != "local" else ():
         attn = transformer.blocks[index].attn1
         with torch.device("meta"):
             phi = PolynomialFeatureMap(

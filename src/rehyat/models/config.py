@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
+_ATTENTIONS = ("hybrid", "local", "linear", "uniform_hybrid")
 _INITS = ("taylor", "random")
 
 
@@ -38,6 +39,10 @@ class ReHyAtConfig:
         blocks: ``"all"``, a list of block indices, or an int k = the k blocks ranked best in
             ``block_ranking`` (block indices ordered by stage-1 distillation error, lowest first).
         block_ranking: ranking used when ``blocks`` is an int; ignored otherwise.
+        attention: ``"hybrid"`` (ReHyAt), or a baseline of :mod:`rehyat.baselines` in the same blocks
+            for ablations: ``"local"`` (chunk softmax only, no φ), ``"linear"`` (φ on all keys up to the
+            query's frame with ``causal``, else all keys), ``"uniform_hybrid"`` (Attention Surgery:
+            softmax on every ``uniform_stride``-th token). Only ``"hybrid"`` has a recurrent forward.
         feature_kernel_scale: κ of the "taylor" initialisation (φq·φk starts as κ × a Taylor
             expansion of exp(s)); small κ starts the converted model close to local attention.
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
@@ -55,12 +60,17 @@ class ReHyAtConfig:
     feature_bias: bool = True
     feature_init: str = "taylor"
     feature_kernel_scale: float = 1e-3
+    attention: str = "hybrid"
+    uniform_stride: int = 2
 
     def __post_init__(self) -> None:
         _check_int("chunk_frames", self.chunk_frames, 1)
         _check_int("overlap_frames", self.overlap_frames, 0)
         _check_int("feature_degree", self.feature_degree, 1)
         _check_int("feature_layers", self.feature_layers, 1)
+        _check_int("uniform_stride", self.uniform_stride, 1)
+        if self.attention not in _ATTENTIONS:
+            raise ValueError(f"attention must be one of {_ATTENTIONS}, got {self.attention!r}")
         for name in ("causal", "feature_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -59,6 +59,11 @@ def _check_recurrent(transformer: nn.Module) -> ReHyAtRuntime:
             f"recurrent_forward needs every block converted, but blocks {unconverted} still run full softmax "
             "attention over the whole video (convert with ReHyAtConfig(blocks='all'))"
         )
+    if runtime.config.attention != "hybrid":
+        raise ValueError(
+            f"recurrent_forward runs ReHyAt attention; attention={runtime.config.attention!r} is a baseline "
+            "for parallel ablations only"
+        )
     if not runtime.config.causal:
         raise ValueError(
             "recurrent_forward needs the causal variant: with causal=False the linear part reads future frames"

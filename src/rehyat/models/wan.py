@@ -23,6 +23,7 @@ from rehyat.attention import (
     hybrid_attention,
     hybrid_attention_step,
 )
+from rehyat.baselines import ATTENTION_VARIANTS, uniform_hybrid_attention
 from rehyat.models.config import ReHyAtConfig
 
 PHI_Q = "rehyat_phi_q"
@@ -100,8 +101,10 @@ class ReHyAtWanAttnProcessor:
             query = _apply_rotary(query, *rotary_emb)
             key = _apply_rotary(key, *rotary_emb)
 
-        fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
         config = self.runtime.config
+        fq = fk = None
+        if hasattr(attn, PHI_Q):  # every variant but "local"
+            fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
         if self.runtime.streaming:
             out, self.state = hybrid_attention_step(
                 query,
@@ -121,19 +124,21 @@ class ReHyAtWanAttnProcessor:
                     f"attention got {query.shape[1]} tokens but the captured grid {grid} has "
                     f"{grid[0] * frame_tokens}"
                 )
-            out = hybrid_attention(
-                query,
-                key,
-                value,
-                fq,
-                fk,
+            geometry = dict(
                 frame_tokens=frame_tokens,
                 chunk_frames=config.chunk_frames,
                 overlap_frames=config.overlap_frames,
                 causal=config.causal,
                 stats=self.stats,
-                backend=self.runtime.backend,
             )
+            if config.attention == "hybrid":
+                out = hybrid_attention(query, key, value, fq, fk, backend=self.runtime.backend, **geometry)
+            elif config.attention == "uniform_hybrid":
+                out = uniform_hybrid_attention(
+                    query, key, value, fq, fk, stride=config.uniform_stride, **geometry
+                )
+            else:
+                out = ATTENTION_VARIANTS[config.attention](query, key, value, fq, fk, **geometry)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -158,6 +163,7 @@ def feature_maps(transformer: nn.Module) -> dict[int, tuple[PolynomialFeatureMap
     return {
         i: (getattr(transformer.blocks[i].attn1, PHI_Q), getattr(transformer.blocks[i].attn1, PHI_K))
         for i in converted_blocks(transformer)
+        if hasattr(transformer.blocks[i].attn1, PHI_Q)
     }
 
 
@@ -188,7 +194,7 @@ def convert_wan(transformer: nn.Module, config: ReHyAtConfig | None = None) -> n
             raise ValueError(f"blocks[{index}].attn1 is not a plain self-attention layer")
         head_dim = attn.inner_dim // attn.heads
         reference = attn.to_q.weight
-        for name in (PHI_Q, PHI_K):
+        for name in (PHI_Q, PHI_K) if config.attention != "local" else ():
             phi = PolynomialFeatureMap(
                 attn.heads,
                 head_dim,
