@@ -174,3 +174,29 @@ def test_two_processes_split_the_blocks(tmp_path):
     assert {r["block"] for r in read_metrics(out / "logs" / "rank-0")} == {0}
     assert {r["block"] for r in read_metrics(out / "logs" / "rank-1")} == {1}
     assert sorted(json.loads((out / "ranking.json").read_text())["block_ranking"]) == [0, 1]
+
+
+def test_text_prompts_go_through_the_folders_text_encoder(tmp_path):
+    """A .txt prompt file is encoded by the Wan folder's own tokenizer and UMT5 encoder (tiny, offline)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "generation"))
+    from tiny_pipeline import tiny_pipeline
+
+    folder = tmp_path / "wan"
+    tiny_pipeline(with_text_encoder=True).save_pretrained(folder)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square moving\n")
+    config = DistillConfig(
+        model=str(folder),
+        prompts=str(prompts),
+        out=str(tmp_path / "run"),
+        dtype="fp32",
+        device="cpu",
+        num_inference_steps=2,
+        capture_steps=[1],
+        heldout=1,
+        variants=["rehyat", "local"],
+        **VIDEO,
+    )
+    report = run_distillation(config)
+    assert sorted(report["ranking"]) == [0, 1]
+    assert report["blocks"][0]["captures_heldout"] == 2  # the second prompt, both CFG branches
