@@ -82,6 +82,7 @@ def test_state_does_not_keep_the_window_buffers_alive():
     """The cached overlap frames are their own storage, not views of the (Tc + To)-frame window."""
     q, k, v, fq, fk = make_inputs(1, 3, 4, 2, 4, 6, seed=3)
     _, state = hybrid_attention_step(q, k, v, fq, fk, None, frame_tokens=4, overlap_frames=1)
-    for cached in (state.k, state.v, state.fk):
-        assert cached.shape[1] == 4
+    assert state.cached_frames == 1
+    assert state.k.shape[1] == state.v.shape[1] == 4  # one frame of 4 tokens
+    for cached in (state.k, state.v, state.pending_kv, state.pending_z):
         assert cached.untyped_storage().nbytes() == cached.numel() * cached.element_size()

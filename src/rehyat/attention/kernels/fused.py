@@ -85,10 +85,3 @@ def triton_step_attention(
     return WindowedHybridAttention.apply(
         q, keys, values, fq, kv[:, None], z[:, None], n_q, 0, n_k - n_q, frame_tokens, scale, stats
     )
-
-
-def triton_state_update(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
-    """Σ φk vᵀ [B, H, D', D] and Σ φk [B, H, D'] over all tokens of fk [B, M, H, D'], v [B, M, H, D]
-    (summed per frame, one program each, then over frames)."""
-    kv, z = SegmentSums.apply(fk, v, frame_tokens)
-    return kv.sum(dim=1), z.sum(dim=1)
