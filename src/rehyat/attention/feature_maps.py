@@ -17,6 +17,13 @@ Choices the paper leaves open (documented here, compared by distillation error i
   κ = 1 lets the signed degree-1 sums over thousands of keys swamp or cancel the softmax normaliser. Hidden layers carry
   x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.
   ``"random"``: PyTorch's default (Kaiming-uniform) initialisation.
+
+Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
+(:mod:`rehyat.attention.kernels.feature_map`: no hidden activation in HBM) on CUDA when Triton is
+installed and the map is supported (1 or 2 layers, degree ≤ 4, head dim a power of two in [16, 128],
+float16/bfloat16/float32), else the PyTorch path below, which stays the reference. ``"torch"`` forces
+PyTorch; ``"triton"`` forces the kernels and raises if they cannot run (on CPU they need
+``TRITON_INTERPRET=1``). Under autocast a float32 input runs in the autocast dtype, as the einsums would.
 """
 
 from __future__ import annotations
@@ -29,6 +36,28 @@ import torch
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_KERNEL_MAX_DEGREE = 4
+_KERNEL_MAX_HEAD_DIM = 128
+
+
+def kernel_unsupported_reason(phi: PolynomialFeatureMap, x: Tensor) -> str | None:
+    """Why the fused φ kernel cannot take this map and input, or None if it can."""
+    from rehyat.attention.kernels import interpreting
+
+    d = phi.head_dim
+    if phi.num_layers > 2:
+        return f"num_layers {phi.num_layers} (the φ kernel takes 1 or 2 layers)"
+    if phi.degree > _KERNEL_MAX_DEGREE:
+        return f"degree {phi.degree} (the φ kernel takes degree <= {_KERNEL_MAX_DEGREE})"
+    if d < 16 or d > _KERNEL_MAX_HEAD_DIM or d & (d - 1):
+        # [D, D] weight tiles and P fp32 accumulators of [block, D] per program: 256 does not fit.
+        return f"head dim {d} (the φ kernel takes a power of two in [16, {_KERNEL_MAX_HEAD_DIM}])"
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"dtype {x.dtype} (the φ kernel takes float16, bfloat16, float32)"
+    if x.device.type != "cuda" and not interpreting():
+        return f"device {x.device} (the φ kernel needs CUDA, or TRITON_INTERPRET=1 on CPU)"
+    return None
 
 
 class PolynomialFeatureMap(nn.Module):
@@ -46,8 +75,13 @@ class PolynomialFeatureMap(nn.Module):
         init: Literal["taylor", "random"] = "taylor",
         scale: float | None = None,
         kernel_scale: float = 1.0,
+        backend: Literal["auto", "torch", "triton"] = "auto",
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be one of ('auto', 'torch', 'triton'), got {backend!r}")
+        #: "auto" | "torch" | "triton" (not part of the state dict); ``forward(backend=...)`` overrides it.
+        self.backend = backend
         for name, value in (
             ("num_heads", num_heads),
             ("head_dim", head_dim),
@@ -130,11 +164,20 @@ class PolynomialFeatureMap(nn.Module):
                 w[:, :d, d : 2 * d] = -eye
                 w[:, d : 2 * d, d : 2 * d] = eye
 
-    def forward(self, x: Tensor) -> Tensor:
+    def resolve_backend(self, x: Tensor, backend: str | None = None) -> Literal["torch", "triton"]:
+        """The implementation ``forward`` uses for x: "triton" or "torch" (raises if "triton" can't run)."""
+        from rehyat.attention.kernels import choose_backend
+
+        backend = self.backend if backend is None else backend
+        return choose_backend(backend, x.device, lambda: kernel_unsupported_reason(self, x))
+
+    def forward(self, x: Tensor, *, backend: Literal["auto", "torch", "triton"] | None = None) -> Tensor:
         if x.dim() != 4 or x.shape[2] != self.num_heads or x.shape[3] != self.head_dim:
             raise ValueError(
                 f"expected input [B, N, {self.num_heads}, {self.head_dim}], got {tuple(x.shape)}"
             )
+        if self.resolve_backend(x, backend) == "triton":
+            return self._forward_triton(x)
         act = _ACTIVATIONS[self.activation]
         h = x
         for index, w in enumerate(self.weights):
@@ -146,6 +189,19 @@ class PolynomialFeatureMap(nn.Module):
         parts = h.split(self.head_dim, dim=-1)
         features = torch.cat([part if p == 0 else part ** (p + 1) for p, part in enumerate(parts)], dim=-1)
         # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
+        return features.to(x.dtype)
+
+    def _forward_triton(self, x: Tensor) -> Tensor:
+        from rehyat.attention.kernels.feature_map import polynomial_feature_map
+
+        inputs = x
+        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+            inputs = x.to(torch.get_autocast_dtype(x.device.type))
+        biases = None if self.biases is None else list(self.biases)
+        with torch.autocast(x.device.type, enabled=False):
+            features = polynomial_feature_map(
+                inputs, list(self.weights), biases, self.degree, self.activation
+            )
         return features.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ it. :func:`resolve_backend` picks the implementation for ``backend="auto" | "tor
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -41,18 +42,25 @@ def unsupported_reason(q: Tensor, fq: Tensor | None) -> str | None:
 
 def resolve_backend(backend: str, q: Tensor, fq: Tensor | None) -> Literal["torch", "triton"]:
     """Turn the user's ``backend`` into "torch" or "triton"; raise if "triton" cannot run here."""
+    return choose_backend(backend, q.device, lambda: unsupported_reason(q, fq))
+
+
+def choose_backend(
+    backend: str, device: torch.device, reason: Callable[[], str | None]
+) -> Literal["torch", "triton"]:
+    """:func:`resolve_backend` for any kernel: ``reason()`` says why it cannot run, or None."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        usable = q.device.type == "cuda" and triton_available() and unsupported_reason(q, fq) is None
+        usable = device.type == "cuda" and triton_available() and reason() is None
         return "triton" if usable else "torch"
     if not triton_available():
         raise ImportError(
             "backend='triton' needs the triton package (pip install triton; on CPU also set TRITON_INTERPRET=1)"
         )
-    reason = unsupported_reason(q, fq)
-    if reason is not None:
-        raise ValueError(f"backend='triton' cannot run on {reason}; use backend='torch' or 'auto'")
+    why = reason()
+    if why is not None:
+        raise ValueError(f"backend='triton' cannot run on {why}; use backend='torch' or 'auto'")
     return "triton"
