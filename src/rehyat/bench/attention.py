@@ -8,14 +8,16 @@ is what the call allocates above its inputs. Rows:
 
 - ``sdpa_cudnn`` / ``sdpa_flash`` / ``sdpa_efficient``: full softmax attention, torch SDPA pinned to one
   backend (inputs already in SDPA's [B, H, N, D] layout); backends that refuse to run are left out.
-- ``rehyat_layer``: the whole ReHyAt layer on the kernels — φq(q), φk(k), then ``hybrid_attention``.
+- ``rehyat_layer``: the whole ReHyAt layer on the kernels — φq(q), φk(k) (the fused φ kernel, backend
+  "auto"), then ``hybrid_attention``.
 - ``rehyat_op``: ``hybrid_attention(backend="triton")`` given fq, fk (softmax + linear parts).
 - ``softmax_part``: the fused kernel with the linear part off. This is also the local-only baseline
   (chunk softmax, no linear part) on the kernels.
 - ``linear_states``: the key side of the linear part — per-frame Σφk vᵀ kernel + prefix over frames
   (half the linear FLOPs); the query side φq·KV runs inside the fused kernel's epilogue.
-- ``feature_maps``: φq(q) and φk(k) (PolynomialFeatureMap, batched per-head matmuls).
-- ``rehyat_torch``: the whole layer on the PyTorch reference path (``backend="torch"``).
+- ``feature_maps``: φq(q) and φk(k) (PolynomialFeatureMap on its fused Triton kernel, backend "auto").
+- ``feature_maps_torch``: the same on PyTorch's batched per-head einsums (``backend="torch"``).
+- ``rehyat_torch``: the whole layer on the PyTorch reference path (``backend="torch"``, φ included).
 - ``recurrent``: the streaming step on the kernels, chunk by chunk, each chunk's output written into a
   preallocated output (forward only); its peak memory is the working memory beyond inputs and output.
 - ``linear_only``: the linear-only baseline (``rehyat.baselines.linear_attention``, PyTorch, fp32 sums;
@@ -129,7 +131,10 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     ql, kl, vl, fql, fkl = leaves
 
     def layer(backend: str) -> Callable[[], torch.Tensor]:
-        return lambda: hybrid_attention(ql, kl, vl, phi_q(ql), phi_k(kl), **geo, backend=backend)
+        maps = "torch" if backend == "torch" else "auto"
+        return lambda: hybrid_attention(
+            ql, kl, vl, phi_q(ql, backend=maps), phi_k(kl, backend=maps), **geo, backend=backend
+        )
 
     def op() -> torch.Tensor:
         return hybrid_attention(ql, kl, vl, fql, fkl, **geo, backend="triton")
@@ -143,8 +148,8 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         )
         return kv.sum() + z.sum()
 
-    def feature_maps() -> torch.Tensor:
-        return torch.cat([phi_q(ql), phi_k(kl)], dim=-1)
+    def feature_maps(backend: str) -> Callable[[], torch.Tensor]:
+        return lambda: torch.cat([phi_q(ql, backend=backend), phi_k(kl, backend=backend)], dim=-1)
 
     out_buffer = torch.empty_like(q)
     step_tokens = SHAPE["chunk_frames"] * SHAPE["frame_tokens"]
@@ -170,8 +175,10 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         Row("softmax_part", flops.softmax, 0.0, no_grad(softmax_part), fwd_bwd(softmax_part, [ql, kl, vl], grad_out)),
         Row("linear_states", 0.0, flops.linear / 2, no_grad(states),
             lambda: torch.autograd.grad(states(), [fkl, vl])),
-        Row("feature_maps", 0.0, flops.feature_maps, no_grad(feature_maps),
-            fwd_bwd(feature_maps, all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
+        Row("feature_maps", 0.0, flops.feature_maps, no_grad(feature_maps("auto")),
+            fwd_bwd(feature_maps("auto"), all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
+        Row("feature_maps_torch", 0.0, flops.feature_maps, no_grad(feature_maps("torch")),
+            fwd_bwd(feature_maps("torch"), all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
         Row("rehyat_torch", flops.softmax, flops.linear + flops.feature_maps, no_grad(layer("torch")),
             fwd_bwd(layer("torch"), all_inputs, grad_out)),
         Row("recurrent", flops.softmax, flops.linear, no_grad(recurrent), None),
@@ -210,6 +217,38 @@ def run_benchmark(frames: list[int], rep_ms: float) -> list[dict]:
             results.append(record)
         torch.cuda.empty_cache()
     return results
+
+
+def feature_map_parity(frames: int = 7) -> dict[str, float]:
+    """The fused φ kernel (bf16 and fp32) and the torch path (bf16) against the float64 torch path at
+    Wan frame size, random weights and biases: φ and the gradients of x, every weight and every bias."""
+    from rehyat import PolynomialFeatureMap
+
+    torch.manual_seed(2)
+    phi = PolynomialFeatureMap(SHAPE["heads"], SHAPE["head_dim"], degree=2, init="random").cuda().double()
+    with torch.no_grad():
+        for b in phi.biases:
+            b.normal_(0.0, 0.1)
+    x = torch.randn(1, frames * SHAPE["frame_tokens"], SHAPE["heads"], SHAPE["head_dim"], device="cuda")
+    grad = torch.randn(*x.shape[:3], SHAPE["feature_dim"], device="cuda", dtype=torch.float64)
+    names = ["phi", "dx"] + [f"d{name}" for name, _ in phi.named_parameters()]
+
+    def run(dtype: torch.dtype, backend: str) -> list[torch.Tensor]:
+        phi.to(dtype)
+        leaf = x.to(dtype).requires_grad_(True)
+        out = phi(leaf, backend=backend)
+        return [out.detach(), *torch.autograd.grad(out, [leaf, *phi.parameters()], grad.to(dtype))]
+
+    ref = run(torch.float64, "torch")
+    errors = {}
+    for label, dtype, backend in (
+        ("phi_triton_bf16", torch.bfloat16, "triton"),
+        ("phi_triton_fp32", torch.float32, "triton"),
+        ("phi_torch_bf16", torch.bfloat16, "torch"),
+    ):
+        for name, got, want in zip(names, run(dtype, backend), ref, strict=True):
+            errors[f"{label}.{name}"] = ((got.double() - want).norm() / want.norm()).item()
+    return errors
 
 
 def run_parity(frames: int = 7) -> dict[str, float]:
@@ -381,7 +420,7 @@ def _main(args: argparse.Namespace) -> int:
     rep_ms = 50.0 if args.quick else 300.0
     payload = {"environment": environment(), "shape": SHAPE, "parity": None, "results": []}
     if not args.skip_parity:
-        payload["parity"] = run_parity()
+        payload["parity"] = run_parity() | feature_map_parity()
         print(payload["parity"], flush=True)
     payload["results"] = run_benchmark(frames, rep_ms)
     write_json(payload, out_dir / "attention.json")
