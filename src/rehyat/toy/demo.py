@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rehyat.toy.evaluate import load_toy_model, sample_video, toy_prompts
 from rehyat.toy.teacher import CLIP, FLOW_SHIFT, bundled_teacher, load_text_encoder, prompt_embeddings
 from rehyat.toy.toybench import evaluate_videos
-from rehyat.toy.world import ToyPrompt, render, sample_prompt
+from rehyat.toy.world import render, sample_prompt
 
 
 @dataclass
@@ -48,7 +49,8 @@ class DemoSettings:
     finetune_lr: float = 1e-4
     eval_prompts: int = 6
     sample_steps: int = 12
-    guidance_scale: float = 1.0
+    guidance_scale: float = 4.0  # when sampling for evaluation (the bundled teacher needs it)
+    distill_guidance_scale: float = 1.0  # while capturing: one branch, half the cost
     long_factor: int = 4
     long_videos: int = 1
     memory_frames: tuple[int, ...] = (16, 32, 64)
@@ -77,53 +79,22 @@ def wan_video_size(frames: int, height: int, width: int) -> dict[str, int]:
     return {"num_frames": 4 * (frames - 1) + 1, "height": 8 * height, "width": 8 * width}
 
 
-def _prompts(count: int, seed: int) -> list[ToyPrompt]:
-    rng = random.Random(seed)
-    return [sample_prompt(rng) for _ in range(count)]
+def _sample(model, embeds, *, frames: int, settings: DemoSettings, seed: int, recurrent: bool):
+    return sample_video(
+        model,
+        embeds,
+        frames=frames,
+        steps=settings.sample_steps,
+        guidance_scale=settings.guidance_scale,
+        seed=seed,
+        recurrent=recurrent,
+    )
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
     """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], upscaled 4× so a GIF is visible."""
     frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     return frames.repeat(4, axis=1).repeat(4, axis=2)
-
-
-def _load(teacher: Path, rehyat_folder: Path | None, device: torch.device):
-    from diffusers import WanTransformer3DModel
-
-    from rehyat.models import load_rehyat
-
-    model = WanTransformer3DModel.from_pretrained(teacher / "transformer")
-    if rehyat_folder is not None:
-        model = load_rehyat(model, rehyat_folder)
-    return model.to(device).eval()
-
-
-def _sample(model, embeds: torch.Tensor, *, frames: int, settings: DemoSettings, seed: int, recurrent: bool):
-    """One video [3, F, H, W] from the same noise for every model (seeded by ``seed``)."""
-    from rehyat.generation.sampler import (
-        generate_latents,
-        make_scheduler,
-        parallel_forward,
-        recurrent_forward,
-    )
-
-    device = next(model.parameters()).device
-    shape = (1, 3, frames, CLIP["height"], CLIP["width"])
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    video = generate_latents(
-        model,
-        embeds.to(device),
-        torch.zeros_like(embeds).to(device),
-        scheduler=make_scheduler("unipc", FLOW_SHIFT),
-        latent_shape=shape,
-        num_inference_steps=settings.sample_steps,
-        guidance_scale=settings.guidance_scale,
-        latents=noise,
-        progress=False,
-        forward=recurrent_forward if recurrent else parallel_forward,
-    )
-    return video[0].float().cpu()
 
 
 class _PeakRSS:
@@ -166,8 +137,10 @@ def _measure_generation(
 ) -> dict:
     """Subprocess body: time and peak memory (above the loaded model) of generating one video."""
     torch.set_num_threads(2)
-    model = _load(Path(teacher), None if rehyat_folder is None else Path(rehyat_folder), torch.device(device))
-    embeds = prompt_embeddings(load_text_encoder(teacher), _prompts(1, 99)).to(device)
+    model = load_toy_model(
+        Path(teacher), None if rehyat_folder is None else Path(rehyat_folder), torch.device(device)
+    )
+    embeds = prompt_embeddings(load_text_encoder(teacher), toy_prompts(1, 99)).to(device)
     config = DemoSettings(**settings)
     recurrent = rehyat_folder is not None
     _sample(model, embeds, frames=min(frames, 4), settings=config, seed=0, recurrent=recurrent)  # warm-up
@@ -204,7 +177,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     console.rule("stage 1: attention distillation")
     tic = time.perf_counter()
     prompt_file = write_prompt_file(
-        encoder, _prompts(settings.distill_prompts, settings.seed + 1), out / "distill_prompts.safetensors"
+        encoder, toy_prompts(settings.distill_prompts, settings.seed + 1), out / "distill_prompts.safetensors"
     )
     distill = run_distillation(
         DistillConfig(
@@ -214,7 +187,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
             heldout=settings.distill_heldout,
             num_inference_steps=settings.distill_steps,
             capture_steps=list(settings.capture_steps),
-            guidance_scale=settings.guidance_scale,
+            guidance_scale=settings.distill_guidance_scale,
             inner_steps=settings.distill_inner_steps,
             lr=settings.distill_lr,
             dtype="fp32",
@@ -264,11 +237,11 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     tic = time.perf_counter()
     torch_device = torch.device(device)
     models = {
-        "teacher": (_load(teacher, None, torch_device), False),
-        "rehyat_stage1": (_load(teacher, out / "distill" / "rehyat", torch_device), True),
-        "rehyat": (_load(teacher, out / "finetune" / "final", torch_device), True),
+        "teacher": (load_toy_model(teacher, None, torch_device), False),
+        "rehyat_stage1": (load_toy_model(teacher, out / "distill" / "rehyat", torch_device), True),
+        "rehyat": (load_toy_model(teacher, out / "finetune" / "final", torch_device), True),
     }
-    prompts = _prompts(settings.eval_prompts, settings.seed + 3)
+    prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
     videos = {
         name: [

@@ -105,14 +105,19 @@ def init_teacher_folder(folder: Path, seed: int = 0) -> Path:
 def toy_clips(
     encoder: ToyTextEncoder, count: int, seed: int, clip: dict[str, int]
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``count`` (video [3, F, H, W], prompt embedding [L, D]) pairs with random prompts and start points."""
+    """``count`` (video [3, F, H, W], prompt embedding [L, D]) pairs with random prompts and start points.
+
+    Each distinct prompt is encoded once (the world has 576): encoding costs ~100× rendering a clip."""
     rng = random.Random(seed)
+    embeddings: dict[str, Tensor] = {}
     for index in range(count):
         prompt = sample_prompt(rng)
         video = render(
             prompt, clip["num_frames"], clip["height"], clip["width"], seed=seed * 1_000_003 + index
         )
-        yield video, prompt_embeddings(encoder, [prompt])[0]
+        if prompt.text not in embeddings:
+            embeddings[prompt.text] = prompt_embeddings(encoder, [prompt])[0]
+        yield video, embeddings[prompt.text]
 
 
 def train_teacher(
@@ -124,13 +129,24 @@ def train_teacher(
     lr: float,
     seed: int,
     extra: list[str] | tuple[str, ...] = (),
+    init_from: Path | None = None,
 ) -> Path:
-    """Init, render the dataset, train with the stage-2 loop, and assemble ``out/teacher`` (EMA weights)."""
+    """Init (random, or a copy of the teacher folder ``init_from`` to train further), render the
+    dataset, train with the stage-2 loop, and assemble ``out/teacher`` (EMA weights)."""
     from rehyat.training.config import load_config
     from rehyat.training.data import write_latent_dataset
     from rehyat.training.finetune import FinetuneConfig, finetune
 
-    init = init_teacher_folder(out / "init", seed)
+    if init_from is None:
+        init = init_teacher_folder(out / "init", seed)
+    else:
+        if not (Path(init_from) / "transformer" / "config.json").is_file():
+            raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
+        init = out / "init"
+        if init.exists():
+            shutil.rmtree(init)
+        for part in ("transformer", "scheduler", "text_encoder"):
+            shutil.copytree(Path(init_from) / part, init / part)
     dataset = out / "dataset"
     if not (dataset / "index.json").exists():
         write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, CLIP), shard_size=512)
@@ -171,6 +187,7 @@ def _main(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         extra=args.overrides,
+        init_from=None if args.init is None else Path(args.init),
     )
     print(f"toy teacher written to {teacher}")
     return 0
@@ -179,6 +196,9 @@ def _main(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     toy = commands.add_parser("toy", help="the embedded toy world")
     targets = toy.add_subparsers(dest="toy_command", required=True)
+    from rehyat.toy import evaluate
+
+    evaluate.register(targets)
     parser = targets.add_parser(
         "teacher", help="train the toy teacher (a pixel-space Wan) with the stage-2 loop"
     )
@@ -188,5 +208,6 @@ def register(commands) -> None:
     parser.add_argument("--batch", type=int, default=32, help="clips per step")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", help="a teacher folder to train further (default: random weights)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more finetune config overrides")
     parser.set_defaults(handler=_main)
