@@ -232,8 +232,10 @@ def feature_map_parity(frames: int = 7) -> dict[str, float]:
     x = torch.randn(1, frames * SHAPE["frame_tokens"], SHAPE["heads"], SHAPE["head_dim"], device="cuda")
     grad = torch.randn(*x.shape[:3], SHAPE["feature_dim"], device="cuda", dtype=torch.float64)
     names = ["phi", "dx"] + [f"d{name}" for name, _ in phi.named_parameters()]
+    master = {name: t.clone() for name, t in phi.state_dict().items()}
 
     def run(dtype: torch.dtype, backend: str) -> list[torch.Tensor]:
+        phi.load_state_dict(master)  # the float64 weights, rounded once to this dtype
         phi.to(dtype)
         leaf = x.to(dtype).requires_grad_(True)
         out = phi(leaf, backend=backend)

@@ -54,8 +54,19 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return [c for c in configs if (c.kwargs["BLOCK_N"], c.num_warps) == (32, 8)]
 
 
-#: The smallest BLOCK_N of any config: sizes the per-program bias-gradient partials.
+#: Bias-gradient partials have one row per _MIN_BLOCK_N tokens whatever config runs: a program of
+#: BLOCK_N = R·_MIN_BLOCK_N tokens writes its column sums to its first row and zeros to the other R - 1,
+#: so every launch rewrites every row that can hold a sum (autotuning runs several configs on one buffer).
 _MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _configs())
+
+
+def _partial_rows(n_tokens: int) -> int:
+    """Rows per batch that any config writes (sums or zeros); rows past them stay zero."""
+    return max(
+        triton.cdiv(n_tokens, b) * (b // _MIN_BLOCK_N) for b in {c.kwargs["BLOCK_N"] for c in _configs()}
+    )
+
+
 _KEY = ["D", "P", "LAYERS", "ACT", "HAS_BIAS"]
 
 
@@ -267,6 +278,14 @@ def _back_through(dp0, dp1, dp2, dp3, w, i: tl.constexpr, offs_d, E: tl.constexp
     return da
 
 
+@triton.jit
+def _zero_rows(base, n_heads, offs_d, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr):
+    """Zeros in rows 1..R-1 of a program's bias-gradient partials (row 0 gets its column sums)."""
+    for r in tl.static_range(1, R):
+        for q in tl.static_range(E // D):
+            tl.store(base + r * n_heads * E + q * D + offs_d, tl.zeros([D], dtype=tl.float32))
+
+
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _bwd_kernel(
@@ -299,6 +318,7 @@ def _bwd_kernel(
     STORE: tl.constexpr,
     DT: tl.constexpr,
     PREC: tl.constexpr,
+    MIN_BLOCK_N: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Same programs as the forward. Writes dx (contiguous [B, N, H, D]); with STORE also a, dh (two
@@ -317,7 +337,7 @@ def _bwd_kernel(
         BLOCK_N, DT, PREC,
     )  # fmt: skip
     g_ptrs = g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :]
-    part = ((batch * max_blocks + pid) * n_heads + head) * E
+    part = ((batch * max_blocks + pid * (BLOCK_N // MIN_BLOCK_N)) * n_heads + head) * E
     if LAYERS == 1:
         b_last = b1
         db_last = db1_ptr + part
@@ -325,6 +345,10 @@ def _bwd_kernel(
         b_last = b2
         db_last = db2_ptr + part
     dpsi_ptrs = dpsi_ptr + row_off
+    if STORE and HAS_BIAS:
+        _zero_rows(db1_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
+        if LAYERS == 2:
+            _zero_rows(db2_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
     dp0 = _dpsi(acc0, b_last, 0, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, STORE, DT)
     dp1 = dp0
     dp2 = dp0
@@ -435,7 +459,7 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
                 acts = dpsi  # unused
         else:
             dpsi = dh = acts
-        max_blocks = triton.cdiv(n_tokens, _MIN_BLOCK_N)
+        max_blocks = _partial_rows(n_tokens)
         has_bias = biases is not None
         partial_shape = (batch * max_blocks, heads, width) if has_bias and want_params else (1,)
         db1 = torch.zeros(partial_shape, dtype=torch.float32, device=x.device)
@@ -447,7 +471,7 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
             x.stride(0), x.stride(1), x.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
             n_tokens, heads, max_blocks,
             D=d, P=ctx.degree, LAYERS=layers, ACT=ACTIVATION_CODES[ctx.activation], HAS_BIAS=has_bias,
-            STORE=want_params, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
+            STORE=want_params, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype), MIN_BLOCK_N=_MIN_BLOCK_N,
         )  # fmt: skip
         grads: list[Tensor | None] = [None] * len(ctx.param_dtypes)
         if want_params:
