@@ -21,6 +21,7 @@ BENCH_MODULES: list[str] = [
     "rehyat.bench.attention",
     "rehyat.bench.distill",
     "rehyat.bench.model",
+    "rehyat.toy.quality",
 ]
 
 

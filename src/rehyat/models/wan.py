@@ -23,6 +23,7 @@ from rehyat.attention import (
     hybrid_attention,
     hybrid_attention_step,
 )
+from rehyat.attention.kernels import Backend
 from rehyat.baselines import ATTENTION_VARIANTS, uniform_hybrid_attention
 from rehyat.models.config import ReHyAtConfig
 
@@ -59,6 +60,26 @@ def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
+
+
+def configured_attention(
+    config: ReHyAtConfig,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | None,
+    fk: Tensor | None,
+    *,
+    backend: Backend = "auto",
+    **geometry,
+) -> Tensor:
+    """The parallel attention ``config.attention`` names: ReHyAt, or a baseline for ablations.
+    Shared by the processor and the stage-1 students, so both train and run the same op."""
+    if config.attention == "hybrid":
+        return hybrid_attention(q, k, v, fq, fk, backend=backend, **geometry)
+    if config.attention == "uniform_hybrid":
+        return uniform_hybrid_attention(q, k, v, fq, fk, stride=config.uniform_stride, **geometry)
+    return ATTENTION_VARIANTS[config.attention](q, k, v, fq, fk, **geometry)
 
 
 class ReHyAtWanAttnProcessor:
@@ -131,14 +152,9 @@ class ReHyAtWanAttnProcessor:
                 causal=config.causal,
                 stats=self.stats,
             )
-            if config.attention == "hybrid":
-                out = hybrid_attention(query, key, value, fq, fk, backend=self.runtime.backend, **geometry)
-            elif config.attention == "uniform_hybrid":
-                out = uniform_hybrid_attention(
-                    query, key, value, fq, fk, stride=config.uniform_stride, **geometry
-                )
-            else:
-                out = ATTENTION_VARIANTS[config.attention](query, key, value, fq, fk, **geometry)
+            out = configured_attention(
+                config, query, key, value, fq, fk, backend=self.runtime.backend, **geometry
+            )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

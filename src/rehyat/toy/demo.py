@@ -18,19 +18,28 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import random
 import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from rehyat.toy.evaluate import load_toy_model, sample_video, toy_prompts
-from rehyat.toy.teacher import CLIP, FLOW_SHIFT, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.toy.teacher import (
+    CLIP,
+    FLOW_SHIFT,
+    bundled_teacher,
+    load_text_encoder,
+    prompt_embeddings,
+    toy_clips,
+)
 from rehyat.toy.toybench import evaluate_videos
-from rehyat.toy.world import render, sample_prompt
+
+if TYPE_CHECKING:
+    from rehyat.models import ReHyAtConfig
 
 
 @dataclass
@@ -43,10 +52,12 @@ class DemoSettings:
     capture_steps: tuple[int, ...] = (0, 3, 6, 9)
     distill_inner_steps: int = 6
     distill_lr: float = 3e-4
+    distill_variants: tuple[str, ...] = ("rehyat", "untrained", "linear", "local")  # stage-1 comparisons
     finetune_clips: int = 64
     finetune_steps: int = 20
     finetune_batch: int = 2
     finetune_lr: float = 1e-4
+    finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
     eval_prompts: int = 6
     sample_steps: int = 12
     guidance_scale: float = 4.0  # when sampling for evaluation (the bundled teacher needs it)
@@ -55,6 +66,7 @@ class DemoSettings:
     long_videos: int = 1
     memory_frames: tuple[int, ...] = (16, 32, 64)
     seed: int = 0
+    progress: bool = True
 
 
 QUICK = DemoSettings(
@@ -156,34 +168,25 @@ def _measure_generation(
     return {"frames": frames, "seconds": seconds, "peak_mib": peak}
 
 
-def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
-    from rich.console import Console
-
-    from rehyat.generation.video import write_video
+def distill_student(
+    teacher: Path, out: Path, settings: DemoSettings, device: str, rehyat: ReHyAtConfig | None = None
+) -> dict:
+    """Stage 1 on the toy teacher: φ of every block distilled for ``rehyat`` (default: Tc=3, To=1,
+    causal); the checkpoint lands in ``out/rehyat``. Returns the distillation report."""
+    from rehyat.models import ReHyAtConfig
     from rehyat.toy.teacher import write_prompt_file
-    from rehyat.training.config import load_config
-    from rehyat.training.data import write_latent_dataset
     from rehyat.training.distill import DistillConfig, run_distillation
-    from rehyat.training.finetune import FinetuneConfig, finetune
 
-    settings = settings or DemoSettings()
-    console = Console()
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    teacher = bundled_teacher()
-    encoder = load_text_encoder(teacher)
-    timings: dict[str, float] = {}
-
-    console.rule("stage 1: attention distillation")
-    tic = time.perf_counter()
-    prompt_file = write_prompt_file(
-        encoder, toy_prompts(settings.distill_prompts, settings.seed + 1), out / "distill_prompts.safetensors"
-    )
-    distill = run_distillation(
+    prompts = toy_prompts(settings.distill_prompts, settings.seed + 1)
+    prompt_file = write_prompt_file(load_text_encoder(teacher), prompts, out / "prompts.safetensors")
+    return run_distillation(
         DistillConfig(
             model=str(teacher),
             prompts=str(prompt_file),
-            out=str(out / "distill"),
+            out=str(out),
+            rehyat=rehyat or ReHyAtConfig(),
+            variants=list(settings.distill_variants),
             heldout=settings.distill_heldout,
             num_inference_steps=settings.distill_steps,
             capture_steps=list(settings.capture_steps),
@@ -196,40 +199,80 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
             **wan_video_size(CLIP["num_frames"], CLIP["height"], CLIP["width"]),
         )
     )
-    timings["stage1_s"] = time.perf_counter() - tic
 
-    console.rule("stage 2: flow-matching fine-tune")
-    tic = time.perf_counter()
-    rng = random.Random(settings.seed + 2)
-    clips = [
-        (render(p, **CLIP, seed=i), prompt_embeddings(encoder, [p])[0])
-        for i, p in enumerate(sample_prompt(rng) for _ in range(settings.finetune_clips))
-    ]
-    dataset = (
-        write_latent_dataset(out / "finetune_data", clips)
-        if not (out / "finetune_data" / "index.json").exists()
-        else out / "finetune_data"
-    )
+
+def finetune_dataset(out: Path, settings: DemoSettings) -> Path:
+    """Rendered toy clips with their prompt embeddings for stage 2 (written once, then reused)."""
+    from rehyat.training.data import write_latent_dataset
+
+    folder = out / "finetune_data"
+    if (folder / "index.json").exists():
+        return folder
+    encoder = load_text_encoder(bundled_teacher())
+    return write_latent_dataset(folder, toy_clips(encoder, settings.finetune_clips, settings.seed + 2, CLIP))
+
+
+def finetune_student(
+    teacher: Path, checkpoint: Path, out: Path, dataset: Path, settings: DemoSettings, device: str
+) -> Path:
+    """Stage 2: flow-matching fine-tune of the teacher converted from ``checkpoint``; the result (a
+    ReHyAt checkpoint with the fine-tuned base weights) lands in ``out/final``."""
+    from rehyat.training.config import load_config
+    from rehyat.training.finetune import FinetuneConfig, finetune
+
     finetune(
         load_config(
             FinetuneConfig,
             None,
             [
-                f"output_dir={out / 'finetune'}",
+                f"output_dir={out}",
                 f"model.path={teacher}",
-                f"model.rehyat_checkpoint={out / 'distill' / 'rehyat'}",
+                f"model.rehyat_checkpoint={checkpoint}",
                 "model.gradient_checkpointing=false",
                 f"data.path={dataset}",
                 f"data.micro_batch_size={settings.finetune_batch}",
                 f"steps={settings.finetune_steps}",
                 f"optim.lr={settings.finetune_lr}",
                 f"flow_shift={FLOW_SHIFT}",
+                f"prompt_dropout={settings.finetune_prompt_dropout}",
                 f"mixed_precision={'bf16' if device == 'cuda' else 'no'}",
                 f"checkpoint_every={settings.finetune_steps}",
-                "resume=false" if not (out / "finetune" / "checkpoints").exists() else "resume=true",
+                "resume=false" if not (out / "checkpoints").exists() else "resume=true",
                 f"seed={settings.seed}",
+                f"progress={str(settings.progress).lower()}",
             ],
         )
+    )
+    return out / "final"
+
+
+def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
+    from rich.console import Console
+
+    from rehyat.generation.video import write_video
+
+    settings = settings or DemoSettings()
+    console = Console()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    teacher = bundled_teacher()
+    encoder = load_text_encoder(teacher)
+    timings: dict[str, float] = {}
+
+    console.rule("stage 1: attention distillation")
+    tic = time.perf_counter()
+    distill = distill_student(teacher, out / "distill", settings, device)
+    timings["stage1_s"] = time.perf_counter() - tic
+
+    console.rule("stage 2: flow-matching fine-tune")
+    tic = time.perf_counter()
+    finetune_student(
+        teacher,
+        out / "distill" / "rehyat",
+        out / "finetune",
+        finetune_dataset(out, settings),
+        settings,
+        device,
     )
     timings["stage2_s"] = time.perf_counter() - tic
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rehyat.attention import AttentionStats, PolynomialFeatureMap, hybrid_attention
+from rehyat.attention import AttentionStats, PolynomialFeatureMap
 from rehyat.baselines import linear_attention, local_attention
 from rehyat.models.config import ReHyAtConfig
+from rehyat.models.wan import configured_attention
 from rehyat.training.capture import AttentionCapture
 
 VARIANTS = ("rehyat", "untrained", "linear", "local")
@@ -94,8 +95,10 @@ class BlockStudent:
         if self.variant == "local":
             return local_attention(q, k, v, **geometry)
         fq, fk = self.phi_q(q), self.phi_k(k)
-        op = linear_attention if self.variant == "linear" else hybrid_attention
-        return op(q, k, v, fq, fk, **geometry)
+        if self.variant == "linear":
+            return linear_attention(q, k, v, fq, fk, **geometry)
+        # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
+        return configured_attention(self.config, q, k, v, fq, fk, **geometry)
 
     def train_step(self, capture: AttentionCapture) -> float:
         """One AdamW step on mean |y − ŷ|; returns the loss before the step."""

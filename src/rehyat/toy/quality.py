@@ -1,0 +1,380 @@
+"""``rehyat bench toy``: the quality table of issue 6 — ReHyAt and its ablations on the toy world.
+
+Every student starts from the bundled teacher and gets the same budget: stage 1 (φ of every converted
+block distilled from the teacher's attention, for the variant's own op and geometry) and then stage 2
+(the same flow-matching fine-tune: clips, steps, batch, lr). Then the teacher and every student sample
+the same unseen prompts from the same noise with the same guidance and are scored by ToyBench; the
+causal all-blocks students sample with the recurrent forward, the others with the parallel one. The
+ReHyAt student also generates videos ``long_factor``× the training length, recurrently.
+
+Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0; bidirectional; half the blocks
+(the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because blocks
+are distilled independently); local-only (no φ: stage 2 only); linear-only; uniform hybrid R=2.
+Writes ``OUT/toybench.json``, ``OUT/toybench.md`` and ``OUT/toybench.png``; work files (checkpoints,
+per-model results, so an interrupted run resumes where it stopped) go to ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rehyat.toy.demo import DemoSettings, distill_student, finetune_dataset, finetune_student
+from rehyat.toy.evaluate import load_toy_model, sample_video, toy_prompts
+from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.toy.toybench import evaluate_videos
+
+
+@dataclass(frozen=True)
+class Student:
+    name: str
+    label: str
+    rehyat: dict[str, Any] = field(default_factory=dict)  # ReHyAtConfig fields beyond the defaults
+    distill: bool = True
+    half_blocks: bool = False
+
+
+STUDENTS = (
+    Student("rehyat", "ReHyAt Tc=3 To=1 causal"),
+    Student("rehyat_to0", "ReHyAt To=0", {"overlap_frames": 0}),
+    Student("bidirectional", "ReHyAt bidirectional", {"causal": False}),
+    Student("half_blocks", "ReHyAt, half the blocks", half_blocks=True),
+    Student("local", "local-only", {"attention": "local"}, distill=False),
+    Student("linear", "linear-only", {"attention": "linear"}),
+    Student("uniform_hybrid", "uniform hybrid R=2", {"attention": "uniform_hybrid", "uniform_stride": 2}),
+)
+METRICS = ("adherence", "colour_accuracy", "shape_accuracy", "direction_accuracy")
+QUALITY = ("temporal_consistency", "motion_smoothness", "psnr", "ssim")
+
+
+@dataclass
+class QualitySettings(DemoSettings):
+    """The demo's stage sizes, larger: one student takes about a minute on an H100/H200."""
+
+    distill_prompts: int = 12
+    distill_heldout: int = 2
+    distill_variants: tuple[str, ...] = ("rehyat",)
+    finetune_clips: int = 2048
+    finetune_steps: int = 400
+    finetune_batch: int = 16
+    eval_prompts: int = 24
+    sample_steps: int = 20
+    long_videos: int = 8
+    progress: bool = False
+
+
+QUICK = QualitySettings(
+    distill_prompts=2,
+    distill_heldout=1,
+    distill_steps=2,
+    capture_steps=(1,),
+    distill_inner_steps=1,
+    finetune_clips=4,
+    finetune_steps=1,
+    finetune_batch=2,
+    eval_prompts=2,
+    sample_steps=2,
+    long_factor=2,
+    long_videos=1,
+)
+
+
+def _student_config(student: Student, ranking: list[int] | None):
+    from rehyat.models import ReHyAtConfig
+
+    if student.half_blocks:
+        if ranking is None:
+            raise ValueError("the half-blocks student needs the all-blocks student's stage-1 ranking")
+        blocks = len(ranking) // 2
+        return ReHyAtConfig(blocks=blocks, block_ranking=ranking, **student.rehyat)
+    return ReHyAtConfig(**student.rehyat)
+
+
+def _stage1_checkpoint(student: Student, teacher: Path, work: Path, settings: QualitySettings, device: str):
+    """The student's checkpoint before stage 2 and its stage-1 report ({} where nothing is distilled)."""
+    from rehyat.models import convert_wan, feature_maps, save_rehyat
+
+    folder = work / student.name / "stage1"
+    if (folder / "rehyat_config.json").exists():
+        report = work / student.name / "distill" / "report.json"
+        return folder, _heldout(json.loads(report.read_text())) if report.exists() else {}
+    if student.half_blocks:  # the all-blocks student's φ for the best half of the blocks
+        source = work / "rehyat"
+        if not (source / "distill" / "ranking.json").exists():
+            raise ValueError(f"half_blocks reuses the 'rehyat' student's stage 1, which {source} lacks")
+        ranking = json.loads((source / "distill" / "ranking.json").read_text())["block_ranking"]
+        full = load_toy_model(teacher, source / "stage1", torch.device("cpu"))
+        model = convert_wan(
+            load_toy_model(teacher, None, torch.device("cpu")), _student_config(student, ranking)
+        )
+        trained = feature_maps(full)
+        for block, (phi_q, phi_k) in feature_maps(model).items():
+            phi_q.load_state_dict(trained[block][0].state_dict())
+            phi_k.load_state_dict(trained[block][1].state_dict())
+        save_rehyat(model, folder)
+        return folder, {"ranking": ranking, "blocks": sorted(feature_maps(model))}
+    config = _student_config(student, None)
+    if not student.distill:
+        save_rehyat(convert_wan(load_toy_model(teacher, None, torch.device("cpu")), config), folder)
+        return folder, {}
+    report = distill_student(teacher, work / student.name / "distill", settings, device, config)
+    (work / student.name / "distill" / "rehyat").rename(folder)
+    return folder, _heldout(report)
+
+
+def _heldout(report: dict) -> dict:
+    """Stage 1 in brief: held-out relative error of the attention output per block."""
+    return {
+        "heldout_rel_error": {
+            str(b): r["heldout"]["rehyat"]["rel_error"] for b, r in report["blocks"].items()
+        }
+    }
+
+
+def _recurrent(student: Student) -> bool:
+    config = {"overlap_frames": 1, "causal": True, "attention": "hybrid", **student.rehyat}
+    return config["causal"] and config["attention"] == "hybrid" and not student.half_blocks
+
+
+def _videos(model, embeds, frames: int, settings: QualitySettings, seed: int, recurrent: bool) -> list:
+    return [
+        sample_video(
+            model,
+            embeds[i : i + 1],
+            frames=frames,
+            steps=settings.sample_steps,
+            guidance_scale=settings.guidance_scale,
+            seed=seed + i,
+            recurrent=recurrent,
+        )
+        for i in range(len(embeds))
+    ]
+
+
+def _scores(videos, prompts, reference=None) -> dict[str, float]:
+    return {k: v for k, v in evaluate_videos(videos, prompts, reference=reference).items() if k != "per_clip"}
+
+
+def run_quality(
+    out: Path, work: Path, device: str, settings: QualitySettings, only: list[str] | None
+) -> dict:
+    from rich.console import Console
+
+    console = Console()
+    teacher = bundled_teacher()
+    encoder = load_text_encoder(teacher)
+    torch_device = torch.device(device)
+    prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
+    embeds = prompt_embeddings(encoder, prompts)
+    long_prompts = prompts[: settings.long_videos]
+    long_frames = settings.long_factor * CLIP["num_frames"]
+    work.mkdir(parents=True, exist_ok=True)
+
+    console.rule("teacher")
+    teacher_model = load_toy_model(teacher, None, torch_device)
+    reference = _videos(teacher_model, embeds, CLIP["num_frames"], settings, 1000, recurrent=False)
+    results: dict[str, Any] = {
+        "teacher": {"label": "teacher (softmax)", "short": _scores(reference, prompts)}
+    }
+    if device == "cuda":  # full attention at 4× length: quadratic, too slow for a CPU run
+        long = _videos(teacher_model, embeds[: settings.long_videos], long_frames, settings, 2000, False)
+        results["teacher"]["long"] = _scores(long, long_prompts)
+    del teacher_model
+
+    dataset = finetune_dataset(work, settings)
+    for student in STUDENTS:
+        if only and student.name not in only:
+            continue
+        done = work / student.name / "result.json"
+        if done.exists():
+            results[student.name] = json.loads(done.read_text())
+            continue
+        console.rule(student.label)
+        tic = time.perf_counter()
+        checkpoint, stage1 = _stage1_checkpoint(student, teacher, work, settings, device)
+        stage1_s = time.perf_counter() - tic
+        final = finetune_student(
+            teacher, checkpoint, work / student.name / "finetune", dataset, settings, device
+        )
+        stage2_s = time.perf_counter() - tic - stage1_s
+        model = load_toy_model(teacher, final, torch_device)
+        recurrent = _recurrent(student)
+        videos = _videos(model, embeds, CLIP["num_frames"], settings, 1000, recurrent)
+        result = {
+            "label": student.label,
+            "rehyat": student.rehyat,
+            "sampled": "recurrent" if recurrent else "parallel",
+            "short": _scores(videos, prompts, reference),
+            "stage1": stage1,
+            "seconds": {"stage1": stage1_s, "stage2": stage2_s},
+        }
+        if student.name == "rehyat":
+            long = _videos(model, embeds[: settings.long_videos], long_frames, settings, 2000, True)
+            result["long"] = _scores(long, long_prompts)
+        done.write_text(json.dumps(result, indent=2) + "\n")
+        results[student.name] = result
+
+    from rehyat.bench.common import environment
+
+    report = {
+        "environment": environment(),
+        "device": device,
+        "settings": asdict(settings),
+        "frames": CLIP["num_frames"],
+        "long_frames": long_frames,
+        "models": results,
+        "targets": _targets(results),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "toybench.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_markdown(report, out)
+    console.print(f"[bold]table:[/bold] {out / 'toybench.md'}")
+    return report
+
+
+def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's four targets, each as measured (None where a row is missing)."""
+
+    def short(name: str, key: str) -> float | None:
+        return results.get(name, {}).get("short", {}).get(key)
+
+    rows = []
+
+    def check(text: str, value: float | None, ok) -> None:
+        rows.append({"target": text, "measured": value, "met": None if value is None else bool(ok(value))})
+
+    gap = (
+        None
+        if short("rehyat", "adherence") is None
+        else short("teacher", "adherence") - short("rehyat", "adherence")
+    )
+    check("ReHyAt adherence within 2 points of the teacher's (teacher − ReHyAt)", gap, lambda g: g <= 2)
+    for base in ("local", "linear"):
+        a, b = short("rehyat", "adherence"), short(base, "adherence")
+        check(
+            f"ReHyAt adherence above {base}-only (difference)",
+            None if a is None or b is None else a - b,
+            lambda d: d > 0,
+        )
+    a, b = short("rehyat", "temporal_consistency"), short("rehyat_to0", "temporal_consistency")
+    check(
+        "To=1 above To=0 on temporal consistency (difference)",
+        None if a is None or b is None else a - b,
+        lambda d: d > 0,
+    )
+    long = results.get("rehyat", {}).get("long", {}).get("adherence")
+    drop = (
+        None if long is None or short("rehyat", "adherence") is None else short("rehyat", "adherence") - long
+    )
+    check("long videos keep adherence within 5 points of short ones (short − long)", drop, lambda d: d <= 5)
+    return rows
+
+
+def _write_markdown(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rehyat.bench.common import environment_markdown, markdown_table
+
+    models = report["models"]
+    keys = (*METRICS, *QUALITY)
+    rows = [
+        [m["label"], m.get("sampled", "parallel"), *[m["short"].get(k) for k in keys]]
+        for m in models.values()
+    ]
+    long_rows = [
+        [
+            m["label"],
+            report["long_frames"],
+            *[m["long"].get(k) for k in ("adherence", "temporal_consistency", "motion_smoothness")],
+        ]
+        for m in models.values()
+        if "long" in m
+    ]
+    target_rows = [
+        [
+            t["target"],
+            "—" if t["measured"] is None else f"{t['measured']:.1f}",
+            {True: "yes", False: "no", None: "—"}[t["met"]],
+        ]
+        for t in report["targets"]
+    ]
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    bars = ("adherence", "temporal_consistency", "motion_smoothness")
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(
+            np.arange(len(bars)) + i * width,
+            [models[name]["short"][k] for k in bars],
+            width,
+            label=models[name]["label"],
+        )
+    ax.set_xticks(np.arange(len(bars)) + 0.4 - width / 2, bars)
+    ax.set_ylabel("points (higher is better)")
+    ax.set_title(f"ToyBench, {report['settings']['eval_prompts']} unseen prompts")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "toybench.png", dpi=110)
+    plt.close(fig)
+
+    settings = report["settings"]
+    text = "\n\n".join(
+        [
+            "# ToyBench quality table (issue 6)",
+            environment_markdown(report["environment"]),
+            f"Every student: the bundled teacher, stage 1 ({settings['distill_prompts']} prompts, "
+            f"{len(settings['capture_steps'])} captured sampler steps × {settings['distill_inner_steps']} "
+            f"AdamW steps, lr {settings['distill_lr']:g}), then stage 2 ({settings['finetune_steps']} steps × "
+            f"{settings['finetune_batch']} clips, lr {settings['finetune_lr']:g}). Sampling: "
+            f"{settings['eval_prompts']} unseen prompts, {report['frames']} frames, UniPC "
+            f"{settings['sample_steps']} steps, guidance {settings['guidance_scale']:g}, the same noise for every "
+            "model. Adherence = mean of colour, shape and direction read back (points); PSNR/SSIM against the "
+            "teacher's video from the same noise.",
+            markdown_table(["model", "sampled", *keys], rows),
+            "![ToyBench](toybench.png)",
+            f"## Long videos ({report['long_frames']} frames, {report['long_frames'] // report['frames']}× the training length)",
+            markdown_table(
+                ["model", "frames", "adherence", "temporal_consistency", "motion_smoothness"], long_rows
+            ),
+            "## Targets",
+            markdown_table(["target", "measured", "met"], target_rows),
+        ]
+    )
+    (out / "toybench.md").write_text(text + "\n")
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA GPU is available")
+    if args.device == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+    unknown = sorted(set(args.only or ()) - {s.name for s in STUDENTS})
+    if unknown:
+        raise ValueError(f"--only: unknown students {unknown}; choose from {[s.name for s in STUDENTS]}")
+    settings = QUICK if args.quick else QualitySettings()
+    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only)
+    return 0
+
+
+def register(targets) -> None:
+    parser = targets.add_parser(
+        "toy", help="ToyBench quality table: ReHyAt and its ablations on the toy world"
+    )
+    parser.add_argument("--out", default="bench/results", help="where toybench.{json,md,png} go")
+    parser.add_argument(
+        "--work", default="runs/toybench", help="checkpoints and per-model results (resumable)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--only", nargs="+", help="students to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    parser.set_defaults(handler=_main)
