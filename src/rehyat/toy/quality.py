@@ -163,8 +163,15 @@ def _scores(videos, prompts, reference=None) -> dict[str, float]:
 
 
 def run_quality(
-    out: Path, work: Path, device: str, settings: QualitySettings, only: list[str] | None
+    out: Path,
+    work: Path,
+    device: str,
+    settings: QualitySettings,
+    only: list[str] | None = None,
+    report_only: bool = False,
 ) -> dict:
+    """Train and score the students (or, with ``report_only``, gather those already in ``work``) and
+    write the table."""
     from rich.console import Console
 
     console = Console()
@@ -195,6 +202,8 @@ def run_quality(
         done = work / student.name / "result.json"
         if done.exists():
             results[student.name] = json.loads(done.read_text())
+            continue
+        if report_only:
             continue
         console.rule(student.label)
         tic = time.perf_counter()
@@ -362,7 +371,7 @@ def _main(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--only: unknown students {unknown}; choose from {[s.name for s in STUDENTS]}")
     settings = QUICK if args.quick else QualitySettings()
-    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only)
+    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only)
     return 0
 
 
@@ -377,4 +386,9 @@ def register(targets) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--only", nargs="+", help="students to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: score the teacher, gather the students in --work",
+    )
     parser.set_defaults(handler=_main)
