@@ -235,7 +235,7 @@ def feature_map_parity(frames: int = 7) -> dict[str, float]:
     master = {name: t.clone() for name, t in phi.state_dict().items()}
 
     def run(dtype: torch.dtype, backend: str) -> list[torch.Tensor]:
-        phi.load_state_dict(master)  # the float64 weights, rounded once to this dtype
+        phi.double().load_state_dict(master)  # the float64 weights, rounded once to this dtype
         phi.to(dtype)
         leaf = x.to(dtype).requires_grad_(True)
         out = phi(leaf, backend=backend)
