@@ -86,3 +86,24 @@ def test_state_does_not_keep_the_window_buffers_alive():
     assert state.k.shape[1] == state.v.shape[1] == 4  # one frame of 4 tokens
     for cached in (state.k, state.v, state.pending_kv, state.pending_z):
         assert cached.untyped_storage().nbytes() == cached.numel() * cached.element_size()
+
+
+def test_step_takes_the_feature_maps_themselves():
+    """Given φq, φk as callables the step computes them inside (for memory) with the same result."""
+    from rehyat import PolynomialFeatureMap
+
+    q, k, v, _, _ = make_inputs(1, 6, 4, 2, 8, 16, seed=5)
+    phi_q, phi_k = (PolynomialFeatureMap(2, 8, init="random").double() for _ in range(2))
+    kwargs = dict(frame_tokens=4, overlap_frames=1)
+    with_tensors = with_maps = None
+    for start in range(0, 24, 8):
+        piece = slice(start, start + 8)
+        qs, ks, vs = q[:, piece], k[:, piece], v[:, piece]
+        a, with_tensors = hybrid_attention_step(qs, ks, vs, phi_q(qs), phi_k(ks), with_tensors, **kwargs)
+        b, with_maps = hybrid_attention_step(qs, ks, vs, phi_q, phi_k, with_maps, **kwargs)
+        assert rel_err(a, b) <= 1e-12
+    assert torch.equal(with_tensors.kv, with_maps.kv) and torch.equal(
+        with_tensors.pending_kv, with_maps.pending_kv
+    )
+    with pytest.raises(ValueError, match="fq"):
+        hybrid_attention_step(q[:, :8], k[:, :8], v[:, :8], lambda x: x[..., :3], phi_k, None, **kwargs)

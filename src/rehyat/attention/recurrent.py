@@ -11,6 +11,7 @@ chunk and the state. :func:`recurrent_hybrid_attention` drives it over a whole s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ from rehyat.attention._common import (
     validate_inputs,
 )
 from rehyat.attention.kernels import Backend, resolve_backend
+
+FeatureMap = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ def hybrid_attention_step(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    fq: Tensor,
-    fk: Tensor,
+    fq: Tensor | FeatureMap,
+    fk: Tensor | FeatureMap,
     state: HybridAttentionState | None,
     *,
     frame_tokens: int,
@@ -94,13 +97,20 @@ def hybrid_attention_step(
     added to the sums (SPEC §4), so driving this with chunks of ``chunk_frames`` frames reproduces the
     parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
     ``hybrid_attention``: "triton" runs the chunk's attention and the state update on the kernels.
+
+    ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
+    inside, only while needed (φq for the attention, φk after it for the state update), which lowers
+    the peak memory of a streaming forward by one chunk's features.
     """
     validate_geometry(frame_tokens, None, overlap_frames)
-    validate_inputs(q, k, v, fq, fk, frame_tokens)
+    phi_q, phi_k = (None if isinstance(f, Tensor) else f for f in (fq, fk))
+    if phi_q is not None:
+        fq = phi_q(q)
+    validate_inputs(q, k, v, fq, fq if phi_k is not None else fk, frame_tokens)
     if state is None:
-        state = HybridAttentionState.initial(k, v, fk)
+        state = HybridAttentionState.initial(k, v, fq)
     else:
-        state.check_compatible(k, v, fk)
+        state.check_compatible(k, v, fq)
     acc = accumulation_dtype(q.dtype)
     scale = resolve_scale(scale, q.shape[-1])
 
@@ -115,15 +125,25 @@ def hybrid_attention_step(
             q, keys, values, fq, state.kv, state.z, frame_tokens=frame_tokens, scale=scale, stats=stats
         )
     else:
-        scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
-        row_max = torch.amax(scores, dim=-1, keepdim=True)
-        probs = torch.exp(scores - row_max)
-        n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
-        a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
-        fq_acc = fq.to(acc)
-        a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, state.kv)
-        n_linear = torch.einsum("bihe,bhe->bih", fq_acc, state.z)
-        out = combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
+        out = _torch_step_attention(q, keys, values, fq, state.kv, state.z, scale, stats)
+
+    # Frames of the window that the next chunk's window (its last `overlap_frames` frames) drops.
+    # The kept ones are copied out of the window buffers (a slice would keep each whole window alive),
+    # and the window and φq(q) are released before φk(k) exists.
+    leaving = max(state.cached_frames + q.shape[1] // frame_tokens - overlap_frames, 0)
+
+    def keep(window: Tensor, per_frame: int) -> Tensor:
+        return window[:, leaving * per_frame :].clone() if leaving else window
+
+    kept_k, kept_v = keep(keys, frame_tokens), keep(values, frame_tokens)
+    del fq, keys, values
+    if phi_k is not None:
+        fk = phi_k(k)
+        validate_inputs(q, k, v, fk, fk, frame_tokens)
+        if fk.shape[-1] != state.kv.shape[2]:
+            raise ValueError(
+                f"fq and fk feature dims differ: fq has {state.kv.shape[2]}, fk has {fk.shape[-1]}"
+            )
 
     # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
     if use_triton:
@@ -137,26 +157,42 @@ def hybrid_attention_step(
         chunk_z = fk_frames.sum(dim=2)
     frame_kv = torch.cat([state.pending_kv, chunk_kv], dim=1)
     frame_z = torch.cat([state.pending_z, chunk_z], dim=1)
-
-    # The frames that the next chunk's window (its last `overlap_frames` frames) drops join the sums;
-    # the kept ones are copied out of the window buffers (a slice would keep each whole window alive).
-    leaving = max(frame_kv.shape[1] - overlap_frames, 0)
+    # The leaving frames join the sums; the kept ones stay pending.
     kv = state.kv + frame_kv[:, :leaving].sum(dim=1) if leaving else state.kv
     z = state.z + frame_z[:, :leaving].sum(dim=1) if leaving else state.z
-
-    def keep(window: Tensor, per_frame: int) -> Tensor:
-        return window[:, leaving * per_frame :].clone() if leaving else window
 
     next_state = HybridAttentionState(
         kv=kv,
         z=z,
-        k=keep(keys, frame_tokens),
-        v=keep(values, frame_tokens),
+        k=kept_k,
+        v=kept_v,
         pending_kv=keep(frame_kv, 1),
         pending_z=keep(frame_z, 1),
         frames_seen=state.frames_seen + q.shape[1] // frame_tokens,
     )
     return out, next_state
+
+
+def _torch_step_attention(
+    q: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    scale: float,
+    stats: AttentionStats | None,
+) -> Tensor:
+    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z)."""
+    acc = kv.dtype
+    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
+    probs = torch.exp(scores - torch.amax(scores, dim=-1, keepdim=True))
+    n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
+    a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
+    fq_acc = fq.to(acc)
+    a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, kv)
+    n_linear = torch.einsum("bihe,bhe->bih", fq_acc, z)
+    return combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
 
 
 def recurrent_hybrid_attention(

@@ -123,16 +123,14 @@ class ReHyAtWanAttnProcessor:
             key = _apply_rotary(key, *rotary_emb)
 
         config = self.runtime.config
-        fq = fk = None
-        if hasattr(attn, PHI_Q):  # every variant but "local"
-            fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
         if self.runtime.streaming:
+            # The step applies φq, φk itself, each only while it is needed (lower peak memory).
             out, self.state = hybrid_attention_step(
                 query,
                 key,
                 value,
-                fq,
-                fk,
+                getattr(attn, PHI_Q),
+                getattr(attn, PHI_K),
                 self.state,
                 frame_tokens=frame_tokens,
                 overlap_frames=config.overlap_frames,
@@ -140,6 +138,9 @@ class ReHyAtWanAttnProcessor:
                 backend=self.runtime.backend,
             )
         else:
+            fq = fk = None
+            if hasattr(attn, PHI_Q):  # every variant but "local"
+                fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
             if query.shape[1] != grid[0] * frame_tokens:
                 raise ValueError(
                     f"attention got {query.shape[1]} tokens but the captured grid {grid} has "

@@ -1,0 +1,81 @@
+"""`rehyat bench toy`: students trained with the same budget, the table, the targets, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rehyat.cli import main
+from rehyat.toy.quality import STUDENTS, _targets
+
+
+def test_quick_quality_table_for_three_students(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["bench", "toy", "--quick", "--device", "cpu", "--out", str(out), "--work", str(work)]
+    assert main([*args, "--only", "rehyat", "half_blocks", "local"]) == 0
+    report = json.loads((out / "toybench.json").read_text())
+    models = report["models"]
+    assert set(models) == {"teacher", "rehyat", "half_blocks", "local"}
+    assert models["rehyat"]["sampled"] == "recurrent" and models["local"]["sampled"] == "parallel"
+    assert "long" in models["rehyat"] and "psnr" in models["local"]["short"]
+    assert len(models["half_blocks"]["stage1"]["blocks"]) == 2  # the best half of the toy's 4 blocks
+    assert set(models["rehyat"]["stage1"]["heldout_rel_error"]) == {"0", "1", "2", "3"}
+    assert models["local"]["stage1"] == {}  # no φ: nothing to distill
+    for name in ("toybench.md", "toybench.png"):
+        assert (out / name).is_file()
+    local_config = json.loads((work / "local" / "stage1" / "rehyat_config.json").read_text())
+    assert local_config["config"]["attention"] == "local"
+
+    # Gathering again trains nothing and keeps the results; a missing student is left out.
+    (out / "toybench.json").unlink()
+    assert main([*args, "--report-only"]) == 0
+    again = json.loads((out / "toybench.json").read_text())["models"]
+    assert set(again) == set(models) and again["rehyat"]["short"] == models["rehyat"]["short"]
+
+
+def test_half_blocks_needs_the_all_blocks_student(tmp_path):
+    with pytest.raises(ValueError, match="half_blocks reuses"):
+        main(
+            [
+                "bench",
+                "toy",
+                "--quick",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+                "--work",
+                str(tmp_path / "w"),
+                "--only",
+                "half_blocks",
+            ]
+        )
+
+
+def test_unknown_student_is_named():
+    with pytest.raises(ValueError, match="unknown students"):
+        main(["bench", "toy", "--quick", "--device", "cpu", "--only", "rehyat", "nope"])
+
+
+def test_targets_read_the_issue_rows():
+    def row(adherence, consistency=50.0, long=None):
+        entry = {"short": {"adherence": adherence, "temporal_consistency": consistency}}
+        if long is not None:
+            entry["long"] = {"adherence": long}
+        return entry
+
+    results = {
+        "teacher": row(70),
+        "rehyat": row(69, 80, long=60),
+        "local": row(60),
+        "linear": row(72),
+        "rehyat_to0": row(65, 81),
+    }
+    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in _targets(results)}
+    assert targets["ReHyAt adherence within 2 points of the teacher's"] == (1, True)
+    assert targets["ReHyAt adherence above local-only"] == (9, True)
+    assert targets["ReHyAt adherence above linear-only"] == (-3, False)
+    assert targets["To=1 above To=0 on temporal consistency"] == (-1, False)
+    assert targets["long videos keep adherence within 5 points of short ones"] == (9, False)
+    assert {s.name for s in STUDENTS} >= {"rehyat", "rehyat_to0", "local", "linear"}
