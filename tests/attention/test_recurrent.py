@@ -105,5 +105,17 @@ def test_step_takes_the_feature_maps_themselves():
     assert torch.equal(with_tensors.kv, with_maps.kv) and torch.equal(
         with_tensors.pending_kv, with_maps.pending_kv
     )
-    with pytest.raises(ValueError, match="fq"):
-        hybrid_attention_step(q[:, :8], k[:, :8], v[:, :8], lambda x: x[..., :3], phi_k, None, **kwargs)
+    first = (q[:, :8], k[:, :8], v[:, :8])
+    with pytest.raises(ValueError, match="feature dims differ: fq has 3, fk has 16"):
+        hybrid_attention_step(*first, lambda x: phi_q(x)[..., :3], phi_k, None, **kwargs)
+    with pytest.raises(ValueError, match=r"fk feature map returned torch\.float32"):
+        hybrid_attention_step(*first, phi_q, lambda x: phi_k(x).float(), None, **kwargs)
+    with pytest.raises(ValueError, match="fq must be a tensor or a feature map, got str"):
+        hybrid_attention_step(*first, "phi", phi_k, None, **kwargs)
+
+
+def test_step_rejects_a_changed_frame_size():
+    q, k, v, fq, fk = make_inputs(1, 4, 4, 2, 4, 6, seed=2)
+    _, state = hybrid_attention_step(q, k, v, fq, fk, None, frame_tokens=4, overlap_frames=1)
+    with pytest.raises(ValueError, match="this chunk has frame_tokens = 2"):
+        hybrid_attention_step(q, k, v, fq, fk, state, frame_tokens=2, overlap_frames=1)

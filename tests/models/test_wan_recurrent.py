@@ -89,6 +89,26 @@ def test_feed_forward_runs_frame_by_frame_only_while_streaming(model):
         handle.remove()
 
 
+def test_streaming_restores_feed_forwards_after_an_error(model, monkeypatch):
+    """An FFN forward set on the instance (a hook) survives, and is restored even when a step fails."""
+    import rehyat.models.wan as wan
+
+    net = converted(model, chunk_frames=3, overlap_frames=1)
+    hooked = net.blocks[0].ffn.forward
+    net.blocks[0].ffn.forward = hooked  # an instance attribute, as offloading hooks set
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(wan, "hybrid_attention_step", failing)
+    hidden, timestep, context = tiny_inputs(frames=7)
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+        recurrent_forward(net, hidden, timestep, context)
+    assert vars(net.blocks[0].ffn)["forward"] is hooked
+    assert all("forward" not in vars(block.ffn) for block in net.blocks[1:])
+    del net.blocks[0].ffn.forward
+
+
 def test_rotary_slices_use_absolute_frames(model):
     hidden = torch.zeros(1, 16, 9, 8, 8)
     cos, sin = model.rope(hidden)

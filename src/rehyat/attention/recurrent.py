@@ -64,7 +64,12 @@ class HybridAttentionState:
         )
         return cls(kv=kv, z=z, **no_frames)
 
-    def check_compatible(self, k: Tensor, v: Tensor, fk: Tensor) -> None:
+    def check_compatible(self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int) -> None:
+        if self.k.shape[1] != self.cached_frames * frame_tokens:
+            raise ValueError(
+                f"state caches {self.cached_frames} frame(s) in {self.k.shape[1]} tokens, but this chunk "
+                f"has frame_tokens = {frame_tokens}"
+            )
         expected = (k.shape[0], k.shape[2], fk.shape[-1], v.shape[-1])
         if tuple(self.kv.shape) != expected:
             raise ValueError(
@@ -100,9 +105,12 @@ def hybrid_attention_step(
 
     ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
     inside, only while needed (φq for the attention, φk after it for the state update), which lowers
-    the peak memory of a streaming forward by one chunk's features.
+    the peak memory of a streaming forward by one chunk's features (φk(k) is checked once computed).
     """
     validate_geometry(frame_tokens, None, overlap_frames)
+    for name, given in (("fq", fq), ("fk", fk)):
+        if not isinstance(given, Tensor) and not callable(given):
+            raise ValueError(f"{name} must be a tensor or a feature map, got {type(given).__name__}")
     phi_q, phi_k = (None if isinstance(f, Tensor) else f for f in (fq, fk))
     if phi_q is not None:
         fq = phi_q(q)
@@ -110,7 +118,7 @@ def hybrid_attention_step(
     if state is None:
         state = HybridAttentionState.initial(k, v, fq)
     else:
-        state.check_compatible(k, v, fq)
+        state.check_compatible(k, v, fq, frame_tokens)
     acc = accumulation_dtype(q.dtype)
     scale = resolve_scale(scale, q.shape[-1])
 
@@ -139,11 +147,7 @@ def hybrid_attention_step(
     del fq, keys, values
     if phi_k is not None:
         fk = phi_k(k)
-        validate_inputs(q, k, v, fk, fk, frame_tokens)
-        if fk.shape[-1] != state.kv.shape[2]:
-            raise ValueError(
-                f"fq and fk feature dims differ: fq has {state.kv.shape[2]}, fk has {fk.shape[-1]}"
-            )
+        _check_late_features(fk, q, state.kv.shape[2])
 
     # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
     if use_triton:
@@ -171,6 +175,19 @@ def hybrid_attention_step(
         frames_seen=state.frames_seen + q.shape[1] // frame_tokens,
     )
     return out, next_state
+
+
+def _check_late_features(fk: Tensor, q: Tensor, feature_dim: int) -> None:
+    """Checks of φk(k) from a feature map, which exists only after the chunk's attention."""
+    if not isinstance(fk, Tensor) or fk.dim() != 4 or fk.shape[:3] != q.shape[:3]:
+        shape = tuple(fk.shape) if isinstance(fk, Tensor) else type(fk).__name__
+        raise ValueError(f"the fk feature map returned {shape}; expected [B, N, H, D'] with q's [B, N, H]")
+    if fk.dtype != q.dtype or fk.device != q.device:
+        raise ValueError(
+            f"the fk feature map returned {fk.dtype} on {fk.device}; q is {q.dtype} on {q.device}"
+        )
+    if fk.shape[-1] != feature_dim:
+        raise ValueError(f"fq and fk feature dims differ: fq has {feature_dim}, fk has {fk.shape[-1]}")
 
 
 def _torch_step_attention(

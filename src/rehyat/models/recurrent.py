@@ -90,17 +90,22 @@ def _streaming(transformer: nn.Module, runtime: ReHyAtRuntime, grid: tuple[int, 
     processors = [block.attn1.processor for block in transformer.blocks]
     for processor in processors:
         processor.state = None
-    for block in transformer.blocks:
-        block.ffn.forward = _frame_by_frame(block.ffn.forward, grid[1] * grid[2])
-    runtime.streaming, runtime.grid = True, grid
+    # A forward already set on an FFN instance (e.g. an offloading hook) is put back afterwards.
+    own_forwards = [vars(block.ffn).get("forward") for block in transformer.blocks]
     try:
+        for block in transformer.blocks:
+            block.ffn.forward = _frame_by_frame(block.ffn.forward, grid[1] * grid[2])
+        runtime.streaming, runtime.grid = True, grid
         yield
     finally:
         runtime.streaming, runtime.grid = False, None
         for processor in processors:
             processor.state = None
-        for block in transformer.blocks:
-            del block.ffn.forward  # the instance attribute; the class's forward shows through again
+        for block, forward in zip(transformer.blocks, own_forwards, strict=True):
+            if forward is None:
+                vars(block.ffn).pop("forward", None)  # the class's forward shows through again
+            else:
+                block.ffn.forward = forward
 
 
 def recurrent_forward(
