@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import pytest
+
 from rehyat.cli import main
-from rehyat.toy.quality import STUDENTS, _targets
+from rehyat.toy.quality import QUICK, STUDENTS, _targets, run_quality
 
 
 def test_quick_quality_table_for_three_students(tmp_path):
@@ -30,6 +33,10 @@ def test_quick_quality_table_for_three_students(tmp_path):
     assert main([*args, "--report-only"]) == 0
     again = json.loads((out / "toybench.json").read_text())["models"]
     assert set(again) == set(models) and again["rehyat"]["short"] == models["rehyat"]["short"]
+
+    # Results made under other settings are never mixed in.
+    with pytest.raises(ValueError, match="holds results made with other settings"):
+        run_quality(out, work, "cpu", dataclasses.replace(QUICK, eval_prompts=3))
 
 
 def test_half_blocks_needs_the_all_blocks_student(tmp_path, capsys):

@@ -4,7 +4,7 @@
    are distilled from its attention (with the untrained-φ, linear-only and local-only comparisons).
 2. Stage 2 (``rehyat finetune``): the converted model (all blocks, causal, Tc=3, To=1) is fine-tuned
    briefly with flow matching on rendered toy clips.
-3. Evaluation: the teacher (parallel) and the students (recurrent forward) generate videos for unseen
+3. Evaluation: the teacher (parallel) and the students (recurrent forward) generate videos for random
    prompts from identical noise; ToyBench scores them; the fine-tuned student then generates a video
    4× the training length recurrently, and time and peak memory are measured as the length grows.
 
@@ -419,7 +419,7 @@ def _write_markdown(report: dict, out: Path) -> None:
     text = "\n\n".join(
         [
             "# rehyat demo: the recipe on the toy world",
-            "ToyBench on unseen prompts (students from the teacher's noise; PSNR/SSIM against the teacher).",
+            "ToyBench on random prompts (students from the teacher's noise; PSNR/SSIM against the teacher).",
             markdown_table(["model", *keys], rows),
             "![ToyBench](toybench.png)",
             "## Stage 1: held-out relative error of the attention output per block",

@@ -1,6 +1,6 @@
-"""ToyBench a toy model: sample videos for unseen prompts from fixed noise and score them.
+"""ToyBench a toy model: sample videos for random prompts from fixed noise and score them.
 
-Shared by ``rehyat demo``, the quality table (``rehyat toy bench``) and ``rehyat toy eval``, which
+Shared by ``rehyat demo``, the quality table (``rehyat bench toy``) and ``rehyat toy eval``, which
 scores one teacher folder (optionally with a ReHyAt checkpoint on top) from the command line.
 """
 
@@ -74,12 +74,38 @@ def sample_video(
     return video[0].float().cpu()
 
 
+def sample_videos(
+    model: nn.Module,
+    embeds: Tensor,
+    *,
+    frames: int,
+    steps: int,
+    guidance_scale: float,
+    first_seed: int,
+    recurrent: bool,
+) -> list[Tensor]:
+    """One video per prompt embedding in ``embeds`` [P, L, D]; prompt i gets the noise of seed first_seed + i."""
+    return [
+        sample_video(
+            model,
+            embeds[i : i + 1],
+            frames=frames,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            seed=first_seed + i,
+            recurrent=recurrent,
+        )
+        for i in range(len(embeds))
+    ]
+
+
 def _main(args: argparse.Namespace) -> int:
+    if args.recurrent and args.rehyat is None:
+        raise ValueError("--recurrent needs --rehyat: the teacher itself runs full attention (parallel only)")
     device = torch.device(args.device)
     model = load_toy_model(Path(args.model), None if args.rehyat is None else Path(args.rehyat), device)
     prompts = toy_prompts(args.prompts, args.seed)
     embeds = prompt_embeddings(load_text_encoder(args.model), prompts)
-    recurrent = args.rehyat is not None and args.recurrent
     videos = [
         sample_video(
             model,
@@ -89,7 +115,7 @@ def _main(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance,
             flow_shift=args.shift,
             seed=1000 + i,
-            recurrent=recurrent,
+            recurrent=args.recurrent,
         )
         for i in range(len(prompts))
     ]
@@ -100,14 +126,19 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def register(toy_commands) -> None:
-    parser = toy_commands.add_parser("eval", help="ToyBench one toy model on unseen prompts (prints JSON)")
+    parser = toy_commands.add_parser("eval", help="ToyBench one toy model on random prompts (prints JSON)")
     parser.add_argument("--model", required=True, help="a toy teacher folder (transformer/, text_encoder/)")
     parser.add_argument("--rehyat", help="a ReHyAt checkpoint folder to load on top of the teacher")
     parser.add_argument("--recurrent", action="store_true", help="sample with the recurrent forward")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--frames", type=int, default=CLIP["num_frames"])
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (UniPC)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=4.0,
+        help="classifier-free guidance scale (the bench and demo use 4)",
+    )
     parser.add_argument("--shift", type=float, default=FLOW_SHIFT, help="the sampler's flow shift")
     parser.add_argument("--seed", type=int, default=3, help="prompt seed")
     parser.add_argument("--device", default="cpu")

@@ -3,7 +3,7 @@
 Every student starts from the bundled teacher and gets the same budget: stage 1 (φ of every converted
 block distilled from the teacher's attention, for the variant's own op and geometry) and then stage 2
 (the same flow-matching fine-tune: clips, steps, batch, lr). Then the teacher and every student sample
-the same unseen prompts from the same noise with the same guidance and are scored by ToyBench; the
+the same random prompts from the same noise with the same guidance and are scored by ToyBench; the
 causal all-blocks students sample with the recurrent forward, the others with the parallel one. The
 ReHyAt student also generates videos ``long_factor``× the training length, recurrently.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from rehyat.toy.demo import DemoSettings, distill_student, finetune_dataset, finetune_student
-from rehyat.toy.evaluate import load_toy_model, sample_video, toy_prompts
+from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
 from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
 from rehyat.toy.toybench import evaluate_videos
 
@@ -99,12 +100,22 @@ def _student_config(student: Student, ranking: list[int] | None):
 
 def _stage1_checkpoint(student: Student, teacher: Path, work: Path, settings: QualitySettings, device: str):
     """The student's checkpoint before stage 2 and its stage-1 report ({} where nothing is distilled)."""
+    folder = work / student.name / "stage1"
+    summary = work / student.name / "stage1.json"
+    if (folder / "rehyat_config.json").exists() and summary.exists():
+        return folder, json.loads(summary.read_text())
+    folder, report = _make_stage1(student, teacher, work, folder, settings, device)
+    summary.write_text(json.dumps(report, indent=2) + "\n")
+    return folder, report
+
+
+def _make_stage1(
+    student: Student, teacher: Path, work: Path, folder: Path, settings: QualitySettings, device: str
+):
     from rehyat.models import convert_wan, feature_maps, save_rehyat
 
-    folder = work / student.name / "stage1"
-    if (folder / "rehyat_config.json").exists():
-        report = work / student.name / "distill" / "report.json"
-        return folder, _heldout(json.loads(report.read_text())) if report.exists() else {}
+    if folder.exists():  # left half-made by an interrupted run
+        shutil.rmtree(folder)
     if student.half_blocks:  # the all-blocks student's φ for the best half of the blocks
         source = work / "rehyat"
         if not (source / "distill" / "ranking.json").exists():
@@ -144,18 +155,15 @@ def _recurrent(student: Student) -> bool:
 
 
 def _videos(model, embeds, frames: int, settings: QualitySettings, seed: int, recurrent: bool) -> list:
-    return [
-        sample_video(
-            model,
-            embeds[i : i + 1],
-            frames=frames,
-            steps=settings.sample_steps,
-            guidance_scale=settings.guidance_scale,
-            seed=seed + i,
-            recurrent=recurrent,
-        )
-        for i in range(len(embeds))
-    ]
+    return sample_videos(
+        model,
+        embeds,
+        frames=frames,
+        steps=settings.sample_steps,
+        guidance_scale=settings.guidance_scale,
+        first_seed=seed,
+        recurrent=recurrent,
+    )
 
 
 def _scores(videos, prompts, reference=None) -> dict[str, float]:
@@ -182,7 +190,7 @@ def run_quality(
     embeds = prompt_embeddings(encoder, prompts)
     long_prompts = prompts[: settings.long_videos]
     long_frames = settings.long_factor * CLIP["num_frames"]
-    work.mkdir(parents=True, exist_ok=True)
+    _claim_work_folder(work, settings)
 
     console.rule("teacher")
     teacher_model = load_toy_model(teacher, None, torch_device)
@@ -246,6 +254,18 @@ def run_quality(
     _write_markdown(report, out)
     console.print(f"[bold]table:[/bold] {out / 'toybench.md'}")
     return report
+
+
+def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
+    """Results in ``work`` are reused only under the settings that made them (recorded on first use)."""
+    work.mkdir(parents=True, exist_ok=True)
+    record = work / "settings.json"
+    current = json.loads(json.dumps(asdict(settings)))
+    if record.exists() and json.loads(record.read_text()) != current:
+        raise ValueError(
+            f"{work} holds results made with other settings ({record}); pass another --work or delete it"
+        )
+    record.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,7 +350,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
         )
     ax.set_xticks(np.arange(len(bars)) + 0.4 - width / 2, bars)
     ax.set_ylabel("points (higher is better)")
-    ax.set_title(f"ToyBench, {report['settings']['eval_prompts']} unseen prompts")
+    ax.set_title(f"ToyBench, {report['settings']['eval_prompts']} random prompts")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "toybench.png", dpi=110)
@@ -345,7 +365,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             f"{len(settings['capture_steps'])} captured sampler steps × {settings['distill_inner_steps']} "
             f"AdamW steps, lr {settings['distill_lr']:g}), then stage 2 ({settings['finetune_steps']} steps × "
             f"{settings['finetune_batch']} clips, lr {settings['finetune_lr']:g}). Sampling: "
-            f"{settings['eval_prompts']} unseen prompts, {report['frames']} frames, UniPC "
+            f"{settings['eval_prompts']} random prompts, {report['frames']} frames, UniPC "
             f"{settings['sample_steps']} steps, guidance {settings['guidance_scale']:g}, the same noise for every "
             "model. Adherence = mean of colour, shape and direction read back (points); PSNR/SSIM against the "
             "teacher's video from the same noise.",
@@ -370,6 +390,18 @@ def _main(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.only or ()) - {s.name for s in STUDENTS})
     if unknown:
         raise ValueError(f"--only: unknown students {unknown}; choose from {[s.name for s in STUDENTS]}")
+    selected = args.only or [s.name for s in STUDENTS]
+    ranking = Path(args.work) / "rehyat" / "distill" / "ranking.json"
+    if (
+        "half_blocks" in selected
+        and "rehyat" not in selected
+        and not ranking.exists()
+        and not args.report_only
+    ):
+        raise ValueError(
+            f"half_blocks reuses the 'rehyat' student's stage 1, which {ranking.parent.parent} lacks: "
+            "run them together (--only rehyat half_blocks)"
+        )
     settings = QUICK if args.quick else QualitySettings()
     run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only)
     return 0

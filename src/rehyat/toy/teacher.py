@@ -140,6 +140,8 @@ def train_teacher(
     if init_from is None:
         init = init_teacher_folder(out / "init", seed)
     else:
+        if Path(init_from).resolve() == (out / "init").resolve():
+            raise ValueError(f"--init {init_from} is this run's own init folder; copy it elsewhere first")
         if not (Path(init_from) / "transformer" / "config.json").is_file():
             raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
         init = out / "init"
