@@ -153,7 +153,8 @@ def _measure_generation(
         Path(teacher), None if rehyat_folder is None else Path(rehyat_folder), torch.device(device)
     )
     embeds = prompt_embeddings(load_text_encoder(teacher), toy_prompts(1, 99)).to(device)
-    config = DemoSettings(**settings)
+    # One branch (no guidance): the cost per denoising call is what grows with the length.
+    config = DemoSettings(**{**settings, "guidance_scale": 1.0})
     recurrent = rehyat_folder is not None
     _sample(model, embeds, frames=min(frames, 4), settings=config, seed=0, recurrent=recurrent)  # warm-up
     if device == "cuda":
@@ -433,6 +434,8 @@ def _write_markdown(report: dict, out: Path) -> None:
                 ],
             ),
             "## Time and memory as the video grows",
+            f"One video per row, {report['settings']['sample_steps']} sampler steps without guidance, each in a "
+            "fresh process (peak memory above the loaded model).",
             markdown_table(["model", "frames", "seconds", "peak MiB"], scaling_rows),
             "![scaling](scaling.png)",
             "Videos: teacher.gif, rehyat_stage1.gif, rehyat.gif (3 prompts side by side), rehyat_long.gif.",
