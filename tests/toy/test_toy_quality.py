@@ -21,7 +21,8 @@ def test_quick_quality_table_for_three_students(tmp_path):
     assert models["rehyat"]["sampled"] == "recurrent" and models["local"]["sampled"] == "parallel"
     assert "long" in models["rehyat"] and "psnr" in models["local"]["short"]
     assert len(models["half_blocks"]["stage1"]["blocks"]) == 2  # the best half of the toy's 4 blocks
-    assert set(models["rehyat"]["stage1"]["heldout_rel_error"]) == {"0", "1", "2", "3"}
+    stage1 = models["rehyat"]["stage1"]
+    assert set(stage1["heldout_rel_error"]) == set(stage1["heldout_guarded_fraction"]) == {"0", "1", "2", "3"}
     assert models["local"]["stage1"] == {}  # no φ: nothing to distill
     for name in ("toybench.md", "toybench.png"):
         assert (out / name).is_file()

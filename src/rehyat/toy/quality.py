@@ -141,11 +141,12 @@ def _make_stage1(
 
 
 def _heldout(report: dict) -> dict:
-    """Stage 1 in brief: held-out relative error of the attention output per block."""
+    """Stage 1 in brief, per block: held-out relative error of the attention output and the fraction
+    of rows whose denominator hit the guard."""
+    blocks = report["blocks"].items()
     return {
-        "heldout_rel_error": {
-            str(b): r["heldout"]["rehyat"]["rel_error"] for b, r in report["blocks"].items()
-        }
+        "heldout_rel_error": {str(b): r["heldout"]["rehyat"]["rel_error"] for b, r in blocks},
+        "heldout_guarded_fraction": {str(b): r["heldout"]["rehyat"]["guarded_fraction"] for b, r in blocks},
     }
 
 
