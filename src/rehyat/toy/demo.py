@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rehyat.toy.evaluate import load_toy_model, sample_video, toy_prompts
+from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
 from rehyat.toy.teacher import (
     CLIP,
     FLOW_SHIFT,
@@ -91,14 +91,17 @@ def wan_video_size(frames: int, height: int, width: int) -> dict[str, int]:
     return {"num_frames": 4 * (frames - 1) + 1, "height": 8 * height, "width": 8 * width}
 
 
-def _sample(model, embeds, *, frames: int, settings: DemoSettings, seed: int, recurrent: bool):
-    return sample_video(
+def sample_with(
+    model, embeds: torch.Tensor, settings: DemoSettings, *, frames: int, first_seed: int, recurrent: bool
+) -> list[torch.Tensor]:
+    """One video per prompt embedding with the settings' sampler steps and guidance (prompt i: seed first_seed + i)."""
+    return sample_videos(
         model,
         embeds,
         frames=frames,
         steps=settings.sample_steps,
         guidance_scale=settings.guidance_scale,
-        seed=seed,
+        first_seed=first_seed,
         recurrent=recurrent,
     )
 
@@ -156,14 +159,14 @@ def _measure_generation(
     # One branch (no guidance): the cost per denoising call is what grows with the length.
     config = DemoSettings(**{**settings, "guidance_scale": 1.0})
     recurrent = rehyat_folder is not None
-    _sample(model, embeds, frames=min(frames, 4), settings=config, seed=0, recurrent=recurrent)  # warm-up
+    sample_with(model, embeds, config, frames=min(frames, 4), first_seed=0, recurrent=recurrent)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     tic = time.perf_counter()
     with _PeakRSS() as rss:
-        _sample(model, embeds, frames=frames, settings=config, seed=0, recurrent=recurrent)
+        sample_with(model, embeds, config, frames=frames, first_seed=0, recurrent=recurrent)
     seconds = time.perf_counter() - tic
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else rss.mib
     return {"frames": frames, "seconds": seconds, "peak_mib": peak}
@@ -288,17 +291,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
     videos = {
-        name: [
-            _sample(
-                m,
-                embeds[i : i + 1],
-                frames=CLIP["num_frames"],
-                settings=settings,
-                seed=1000 + i,
-                recurrent=rec,
-            )
-            for i in range(len(prompts))
-        ]
+        name: sample_with(m, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=rec)
         for name, (m, rec) in models.items()
     }
     metrics = {
@@ -309,17 +302,10 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
         write_video(np.concatenate([_to_uint8(x) for x in v[:3]], axis=2), out / f"{name}.gif", fps=8)
 
     long_frames = settings.long_factor * CLIP["num_frames"]
-    long_videos = [
-        _sample(
-            models["rehyat"][0],
-            embeds[i : i + 1],
-            frames=long_frames,
-            settings=settings,
-            seed=2000 + i,
-            recurrent=True,
-        )
-        for i in range(settings.long_videos)
-    ]
+    long_embeds = embeds[: settings.long_videos]
+    long_videos = sample_with(
+        models["rehyat"][0], long_embeds, settings, frames=long_frames, first_seed=2000, recurrent=True
+    )
     long_metrics = evaluate_videos(long_videos, prompts[: settings.long_videos])
     write_video(_to_uint8(long_videos[0]), out / "rehyat_long.gif", fps=8)
     timings["evaluation_s"] = time.perf_counter() - tic

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rehyat.toy.demo import DemoSettings, distill_student, finetune_dataset, finetune_student
-from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
+from rehyat.toy.demo import QUICK as DEMO_QUICK
+from rehyat.toy.demo import DemoSettings, distill_student, finetune_dataset, finetune_student, sample_with
+from rehyat.toy.evaluate import load_toy_model, toy_prompts
 from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
 from rehyat.toy.toybench import evaluate_videos
 
@@ -71,20 +72,7 @@ class QualitySettings(DemoSettings):
     progress: bool = False
 
 
-QUICK = QualitySettings(
-    distill_prompts=2,
-    distill_heldout=1,
-    distill_steps=2,
-    capture_steps=(1,),
-    distill_inner_steps=1,
-    finetune_clips=4,
-    finetune_steps=1,
-    finetune_batch=2,
-    eval_prompts=2,
-    sample_steps=2,
-    long_factor=2,
-    long_videos=1,
-)
+QUICK = QualitySettings(**{**asdict(DEMO_QUICK), "distill_variants": ("rehyat",), "progress": False})
 
 
 def _student_config(student: Student, ranking: list[int] | None):
@@ -155,18 +143,6 @@ def _recurrent(student: Student) -> bool:
     return config["causal"] and config["attention"] == "hybrid" and not student.half_blocks
 
 
-def _videos(model, embeds, frames: int, settings: QualitySettings, seed: int, recurrent: bool) -> list:
-    return sample_videos(
-        model,
-        embeds,
-        frames=frames,
-        steps=settings.sample_steps,
-        guidance_scale=settings.guidance_scale,
-        first_seed=seed,
-        recurrent=recurrent,
-    )
-
-
 def _scores(videos, prompts, reference=None) -> dict[str, float]:
     return {k: v for k, v in evaluate_videos(videos, prompts, reference=reference).items() if k != "per_clip"}
 
@@ -189,18 +165,22 @@ def run_quality(
     torch_device = torch.device(device)
     prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
-    long_prompts = prompts[: settings.long_videos]
+    long_prompts, long_embeds = prompts[: settings.long_videos], embeds[: settings.long_videos]
     long_frames = settings.long_factor * CLIP["num_frames"]
     _claim_work_folder(work, settings)
 
     console.rule("teacher")
     teacher_model = load_toy_model(teacher, None, torch_device)
-    reference = _videos(teacher_model, embeds, CLIP["num_frames"], settings, 1000, recurrent=False)
+    reference = sample_with(
+        teacher_model, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=False
+    )
     results: dict[str, Any] = {
         "teacher": {"label": "teacher (softmax)", "short": _scores(reference, prompts)}
     }
     if device == "cuda":  # full attention at 4× length: quadratic, too slow for a CPU run
-        long = _videos(teacher_model, embeds[: settings.long_videos], long_frames, settings, 2000, False)
+        long = sample_with(
+            teacher_model, long_embeds, settings, frames=long_frames, first_seed=2000, recurrent=False
+        )
         results["teacher"]["long"] = _scores(long, long_prompts)
     del teacher_model
 
@@ -224,7 +204,9 @@ def run_quality(
         stage2_s = time.perf_counter() - tic - stage1_s
         model = load_toy_model(teacher, final, torch_device)
         recurrent = _recurrent(student)
-        videos = _videos(model, embeds, CLIP["num_frames"], settings, 1000, recurrent)
+        videos = sample_with(
+            model, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=recurrent
+        )
         result = {
             "label": student.label,
             "rehyat": student.rehyat,
@@ -234,7 +216,9 @@ def run_quality(
             "seconds": {"stage1": stage1_s, "stage2": stage2_s},
         }
         if student.name == "rehyat":
-            long = _videos(model, embeds[: settings.long_videos], long_frames, settings, 2000, True)
+            long = sample_with(
+                model, long_embeds, settings, frames=long_frames, first_seed=2000, recurrent=True
+            )
             result["long"] = _scores(long, long_prompts)
         done.write_text(json.dumps(result, indent=2) + "\n")
         results[student.name] = result
