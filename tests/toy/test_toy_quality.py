@@ -8,16 +8,24 @@ import json
 import pytest
 
 from rehyat.cli import main
-from rehyat.toy.quality import QUICK, STUDENTS, _targets, run_quality
+from rehyat.toy.quality import QUICK, STUDENTS, _targets, run_quality, with_overrides
 
 
-def test_quick_quality_table_for_three_students(tmp_path):
+def test_quick_quality_table_for_four_students(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["bench", "toy", "--quick", "--device", "cpu", "--out", str(out), "--work", str(work)]
-    assert main([*args, "--only", "rehyat", "half_blocks", "local"]) == 0
+    args += ["--set", "finetune_ema=0.9"]  # stage 2 hands back its EMA weights
+    assert main([*args, "--only", "rehyat", "half_blocks", "local", "teacher_finetuned"]) == 0
     report = json.loads((out / "toybench.json").read_text())
     models = report["models"]
-    assert set(models) == {"teacher", "rehyat", "half_blocks", "local"}
+    assert set(models) == {"teacher", "rehyat", "half_blocks", "local", "teacher_finetuned"}
+    assert report["settings"]["finetune_ema"] == 0.9
+    assert (work / "rehyat" / "finetune" / "final-ema" / "rehyat_config.json").is_file()
+    # The control: the plain teacher through the same stage 2, saved and sampled as a softmax model.
+    assert (work / "teacher_finetuned" / "finetune" / "final-ema" / "config.json").is_file()
+    assert (
+        models["teacher_finetuned"]["sampled"] == "parallel" and models["teacher_finetuned"]["stage1"] == {}
+    )
     assert models["rehyat"]["sampled"] == "recurrent" and models["local"]["sampled"] == "parallel"
     assert "long" in models["rehyat"] and "psnr" in models["local"]["short"]
     assert len(models["half_blocks"]["stage1"]["blocks"]) == 2  # the best half of the toy's 4 blocks
@@ -82,3 +90,16 @@ def test_targets_read_the_issue_rows():
     assert targets["To=1 above To=0 on temporal consistency"] == (-1, False)
     assert targets["long videos keep adherence within 5 points of short ones"] == (9, False)
     assert {s.name for s in STUDENTS} >= {"rehyat", "rehyat_to0", "local", "linear"}
+
+
+def test_settings_overrides_keep_the_field_types():
+    changed = with_overrides(QUICK, ["distill_lr=1e-4", "capture_steps=[0, 1]", "finetune_ema=0.99"])
+    assert changed.distill_lr == 1e-4 and changed.capture_steps == (0, 1) and changed.finetune_ema == 0.99
+    assert with_overrides(changed, ["finetune_ema=null"]).finetune_ema is None
+    assert with_overrides(QUICK, ["finetune_lr=1"]).finetune_lr == 1.0
+    with pytest.raises(ValueError, match="KEY one of"):
+        with_overrides(QUICK, ["nope=1"])
+    with pytest.raises(ValueError, match="eval_prompts must be a int"):
+        with_overrides(QUICK, ["eval_prompts=many"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        with_overrides(QUICK, ["distill_lr"])

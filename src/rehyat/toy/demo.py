@@ -57,6 +57,7 @@ class DemoSettings:
     finetune_steps: int = 20
     finetune_batch: int = 2
     finetune_lr: float = 1e-4
+    finetune_ema: float | None = None  # EMA decay of stage 2; set, the EMA weights are the result
     finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
     eval_prompts: int = 6
     sample_steps: int = 12
@@ -217,10 +218,11 @@ def finetune_dataset(out: Path, settings: DemoSettings) -> Path:
 
 
 def finetune_student(
-    teacher: Path, checkpoint: Path, out: Path, dataset: Path, settings: DemoSettings, device: str
+    teacher: Path, checkpoint: Path | None, out: Path, dataset: Path, settings: DemoSettings, device: str
 ) -> Path:
-    """Stage 2: flow-matching fine-tune of the teacher converted from ``checkpoint``; the result (a
-    ReHyAt checkpoint with the fine-tuned base weights) lands in ``out/final``."""
+    """Stage 2: flow-matching fine-tune of the teacher converted from ``checkpoint`` (a ReHyAt checkpoint
+    with the fine-tuned base weights lands in ``out/final``), or of the plain teacher with ``checkpoint=None``
+    (a diffusers transformer folder). With ``settings.finetune_ema`` the EMA weights are returned."""
     from rehyat.training.config import load_config
     from rehyat.training.finetune import FinetuneConfig, finetune
 
@@ -231,7 +233,11 @@ def finetune_student(
             [
                 f"output_dir={out}",
                 f"model.path={teacher}",
-                f"model.rehyat_checkpoint={checkpoint}",
+                *(
+                    ["model.convert=false"]
+                    if checkpoint is None
+                    else [f"model.rehyat_checkpoint={checkpoint}"]
+                ),
                 "model.gradient_checkpointing=false",
                 f"data.path={dataset}",
                 f"data.micro_batch_size={settings.finetune_batch}",
@@ -244,10 +250,11 @@ def finetune_student(
                 "resume=false" if not (out / "checkpoints").exists() else "resume=true",
                 f"seed={settings.seed}",
                 f"progress={str(settings.progress).lower()}",
+                *([f"ema_decay={settings.finetune_ema}"] if settings.finetune_ema is not None else []),
             ],
         )
     )
-    return out / "final"
+    return out / ("final" if settings.finetune_ema is None else "final-ema")
 
 
 def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
@@ -270,7 +277,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
 
     console.rule("stage 2: flow-matching fine-tune")
     tic = time.perf_counter()
-    finetune_student(
+    student = finetune_student(
         teacher,
         out / "distill" / "rehyat",
         out / "finetune",
@@ -286,7 +293,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     models = {
         "teacher": (load_toy_model(teacher, None, torch_device), False),
         "rehyat_stage1": (load_toy_model(teacher, out / "distill" / "rehyat", torch_device), True),
-        "rehyat": (load_toy_model(teacher, out / "finetune" / "final", torch_device), True),
+        "rehyat": (load_toy_model(teacher, student, torch_device), True),
     }
     prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
@@ -311,7 +318,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     timings["evaluation_s"] = time.perf_counter() - tic
 
     console.rule("time and memory as the video grows")
-    scaling = _scaling(teacher, out / "finetune" / "final", settings, device)
+    scaling = _scaling(teacher, student, settings, device)
     report = _report(settings, distill, metrics, long_metrics, long_frames, scaling, timings)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)

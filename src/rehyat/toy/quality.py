@@ -9,7 +9,9 @@ ReHyAt student also generates videos ``long_factor``× the training length, recu
 
 Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0; bidirectional; half the blocks
 (the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because blocks
-are distilled independently); local-only (no φ: stage 2 only); linear-only; uniform hybrid R=2.
+are distilled independently); local-only (no φ: stage 2 only); linear-only; uniform hybrid R=2;
+and a control, the unconverted teacher through the same stage 2, which separates what stage 2 itself
+does to the model from what the conversion costs. ``--set KEY=VALUE`` overrides a setting.
 Writes ``OUT/toybench.json``, ``OUT/toybench.md`` and ``OUT/toybench.png``; work files (checkpoints,
 per-model results, so an interrupted run resumes where it stopped) go to ``--work``.
 """
@@ -20,7 +22,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,11 @@ class Student:
     rehyat: dict[str, Any] = field(default_factory=dict)  # ReHyAtConfig fields beyond the defaults
     distill: bool = True
     half_blocks: bool = False
+    convert: bool = True  # False: the plain teacher through the same stage 2 (a control)
 
 
 STUDENTS = (
+    Student("teacher_finetuned", "softmax teacher + stage 2 (control)", distill=False, convert=False),
     Student("rehyat", "ReHyAt Tc=3 To=1 causal"),
     Student("rehyat_to0", "ReHyAt To=0", {"overlap_frames": 0}),
     Student("bidirectional", "ReHyAt bidirectional", {"causal": False}),
@@ -87,7 +91,10 @@ def _student_config(student: Student, ranking: list[int] | None):
 
 
 def _stage1_checkpoint(student: Student, teacher: Path, work: Path, settings: QualitySettings, device: str):
-    """The student's checkpoint before stage 2 and its stage-1 report ({} where nothing is distilled)."""
+    """The student's checkpoint before stage 2 and its stage-1 report ({} where nothing is distilled);
+    None for a control that is not converted."""
+    if not student.convert:
+        return None, {}
     folder = work / student.name / "stage1"
     summary = work / student.name / "stage1.json"
     if (folder / "rehyat_config.json").exists() and summary.exists():
@@ -138,7 +145,17 @@ def _heldout(report: dict) -> dict:
     }
 
 
+def _load_student(student: Student, teacher: Path, final: Path, device: torch.device):
+    if student.convert:
+        return load_toy_model(teacher, final, device)
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_pretrained(final).to(device).eval()
+
+
 def _recurrent(student: Student) -> bool:
+    if not student.convert:
+        return False
     config = {"overlap_frames": 1, "causal": True, "attention": "hybrid", **student.rehyat}
     return config["causal"] and config["attention"] == "hybrid" and not student.half_blocks
 
@@ -202,7 +219,7 @@ def run_quality(
             teacher, checkpoint, work / student.name / "finetune", dataset, settings, device
         )
         stage2_s = time.perf_counter() - tic - stage1_s
-        model = load_toy_model(teacher, final, torch_device)
+        model = _load_student(student, teacher, final, torch_device)
         recurrent = _recurrent(student)
         videos = sample_with(
             model, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=recurrent
@@ -367,6 +384,37 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
     (out / "toybench.md").write_text(text + "\n")
 
 
+def with_overrides(settings: QualitySettings, pairs: list[str]) -> QualitySettings:
+    """``settings`` with ``KEY=VALUE`` pairs applied; VALUE is read as JSON where it parses (1e-4, null,
+    [0, 3]), else as a string, and must keep the field's type (lists become tuples)."""
+    fields = asdict(settings)
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        current = fields[key]
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        nullable = key in _NULLABLE
+        if not (value is None and nullable) and not (
+            isinstance(value, type(current)) or (current is None and isinstance(value, (int, float)))
+        ):
+            raise ValueError(f"--set {pair!r}: {key} must be a {type(current).__name__}, got {raw!r}")
+        changes[key] = value
+    return replace(settings, **changes)
+
+
+#: Settings that may be switched off with ``--set KEY=null``.
+_NULLABLE = ("finetune_ema",)
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA GPU is available")
@@ -387,7 +435,7 @@ def _main(args: argparse.Namespace) -> int:
             f"half_blocks reuses the 'rehyat' student's stage 1, which {ranking.parent.parent} lacks: "
             "run them together (--only rehyat half_blocks)"
         )
-    settings = QUICK if args.quick else QualitySettings()
+    settings = with_overrides(QUICK if args.quick else QualitySettings(), args.set or [])
     run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only)
     return 0
 
@@ -403,6 +451,12 @@ def register(targets) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--only", nargs="+", help="students to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one QualitySettings field, e.g. --set distill_lr=1e-4 (repeatable)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
