@@ -116,3 +116,32 @@ def test_prompt_dropout_zeroes_whole_prompts():
     assert set(per_sample.sum(1).tolist()) == {0.0, 12.0}  # a prompt is kept or zeroed whole
     assert 0.2 < (per_sample.sum(1) == 0).float().mean() < 0.3
     assert torch.equal(drop_prompts(prompts, 0.0, torch.Generator()), prompts)
+
+
+def test_teacher_weight_blends_the_teacher_prediction_into_the_target():
+    latents, prompts = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 5, 8)
+
+    def model(noisy, timestep, context, return_dict):
+        return (noisy * 0.5 + timestep.view(-1, 1, 1, 1, 1) / 1000,)
+
+    def loss(**teacher):
+        return flow_matching_loss(model, latents, prompts, noise_generator(0, 1, 0), 3.0, **teacher)
+
+    plain = loss()
+    assert plain > 0 and torch.equal(loss(teacher=model, teacher_weight=0.0), plain)
+    assert loss(teacher=model, teacher_weight=1.0) == 0  # the model is its own teacher
+    # Halfway: the residual halves, so the MSE is a quarter.
+    assert torch.isclose(loss(teacher=model, teacher_weight=0.5), plain / 4)
+
+
+def test_output_distillation_starts_at_zero_when_the_student_equals_the_teacher(tmp_path):
+    """With one chunk covering every frame the converted model is the original, so λ = 1 starts at 0."""
+    data = tiny_dataset(tmp_path / "data")
+    whole = {"model.rehyat": '{"chunk_frames": 4}', "steps": 2, "save": "false", "log_every": 1}
+    distilled = finetune(tiny_config(tmp_path / "a", data, None, teacher_weight=1.0, **whole))
+    plain = finetune(tiny_config(tmp_path / "b", data, None, **whole))
+    first = [read_metrics(run.output_dir)[0]["loss"] for run in (distilled, plain)]
+    assert first[0] < 1e-10 < 0.1 < first[1]
+    assert read_metrics(distilled.output_dir)[1]["loss"] > first[0]  # it trains and moves off the teacher
+    with pytest.raises(ValueError, match=r"teacher_weight must be in \[0, 1\]"):
+        finetune(tiny_config(tmp_path / "c", data, None, teacher_weight=1.5))

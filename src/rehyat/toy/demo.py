@@ -58,6 +58,7 @@ class DemoSettings:
     finetune_batch: int = 2
     finetune_lr: float = 1e-4
     finetune_ema: float | None = None  # EMA decay of stage 2; set, the EMA weights are the result
+    finetune_teacher_weight: float = 0.0  # λ of stage 2's output distillation from the teacher (0: SPEC §7)
     finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
     eval_prompts: int = 6
     sample_steps: int = 12
@@ -245,6 +246,7 @@ def finetune_student(
                 f"optim.lr={settings.finetune_lr}",
                 f"flow_shift={FLOW_SHIFT}",
                 f"prompt_dropout={settings.finetune_prompt_dropout}",
+                f"teacher_weight={settings.finetune_teacher_weight}",
                 f"mixed_precision={'bf16' if device == 'cuda' else 'no'}",
                 f"checkpoint_every={settings.finetune_steps}",
                 "resume=false" if not (out / "checkpoints").exists() else "resume=true",

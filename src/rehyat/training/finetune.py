@@ -94,6 +94,10 @@ class FinetuneConfig:
     flow_shift: float = 5.0
     prompt_dropout: float = 0.0
     """Probability of training a sample on the empty (all-zero) prompt, which classifier-free guidance needs."""
+    teacher_weight: float = 0.0
+    """λ in [0, 1]: weight of the unconverted base model's velocity in the regression target. 0 is plain
+    flow matching (SPEC §7); 1 is output distillation from the original model, which each rank holds as a
+    frozen, unsharded copy (bf16 under ``mixed_precision=bf16``)."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     ema_decay: float | None = None
@@ -126,9 +130,19 @@ def shifted_sigmas(u: Tensor, shift: float) -> Tensor:
 
 
 def flow_matching_loss(
-    model: nn.Module, latents: Tensor, prompt_embeds: Tensor, generator: torch.Generator, shift: float
+    model: nn.Module,
+    latents: Tensor,
+    prompt_embeds: Tensor,
+    generator: torch.Generator,
+    shift: float,
+    teacher: nn.Module | None = None,
+    teacher_weight: float = 0.0,
 ) -> Tensor:
-    """MSE between the model's velocity and v = ε − x0 at x_t = (1 − σ)·x0 + σ·ε, σ shifted-uniform."""
+    """MSE between the model's velocity and v = ε − x0 at x_t = (1 − σ)·x0 + σ·ε, σ shifted-uniform.
+
+    With a ``teacher`` the target is (1 − λ)·(ε − x0) + λ·teacher(x_t), λ = ``teacher_weight``: the same
+    gradient as (1 − λ)·flow matching + λ·MSE to the teacher's prediction (output distillation).
+    """
     batch = latents.shape[0]
     u = torch.rand(batch, generator=generator, dtype=torch.float32)
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
@@ -137,7 +151,12 @@ def flow_matching_loss(
     s = sigma.view(batch, 1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
     prediction = model(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), (noise - latents).float())
+    target = (noise - latents).float()
+    if teacher is not None and teacher_weight > 0:
+        with torch.no_grad():
+            taught = teacher(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0].float()
+        target = torch.lerp(target, taught, teacher_weight)
+    return F.mse_loss(prediction.float(), target)
 
 
 def drop_prompts(prompt_embeds: Tensor, probability: float, generator: torch.Generator) -> Tensor:
@@ -202,6 +221,15 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
             raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
         return load_rehyat(model, section.rehyat_checkpoint)
     return convert_wan(model, ReHyAtConfig.from_dict(section.rehyat))
+
+
+def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
+    """The unconverted base model (the same weights ``build_model`` starts from), frozen, for
+    ``teacher_weight``."""
+    torch.manual_seed(cfg.seed)  # a random architecture gets the student's base weights
+    teacher = load_base_transformer(cfg.model).requires_grad_(False).eval()
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+    return teacher.to(device, dtype)
 
 
 def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
@@ -271,6 +299,8 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
         raise ValueError(f"prompt_dropout must be in [0, 1), got {cfg.prompt_dropout}")
     if cfg.grad_accumulation < 1 or cfg.data.micro_batch_size < 1 or cfg.steps < 1:
         raise ValueError("steps, grad_accumulation and data.micro_batch_size must be >= 1")
+    if not 0.0 <= cfg.teacher_weight <= 1.0:
+        raise ValueError(f"teacher_weight must be in [0, 1], got {cfg.teacher_weight}")
 
     dataset = LatentDataset(cfg.data.path)
     model = build_model(cfg.model, cfg.seed)
@@ -286,6 +316,7 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
         eps=cfg.optim.eps,
     )
     ema = EMA(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
+    teacher = build_teacher(cfg, env.device) if cfg.teacher_weight > 0 else None
     rehyat_config = _rehyat_config(model)
 
     start = 0
@@ -329,7 +360,9 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
                 prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
             with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
                 with autocast:
-                    loss = flow_matching_loss(model, latents, prompt_embeds, generator, cfg.flow_shift)
+                    loss = flow_matching_loss(
+                        model, latents, prompt_embeds, generator, cfg.flow_shift, teacher, cfg.teacher_weight
+                    )
                 (loss / cfg.grad_accumulation).backward()
             loss_sum += loss.detach()
 
