@@ -90,3 +90,30 @@ def test_output_dtype_follows_the_input_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert phi(x).dtype == torch.bfloat16
     assert phi(x.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("degree,layers", [(2, 2), (3, 2), (1, 1)])
+def test_nonnegative_map_uses_even_powers_and_never_cancels(degree, layers):
+    d, scale = 8, 8**-0.5
+    phi = PolynomialFeatureMap(2, d, degree, layers, nonnegative=True, init="random").double()
+    assert phi.exponents == tuple(2 * math.ceil(p / 2) for p in range(1, degree + 1))
+    q, k = torch.randn(2, 1, 32, 2, d, dtype=torch.float64).unbind(0)
+    assert (phi(q) >= 0).all() and (torch.einsum("bnhe,bmhe->bhnm", phi(q), phi(k)) >= 0).all()
+    # Taylor init: each part is the even term of a diagonal exp expansion.
+    taylor = PolynomialFeatureMap(2, d, degree, layers, nonnegative=True, kernel_scale=1e-2).double()
+    taylor.reset_parameters()
+    prod = torch.einsum("bnhd,bmhd->bhnmd", q, k) * scale
+    want = 1e-2 * sum(prod**e / math.factorial(e) for e in taylor.exponents).sum(-1)
+    got = torch.einsum("bnhe,bmhe->bhnm", taylor(q), taylor(k))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="nonnegative must be a bool"):
+        PolynomialFeatureMap(2, d, nonnegative=1)
+
+
+def test_nonnegative_map_falls_back_to_torch_with_a_reason():
+    from rehyat.attention.feature_maps import kernel_unsupported_reason
+
+    phi = PolynomialFeatureMap(2, 16, nonnegative=True)
+    assert "nonnegative" in kernel_unsupported_reason(phi, torch.randn(1, 4, 2, 16))
+    assert phi.resolve_backend(torch.randn(1, 4, 2, 16), "auto") == "torch"
+    assert "nonnegative=True" in repr(phi)

@@ -146,3 +146,18 @@ def test_save_overwrites_atomically(saved):
     inputs = tiny_inputs()
     loaded = load_rehyat(WanTransformer3DModel.from_pretrained(tmp_path / "base").eval(), tmp_path / "rehyat")
     assert torch.equal(run(loaded, *inputs), run(net, *inputs))
+
+
+def test_nonnegative_feature_maps_survive_a_round_trip(tmp_path):
+    """The config flag rebuilds the maps with even powers on load, so outputs match exactly."""
+    tiny_wan(num_layers=2).save_pretrained(tmp_path / "base")
+    config = ReHyAtConfig(chunk_frames=2, feature_init="random", feature_nonnegative=True)
+    net = convert_wan(WanTransformer3DModel.from_pretrained(tmp_path / "base").eval(), config)
+    save_rehyat(net, tmp_path / "rehyat")
+    fresh = load_rehyat(WanTransformer3DModel.from_pretrained(tmp_path / "base").eval(), tmp_path / "rehyat")
+    maps = [m for m in fresh.modules() if type(m).__name__ == "PolynomialFeatureMap"]
+    assert len(maps) == 4 and all(m.nonnegative for m in maps)  # φq, φk of both blocks
+    inputs = tiny_inputs()
+    assert torch.equal(run(fresh, *inputs), run(net, *inputs))
+    with pytest.raises(ValueError, match="feature_nonnegative must be a bool"):
+        ReHyAtConfig(feature_nonnegative="yes")

@@ -17,6 +17,10 @@ Choices the paper leaves open (documented here, compared by distillation error i
   κ = 1 lets the signed degree-1 sums over thousands of keys swamp or cancel the softmax normaliser. Hidden layers carry
   x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.
   ``"random"``: PyTorch's default (Kaiming-uniform) initialisation.
+- ``nonnegative=True``: every part gets an even power, 2·⌈p/2⌉ (P = 2: φ = [ψ_1², ψ_2²]), so φq·φk ≥ 0
+  and the linear part can never cancel the softmax normaliser (den ≥ nS ≥ 1). The paper's signed
+  degree-1 part can, which on held-out inputs shows up as a few rows with a tiny denominator; the toy
+  quality table compares both. PyTorch path only.
 
 Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
 (:mod:`rehyat.attention.kernels.feature_map`: no hidden activation in HBM) on CUDA when Triton is
@@ -46,6 +50,8 @@ def kernel_unsupported_reason(phi: PolynomialFeatureMap, x: Tensor) -> str | Non
     from rehyat.attention.kernels import interpreting
 
     d = phi.head_dim
+    if phi.nonnegative:
+        return "nonnegative=True (the φ kernel computes the signed powers ψ_p^p)"
     if phi.num_layers > 2:
         return f"num_layers {phi.num_layers} (the φ kernel takes 1 or 2 layers)"
     if phi.degree > _KERNEL_MAX_DEGREE:
@@ -75,6 +81,7 @@ class PolynomialFeatureMap(nn.Module):
         init: Literal["taylor", "random"] = "taylor",
         scale: float | None = None,
         kernel_scale: float = 1.0,
+        nonnegative: bool = False,
         backend: Literal["auto", "torch", "triton"] = "auto",
     ) -> None:
         super().__init__()
@@ -98,7 +105,12 @@ class PolynomialFeatureMap(nn.Module):
             raise ValueError(
                 "init='taylor' with num_layers > 1 needs degree >= 2 (the identity path needs 2·D hidden width)"
             )
+        if not isinstance(nonnegative, bool):
+            raise ValueError(f"nonnegative must be a bool, got {nonnegative!r}")
         self.num_heads, self.head_dim, self.degree, self.num_layers = num_heads, head_dim, degree, num_layers
+        self.nonnegative = nonnegative
+        #: Power of each part ψ_p: p, or with ``nonnegative`` the even number 2·⌈p/2⌉ (φq·φk ≥ 0).
+        self.exponents = tuple(2 * math.ceil(p / 2) if nonnegative else p for p in range(1, degree + 1))
         self.activation = activation
         if not (isinstance(kernel_scale, (int, float)) and math.isfinite(kernel_scale) and kernel_scale > 0):
             raise ValueError(f"kernel_scale must be a positive number, got {kernel_scale!r}")
@@ -139,10 +151,9 @@ class PolynomialFeatureMap(nn.Module):
                 bound = 1.0 / math.sqrt(w.shape[1])
                 w.uniform_(-bound, bound)
             return
-        d, p_max = self.head_dim, self.degree
+        d = self.head_dim
         gains = [
-            (self.kernel_scale * self.scale**p / math.factorial(p)) ** (1.0 / (2 * p))
-            for p in range(1, p_max + 1)
+            (self.kernel_scale * self.scale**e / math.factorial(e)) ** (1.0 / (2 * e)) for e in self.exponents
         ]
         last = len(self.weights) - 1
         for index, w in enumerate(self.weights):
@@ -187,7 +198,9 @@ class PolynomialFeatureMap(nn.Module):
             if self.biases is not None:
                 h = h + self.biases[index].to(h.dtype)
         parts = h.split(self.head_dim, dim=-1)
-        features = torch.cat([part if p == 0 else part ** (p + 1) for p, part in enumerate(parts)], dim=-1)
+        features = torch.cat(
+            [part if e == 1 else part**e for e, part in zip(self.exponents, parts, strict=True)], dim=-1
+        )
         # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
         return features.to(x.dtype)
 
@@ -208,5 +221,5 @@ class PolynomialFeatureMap(nn.Module):
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, degree={self.degree}, "
             f"num_layers={self.num_layers}, activation={self.activation}, init={self.init}, "
-            f"kernel_scale={self.kernel_scale:g}"
+            f"kernel_scale={self.kernel_scale:g}, nonnegative={self.nonnegative}"
         )

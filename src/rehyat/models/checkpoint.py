@@ -81,6 +81,7 @@ def _expected_shapes(transformer: nn.Module, config: ReHyAtConfig, blocks: list[
                 activation=config.feature_activation,
                 bias=config.feature_bias,
                 init=config.feature_init,
+                nonnegative=config.feature_nonnegative,
             )
         for prefix in (PHI_Q, PHI_K):
             for name, tensor in phi.state_dict().items():

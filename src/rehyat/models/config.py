@@ -45,6 +45,7 @@ class ReHyAtConfig:
             softmax on every ``uniform_stride``-th token). Only ``"hybrid"`` has a recurrent forward.
         feature_kernel_scale: κ of the "taylor" initialisation (φq·φk starts as κ × a Taylor
             expansion of exp(s)); small κ starts the converted model close to local attention.
+        feature_nonnegative: even powers only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`).
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
     """
@@ -60,6 +61,7 @@ class ReHyAtConfig:
     feature_bias: bool = True
     feature_init: str = "taylor"
     feature_kernel_scale: float = 1e-3
+    feature_nonnegative: bool = False
     attention: str = "hybrid"
     uniform_stride: int = 2
 
@@ -71,7 +73,7 @@ class ReHyAtConfig:
         _check_int("uniform_stride", self.uniform_stride, 1)
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"attention must be one of {_ATTENTIONS}, got {self.attention!r}")
-        for name in ("causal", "feature_bias"):
+        for name in ("causal", "feature_bias", "feature_nonnegative"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.feature_activation not in _ACTIVATIONS:

@@ -220,6 +220,7 @@ def convert_wan(transformer: nn.Module, config: ReHyAtConfig | None = None) -> n
                 activation=config.feature_activation,
                 bias=config.feature_bias,
                 init=config.feature_init,
+                nonnegative=config.feature_nonnegative,
                 kernel_scale=config.feature_kernel_scale,
             )
             attn.add_module(name, phi.to(device=reference.device, dtype=reference.dtype))

@@ -46,6 +46,7 @@ def _feature_map(
         activation=config.feature_activation,
         bias=config.feature_bias,
         init=config.feature_init,
+        nonnegative=config.feature_nonnegative,
         kernel_scale=config.feature_kernel_scale,
     ).to(device)
 
