@@ -124,27 +124,27 @@ def hybrid_attention_step(
 
     use_triton = resolve_backend(backend, q, fq) == "triton"
 
-    keys = torch.cat([state.k, k], dim=1)
-    values = torch.cat([state.v, v], dim=1)
     if use_triton:
         from rehyat.attention.kernels.fused import triton_step_attention
 
+        cached = (state.k, state.v)
         out = triton_step_attention(
-            q, keys, values, fq, state.kv, state.z, frame_tokens=frame_tokens, scale=scale, stats=stats
+            q, k, v, *cached, fq, state.kv, state.z, frame_tokens=frame_tokens, scale=scale, stats=stats
         )
     else:
+        keys, values = torch.cat([state.k, k], dim=1), torch.cat([state.v, v], dim=1)
         out = _torch_step_attention(q, keys, values, fq, state.kv, state.z, scale, stats)
+        del keys, values
 
-    # Frames of the window that the next chunk's window (its last `overlap_frames` frames) drops.
-    # The kept ones are copied out of the window buffers (a slice would keep each whole window alive),
-    # and the window and φq(q) are released before φk(k) exists.
-    leaving = max(state.cached_frames + q.shape[1] // frame_tokens - overlap_frames, 0)
-
-    def keep(window: Tensor, per_frame: int) -> Tensor:
-        return window[:, leaving * per_frame :].clone() if leaving else window
-
-    kept_k, kept_v = keep(keys, frame_tokens), keep(values, frame_tokens)
-    del fq, keys, values
+    # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
+    # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
+    # released before φk(k) exists.
+    chunk_frames = q.shape[1] // frame_tokens
+    window_frames = state.cached_frames + chunk_frames
+    leaving = max(window_frames - overlap_frames, 0)
+    kept_tokens = (window_frames - leaving) * frame_tokens
+    kept_k, kept_v = _last_rows(state.k, k, kept_tokens), _last_rows(state.v, v, kept_tokens)
+    del fq
     if phi_k is not None:
         fk = phi_k(k)
         _check_late_features(fk, q, state.kv.shape[2])
@@ -161,6 +161,10 @@ def hybrid_attention_step(
         chunk_z = fk_frames.sum(dim=2)
     frame_kv = torch.cat([state.pending_kv, chunk_kv], dim=1)
     frame_z = torch.cat([state.pending_z, chunk_z], dim=1)
+
+    def keep(window: Tensor) -> Tensor:
+        return window[:, leaving:].clone() if leaving else window
+
     # The leaving frames join the sums; the kept ones stay pending.
     kv = state.kv + frame_kv[:, :leaving].sum(dim=1) if leaving else state.kv
     z = state.z + frame_z[:, :leaving].sum(dim=1) if leaving else state.z
@@ -170,11 +174,19 @@ def hybrid_attention_step(
         z=z,
         k=kept_k,
         v=kept_v,
-        pending_kv=keep(frame_kv, 1),
-        pending_z=keep(frame_z, 1),
-        frames_seen=state.frames_seen + q.shape[1] // frame_tokens,
+        pending_kv=keep(frame_kv),
+        pending_z=keep(frame_z),
+        frames_seen=state.frames_seen + chunk_frames,
     )
     return out, next_state
+
+
+def _last_rows(cached: Tensor, new: Tensor, count: int) -> Tensor:
+    """The last ``count`` rows (dim 1) of [cached ‖ new] in their own storage, concatenating only
+    when they reach into ``cached`` (then ``new`` is short: fewer rows than ``count``)."""
+    if count <= new.shape[1]:
+        return new[:, new.shape[1] - count :].clone()
+    return torch.cat([cached[:, cached.shape[1] - (count - new.shape[1]) :], new], dim=1)
 
 
 def _check_late_features(fk: Tensor, q: Tensor, feature_dim: int) -> None:

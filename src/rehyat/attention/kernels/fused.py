@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rehyat.attention._common import AttentionStats, resolve_scale
 from rehyat.attention.kernels.states import SegmentSums
-from rehyat.attention.kernels.windowed import WindowedHybridAttention
+from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
 from rehyat.attention.naive import states_from_frame_sums
 
 
@@ -69,8 +69,10 @@ def triton_hybrid_attention(
 
 def triton_step_attention(
     q: Tensor,
-    keys: Tensor,
-    values: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
@@ -79,9 +81,19 @@ def triton_step_attention(
     scale: float,
     stats: AttentionStats | None = None,
 ) -> Tensor:
-    """One chunk of the streaming form: q [B, n, H, D] attends with softmax to all of ``keys``/``values``
-    ([B, M + n, H, D], cached frames first) and linearly through the state kv [B, H, D', D], z [B, H, D']."""
-    n_q, n_k = q.shape[1], keys.shape[1]
-    return WindowedHybridAttention.apply(
-        q, keys, values, fq, kv[:, None], z[:, None], n_q, 0, n_k - n_q, frame_tokens, scale, stats
-    )
+    """One chunk of the streaming form: q [B, n, H, D] attends with softmax to the cached frames
+    ``cached_k``/``cached_v`` [B, M, H, D] followed by the chunk's k, v [B, n, H, D], and linearly
+    through the state kv [B, H, D', D], z [B, H, D'].
+
+    Without gradients to track, the kernel reads the cached frames and the chunk in place; otherwise
+    the keys are concatenated for the autograd function, whose backward needs them as one tensor.
+    """
+    n_q, n_cached = q.shape[1], cached_k.shape[1]
+    kv, z = kv[:, None], z[:, None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cached_k, cached_v, fq, kv, z)):
+        keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
+        return WindowedHybridAttention.apply(
+            q, keys, values, fq, kv, z, n_q, 0, n_cached, frame_tokens, scale, stats
+        )
+    prefix = (cached_k, cached_v) if n_cached else None
+    return windowed_attention_forward(q, k, v, fq, kv, z, n_q, 0, n_cached, scale, stats, prefix=prefix)

@@ -3,7 +3,9 @@
 Geometry, in tokens: queries of chunk t are rows [t·L, min((t+1)·L, NQ)) of q; their softmax keys are
 rows [max(t·L − O, 0), min((t+1)·L + K0, NK)) of k and v, where L = chunk length, O = overlap length
 and K0 = key offset. The parallel form uses K0 = 0 and k, v indexed like q; the streaming step uses
-one chunk whose keys are [cached overlap frames ‖ chunk] (K0 = cached tokens). The linear part enters
+one chunk whose keys are [cached overlap frames ‖ chunk] (K0 = cached tokens). Without gradients the
+forward can read such keys from two sources in place (HAS_PREFIX: keys j < M from the cached frames,
+the rest from the chunk's k, v at j − M) instead of from a concatenated copy. The linear part enters
 through each chunk's state KV_t [D', D] and z_t [D'] (fp32).
 
 Forward (per query block, all rows in one chunk): online softmax over the window in the log2 domain,
@@ -77,10 +79,43 @@ def _fwd_inner(
 
 
 @triton.jit
+def _fwd_range(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    lo,
+    hi,
+    offs_n,
+    offs_d,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Keys [lo, hi) of one source: its whole blocks unmasked, then the masked tail."""
+    full = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, full, offs_n, offs_d, qk_scale,
+        False, BLOCK_N, PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, full, hi, offs_n, offs_d, qk_scale,
+        True, BLOCK_N, PREC,
+    )  # fmt: skip
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
+    pk_ptr,
+    pv_ptr,
     fq_ptr,
     kv_ptr,
     z_ptr,
@@ -97,12 +132,19 @@ def _fwd_kernel(
     stride_vb,
     stride_vn,
     stride_vh,
+    stride_pkb,
+    stride_pkn,
+    stride_pkh,
+    stride_pvb,
+    stride_pvn,
+    stride_pvh,
     stride_fb,
     stride_fn,
     stride_fh,
     n_heads,
     n_q,
     n_k,
+    n_prefix,
     chunk_len,
     overlap_len,
     key_offset,
@@ -116,6 +158,7 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_E: tl.constexpr,
     HAS_LINEAR: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
     PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -127,7 +170,6 @@ def _fwd_kernel(
     row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
     key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
     key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
-    key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -136,18 +178,25 @@ def _fwd_kernel(
         mask=row_valid[:, None],
         other=0.0,
     )
-    k_base = k_ptr + batch * stride_kb + head * stride_kh
-    v_base = v_ptr + batch * stride_vb + head * stride_vh
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_lo, key_full, offs_n, offs_d,
-        qk_scale, False, BLOCK_N, PREC,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_full, key_hi, offs_n, offs_d,
-        qk_scale, True, BLOCK_N, PREC,
+    if HAS_PREFIX:
+        # Keys j < n_prefix are rows of the prefix, the others rows j − n_prefix of k, v.
+        pk_base = pk_ptr + batch * stride_pkb + head * stride_pkh
+        pv_base = pv_ptr + batch * stride_pvb + head * stride_pvh
+        prefix_hi = tl.maximum(tl.minimum(key_hi, n_prefix), key_lo)
+        acc, l_i, m_i = _fwd_range(
+            acc, l_i, m_i, q, pk_base, pv_base, stride_pkn, stride_pvn, key_lo, prefix_hi, offs_n,
+            offs_d, qk_scale, BLOCK_N, PREC,
+        )  # fmt: skip
+        key_lo = tl.maximum(key_lo - n_prefix, 0)
+        key_hi = tl.maximum(key_hi - n_prefix, key_lo)
+    k_base = k_ptr + batch * stride_kb + head * stride_kh
+    v_base = v_ptr + batch * stride_vb + head * stride_vh
+    acc, l_i, m_i = _fwd_range(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_lo, key_hi, offs_n, offs_d,
+        qk_scale, BLOCK_N, PREC,
     )  # fmt: skip
 
     num = acc
@@ -500,6 +549,94 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _prepared(
+    q: Tensor, k: Tensor, v: Tensor, fq: Tensor | None, kv: Tensor | None, z: Tensor | None
+) -> tuple[Tensor, ...]:
+    """The kernels' layout: rows of q, k, v, fq with a unit last stride; whole kv, z contiguous."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    if fq is not None:
+        fq, kv, z = _last_dim_contiguous(fq), kv.contiguous(), z.contiguous()
+    return q, k, v, fq, kv, z
+
+
+def _launch_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | None,
+    kv: Tensor | None,
+    z: Tensor | None,
+    prefix: tuple[Tensor, Tensor] | None,
+    chunk_len: int,
+    overlap_len: int,
+    key_offset: int,
+    scale: float,
+    stats: AttentionStats | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run ``_fwd_kernel`` on prepared inputs and count ``stats``; returns (y, m, nS, nL).
+
+    With ``prefix`` = (pk, pv) [B, M, H, D] the keys are [pk ‖ k] (values [pv ‖ v]) without being
+    concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v.
+    """
+    has_linear = fq is not None
+    batch, n_q, heads, head_dim = q.shape
+    pk, pv = prefix if prefix is not None else (k, v)
+    n_prefix = pk.shape[1] if prefix is not None else 0
+    n_k = n_prefix + k.shape[1]
+    feat = fq.shape[-1] if has_linear else 0
+    cfg = attention_config("fwd", head_dim, q.dtype, q.device)
+    blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+    out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
+    m, l_soft, n_lin = (
+        torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
+    )
+    _fwd_kernel[(n_programs, batch * heads)](
+        q, k, v, pk, pv,
+        fq if has_linear else q, kv if has_linear else q, z if has_linear else q,
+        out, m, l_soft, n_lin,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(pk), *_strides(pv),
+        *_strides(fq if has_linear else q),
+        heads, n_q, n_k, n_prefix, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
+        scale * LOG2E, DENOMINATOR_EPS,
+        D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear,
+        HAS_PREFIX=prefix is not None, PREC=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if stats is not None:
+        stats.total_rows += m.numel()
+        stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
+    return out, m, l_soft, n_lin
+
+
+def windowed_attention_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | None,
+    kv: Tensor | None,
+    z: Tensor | None,
+    chunk_len: int,
+    overlap_len: int,
+    key_offset: int,
+    scale: float,
+    stats: AttentionStats | None = None,
+    *,
+    prefix: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """The forward of :class:`WindowedHybridAttention` alone: no autograd graph, nothing saved.
+
+    ``prefix`` = (pk, pv) [B, M, H, D] gives the same result as passing k, v = [pk ‖ k], [pv ‖ v]
+    (key indices, ``key_offset`` included, count the prefix rows first) without building those
+    concatenations — for the streaming step, whose cached frames come first.
+    """
+    q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
+    if prefix is not None:
+        prefix = (_last_dim_contiguous(prefix[0]), _last_dim_contiguous(prefix[1]))
+    out, *_ = _launch_forward(q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats)
+    return out
+
+
 class WindowedHybridAttention(torch.autograd.Function):
     """(q, k, v, fq, kv, z) -> y: windowed softmax part + linear part through chunk states kv, z.
 
@@ -524,33 +661,10 @@ class WindowedHybridAttention(torch.autograd.Function):
         scale: float,
         stats: AttentionStats | None,
     ) -> Tensor:
-        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-        has_linear = fq is not None
-        if has_linear:
-            fq, kv, z = _last_dim_contiguous(fq), kv.contiguous(), z.contiguous()
-        batch, n_q, heads, head_dim = q.shape
-        n_k = k.shape[1]
-        feat = fq.shape[-1] if has_linear else 0
-        cfg = attention_config("fwd", head_dim, q.dtype, q.device)
-        blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
-        out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
-        m, l_soft, n_lin = (
-            torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
+        q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
+        out, m, l_soft, n_lin = _launch_forward(
+            q, k, v, fq, kv, z, None, chunk_len, overlap_len, key_offset, scale, stats
         )
-        _fwd_kernel[(n_programs, batch * heads)](
-            q, k, v,
-            fq if has_linear else q, kv if has_linear else q, z if has_linear else q,
-            out, m, l_soft, n_lin,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(fq if has_linear else q),
-            heads, n_q, n_k, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
-            scale * LOG2E, DENOMINATOR_EPS,
-            D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear,
-            PREC=dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
-        if stats is not None:
-            stats.total_rows += m.numel()
-            stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
         ctx.save_for_backward(q, k, v, fq, kv, z, out, m, l_soft, n_lin)
         ctx.geometry = (chunk_len, overlap_len, key_offset, split_len, scale)
         return out

@@ -1,0 +1,185 @@
+"""The streaming step on the Triton kernels: the no-grad path that reads the cached frames and the chunk
+in place (no concatenated window) against the autograd path (concatenated keys) and the reference.
+
+Runs in Triton's interpreter without a GPU (TRITON_INTERPRET=1, set before the kernel modules are
+first imported), on tiny shapes: 16-wide blocks, so the cached frames and the chunk end mid-block.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+from rehyat import AttentionStats, HybridAttentionState, hybrid_attention_step
+from rehyat.attention.kernels import fused
+from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
+from rehyat.attention.naive import naive_hybrid_attention
+
+from conftest import make_inputs, rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 2e-5  # fp32 kernels against the float64 reference
+SAME = 1e-6  # the two fp32 paths: the same sums, split into blocks differently
+
+
+def _stream(inputs, *, frame_tokens, chunks, overlap, grad, stats=None):
+    """Drive ``hybrid_attention_step`` over chunks of ``chunks[i]`` frames; the whole output.
+
+    ``grad`` makes the inputs require grad (the autograd path); otherwise the step runs under no_grad.
+    """
+    xs = [x.to(DEVICE, torch.float32).requires_grad_(grad) for x in inputs]
+    state: HybridAttentionState | None = None
+    outs, start = [], 0
+    with torch.set_grad_enabled(grad):
+        for frames in chunks:
+            piece = slice(start, start + frames * frame_tokens)
+            start = piece.stop
+            out, state = hybrid_attention_step(
+                *(x[:, piece] for x in xs),
+                state,
+                frame_tokens=frame_tokens,
+                overlap_frames=overlap,
+                stats=stats,
+                backend="triton",
+            )
+            outs.append(out)
+    return torch.cat(outs, 1).detach().cpu()
+
+
+def _chunks(frames: int, chunk: int) -> list[int]:
+    return [min(chunk, frames - start) for start in range(0, frames, chunk)]
+
+
+@pytest.mark.parametrize("batch,heads", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+@pytest.mark.parametrize("overlap", [0, 1, 2])
+def test_no_grad_step_matches_cat_path_and_parallel(overlap, chunk, batch, heads, monkeypatch):
+    """7 frames of 5 tokens (short last chunk for Tc in {2, 3}): no-cat == cat path == parallel causal."""
+    inputs = make_inputs(batch, 7, 5, heads, 16, 32, seed=10 * overlap + chunk + batch + heads)
+    geometry = dict(frame_tokens=5, chunks=_chunks(7, chunk), overlap=overlap)
+    calls = []
+    forward = fused.windowed_attention_forward
+
+    def recorded(*args, prefix, **kwargs):
+        calls.append(prefix)
+        return forward(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(fused, "windowed_attention_forward", recorded)
+    fast = _stream(inputs, grad=False, **geometry)
+    # Every step but the first (and all with To = 0) reads cached frames as a prefix.
+    assert [p is not None for p in calls] == [overlap > 0 and i > 0 for i in range(len(calls))]
+    calls.clear()
+    cat = _stream(inputs, grad=True, **geometry)
+    assert calls == []  # with gradients the autograd function runs instead
+    ref = naive_hybrid_attention(*inputs, frame_tokens=5, chunk_frames=chunk, overlap_frames=overlap)
+    assert rel_err(fast, cat) <= SAME
+    assert rel_err(fast, ref) <= TOL
+
+
+def test_grad_enabled_but_nothing_requires_grad_takes_the_no_cat_path(monkeypatch):
+    """Inference without ``torch.no_grad()``: no input needs a gradient, so no window is built."""
+    monkeypatch.setattr(torch, "cat", _forbidden_cat(torch.cat, min_rows=10))
+    q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(1, 6, 5, 2, 16, 16, seed=1))
+    state = None
+    for start in range(0, 30, 10):  # chunks of 2 frames, 1 cached: a window would be 15 rows
+        piece = slice(start, start + 10)
+        out, state = hybrid_attention_step(
+            q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
+            frame_tokens=5, overlap_frames=1, backend="triton",
+        )  # fmt: skip
+        assert out.grad_fn is None
+
+
+def _forbidden_cat(cat, min_rows: int):
+    """torch.cat that fails on [B, N, H, D] results of ``min_rows`` or more rows (a K/V window)."""
+
+    def checked(tensors, dim=0, **kwargs):
+        result = cat(tensors, dim=dim, **kwargs)
+        assert not (result.dim() == 4 and dim == 1 and result.shape[1] >= min_rows), "window concatenated"
+        return result
+
+    return checked
+
+
+def test_prefix_forward_equals_concatenated_keys_in_any_geometry():
+    """The kernel's prefix option on the parallel geometry (several chunks, windows straddling the
+    prefix end or past it), with and without a linear part; the prefix in a heads-major layout, so
+    its strides differ from k's in every dim but the last."""
+    q, k, v, fq = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 7, 5, 3, 16, 32, seed=4)[:4])
+    gen = torch.Generator().manual_seed(4)
+    kv, z = (torch.rand(2, 3, 3, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
+    for cut in (0, 7, 16, 23, 34):  # prefix rows: none, mid-block, a block, mid-chunk, all but one
+        for linear in ((fq, kv, z), (None, None, None)):
+            args = (*linear, 15, 10, 0, 0.3)  # chunks of 3 frames, overlap 2 frames
+            want = WindowedHybridAttention.apply(q, k, v, *linear, 15, 10, 0, 5, 0.3, None)
+            prefix = tuple(x[:, :cut].transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
+            got = windowed_attention_forward(q, k[:, cut:], v[:, cut:], *args, prefix=prefix if cut else None)
+            assert rel_err(got, want) <= SAME, (cut, linear[0] is None)
+
+
+def test_no_grad_step_counts_guarded_rows_like_the_cat_path():
+    """Signed features drive the denominator guard on some rows: same counts on both paths."""
+    q, k, v, fq, fk = make_inputs(1, 6, 4, 2, 16, 16, seed=3)
+    fq = fq.clone()
+    fq[:, 16:, 0] *= -50.0  # head 0, frames 4..5: a large negative linear part
+    counts = []
+    for grad in (False, True):
+        stats = AttentionStats()
+        _stream((q, k, v, fq, fk), frame_tokens=4, chunks=[2, 2, 2], overlap=1, grad=grad, stats=stats)
+        counts.append((stats.total_rows, stats.guarded_rows))
+    ref = AttentionStats()
+    naive_hybrid_attention(q, k, v, fq, fk, frame_tokens=4, chunk_frames=2, overlap_frames=1, stats=ref)
+    assert ref.guarded_rows >= 8
+    assert counts[0] == counts[1] == (ref.total_rows, ref.guarded_rows)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("overlap", [0, 1, 2, 4])
+def test_state_caches_the_last_overlap_frames_of_the_window(overlap, backend):
+    """After each step the state's k, v are the last To frames of [cached ‖ chunk], in their own
+    storage — taken from the chunk alone or, for chunks shorter than To, joined to the cached ones."""
+    s = 3
+    q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 9, s, 2, 16, 16, seed=5))
+    state, start = None, 0
+    for frames in (1, 3, 1, 2, 2):
+        piece = slice(start, start + frames * s)
+        start = piece.stop
+        cached = (state.k, state.v) if state is not None else (k[:, :0], v[:, :0])
+        with torch.no_grad():
+            _, state = hybrid_attention_step(
+                q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
+                frame_tokens=s, overlap_frames=overlap, backend=backend,
+            )  # fmt: skip
+        for got, old, new in ((state.k, cached[0], k[:, piece]), (state.v, cached[1], v[:, piece])):
+            window = torch.cat([old, new], dim=1)
+            assert torch.equal(got, window[:, window.shape[1] - min(overlap * s, window.shape[1]) :])
+            assert got.untyped_storage().nbytes() == got.numel() * got.element_size()
+        assert state.cached_frames == state.k.shape[1] // s
+
+
+@pytest.mark.parametrize("chunk,overlap", [(1, 2), (2, 1), (3, 3)])
+def test_grad_enabled_step_matches_reference_gradients(chunk, overlap):
+    """With gradients the step keeps the autograd path, and the cached frames carry gradients into
+    the next steps whether they come from the chunk alone (Tc > To) or from both (Tc ≤ To)."""
+    inputs = make_inputs(1, 7, 5, 2, 16, 16, seed=chunk + overlap)
+    kwargs = dict(frame_tokens=5, chunk_frames=chunk, overlap_frames=overlap)
+    grad_out = torch.randn(inputs[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    naive_hybrid_attention(*leaves, **kwargs).backward(grad_out)
+    fast = [x.to(DEVICE, torch.float32).requires_grad_(True) for x in inputs]
+    state, outs = None, []
+    for start in range(0, 35, chunk * 5):
+        piece = slice(start, start + chunk * 5)
+        out, state = hybrid_attention_step(
+            *(x[:, piece] for x in fast), state, frame_tokens=5, overlap_frames=overlap, backend="triton"
+        )
+        outs.append(out)
+    torch.cat(outs, 1).backward(grad_out.to(DEVICE, torch.float32))
+    for name, got, want in zip(("q", "k", "v", "fq", "fk"), fast, leaves, strict=True):
+        assert rel_err(got.grad.cpu(), want.grad) <= TOL, name
