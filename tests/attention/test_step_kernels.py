@@ -183,3 +183,26 @@ def test_grad_enabled_step_matches_reference_gradients(chunk, overlap):
     torch.cat(outs, 1).backward(grad_out.to(DEVICE, torch.float32))
     for name, got, want in zip(("q", "k", "v", "fq", "fk"), fast, leaves, strict=True):
         assert rel_err(got.grad.cpu(), want.grad) <= TOL, name
+
+
+def test_frame_sums_split_frames_into_runs_and_add_them_back():
+    """A chunk's few frames are summed in runs of a frame (more kernel programs), then added per frame."""
+    from rehyat.attention.kernels.states import SegmentSums
+
+    torch.manual_seed(0)
+    fk = torch.randn(2, 2 * 128, 1, 16, device=DEVICE, requires_grad=True)
+    v = torch.randn(2, 2 * 128, 1, 16, device=DEVICE, requires_grad=True)
+    split_kv, split_z = fused.frame_sums(fk, v, 128)  # 4 programs: frames cut in 2 runs of 64
+    whole_kv, whole_z = SegmentSums.apply(fk, v, 128)
+    assert split_kv.shape == whole_kv.shape == (2, 2, 1, 16, 16) and split_z.shape == (2, 2, 1, 16)
+    torch.testing.assert_close(split_kv, whole_kv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split_z, whole_z, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(whole_kv), torch.randn_like(whole_z)
+
+    def grads(kv, z):
+        return torch.autograd.grad((kv * weights[0]).sum() + (z * weights[1]).sum(), [fk, v])
+
+    for got, want in zip(grads(split_kv, split_z), grads(whole_kv, whole_z), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    explicit = SegmentSums.apply(fk, v, 64)[0].view(2, 2, 2, 1, 16, 16).sum(2)
+    assert torch.equal(explicit, split_kv)  # it did split: the same sums in the same order

@@ -151,34 +151,39 @@ def hybrid_attention_step(
 
     # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
     if use_triton:
-        from rehyat.attention.kernels.states import SegmentSums
+        from rehyat.attention.kernels.fused import frame_sums
 
-        chunk_kv, chunk_z = SegmentSums.apply(fk, v, frame_tokens)
+        chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
     else:
         shape = (fk.shape[0], -1, frame_tokens, *fk.shape[2:])
         fk_frames, v_frames = fk.to(acc).reshape(shape), v.to(acc).reshape(*shape[:-1], v.shape[-1])
         chunk_kv = torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames)
         chunk_z = fk_frames.sum(dim=2)
-    frame_kv = torch.cat([state.pending_kv, chunk_kv], dim=1)
-    frame_z = torch.cat([state.pending_z, chunk_z], dim=1)
-
-    def keep(window: Tensor) -> Tensor:
-        return window[:, leaving:].clone() if leaving else window
-
-    # The leaving frames join the sums; the kept ones stay pending.
-    kv = state.kv + frame_kv[:, :leaving].sum(dim=1) if leaving else state.kv
-    z = state.z + frame_z[:, :leaving].sum(dim=1) if leaving else state.z
+    # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
+    kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
+    z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
 
     next_state = HybridAttentionState(
         kv=kv,
         z=z,
         k=kept_k,
         v=kept_v,
-        pending_kv=keep(frame_kv),
-        pending_z=keep(frame_z),
+        pending_kv=pending_kv,
+        pending_z=pending_z,
         frames_seen=state.frames_seen + chunk_frames,
     )
     return out, next_state
+
+
+def _retire(total: Tensor, pending: Tensor, new: Tensor, leaving: int) -> tuple[Tensor, Tensor]:
+    """Add the first ``leaving`` frames (dim 1) of [pending ‖ new] to ``total``; return it and the rest,
+    without concatenating the two."""
+    from_pending = min(leaving, pending.shape[1])
+    for part, count in ((pending, from_pending), (new, leaving - from_pending)):
+        if count:
+            total = total + part[:, :count].sum(dim=1)
+    kept = pending.shape[1] + new.shape[1] - leaving
+    return total, _last_rows(pending, new, kept)
 
 
 def _last_rows(cached: Tensor, new: Tensor, count: int) -> Tensor:

@@ -11,9 +11,37 @@ import torch
 from torch import Tensor
 
 from rehyat.attention._common import AttentionStats, resolve_scale
+from rehyat.attention.kernels.config import feature_block
 from rehyat.attention.kernels.states import SegmentSums
 from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
 from rehyat.attention.naive import states_from_frame_sums
+
+
+def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int, min_programs: int = 512) -> tuple[Tensor, Tensor]:
+    """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] (fp32), for few frames as fast as for many.
+
+    One kernel program per (frame, head, feature slice) leaves most of the GPU idle when a streaming
+    step has only a chunk's frames, so each frame is cut into up to 8 equal runs (while that gives
+    fewer than ``min_programs`` programs and runs stay ≥ 64 tokens) and the partial sums are added.
+    """
+    batch, n_tokens, heads, feat = fk.shape
+    frames = n_tokens // frame_tokens
+    programs = frames * batch * heads * (feat // feature_block(feat))
+    split = 1
+    while (
+        split < 8
+        and programs * split < min_programs
+        and frame_tokens % (2 * split) == 0
+        and frame_tokens // (2 * split) >= 64
+    ):
+        split *= 2
+    kv, z = SegmentSums.apply(fk, v, frame_tokens // split)
+    if split == 1:
+        return kv, z
+    return (
+        kv.view(batch, frames, split, *kv.shape[2:]).sum(dim=2),
+        z.view(batch, frames, split, *z.shape[2:]).sum(dim=2),
+    )
 
 
 def chunk_states(
