@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-6 quality table on one GPU: the toy students are tiny, so three `rehyat bench toy` processes
+# The issue-6 quality table on one GPU: the toy students are tiny, so five `rehyat bench toy` processes
 # share the card (disjoint students; half_blocks reuses the rehyat student's stage 1, so they run
 # together), then a last run merges their per-student results and writes the table to $OUT (or
 # ./runs)/toybench. Needs diffusers: where it is missing, carry wheels in .whl (see the device README).
@@ -13,21 +13,21 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 mkdir -p "$RUN"
-GROUPS_=("rehyat half_blocks" "rehyat_to0 bidirectional" "local linear uniform_hybrid")
-for i in 0 1 2; do
+GROUPS_=("rehyat half_blocks" "rehyat_nonneg teacher_finetuned" "rehyat_to0 bidirectional" "local linear" "uniform_hybrid")
+for i in "${!GROUPS_[@]}"; do
   # shellcheck disable=SC2086
-  timeout "$LIMIT" python3 -m rehyat.cli bench toy --device cuda --work "$WORK/part$i" --out "$WORK/out$i" \
+  timeout "$LIMIT" python3 -m rehyat.cli bench toy --device cuda --work "$WORK/part$i" --out "$WORK/out$i" "$@" \
     --only ${GROUPS_[$i]} > "$RUN/part$i.log" 2>&1 &
 done
 wait
 mkdir -p "$WORK/all"
-for i in 0 1 2; do
+for i in "${!GROUPS_[@]}"; do
   for done in "$WORK"/part$i/*/result.json; do
     [ -f "$done" ] || continue
     student=$(basename "$(dirname "$done")")
     mkdir -p "$WORK/all/$student" && cp "$done" "$WORK/all/$student/"
   done
 done
-python3 -m rehyat.cli bench toy --device cuda --work "$WORK/all" --out "$RUN" --report-only > "$RUN/merge.log" 2>&1
+python3 -m rehyat.cli bench toy --device cuda --work "$WORK/all" --out "$RUN" "$@" --report-only > "$RUN/merge.log" 2>&1
 tail -3 "$RUN/merge.log"
-tar czf "$RUN/work.tgz" -C "$WORK" --exclude='finetune_data' --exclude='checkpoints' --exclude='*/finetune/final' . || true
+tar czf "$RUN/work.tgz" -C "$WORK" --exclude='finetune_data' --exclude='checkpoints' --exclude='final*' --exclude='stage1' . || true
