@@ -33,20 +33,22 @@ MIN_BLOCK = 16
 
 _INTERPRETER_ATTENTION = AttentionConfig(MIN_BLOCK, MIN_BLOCK, 1, 1)
 
-#: Per kernel ("fwd", "bwd_dq", "bwd_dkdv"), keyed by head dim; chosen on an H100 (see bench notes).
+#: Per kernel ("fwd", "bwd_dq", "bwd_dkdv"), keyed by head dim; chosen on an H100, head dim 128 re-swept
+#: on an H200 at the Wan shape (8 candidates per kernel, median of do_bench; fwd 128×128: −2% forward,
+#: bwd_dq 128×64: −8% softmax fwd+bwd at 21 frames, the same with the linear part).
 ATTENTION_CONFIGS: dict[str, dict[int, AttentionConfig]] = {
     "fwd": {
         16: AttentionConfig(64, 64, 4, 3),
         32: AttentionConfig(64, 64, 4, 3),
         64: AttentionConfig(128, 64, 4, 3),
-        128: AttentionConfig(128, 64, 8, 3),
+        128: AttentionConfig(128, 128, 8, 3),
         256: AttentionConfig(64, 32, 8, 2),
     },
     "bwd_dq": {
         16: AttentionConfig(64, 32, 4, 3),
         32: AttentionConfig(64, 32, 4, 3),
         64: AttentionConfig(64, 64, 4, 3),
-        128: AttentionConfig(64, 64, 4, 3),
+        128: AttentionConfig(128, 64, 8, 3),
         256: AttentionConfig(64, 32, 8, 2),
     },
     "bwd_dkdv": {
