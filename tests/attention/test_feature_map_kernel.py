@@ -3,7 +3,8 @@
 Without a GPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set before the kernel module
 is first imported, as in test_kernels.py). Blocks are 16 tokens there, so N = 19 spans two blocks and
 ends mid-block. float32 kernel inputs are compared with the float64 PyTorch path: x, every weight and
-every bias, with random weights and non-zero biases so that each term matters.
+every bias, with random weights and non-zero biases so that each term matters; both the paper's signed
+powers and the even powers of ``nonnegative=True``.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def _maps(heads, d, degree, layers, activation, bias, seed=0):
+def _maps(heads, d, degree, layers, activation, bias, seed=0, nonnegative=False):
     """A random-weight map with non-zero biases, and its float64 copy (the reference)."""
     torch.manual_seed(seed)
-    phi = PolynomialFeatureMap(heads, d, degree, layers, activation=activation, bias=bias, init="random")
+    kwargs = dict(activation=activation, bias=bias, init="random", nonnegative=nonnegative)
+    phi = PolynomialFeatureMap(heads, d, degree, layers, **kwargs)
     if bias:
         with torch.no_grad():
             for b in phi.biases:
                 b.normal_(0.0, 0.3)
-    ref = PolynomialFeatureMap(heads, d, degree, layers, activation=activation, bias=bias, init="random")
+    ref = PolynomialFeatureMap(heads, d, degree, layers, **kwargs)
     ref.load_state_dict(phi.state_dict())
     return phi.to(DEVICE), ref.double()
 
@@ -48,8 +50,22 @@ def _run(phi, x, grad, **kwargs):
     return out.detach(), [leaf.grad] + [p.grad for p in phi.parameters()]
 
 
-def _compare(batch, n, heads, d, degree, layers, activation, bias, *, dtype=torch.float32, tol=TOL, x=None):
-    phi, ref = _maps(heads, d, degree, layers, activation, bias)
+def _compare(
+    batch,
+    n,
+    heads,
+    d,
+    degree,
+    layers,
+    activation,
+    bias,
+    *,
+    dtype=torch.float32,
+    tol=TOL,
+    x=None,
+    nonnegative=False,
+):
+    phi, ref = _maps(heads, d, degree, layers, activation, bias, nonnegative=nonnegative)
     gen = torch.Generator().manual_seed(1)
     if x is None:
         x = torch.randn(batch, n, heads, d, generator=gen, dtype=torch.float64)
@@ -58,6 +74,8 @@ def _compare(batch, n, heads, d, degree, layers, activation, bias, *, dtype=torc
     got, got_grads = _run(phi.to(dtype), x.to(DEVICE, dtype), grad.to(DEVICE), backend="triton")
     assert got.dtype == dtype and got.shape == want.shape
     assert rel_err(got.cpu(), want) <= tol, f"φ: {rel_err(got.cpu(), want):.2e}"
+    if nonnegative:
+        assert (got >= 0).all()
     names = ["x"] + [name for name, _ in ref.named_parameters()]
     assert len(got_grads) == len(want_grads) == 1 + layers * (2 if bias else 1)
     for name, g, w in zip(names, got_grads, want_grads, strict=True):
@@ -81,9 +99,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch,n,heads,d,degree,layers,activation,bias", CASES)
-def test_kernel_matches_torch_path(batch, n, heads, d, degree, layers, activation, bias):
-    _compare(batch, n, heads, d, degree, layers, activation, bias)
+# The non-negative map's even powers 2·⌈p/2⌉ (ψ_1² for P = 1, [ψ_1², ψ_2², ψ_3⁴, ψ_4⁴] for P = 4): one
+# and two layers, P = 1..4, bias on and off.
+NONNEGATIVE_CASES = [
+    (1, 19, 1, 16, 1, 1, "relu", True),
+    (1, 19, 2, 16, 2, 1, "gelu", False),
+    (1, 7, 1, 16, 4, 1, "silu", True),
+    (1, 19, 1, 16, 1, 2, "silu", False),
+    (2, 19, 1, 16, 2, 2, "relu", True),
+    (1, 19, 3, 16, 3, 2, "gelu", False),
+    (1, 19, 1, 16, 4, 2, "relu", True),
+]
+
+
+@pytest.mark.parametrize(
+    "batch,n,heads,d,degree,layers,activation,bias,nonnegative",
+    [(*case, False) for case in CASES] + [(*case, True) for case in NONNEGATIVE_CASES],
+)
+def test_kernel_matches_torch_path(batch, n, heads, d, degree, layers, activation, bias, nonnegative):
+    _compare(batch, n, heads, d, degree, layers, activation, bias, nonnegative=nonnegative)
 
 
 def test_strided_input():
@@ -98,9 +132,10 @@ def test_half_inputs(dtype):
     _compare(2, 19, 2, 16, 2, 2, "gelu", True, dtype=dtype, tol=2e-2)
 
 
-def test_frozen_weights_and_input_only_gradients():
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_frozen_weights_and_input_only_gradients(nonnegative):
     """Gradients only where asked: frozen weights get none, and dx stays right without them."""
-    phi, ref = _maps(2, 16, 2, 2, "silu", True)
+    phi, ref = _maps(2, 16, 2, 2, "silu", True, nonnegative=nonnegative)
     phi.requires_grad_(False)
     x = torch.randn(1, 19, 2, 16, dtype=torch.float64)
     grad = torch.randn(1, 19, 2, 32, dtype=torch.float64)
@@ -170,8 +205,8 @@ def test_bias_partials_are_rewritten_by_every_block_size():
     for block in (32, 16, 32):  # 16 writes rows 0-2; 32 writes sums to rows 0, 2 and zeros to 1, 3
         kernel[(triton_cdiv(40, block), 2, 1)](
             xf, gf, w1, b1, w2, b2, dx, *out, db1, db2, *xf.stride()[:3], *gf.stride()[:3], 40, 2, rows,
-            D=16, P=2, LAYERS=2, ACT=0, HAS_BIAS=True, STORE=True, DT=fm._dot_dtype(torch.float32),
-            PREC="ieee", MIN_BLOCK_N=16, BLOCK_N=block, num_warps=1,
+            D=16, P=2, LAYERS=2, ACT=0, HAS_BIAS=True, EVEN=False, STORE=True,
+            DT=fm._dot_dtype(torch.float32), PREC="ieee", MIN_BLOCK_N=16, BLOCK_N=block, num_warps=1,
         )  # fmt: skip
         assert rel_err(db1.sum(0).cpu(), want[-2]) <= TOL and rel_err(db2.sum(0).cpu(), want[-1]) <= TOL, (
             block

@@ -20,7 +20,7 @@ Choices the paper leaves open (documented here, compared by distillation error i
 - ``nonnegative=True``: every part gets an even power, 2·⌈p/2⌉ (P = 2: φ = [ψ_1², ψ_2²]), so φq·φk ≥ 0
   and the linear part can never cancel the softmax normaliser (den ≥ nS ≥ 1). The paper's signed
   degree-1 part can, which on held-out inputs shows up as a few rows with a tiny denominator; the toy
-  quality table compares both. PyTorch path only.
+  quality table compares both. The fused φ kernel computes these even powers too (forward and backward).
 
 Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
 (:mod:`rehyat.attention.kernels.feature_map`: no hidden activation in HBM) on CUDA when Triton is
@@ -50,8 +50,6 @@ def kernel_unsupported_reason(phi: PolynomialFeatureMap, x: Tensor) -> str | Non
     from rehyat.attention.kernels import interpreting
 
     d = phi.head_dim
-    if phi.nonnegative:
-        return "nonnegative=True (the φ kernel computes the signed powers ψ_p^p)"
     if phi.num_layers > 2:
         return f"num_layers {phi.num_layers} (the φ kernel takes 1 or 2 layers)"
     if phi.degree > _KERNEL_MAX_DEGREE:
@@ -213,7 +211,7 @@ class PolynomialFeatureMap(nn.Module):
         biases = None if self.biases is None else list(self.biases)
         with torch.autocast(x.device.type, enabled=False):
             features = polynomial_feature_map(
-                inputs, list(self.weights), biases, self.degree, self.activation
+                inputs, list(self.weights), biases, self.degree, self.activation, self.nonnegative
             )
         return features.to(x.dtype)
 

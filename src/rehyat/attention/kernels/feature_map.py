@@ -6,13 +6,16 @@ handled as P tiles of D columns, and the last layer's output as P accumulators (
 each weight tile [D, D] is loaded once per program and layer 1 is computed once:
 
     one layer:   ψ_q = x W[:, q] + b_q
-    two layers:  ψ_q = Σ_j act(x W1[:, j] + b1_j) W2[j, q] + b2_q,   φ_q = ψ_q^(q+1)
+    two layers:  ψ_q = Σ_j act(x W1[:, j] + b1_j) W2[j, q] + b2_q,   φ_q = ψ_q^(e_q)
 
-(``W[i, j]`` is the [D, D] tile of rows i·D.., columns j·D..). Dots take the inputs' dtype (weights are
-cast to it, like the PyTorch path) and accumulate in fp32; biases, activations and powers are fp32.
+(``W[i, j]`` is the [D, D] tile of rows i·D.., columns j·D..). The power of the 0-based part q is
+e_q = q + 1 (the paper's signed map) or, with EVEN (``nonnegative=True``), the even 2·⌈(q+1)/2⌉: q + 2
+for even q, q + 1 for odd q (P = 2: [ψ_0², ψ_1²]); q and EVEN are compile-time, so each part is a fixed
+product. Dots take the inputs' dtype (weights are cast to it, like the PyTorch path) and accumulate in
+fp32; biases, activations and powers are fp32.
 
 Backward (one kernel per token block, recomputing the forward; nothing is saved but x and the weights):
-    dψ_q = dφ_q · (q+1) · ψ_q^q,   da_j = Σ_q dψ_q W2[j, q]ᵀ,   dh_j = da_j · act'(h_j),
+    dψ_q = dφ_q · e_q · ψ_q^(e_q − 1),   da_j = Σ_q dψ_q W2[j, q]ᵀ,   dh_j = da_j · act'(h_j),
     dx = Σ_j dh_j W1[:, j]ᵀ   (one layer: dx = Σ_q dψ_q W[:, q]ᵀ).
 The weight gradients are reductions over all tokens: the kernel writes the layer inputs and output
 gradients it has in registers anyway (a = act(h) and dh, dψ, in the inputs' dtype) and cuBLAS does
@@ -67,7 +70,7 @@ def _partial_rows(n_tokens: int) -> int:
     )
 
 
-_KEY = ["D", "P", "LAYERS", "ACT", "HAS_BIAS"]
+_KEY = ["D", "P", "LAYERS", "ACT", "HAS_BIAS", "EVEN"]
 
 
 @triton.jit
@@ -189,12 +192,15 @@ def _psi(x, w1, b1, w2, b2, a_ptrs, row_valid, offs_d, E: tl.constexpr, D: tl.co
 
 @triton.jit
 def _store_power(acc, b_last, q: tl.constexpr, out_ptrs, row_valid, offs_d, D: tl.constexpr,
-                 HAS_BIAS: tl.constexpr):  # fmt: skip
+                 HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):  # fmt: skip
+    """φ_q = ψ_q^(e_q): ψ_q^(q+1), and with EVEN one factor more for even q (ψ_q^(q+2))."""
     psi = acc
     if HAS_BIAS:
         psi += _bias(b_last, q, offs_d, D)[None, :]
     phi = psi
     for _ in tl.static_range(q):
+        phi *= psi
+    if EVEN and q % 2 == 0:
         phi *= psi
     tl.store(out_ptrs + q * D, phi.to(out_ptrs.dtype.element_ty), mask=row_valid[:, None])
 
@@ -218,6 +224,7 @@ def _fwd_kernel(
     LAYERS: tl.constexpr,
     ACT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    EVEN: tl.constexpr,
     DT: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -235,28 +242,35 @@ def _fwd_kernel(
     )  # fmt: skip
     b_last = b1 if LAYERS == 1 else b2
     out_ptrs = out_ptr + ((batch * n_tokens + rows[:, None]) * n_heads + head) * E + offs_d[None, :]
-    _store_power(acc0, b_last, 0, out_ptrs, row_valid, offs_d, D, HAS_BIAS)
+    _store_power(acc0, b_last, 0, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
     if P > 1:
-        _store_power(acc1, b_last, 1, out_ptrs, row_valid, offs_d, D, HAS_BIAS)
+        _store_power(acc1, b_last, 1, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
     if P > 2:
-        _store_power(acc2, b_last, 2, out_ptrs, row_valid, offs_d, D, HAS_BIAS)
+        _store_power(acc2, b_last, 2, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
     if P > 3:
-        _store_power(acc3, b_last, 3, out_ptrs, row_valid, offs_d, D, HAS_BIAS)
+        _store_power(acc3, b_last, 3, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
 
 
 @triton.jit
 def _dpsi(acc, b_last, q: tl.constexpr, g_ptrs, dpsi_ptrs, db_ptrs, row_valid, offs_d, D: tl.constexpr,
-          HAS_BIAS: tl.constexpr, STORE: tl.constexpr, DT: tl.constexpr):  # fmt: skip
-    """dψ_q = dφ_q · (q+1) · ψ_q^q (zero on rows past the end); stores it and its column sum if asked."""
+          HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, STORE: tl.constexpr,
+          DT: tl.constexpr):  # fmt: skip
+    """dψ_q = dφ_q · e_q · ψ_q^(e_q − 1) (zero on rows past the end): (q+1) · ψ_q^q, and with EVEN for
+    even q (q+2) · ψ_q^(q+1) (2ψ_0 for ψ_0²). Stores it and its column sum if asked."""
     g = tl.load(g_ptrs + q * D, mask=row_valid[:, None], other=0.0).to(tl.float32)
-    if q > 0:
+    if q > 0 or (EVEN and q % 2 == 0):
         psi = acc
         if HAS_BIAS:
             psi += _bias(b_last, q, offs_d, D)[None, :]
         power = psi
-        for _ in tl.static_range(q - 1):
-            power *= psi
-        g = g * (q + 1.0) * power
+        if EVEN and q % 2 == 0:
+            for _ in tl.static_range(q):
+                power *= psi
+            g = g * (q + 2.0) * power
+        else:
+            for _ in tl.static_range(q - 1):
+                power *= psi
+            g = g * (q + 1.0) * power
     if STORE:
         tl.store(dpsi_ptrs + q * D, g.to(dpsi_ptrs.dtype.element_ty), mask=row_valid[:, None])
         if HAS_BIAS:
@@ -315,6 +329,7 @@ def _bwd_kernel(
     LAYERS: tl.constexpr,
     ACT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    EVEN: tl.constexpr,
     STORE: tl.constexpr,
     DT: tl.constexpr,
     PREC: tl.constexpr,
@@ -349,16 +364,24 @@ def _bwd_kernel(
         _zero_rows(db1_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
         if LAYERS == 2:
             _zero_rows(db2_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
-    dp0 = _dpsi(acc0, b_last, 0, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, STORE, DT)
+    dp0 = _dpsi(
+        acc0, b_last, 0, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
+    )  # fmt: skip
     dp1 = dp0
     dp2 = dp0
     dp3 = dp0
     if P > 1:
-        dp1 = _dpsi(acc1, b_last, 1, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, STORE, DT)
+        dp1 = _dpsi(
+            acc1, b_last, 1, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
+        )  # fmt: skip
     if P > 2:
-        dp2 = _dpsi(acc2, b_last, 2, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, STORE, DT)
+        dp2 = _dpsi(
+            acc2, b_last, 2, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
+        )  # fmt: skip
     if P > 3:
-        dp3 = _dpsi(acc3, b_last, 3, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, STORE, DT)
+        dp3 = _dpsi(
+            acc3, b_last, 3, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
+        )  # fmt: skip
     if LAYERS == 1:
         dx = tl.zeros([BLOCK_N, D], dtype=tl.float32)
         for q in tl.static_range(P):
@@ -404,9 +427,15 @@ def _grid(x: Tensor):
 
 
 def feature_map_forward(
-    x: Tensor, weights: list[Tensor], biases: list[Tensor] | None, degree: int, activation: str
+    x: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor] | None,
+    degree: int,
+    activation: str,
+    nonnegative: bool = False,
 ) -> Tensor:
-    """φ(x) [B, N, H, P·D] in x's dtype; ``weights`` already in x's dtype, contiguous [H, ·, ·]."""
+    """φ(x) [B, N, H, P·D] in x's dtype; ``weights`` already in x's dtype, contiguous [H, ·, ·].
+    ``nonnegative``: the even powers 2·⌈p/2⌉ instead of p."""
     x = _rows(x)
     batch, n_tokens, heads, d = x.shape
     out = x.new_empty(batch, n_tokens, heads, degree * d)
@@ -415,7 +444,7 @@ def feature_map_forward(
     _fwd_kernel[_grid(x)](
         x, w1, b1, w2, b2, out, x.stride(0), x.stride(1), x.stride(2), n_tokens, heads,
         D=d, P=degree, LAYERS=len(weights), ACT=ACTIVATION_CODES[activation], HAS_BIAS=biases is not None,
-        DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
+        EVEN=nonnegative, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
     )  # fmt: skip
     return out
 
@@ -425,19 +454,23 @@ def _head_major(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[2], t.shape[3]).transpose(0, 1)
 
 
+#: Position of the first weight among ``PolynomialFeatureMapFunction.apply``'s arguments.
+_FIRST_PARAM = 4
+
+
 class PolynomialFeatureMapFunction(torch.autograd.Function):
-    """φ(x) through the kernels: ``apply(x, degree, activation, w_1, …, w_L, b_1, …, b_L)`` (weights
-    [H, d_in, d_out], biases [H, d_out] or left out), cast to x's dtype like the PyTorch path."""
+    """φ(x) through the kernels: ``apply(x, degree, activation, nonnegative, w_1, …, w_L, b_1, …, b_L)``
+    (weights [H, d_in, d_out], biases [H, d_out] or left out), cast to x's dtype like the PyTorch path."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, degree: int, activation: str, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, degree: int, activation: str, nonnegative: bool, *params: Tensor) -> Tensor:
         layers = len(params) // 2 if any(p.dim() == 2 for p in params) else len(params)
         weights = [w.to(x.dtype).contiguous() for w in params[:layers]]
         biases = list(params[layers:]) or None
         ctx.save_for_backward(x, *weights, *(biases or []))
-        ctx.layers, ctx.degree, ctx.activation = layers, degree, activation
+        ctx.layers, ctx.degree, ctx.activation, ctx.nonnegative = layers, degree, activation, nonnegative
         ctx.param_dtypes = [p.dtype for p in params]
-        return feature_map_forward(x, weights, biases, degree, activation)
+        return feature_map_forward(x, weights, biases, degree, activation, nonnegative)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -449,7 +482,7 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
         grad = _rows(grad.to(x.dtype))
         batch, n_tokens, heads, d = x.shape
         width = ctx.degree * d
-        want_params = any(ctx.needs_input_grad[3:])
+        want_params = any(ctx.needs_input_grad[_FIRST_PARAM:])
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         acts = torch.empty(batch, n_tokens, heads, width, dtype=x.dtype, device=x.device)
         if want_params:
@@ -471,25 +504,32 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
             x.stride(0), x.stride(1), x.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
             n_tokens, heads, max_blocks,
             D=d, P=ctx.degree, LAYERS=layers, ACT=ACTIVATION_CODES[ctx.activation], HAS_BIAS=has_bias,
-            STORE=want_params, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype), MIN_BLOCK_N=_MIN_BLOCK_N,
+            EVEN=ctx.nonnegative, STORE=want_params, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
+            MIN_BLOCK_N=_MIN_BLOCK_N,
         )  # fmt: skip
         grads: list[Tensor | None] = [None] * len(ctx.param_dtypes)
         if want_params:
             # Layer inputs and output gradients, [H, tokens, ·] views: dW = inputᵀ · d(output), per head.
             pairs = [(x, dpsi)] if layers == 1 else [(x, dh), (acts, dpsi)]
             for index, (inp, dout) in enumerate(pairs):
-                if ctx.needs_input_grad[3 + index]:
+                if ctx.needs_input_grad[_FIRST_PARAM + index]:
                     dw = torch.bmm(_head_major(inp).transpose(1, 2), _head_major(dout))
                     grads[index] = dw.to(ctx.param_dtypes[index])
             if has_bias:
                 for index, partial in enumerate([db1] if layers == 1 else [db1, db2]):
-                    if ctx.needs_input_grad[3 + layers + index]:
+                    if ctx.needs_input_grad[_FIRST_PARAM + layers + index]:
                         grads[layers + index] = partial.sum(0).to(ctx.param_dtypes[layers + index])
-        return (dx if ctx.needs_input_grad[0] else None), None, None, *grads
+        return (dx if ctx.needs_input_grad[0] else None), None, None, None, *grads
 
 
 def polynomial_feature_map(
-    x: Tensor, weights: list[Tensor], biases: list[Tensor] | None, degree: int, activation: str
+    x: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor] | None,
+    degree: int,
+    activation: str,
+    nonnegative: bool = False,
 ) -> Tensor:
-    """Differentiable φ(x) on the kernels (inputs validated by the caller)."""
-    return PolynomialFeatureMapFunction.apply(x, degree, activation, *weights, *(biases or []))
+    """Differentiable φ(x) on the kernels (inputs validated by the caller); ``nonnegative`` gives the
+    even powers 2·⌈p/2⌉ of PolynomialFeatureMap(nonnegative=True) instead of the signed p."""
+    return PolynomialFeatureMapFunction.apply(x, degree, activation, nonnegative, *weights, *(biases or []))
