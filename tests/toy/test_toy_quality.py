@@ -88,7 +88,7 @@ def test_targets_read_the_issue_rows():
     assert targets["ReHyAt adherence above local-only"] == (9, True)
     assert targets["ReHyAt adherence above linear-only"] == (-3, False)
     assert targets["To=1 above To=0 on temporal consistency"] == (-1, False)
-    assert targets["long videos keep adherence within 5 points of short ones"] == (9, False)
+    assert targets["ReHyAt: long videos keep adherence within 5 points of short ones"] == (9, False)
     assert {s.name for s in STUDENTS} >= {"rehyat", "rehyat_to0", "local", "linear"}
 
 
