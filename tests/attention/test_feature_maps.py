@@ -96,10 +96,10 @@ def test_output_dtype_follows_the_input_under_autocast():
 def test_nonnegative_map_uses_even_powers_and_never_cancels(degree, layers):
     d, scale = 8, 8**-0.5
     phi = PolynomialFeatureMap(2, d, degree, layers, nonnegative=True, init="random").double()
-    assert phi.exponents == tuple(2 * math.ceil(p / 2) for p in range(1, degree + 1))
+    assert phi.exponents == tuple(2 * p for p in range(1, degree + 1))
     q, k = torch.randn(2, 1, 32, 2, d, dtype=torch.float64).unbind(0)
     assert (phi(q) >= 0).all() and (torch.einsum("bnhe,bmhe->bhnm", phi(q), phi(k)) >= 0).all()
-    # Taylor init: each part is the even term of a diagonal exp expansion.
+    # Taylor init: part p is the degree-2p term of a diagonal exp expansion.
     taylor = PolynomialFeatureMap(2, d, degree, layers, nonnegative=True, kernel_scale=1e-2).double()
     taylor.reset_parameters()
     prod = torch.einsum("bnhd,bmhd->bhnmd", q, k) * scale
@@ -110,12 +110,17 @@ def test_nonnegative_map_uses_even_powers_and_never_cancels(degree, layers):
         PolynomialFeatureMap(2, d, nonnegative=1)
 
 
-def test_nonnegative_map_is_supported_by_the_kernel():
-    from rehyat.attention.feature_maps import kernel_unsupported_reason
-
-    phi = PolynomialFeatureMap(2, 16, nonnegative=True)
-    # The φ kernel computes the even powers: None, or on CPU without TRITON_INTERPRET=1 the device only.
-    reason = kernel_unsupported_reason(phi, torch.randn(1, 4, 2, 16))
-    assert reason is None or (reason.startswith("device") and "nonnegative" not in reason)
-    assert phi.resolve_backend(torch.randn(1, 4, 2, 16), "auto") == "torch"
+def test_nonnegative_parts_start_and_train_apart():
+    """Distinct even powers: with equal powers the Taylor init would make the parts identical, and
+    identical parts get identical gradients forever (half of D' wasted)."""
+    torch.manual_seed(0)
+    phi = PolynomialFeatureMap(2, 8, nonnegative=True, kernel_scale=1e-2)
+    x = torch.randn(1, 16, 2, 8)
+    first, second = phi(x).split(8, dim=-1)
+    assert not torch.allclose(first, second)
+    optimiser = torch.optim.AdamW(phi.parameters(), lr=1e-2)
+    phi(x).sin().sum().backward()
+    optimiser.step()
+    last = phi.weights[-1]
+    assert not torch.allclose(last[..., :8], last[..., 8:] * last[..., :8].norm() / last[..., 8:].norm())
     assert "nonnegative=True" in repr(phi)

@@ -17,8 +17,9 @@ Choices the paper leaves open (documented here, compared by distillation error i
   κ = 1 lets the signed degree-1 sums over thousands of keys swamp or cancel the softmax normaliser. Hidden layers carry
   x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.
   ``"random"``: PyTorch's default (Kaiming-uniform) initialisation.
-- ``nonnegative=True``: every part gets an even power, 2·⌈p/2⌉ (P = 2: φ = [ψ_1², ψ_2²]), so φq·φk ≥ 0
-  and the linear part can never cancel the softmax normaliser (den ≥ nS ≥ 1). The paper's signed
+- ``nonnegative=True``: part p gets the even power 2p (P = 2: φ = [ψ_1², ψ_2⁴]; the "taylor" init then
+  gives the even terms κ · Σ_p Σ_m (scale · q_m k_m)^2p / (2p)!), so φq·φk ≥ 0 and the linear part can
+  never cancel the softmax normaliser (den ≥ nS ≥ 1). The paper's signed
   degree-1 part can, which on held-out inputs shows up as a few rows with a tiny denominator; the toy
   quality table compares both. The fused φ kernel computes these even powers too (forward and backward).
 
@@ -107,8 +108,9 @@ class PolynomialFeatureMap(nn.Module):
             raise ValueError(f"nonnegative must be a bool, got {nonnegative!r}")
         self.num_heads, self.head_dim, self.degree, self.num_layers = num_heads, head_dim, degree, num_layers
         self.nonnegative = nonnegative
-        #: Power of each part ψ_p: p, or with ``nonnegative`` the even number 2·⌈p/2⌉ (φq·φk ≥ 0).
-        self.exponents = tuple(2 * math.ceil(p / 2) if nonnegative else p for p in range(1, degree + 1))
+        #: Power of each part ψ_p: p, or with ``nonnegative`` 2p (φq·φk ≥ 0). Distinct powers keep the
+        #: parts distinct: equal powers would start (Taylor init) and stay identical under training.
+        self.exponents = tuple(2 * p if nonnegative else p for p in range(1, degree + 1))
         self.activation = activation
         if not (isinstance(kernel_scale, (int, float)) and math.isfinite(kernel_scale) and kernel_scale > 0):
             raise ValueError(f"kernel_scale must be a positive number, got {kernel_scale!r}")

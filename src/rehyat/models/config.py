@@ -45,7 +45,7 @@ class ReHyAtConfig:
             softmax on every ``uniform_stride``-th token). Only ``"hybrid"`` has a recurrent forward.
         feature_kernel_scale: κ of the "taylor" initialisation (φq·φk starts as κ × a Taylor
             expansion of exp(s)); small κ starts the converted model close to local attention.
-        feature_nonnegative: even powers only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`).
+        feature_nonnegative: even powers 2p only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`).
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
     """

@@ -9,8 +9,8 @@ each weight tile [D, D] is loaded once per program and layer 1 is computed once:
     two layers:  ψ_q = Σ_j act(x W1[:, j] + b1_j) W2[j, q] + b2_q,   φ_q = ψ_q^(e_q)
 
 (``W[i, j]`` is the [D, D] tile of rows i·D.., columns j·D..). The power of the 0-based part q is
-e_q = q + 1 (the paper's signed map) or, with EVEN (``nonnegative=True``), the even 2·⌈(q+1)/2⌉: q + 2
-for even q, q + 1 for odd q (P = 2: [ψ_0², ψ_1²]); q and EVEN are compile-time, so each part is a fixed
+e_q = q + 1 (the paper's signed map) or, with EVEN (``nonnegative=True``), 2(q + 1)
+(P = 2: [ψ_0², ψ_1⁴]); q and EVEN are compile-time, so each part is a fixed
 product. Dots take the inputs' dtype (weights are cast to it, like the PyTorch path) and accumulate in
 fp32; biases, activations and powers are fp32.
 
@@ -193,14 +193,12 @@ def _psi(x, w1, b1, w2, b2, a_ptrs, row_valid, offs_d, E: tl.constexpr, D: tl.co
 @triton.jit
 def _store_power(acc, b_last, q: tl.constexpr, out_ptrs, row_valid, offs_d, D: tl.constexpr,
                  HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):  # fmt: skip
-    """φ_q = ψ_q^(e_q): ψ_q^(q+1), and with EVEN one factor more for even q (ψ_q^(q+2))."""
+    """φ_q = ψ_q^(e_q): ψ_q^(q+1), and with EVEN ψ_q^(2q+2)."""
     psi = acc
     if HAS_BIAS:
         psi += _bias(b_last, q, offs_d, D)[None, :]
     phi = psi
-    for _ in tl.static_range(q):
-        phi *= psi
-    if EVEN and q % 2 == 0:
+    for _ in tl.static_range(2 * q + 1 if EVEN else q):
         phi *= psi
     tl.store(out_ptrs + q * D, phi.to(out_ptrs.dtype.element_ty), mask=row_valid[:, None])
 
@@ -255,18 +253,18 @@ def _fwd_kernel(
 def _dpsi(acc, b_last, q: tl.constexpr, g_ptrs, dpsi_ptrs, db_ptrs, row_valid, offs_d, D: tl.constexpr,
           HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, STORE: tl.constexpr,
           DT: tl.constexpr):  # fmt: skip
-    """dψ_q = dφ_q · e_q · ψ_q^(e_q − 1) (zero on rows past the end): (q+1) · ψ_q^q, and with EVEN for
-    even q (q+2) · ψ_q^(q+1) (2ψ_0 for ψ_0²). Stores it and its column sum if asked."""
+    """dψ_q = dφ_q · e_q · ψ_q^(e_q − 1) (zero on rows past the end): (q+1) · ψ_q^q, and with EVEN
+    (2q+2) · ψ_q^(2q+1) (2ψ_0 for ψ_0²). Stores it and its column sum if asked."""
     g = tl.load(g_ptrs + q * D, mask=row_valid[:, None], other=0.0).to(tl.float32)
-    if q > 0 or (EVEN and q % 2 == 0):
+    if q > 0 or EVEN:
         psi = acc
         if HAS_BIAS:
             psi += _bias(b_last, q, offs_d, D)[None, :]
         power = psi
-        if EVEN and q % 2 == 0:
-            for _ in tl.static_range(q):
+        if EVEN:
+            for _ in tl.static_range(2 * q):
                 power *= psi
-            g = g * (q + 2.0) * power
+            g = g * (2.0 * q + 2.0) * power
         else:
             for _ in tl.static_range(q - 1):
                 power *= psi
@@ -435,7 +433,7 @@ def feature_map_forward(
     nonnegative: bool = False,
 ) -> Tensor:
     """φ(x) [B, N, H, P·D] in x's dtype; ``weights`` already in x's dtype, contiguous [H, ·, ·].
-    ``nonnegative``: the even powers 2·⌈p/2⌉ instead of p."""
+    ``nonnegative``: the even powers 2p instead of p."""
     x = _rows(x)
     batch, n_tokens, heads, d = x.shape
     out = x.new_empty(batch, n_tokens, heads, degree * d)
@@ -531,5 +529,5 @@ def polynomial_feature_map(
     nonnegative: bool = False,
 ) -> Tensor:
     """Differentiable φ(x) on the kernels (inputs validated by the caller); ``nonnegative`` gives the
-    even powers 2·⌈p/2⌉ of PolynomialFeatureMap(nonnegative=True) instead of the signed p."""
+    even powers 2p of PolynomialFeatureMap(nonnegative=True) instead of the signed p."""
     return PolynomialFeatureMapFunction.apply(x, degree, activation, nonnegative, *weights, *(biases or []))
