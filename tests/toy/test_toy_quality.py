@@ -90,6 +90,15 @@ def test_targets_read_the_issue_rows():
     assert targets["To=1 above To=0 on temporal consistency"] == (-1, False)
     assert targets["ReHyAt: long videos keep adherence within 5 points of short ones"] == (9, False)
     assert {s.name for s in STUDENTS} >= {"rehyat", "rehyat_to0", "local", "linear"}
+    assert not any("non-negative" in t for t in targets)  # its rows appear only when it was run
+    results["rehyat_nonneg"] = row(71, long=70)
+    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in _targets(results)}
+    assert targets["ReHyAt non-negative φ adherence within 2 points of the teacher's"] == (-1, True)
+    assert targets["ReHyAt non-negative φ adherence above local-only"] == (11, True)
+    assert targets["ReHyAt non-negative φ: long videos keep adherence within 5 points of short ones"] == (
+        1,
+        True,
+    )
 
 
 def test_settings_overrides_keep_the_field_types():
@@ -101,5 +110,14 @@ def test_settings_overrides_keep_the_field_types():
         with_overrides(QUICK, ["nope=1"])
     with pytest.raises(ValueError, match="eval_prompts must be a int"):
         with_overrides(QUICK, ["eval_prompts=many"])
+    with pytest.raises(ValueError, match="finetune_steps must be a int"):
+        with_overrides(QUICK, ["finetune_steps=true"])
+    with pytest.raises(ValueError, match="capture_steps must be a list"):
+        with_overrides(QUICK, ['capture_steps=["a"]'])
+    with pytest.raises(ValueError, match=r"finetune_ema must be in \(0, 1\)"):
+        with_overrides(QUICK, ["finetune_ema=1.5"])
+    with pytest.raises(ValueError, match="finetune_ema must be a float"):
+        with_overrides(QUICK, ["finetune_ema=true"])
+    assert with_overrides(QUICK, ["progress=true"]).progress is True
     with pytest.raises(ValueError, match="KEY=VALUE"):
         with_overrides(QUICK, ["distill_lr"])

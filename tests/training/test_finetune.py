@@ -145,3 +145,16 @@ def test_output_distillation_starts_at_zero_when_the_student_equals_the_teacher(
     assert read_metrics(distilled.output_dir)[1]["loss"] > first[0]  # it trains and moves off the teacher
     with pytest.raises(ValueError, match=r"teacher_weight must be in \[0, 1\]"):
         finetune(tiny_config(tmp_path / "c", data, None, teacher_weight=1.5))
+
+
+def test_teacher_is_the_frozen_fp32_original(tmp_path):
+    """Under bf16 the teacher stays fp32 (autocast handles it), so diffusers' fp32 modules stay fp32."""
+    from rehyat.training.finetune import build_teacher
+
+    data, base = tiny_dataset(tmp_path / "data"), tiny_base(tmp_path / "wan")
+    config = tiny_config(tmp_path / "run", data, base, teacher_weight=0.5, mixed_precision="bf16")
+    teacher = build_teacher(config, torch.device("cpu"))
+    original = load_base_transformer(config.model)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    for (name, got), want in zip(teacher.state_dict().items(), original.state_dict().values(), strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want), name

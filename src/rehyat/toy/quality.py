@@ -421,18 +421,29 @@ def with_overrides(settings: QualitySettings, pairs: list[str]) -> QualitySettin
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        current = fields[key]
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        nullable = key in _NULLABLE
-        if not (value is None and nullable) and not (
-            isinstance(value, type(current)) or (current is None and isinstance(value, (int, float)))
+        changes[key] = _typed(key, raw, value, fields[key])
+    changed = replace(settings, **changes)
+    if changed.finetune_ema is not None and not 0 < changed.finetune_ema < 1:
+        raise ValueError(f"--set: finetune_ema must be in (0, 1) or null, got {changed.finetune_ema}")
+    return changed
+
+
+def _typed(key: str, raw: str, value: Any, current: Any) -> Any:
+    """``value`` as the type of the field's ``current`` value (bools only where the field is a bool)."""
+    if value is None and key in _NULLABLE:
+        return None
+    kind = type(current) if current is not None else float
+    if isinstance(current, tuple):
+        if not isinstance(value, list) or not all(
+            isinstance(item, type(current[0])) and not isinstance(item, bool) for item in value
         ):
-            raise ValueError(f"--set {pair!r}: {key} must be a {type(current).__name__}, got {raw!r}")
-        changes[key] = value
-    return replace(settings, **changes)
+            raise ValueError(f"--set {key}={raw}: {key} must be a list like {list(current)}")
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        raise ValueError(f"--set {key}={raw}: {key} must be a {kind.__name__}")
+    return value
 
 
 #: Settings that may be switched off with ``--set KEY=null``.

@@ -95,9 +95,10 @@ class FinetuneConfig:
     prompt_dropout: float = 0.0
     """Probability of training a sample on the empty (all-zero) prompt, which classifier-free guidance needs."""
     teacher_weight: float = 0.0
-    """λ in [0, 1]: weight of the unconverted base model's velocity in the regression target. 0 is plain
-    flow matching (SPEC §7); 1 is output distillation from the original model, which each rank holds as a
-    frozen, unsharded copy (bf16 under ``mixed_precision=bf16``)."""
+    """λ in [0, 1]: weight of the original model's velocity in the regression target. 0 is plain flow
+    matching (SPEC §7); 1 is output distillation from the model in ``model.path`` (or the random
+    ``model.architecture``) — never the fine-tuned base weights a ReHyAt checkpoint may carry — which
+    each rank holds as a frozen, unsharded fp32 copy run under the same autocast as the student."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     ema_decay: float | None = None
@@ -224,12 +225,11 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
 
 
 def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
-    """The unconverted base model (the same weights ``build_model`` starts from), frozen, for
-    ``teacher_weight``."""
-    torch.manual_seed(cfg.seed)  # a random architecture gets the student's base weights
-    teacher = load_base_transformer(cfg.model).requires_grad_(False).eval()
-    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-    return teacher.to(device, dtype)
+    """The original, unconverted model for ``teacher_weight``, frozen. It stays in fp32 (autocast runs
+    it in bf16 where the student runs in bf16): casting it would also cast the modules diffusers keeps
+    in fp32 (RoPE, time embedding, norms), and the teacher would no longer be the student's start."""
+    torch.manual_seed(cfg.seed)  # a random architecture gets the same weights as the student's base
+    return load_base_transformer(cfg.model).requires_grad_(False).eval().to(device)
 
 
 def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
