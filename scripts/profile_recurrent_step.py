@@ -11,27 +11,20 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rehyat import hybrid_attention, hybrid_attention_step
-from rehyat.bench.attention import SHAPE, _inputs
+from rehyat import hybrid_attention
+from rehyat.bench.attention import SHAPE, _inputs, stream_steps
 
 
 def main(frames: int) -> None:
     q, k, v, (phi_q, phi_k) = _inputs(frames, torch.bfloat16, "cuda")
     with torch.no_grad():
         fq, fk = phi_q(q), phi_k(k)
-    tokens, step = SHAPE["frame_tokens"], SHAPE["chunk_frames"] * SHAPE["frame_tokens"]
+    tokens = SHAPE["frame_tokens"]
     out = torch.empty_like(q)
 
     @torch.no_grad()
     def recurrent() -> None:
-        state = None
-        for start in range(0, q.shape[1], step):
-            piece = slice(start, start + step)
-            y, state = hybrid_attention_step(
-                q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
-                frame_tokens=tokens, overlap_frames=SHAPE["overlap_frames"], backend="triton",
-            )  # fmt: skip
-            out[:, piece].copy_(y)
+        stream_steps(q, k, v, fq, fk, out)
 
     @torch.no_grad()
     def parallel() -> None:

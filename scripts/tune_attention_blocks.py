@@ -17,10 +17,10 @@ import sys
 import torch
 import triton
 
-from rehyat import hybrid_attention, hybrid_attention_step
+from rehyat import hybrid_attention
 from rehyat.attention.kernels import config
 from rehyat.attention.kernels.fused import triton_hybrid_attention
-from rehyat.bench.attention import SHAPE, _inputs
+from rehyat.bench.attention import SHAPE, _inputs, stream_steps
 
 C = config.AttentionConfig
 CANDIDATES = {
@@ -73,15 +73,8 @@ def op_fwd_bwd(frames: int) -> None:
 
 
 def recurrent(frames: int) -> None:
-    q, k, v, fq, fk = DATA[frames]["plain"]
-    step, state = SHAPE["chunk_frames"] * SHAPE["frame_tokens"], None
     with torch.no_grad():
-        for start in range(0, q.shape[1], step):
-            piece = slice(start, start + step)
-            _, state = hybrid_attention_step(
-                q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
-                frame_tokens=SHAPE["frame_tokens"], overlap_frames=SHAPE["overlap_frames"], backend="triton",
-            )  # fmt: skip
+        stream_steps(*DATA[frames]["plain"])
 
 
 MEASURES = {

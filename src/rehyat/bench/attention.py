@@ -71,11 +71,34 @@ def _inputs(frames: int, dtype: torch.dtype, device: str, seed: int = 0):
     return q, k, v, maps
 
 
+def stream_steps(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fq: torch.Tensor,
+    fk: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> None:
+    """The streaming form at the benchmark shape: ``hybrid_attention_step`` chunk by chunk on the kernels,
+    each chunk's output written into ``out`` (if given)."""
+    from rehyat import hybrid_attention_step
+
+    step_tokens, state = SHAPE["chunk_frames"] * SHAPE["frame_tokens"], None
+    for start in range(0, q.shape[1], step_tokens):
+        piece = slice(start, start + step_tokens)
+        y, state = hybrid_attention_step(
+            q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
+            frame_tokens=SHAPE["frame_tokens"], overlap_frames=SHAPE["overlap_frames"], backend="triton",
+        )  # fmt: skip
+        if out is not None:
+            out[:, piece].copy_(y)
+
+
 def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from rehyat import hybrid_attention, hybrid_attention_step
+    from rehyat import hybrid_attention
     from rehyat.attention.kernels.fused import chunk_states, triton_hybrid_attention
     from rehyat.baselines import linear_attention
     from rehyat.flops import attention_flops
@@ -152,17 +175,9 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         return lambda: torch.cat([phi_q(ql, backend=backend), phi_k(kl, backend=backend)], dim=-1)
 
     out_buffer = torch.empty_like(q)
-    step_tokens = SHAPE["chunk_frames"] * SHAPE["frame_tokens"]
 
     def recurrent() -> None:
-        state = None
-        for start in range(0, q.shape[1], step_tokens):
-            piece = slice(start, start + step_tokens)
-            out, state = hybrid_attention_step(
-                q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
-                frame_tokens=SHAPE["frame_tokens"], overlap_frames=SHAPE["overlap_frames"], backend="triton",
-            )  # fmt: skip
-            out_buffer[:, piece].copy_(out)
+        stream_steps(q, k, v, fq, fk, out_buffer)
 
     def linear_only() -> torch.Tensor:
         return linear_attention(ql, kl, vl, fql, fkl, **geo)
