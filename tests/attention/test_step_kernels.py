@@ -18,6 +18,7 @@ pytest.importorskip("triton")
 
 from rehyat import AttentionStats, HybridAttentionState, hybrid_attention_step
 from rehyat.attention.kernels import fused
+from rehyat.attention.kernels.config import best_key_splits
 from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
 from rehyat.attention.naive import naive_hybrid_attention
 
@@ -206,3 +207,45 @@ def test_frame_sums_split_frames_into_runs_and_add_them_back():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     explicit = SegmentSums.apply(fk, v, 64)[0].view(2, 2, 2, 1, 16, 16).sum(2)
     assert torch.equal(explicit, split_kv)  # it did split: the same sums in the same order
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+def test_key_splits_merge_to_the_unsplit_forward(splits):
+    """Cutting each key window into parts (one program each, merged by ``_combine_kernel``) gives the
+    one-program result: with and without the linear part and a prefix, including parts that are empty
+    (5 parts of windows only 2–4 blocks long) and windows that straddle the prefix end."""
+    q, k, v, fq = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 7, 5, 3, 16, 32, seed=5)[:4])
+    gen = torch.Generator().manual_seed(5)
+    kv, z = (torch.rand(2, 3, 3, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
+    for cut in (0, 23):
+        for linear in ((fq, kv, z), (None, None, None)):
+            args = (*linear, 15, 10, 0, 0.3)
+            prefix = tuple(x[:, :cut] for x in (k, v)) if cut else None
+            keys = (k[:, cut:], v[:, cut:])
+            want = windowed_attention_forward(q, *keys, *args, prefix=prefix, splits=1)
+            got = windowed_attention_forward(q, *keys, *args, prefix=prefix, splits=splits)
+            assert rel_err(got, want) <= SAME, (cut, linear[0] is None)
+
+
+def test_streaming_step_with_key_splits_matches_the_reference(monkeypatch):
+    """The step as it runs on a GPU whose SMs a chunk underfills: every window cut in two."""
+    from rehyat.attention.kernels import windowed
+
+    monkeypatch.setattr(windowed, "key_splits", lambda programs, device: 2)
+    inputs = make_inputs(2, 7, 5, 3, 16, 32, seed=6)
+    got = _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False)
+    want = naive_hybrid_attention(
+        *(x.double() for x in inputs), frame_tokens=5, chunk_frames=3, overlap_frames=1
+    )
+    assert rel_err(got, want) <= TOL
+
+
+def test_key_splits_fill_the_waves_of_small_grids():
+    assert best_key_splits(444, 132) == 2  # the Wan-shape streaming step: 4 waves -> 3.5
+    assert best_key_splits(3108, 132) == 1  # the parallel form at 21 frames: 24 waves either way
+    assert best_key_splits(12, 132) == 4  # a tiny grid: as many parts as allowed
+    assert best_key_splits(132, 132) == 1  # exactly one full wave
+    with pytest.raises(ValueError, match="splits"):
+        windowed_attention_forward(
+            *make_inputs(1, 2, 2, 1, 16, 16)[:3], None, None, None, 4, 0, 0, 1.0, splits=0
+        )

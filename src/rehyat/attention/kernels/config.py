@@ -95,3 +95,26 @@ def segment_config(head_dim: int, feature_dim: int, device: torch.device) -> Seg
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 dots (``"ieee"``); half inputs use tf32 for their fp32 state dots."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def key_splits(programs: int, device: torch.device) -> int:
+    """Parts to cut each key window into on ``device`` (1 off CUDA); see :func:`best_key_splits`."""
+    if device.type != "cuda" or interpreting():
+        return 1
+    return best_key_splits(programs, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def best_key_splits(programs: int, sms: int, max_splits: int = 4) -> int:
+    """Parts per key window so that a small grid of query blocks fills the GPU (flash-decoding style).
+
+    One program runs per SM at the head-dim-128 forward config, so ``programs`` query blocks take
+    ceil(programs / sms) waves; s parts take ceil(s · programs / sms) waves of 1/s the work. The
+    streaming step at the Wan shape has 444 programs on 132 SMs: 4 waves, the last a third full;
+    s = 2 takes 3.5 wave-lengths. A split must save ≥ 10% (its partials cost a merge).
+    """
+
+    def waves(s: int) -> float:
+        return -(-programs * s // sms) / s
+
+    best = min(range(1, max_splits + 1), key=lambda s: (waves(s), s))
+    return best if waves(best) <= 0.9 * waves(1) else 1

@@ -32,10 +32,24 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats
-from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block
+from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
 from rehyat.attention.kernels.states import segment_sums
 
 LOG2E = 1.4426950408889634
+#: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
+COMBINE_BLOCK_M = 32
+
+
+@triton.jit
+def _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M: tl.constexpr):
+    """This program's (batch·head, batch, head, chunk, query rows, row mask): grid axis 0 runs over the
+    query blocks of all chunks (none spans two chunks), axis 1 over batch × heads."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    chunk = pid // blocks_per_chunk
+    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
+    return bh, bh // n_heads, bh % n_heads, chunk, rows, row_valid
 
 
 @triton.jit
@@ -123,6 +137,9 @@ def _fwd_kernel(
     m_ptr,
     l_ptr,
     nl_ptr,
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
     stride_qb,
     stride_qn,
     stride_qh,
@@ -159,17 +176,18 @@ def _fwd_kernel(
     BLOCK_E: tl.constexpr,
     HAS_LINEAR: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    SPLITS: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    batch = bh // n_heads
-    head = bh % n_heads
-    chunk = pid // blocks_per_chunk
-    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
+    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
     key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
     key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+    if SPLITS > 1:
+        # This program's part of the window: whole key blocks from the window start, the last part short.
+        span = tl.cdiv(tl.cdiv(key_hi - key_lo, SPLITS), BLOCK_N) * BLOCK_N
+        split_lo = tl.minimum(key_lo + tl.program_id(2) * span, key_hi)
+        key_hi = tl.minimum(split_lo + span, key_hi)
+        key_lo = split_lo
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -199,26 +217,98 @@ def _fwd_kernel(
         qk_scale, BLOCK_N, PREC,
     )  # fmt: skip
 
-    num = acc
+    if SPLITS > 1:
+        # Unnormalised softmax partials; _combine_kernel merges them and adds the linear part (there,
+        # not in one of the parts: a part with the linear epilogue took longer than the merge saves).
+        part = (tl.program_id(2) * tl.num_programs(1) + bh) * n_q + rows
+        tl.store(part_acc_ptr + part[:, None] * D + offs_d[None, :], acc, mask=row_valid[:, None])
+        tl.store(part_m_ptr + part, m_i, mask=row_valid)
+        tl.store(part_l_ptr + part, l_i, mask=row_valid)
+    else:
+        num = acc
+        n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if HAS_LINEAR:
+            num_lin, n_lin = _linear_part(
+                rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn,
+                stride_fh, n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
+            )  # fmt: skip
+            num += num_lin
+        _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads,
+                n_q, eps, D)  # fmt: skip
+
+
+@triton.jit
+def _linear_part(
+    rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh, n_heads,
+    n_chunks, D: tl.constexpr, E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """(φq·KV_t [BLOCK_M, D], nL = φq·z_t [BLOCK_M]) of one query block, fp32."""
+    offs_d = tl.arange(0, D)
+    offs_e = tl.arange(0, BLOCK_E)
+    num = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_LINEAR:
-        offs_e = tl.arange(0, BLOCK_E)
-        state = (batch * n_chunks + chunk) * n_heads + head
-        fq_base = fq_ptr + batch * stride_fb + head * stride_fh + rows[:, None] * stride_fn
-        for e0 in tl.static_range(0, E, BLOCK_E):
-            fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
-            kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
-            z = tl.load(z_ptr + state * E + e0 + offs_e)
-            num += tl.dot(fq, kv, input_precision=PREC)
-            n_lin += tl.sum(fq * z[None, :], axis=1)
+    state = (batch * n_chunks + chunk) * n_heads + head
+    fq_base = fq_ptr + batch * stride_fb + head * stride_fh + rows[:, None] * stride_fn
+    for e0 in tl.static_range(0, E, BLOCK_E):
+        fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
+        kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+        z = tl.load(z_ptr + state * E + e0 + offs_e)
+        num += tl.dot(fq, kv, input_precision=PREC)
+        n_lin += tl.sum(fq * z[None, :], axis=1)
+    return num, n_lin
+
+
+@triton.jit
+def _finish(
+    num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads, n_q, eps,
+    D: tl.constexpr,
+):  # fmt: skip
+    """y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL."""
+    offs_d = tl.arange(0, D)
     den = tl.maximum(l_i + n_lin, eps * l_i)
     out = num / den[:, None]
     o_off = ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
-    tl.store(o_ptr + o_off, out.to(q.dtype), mask=row_valid[:, None])
+    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_valid[:, None])
     stat_off = bh * n_q + rows
     tl.store(m_ptr + stat_off, m_i, mask=row_valid)
     tl.store(l_ptr + stat_off, l_i, mask=row_valid)
     tl.store(nl_ptr + stat_off, n_lin, mask=row_valid)
+
+
+@triton.jit
+def _combine_kernel(
+    part_acc_ptr, part_m_ptr, part_l_ptr, fq_ptr, kv_ptr, z_ptr, o_ptr, m_ptr, l_ptr, nl_ptr, stride_fb,
+    stride_fn, stride_fh, n_heads, n_q, chunk_len, blocks_per_chunk, n_chunks, eps, D: tl.constexpr,
+    E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_LINEAR: tl.constexpr,
+    SPLITS: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Merge the key splits of one query block (rescaled to the common row max), add the linear part
+    and normalise."""
+    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    own = bh * n_q + rows
+    stride_split = tl.num_programs(1) * n_q
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for split in tl.static_range(SPLITS):
+        m_i = tl.maximum(m_i, tl.load(part_m_ptr + split * stride_split + own, mask=row_valid, other=0.0))
+    num = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for split in tl.static_range(SPLITS):
+        part = split * stride_split + own
+        weight = tl.math.exp2(tl.load(part_m_ptr + part, mask=row_valid, other=0.0) - m_i)
+        l_i += weight * tl.load(part_l_ptr + part, mask=row_valid, other=1.0)  # 1: no 0/0 in masked rows
+        acc = tl.load(part_acc_ptr + part[:, None] * D + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+        num += weight[:, None] * acc
+    n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_LINEAR:
+        num_lin, n_lin = _linear_part(
+            rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh,
+            n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
+        )  # fmt: skip
+        num += num_lin
+    _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads, n_q,
+            eps, D)  # fmt: skip
 
 
 @triton.jit
@@ -364,13 +454,7 @@ def _bwd_dq_kernel(
     HAS_LINEAR: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    batch = bh // n_heads
-    head = bh % n_heads
-    chunk = pid // blocks_per_chunk
-    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
+    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
     key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
     key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
     key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
@@ -572,11 +656,14 @@ def _launch_forward(
     key_offset: int,
     scale: float,
     stats: AttentionStats | None,
+    splits: int | None = 1,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``_fwd_kernel`` on prepared inputs and count ``stats``; returns (y, m, nS, nL).
 
     With ``prefix`` = (pk, pv) [B, M, H, D] the keys are [pk ‖ k] (values [pv ‖ v]) without being
-    concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v.
+    concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v. With ``splits`` > 1
+    (None: :func:`key_splits` picks) each window's keys are cut into that many parts, one program
+    each, and ``_combine_kernel`` merges them: more programs when one chunk alone leaves SMs idle.
     """
     has_linear = fq is not None
     batch, n_q, heads, head_dim = q.shape
@@ -586,23 +673,38 @@ def _launch_forward(
     feat = fq.shape[-1] if has_linear else 0
     cfg = attention_config("fwd", head_dim, q.dtype, q.device)
     blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+    if splits is None:
+        splits = key_splits(n_programs * batch * heads, q.device)
     out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
     m, l_soft, n_lin = (
         torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
     )
-    _fwd_kernel[(n_programs, batch * heads)](
-        q, k, v, pk, pv,
-        fq if has_linear else q, kv if has_linear else q, z if has_linear else q,
-        out, m, l_soft, n_lin,
+    part_acc, part_m, part_l = out, m, l_soft  # unused placeholders without splits
+    if splits > 1:
+        part_acc = torch.empty(splits, batch * heads, n_q, head_dim, device=q.device, dtype=torch.float32)
+        part_m, part_l = (
+            torch.empty(splits, batch * heads, n_q, device=q.device, dtype=torch.float32) for _ in range(2)
+        )
+    block_e = feature_block(feat) if has_linear else 16
+    fq, kv, z = (fq, kv, z) if has_linear else (q, q, q)
+    _fwd_kernel[(n_programs, batch * heads, splits)](
+        q, k, v, pk, pv, fq, kv, z, out, m, l_soft, n_lin, part_acc, part_m, part_l,
         *_strides(q), *_strides(k), *_strides(v), *_strides(pk), *_strides(pv),
-        *_strides(fq if has_linear else q),
+        *_strides(fq),
         heads, n_q, n_k, n_prefix, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
         scale * LOG2E, DENOMINATOR_EPS,
-        D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear,
-        HAS_PREFIX=prefix is not None, PREC=dot_precision(q.dtype),
+        D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_E=block_e,
+        HAS_LINEAR=has_linear, HAS_PREFIX=prefix is not None, SPLITS=splits, PREC=dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+    if splits > 1:
+        block_m = min(COMBINE_BLOCK_M, cfg.block_m)
+        blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_len, block_m)
+        _combine_kernel[(n_programs, batch * heads)](
+            part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), heads, n_q, chunk_len,
+            blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
+            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=4,
+        )  # fmt: skip
     if stats is not None:
         stats.total_rows += m.numel()
         stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
@@ -623,17 +725,23 @@ def windowed_attention_forward(
     stats: AttentionStats | None = None,
     *,
     prefix: tuple[Tensor, Tensor] | None = None,
+    splits: int | None = None,
 ) -> Tensor:
     """The forward of :class:`WindowedHybridAttention` alone: no autograd graph, nothing saved.
 
     ``prefix`` = (pk, pv) [B, M, H, D] gives the same result as passing k, v = [pk ‖ k], [pv ‖ v]
     (key indices, ``key_offset`` included, count the prefix rows first) without building those
-    concatenations — for the streaming step, whose cached frames come first.
+    concatenations — for the streaming step, whose cached frames come first. ``splits``: parts per
+    key window (None: :func:`key_splits` decides from the grid and the GPU; 1 on CPU).
     """
     q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
     if prefix is not None:
         prefix = (_last_dim_contiguous(prefix[0]), _last_dim_contiguous(prefix[1]))
-    out, *_ = _launch_forward(q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats)
+    if splits is not None and splits < 1:
+        raise ValueError(f"splits must be >= 1 or None, got {splits}")
+    out, *_ = _launch_forward(
+        q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats, splits
+    )
     return out
 
 

@@ -1,0 +1,90 @@
+"""The streaming step with and without key splits (GPU; Wan2.1-1.3B layer shape): parity and time.
+
+Usage: ``PYTHONPATH=src python3 scripts/check_key_splits.py [FRAMES ...]`` (default 21 81). Per frame
+count: the max relative difference of the recurrent output with splits (as chosen on this GPU) against
+one program per window (bf16 and fp32), and do_bench medians of the recurrent pass both ways and of
+the parallel op, with the recurrent / parallel ratios (the merge's row block swept). Env:
+COMBINE_BLOCKS (default "16 32 64 128"), DTYPES (default "float32 bfloat16"; the last is timed).
+One JSON line per frame count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import triton
+
+from rehyat import hybrid_attention
+from rehyat.attention.kernels import windowed
+from rehyat.attention.kernels.config import key_splits
+from rehyat.bench.attention import SHAPE, _inputs, stream_steps
+
+AUTO = windowed.key_splits
+DEFAULT_BLOCK = windowed.COMBINE_BLOCK_M
+DTYPES = [getattr(torch, name) for name in os.environ.get("DTYPES", "float32 bfloat16").split()]
+COMBINE_BLOCKS = tuple(
+    int(b) for b in os.environ.get("COMBINE_BLOCKS", "16 32 64 128").split()
+)  # rows per program of the merge, timed in turn
+
+
+def _recurrent(q, k, v, fq, fk, splits: str) -> torch.Tensor:
+    windowed.key_splits = AUTO if splits == "auto" else (lambda programs, device: 1)
+    out = torch.empty_like(q)
+    with torch.no_grad():
+        stream_steps(q, k, v, fq, fk, out)
+    windowed.key_splits = AUTO
+    return out
+
+
+GEOMETRY = dict(
+    frame_tokens=SHAPE["frame_tokens"],
+    chunk_frames=SHAPE["chunk_frames"],
+    overlap_frames=SHAPE["overlap_frames"],
+)
+
+
+def _features(frames: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    q, k, v, (phi_q, phi_k) = _inputs(frames, dtype, "cuda")
+    with torch.no_grad():
+        return q, k, v, phi_q(q), phi_k(k)
+
+
+def _bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=50, rep=400, return_mode="median")
+
+
+def measure(frames: int) -> dict:
+    row: dict = {"frames": frames}
+    for dtype in DTYPES:
+        inputs = _features(frames, dtype)
+        one, split = (_recurrent(*inputs, s).float() for s in ("one", "auto"))
+        row[f"max_rel_{str(dtype).removeprefix('torch.')}"] = float(
+            (split - one).abs().max() / one.abs().max()
+        )
+    q, k, v, fq, fk = inputs  # bf16: the timed inputs
+    programs = -(-SHAPE["chunk_frames"] * SHAPE["frame_tokens"] // 128) * q.shape[0] * q.shape[2]
+    row["splits"] = key_splits(programs, q.device)
+    with torch.no_grad():
+        row["parallel_ms"] = _bench(lambda: hybrid_attention(q, k, v, fq, fk, **GEOMETRY, backend="triton"))
+    row["recurrent_one_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "one"))
+    for block in COMBINE_BLOCKS:
+        windowed.COMBINE_BLOCK_M = block
+        row[f"recurrent_split_ms@{block}"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))
+    windowed.COMBINE_BLOCK_M = DEFAULT_BLOCK
+    row["recurrent_split_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))
+    row["recurrent_one_ms_again"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "one"))
+    row["ratio_one"] = row["recurrent_one_ms"] / row["parallel_ms"]
+    row["ratio_split"] = row["recurrent_split_ms"] / row["parallel_ms"]
+    return row
+
+
+def main(frame_counts: list[int]) -> None:
+    for frames in frame_counts:
+        print(json.dumps(measure(frames)), flush=True)
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [21, 81])
