@@ -13,7 +13,7 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 mkdir -p "$RUN"
-GROUPS_=("rehyat half_blocks" "rehyat_nonneg teacher_finetuned" "rehyat_to0 bidirectional" "local linear" "uniform_hybrid")
+GROUPS_=("rehyat half_blocks" "rehyat_nonneg teacher_finetuned" "rehyat_to0 bidirectional" "local linear" "uniform_hybrid causal_softmax")
 for i in "${!GROUPS_[@]}"; do
   # shellcheck disable=SC2086
   timeout "$LIMIT" python3 -m rehyat.cli bench toy --device cuda --work "$WORK/part$i" --out "$WORK/out$i" "$@" \

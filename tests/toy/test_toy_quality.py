@@ -6,9 +6,12 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
+from rehyat import hybrid_attention
 from rehyat.cli import main
 from rehyat.toy.quality import QUICK, STUDENTS, _targets, run_quality, with_overrides
+from rehyat.toy.teacher import CLIP
 
 
 def test_quick_quality_table_for_four_students(tmp_path):
@@ -121,3 +124,21 @@ def test_settings_overrides_keep_the_field_types():
     assert with_overrides(QUICK, ["progress=true"]).progress is True
     with pytest.raises(ValueError, match="KEY=VALUE"):
         with_overrides(QUICK, ["distill_lr"])
+
+
+def test_causal_softmax_control_is_exact_block_causal_softmax():
+    """The ceiling row's geometry: on a clip, every chunk's window holds all past frames, so its
+    attention is softmax under a block-causal mask and the linear part (any φ) adds nothing."""
+    student = next(s for s in STUDENTS if s.name == "causal_softmax")
+    frames, tokens, heads, dim = CLIP["num_frames"], 2, 2, 8
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, frames * tokens, heads, dim, generator=gen, dtype=torch.float64) for _ in "qkv")
+    fq, fk = (torch.rand(1, frames * tokens, heads, 4, generator=gen, dtype=torch.float64) for _ in "qk")
+    got = hybrid_attention(
+        q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **student.rehyat
+    )
+    chunk_of = torch.arange(frames * tokens) // (3 * tokens)
+    visible = chunk_of[None, :] <= chunk_of[:, None]  # keys in the query's chunk or before
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / dim**0.5
+    want = torch.einsum("bhij,bjhd->bihd", scores.masked_fill(~visible, float("-inf")).softmax(-1), v)
+    assert torch.allclose(got, want, atol=1e-12)
