@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+
+import pytest
 
 from rehyat.bench import attention
 from rehyat.bench.common import environment, write_json
@@ -39,3 +42,26 @@ def test_cli_target_and_render_only(tmp_path):
     assert "| 21 | rehyat_layer | 4 | 0.19 | 100 | 50 | 2.5 |" in table  # speedup vs the fastest SDPA
     assert "| 41 | rehyat_torch | OOM |" in table
     assert (tmp_path / "attention.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_parity_only_merges_into_a_runs_results(tmp_path, monkeypatch):
+    """``--parity-only`` replaces the parity of an existing attention.json, keeps its timings, records
+    its own environment and re-renders; without a run's JSON it says what is missing."""
+    run = _payload()  # before CUDA is faked below
+    monkeypatch.setattr(attention.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "run_parity", lambda: {"triton_bf16.out": 2e-3})
+    monkeypatch.setattr(attention, "feature_map_parity", lambda: {"phi_triton_bf16.phi": 1e-4})
+    monkeypatch.setattr(attention, "environment", lambda: {"gpu": "Test GPU", "date": "2026-11-26"})
+    parser = argparse.ArgumentParser()
+    attention.register(parser.add_subparsers())
+    args = parser.parse_args(["attention", "--parity-only", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"attention\.json does not exist"):
+        args.handler(args)
+    write_json(run, tmp_path / "attention.json")
+    assert args.handler(args) == 0
+    merged = json.loads((tmp_path / "attention.json").read_text())
+    assert merged["parity"] == {"triton_bf16.out": 2e-3, "phi_triton_bf16.phi": 1e-4}
+    assert merged["results"] == run["results"] and merged["parity_environment"]["gpu"] == "Test GPU"
+    table = (tmp_path / "attention.md").read_text()
+    assert "Measured in a separate run (`--parity-only`): Test GPU, 2026-11-26." in table
+    assert "| triton_bf16.out | 0.002 |" in table

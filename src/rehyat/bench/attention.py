@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,9 +304,11 @@ def run_parity(frames: int = 7) -> dict[str, float]:
         ):
             if label.startswith("recurrent") and not causal:
                 continue
+            tic = time.perf_counter()
             for name, got, want in zip(names, run(fn, dtype, **kwargs), ref, strict=True):
                 key = f"{label}.{name}"
                 errors[key] = max(errors.get(key, 0.0), rel(got, want))
+            print(f"parity {label} causal={causal}: {time.perf_counter() - tic:.0f} s", flush=True)
         del ref
         torch.cuda.empty_cache()
     return errors
@@ -378,8 +381,14 @@ def render(payload: dict, out_dir: Path) -> None:
         "above the inputs; speedup = fastest SDPA backend's ms / this row's ms (same mode, same frames).",
     ]
     if payload.get("parity"):
+        separate = payload.get("parity_environment")
         sections.append(
             "## Parity at Wan frame size (7 frames × 1560 tokens, rel. error vs float64 reference)\n\n"
+            + (
+                f"Measured in a separate run (`--parity-only`): {separate['gpu']}, {separate['date']}.\n\n"
+                if separate
+                else ""
+            )
             + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
         )
     sections.append("## Issue-3 targets (this run)\n\n" + _targets(by_key, frames, fastest_sdpa))
@@ -433,6 +442,17 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not torch.cuda.is_available():
         raise ValueError("the attention benchmark needs a CUDA GPU (use --render-only to re-render results)")
+    if args.parity_only:  # the parity alone (it compiles fp32 kernels for minutes), merged into a run's JSON
+        path = out_dir / "attention.json"
+        if not path.is_file():
+            raise ValueError(f"--parity-only merges into a benchmark's results, but {path} does not exist")
+        payload = read_json(path)
+        payload["parity"] = run_parity() | feature_map_parity()
+        payload["parity_environment"] = environment()
+        write_json(payload, path)
+        render(payload, out_dir)
+        print(payload["parity"], flush=True)
+        return 0
     frames = args.frames or ([21, 41] if args.quick else [21, 41, 81, 161])
     rep_ms = 50.0 if args.quick else 300.0
     payload = {"environment": environment(), "shape": SHAPE, "parity": None, "results": []}
@@ -451,6 +471,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench/results", help="folder for attention.json/.md/.png")
     parser.add_argument("--quick", action="store_true", help="21 and 41 frames, fewer timed calls")
     parser.add_argument("--skip-parity", action="store_true", help="skip the parity check at Wan frame size")
+    parser.add_argument(
+        "--parity-only",
+        action="store_true",
+        help="run only the parity check and merge it into OUT/attention.json (a run's results; GPU)",
+    )
     parser.add_argument(
         "--render-only", action="store_true", help="re-render attention.md/.png from attention.json (no GPU)"
     )
