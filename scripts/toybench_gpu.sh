@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-6 quality table on one GPU: the toy students are tiny, so five `rehyat bench toy` processes
+# The issue-6 quality table on one GPU: the toy students are tiny, so six `rehyat bench toy` processes
 # share the card (disjoint students; half_blocks reuses the rehyat student's stage 1, so they run
 # together), then a last run merges their per-student results and writes the table to $OUT (or
 # ./runs)/toybench. Needs diffusers: where it is missing, carry wheels in .whl (see the device README).
@@ -13,7 +13,7 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 mkdir -p "$RUN"
-GROUPS_=("rehyat half_blocks" "rehyat_nonneg teacher_finetuned" "rehyat_to0 bidirectional" "local linear" "uniform_hybrid causal_softmax")
+GROUPS_=("rehyat half_blocks" "rehyat_nonneg teacher_finetuned" "rehyat_to0 bidirectional" "local linear" "uniform_hybrid" "rehyat_to2 causal_softmax")
 for i in "${!GROUPS_[@]}"; do
   # shellcheck disable=SC2086
   timeout "$LIMIT" python3 -m rehyat.cli bench toy --device cuda --work "$WORK/part$i" --out "$WORK/out$i" "$@" \

@@ -8,12 +8,13 @@ causal all-blocks students sample with the recurrent forward, the others with th
 ReHyAt students (signed and non-negative φ) also generate videos ``long_factor``× the training length,
 recurrently.
 
-Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0; bidirectional; half the blocks
-(the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because blocks
-are distilled independently); ReHyAt with the non-negative φ variant; local-only (no φ: stage 2 only); linear-only; uniform hybrid R=2;
-and two controls: the unconverted teacher through the same stage 2, which separates what stage 2 itself
-does to the model from what the conversion costs, and exact block-causal softmax (To = every past
-frame, no φ) through the same stage 2, the best any causal student can do at this budget. ``--set KEY=VALUE`` overrides a setting.
+Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0 and To=2; bidirectional; half the
+blocks (the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because
+blocks are distilled independently); ReHyAt with the non-negative φ variant; local-only (no φ: stage 2
+only); linear-only; uniform hybrid R=2; and two controls: the unconverted teacher through the same
+stage 2, which separates what stage 2 itself does to the model from what the conversion costs, and
+exact block-causal softmax (To = every past frame, no φ) through the same stage 2, the best any causal
+student can do at this budget. ``--set KEY=VALUE`` overrides a setting.
 Writes ``OUT/toybench.json``, ``OUT/toybench.md`` and ``OUT/toybench.png``; work files (checkpoints,
 per-model results, so an interrupted run resumes where it stopped) go to ``--work``.
 """
@@ -53,6 +54,9 @@ STUDENTS = (
     Student("rehyat", "ReHyAt Tc=3 To=1 causal"),
     Student("rehyat_nonneg", "ReHyAt, non-negative φ", {"feature_nonnegative": True}),
     Student("rehyat_to0", "ReHyAt To=0", {"overlap_frames": 0}),
+    # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
+    # object is but not where it moves; two show its velocity across the chunk boundary.
+    Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
     Student("bidirectional", "ReHyAt bidirectional", {"causal": False}),
     Student("half_blocks", "ReHyAt, half the blocks", half_blocks=True),
     Student("local", "local-only", {"attention": "local"}, distill=False),
