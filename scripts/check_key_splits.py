@@ -19,7 +19,7 @@ import triton
 
 from rehyat import hybrid_attention
 from rehyat.attention.kernels import windowed
-from rehyat.attention.kernels.config import key_splits
+from rehyat.attention.kernels.config import attention_config, key_splits
 from rehyat.bench.attention import SHAPE, _inputs, stream_steps
 
 AUTO = windowed.key_splits
@@ -31,11 +31,13 @@ COMBINE_BLOCKS = tuple(
 
 
 def _recurrent(q, k, v, fq, fk, splits: str) -> torch.Tensor:
-    windowed.key_splits = AUTO if splits == "auto" else (lambda programs, device: 1)
-    out = torch.empty_like(q)
-    with torch.no_grad():
-        stream_steps(q, k, v, fq, fk, out)
-    windowed.key_splits = AUTO
+    windowed.key_splits = AUTO if splits == "auto" else (lambda *args: 1)
+    try:
+        out = torch.empty_like(q)
+        with torch.no_grad():
+            stream_steps(q, k, v, fq, fk, out)
+    finally:
+        windowed.key_splits = AUTO
     return out
 
 
@@ -65,8 +67,11 @@ def measure(frames: int) -> dict:
             (split - one).abs().max() / one.abs().max()
         )
     q, k, v, fq, fk = inputs  # bf16: the timed inputs
-    programs = -(-SHAPE["chunk_frames"] * SHAPE["frame_tokens"] // 128) * q.shape[0] * q.shape[2]
-    row["splits"] = key_splits(programs, q.device)
+    cfg = attention_config("fwd", q.shape[-1], q.dtype, q.device)
+    chunk = SHAPE["chunk_frames"] * SHAPE["frame_tokens"]
+    window = chunk + SHAPE["overlap_frames"] * SHAPE["frame_tokens"]
+    programs = -(-chunk // cfg.block_m) * q.shape[0] * q.shape[2]
+    row["splits"] = key_splits(programs, -(-window // cfg.block_n), q.shape[-1], q.dtype, q.device)
     with torch.no_grad():
         row["parallel_ms"] = _bench(lambda: hybrid_attention(q, k, v, fq, fk, **GEOMETRY, backend="triton"))
     row["recurrent_one_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "one"))

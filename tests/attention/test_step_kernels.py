@@ -209,17 +209,28 @@ def test_frame_sums_split_frames_into_runs_and_add_them_back():
     assert torch.equal(explicit, split_kv)  # it did split: the same sums in the same order
 
 
-@pytest.mark.parametrize("splits", [2, 5])
-def test_key_splits_merge_to_the_unsplit_forward(splits):
+@pytest.mark.parametrize(
+    "frame_tokens,splits,cuts",
+    [
+        (5, 2, (0, 23)),  # windows of 15–25 keys: 1–2 blocks of 16, two parts
+        (5, 5, (0, 23)),  # the same windows in five parts: three or more of them empty
+        (10, 3, (0, 37)),  # windows of up to 50 keys (4 blocks): three non-empty parts, a middle one
+        (10, 4, (0, 37)),  # four non-empty parts; the prefix ends inside the second or third
+    ],
+)
+def test_key_splits_merge_to_the_unsplit_forward(frame_tokens, splits, cuts):
     """Cutting each key window into parts (one program each, merged by ``_combine_kernel``) gives the
-    one-program result: with and without the linear part and a prefix, including parts that are empty
-    (5 parts of windows only 2–4 blocks long) and windows that straddle the prefix end."""
-    q, k, v, fq = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 7, 5, 3, 16, 32, seed=5)[:4])
+    one-program result: with and without the linear part and a prefix, with empty parts, middle parts
+    and parts on either side of the prefix end."""
+    batch, heads = (2, 3) if frame_tokens == 5 else (1, 2)
+    q, k, v, fq = (
+        x.to(DEVICE, torch.float32) for x in make_inputs(batch, 7, frame_tokens, heads, 16, 32, seed=5)[:4]
+    )
     gen = torch.Generator().manual_seed(5)
-    kv, z = (torch.rand(2, 3, 3, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
-    for cut in (0, 23):
+    kv, z = (torch.rand(batch, 3, heads, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
+    for cut in cuts:
         for linear in ((fq, kv, z), (None, None, None)):
-            args = (*linear, 15, 10, 0, 0.3)
+            args = (*linear, 3 * frame_tokens, 2 * frame_tokens, 0, 0.3)  # chunks of 3 frames, overlap 2
             prefix = tuple(x[:, :cut] for x in (k, v)) if cut else None
             keys = (k[:, cut:], v[:, cut:])
             want = windowed_attention_forward(q, *keys, *args, prefix=prefix, splits=1)
@@ -228,16 +239,23 @@ def test_key_splits_merge_to_the_unsplit_forward(splits):
 
 
 def test_streaming_step_with_key_splits_matches_the_reference(monkeypatch):
-    """The step as it runs on a GPU whose SMs a chunk underfills: every window cut in two."""
+    """The step as it runs on a GPU whose SMs a chunk underfills: every window cut in two; the same
+    output as the reference and the same row counts as the unsplit step."""
     from rehyat.attention.kernels import windowed
 
-    monkeypatch.setattr(windowed, "key_splits", lambda programs, device: 2)
     inputs = make_inputs(2, 7, 5, 3, 16, 32, seed=6)
-    got = _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False)
+    unsplit = AttentionStats()
+    _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False, stats=unsplit)
+    asked = []
+    monkeypatch.setattr(windowed, "key_splits", lambda *args: asked.append(args) or 2)
+    split = AttentionStats()
+    got = _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False, stats=split)
+    assert len(asked) == 3  # one decision per step: the patched heuristic did run
     want = naive_hybrid_attention(
         *(x.double() for x in inputs), frame_tokens=5, chunk_frames=3, overlap_frames=1
     )
     assert rel_err(got, want) <= TOL
+    assert (split.total_rows, split.guarded_rows) == (unsplit.total_rows, unsplit.guarded_rows) != (0, 0)
 
 
 def test_key_splits_fill_the_waves_of_small_grids():
@@ -245,7 +263,9 @@ def test_key_splits_fill_the_waves_of_small_grids():
     assert best_key_splits(3108, 132) == 1  # the parallel form at 21 frames: 24 waves either way
     assert best_key_splits(12, 132) == 4  # a tiny grid: as many parts as allowed
     assert best_key_splits(132, 132) == 1  # exactly one full wave
+    assert best_key_splits(12, 132, max_splits=2) == 2  # no more parts than the window has key blocks
+    tiny = [x.float().to(DEVICE) for x in make_inputs(1, 2, 2, 1, 16, 16)[:3]]  # q: 64 elements
     with pytest.raises(ValueError, match="splits"):
-        windowed_attention_forward(
-            *make_inputs(1, 2, 2, 1, 16, 16)[:3], None, None, None, 4, 0, 0, 1.0, splits=0
-        )
+        windowed_attention_forward(*tiny, None, None, None, 4, 0, 0, 1.0, splits=0)
+    with pytest.raises(ValueError, match="overflow int32"):
+        windowed_attention_forward(*tiny, None, None, None, 4, 0, 0, 1.0, splits=2**25)

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from rehyat import hybrid_attention
+from rehyat import hybrid_attention, recurrent_hybrid_attention
 from rehyat.cli import main
-from rehyat.toy.quality import QUICK, STUDENTS, _targets, run_quality, with_overrides
+from rehyat.toy.quality import LONG_VIDEO_STUDENTS, QUICK, STUDENTS, _targets, run_quality, with_overrides
 from rehyat.toy.teacher import CLIP
 
 
@@ -127,7 +127,7 @@ def test_settings_overrides_keep_the_field_types():
 
 
 def test_causal_softmax_control_is_exact_block_causal_softmax():
-    """The ceiling row's geometry: on a clip, every chunk's window holds all past frames, so its
+    """The causal-softmax reference row's geometry: on a clip, every chunk's window holds all past frames, so its
     attention is softmax under a block-causal mask and the linear part (any φ) adds nothing."""
     student = next(s for s in STUDENTS if s.name == "causal_softmax")
     frames, tokens, heads, dim = CLIP["num_frames"], 2, 2, 8
@@ -142,3 +142,10 @@ def test_causal_softmax_control_is_exact_block_causal_softmax():
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / dim**0.5
     want = torch.einsum("bhij,bjhd->bihd", scores.masked_fill(~visible, float("-inf")).softmax(-1), v)
     assert torch.allclose(got, want, atol=1e-12)
+    # It samples recurrently: the streaming form caches up to 15 past frames and retires none, so φ
+    # never enters on a clip (longer videos would retire frames into untrained φ: no long videos).
+    streamed = recurrent_hybrid_attention(
+        q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **student.rehyat
+    )
+    assert torch.allclose(streamed, want, atol=1e-12)
+    assert student.name not in LONG_VIDEO_STUDENTS

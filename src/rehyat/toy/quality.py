@@ -13,8 +13,8 @@ blocks (the best half by stage-1 held-out error; stage 1 is shared with the all-
 blocks are distilled independently); ReHyAt with the non-negative φ variant; local-only (no φ: stage 2
 only); linear-only; uniform hybrid R=2; and two controls: the unconverted teacher through the same
 stage 2, which separates what stage 2 itself does to the model from what the conversion costs, and
-exact block-causal softmax (To = every past frame, no φ) through the same stage 2, the best any causal
-student can do at this budget. ``--set KEY=VALUE`` overrides a setting.
+exact block-causal softmax (To = every past frame, no φ) through the same stage 2, the level a causal
+student is expected to reach at this budget (a reference, not a bound). ``--set KEY=VALUE`` overrides a setting.
 Writes ``OUT/toybench.json``, ``OUT/toybench.md`` and ``OUT/toybench.png``; work files (checkpoints,
 per-model results, so an interrupted run resumes where it stopped) go to ``--work``.
 """
@@ -62,11 +62,11 @@ STUDENTS = (
     Student("local", "local-only", {"attention": "local"}, distill=False),
     Student("linear", "linear-only", {"attention": "linear"}),
     Student("uniform_hybrid", "uniform hybrid R=2", {"attention": "uniform_hybrid", "uniform_stride": 2}),
-    # A ceiling for every causal student: the window reaches back over every past frame of a clip, so
+    # The reference for causal students: the window reaches back over every past frame of a clip, so
     # the linear part is empty and each chunk attends with exact softmax to itself and all before it.
     Student(
         "causal_softmax",
-        "exact causal softmax (ceiling of causal students)",
+        "exact causal softmax (reference for causal students)",
         {"overlap_frames": CLIP["num_frames"] - 1},
         distill=False,
     ),

@@ -97,24 +97,32 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def key_splits(programs: int, device: torch.device) -> int:
-    """Parts to cut each key window into on ``device`` (1 off CUDA); see :func:`best_key_splits`."""
-    if device.type != "cuda" or interpreting():
+def key_splits(
+    programs: int, window_blocks: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> int:
+    """Parts to cut each key window of ``window_blocks`` key blocks into; see :func:`best_key_splits`.
+
+    1 off CUDA and wherever the one-program-per-SM premise is unmeasured: only the head-dim-128
+    half-precision forward config (whose shared memory holds one program per SM) splits.
+    """
+    if device.type != "cuda" or interpreting() or head_dim != 128 or dtype == torch.float32:
         return 1
-    return best_key_splits(programs, torch.cuda.get_device_properties(device).multi_processor_count)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return best_key_splits(programs, sms, max_splits=min(4, window_blocks))
 
 
 def best_key_splits(programs: int, sms: int, max_splits: int = 4) -> int:
     """Parts per key window so that a small grid of query blocks fills the GPU (flash-decoding style).
 
-    One program runs per SM at the head-dim-128 forward config, so ``programs`` query blocks take
-    ceil(programs / sms) waves; s parts take ceil(s · programs / sms) waves of 1/s the work. The
-    streaming step at the Wan shape has 444 programs on 132 SMs: 4 waves, the last a third full;
-    s = 2 takes 3.5 wave-lengths. A split must save ≥ 10% (its partials cost a merge).
+    With one program per SM, ``programs`` query blocks take ceil(programs / sms) waves; s parts take
+    ceil(s · programs / sms) waves of 1/s the work. The streaming step at the Wan shape has 444
+    programs on 132 SMs: 4 waves, the last a third full; s = 2 takes 3.5 wave-lengths. A split must
+    save ≥ 10%: its fp32 partials cost memory (s · rows · D · 4 bytes, +24 MiB at the Wan step) and a
+    merge pass. Measured on an H200 (``scripts/check_key_splits.py``): the step 4–5% faster.
     """
 
     def waves(s: int) -> float:
         return -(-programs * s // sms) / s
 
-    best = min(range(1, max_splits + 1), key=lambda s: (waves(s), s))
+    best = min(range(1, max(max_splits, 1) + 1), key=lambda s: (waves(s), s))
     return best if waves(best) <= 0.9 * waves(1) else 1

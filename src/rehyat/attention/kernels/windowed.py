@@ -663,7 +663,8 @@ def _launch_forward(
     With ``prefix`` = (pk, pv) [B, M, H, D] the keys are [pk ‖ k] (values [pv ‖ v]) without being
     concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v. With ``splits`` > 1
     (None: :func:`key_splits` picks) each window's keys are cut into that many parts, one program
-    each, and ``_combine_kernel`` merges them: more programs when one chunk alone leaves SMs idle.
+    each, and ``_combine_kernel`` merges them: more programs when one chunk alone leaves SMs idle, for
+    splits × [B·H, n_q, D] fp32 partials of extra memory.
     """
     has_linear = fq is not None
     batch, n_q, heads, head_dim = q.shape
@@ -674,7 +675,12 @@ def _launch_forward(
     cfg = attention_config("fwd", head_dim, q.dtype, q.device)
     blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
     if splits is None:
-        splits = key_splits(n_programs * batch * heads, q.device)
+        window_blocks = -(-min(chunk_len + overlap_len + key_offset, n_k) // cfg.block_n)
+        splits = key_splits(n_programs * batch * heads, window_blocks, head_dim, q.dtype, q.device)
+        if splits * q.numel() >= 2**31:  # partial offsets are int32
+            splits = 1
+    elif splits > 1 and splits * q.numel() >= 2**31:
+        raise ValueError(f"splits={splits}: the partials of {tuple(q.shape)} would overflow int32 offsets")
     out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
     m, l_soft, n_lin = (
         torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
