@@ -14,6 +14,10 @@ from rehyat.toy.quality import LONG_VIDEO_STUDENTS, QUICK, STUDENTS, _targets, r
 from rehyat.toy.teacher import CLIP
 
 
+def _toy_args(out, work) -> list[str]:
+    return ["bench", "toy", "--quick", "--device", "cpu", "--out", str(out), "--work", str(work)]
+
+
 def test_quick_quality_table_for_four_students(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["bench", "toy", "--quick", "--device", "cpu", "--out", str(out), "--work", str(work)]
@@ -50,19 +54,33 @@ def test_quick_quality_table_for_four_students(tmp_path):
     with pytest.raises(ValueError, match="holds results made with other settings"):
         run_quality(out, work, "cpu", dataclasses.replace(QUICK, eval_prompts=3))
 
+    # A new work folder seeded from this table: its students are taken as they are and named as such.
+    earlier, again_out = out / "toybench.json", tmp_path / "again"
+    reuse = _toy_args(again_out, tmp_path / "w2")
+    reuse += ["--set", "finetune_ema=0.9", "--reuse", str(earlier)]
+    assert main([*reuse, "--report-only", "--only", "rehyat", "local"]) == 0
+    seeded = json.loads((again_out / "toybench.json").read_text())
+    assert (
+        seeded["models"]["rehyat"]["short"] == models["rehyat"]["short"]
+        and "half_blocks" not in seeded["models"]
+    )
+    assert seeded["reused"]["students"] == ["rehyat", "local"] and seeded["reused"]["from"] == str(earlier)
+    assert (
+        "not trained in this run: ReHyAt Tc=3 To=1 causal, local-only."
+        in (again_out / "toybench.md").read_text()
+    )
+    with pytest.raises(ValueError, match=r"made with other settings \(they differ in \['eval_prompts'\]\)"):
+        run_quality(
+            again_out,
+            tmp_path / "w3",
+            "cpu",
+            dataclasses.replace(QUICK, eval_prompts=3, finetune_ema=0.9),
+            reuse=earlier,
+        )
+
 
 def test_half_blocks_needs_the_all_blocks_student(tmp_path, capsys):
-    args = [
-        "bench",
-        "toy",
-        "--quick",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path),
-        "--work",
-        str(tmp_path / "w"),
-    ]
+    args = _toy_args(tmp_path, tmp_path / "w")
     assert main([*args, "--only", "half_blocks"]) == 2
     assert "half_blocks reuses the 'rehyat' student's stage 1" in capsys.readouterr().err
 

@@ -191,9 +191,11 @@ def run_quality(
     settings: QualitySettings,
     only: list[str] | None = None,
     report_only: bool = False,
+    reuse: Path | None = None,
 ) -> dict:
     """Train and score the students (or, with ``report_only``, gather those already in ``work``) and
-    write the table."""
+    write the table. ``reuse``: an earlier table's toybench.json made with the same settings, whose
+    students are taken as they are (only the others are trained); the table says which."""
     from rich.console import Console
 
     console = Console()
@@ -205,6 +207,7 @@ def run_quality(
     long_prompts, long_embeds = prompts[: settings.long_videos], embeds[: settings.long_videos]
     long_frames = settings.long_factor * CLIP["num_frames"]
     _claim_work_folder(work, settings)
+    reused = _reuse_results(reuse, work, settings) if reuse is not None else None
 
     console.rule("teacher")
     teacher_model = load_toy_model(teacher, None, torch_device)
@@ -271,11 +274,39 @@ def run_quality(
         "models": results,
         "targets": _targets(results),
     }
+    if reused is not None:
+        reused["students"] = [name for name in reused["students"] if name in results]
+        report["reused"] = reused
     out.mkdir(parents=True, exist_ok=True)
     (out / "toybench.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)
     console.print(f"[bold]table:[/bold] {out / 'toybench.md'}")
     return report
+
+
+def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[str, Any]:
+    """Put the students of an earlier table (its toybench.json) into ``work`` as finished results,
+    unless ``work`` already has them; the table must come from the same settings."""
+    if not path.is_file():
+        raise ValueError(f"--reuse {path}: no such file (an earlier run's toybench.json)")
+    earlier = json.loads(path.read_text())
+    current = json.loads(json.dumps(asdict(settings)))
+    differ = sorted(
+        k
+        for k in current.keys() | earlier.get("settings", {}).keys()
+        if current.get(k) != earlier.get("settings", {}).get(k)
+    )
+    if differ:
+        raise ValueError(f"--reuse {path}: made with other settings (they differ in {differ})")
+    names = {s.name for s in STUDENTS}
+    taken = []
+    for name, result in earlier["models"].items():
+        done = work / name / "result.json"
+        if name in names and not done.exists():
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(result, indent=2) + "\n")
+            taken.append(name)
+    return {"from": str(path), "date": earlier.get("environment", {}).get("date"), "students": taken}
 
 
 def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
@@ -409,6 +440,16 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             "model. Adherence = mean of colour, shape and direction read back (points); PSNR/SSIM against the "
             "teacher's video from the same noise.",
             markdown_table(["model", "sampled", *keys], rows),
+            *(
+                [
+                    f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`, "
+                    f"{report['reused']['date']}), not trained in this run: "
+                    + ", ".join(models[name]["label"] for name in report["reused"]["students"])
+                    + "."
+                ]
+                if report.get("reused", {}).get("students")
+                else []
+            ),
             "![ToyBench](toybench.png)",
             f"## Long videos ({report['long_frames']} frames, {report['long_frames'] // report['frames']}× the training length)",
             markdown_table(
@@ -484,7 +525,8 @@ def _main(args: argparse.Namespace) -> int:
             "run them together (--only rehyat half_blocks)"
         )
     settings = with_overrides(QUICK if args.quick else QualitySettings(), args.set or [])
-    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only)
+    reuse = Path(args.reuse) if args.reuse else None
+    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only, reuse)
     return 0
 
 
@@ -509,5 +551,10 @@ def register(targets) -> None:
         "--report-only",
         action="store_true",
         help="train nothing: score the teacher, gather the students in --work",
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="TOYBENCH_JSON",
+        help="take the students of an earlier table made with the same settings; train only the rest",
     )
     parser.set_defaults(handler=_main)
