@@ -65,9 +65,10 @@ def test_quick_quality_table_for_four_students(tmp_path):
         and "half_blocks" not in seeded["models"]
     )
     assert seeded["reused"]["students"] == ["rehyat", "local"] and seeded["reused"]["from"] == str(earlier)
+    assert seeded["reused"]["gpu"] == "no GPU"  # the earlier table's device, named in the table
     assert (
-        "not trained in this run: ReHyAt Tc=3 To=1 causal, local-only."
-        in (again_out / "toybench.md").read_text()
+        "no GPU, " + json.loads(earlier.read_text())["environment"]["date"] + "), not trained in this run: "
+        "ReHyAt Tc=3 To=1 causal, local-only." in (again_out / "toybench.md").read_text()
     )
     with pytest.raises(ValueError, match=r"made with other settings \(they differ in \['eval_prompts'\]\)"):
         run_quality(

@@ -306,7 +306,13 @@ def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[st
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(result, indent=2) + "\n")
             taken.append(name)
-    return {"from": str(path), "date": earlier.get("environment", {}).get("date"), "students": taken}
+    environment = earlier.get("environment", {})
+    return {
+        "from": str(path),
+        "date": environment.get("date"),
+        "gpu": environment.get("gpu") or "no GPU",
+        "students": taken,
+    }
 
 
 def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
@@ -443,7 +449,8 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             *(
                 [
                     f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`, "
-                    f"{report['reused']['date']}), not trained in this run: "
+                    f"{report['reused']['gpu']}, {report['reused']['date']}), not "
+                    "trained in this run: "
                     + ", ".join(models[name]["label"] for name in report["reused"]["students"])
                     + "."
                 ]
