@@ -209,6 +209,84 @@ def test_frame_sums_split_frames_into_runs_and_add_them_back():
     assert torch.equal(explicit, split_kv)  # it did split: the same sums in the same order
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("pending,frames", [(0, 1), (0, 3), (1, 2), (2, 1), (3, 3)])
+def test_retire_sums_matches_adding_whole_frames(pending, frames, splits):
+    """One launch adds the first ``leaving`` frames of [pending ‖ chunk] (the chunk's frames given as
+    ``splits`` partials each) to the sums and keeps the rest, for every leaving count."""
+    from rehyat.attention.kernels.states import retire_sums
+
+    gen = torch.Generator().manual_seed(10 * pending + frames + splits)
+    batch, heads, feat, dim = 2, 3, 32, 16
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    kv, z = rand(batch, heads, feat, dim), rand(batch, heads, feat)
+    pending_kv, pending_z = rand(batch, pending, heads, feat, dim), rand(batch, pending, heads, feat)
+    parts_kv, parts_z = (
+        rand(batch, frames * splits, heads, feat, dim),
+        rand(batch, frames * splits, heads, feat),
+    )
+    frame_kv = parts_kv.view(batch, frames, splits, heads, feat, dim).sum(2)
+    frame_z = parts_z.view(batch, frames, splits, heads, feat).sum(2)
+    all_kv, all_z = torch.cat([pending_kv, frame_kv], 1), torch.cat([pending_z, frame_z], 1)
+    for leaving in range(pending + frames + 1):
+        got = retire_sums(
+            *(x.to(DEVICE, torch.float32) for x in (parts_kv, parts_z)), splits,
+            *(x.to(DEVICE, torch.float32) for x in (kv, z, pending_kv, pending_z)), leaving,
+        )  # fmt: skip
+        want = (
+            kv + all_kv[:, :leaving].sum(1),
+            z + all_z[:, :leaving].sum(1),
+            all_kv[:, leaving:],
+            all_z[:, leaving:],
+        )
+        for name, g, w in zip(("kv", "z", "pending_kv", "pending_z"), got, want, strict=True):
+            assert g.shape == w.shape, (name, leaving)
+            torch.testing.assert_close(g.cpu().double(), w, rtol=1e-5, atol=1e-5, msg=f"{name} {leaving}")
+    with pytest.raises(ValueError, match="leaving"):
+        retire_sums(parts_kv.float(), parts_z.float(), splits, kv.float(), z.float(), pending_kv.float(),
+                    pending_z.float(), pending + frames + 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_no_grad_step_state_matches_the_torch_step(overlap, monkeypatch):
+    """The inference state update (frame sums as partials + one retire launch) leaves the same state
+    as the PyTorch step, with chunks longer and shorter than the overlap and frames cut into runs."""
+    calls = []
+    retire = fused.retire_frames
+
+    def recorded(*args, **kwargs):
+        calls.append(args[-1])
+        return retire(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "retire_frames", recorded)
+    # The chunk's attention is checked elsewhere; here it is skipped (the interpreter is slow at 128).
+    monkeypatch.setattr(fused, "triton_step_attention", lambda q, *args, **kwargs: torch.zeros_like(q))
+    s = 128  # two runs of 64 tokens per frame (few programs): the partials path with splits = 2
+    q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(1, 6, s, 2, 16, 16, seed=overlap))
+    assert fused._frame_splits(fk[:, : 3 * s], s, 512) == 2
+    states = {"torch": None, "triton": None}
+    start = 0
+    for frames in (3, 1, 2):  # retiring new frames, pending frames, and both
+        piece = slice(start, start + frames * s)
+        start = piece.stop
+        for backend in states:
+            with torch.no_grad():
+                _, states[backend] = hybrid_attention_step(
+                    q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], states[backend],
+                    frame_tokens=s, overlap_frames=overlap, backend=backend,
+                )  # fmt: skip
+        want, got = states["torch"], states["triton"]
+        for name in ("kv", "z", "pending_kv", "pending_z", "k", "v"):
+            torch.testing.assert_close(
+                getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, msg=name
+            )
+        assert got.frames_seen == want.frames_seen
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize(
     "frame_tokens,splits,cuts",
     [

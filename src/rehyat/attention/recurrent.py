@@ -149,19 +149,28 @@ def hybrid_attention_step(
         fk = phi_k(k)
         _check_late_features(fk, q, state.kv.shape[2])
 
-    # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
-    if use_triton:
-        from rehyat.attention.kernels.fused import frame_sums
+    if use_triton and not (torch.is_grad_enabled() and any(t.requires_grad for t in (fk, v, state.kv))):
+        # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
+        from rehyat.attention.kernels.fused import retire_frames
 
-        chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
+        kv, z, pending_kv, pending_z = retire_frames(
+            fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
+        )
     else:
-        shape = (fk.shape[0], -1, frame_tokens, *fk.shape[2:])
-        fk_frames, v_frames = fk.to(acc).reshape(shape), v.to(acc).reshape(*shape[:-1], v.shape[-1])
-        chunk_kv = torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames)
-        chunk_z = fk_frames.sum(dim=2)
-    # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
-    kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
-    z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
+        # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
+        if use_triton:
+            from rehyat.attention.kernels.fused import frame_sums
+
+            chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
+        else:
+            shape = (fk.shape[0], -1, frame_tokens, *fk.shape[2:])
+            fk_frames = fk.to(acc).reshape(shape)
+            v_frames = v.to(acc).reshape(*shape[:-1], v.shape[-1])
+            chunk_kv = torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames)
+            chunk_z = fk_frames.sum(dim=2)
+        # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
+        kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
+        z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
 
     next_state = HybridAttentionState(
         kv=kv,

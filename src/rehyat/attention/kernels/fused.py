@@ -12,21 +12,17 @@ from torch import Tensor
 
 from rehyat.attention._common import AttentionStats, resolve_scale
 from rehyat.attention.kernels.config import feature_block
-from rehyat.attention.kernels.states import SegmentSums
+from rehyat.attention.kernels.states import SegmentSums, retire_sums, segment_sums
 from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
 from rehyat.attention.naive import states_from_frame_sums
 
 
-def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int, min_programs: int = 512) -> tuple[Tensor, Tensor]:
-    """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] (fp32), for few frames as fast as for many.
-
-    One kernel program per (frame, head, feature slice) leaves most of the GPU idle when a streaming
-    step has only a chunk's frames, so each frame is cut into up to 8 equal runs (while that gives
-    fewer than ``min_programs`` programs and runs stay ≥ 64 tokens) and the partial sums are added.
-    """
+def _frame_splits(fk: Tensor, frame_tokens: int, min_programs: int) -> int:
+    """Runs to cut each frame into for the sums kernel: one program per (frame, head, feature slice)
+    leaves most of the GPU idle when a streaming step has only a chunk's frames, so frames are halved
+    (up to 8 runs) while that gives fewer than ``min_programs`` programs and runs stay ≥ 64 tokens."""
     batch, n_tokens, heads, feat = fk.shape
-    frames = n_tokens // frame_tokens
-    programs = frames * batch * heads * (feat // feature_block(feat))
+    programs = n_tokens // frame_tokens * batch * heads * (feat // feature_block(feat))
     split = 1
     while (
         split < 8
@@ -35,13 +31,40 @@ def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int, min_programs: int = 512
         and frame_tokens // (2 * split) >= 64
     ):
         split *= 2
+    return split
+
+
+def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int, min_programs: int = 512) -> tuple[Tensor, Tensor]:
+    """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] (fp32), for few frames as fast as for
+    many (frames cut into runs whose partial sums are added, see :func:`_frame_splits`)."""
+    split = _frame_splits(fk, frame_tokens, min_programs)
     kv, z = SegmentSums.apply(fk, v, frame_tokens // split)
     if split == 1:
         return kv, z
+    batch, frames = fk.shape[0], fk.shape[1] // frame_tokens
     return (
         kv.view(batch, frames, split, *kv.shape[2:]).sum(dim=2),
         z.view(batch, frames, split, *z.shape[2:]).sum(dim=2),
     )
+
+
+def retire_frames(
+    fk: Tensor,
+    v: Tensor,
+    frame_tokens: int,
+    kv: Tensor,
+    z: Tensor,
+    pending_kv: Tensor,
+    pending_z: Tensor,
+    leaving: int,
+    min_programs: int = 512,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The streaming step's state update without gradients, in two launches: the chunk's per-frame sums
+    (as partials) and :func:`retire_sums`, which adds the first ``leaving`` frames of [pending ‖ chunk]
+    to (kv, z) and keeps the rest pending. Returns (kv, z, pending_kv, pending_z)."""
+    split = _frame_splits(fk, frame_tokens, min_programs)
+    parts_kv, parts_z = segment_sums(fk, v, frame_tokens // split)
+    return retire_sums(parts_kv, parts_z, split, kv, z, pending_kv, pending_z, leaving)
 
 
 def chunk_states(

@@ -246,3 +246,125 @@ class SegmentSums(torch.autograd.Function):
             dz = a.new_zeros(batch, n_segs, heads, feat, dtype=torch.float32)
         da, db = segment_apply(a, b, dkv, dz, ctx.seg_len)
         return da, db, None
+
+
+#: Feature rows per program of :func:`retire_sums` (feature dims are multiples of 16).
+RETIRE_ROWS = 16
+
+
+@triton.jit
+def _retire_kernel(
+    parts_kv_ptr,
+    parts_z_ptr,
+    kv_ptr,
+    z_ptr,
+    pending_kv_ptr,
+    pending_z_ptr,
+    kv_out_ptr,
+    z_out_ptr,
+    kept_kv_ptr,
+    kept_z_ptr,
+    n_heads,
+    n_pending,
+    from_pending,
+    n_frames,
+    from_new,
+    splits,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    """One program: feature rows [ROWS·program_id(1), +ROWS) of (batch, head) ``program_id(0)``.
+
+    kv_out = kv + Σ_{i < from_pending} pending[i] + Σ_{f < from_new} sum_f, where frame f's sum is
+    its ``splits`` consecutive partials; kept = [pending[from_pending:] ‖ sum_f for f ≥ from_new].
+    All [B, ·, H, E(, D)] contiguous fp32; z the same without D.
+    """
+    bh = tl.program_id(0)
+    batch = bh // n_heads
+    head = bh % n_heads
+    offs_e = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    tile = offs_e[:, None] * D + tl.arange(0, D)[None, :]
+    kv = tl.load(kv_ptr + bh * E * D + tile)
+    z = tl.load(z_ptr + bh * E + offs_e)
+    n_kept = n_pending - from_pending + n_frames - from_new
+    for i in range(0, from_pending):
+        src = (batch * n_pending + i) * n_heads + head
+        kv += tl.load(pending_kv_ptr + src * E * D + tile)
+        z += tl.load(pending_z_ptr + src * E + offs_e)
+    for i in range(from_pending, n_pending):
+        src = (batch * n_pending + i) * n_heads + head
+        dst = (batch * n_kept + i - from_pending) * n_heads + head
+        tl.store(kept_kv_ptr + dst * E * D + tile, tl.load(pending_kv_ptr + src * E * D + tile))
+        tl.store(kept_z_ptr + dst * E + offs_e, tl.load(pending_z_ptr + src * E + offs_e))
+    n_parts = n_frames * splits
+    for f in range(0, from_new):
+        for s in range(f * splits, (f + 1) * splits):
+            src = (batch * n_parts + s) * n_heads + head
+            kv += tl.load(parts_kv_ptr + src * E * D + tile)
+            z += tl.load(parts_z_ptr + src * E + offs_e)
+    for f in range(from_new, n_frames):
+        frame_kv = tl.zeros([ROWS, D], dtype=tl.float32)
+        frame_z = tl.zeros([ROWS], dtype=tl.float32)
+        for s in range(f * splits, (f + 1) * splits):
+            src = (batch * n_parts + s) * n_heads + head
+            frame_kv += tl.load(parts_kv_ptr + src * E * D + tile)
+            frame_z += tl.load(parts_z_ptr + src * E + offs_e)
+        dst = (batch * n_kept + n_pending - from_pending + f - from_new) * n_heads + head
+        tl.store(kept_kv_ptr + dst * E * D + tile, frame_kv)
+        tl.store(kept_z_ptr + dst * E + offs_e, frame_z)
+    tl.store(kv_out_ptr + bh * E * D + tile, kv)
+    tl.store(z_out_ptr + bh * E + offs_e, z)
+
+
+def retire_sums(
+    parts_kv: Tensor,
+    parts_z: Tensor,
+    splits: int,
+    kv: Tensor,
+    z: Tensor,
+    pending_kv: Tensor,
+    pending_z: Tensor,
+    leaving: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The streaming state update in one launch: the first ``leaving`` frames of [pending ‖ chunk]
+    join (kv, z); the rest stay pending. Returns (kv, z, pending_kv, pending_z), new tensors.
+
+    parts_kv [B, F·splits, H, E, D] / parts_z [B, F·splits, H, E]: the chunk's F frames as ``splits``
+    partial sums each (:func:`segment_sums`); kv [B, H, E, D], z [B, H, E]; pending_kv
+    [B, P, H, E, D], pending_z [B, P, H, E]; all fp32.
+    """
+    batch, n_parts, heads, feat, head_dim = parts_kv.shape
+    n_frames, n_pending = n_parts // splits, pending_kv.shape[1]
+    if not 0 <= leaving <= n_pending + n_frames or n_parts != n_frames * splits:
+        raise ValueError(
+            f"retire_sums: {leaving} leaving frames of {n_pending} pending + {n_parts} parts / {splits} splits"
+        )
+    from_pending = min(leaving, n_pending)
+    n_kept = n_pending + n_frames - leaving
+    kv_out, z_out = torch.empty_like(kv), torch.empty_like(z)
+    kept_kv = kv.new_empty(batch, n_kept, heads, feat, head_dim)
+    kept_z = z.new_empty(batch, n_kept, heads, feat)
+    grid = (batch * heads, feat // RETIRE_ROWS)
+    _retire_kernel[grid](
+        parts_kv.contiguous(),
+        parts_z.contiguous(),
+        kv.contiguous(),
+        z.contiguous(),
+        pending_kv.contiguous(),
+        pending_z.contiguous(),
+        kv_out,
+        z_out,
+        kept_kv,
+        kept_z,
+        heads,
+        n_pending,
+        from_pending,
+        n_frames,
+        leaving - from_pending,
+        splits,
+        E=feat,
+        D=head_dim,
+        ROWS=RETIRE_ROWS,
+    )
+    return kv_out, z_out, kept_kv, kept_z

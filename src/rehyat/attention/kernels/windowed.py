@@ -38,6 +38,7 @@ from rehyat.attention.kernels.states import segment_sums
 LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
 COMBINE_BLOCK_M = 32
+COMBINE_WARPS = 4
 
 
 @triton.jit
@@ -709,7 +710,7 @@ def _launch_forward(
         _combine_kernel[(n_programs, batch * heads)](
             part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), heads, n_q, chunk_len,
             blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
-            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=4,
+            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=COMBINE_WARPS,
         )  # fmt: skip
     if stats is not None:
         stats.total_rows += m.numel()
