@@ -4,8 +4,8 @@ Usage: ``PYTHONPATH=src python3 scripts/check_key_splits.py [FRAMES ...]`` (defa
 count: the max relative difference of the recurrent output with splits (as chosen on this GPU) against
 one program per window (bf16 and fp32), and do_bench medians of the recurrent pass both ways and of
 the parallel op, with the recurrent / parallel ratios (the merge's row block and warps swept), and the
-recurrent pass with the merge's feature loop unrolled instead of pipelined, and with the state update
-as separate torch ops (frame sums, then adds and copies) instead of the retire kernel. Env: COMBINE_BLOCKS (default "32x4 64x4 64x8 128x8": rows x warps), DTYPES
+recurrent pass with the state update as separate torch ops (frame sums, then adds and copies) instead
+of the retire kernel. Env: COMBINE_BLOCKS (default "32x4 64x4 64x8 128x8": rows x warps), DTYPES
 (default "float32 bfloat16"; the last is timed). One JSON line per frame count.
 """
 
@@ -96,11 +96,6 @@ def measure(frames: int) -> dict:
         row[f"recurrent_split_ms@{block}x{warps}"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))
     windowed.COMBINE_BLOCK_M, windowed.COMBINE_WARPS = DEFAULT_BLOCK, DEFAULT_WARPS
     row["recurrent_split_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))
-    windowed.COMBINE_PIPELINED = False
-    try:
-        row["recurrent_split_unpipelined_merge_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))
-    finally:
-        windowed.COMBINE_PIPELINED = True
     fused.retire_frames = _retire_in_torch
     try:
         row["recurrent_split_torch_retire_ms"] = _bench(lambda: _recurrent(q, k, v, fq, fk, "auto"))

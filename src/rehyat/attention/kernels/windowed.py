@@ -39,8 +39,6 @@ LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
 COMBINE_BLOCK_M = 32
 COMBINE_WARPS = 4
-#: The merge's feature slices as a software-pipelined loop (see :func:`_linear_part`).
-COMBINE_PIPELINED = True
 
 
 @triton.jit
@@ -241,42 +239,24 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _linear_slice(
-    num, n_lin, e0, fq_base, kv_ptr, z_ptr, state, offs_e, offs_d, row_valid, D: tl.constexpr, E: tl.constexpr,
-    PREC: tl.constexpr,
-):  # fmt: skip
-    """num += φq[:, e0:e0+BLOCK_E]·KV_t[e0:e0+BLOCK_E], n_lin += φq[:, slice]·z_t[slice] (fp32)."""
-    fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
-    kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
-    z = tl.load(z_ptr + state * E + e0 + offs_e)
-    return num + tl.dot(fq, kv, input_precision=PREC), n_lin + tl.sum(fq * z[None, :], axis=1)
-
-
-@triton.jit
 def _linear_part(
     rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh, n_heads,
     n_chunks, D: tl.constexpr, E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
-    PREC: tl.constexpr, PIPELINED: tl.constexpr = False,
+    PREC: tl.constexpr,
 ):  # fmt: skip
-    """(φq·KV_t [BLOCK_M, D], nL = φq·z_t [BLOCK_M]) of one query block, fp32. PIPELINED: the feature
-    slices as a software-pipelined loop (the merge, whose loads are all it does) instead of unrolled
-    (the forward's epilogue, whose shared memory the key loop's buffers already fill)."""
+    """(φq·KV_t [BLOCK_M, D], nL = φq·z_t [BLOCK_M]) of one query block, fp32."""
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, BLOCK_E)
     num = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
     state = (batch * n_chunks + chunk) * n_heads + head
     fq_base = fq_ptr + batch * stride_fb + head * stride_fh + rows[:, None] * stride_fn
-    if PIPELINED:
-        for e0 in tl.range(0, E, BLOCK_E, num_stages=2):
-            num, n_lin = _linear_slice(
-                num, n_lin, e0, fq_base, kv_ptr, z_ptr, state, offs_e, offs_d, row_valid, D, E, PREC
-            )
-    else:
-        for e0 in tl.static_range(0, E, BLOCK_E):
-            num, n_lin = _linear_slice(
-                num, n_lin, e0, fq_base, kv_ptr, z_ptr, state, offs_e, offs_d, row_valid, D, E, PREC
-            )
+    for e0 in tl.static_range(0, E, BLOCK_E):
+        fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
+        kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+        z = tl.load(z_ptr + state * E + e0 + offs_e)
+        num += tl.dot(fq, kv, input_precision=PREC)
+        n_lin += tl.sum(fq * z[None, :], axis=1)
     return num, n_lin
 
 
@@ -302,7 +282,7 @@ def _combine_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, fq_ptr, kv_ptr, z_ptr, o_ptr, m_ptr, l_ptr, nl_ptr, stride_fb,
     stride_fn, stride_fh, n_heads, n_q, chunk_len, blocks_per_chunk, n_chunks, eps, D: tl.constexpr,
     E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_LINEAR: tl.constexpr,
-    SPLITS: tl.constexpr, PREC: tl.constexpr, PIPELINED: tl.constexpr,
+    SPLITS: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Merge the key splits of one query block (rescaled to the common row max), add the linear part
     and normalise."""
@@ -325,7 +305,7 @@ def _combine_kernel(
     if HAS_LINEAR:
         num_lin, n_lin = _linear_part(
             rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh,
-            n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC, PIPELINED,
+            n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
         )  # fmt: skip
         num += num_lin
     _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads, n_q,
@@ -730,8 +710,7 @@ def _launch_forward(
         _combine_kernel[(n_programs, batch * heads)](
             part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), heads, n_q, chunk_len,
             blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
-            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), PIPELINED=COMBINE_PIPELINED,
-            num_warps=COMBINE_WARPS,
+            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=COMBINE_WARPS,
         )  # fmt: skip
     if stats is not None:
         stats.total_rows += m.numel()
