@@ -119,3 +119,24 @@ def test_step_rejects_a_changed_frame_size():
     _, state = hybrid_attention_step(q, k, v, fq, fk, None, frame_tokens=4, overlap_frames=1)
     with pytest.raises(ValueError, match="this chunk has frame_tokens = 2"):
         hybrid_attention_step(q, k, v, fq, fk, state, frame_tokens=2, overlap_frames=1)
+
+
+def test_step_out_buffer_and_its_errors():
+    """``out=`` receives the chunk's output (PyTorch path here; the kernels in test_step_kernels) and
+    is rejected, naming what is wrong, when it does not fit or gradients are needed."""
+    q, k, v, fq, fk = make_inputs(1, 4, 3, 2, 8, 16, seed=4)
+    kwargs = dict(frame_tokens=3, overlap_frames=1, backend="torch")
+    want, _ = hybrid_attention_step(q, k, v, fq, fk, None, **kwargs)
+    buffer = torch.zeros(1, 20, 2, 8, dtype=q.dtype)
+    got, _ = hybrid_attention_step(q, k, v, fq, fk, None, **kwargs, out=buffer[:, 4:16])
+    assert got.data_ptr() == buffer[:, 4:16].data_ptr() and torch.equal(buffer[:, 4:16], want)
+    assert buffer[:, :4].abs().sum() == 0 and buffer[:, 16:].abs().sum() == 0
+    for bad, message in (
+        (torch.zeros(1, 11, 2, 8, dtype=q.dtype), r"out is \(1, 11, 2, 8\)"),
+        (torch.zeros(1, 12, 2, 8, dtype=torch.float32), "float32"),
+        (torch.zeros(1, 12, 8, 2, dtype=q.dtype).transpose(2, 3), "unit last stride"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            hybrid_attention_step(q, k, v, fq, fk, None, **kwargs, out=bad)
+    with pytest.raises(ValueError, match="out= is for inference"):
+        hybrid_attention_step(q.requires_grad_(True), k, v, fq, fk, None, **kwargs, out=torch.empty_like(q))

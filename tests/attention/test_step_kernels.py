@@ -347,3 +347,47 @@ def test_key_splits_fill_the_waves_of_small_grids():
         windowed_attention_forward(*tiny, None, None, None, 4, 0, 0, 1.0, splits=0)
     with pytest.raises(ValueError, match="overflow int32"):
         windowed_attention_forward(*tiny, None, None, None, 4, 0, 0, 1.0, splits=2**25)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_step_writes_into_a_strided_output_buffer(splits, monkeypatch):
+    """``out=``: each chunk's output lands in its rows of a [B, N, H, D] buffer (for B = 2 a strided
+    view), with and without the split merge, and equals the step's own output."""
+    from rehyat.attention.kernels import windowed
+
+    monkeypatch.setattr(windowed, "key_splits", lambda *args: splits)
+    q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 5, 5, 3, 16, 32, seed=8))
+    buffer = torch.full_like(q, float("nan"))
+    states: dict[bool, HybridAttentionState | None] = {False: None, True: None}
+    for start in range(0, 25, 15):  # chunks of 3 frames, the last one short
+        piece = slice(start, start + 15)
+        chunk = [x[:, piece] for x in (q, k, v, fq, fk)]
+        with torch.no_grad():
+            own, states[False] = hybrid_attention_step(
+                *chunk, states[False], frame_tokens=5, overlap_frames=1, backend="triton"
+            )
+            target = buffer[:, piece]
+            assert not target.is_contiguous()
+            got, states[True] = hybrid_attention_step(
+                *chunk, states[True], frame_tokens=5, overlap_frames=1, backend="triton", out=target
+            )
+        assert got.data_ptr() == target.data_ptr()
+        assert torch.equal(got, own)
+    want = naive_hybrid_attention(
+        *(x.double().cpu() for x in (q, k, v, fq, fk)), frame_tokens=5, chunk_frames=3, overlap_frames=1
+    )
+    assert rel_err(buffer.cpu(), want) <= TOL
+
+
+def test_recurrent_inference_fills_one_output_without_concatenating(monkeypatch):
+    """recurrent_hybrid_attention without gradients: chunks written in place, no output-size cat."""
+    from rehyat import recurrent_hybrid_attention
+
+    monkeypatch.setattr(torch, "cat", _forbidden_cat(torch.cat, min_rows=16))
+    inputs = make_inputs(1, 6, 4, 2, 16, 16, seed=9)
+    kwargs = dict(frame_tokens=4, chunk_frames=2, overlap_frames=1)
+    got = recurrent_hybrid_attention(
+        *(x.to(DEVICE, torch.float32) for x in inputs), **kwargs, backend="triton"
+    )
+    want = naive_hybrid_attention(*inputs, **kwargs)
+    assert rel_err(got.cpu(), want) <= TOL

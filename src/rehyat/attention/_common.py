@@ -125,3 +125,16 @@ def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, fra
             f"N = {n_tokens} (q.shape[1]) must be a positive multiple of frame_tokens = {frame_tokens}"
         )
     return n_tokens // frame_tokens
+
+
+def check_output_buffer(out: Tensor, like: Tensor) -> None:
+    """``out=`` must match the result's shape, dtype and device and have rows with a unit last stride."""
+    if not isinstance(out, Tensor):
+        raise ValueError(f"out must be a tensor, got {type(out).__name__}")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"out is {tuple(out.shape)} {out.dtype} on {out.device}; the result is {tuple(like.shape)} "
+            f"{like.dtype} on {like.device}"
+        )
+    if out.stride(-1) != 1:
+        raise ValueError(f"out needs a unit last stride (rows of head_dim), got strides {out.stride()}")

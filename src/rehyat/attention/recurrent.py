@@ -20,6 +20,7 @@ from torch import Tensor
 from rehyat.attention._common import (
     AttentionStats,
     accumulation_dtype,
+    check_output_buffer,
     combine,
     resolve_scale,
     validate_geometry,
@@ -94,6 +95,7 @@ def hybrid_attention_step(
     scale: float | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
+    out: Tensor | None = None,
 ) -> tuple[Tensor, HybridAttentionState]:
     """Attend one chunk of whole frames ([B, n·S, H, D] each) given the past; return (output, next state).
 
@@ -106,6 +108,9 @@ def hybrid_attention_step(
     ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
     inside, only while needed (φq for the attention, φk after it for the state update), which lowers
     the peak memory of a streaming forward by one chunk's features (φk(k) is checked once computed).
+
+    ``out`` (inference only): a tensor shaped and typed like q, e.g. this chunk's rows of a whole
+    video's output, that receives the output (the kernels write it in place), returned as the output.
     """
     validate_geometry(frame_tokens, None, overlap_frames)
     for name, given in (("fq", fq), ("fk", fk)):
@@ -123,18 +128,35 @@ def hybrid_attention_step(
     scale = resolve_scale(scale, q.shape[-1])
 
     use_triton = resolve_backend(backend, q, fq) == "triton"
+    if out is not None:
+        if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (q, k, v, fq, state.k, state.v, state.kv)
+        ):
+            raise ValueError("out= is for inference, but this step's inputs require grad")
+        check_output_buffer(out, q)
 
     if use_triton:
         from rehyat.attention.kernels.fused import triton_step_attention
 
         cached = (state.k, state.v)
         out = triton_step_attention(
-            q, k, v, *cached, fq, state.kv, state.z, frame_tokens=frame_tokens, scale=scale, stats=stats
+            q,
+            k,
+            v,
+            *cached,
+            fq,
+            state.kv,
+            state.z,
+            frame_tokens=frame_tokens,
+            scale=scale,
+            stats=stats,
+            out=out,
         )
     else:
         keys, values = torch.cat([state.k, k], dim=1), torch.cat([state.v, v], dim=1)
-        out = _torch_step_attention(q, keys, values, fq, state.kv, state.z, scale, stats)
-        del keys, values
+        result = _torch_step_attention(q, keys, values, fq, state.kv, state.z, scale, stats)
+        out = result if out is None else out.copy_(result)
+        del keys, values, result
 
     # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
     # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
@@ -261,6 +283,9 @@ def recurrent_hybrid_attention(
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = chunk_frames * frame_tokens
     state = None
+    # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation).
+    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, fq, fk)))
+    output = torch.empty_like(q) if inference else None
     outputs = []
     for start in range(0, q.shape[1], step_tokens):
         piece = slice(start, start + step_tokens)
@@ -276,6 +301,7 @@ def recurrent_hybrid_attention(
             scale=scale,
             stats=stats,
             backend=backend,
+            out=None if output is None else output[:, piece],
         )
         outputs.append(out)
-    return torch.cat(outputs, dim=1)
+    return output if output is not None else torch.cat(outputs, dim=1)

@@ -18,7 +18,7 @@ is what the call allocates above its inputs. Rows:
 - ``feature_maps``: φq(q) and φk(k) (PolynomialFeatureMap on its fused Triton kernel, backend "auto").
 - ``feature_maps_torch``: the same on PyTorch's batched per-head einsums (``backend="torch"``).
 - ``rehyat_torch``: the whole layer on the PyTorch reference path (``backend="torch"``, φ included).
-- ``recurrent``: the streaming step on the kernels, chunk by chunk, each chunk's output written into a
+- ``recurrent``: the streaming step on the kernels, chunk by chunk, each chunk's output written in place into a
   preallocated output (forward only); its peak memory is the working memory beyond inputs and output.
 - ``linear_only``: the linear-only baseline (``rehyat.baselines.linear_attention``, PyTorch, fp32 sums;
   its gradients are those of v, fq, fk — it does not read q or k).
@@ -81,18 +81,18 @@ def stream_steps(
     out: torch.Tensor | None = None,
 ) -> None:
     """The streaming form at the benchmark shape: ``hybrid_attention_step`` chunk by chunk on the kernels,
-    each chunk's output written into ``out`` (if given)."""
+    each chunk's output written in place into its rows of ``out`` (if given), as a caller assembling
+    the whole output would."""
     from rehyat import hybrid_attention_step
 
     step_tokens, state = SHAPE["chunk_frames"] * SHAPE["frame_tokens"], None
     for start in range(0, q.shape[1], step_tokens):
         piece = slice(start, start + step_tokens)
-        y, state = hybrid_attention_step(
+        _, state = hybrid_attention_step(
             q[:, piece], k[:, piece], v[:, piece], fq[:, piece], fk[:, piece], state,
             frame_tokens=SHAPE["frame_tokens"], overlap_frames=SHAPE["overlap_frames"], backend="triton",
+            out=None if out is None else out[:, piece],
         )  # fmt: skip
-        if out is not None:
-            out[:, piece].copy_(y)
 
 
 def _rows(frames: int, dtype: torch.dtype) -> list[Row]:

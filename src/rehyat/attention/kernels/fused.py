@@ -131,6 +131,7 @@ def triton_step_attention(
     frame_tokens: int,
     scale: float,
     stats: AttentionStats | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """One chunk of the streaming form: q [B, n, H, D] attends with softmax to the cached frames
     ``cached_k``/``cached_v`` [B, M, H, D] followed by the chunk's k, v [B, n, H, D], and linearly
@@ -138,13 +139,18 @@ def triton_step_attention(
 
     Without gradients to track, the kernel reads the cached frames and the chunk in place; otherwise
     the keys are concatenated for the autograd function, whose backward needs them as one tensor.
+    ``out`` (no-grad only, checked by the caller) receives the output in place.
     """
     n_q, n_cached = q.shape[1], cached_k.shape[1]
     kv, z = kv[:, None], z[:, None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cached_k, cached_v, fq, kv, z)):
+        if out is not None:
+            raise ValueError("out= is for inference, but this step's inputs require grad")
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
         return WindowedHybridAttention.apply(
             q, keys, values, fq, kv, z, n_q, 0, n_cached, frame_tokens, scale, stats
         )
     prefix = (cached_k, cached_v) if n_cached else None
-    return windowed_attention_forward(q, k, v, fq, kv, z, n_q, 0, n_cached, scale, stats, prefix=prefix)
+    return windowed_attention_forward(
+        q, k, v, fq, kv, z, n_q, 0, n_cached, scale, stats, prefix=prefix, out=out
+    )

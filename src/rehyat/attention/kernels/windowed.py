@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats
+from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
 from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
 from rehyat.attention.kernels.states import segment_sums
 
@@ -159,6 +159,9 @@ def _fwd_kernel(
     stride_fb,
     stride_fn,
     stride_fh,
+    stride_ob,
+    stride_on,
+    stride_oh,
     n_heads,
     n_q,
     n_k,
@@ -234,8 +237,8 @@ def _fwd_kernel(
                 stride_fh, n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
             )  # fmt: skip
             num += num_lin
-        _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads,
-                n_q, eps, D)  # fmt: skip
+        _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh,
+                m_ptr, l_ptr, nl_ptr, n_q, eps, D)  # fmt: skip
 
 
 @triton.jit
@@ -262,14 +265,14 @@ def _linear_part(
 
 @triton.jit
 def _finish(
-    num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads, n_q, eps,
-    D: tl.constexpr,
+    num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh, m_ptr, l_ptr,
+    nl_ptr, n_q, eps, D: tl.constexpr,
 ):  # fmt: skip
     """y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL."""
     offs_d = tl.arange(0, D)
     den = tl.maximum(l_i + n_lin, eps * l_i)
     out = num / den[:, None]
-    o_off = ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
+    o_off = batch * stride_ob + rows[:, None] * stride_on + head * stride_oh + offs_d[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_valid[:, None])
     stat_off = bh * n_q + rows
     tl.store(m_ptr + stat_off, m_i, mask=row_valid)
@@ -280,7 +283,7 @@ def _finish(
 @triton.jit
 def _combine_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, fq_ptr, kv_ptr, z_ptr, o_ptr, m_ptr, l_ptr, nl_ptr, stride_fb,
-    stride_fn, stride_fh, n_heads, n_q, chunk_len, blocks_per_chunk, n_chunks, eps, D: tl.constexpr,
+    stride_fn, stride_fh, stride_ob, stride_on, stride_oh, n_heads, n_q, chunk_len, blocks_per_chunk, n_chunks, eps, D: tl.constexpr,
     E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_LINEAR: tl.constexpr,
     SPLITS: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -308,8 +311,8 @@ def _combine_kernel(
             n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
         )  # fmt: skip
         num += num_lin
-    _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, m_ptr, l_ptr, nl_ptr, n_heads, n_q,
-            eps, D)  # fmt: skip
+    _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh, m_ptr,
+            l_ptr, nl_ptr, n_q, eps, D)  # fmt: skip
 
 
 @triton.jit
@@ -658,6 +661,7 @@ def _launch_forward(
     scale: float,
     stats: AttentionStats | None,
     splits: int | None = 1,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``_fwd_kernel`` on prepared inputs and count ``stats``; returns (y, m, nS, nL).
 
@@ -665,7 +669,8 @@ def _launch_forward(
     concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v. With ``splits`` > 1
     (None: :func:`key_splits` picks) each window's keys are cut into that many parts, one program
     each, and ``_combine_kernel`` merges them: more programs when one chunk alone leaves SMs idle, for
-    splits × [B·H, n_q, D] fp32 partials of extra memory.
+    splits × [B·H, n_q, D] fp32 partials of extra memory. ``out``: where y goes (any strides with a
+    unit last one; checked by the caller), else a new tensor.
     """
     has_linear = fq is not None
     batch, n_q, heads, head_dim = q.shape
@@ -682,7 +687,8 @@ def _launch_forward(
             splits = 1
     elif splits > 1 and splits * q.numel() >= 2**31:
         raise ValueError(f"splits={splits}: the partials of {tuple(q.shape)} would overflow int32 offsets")
-    out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
+    if out is None:
+        out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
     m, l_soft, n_lin = (
         torch.empty(batch, heads, n_q, device=q.device, dtype=torch.float32) for _ in range(3)
     )
@@ -697,7 +703,7 @@ def _launch_forward(
     _fwd_kernel[(n_programs, batch * heads, splits)](
         q, k, v, pk, pv, fq, kv, z, out, m, l_soft, n_lin, part_acc, part_m, part_l,
         *_strides(q), *_strides(k), *_strides(v), *_strides(pk), *_strides(pv),
-        *_strides(fq),
+        *_strides(fq), *_strides(out),
         heads, n_q, n_k, n_prefix, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
         scale * LOG2E, DENOMINATOR_EPS,
         D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_E=block_e,
@@ -708,8 +714,8 @@ def _launch_forward(
         block_m = min(COMBINE_BLOCK_M, cfg.block_m)
         blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_len, block_m)
         _combine_kernel[(n_programs, batch * heads)](
-            part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), heads, n_q, chunk_len,
-            blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
+            part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), *_strides(out), heads, n_q,
+            chunk_len, blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
             HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=COMBINE_WARPS,
         )  # fmt: skip
     if stats is not None:
@@ -733,21 +739,25 @@ def windowed_attention_forward(
     *,
     prefix: tuple[Tensor, Tensor] | None = None,
     splits: int | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """The forward of :class:`WindowedHybridAttention` alone: no autograd graph, nothing saved.
 
     ``prefix`` = (pk, pv) [B, M, H, D] gives the same result as passing k, v = [pk ‖ k], [pv ‖ v]
     (key indices, ``key_offset`` included, count the prefix rows first) without building those
     concatenations — for the streaming step, whose cached frames come first. ``splits``: parts per
-    key window (None: :func:`key_splits` decides from the grid and the GPU; 1 on CPU).
+    key window (None: :func:`key_splits` decides from the grid and the GPU; 1 on CPU). ``out``: a
+    tensor shaped and typed like q (e.g. a slice of a larger buffer) that receives y, which is returned.
     """
     q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
     if prefix is not None:
         prefix = (_last_dim_contiguous(prefix[0]), _last_dim_contiguous(prefix[1]))
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1 or None, got {splits}")
+    if out is not None:
+        check_output_buffer(out, q)
     out, *_ = _launch_forward(
-        q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats, splits
+        q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats, splits, out
     )
     return out
 
