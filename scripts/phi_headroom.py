@@ -1,11 +1,10 @@
 """How far the fused φ kernel is from cuBLAS on the same matmuls (GPU; Wan2.1-1.3B layer shape, bf16).
 
 Usage: ``PYTHONPATH=src python3 scripts/phi_headroom.py [FRAMES ...]`` (default 21). Per frame count,
-do_bench medians of φ's forward on the per-layer kernels and on the fused kernel (both autotuned;
-TRITON_PRINT_AUTOTUNING=1 shows the picks) with their max relative difference, φ on the PyTorch
-path, and the map's two matmuls alone as cuBLAS batched GEMMs over heads (x W1, then act(h) W2,
-head-major, no bias, activation or powers): a floor for any φ that runs the same matmuls. One JSON
-line per frame count, with the achieved TFLOP/s of each.
+do_bench medians of one map's forward on the fused kernel (autotuned; TRITON_PRINT_AUTOTUNING=1 shows
+the pick) and on the PyTorch path, and of the map's two matmuls alone as cuBLAS batched GEMMs over
+heads (x W1, then act(h) W2, head-major, no bias, activation or powers): a floor for any φ that runs
+the same matmuls. One JSON line per frame count, with the achieved TFLOP/s of each.
 """
 
 from __future__ import annotations
@@ -16,10 +15,7 @@ import sys
 import torch
 import triton
 
-from rehyat.attention.kernels import feature_map
 from rehyat.bench.attention import SHAPE, _inputs
-
-DEFAULT = feature_map.FORWARD_KERNEL
 
 
 def _bench(fn) -> float:
@@ -41,25 +37,14 @@ def measure(frames: int) -> dict:
 
     row: dict = {"frames": frames, "tokens": tokens, "heads": heads, "head_dim": dim, "gflop": flops / 1e9}
 
-    def kernel(forward: str):
-        def run() -> torch.Tensor:
-            feature_map.FORWARD_KERNEL = forward
-            return phi_q(q, backend="triton")
-
-        return run
-
     with torch.no_grad():
-        layers, fused = kernel("layers")().float(), kernel("fused")().float()
-        row["max_rel_layers_vs_fused"] = float((layers - fused).abs().max() / fused.abs().max())
         for name, fn in (
-            ("phi_layers_ms", kernel("layers")),
-            ("phi_fused_ms", kernel("fused")),
+            ("phi_kernel_ms", lambda: phi_q(q, backend="triton")),
             ("phi_torch_ms", lambda: phi_q(q, backend="torch")),
             ("two_gemms_ms", gemms),
         ):
             row[name] = _bench(fn)
             row[name.replace("_ms", "_tflops")] = flops / row[name] / 1e9
-    feature_map.FORWARD_KERNEL = DEFAULT
     row["gpu"] = torch.cuda.get_device_name()
     return row
 

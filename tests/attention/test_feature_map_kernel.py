@@ -112,44 +112,22 @@ NONNEGATIVE_CASES = [
 ]
 
 
-@pytest.fixture(params=["layers", "fused"])
-def forward_kernel(request, monkeypatch):
-    """Both forwards of the kernel path (the backward is the same kernel either way)."""
-    from rehyat.attention.kernels import feature_map
-
-    monkeypatch.setattr(feature_map, "FORWARD_KERNEL", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize(
     "batch,n,heads,d,degree,layers,activation,bias,nonnegative",
     [(*case, False) for case in CASES] + [(*case, True) for case in NONNEGATIVE_CASES],
 )
-def test_kernel_matches_torch_path(
-    batch, n, heads, d, degree, layers, activation, bias, nonnegative, forward_kernel
-):
+def test_kernel_matches_torch_path(batch, n, heads, d, degree, layers, activation, bias, nonnegative):
     _compare(batch, n, heads, d, degree, layers, activation, bias, nonnegative=nonnegative)
 
 
-def test_forward_kernels_agree():
-    """The per-layer forward and the fused one: the same φ up to fp32 summation order."""
-    from rehyat.attention.kernels.feature_map import feature_map_forward, feature_map_forward_layers
-
-    phi, _ = _maps(2, 32, 2, 2, "gelu", True, seed=3)
-    x = torch.randn(2, 37, 2, 32, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    args = ([w.detach().contiguous() for w in phi.weights], [b.detach() for b in phi.biases], 2, "gelu")
-    fused, layers = feature_map_forward(x, *args), feature_map_forward_layers(x, *args)
-    assert rel_err(layers.cpu(), fused.cpu()) <= 1e-6
-
-
-def test_strided_input(forward_kernel):
+def test_strided_input():
     """x as a view with non-contiguous token and head strides (the kernel reads it in place)."""
     base = torch.randn(1, 3, 19, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     _compare(1, 19, 3, 16, 2, 2, "relu", True, x=base[..., :16].transpose(1, 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs(dtype, forward_kernel):
+def test_half_inputs(dtype):
     """Half inputs, fp32 accumulation, φ in the input's dtype: within half rounding of float64."""
     _compare(2, 19, 2, 16, 2, 2, "gelu", True, dtype=dtype, tol=2e-2)
 

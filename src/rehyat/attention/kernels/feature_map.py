@@ -37,9 +37,6 @@ from rehyat.attention.kernels.config import MIN_BLOCK, dot_precision, interpreti
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 MAX_DEGREE = 4
-#: The forward's kernels: "layers" (one pipelined matmul launch per layer) or "fused" (the whole map
-#: per token block, hidden activations in registers).
-FORWARD_KERNEL = "layers"
 
 
 def _configs() -> list[triton.Config]:
@@ -409,101 +406,6 @@ def _bwd_kernel(
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
-def _layer_configs() -> list[triton.Config]:
-    """Tiles of the one-layer-per-launch forward; the interpreter gets one tiny config."""
-    if interpreting():
-        return [
-            triton.Config(
-                {"BLOCK_M": MIN_BLOCK, "BLOCK_N": MIN_BLOCK, "BLOCK_K": MIN_BLOCK}, num_warps=1, num_stages=1
-            )
-        ]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-        for m, n, k, w, st in (
-            (128, 128, 64, 8, 3),
-            (128, 128, 64, 4, 3),
-            (128, 64, 64, 4, 4),
-            (64, 128, 64, 4, 4),
-            (128, 128, 32, 8, 4),
-            (64, 64, 32, 4, 2),
-        )
-    ]
-
-
-def _prune_layer(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Column blocks inside one part (BLOCK_N ≤ D), K blocks inside K; float32 ("ieee" dots, slow to
-    compile) gets the smallest tile only."""
-    d, k = kwargs["D"], kwargs["K"]
-    fitting = [c for c in configs if c.kwargs["BLOCK_N"] <= d and c.kwargs["BLOCK_K"] <= k]
-    if named_args["in_ptr"].dtype == torch.float32 and len(fitting) > 1:
-        fitting = [
-            min(fitting, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])
-        ]
-    return fitting or configs[-1:]
-
-
-@triton.autotune(
-    configs=_layer_configs(),
-    key=["K", "N_OUT", "D", "LAST", "ACT", "HAS_BIAS", "EVEN"],
-    prune_configs_by={"early_config_prune": _prune_layer},
-)
-@triton.jit
-def _layer_kernel(
-    in_ptr,
-    w_ptr,
-    b_ptr,
-    out_ptr,
-    stride_ib,
-    stride_in,
-    stride_ih,
-    n_tokens,
-    n_heads,
-    K: tl.constexpr,
-    N_OUT: tl.constexpr,
-    D: tl.constexpr,
-    LAST: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    EVEN: tl.constexpr,
-    DT: tl.constexpr,
-    PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """One layer of φ for a [BLOCK_M tokens, BLOCK_N columns] tile of one head: a K-loop of dots
-    (software-pipelined), then bias and either the activation (hidden layers, stored in the inputs'
-    dtype, as the fused kernel casts them before the next dot) or, with LAST, the power of the part
-    the columns belong to (ψ_q^(q+1), or ψ_q^(2q+2) with EVEN). Grid: (token blocks, heads × column
-    blocks, batch); input [B, N, H, K] (unit last stride), out contiguous [B, N, H, N_OUT]."""
-    col_blocks: tl.constexpr = N_OUT // BLOCK_N
-    head = tl.program_id(1) // col_blocks
-    col0 = (tl.program_id(1) % col_blocks) * BLOCK_N
-    batch = tl.program_id(2)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = rows < n_tokens
-    cols = col0 + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = in_ptr + batch * stride_ib + head * stride_ih + rows[:, None] * stride_in + offs_k[None, :]
-    w_ptrs = w_ptr + head * K * N_OUT + offs_k[:, None] * N_OUT + cols[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        a = tl.load(a_ptrs + k0, mask=row_valid[:, None], other=0.0).to(DT)
-        acc += tl.dot(a, tl.load(w_ptrs + k0 * N_OUT).to(DT), input_precision=PREC)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + head * N_OUT + cols).to(tl.float32)[None, :]
-    if LAST:
-        part = col0 // D
-        power = 2 * part + 2 if EVEN else part + 1
-        y = acc
-        for _ in range(1, power):
-            y *= acc
-    else:
-        y = _act(acc, ACT)
-    out_ptrs = out_ptr + ((batch * n_tokens + rows[:, None]) * n_heads + head) * N_OUT + cols[None, :]
-    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
-
-
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -545,37 +447,6 @@ def feature_map_forward(
     return out
 
 
-def feature_map_forward_layers(
-    x: Tensor,
-    weights: list[Tensor],
-    biases: list[Tensor] | None,
-    degree: int,
-    activation: str,
-    nonnegative: bool = False,
-) -> Tensor:
-    """:func:`feature_map_forward` as one pipelined matmul launch per layer: the hidden activation
-    [B, N, H, P·D] goes through HBM (in x's dtype), which the matmuls' K-loops repay."""
-    x = _rows(x)
-    batch, n_tokens, heads, d = x.shape
-    width = degree * d
-    h = x
-    for index, w in enumerate(weights):
-        last = index == len(weights) - 1
-        out = x.new_empty(batch, n_tokens, heads, width)
-        bias = biases[index] if biases is not None else w
-
-        def grid(meta, n_tokens=n_tokens):
-            return (triton.cdiv(n_tokens, meta["BLOCK_M"]), heads * (width // meta["BLOCK_N"]), batch)
-
-        _layer_kernel[grid](
-            h, w, bias, out, h.stride(0), h.stride(1), h.stride(2), n_tokens, heads,
-            K=w.shape[1], N_OUT=width, D=d, LAST=last, ACT=ACTIVATION_CODES[activation],
-            HAS_BIAS=biases is not None, EVEN=nonnegative, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
-        )  # fmt: skip
-        h = out
-    return h
-
-
 def _head_major(t: Tensor) -> Tensor:
     """[B, N, H, F] -> a [H, B·N, F] view (a copy only if B and N cannot be merged)."""
     return t.reshape(-1, t.shape[2], t.shape[3]).transpose(0, 1)
@@ -597,8 +468,7 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
         ctx.save_for_backward(x, *weights, *(biases or []))
         ctx.layers, ctx.degree, ctx.activation, ctx.nonnegative = layers, degree, activation, nonnegative
         ctx.param_dtypes = [p.dtype for p in params]
-        forward = feature_map_forward_layers if FORWARD_KERNEL == "layers" else feature_map_forward
-        return forward(x, weights, biases, degree, activation, nonnegative)
+        return feature_map_forward(x, weights, biases, degree, activation, nonnegative)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
