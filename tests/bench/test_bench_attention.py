@@ -65,3 +65,34 @@ def test_parity_only_merges_into_a_runs_results(tmp_path, monkeypatch):
     table = (tmp_path / "attention.md").read_text()
     assert "Measured in a separate run (`--parity-only`): Test GPU, 2026-11-26." in table
     assert "| triton_bf16.out | 0.002 |" in table
+
+
+def test_recurrent_target_reads_the_side_by_side_pairs(tmp_path, monkeypatch):
+    """The recurrent/parallel ratio comes from alternating timings where a run has them (rows
+    measured minutes apart drift), from the rows otherwise; ``paired_times`` alternates and takes medians."""
+    calls = []
+
+    def fake_time(fn, rep_ms):
+        calls.append(fn())
+        return {"op": 10.0, "rec": 12.0}[calls[-1]] + len(calls) % 3
+
+    monkeypatch.setattr(attention, "time_ms", fake_time)
+    pair = attention.paired_times(lambda: "op", lambda: "rec", rep_ms=50.0)
+    assert calls == ["op", "rec"] * 5
+    assert pair["parallel_ms"] == 11.0 and pair["recurrent_ms"] == 13.0 and pair["ratio"] == 13.0 / 11.0
+
+    payload = _payload()
+    for frames, rec in ((21, 5.6), (41, 11.0)):
+        entry = {"ms": rec, "tflops": 1.0, "peak_mib": 1.0}
+        payload["results"] += [
+            {"frames": frames, "row": "recurrent", "fwd": entry},
+            {"frames": frames, "row": "rehyat_op", "fwd": dict(entry, ms=4.0 * frames / 21)},
+        ]
+    attention.render(payload, tmp_path)
+    assert "21: 1.40×, 41: 1.41× (target ≤ 1.3×) — missed" in (tmp_path / "attention.md").read_text()
+    payload["recurrent_pairs"] = [{"frames": 21, "ratio": 1.2}, {"frames": 41, "ratio": 1.25}]
+    attention.render(payload, tmp_path)
+    assert (
+        "side by side, 5 alternating rounds): 21: 1.20×, 41: 1.25× (target ≤ 1.3×) — met"
+        in (tmp_path / "attention.md").read_text()
+    )

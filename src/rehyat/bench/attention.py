@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,8 +126,8 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     leaves = [x.detach().requires_grad_(True) for x in (q, k, v, fq, fk)]
     params = list(phi_q.parameters()) + list(phi_k.parameters())
 
-    def fwd_bwd(run: Callable[[], torch.Tensor], wrt: list[torch.Tensor], grad: torch.Tensor) -> Callable:
-        return lambda: torch.autograd.grad(run(), wrt, grad)
+    def fwd_bwd(run: Callable[[], object], wrt: list[torch.Tensor], grad: object) -> Callable:
+        return lambda: torch.autograd.grad(run(), wrt, grad)  # one output and gradient, or tuples of both
 
     def no_grad(run: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
@@ -172,8 +173,8 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         )
         return kv.sum() + z.sum()
 
-    def feature_maps(backend: str) -> Callable[[], torch.Tensor]:
-        return lambda: torch.cat([phi_q(ql, backend=backend), phi_k(kl, backend=backend)], dim=-1)
+    def feature_maps(backend: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        return lambda: (phi_q(ql, backend=backend), phi_k(kl, backend=backend))
 
     out_buffer = torch.empty_like(q)
 
@@ -192,9 +193,9 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         Row("linear_states", 0.0, flops.linear / 2, no_grad(states),
             lambda: torch.autograd.grad(states(), [fkl, vl])),
         Row("feature_maps", 0.0, flops.feature_maps, no_grad(feature_maps("auto")),
-            fwd_bwd(feature_maps("auto"), all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
+            fwd_bwd(feature_maps("auto"), all_inputs[:2] + params, (fq, fk))),
         Row("feature_maps_torch", 0.0, flops.feature_maps, no_grad(feature_maps("torch")),
-            fwd_bwd(feature_maps("torch"), all_inputs[:2] + params, torch.cat([fq, fk], dim=-1))),
+            fwd_bwd(feature_maps("torch"), all_inputs[:2] + params, (fq, fk))),
         Row("rehyat_torch", flops.softmax, flops.linear + flops.feature_maps, no_grad(layer("torch")),
             fwd_bwd(layer("torch"), all_inputs, grad_out)),
         Row("recurrent", flops.softmax, flops.linear, no_grad(recurrent), None),
@@ -214,10 +215,25 @@ def _measure(fn: Callable[[], object], rep_ms: float) -> dict[str, float | str]:
     return result
 
 
-def run_benchmark(frames: list[int], rep_ms: float) -> list[dict]:
-    results = []
+def paired_times(
+    first: Callable[[], object], second: Callable[[], object], rep_ms: float, rounds: int = 5
+) -> dict:
+    """Median ms of ``first`` and ``second`` timed in alternation, ``rounds`` times each, so that clock
+    and thermal drift reach both alike; their ratio is what the recurrent/parallel target reads."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, out in ((first, times[0]), (second, times[1])):
+            out.append(time_ms(fn, rep_ms=rep_ms / rounds))
+    first_ms, second_ms = (statistics.median(t) for t in times)
+    return {"parallel_ms": first_ms, "recurrent_ms": second_ms, "ratio": second_ms / first_ms}
+
+
+def run_benchmark(frames: list[int], rep_ms: float) -> tuple[list[dict], list[dict]]:
+    """Every row at every frame count, and the recurrent form against the parallel op side by side."""
+    results, pairs = [], []
     for count in frames:
-        for row in _rows(count, torch.bfloat16):
+        rows = _rows(count, torch.bfloat16)
+        for row in rows:
             record = {"frames": count, "tokens": count * SHAPE["frame_tokens"], "row": row.name}
             for mode, fn, total in (
                 ("fwd", row.forward, row.attention_flops + row.matmul_flops),
@@ -231,8 +247,13 @@ def run_benchmark(frames: list[int], rep_ms: float) -> list[dict]:
                 record[mode] = measured
             print(record, flush=True)
             results.append(record)
+        by_name = {row.name: row for row in rows}
+        pair = paired_times(by_name["rehyat_op"].forward, by_name["recurrent"].forward, rep_ms)
+        pairs.append({"frames": count, **pair})
+        print(pairs[-1], flush=True)
+        del rows, by_name
         torch.cuda.empty_cache()
-    return results
+    return results, pairs
 
 
 def feature_map_parity(frames: int = 7) -> dict[str, float]:
@@ -314,8 +335,14 @@ def run_parity(frames: int = 7) -> dict[str, float]:
     return errors
 
 
-def _targets(by_key: dict, frames: list[int], fastest_sdpa: Callable[[int, str], float]) -> str:
-    """The issue's targets, each with what this run measured (ratios against the fastest SDPA backend)."""
+def _targets(
+    by_key: dict,
+    frames: list[int],
+    fastest_sdpa: Callable[[int, str], float],
+    pairs: list[dict] | None = None,
+) -> str:
+    """The issue's targets, each with what this run measured (ratios against the fastest SDPA backend);
+    the recurrent one from ``pairs`` (timed side by side) where the run has them, else from the rows."""
 
     def ms(count: int, row: str, mode: str) -> float:
         return by_key.get((count, row), {}).get(mode, {}).get("ms", math.nan)
@@ -346,10 +373,11 @@ def _targets(by_key: dict, frames: list[int], fastest_sdpa: Callable[[int, str],
             f"- linear scaling, whole layer {mode}: ms/frame {min(per_frame):.3f}–{max(per_frame):.3f} "
             f"({100 * spread:.1f}% spread, target ±15%) — {verdict}"
         )
-    ratios = [ms(c, "recurrent", "fwd") / ms(c, "rehyat_op", "fwd") for c in frames]
+    paired = {p["frames"]: p["ratio"] for p in pairs or []}
+    ratios = [paired.get(c, ms(c, "recurrent", "fwd") / ms(c, "rehyat_op", "fwd")) for c in frames]
     peaks = [by_key.get((c, "recurrent"), {}).get("fwd", {}).get("peak_mib", math.nan) for c in frames]
     lines.append(
-        "- recurrent / parallel op time, fwd: "
+        f"- recurrent / parallel op time, fwd{' (timed side by side, 5 alternating rounds)' if paired else ''}: "
         + ", ".join(f"{c}: {r:.2f}×" for c, r in zip(frames, ratios, strict=True))
         + f" (target ≤ 1.3×) — {'met' if max(ratios) <= 1.3 else 'missed'}; recurrent peak working memory "
         + ", ".join(f"{p:.0f}" for p in peaks)
@@ -391,7 +419,10 @@ def render(payload: dict, out_dir: Path) -> None:
             )
             + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
         )
-    sections.append("## Issue-3 targets (this run)\n\n" + _targets(by_key, frames, fastest_sdpa))
+    sections.append(
+        "## Issue-3 targets (this run)\n\n"
+        + _targets(by_key, frames, fastest_sdpa, payload.get("recurrent_pairs"))
+    )
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
         table = []
         for count in frames:
@@ -459,7 +490,7 @@ def _main(args: argparse.Namespace) -> int:
     if not args.skip_parity:
         payload["parity"] = run_parity() | feature_map_parity()
         print(payload["parity"], flush=True)
-    payload["results"] = run_benchmark(frames, rep_ms)
+    payload["results"], payload["recurrent_pairs"] = run_benchmark(frames, rep_ms)
     write_json(payload, out_dir / "attention.json")
     render(payload, out_dir)
     print((out_dir / "attention.md").read_text())
