@@ -140,3 +140,14 @@ def test_step_out_buffer_and_its_errors():
             hybrid_attention_step(q, k, v, fq, fk, None, **kwargs, out=bad)
     with pytest.raises(ValueError, match="out= is for inference"):
         hybrid_attention_step(q.requires_grad_(True), k, v, fq, fk, None, **kwargs, out=torch.empty_like(q))
+
+
+def test_recurrent_output_is_contiguous_for_any_input_layout():
+    """Inputs in SDPA's [B, H, N, D] layout seen as [B, N, H, D]: the streamed output is contiguous,
+    as the parallel form's is, and equal to it."""
+    inputs = make_inputs(2, 4, 3, 2, 8, 16, seed=6)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in inputs[:3])
+    kwargs = dict(frame_tokens=3, chunk_frames=2, overlap_frames=1)
+    got = recurrent_hybrid_attention(q, k, v, *inputs[3:], **kwargs, backend="torch")
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, hybrid_attention(q, k, v, *inputs[3:], **kwargs, backend="torch"))

@@ -232,9 +232,12 @@ def test_retire_sums_matches_adding_whole_frames(pending, frames, splits):
     frame_z = parts_z.view(batch, frames, splits, heads, feat).sum(2)
     all_kv, all_z = torch.cat([pending_kv, frame_kv], 1), torch.cat([pending_z, frame_z], 1)
     for leaving in range(pending + frames + 1):
+        state_kv = kv.to(DEVICE, torch.float32)
+        if leaving % 2:  # a dense but permuted state (e.g. built by a caller): read in its own layout
+            state_kv = state_kv.transpose(2, 3).contiguous().transpose(2, 3)
         got = retire_sums(
-            *(x.to(DEVICE, torch.float32) for x in (parts_kv, parts_z)), splits,
-            *(x.to(DEVICE, torch.float32) for x in (kv, z, pending_kv, pending_z)), leaving,
+            *(x.to(DEVICE, torch.float32) for x in (parts_kv, parts_z)), splits, state_kv,
+            *(x.to(DEVICE, torch.float32) for x in (z, pending_kv, pending_z)), leaving,
         )  # fmt: skip
         want = (
             kv + all_kv[:, :leaving].sum(1),
@@ -391,3 +394,38 @@ def test_recurrent_inference_fills_one_output_without_concatenating(monkeypatch)
     )
     want = naive_hybrid_attention(*inputs, **kwargs)
     assert rel_err(got.cpu(), want) <= TOL
+
+
+def test_segment_sums_read_inputs_with_any_strides():
+    """φk and v whose last dim is not contiguous (a transposed view) give the contiguous inputs' sums."""
+    from rehyat.attention.kernels.states import segment_sums
+
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(1, 40, 2, 16, generator=gen).to(DEVICE)
+    b = torch.randn(1, 40, 2, 16, generator=gen).to(DEVICE)
+    strided = [x.transpose(-1, -2).contiguous().transpose(-1, -2) for x in (a, b)]
+    assert strided[0].stride(-1) != 1
+    for got, want in zip(segment_sums(*strided, 20), segment_sums(a, b, 20), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_gradients_flow_through_pending_frames_into_later_chunks():
+    """A chunk whose frames all stay pending (To > Tc) carries its gradient in the pending sums: later
+    chunks that need no gradient themselves keep the autograd path, on the kernels as in PyTorch."""
+    q, k, v, fq, fk = make_inputs(1, 4, 4, 1, 16, 16, seed=12)
+    grads = {}
+    for backend in ("torch", "triton"):
+        first_fk = fk[:, :4].to(DEVICE, torch.float32).requires_grad_(True)
+        state, outs = None, []
+        for start in range(0, 16, 4):  # one frame per chunk, overlap 2: frame 0 leaves at chunk 3
+            piece = slice(start, start + 4)
+            chunk_fk = first_fk if start == 0 else fk[:, piece].to(DEVICE, torch.float32)
+            inputs = [x[:, piece].to(DEVICE, torch.float32) for x in (q, k, v, fq)]
+            out, state = hybrid_attention_step(
+                *inputs, chunk_fk, state, frame_tokens=4, overlap_frames=2, backend=backend
+            )
+            outs.append(out)
+        assert outs[-1].requires_grad
+        (grads[backend],) = torch.autograd.grad(outs[-1].sum(), [first_fk])
+    assert grads["triton"].abs().sum() > 0
+    torch.testing.assert_close(grads["triton"].double(), grads["torch"].double(), rtol=1e-4, atol=1e-5)

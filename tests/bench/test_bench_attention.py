@@ -93,6 +93,6 @@ def test_recurrent_target_reads_the_side_by_side_pairs(tmp_path, monkeypatch):
     payload["recurrent_pairs"] = [{"frames": 21, "ratio": 1.2}, {"frames": 41, "ratio": 1.25}]
     attention.render(payload, tmp_path)
     assert (
-        "side by side, 5 alternating rounds): 21: 1.20×, 41: 1.25× (target ≤ 1.3×) — met"
+        "side by side at 21, 41 frames): 21: 1.20×, 41: 1.25× (target ≤ 1.3×) — met"
         in (tmp_path / "attention.md").read_text()
     )

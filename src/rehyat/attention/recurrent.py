@@ -132,7 +132,10 @@ def hybrid_attention_step(
         if torch.is_grad_enabled() and any(
             t.requires_grad for t in (q, k, v, fq, state.k, state.v, state.kv)
         ):
-            raise ValueError("out= is for inference, but this step's inputs require grad")
+            raise ValueError(
+                "out= is for inference (run it under torch.no_grad()), but this step's inputs, state or "
+                "feature maps require grad"
+            )
         check_output_buffer(out, q)
 
     if use_triton:
@@ -171,7 +174,8 @@ def hybrid_attention_step(
         fk = phi_k(k)
         _check_late_features(fk, q, state.kv.shape[2])
 
-    if use_triton and not (torch.is_grad_enabled() and any(t.requires_grad for t in (fk, v, state.kv))):
+    state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
+    if use_triton and not (torch.is_grad_enabled() and any(t.requires_grad for t in (fk, v, *state_tensors))):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
         from rehyat.attention.kernels.fused import retire_frames
 
@@ -285,7 +289,7 @@ def recurrent_hybrid_attention(
     state = None
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation).
     inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, fq, fk)))
-    output = torch.empty_like(q) if inference else None
+    output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
     outputs = []
     for start in range(0, q.shape[1], step_tokens):
         piece = slice(start, start + step_tokens)

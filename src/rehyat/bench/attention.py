@@ -248,9 +248,14 @@ def run_benchmark(frames: list[int], rep_ms: float) -> tuple[list[dict], list[di
             print(record, flush=True)
             results.append(record)
         by_name = {row.name: row for row in rows}
-        pair = paired_times(by_name["rehyat_op"].forward, by_name["recurrent"].forward, rep_ms)
-        pairs.append({"frames": count, **pair})
-        print(pairs[-1], flush=True)
+        measured = {r["row"]: r.get("fwd", {}) for r in results if r["frames"] == count}
+        if all("ms" in measured.get(name, {}) for name in ("rehyat_op", "recurrent")):
+            try:
+                pair = paired_times(by_name["rehyat_op"].forward, by_name["recurrent"].forward, rep_ms)
+            except RuntimeError as error:  # OOM or a kernel failure: keep the run's other results
+                pair = {"error": f"{type(error).__name__}: {str(error)[:120]}"}
+            pairs.append({"frames": count, **pair})
+            print(pairs[-1], flush=True)
         del rows, by_name
         torch.cuda.empty_cache()
     return results, pairs
@@ -373,11 +378,13 @@ def _targets(
             f"- linear scaling, whole layer {mode}: ms/frame {min(per_frame):.3f}–{max(per_frame):.3f} "
             f"({100 * spread:.1f}% spread, target ±15%) — {verdict}"
         )
-    paired = {p["frames"]: p["ratio"] for p in pairs or []}
+    paired = {p["frames"]: p["ratio"] for p in pairs or [] if "ratio" in p}
     ratios = [paired.get(c, ms(c, "recurrent", "fwd") / ms(c, "rehyat_op", "fwd")) for c in frames]
     peaks = [by_key.get((c, "recurrent"), {}).get("fwd", {}).get("peak_mib", math.nan) for c in frames]
     lines.append(
-        f"- recurrent / parallel op time, fwd{' (timed side by side, 5 alternating rounds)' if paired else ''}: "
+        "- recurrent / parallel op time, fwd"
+        + (f" (timed side by side at {', '.join(map(str, sorted(paired)))} frames)" if paired else "")
+        + ": "
         + ", ".join(f"{c}: {r:.2f}×" for c, r in zip(frames, ratios, strict=True))
         + f" (target ≤ 1.3×) — {'met' if max(ratios) <= 1.3 else 'missed'}; recurrent peak working memory "
         + ", ".join(f"{p:.0f}" for p in peaks)

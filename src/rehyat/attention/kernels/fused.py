@@ -145,7 +145,7 @@ def triton_step_attention(
     kv, z = kv[:, None], z[:, None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cached_k, cached_v, fq, kv, z)):
         if out is not None:
-            raise ValueError("out= is for inference, but this step's inputs require grad")
+            raise ValueError("out= is for inference (run it under torch.no_grad()), but inputs require grad")
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
         return WindowedHybridAttention.apply(
             q, keys, values, fq, kv, z, n_q, 0, n_cached, frame_tokens, scale, stats

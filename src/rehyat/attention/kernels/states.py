@@ -150,6 +150,7 @@ def segment_sums(
     a: [B, N, H, E], b: [B, N, H, D] (last dim contiguous); wb, wz: [B, H, N] fp32 or None (= 1).
     Segment s is tokens [s·seg_len, min((s+1)·seg_len, N)).
     """
+    a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))  # rows read with unit stride
     batch, n_tokens, heads, feat = a.shape
     head_dim = b.shape[-1]
     n_segs = -(-n_tokens // seg_len)
@@ -189,6 +190,7 @@ def segment_sums(
 
 def segment_apply(a: Tensor, b: Tensor, dkv: Tensor, dz: Tensor, seg_len: int) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`segment_sums` (unweighted) w.r.t. a and b, given dkv and dz."""
+    a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))
     batch, n_tokens, heads, feat = a.shape
     head_dim = b.shape[-1]
     n_segs = dkv.shape[1]
@@ -280,7 +282,7 @@ def _retire_kernel(
     its ``splits`` consecutive partials; kept = [pending[from_pending:] ‖ sum_f for f ≥ from_new].
     All [B, ·, H, E(, D)] contiguous fp32; z the same without D.
     """
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # state offsets reach B·F·splits·H·E·D: int64
     batch = bh // n_heads
     head = bh % n_heads
     offs_e = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
@@ -342,6 +344,7 @@ def retire_sums(
         )
     from_pending = min(leaving, n_pending)
     n_kept = n_pending + n_frames - leaving
+    kv, z, pending_kv, pending_z = (t.contiguous() for t in (kv, z, pending_kv, pending_z))
     kv_out, z_out = torch.empty_like(kv), torch.empty_like(z)
     kept_kv = kv.new_empty(batch, n_kept, heads, feat, head_dim)
     kept_z = z.new_empty(batch, n_kept, heads, feat)
@@ -349,10 +352,10 @@ def retire_sums(
     _retire_kernel[grid](
         parts_kv.contiguous(),
         parts_z.contiguous(),
-        kv.contiguous(),
-        z.contiguous(),
-        pending_kv.contiguous(),
-        pending_z.contiguous(),
+        kv,
+        z,
+        pending_kv,
+        pending_z,
         kv_out,
         z_out,
         kept_kv,

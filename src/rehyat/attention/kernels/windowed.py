@@ -272,7 +272,8 @@ def _finish(
     offs_d = tl.arange(0, D)
     den = tl.maximum(l_i + n_lin, eps * l_i)
     out = num / den[:, None]
-    o_off = batch * stride_ob + rows[:, None] * stride_on + head * stride_oh + offs_d[None, :]
+    # int64: with out= the batch stride is a whole video's, not the chunk's.
+    o_off = batch.to(tl.int64) * stride_ob + rows[:, None] * stride_on + head * stride_oh + offs_d[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_valid[:, None])
     stat_off = bh * n_q + rows
     tl.store(m_ptr + stat_off, m_i, mask=row_valid)
