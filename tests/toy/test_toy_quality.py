@@ -65,10 +65,11 @@ def test_quick_quality_table_for_four_students(tmp_path):
         and "half_blocks" not in seeded["models"]
     )
     assert seeded["reused"]["students"] == ["rehyat", "local"] and seeded["reused"]["from"] == str(earlier)
-    assert seeded["reused"]["gpu"] == "no GPU"  # the earlier table's device, named in the table
+    date = json.loads(earlier.read_text())["environment"]["date"]
+    assert seeded["reused"]["made"]["rehyat"] == {"gpu": "no GPU", "date": date}  # where it was trained
     assert (
-        "no GPU, " + json.loads(earlier.read_text())["environment"]["date"] + "), not trained in this run: "
-        "ReHyAt Tc=3 To=1 causal, local-only." in (again_out / "toybench.md").read_text()
+        f"not trained in this run: ReHyAt Tc=3 To=1 causal, local-only (no GPU, {date})."
+        in (again_out / "toybench.md").read_text()
     )
     with pytest.raises(ValueError, match=r"made with other settings \(they differ in \['eval_prompts'\]\)"):
         run_quality(
@@ -168,3 +169,26 @@ def test_causal_softmax_control_is_exact_block_causal_softmax():
     )
     assert torch.allclose(streamed, want, atol=1e-12)
     assert student.name not in LONG_VIDEO_STUDENTS
+
+
+def test_reused_rows_keep_the_run_that_trained_them():
+    """A table that itself reused rows passes their origin on: each row is named with its own run."""
+    from rehyat.toy.quality import _provenance, _reused_rows
+
+    h200 = {"gpu": "H200", "date": "d1"}
+    table = {
+        "environment": {"gpu": "H100", "date": "d2"},
+        "models": {"teacher": {}, "rehyat": {}, "local": {}, "rehyat_to2": {}},
+        "reused": {"from": "old.json", "date": "d1", "gpu": "H200", "students": ["rehyat"]},
+    }
+    made = _provenance(table)
+    assert made["rehyat"] == h200 and made["rehyat_to2"] == made["local"] == {"gpu": "H100", "date": "d2"}
+    table["reused"] = {
+        "students": ["rehyat", "local"],
+        "made": {"rehyat": h200, "local": {"gpu": "A", "date": "d0"}},
+    }
+    assert _provenance(table)["local"] == {"gpu": "A", "date": "d0"}
+    assert _provenance({"environment": {}, "models": {"x": {}}})["x"]["gpu"] == "unknown device"
+    labels = {name: {"label": name.upper()} for name in table["models"]}
+    reused = {"students": ["rehyat", "local", "rehyat_to2"], "made": made}
+    assert _reused_rows(reused, labels) == "REHYAT (H200, d1); LOCAL, REHYAT_TO2 (H100, d2)"

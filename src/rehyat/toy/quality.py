@@ -306,13 +306,31 @@ def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[st
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(result, indent=2) + "\n")
             taken.append(name)
-    environment = earlier.get("environment", {})
-    return {
-        "from": str(path),
-        "date": environment.get("date"),
-        "gpu": environment.get("gpu") or "no GPU",
-        "students": taken,
-    }
+    return {"from": str(path), "students": taken, "made": _provenance(earlier)}
+
+
+def _provenance(table: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Where each row of a toybench.json was trained ({"gpu", "date"} per student): the table's own run,
+    or for rows it reused itself, the run they came from."""
+
+    def device(environment: dict[str, Any]) -> str:
+        return environment["gpu"] or "no GPU" if "gpu" in environment else "unknown device"
+
+    environment = table.get("environment", {})
+    made = {name: {"gpu": device(environment), "date": environment.get("date")} for name in table["models"]}
+    reused = table.get("reused", {})
+    for name in reused.get("students", []):
+        made[name] = reused.get("made", {}).get(name) or {"gpu": device(reused), "date": reused.get("date")}
+    return made
+
+
+def _reused_rows(reused: dict[str, Any], models: dict[str, Any]) -> str:
+    """The reused rows by the run that trained them: "A, B (GPU, date); C (GPU, date)"."""
+    groups: dict[tuple, list[str]] = {}
+    for name in reused["students"]:
+        made = reused.get("made", {}).get(name) or {"gpu": reused.get("gpu"), "date": reused.get("date")}
+        groups.setdefault((made["gpu"], made["date"]), []).append(models[name]["label"])
+    return "; ".join(f"{', '.join(labels)} ({gpu}, {date})" for (gpu, date), labels in groups.items())
 
 
 def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
@@ -448,11 +466,8 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             markdown_table(["model", "sampled", *keys], rows),
             *(
                 [
-                    f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`, "
-                    f"{report['reused']['gpu']}, {report['reused']['date']}), not "
-                    "trained in this run: "
-                    + ", ".join(models[name]["label"] for name in report["reused"]["students"])
-                    + "."
+                    f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`), not trained in "
+                    "this run: " + _reused_rows(report["reused"], models) + "."
                 ]
                 if report.get("reused", {}).get("students")
                 else []
