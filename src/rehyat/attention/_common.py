@@ -138,3 +138,8 @@ def check_output_buffer(out: Tensor, like: Tensor) -> None:
         )
     if out.stride(-1) != 1:
         raise ValueError(f"out needs a unit last stride (rows of head_dim), got strides {out.stride()}")
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd would record an op on these tensors (grad mode on and one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -22,6 +22,7 @@ from rehyat.attention._common import (
     accumulation_dtype,
     check_output_buffer,
     combine,
+    needs_grad,
     resolve_scale,
     validate_geometry,
     validate_inputs,
@@ -129,9 +130,7 @@ def hybrid_attention_step(
 
     use_triton = resolve_backend(backend, q, fq) == "triton"
     if out is not None:
-        if torch.is_grad_enabled() and any(
-            t.requires_grad for t in (q, k, v, fq, state.k, state.v, state.kv)
-        ):
+        if needs_grad(q, k, v, fq, state.k, state.v, state.kv):
             raise ValueError(
                 "out= is for inference (run it under torch.no_grad()), but this step's inputs, state or "
                 "feature maps require grad"
@@ -175,7 +174,7 @@ def hybrid_attention_step(
         _check_late_features(fk, q, state.kv.shape[2])
 
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
-    if use_triton and not (torch.is_grad_enabled() and any(t.requires_grad for t in (fk, v, *state_tensors))):
+    if use_triton and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
         from rehyat.attention.kernels.fused import retire_frames
 
@@ -288,7 +287,7 @@ def recurrent_hybrid_attention(
     step_tokens = chunk_frames * frame_tokens
     state = None
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation).
-    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, fq, fk)))
+    inference = not needs_grad(q, k, v, fq, fk)
     output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
     outputs = []
     for start in range(0, q.shape[1], step_tokens):

@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention.kernels.config import MIN_BLOCK, dot_precision, interpreting
+from rehyat.attention.kernels.states import last_dim_contiguous
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 MAX_DEGREE = 4
@@ -415,10 +416,6 @@ def _dot_dtype(dtype: torch.dtype):
     return _TL_DTYPES[dtype]
 
 
-def _rows(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def _grid(x: Tensor):
     batch, n_tokens, heads, _ = x.shape
     return lambda meta: (triton.cdiv(n_tokens, meta["BLOCK_N"]), heads, batch)
@@ -434,7 +431,7 @@ def feature_map_forward(
 ) -> Tensor:
     """φ(x) [B, N, H, P·D] in x's dtype; ``weights`` already in x's dtype, contiguous [H, ·, ·].
     ``nonnegative``: the even powers 2p instead of p."""
-    x = _rows(x)
+    x = last_dim_contiguous(x)
     batch, n_tokens, heads, d = x.shape
     out = x.new_empty(batch, n_tokens, heads, degree * d)
     w1, w2 = weights[0], weights[-1]
@@ -476,8 +473,8 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         layers = ctx.layers
         weights, biases = rest[:layers], (rest[layers:] or None)
-        x = _rows(x)
-        grad = _rows(grad.to(x.dtype))
+        x = last_dim_contiguous(x)
+        grad = last_dim_contiguous(grad.to(x.dtype))
         batch, n_tokens, heads, d = x.shape
         width = ctx.degree * d
         want_params = any(ctx.needs_input_grad[_FIRST_PARAM:])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, resolve_scale
+from rehyat.attention._common import AttentionStats, needs_grad, resolve_scale
 from rehyat.attention.kernels.config import feature_block
 from rehyat.attention.kernels.states import SegmentSums, retire_sums, segment_sums
 from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
@@ -143,7 +143,7 @@ def triton_step_attention(
     """
     n_q, n_cached = q.shape[1], cached_k.shape[1]
     kv, z = kv[:, None], z[:, None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cached_k, cached_v, fq, kv, z)):
+    if needs_grad(q, k, v, cached_k, cached_v, fq, kv, z):
         if out is not None:
             raise ValueError("out= is for inference (run it under torch.no_grad()), but inputs require grad")
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)

@@ -18,6 +18,11 @@ from torch import Tensor
 from rehyat.attention.kernels.config import dot_precision, segment_config
 
 
+def last_dim_contiguous(x: Tensor) -> Tensor:
+    """x itself if its last dim has unit stride (the kernels read rows in place), else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 @triton.jit
 def _segment_sums_kernel(
     a_ptr,
@@ -150,7 +155,7 @@ def segment_sums(
     a: [B, N, H, E], b: [B, N, H, D] (last dim contiguous); wb, wz: [B, H, N] fp32 or None (= 1).
     Segment s is tokens [s·seg_len, min((s+1)·seg_len, N)).
     """
-    a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))  # rows read with unit stride
+    a, b = last_dim_contiguous(a), last_dim_contiguous(b)  # rows read with unit stride
     batch, n_tokens, heads, feat = a.shape
     head_dim = b.shape[-1]
     n_segs = -(-n_tokens // seg_len)
@@ -190,7 +195,7 @@ def segment_sums(
 
 def segment_apply(a: Tensor, b: Tensor, dkv: Tensor, dz: Tensor, seg_len: int) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`segment_sums` (unweighted) w.r.t. a and b, given dkv and dz."""
-    a, b = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b))
+    a, b = last_dim_contiguous(a), last_dim_contiguous(b)
     batch, n_tokens, heads, feat = a.shape
     head_dim = b.shape[-1]
     n_segs = dkv.shape[1]

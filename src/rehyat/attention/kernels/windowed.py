@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
 from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
-from rehyat.attention.kernels.states import segment_sums
+from rehyat.attention.kernels.states import last_dim_contiguous, segment_sums
 
 LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
@@ -634,17 +634,13 @@ def _strides(x: Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _last_dim_contiguous(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def _prepared(
     q: Tensor, k: Tensor, v: Tensor, fq: Tensor | None, kv: Tensor | None, z: Tensor | None
 ) -> tuple[Tensor, ...]:
     """The kernels' layout: rows of q, k, v, fq with a unit last stride; whole kv, z contiguous."""
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     if fq is not None:
-        fq, kv, z = _last_dim_contiguous(fq), kv.contiguous(), z.contiguous()
+        fq, kv, z = last_dim_contiguous(fq), kv.contiguous(), z.contiguous()
     return q, k, v, fq, kv, z
 
 
@@ -752,7 +748,7 @@ def windowed_attention_forward(
     """
     q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
     if prefix is not None:
-        prefix = (_last_dim_contiguous(prefix[0]), _last_dim_contiguous(prefix[1]))
+        prefix = (last_dim_contiguous(prefix[0]), last_dim_contiguous(prefix[1]))
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1 or None, got {splits}")
     if out is not None:
@@ -799,7 +795,7 @@ class WindowedHybridAttention(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         q, k, v, fq, kv, z, out, m, l_soft, n_lin = ctx.saved_tensors
         chunk_len, overlap_len, key_offset, split_len, scale = ctx.geometry
-        g = _last_dim_contiguous(g)
+        g = last_dim_contiguous(g)
         has_linear = fq is not None
         batch, n_q, heads, head_dim = q.shape
         n_k = k.shape[1]
