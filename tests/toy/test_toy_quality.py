@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from rehyat import hybrid_attention, recurrent_hybrid_attention
 from rehyat.cli import main
-from rehyat.toy.quality import LONG_VIDEO_STUDENTS, QUICK, STUDENTS, _targets, run_quality, with_overrides
+from rehyat.toy.quality import (
+    LONG_VIDEO_STUDENTS,
+    QUICK,
+    STUDENTS,
+    _targets,
+    difference_interval,
+    run_quality,
+    with_overrides,
+)
 from rehyat.toy.teacher import CLIP
 
 
@@ -122,6 +131,48 @@ def test_targets_read_the_issue_rows():
         1,
         True,
     )
+
+
+def test_target_intervals_say_when_a_verdict_is_within_noise():
+    def row(adherence, consistency):
+        return {
+            "short": {
+                "adherence": float(np.mean(adherence)),
+                "temporal_consistency": float(np.mean(consistency)),
+                "per_clip": {"adherence": adherence, "temporal_consistency": consistency},
+            }
+        }
+
+    clips = 40
+    results = {
+        "teacher": row([100.0] * clips, [90.0] * clips),
+        # One miss in 40 clips: 2.5 points behind the teacher, but one clip either way is noise.
+        "rehyat": row([100.0] * (clips - 1) + [0.0], [80.0] * clips),
+        "local": row([0.0] * clips, [80.0] * clips),
+        "rehyat_to0": row([0.0] * clips, [80.0 + (i % 2) for i in range(clips)]),
+    }
+    targets = {t["target"].split(" (")[0]: t for t in _targets(results)}
+    teacher = targets["ReHyAt adherence within 2 points of the teacher's"]
+    assert teacher["measured"] == 2.5 and teacher["met"] is False and teacher["decided"] is False
+    low, high = teacher["interval"]
+    assert 0 <= low < 2 < 2.5 < high
+    local = targets["ReHyAt adherence above local-only"]
+    assert local["met"] is True and local["decided"] is True and local["interval"][0] > 90
+    to1 = targets["To=1 above To=0 on temporal consistency"]
+    assert to1["measured"] == -0.5 and to1["met"] is False and to1["interval"][1] < 0 and to1["decided"]
+    linear = targets["ReHyAt adherence above linear-only"]  # no linear-only row
+    assert linear["measured"] is None and linear["interval"] is None and linear["decided"] is None
+
+
+def test_difference_interval_pairs_the_same_prompts():
+    rng = np.random.default_rng(1)
+    hard = rng.normal(50, 20, 64)  # each prompt's own difficulty, shared by both models
+    paired = difference_interval(list(hard + 3), list(hard), paired=True)
+    unpaired = difference_interval(list(hard + 3), list(hard), paired=False)
+    assert paired == pytest.approx((3, 3))  # a constant difference has no spread once paired
+    assert unpaired[0] < 0 < 3 < unpaired[1]
+    with pytest.raises(ValueError, match="paired samples need equal lengths, got 2 and 3"):
+        difference_interval([1.0, 2.0], [1.0, 2.0, 3.0], paired=True)
 
 
 def test_settings_overrides_keep_the_field_types():

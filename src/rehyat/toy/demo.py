@@ -62,6 +62,7 @@ class DemoSettings:
     finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
     eval_prompts: int = 6
     sample_steps: int = 12
+    sample_batch: int = 8  # videos denoised at once (each keeps its own seed's noise)
     guidance_scale: float = 4.0  # when sampling for evaluation (the bundled teacher needs it)
     distill_guidance_scale: float = 1.0  # while capturing: one branch, half the cost
     long_factor: int = 4
@@ -105,6 +106,7 @@ def sample_with(
         guidance_scale=settings.guidance_scale,
         first_seed=first_seed,
         recurrent=recurrent,
+        batch_size=settings.sample_batch,
     )
 
 

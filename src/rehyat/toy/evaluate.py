@@ -37,43 +37,6 @@ def load_toy_model(teacher: Path, rehyat_folder: Path | None, device: torch.devi
     return model.to(device).eval()
 
 
-def sample_video(
-    model: nn.Module,
-    embeds: Tensor,
-    *,
-    frames: int,
-    steps: int,
-    guidance_scale: float = 1.0,
-    flow_shift: float = FLOW_SHIFT,
-    seed: int,
-    recurrent: bool,
-) -> Tensor:
-    """One video [3, F, H, W] in [-1, 1]; the noise depends only on ``seed``, so every model gets the same."""
-    from rehyat.generation.sampler import (
-        generate_latents,
-        make_scheduler,
-        parallel_forward,
-        recurrent_forward,
-    )
-
-    device = next(model.parameters()).device
-    shape = (1, 3, frames, CLIP["height"], CLIP["width"])
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    video = generate_latents(
-        model,
-        embeds.to(device),
-        torch.zeros_like(embeds).to(device),
-        scheduler=make_scheduler("unipc", flow_shift),
-        latent_shape=shape,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        latents=noise,
-        progress=False,
-        forward=recurrent_forward if recurrent else parallel_forward,
-    )
-    return video[0].float().cpu()
-
-
 def sample_videos(
     model: nn.Module,
     embeds: Tensor,
@@ -81,22 +44,51 @@ def sample_videos(
     frames: int,
     steps: int,
     guidance_scale: float,
+    flow_shift: float = FLOW_SHIFT,
     first_seed: int,
     recurrent: bool,
+    batch_size: int = 1,
 ) -> list[Tensor]:
-    """One video per prompt embedding in ``embeds`` [P, L, D]; prompt i gets the noise of seed first_seed + i."""
-    return [
-        sample_video(
-            model,
-            embeds[i : i + 1],
-            frames=frames,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            seed=first_seed + i,
-            recurrent=recurrent,
+    """One video [3, F, H, W] per prompt embedding in ``embeds`` [P, L, D], ``batch_size`` at a time.
+
+    Prompt i gets the noise of seed ``first_seed + i`` whatever the batch size, so batching changes a
+    video only by float rounding (the denoising loop and the scheduler act per batch element).
+    """
+    from rehyat.generation.sampler import (
+        generate_latents,
+        make_scheduler,
+        parallel_forward,
+        recurrent_forward,
+    )
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    shape = (1, 3, frames, CLIP["height"], CLIP["width"])
+    scheduler = make_scheduler("unipc", flow_shift)
+    videos: list[Tensor] = []
+    for start in range(0, len(embeds), batch_size):
+        batch = embeds[start : start + batch_size].to(device)
+        noise = torch.cat(
+            [
+                torch.randn(shape, generator=torch.Generator().manual_seed(first_seed + start + i))
+                for i in range(len(batch))
+            ]
         )
-        for i in range(len(embeds))
-    ]
+        latents = generate_latents(
+            model,
+            batch,
+            torch.zeros_like(batch),
+            scheduler=scheduler,
+            latent_shape=noise.shape,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            latents=noise,
+            progress=False,
+            forward=recurrent_forward if recurrent else parallel_forward,
+        )
+        videos.extend(latents.float().cpu().unbind(0))
+    return videos
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -106,19 +98,17 @@ def _main(args: argparse.Namespace) -> int:
     model = load_toy_model(Path(args.model), None if args.rehyat is None else Path(args.rehyat), device)
     prompts = toy_prompts(args.prompts, args.seed)
     embeds = prompt_embeddings(load_text_encoder(args.model), prompts)
-    videos = [
-        sample_video(
-            model,
-            embeds[i : i + 1],
-            frames=args.frames,
-            steps=args.steps,
-            guidance_scale=args.guidance,
-            flow_shift=args.shift,
-            seed=1000 + i,
-            recurrent=args.recurrent,
-        )
-        for i in range(len(prompts))
-    ]
+    videos = sample_videos(
+        model,
+        embeds,
+        frames=args.frames,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        flow_shift=args.shift,
+        first_seed=1000,
+        recurrent=args.recurrent,
+        batch_size=args.batch,
+    )
     metrics = {k: v for k, v in evaluate_videos(videos, prompts).items() if k != "per_clip"}
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "toy_command", "handler")}
     print(json.dumps({**settings, **metrics}))
@@ -141,5 +131,6 @@ def register(toy_commands) -> None:
     )
     parser.add_argument("--shift", type=float, default=FLOW_SHIFT, help="the sampler's flow shift")
     parser.add_argument("--seed", type=int, default=3, help="prompt seed")
+    parser.add_argument("--batch", type=int, default=8, help="videos sampled at once (same noise per prompt)")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(handler=_main)

@@ -180,8 +180,41 @@ def _recurrent(student: Student) -> bool:
     return config["causal"] and config["attention"] == "hybrid" and not student.half_blocks
 
 
-def _scores(videos, prompts, reference=None) -> dict[str, float]:
-    return {k: v for k, v in evaluate_videos(videos, prompts, reference=reference).items() if k != "per_clip"}
+#: Per-clip scores kept in each result (in prompt order), so the targets can carry confidence intervals.
+PER_CLIP = ("adherence", "temporal_consistency")
+
+
+def _scores(videos, prompts, reference=None) -> dict[str, Any]:
+    """ToyBench means of ``videos``, plus ``per_clip``: the :data:`PER_CLIP` scores of every clip."""
+    result = evaluate_videos(videos, prompts, reference=reference)
+    clips = result.pop("per_clip")
+    result["per_clip"] = {key: [clip[key] for clip in clips] for key in PER_CLIP}
+    return result
+
+
+def difference_interval(
+    first: list[float], second: list[float], *, paired: bool, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of mean(first) − mean(second) (10,000 resamples, fixed seed).
+
+    ``paired``: the two lists score the same prompts from the same noise (two models), so prompts are
+    resampled together, which removes the prompts' own difficulty from the spread.
+    """
+    from scipy.stats import bootstrap
+
+    if paired and len(first) != len(second):
+        raise ValueError(f"paired samples need equal lengths, got {len(first)} and {len(second)}")
+    result = bootstrap(
+        (np.asarray(first, float), np.asarray(second, float)),
+        lambda a, b, axis: a.mean(axis) - b.mean(axis),
+        paired=paired,
+        vectorized=True,
+        n_resamples=10_000,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def run_quality(
@@ -346,48 +379,68 @@ def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
 
 
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's four targets, each as measured (None where a row is missing)."""
+    """Issue 6's four targets, each as measured (None where a row is missing), with a 95% bootstrap
+    interval of the measured difference where both rows kept per-clip scores.
 
-    def short(name: str, key: str) -> float | None:
-        return results.get(name, {}).get("short", {}).get(key)
+    ``met`` judges the measured value, as the issue states the targets; ``decided`` says whether the
+    interval lies wholly on one side of the threshold, i.e. whether the verdict is more than sampling noise.
+    """
+
+    def part(name: str, which: str = "short") -> dict[str, Any]:
+        return results.get(name, {}).get(which, {})
 
     rows = []
 
-    def check(text: str, value: float | None, ok) -> None:
-        rows.append({"target": text, "measured": value, "met": None if value is None else bool(ok(value))})
+    def check(text: str, first: dict, second: dict, key: str, threshold: float, above: bool, paired=True):
+        value = interval = decided = None
+        if key in first and key in second:
+            value = first[key] - second[key]
+        clips = first.get("per_clip", {}).get(key), second.get("per_clip", {}).get(key)
+        if value is not None and None not in clips and min(map(len, clips)) >= 2:  # bootstrap needs two
+            interval = difference_interval(*clips, paired=paired)
+            decided = interval[0] > threshold or interval[1] < threshold
+        met = None if value is None else bool(value > threshold if above else value <= threshold)
+        rows.append({"target": text, "measured": value, "interval": interval, "met": met, "decided": decided})
 
     for name, label in (("rehyat", "ReHyAt"), ("rehyat_nonneg", "ReHyAt non-negative φ")):
         if name != "rehyat" and name not in results:
             continue
-        a, teacher = short(name, "adherence"), short("teacher", "adherence")
-        gap = None if a is None or teacher is None else teacher - a
         check(
-            f"{label} adherence within 2 points of the teacher's (teacher − {label})", gap, lambda g: g <= 2
+            f"{label} adherence within 2 points of the teacher's (teacher − {label})",
+            part("teacher"),
+            part(name),
+            "adherence",
+            2,
+            above=False,
         )
         for base in ("local", "linear"):
-            b = short(base, "adherence")
             check(
                 f"{label} adherence above {base}-only (difference)",
-                None if a is None or b is None else a - b,
-                lambda d: d > 0,
+                part(name),
+                part(base),
+                "adherence",
+                0,
+                above=True,
             )
-    a, b = short("rehyat", "temporal_consistency"), short("rehyat_to0", "temporal_consistency")
     check(
         "To=1 above To=0 on temporal consistency (difference)",
-        None if a is None or b is None else a - b,
-        lambda d: d > 0,
+        part("rehyat"),
+        part("rehyat_to0"),
+        "temporal_consistency",
+        0,
+        above=True,
     )
     for name, label in (("rehyat", "ReHyAt"), ("rehyat_nonneg", "ReHyAt non-negative φ")):
-        if name != "rehyat" and "long" not in results.get(name, {}):
+        if name != "rehyat" and not part(name, "long"):
             continue
-        long, short_adherence = (
-            results.get(name, {}).get("long", {}).get("adherence"),
-            short(name, "adherence"),
-        )
         check(
             f"{label}: long videos keep adherence within 5 points of short ones (short − long)",
-            None if long is None or short_adherence is None else short_adherence - long,
-            lambda d: d <= 5,
+            part(name),
+            part(name, "long"),
+            "adherence",
+            5,
+            above=False,
+            paired=False,  # other seeds (and a subset of the prompts)
         )
     return rows
 
@@ -419,7 +472,9 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
         [
             t["target"],
             "—" if t["measured"] is None else f"{t['measured']:.1f}",
-            {True: "yes", False: "no", None: "—"}[t["met"]],
+            "—" if t.get("interval") is None else "[{:.1f}, {:.1f}]".format(*t["interval"]),
+            {True: "yes", False: "no", None: "—"}[t["met"]]
+            + (" (within noise)" if t.get("decided") is False else ""),
         ]
         for t in report["targets"]
     ]
@@ -478,7 +533,10 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
                 ["model", "frames", "adherence", "temporal_consistency", "motion_smoothness"], long_rows
             ),
             "## Targets",
-            markdown_table(["target", "measured", "met"], target_rows),
+            f"Each interval is a 95% bootstrap interval over the {settings['eval_prompts']} prompts (paired: the same "
+            'prompts and noise for both models; long videos: other seeds, unpaired). "Within noise": the '
+            "interval reaches across the threshold, so the verdict is not settled at this number of prompts.",
+            markdown_table(["target", "measured", "95% interval", "met"], target_rows),
         ]
     )
     (out / "toybench.md").write_text(text + "\n")

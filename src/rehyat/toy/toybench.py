@@ -281,6 +281,11 @@ def ssim(video: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
+def _consistency(readout: Readout) -> float:
+    """Temporal consistency of one clip in points: presence × (1 − size drift − colour drift), floored at 0."""
+    return 100 * readout.presence * max(0.0, 1 - readout.size_drift - readout.colour_drift)
+
+
 def evaluate_videos(
     videos: Tensor | Sequence[Tensor],
     prompts: Sequence[ToyPrompt | str],
@@ -290,7 +295,8 @@ def evaluate_videos(
 
     Returns JSON-ready floats: accuracies and scores in points (0–100, higher is better), raw drifts and
     velocity deviation (lower is better), and with ``reference`` (e.g. the teacher's videos from the same
-    noise and prompts) mean PSNR (dB) and SSIM; ``per_clip`` holds each clip's readout and hits.
+    noise and prompts) mean PSNR (dB) and SSIM; ``per_clip`` holds each clip's readout, hits, adherence and
+    temporal consistency (for paired comparisons between models).
     """
     if len(videos) != len(prompts) or len(videos) == 0:
         raise ValueError(
@@ -306,7 +312,13 @@ def evaluate_videos(
             name: getattr(readout, name) == getattr(target, name)
             for name in ("colour", "shape", "direction", "speed", "background")
         }
-        clip: dict[str, Any] = {"prompt": target.text, "readout": asdict(readout), "hits": hits}
+        clip: dict[str, Any] = {
+            "prompt": target.text,
+            "readout": asdict(readout),
+            "hits": hits,
+            "adherence": 100 * float(np.mean([hits["colour"], hits["shape"], hits["direction"]])),
+            "temporal_consistency": _consistency(readout),
+        }
         if reference is not None:
             clip["psnr"] = psnr(video, reference[index])
             clip["ssim"] = ssim(video, reference[index])
@@ -317,7 +329,6 @@ def evaluate_videos(
 
     readouts = [clip["readout"] for clip in per_clip]
     accuracy = {name: 100 * mean([clip["hits"][name] for clip in per_clip]) for name in per_clip[0]["hits"]}
-    consistency = [100 * r["presence"] * max(0.0, 1 - r["size_drift"] - r["colour_drift"]) for r in readouts]
     frames, height, width = _as_numpy(videos[0]).shape[1:]
     result: dict[str, Any] = {
         "clips": len(per_clip),
@@ -326,7 +337,7 @@ def evaluate_videos(
         "width": int(width),
         "adherence": mean([accuracy["colour"], accuracy["shape"], accuracy["direction"]]),
         **{f"{name}_accuracy": value for name, value in accuracy.items()},
-        "temporal_consistency": mean(consistency),
+        "temporal_consistency": mean([clip["temporal_consistency"] for clip in per_clip]),
         "object_presence": 100 * mean([r["presence"] for r in readouts]),
         "size_drift": mean([r["size_drift"] for r in readouts]),
         "colour_drift": mean([r["colour_drift"] for r in readouts]),
