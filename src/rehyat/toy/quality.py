@@ -218,7 +218,7 @@ def difference_interval(
         n_resamples=10_000,
         confidence_level=confidence,
         method="percentile",
-        rng=np.random.default_rng(0),
+        random_state=np.random.default_rng(0),  # `rng` from SciPy 1.15 on; this works in every version
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
