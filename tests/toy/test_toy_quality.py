@@ -53,9 +53,14 @@ def test_quick_quality_table_for_four_students(tmp_path):
     local_config = json.loads((work / "local" / "stage1" / "rehyat_config.json").read_text())
     assert local_config["config"]["attention"] == "local"
 
-    # Gathering again trains nothing and keeps the results; a missing student is left out.
+    # Gathering again trains nothing and keeps the results; a missing student is left out. The teacher's
+    # videos are sampled once per work folder (other processes of a run can copy them in).
+    cache = work / "teacher" / "short.safetensors"
+    assert cache.is_file()
+    sampled = cache.stat().st_mtime_ns
     (out / "toybench.json").unlink()
     assert main([*args, "--report-only"]) == 0
+    assert cache.stat().st_mtime_ns == sampled
     again = json.loads((out / "toybench.json").read_text())["models"]
     assert set(again) == set(models) and again["rehyat"]["short"] == models["rehyat"]["short"]
 

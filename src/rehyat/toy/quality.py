@@ -249,19 +249,21 @@ def run_quality(
     reused = _reuse_results(reuse, work, settings) if reuse is not None else None
 
     console.rule("teacher")
-    teacher_model = load_toy_model(teacher, None, torch_device)
-    reference = sample_with(
-        teacher_model, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=False
-    )
+
+    def teacher_videos(name: str, embeds: torch.Tensor, frames: int, first_seed: int) -> list[torch.Tensor]:
+        def sample() -> list[torch.Tensor]:
+            model = load_toy_model(teacher, None, torch_device)
+            return sample_with(model, embeds, settings, frames=frames, first_seed=first_seed, recurrent=False)
+
+        return _cached_videos(work / "teacher" / f"{name}.safetensors", sample)
+
+    reference = teacher_videos("short", embeds, CLIP["num_frames"], 1000)
     results: dict[str, Any] = {
         "teacher": {"label": "teacher (softmax)", "short": _scores(reference, prompts)}
     }
     if device == "cuda":  # full attention at 4× length: quadratic, too slow for a CPU run
-        long = sample_with(
-            teacher_model, long_embeds, settings, frames=long_frames, first_seed=2000, recurrent=False
-        )
+        long = teacher_videos("long", long_embeds, long_frames, 2000)
         results["teacher"]["long"] = _scores(long, long_prompts)
-    del teacher_model
 
     dataset = finetune_dataset(work, settings)
     for student in STUDENTS:
@@ -321,6 +323,25 @@ def run_quality(
     _write_markdown(report, out)
     console.print(f"[bold]table:[/bold] {out / 'toybench.md'}")
     return report
+
+
+def _cached_videos(path: Path, sample) -> list[torch.Tensor]:
+    """The videos saved at ``path`` (safetensors), or ``sample()``'s, saved there atomically first.
+
+    The teacher's videos depend only on the settings, which the work folder is claimed for, so processes
+    that train students side by side can share one sampling of the teacher (copy the file into their
+    work folders) instead of each repeating it.
+    """
+    from safetensors.torch import load_file
+
+    from rehyat.models.checkpoint import _write_tensors
+
+    if path.is_file():
+        return list(load_file(path)["videos"].unbind(0))
+    videos = sample()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_tensors(path, {"videos": torch.stack(videos)})
+    return videos
 
 
 def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[str, Any]:
