@@ -13,8 +13,13 @@ WORK=${WORK:-/tmp/toybench}
 LIMIT=${LIMIT:-0}  # seconds per student process on a machine with a per-command cap (0: no cap)
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script with --quick
 GPUS=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}; GPUS=$(( GPUS > 0 ? GPUS : 1 ))
-STUDENTS=(rehyat uniform_hybrid rehyat_nonneg causal_softmax teacher_finetuned rehyat_to0 local linear
-  bidirectional rehyat_to2 half_blocks)
+# ONLY="a b": train just these students (half_blocks only with rehyat first); REUSE=toybench.json: take
+# the other rows of the table from an earlier run made with the same settings.
+read -r -a STUDENTS <<< "${ONLY:-rehyat uniform_hybrid rehyat_nonneg causal_softmax teacher_finetuned \
+  rehyat_to0 local linear bidirectional rehyat_to2 half_blocks rehyat_spatial rehyat_nonneg_spatial}"
+if [[ " ${STUDENTS[*]} " == *" half_blocks "* && ${STUDENTS[0]} != rehyat ]]; then
+  echo "half_blocks needs rehyat as the first student (it takes rehyat's stage 1)" >&2; exit 2
+fi
 # Many processes share the CPU: cap each one's BLAS/OpenMP threads, or they oversubscribe it.
 THREADS=$(( $(nproc) / ${#STUDENTS[@]} )); THREADS=$(( THREADS > 0 ? THREADS : 1 ))
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
@@ -49,6 +54,6 @@ for i in "${!STUDENTS[@]}"; do
   result="$WORK/part$i/${STUDENTS[$i]}/result.json"
   [ -f "$result" ] && mkdir -p "$WORK/all/${STUDENTS[$i]}" && cp "$result" "$WORK/all/${STUDENTS[$i]}/"
 done
-toy --work "$WORK/all" --out "$RUN" "$@" --report-only > "$RUN/merge.log" 2>&1
+toy --work "$WORK/all" --out "$RUN" "$@" --report-only ${REUSE:+--reuse "$REUSE"} > "$RUN/merge.log" 2>&1
 tail -3 "$RUN/merge.log"
 (cd "$RUN" && tar czf logs.tgz ./*.log && rm -f ./*.log)  # $OUT brings back at most 8 files

@@ -9,6 +9,7 @@ from typing import Any
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _ATTENTIONS = ("hybrid", "local", "linear", "uniform_hybrid")
 _INITS = ("taylor", "random")
+_FEATURE_ROTARIES = ("full", "spatial")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -48,6 +49,11 @@ class ReHyAtConfig:
         feature_nonnegative: even powers 2p only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`).
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
+        feature_rotary: what φq, φk read. ``"full"`` (SPEC §5): q and k as the softmax part sees
+            them, after the whole 3D RoPE. ``"spatial"``: the same q and k with the temporal part of
+            the RoPE undone, so φ sees where a token is in its frame but not which frame it is in: a
+            video longer than the training clips then gives φ no rotation it has not seen (the
+            softmax part, which depends only on relative positions, keeps the full RoPE).
     """
 
     chunk_frames: int = 3
@@ -62,6 +68,7 @@ class ReHyAtConfig:
     feature_init: str = "taylor"
     feature_kernel_scale: float = 1e-3
     feature_nonnegative: bool = False
+    feature_rotary: str = "full"
     attention: str = "hybrid"
     uniform_stride: int = 2
 
@@ -87,6 +94,10 @@ class ReHyAtConfig:
         ):
             raise ValueError(
                 f"feature_kernel_scale must be a positive number, got {self.feature_kernel_scale!r}"
+            )
+        if self.feature_rotary not in _FEATURE_ROTARIES:
+            raise ValueError(
+                f"feature_rotary must be one of {_FEATURE_ROTARIES}, got {self.feature_rotary!r}"
             )
         if self.feature_init not in _INITS:
             raise ValueError(f"feature_init must be one of {_INITS}, got {self.feature_init!r}")

@@ -62,6 +62,31 @@ def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.type_as(x)
 
 
+def temporal_rotary_dims(head_dim: int) -> int:
+    """How many leading channels of a head Wan's 3D RoPE rotates by the frame index (the rest: h, w)."""
+    return head_dim - 4 * (head_dim // 6)
+
+
+def feature_inputs(
+    config: ReHyAtConfig, query: Tensor, key: Tensor, rotary_emb: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """What φq and φk read, from q and k after the full RoPE (``rotary_emb`` is the (cos, sin) applied).
+
+    ``feature_rotary="full"``: q and k themselves (SPEC §5). ``"spatial"``: the temporal channels are
+    rotated back by their frame's angle, leaving the height/width rotation, so φ's inputs do not
+    depend on the frame index. Shared by the processor (parallel and streaming) and stage 1.
+    """
+    if config.feature_rotary == "full":
+        return query, key
+    if rotary_emb is None:
+        raise ValueError("feature_rotary='spatial' needs the rotary embedding (cos, sin) that q and k got")
+    cos, sin = rotary_emb
+    temporal = torch.arange(cos.shape[-1], device=cos.device) < temporal_rotary_dims(query.shape[-1])
+    cos = torch.where(temporal, cos, torch.ones_like(cos))
+    sin = torch.where(temporal, -sin, torch.zeros_like(sin))  # the inverse rotation
+    return _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
+
+
 def configured_attention(
     config: ReHyAtConfig,
     q: Tensor,
@@ -124,13 +149,18 @@ class ReHyAtWanAttnProcessor:
 
         config = self.runtime.config
         if self.runtime.streaming:
-            # The step applies φq, φk itself, each only while it is needed (lower peak memory).
+            # With φ reading q and k themselves, the step applies φq, φk, each only while it is needed
+            # (lower peak memory); otherwise the features are computed here.
+            fq, fk = getattr(attn, PHI_Q), getattr(attn, PHI_K)
+            if config.feature_rotary != "full":
+                phi_query, phi_key = feature_inputs(config, query, key, rotary_emb)
+                fq, fk = fq(phi_query), fk(phi_key)
             out, self.state = hybrid_attention_step(
                 query,
                 key,
                 value,
-                getattr(attn, PHI_Q),
-                getattr(attn, PHI_K),
+                fq,
+                fk,
                 self.state,
                 frame_tokens=frame_tokens,
                 overlap_frames=config.overlap_frames,
@@ -140,7 +170,8 @@ class ReHyAtWanAttnProcessor:
         else:
             fq = fk = None
             if hasattr(attn, PHI_Q):  # every variant but "local"
-                fq, fk = getattr(attn, PHI_Q)(query), getattr(attn, PHI_K)(key)
+                phi_query, phi_key = feature_inputs(config, query, key, rotary_emb)
+                fq, fk = getattr(attn, PHI_Q)(phi_query), getattr(attn, PHI_K)(phi_key)
             if query.shape[1] != grid[0] * frame_tokens:
                 raise ValueError(
                     f"attention got {query.shape[1]} tokens but the captured grid {grid} has "

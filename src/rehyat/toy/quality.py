@@ -10,7 +10,8 @@ recurrently.
 
 Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0 and To=2; bidirectional; half the
 blocks (the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because
-blocks are distilled independently); ReHyAt with the non-negative φ variant; local-only (no φ: stage 2
+blocks are distilled independently); ReHyAt with the non-negative φ variant, and both φ variants
+reading q and k with the spatial RoPE only (``feature_rotary="spatial"``); local-only (no φ: stage 2
 only); linear-only; uniform hybrid R=2; and two controls: the unconverted teacher through the same
 stage 2, which separates what stage 2 itself does to the model from what the conversion costs, and
 exact block-causal softmax (To = every past frame, no φ) through the same stage 2, the level a causal
@@ -53,6 +54,13 @@ STUDENTS = (
     Student("teacher_finetuned", "softmax teacher + stage 2 (control)", distill=False, convert=False),
     Student("rehyat", "ReHyAt Tc=3 To=1 causal"),
     Student("rehyat_nonneg", "ReHyAt, non-negative φ", {"feature_nonnegative": True}),
+    # φ without the temporal RoPE: at 4× the training length φ then meets no frame angle it has not seen.
+    Student("rehyat_spatial", "ReHyAt, φ with spatial RoPE only", {"feature_rotary": "spatial"}),
+    Student(
+        "rehyat_nonneg_spatial",
+        "ReHyAt, non-negative φ with spatial RoPE only",
+        {"feature_nonnegative": True, "feature_rotary": "spatial"},
+    ),
     Student("rehyat_to0", "ReHyAt To=0", {"overlap_frames": 0}),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
@@ -100,7 +108,14 @@ class QualitySettings(DemoSettings):
 
 
 #: Students that also generate videos ``long_factor``× the training length (recurrently).
-LONG_VIDEO_STUDENTS = ("rehyat", "rehyat_nonneg")
+LONG_VIDEO_STUDENTS = ("rehyat", "rehyat_nonneg", "rehyat_spatial", "rehyat_nonneg_spatial")
+#: The ReHyAt students the targets are checked for (each where it was run), with their names there.
+TARGET_STUDENTS = {
+    "rehyat": "ReHyAt",
+    "rehyat_nonneg": "ReHyAt non-negative φ",
+    "rehyat_spatial": "ReHyAt spatial-RoPE φ",
+    "rehyat_nonneg_spatial": "ReHyAt non-negative spatial-RoPE φ",
+}
 
 QUICK = QualitySettings(**{**asdict(DEMO_QUICK), "distill_variants": ("rehyat",), "progress": False})
 
@@ -429,7 +444,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         met = None if value is None else bool(value > threshold if above else value <= threshold)
         rows.append({"target": text, "measured": value, "interval": interval, "met": met, "decided": decided})
 
-    for name, label in (("rehyat", "ReHyAt"), ("rehyat_nonneg", "ReHyAt non-negative φ")):
+    for name, label in TARGET_STUDENTS.items():
         if name != "rehyat" and name not in results:
             continue
         check(
@@ -457,7 +472,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         0,
         above=True,
     )
-    for name, label in (("rehyat", "ReHyAt"), ("rehyat_nonneg", "ReHyAt non-negative φ")):
+    for name, label in TARGET_STUDENTS.items():
         if name != "rehyat" and not part(name, "long"):
             continue
         check(

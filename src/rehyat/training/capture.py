@@ -21,19 +21,25 @@ from rehyat.models.wan import _apply_rotary
 
 @dataclass
 class AttentionCapture:
-    """One self-attention call of one block: q, k, v, y as [B, N, H, D], frame-major tokens."""
+    """One self-attention call of one block: q, k, v, y as [B, N, H, D], frame-major tokens, and the
+    rotary (cos, sin) [1, N, 1, D] that q and k got (for φ inputs other than q and k themselves)."""
 
     q: Tensor
     k: Tensor
     v: Tensor
     y: Tensor
     frame_tokens: int
+    rotary: tuple[Tensor, Tensor] | None = None
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> AttentionCapture:
+        """Moved to ``device``, q/k/v/y cast to ``dtype``; the rotary keeps its own dtype."""
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return AttentionCapture(move(self.q), move(self.k), move(self.v), move(self.y), self.frame_tokens)
+        rotary = None if self.rotary is None else tuple(t.to(device=device) for t in self.rotary)
+        return AttentionCapture(
+            move(self.q), move(self.k), move(self.v), move(self.y), self.frame_tokens, rotary
+        )
 
     @property
     def frames(self) -> int:
@@ -82,6 +88,7 @@ class _RecordingProcessor:
             v=seen["v"].unflatten(2, (heads, -1)),
             y=seen["y"].unflatten(2, (heads, -1)),
             frame_tokens=self.recorder.frame_tokens,
+            rotary=rotary_emb,
         )
         self.recorder.record(self.block, capture)
         return out
@@ -121,8 +128,11 @@ class AttentionRecorder:
     def record(self, block: int, capture: AttentionCapture) -> None:
         with torch.no_grad():
             moved = capture.to(self.store_device, self.store_dtype)
+        rotary = None if moved.rotary is None else tuple(t.detach() for t in moved.rotary)
         self.captures[block].append(
-            AttentionCapture(*(t.detach() for t in (moved.q, moved.k, moved.v, moved.y)), moved.frame_tokens)
+            AttentionCapture(
+                *(t.detach() for t in (moved.q, moved.k, moved.v, moved.y)), moved.frame_tokens, rotary
+            )
         )
 
     def take(self) -> dict[int, list[AttentionCapture]]:
