@@ -248,3 +248,17 @@ def test_reused_rows_keep_the_run_that_trained_them():
     labels = {name: {"label": name.upper()} for name in table["models"]}
     reused = {"students": ["rehyat", "local", "rehyat_to2"], "made": made}
     assert _reused_rows(reused, labels) == "REHYAT (H200, d1); LOCAL, REHYAT_TO2 (H100, d2)"
+
+
+def test_reuse_takes_a_missing_setting_as_its_default(tmp_path):
+    """A table made before a setting existed ran as its default does: it can be reused under it."""
+    from rehyat.toy.quality import QualitySettings, _reuse_results
+
+    settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings())))
+    del settings["eval_seed"]
+    earlier = tmp_path / "toybench.json"
+    earlier.write_text(json.dumps({"settings": settings, "models": {"rehyat": {"label": "x"}}}))
+    taken = _reuse_results(earlier, tmp_path / "w", QualitySettings())
+    assert taken["students"] == ["rehyat"] and (tmp_path / "w" / "rehyat" / "result.json").is_file()
+    with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
+        _reuse_results(earlier, tmp_path / "w2", dataclasses.replace(QualitySettings(), eval_seed=1))

@@ -105,6 +105,9 @@ class QualitySettings(DemoSettings):
     sample_batch: int = 128
     long_videos: int = 128
     progress: bool = False
+    # ``seed`` seeds training (stage-1 prompts, clips, initialisation, batches); ``eval_seed`` the
+    # evaluation prompts and noise, so students trained from other seeds are scored on the same videos.
+    eval_seed: int = 0
 
 
 #: Students that also generate videos ``long_factor``× the training length (recurrently).
@@ -256,7 +259,7 @@ def run_quality(
     teacher = bundled_teacher()
     encoder = load_text_encoder(teacher)
     torch_device = torch.device(device)
-    prompts = toy_prompts(settings.eval_prompts, settings.seed + 3)
+    prompts = toy_prompts(settings.eval_prompts, settings.eval_seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
     long_prompts, long_embeds = prompts[: settings.long_videos], embeds[: settings.long_videos]
     long_frames = settings.long_factor * CLIP["num_frames"]
@@ -366,11 +369,9 @@ def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[st
         raise ValueError(f"--reuse {path}: no such file (an earlier run's toybench.json)")
     earlier = json.loads(path.read_text())
     current = json.loads(json.dumps(asdict(settings)))
-    differ = sorted(
-        k
-        for k in current.keys() | earlier.get("settings", {}).keys()
-        if current.get(k) != earlier.get("settings", {}).get(k)
-    )
+    # A setting the earlier table lacks did not exist yet: it ran as that setting's default does.
+    made = {**json.loads(json.dumps(asdict(QualitySettings()))), **earlier.get("settings", {})}
+    differ = sorted(k for k in current.keys() | made.keys() if current.get(k) != made.get(k))
     if differ:
         raise ValueError(f"--reuse {path}: made with other settings (they differ in {differ})")
     names = {s.name for s in STUDENTS}
