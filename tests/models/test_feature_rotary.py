@@ -8,7 +8,7 @@ from tiny_wan import FRAMES, LATENT_SIZE, converted, run, tiny_inputs, tiny_wan
 
 from rehyat import ReHyAtConfig, recurrent_forward
 from rehyat.models import feature_maps
-from rehyat.models.wan import _apply_rotary, feature_inputs, temporal_rotary_dims
+from rehyat.models.wan import _apply_rotary, feature_input, temporal_rotary_dims
 from rehyat.training.capture import AttentionRecorder
 from rehyat.training.students import BlockStudent
 
@@ -39,7 +39,7 @@ def test_spatial_inputs_do_not_depend_on_the_frame(model):
     pre = per_frame.expand(2, FRAMES, frame_tokens, heads, head_dim).flatten(1, 2)
     q = _apply_rotary(pre, cos, sin)  # as attention sees it
     k = _apply_rotary(pre.flip(0), cos, sin)
-    phi_q, phi_k = feature_inputs(SPATIAL, q, k, (cos, sin))
+    phi_q, phi_k = (feature_input(SPATIAL, x, (cos, sin)) for x in (q, k))
     frames_q = phi_q.unflatten(1, (FRAMES, frame_tokens))
     assert torch.allclose(frames_q, frames_q[:, :1].expand_as(frames_q), atol=1e-12)
     assert torch.allclose(frames_q[:, 0], q[:, :frame_tokens], atol=1e-12)
@@ -49,9 +49,9 @@ def test_spatial_inputs_do_not_depend_on_the_frame(model):
     # The spatial rotation stays: within a frame, tokens still differ by their (h, w) angles.
     assert not torch.allclose(frames_q[:, 0], pre[:, :frame_tokens])
     # "full" is q and k themselves; "spatial" needs the rotary.
-    assert feature_inputs(ReHyAtConfig(), q, k, (cos, sin)) == (q, k)
+    assert feature_input(ReHyAtConfig(), q, (cos, sin)) is q
     with pytest.raises(ValueError, match="feature_rotary='spatial' needs the rotary embedding"):
-        feature_inputs(SPATIAL, q, k, None)
+        feature_input(SPATIAL, q, None)
 
 
 def _without_temporal(cos, sin, head_dim):

@@ -67,24 +67,23 @@ def temporal_rotary_dims(head_dim: int) -> int:
     return head_dim - 4 * (head_dim // 6)
 
 
-def feature_inputs(
-    config: ReHyAtConfig, query: Tensor, key: Tensor, rotary_emb: tuple[Tensor, Tensor] | None
-) -> tuple[Tensor, Tensor]:
-    """What φq and φk read, from q and k after the full RoPE (``rotary_emb`` is the (cos, sin) applied).
+def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb: tuple[Tensor, Tensor] | None) -> Tensor:
+    """What φ reads of q or k [B, N, H, D] after the full RoPE (``rotary_emb``: the (cos, sin) applied).
 
-    ``feature_rotary="full"``: q and k themselves (SPEC §5). ``"spatial"``: the temporal channels are
-    rotated back by their frame's angle, leaving the height/width rotation, so φ's inputs do not
-    depend on the frame index. Shared by the processor (parallel and streaming) and stage 1.
+    ``feature_rotary="full"``: ``x`` itself (SPEC §5). ``"spatial"``: the temporal channels rotated back
+    by their frame's angle (the height/width rotation stays), so φ's input does not depend on the frame
+    index. Undoing the rotation costs one rounding in bf16. Shared by the processor (parallel and
+    streaming) and the stage-1 students, so φ is trained on what it will be fed.
     """
     if config.feature_rotary == "full":
-        return query, key
+        return x
     if rotary_emb is None:
         raise ValueError("feature_rotary='spatial' needs the rotary embedding (cos, sin) that q and k got")
     cos, sin = rotary_emb
-    temporal = torch.arange(cos.shape[-1], device=cos.device) < temporal_rotary_dims(query.shape[-1])
+    temporal = torch.arange(cos.shape[-1], device=cos.device) < temporal_rotary_dims(x.shape[-1])
     cos = torch.where(temporal, cos, torch.ones_like(cos))
     sin = torch.where(temporal, -sin, torch.zeros_like(sin))  # the inverse rotation
-    return _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
+    return _apply_rotary(x, cos, sin)
 
 
 def configured_attention(
@@ -149,12 +148,13 @@ class ReHyAtWanAttnProcessor:
 
         config = self.runtime.config
         if self.runtime.streaming:
-            # With φ reading q and k themselves, the step applies φq, φk, each only while it is needed
-            # (lower peak memory); otherwise the features are computed here.
+            # The step applies φq, φk (after the inputs' own transform), each only while it is needed
+            # (lower peak memory).
             fq, fk = getattr(attn, PHI_Q), getattr(attn, PHI_K)
             if config.feature_rotary != "full":
-                phi_query, phi_key = feature_inputs(config, query, key, rotary_emb)
-                fq, fk = fq(phi_query), fk(phi_key)
+                phi_q, phi_k = fq, fk
+                fq = lambda q: phi_q(feature_input(config, q, rotary_emb))  # noqa: E731
+                fk = lambda k: phi_k(feature_input(config, k, rotary_emb))  # noqa: E731
             out, self.state = hybrid_attention_step(
                 query,
                 key,
@@ -170,8 +170,8 @@ class ReHyAtWanAttnProcessor:
         else:
             fq = fk = None
             if hasattr(attn, PHI_Q):  # every variant but "local"
-                phi_query, phi_key = feature_inputs(config, query, key, rotary_emb)
-                fq, fk = getattr(attn, PHI_Q)(phi_query), getattr(attn, PHI_K)(phi_key)
+                fq = getattr(attn, PHI_Q)(feature_input(config, query, rotary_emb))
+                fk = getattr(attn, PHI_K)(feature_input(config, key, rotary_emb))
             if query.shape[1] != grid[0] * frame_tokens:
                 raise ValueError(
                     f"attention got {query.shape[1]} tokens but the captured grid {grid} has "

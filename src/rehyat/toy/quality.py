@@ -228,6 +228,8 @@ def difference_interval(
 
     if paired and len(first) != len(second):
         raise ValueError(f"paired samples need equal lengths, got {len(first)} and {len(second)}")
+    if not (np.isfinite(first).all() and np.isfinite(second).all()):
+        raise ValueError("per-clip scores must be finite numbers (a NaN or inf would void the interval)")
     result = bootstrap(
         (np.asarray(first, float), np.asarray(second, float)),
         lambda a, b, axis: a.mean(axis) - b.mean(axis),
@@ -273,7 +275,7 @@ def run_quality(
             model = load_toy_model(teacher, None, torch_device)
             return sample_with(model, embeds, settings, frames=frames, first_seed=first_seed, recurrent=False)
 
-        return _cached_videos(work / "teacher" / f"{name}.safetensors", sample)
+        return _cached_videos(work / "teacher" / f"{name}.safetensors", sample, len(embeds), frames)
 
     reference = teacher_videos("short", embeds, CLIP["num_frames"], 1000)
     results: dict[str, Any] = {
@@ -283,7 +285,7 @@ def run_quality(
         long = teacher_videos("long", long_embeds, long_frames, 2000)
         results["teacher"]["long"] = _scores(long, long_prompts)
 
-    dataset = finetune_dataset(work, settings)
+    dataset = None
     for student in STUDENTS:
         if only and student.name not in only:
             continue
@@ -294,6 +296,7 @@ def run_quality(
         if report_only:
             continue
         console.rule(student.label)
+        dataset = dataset or finetune_dataset(work, settings)
         tic = time.perf_counter()
         checkpoint, stage1 = _stage1_checkpoint(student, teacher, work, settings, device)
         stage1_s = time.perf_counter() - tic
@@ -343,19 +346,26 @@ def run_quality(
     return report
 
 
-def _cached_videos(path: Path, sample) -> list[torch.Tensor]:
-    """The videos saved at ``path`` (safetensors), or ``sample()``'s, saved there atomically first.
+def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Tensor]:
+    """The ``count`` videos of ``frames`` frames saved at ``path`` (safetensors), or ``sample()``'s,
+    saved there atomically first.
 
     The teacher's videos depend only on the settings, which the work folder is claimed for, so processes
     that train students side by side can share one sampling of the teacher (copy the file into their
-    work folders) instead of each repeating it.
+    work folders) instead of each repeating it. A file of other videos is an error, not resampled.
     """
     from safetensors.torch import load_file
 
     from rehyat.models.checkpoint import _write_tensors
 
     if path.is_file():
-        return list(load_file(path)["videos"].unbind(0))
+        videos = load_file(path)["videos"]
+        if videos.shape[0] != count or videos.shape[2] != frames:
+            raise ValueError(
+                f"{path} holds {videos.shape[0]} videos of {videos.shape[2]} frames, this run needs "
+                f"{count} of {frames}: it comes from another run; delete it"
+            )
+        return list(videos.unbind(0))
     videos = sample()
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_tensors(path, {"videos": torch.stack(videos)})
@@ -369,9 +379,15 @@ def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[st
         raise ValueError(f"--reuse {path}: no such file (an earlier run's toybench.json)")
     earlier = json.loads(path.read_text())
     current = json.loads(json.dumps(asdict(settings)))
-    # A setting the earlier table lacks did not exist yet: it ran as that setting's default does.
-    made = {**json.loads(json.dumps(asdict(QualitySettings()))), **earlier.get("settings", {})}
-    differ = sorted(k for k in current.keys() | made.keys() if current.get(k) != made.get(k))
+    # A setting the earlier table lacks did not exist yet: it ran as that setting's default does,
+    # except that the evaluation prompts came from the training seed before eval_seed existed.
+    earlier_settings = earlier.get("settings", {})
+    made = {**json.loads(json.dumps(asdict(QualitySettings()))), **earlier_settings}
+    if "eval_seed" not in earlier_settings:
+        made["eval_seed"] = earlier_settings.get("seed", 0)
+    differ = sorted(
+        k for k in current.keys() | made.keys() if k not in _NO_EFFECT and current.get(k) != made.get(k)
+    )
     if differ:
         raise ValueError(f"--reuse {path}: made with other settings (they differ in {differ})")
     names = {s.name for s in STUDENTS}
@@ -427,6 +443,8 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     ``met`` judges the measured value, as the issue states the targets; ``decided`` says whether the
     interval lies wholly on one side of the threshold, i.e. whether the verdict is more than sampling noise.
+    Two models are compared on the same prompts and noise (paired); short and long videos on the long
+    videos' prompts (the first ``long_videos`` of the short ones), paired by prompt.
     """
 
     def part(name: str, which: str = "short") -> dict[str, Any]:
@@ -434,14 +452,26 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     rows = []
 
-    def check(text: str, first: dict, second: dict, key: str, threshold: float, above: bool, paired=True):
+    def check(
+        text: str,
+        first: dict,
+        second: dict,
+        key: str,
+        threshold: float,
+        above: bool,
+        paired: bool | str = True,
+    ) -> None:
         value = interval = decided = None
         if key in first and key in second:
             value = first[key] - second[key]
         clips = first.get("per_clip", {}).get(key), second.get("per_clip", {}).get(key)
+        if value is not None and None not in clips and paired == "prefix":  # the first's first len(second)
+            clips = (clips[0][: len(clips[1])], clips[1])
+            value = float(np.mean(clips[0]) - np.mean(clips[1]))
         if value is not None and None not in clips and min(map(len, clips)) >= 2:  # bootstrap needs two
-            interval = difference_interval(*clips, paired=paired)
-            decided = interval[0] > threshold or interval[1] < threshold
+            interval = difference_interval(*clips, paired=bool(paired))
+            low, high = interval
+            decided = low > threshold or high < threshold if above else high <= threshold or low > threshold
         met = None if value is None else bool(value > threshold if above else value <= threshold)
         rows.append({"target": text, "measured": value, "interval": interval, "met": met, "decided": decided})
 
@@ -483,7 +513,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "adherence",
             5,
             above=False,
-            paired=False,  # other seeds (and a subset of the prompts)
+            paired="prefix",  # the long videos' prompts are the first short ones' (with other noise)
         )
     return rows
 
@@ -576,13 +606,33 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
                 ["model", "frames", "adherence", "temporal_consistency", "motion_smoothness"], long_rows
             ),
             "## Targets",
-            f"Each interval is a 95% bootstrap interval over the {settings['eval_prompts']} prompts (paired: the same "
-            'prompts and noise for both models; long videos: other seeds, unpaired). "Within noise": the '
-            "interval reaches across the threshold, so the verdict is not settled at this number of prompts.",
+            f"Each interval is a 95% paired-bootstrap interval over the {settings['eval_prompts']} prompts, the "
+            "same prompts and noise for both models; long videos are compared with the short videos of their "
+            f'own prompts (the first {settings["long_videos"]}). "Within noise": the interval reaches across '
+            "the threshold, so the verdict is not settled at this number of prompts.",
             markdown_table(["target", "measured", "95% interval", "met"], target_rows),
         ]
     )
-    (out / "toybench.md").write_text(text + "\n")
+    table = out / "toybench.md"
+    notes = table.read_text().partition(NOTES_MARKER)[2] if table.is_file() else ""
+    table.write_text(text + "\n" + (f"\n{NOTES_MARKER}{notes}" if notes else ""))
+
+
+#: Written notes below this line of a toybench.md survive the table being written again.
+NOTES_MARKER = "<!-- notes: kept when the table is written again -->"
+
+
+def render_table(out: Path) -> dict[str, Any]:
+    """Rewrite ``out/toybench.{json,md,png}`` from ``out/toybench.json``, the targets recomputed from
+    its per-clip scores (e.g. after the targets' statistics changed); nothing is sampled or trained."""
+    path = out / "toybench.json"
+    if not path.is_file():
+        raise ValueError(f"--render-only: {path} does not exist (a toybench.json of an earlier run)")
+    report = json.loads(path.read_text())
+    report["targets"] = _targets(report["models"])
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    _write_markdown(report, out)
+    return report
 
 
 def with_overrides(settings: QualitySettings, pairs: list[str]) -> QualitySettings:
@@ -623,11 +673,17 @@ def _typed(key: str, raw: str, value: Any, current: Any) -> Any:
     return value
 
 
+#: Settings that change no result (batching changes a video only by float rounding).
+_NO_EFFECT = ("sample_batch", "progress")
+
 #: Settings that may be switched off with ``--set KEY=null``.
 _NULLABLE = ("finetune_ema",)
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.render_only:
+        render_table(Path(args.out))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA GPU is available")
     if args.device == "cpu":
@@ -674,6 +730,11 @@ def register(targets) -> None:
         "--report-only",
         action="store_true",
         help="train nothing: score the teacher, gather the students in --work",
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the table in --out from its toybench.json (targets recomputed); no GPU needed",
     )
     parser.add_argument(
         "--reuse",

@@ -18,7 +18,7 @@ from torch import Tensor
 from rehyat.attention import AttentionStats, PolynomialFeatureMap
 from rehyat.baselines import linear_attention, local_attention
 from rehyat.models.config import ReHyAtConfig
-from rehyat.models.wan import configured_attention, feature_inputs
+from rehyat.models.wan import configured_attention, feature_input
 from rehyat.training.capture import AttentionCapture
 
 VARIANTS = ("rehyat", "untrained", "linear", "local")
@@ -95,8 +95,8 @@ class BlockStudent:
         )
         if self.variant == "local":
             return local_attention(q, k, v, **geometry)
-        phi_q_input, phi_k_input = feature_inputs(self.config, q, k, capture.rotary)
-        fq, fk = self.phi_q(phi_q_input), self.phi_k(phi_k_input)
+        fq = self.phi_q(feature_input(self.config, q, capture.rotary))
+        fk = self.phi_k(feature_input(self.config, k, capture.rotary))
         if self.variant == "linear":
             return linear_attention(q, k, v, fq, fk, **geometry)
         # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
