@@ -29,17 +29,22 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 mkdir -p "$RUN"
+rm -rf "$WORK"/part* "$WORK"/out* "$WORK/all" "$WORK/teacher" "$WORK/teacher_out"  # nothing stale
 toy() { python3 -m rehyat.cli bench toy --device "$DEVICE" "$@"; }
 
 toy --work "$WORK/teacher" --out "$WORK/teacher_out" "$@" --report-only > "$RUN/teacher.log" 2>&1 \
   || { tail -20 "$RUN/teacher.log"; exit 1; }
+pids=()
 for i in "${!STUDENTS[@]}"; do
   part="$WORK/part$i"
   mkdir -p "$part" && cp -r "$WORK/teacher/teacher" "$part/"
   student=${STUDENTS[$i]}
   (
     if [ "$student" = half_blocks ]; then  # wait for the rehyat student's stage 1 (part 0)
-      until [ -f "$WORK/part0/rehyat/stage1.json" ]; do sleep 5; done
+      until [ -f "$WORK/part0/rehyat/stage1.json" ]; do
+        kill -0 "${pids[0]}" 2>/dev/null || { echo "the rehyat process ended without a stage 1"; exit 1; }
+        sleep 5
+      done
       mkdir -p "$part/rehyat/distill"
       cp -r "$WORK/part0/rehyat/stage1" "$part/rehyat/"
       cp "$WORK/part0/rehyat/distill/ranking.json" "$part/rehyat/distill/"
@@ -47,13 +52,24 @@ for i in "${!STUDENTS[@]}"; do
     CUDA_VISIBLE_DEVICES=$((i % GPUS)) timeout "$LIMIT" python3 -m rehyat.cli bench toy --device "$DEVICE" \
       --work "$part" --out "$WORK/out$i" "$@" --only "$student"
   ) > "$RUN/part$i.log" 2>&1 &
+  pids+=($!)
 done
-wait
+failed=()
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || failed+=("${STUDENTS[$i]} (part$i.log)")
+done
 mkdir -p "$WORK/all" && cp -r "$WORK/teacher/teacher" "$WORK/all/"
 for i in "${!STUDENTS[@]}"; do
   result="$WORK/part$i/${STUDENTS[$i]}/result.json"
   [ -f "$result" ] && mkdir -p "$WORK/all/${STUDENTS[$i]}" && cp "$result" "$WORK/all/${STUDENTS[$i]}/"
 done
-toy --work "$WORK/all" --out "$RUN" "$@" --report-only ${REUSE:+--reuse "$REUSE"} > "$RUN/merge.log" 2>&1
+status=0
+toy --work "$WORK/all" --out "$RUN" "$@" --report-only ${REUSE:+--reuse "$REUSE"} > "$RUN/merge.log" 2>&1 \
+  || { failed+=("the merge (merge.log)"); }
 tail -3 "$RUN/merge.log"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'failed: %s\n' "${failed[@]}" >&2
+  status=1
+fi
 (cd "$RUN" && tar czf logs.tgz ./*.log && rm -f ./*.log)  # $OUT brings back at most 8 files
+exit $status

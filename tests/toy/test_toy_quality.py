@@ -262,3 +262,81 @@ def test_reuse_takes_a_missing_setting_as_its_default(tmp_path):
     assert taken["students"] == ["rehyat"] and (tmp_path / "w" / "rehyat" / "result.json").is_file()
     with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
         _reuse_results(earlier, tmp_path / "w2", dataclasses.replace(QualitySettings(), eval_seed=1))
+
+
+def test_long_videos_are_compared_with_the_short_videos_of_their_prompts():
+    """Long videos take the first prompts; the target pairs each with that prompt's short video."""
+    short = [100.0] * 4 + [0.0] * 4  # the long videos' four prompts all score 100 when short
+    entry = {
+        "short": {"adherence": float(np.mean(short)), "per_clip": {"adherence": short}},
+        "long": {"adherence": 75.0, "per_clip": {"adherence": [100.0, 100.0, 100.0, 0.0]}},
+    }
+    targets = {t["target"].split(" (")[0]: t for t in _targets({"teacher": entry, "rehyat": entry})}
+    long = targets["ReHyAt: long videos keep adherence within 5 points of short ones"]
+    assert long["measured"] == 25.0  # 100 − 75 on the same four prompts, not 50 − 75 over all eight
+    assert long["met"] is False and long["interval"][1] <= 75
+
+
+def test_decided_at_the_threshold_and_finite_scores():
+    ones = [1.0] * 10
+    results = {
+        "teacher": {"short": {"adherence": 3.0, "per_clip": {"adherence": [3.0] * 10}}},
+        "rehyat": {"short": {"adherence": 1.0, "per_clip": {"adherence": ones}}},
+    }
+    gap = _targets(results)[0]  # teacher − ReHyAt = 2 exactly, every clip: met, and settled
+    assert gap["measured"] == 2 and gap["interval"] == pytest.approx((2, 2))
+    assert gap["met"] is True and gap["decided"] is True
+    with pytest.raises(ValueError, match="per-clip scores must be finite"):
+        difference_interval([1.0, float("nan")], [1.0, 2.0], paired=True)
+
+
+def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
+    from rehyat.toy.quality import NOTES_MARKER
+
+    clips = [100.0, 0.0, 100.0, 100.0]
+    scores = {"adherence": 75.0, "temporal_consistency": 80.0, "motion_smoothness": 5.0}
+    row = {"short": {**scores, "per_clip": {"adherence": clips}}}
+    report = {
+        "environment": {"gpu": "H100", "date": "d"},
+        "settings": dataclasses.asdict(QUICK),
+        "frames": 16,
+        "long_frames": 32,
+        "models": {"teacher": {"label": "teacher (softmax)", **row}, "rehyat": {"label": "ReHyAt", **row}},
+        "targets": [],
+    }
+    (tmp_path / "toybench.json").write_text(json.dumps(report))
+    (tmp_path / "toybench.md").write_text(f"old table\n{NOTES_MARKER}\n\n## Written by hand\n")
+    assert main(["bench", "toy", "--render-only", "--out", str(tmp_path)]) == 0
+    rendered = json.loads((tmp_path / "toybench.json").read_text())
+    assert rendered["targets"][0]["measured"] == 0 and rendered["targets"][0]["interval"] == [0.0, 0.0]
+    text = (tmp_path / "toybench.md").read_text()
+    assert "old table" not in text and text.endswith(f"{NOTES_MARKER}\n\n## Written by hand\n")
+    assert "| ReHyAt adherence within 2 points" in text
+    assert main(["bench", "toy", "--render-only", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_teacher_cache_refuses_other_videos(tmp_path):
+    from rehyat.toy.quality import _cached_videos
+
+    path = tmp_path / "teacher" / "short.safetensors"
+    videos = _cached_videos(path, lambda: [torch.zeros(3, 4, 8, 8)] * 2, 2, 4)
+    assert len(videos) == 2 and path.is_file()
+    again = _cached_videos(path, lambda: pytest.fail("sampled again"), 2, 4)
+    assert torch.equal(torch.stack(again), torch.stack(videos))
+    with pytest.raises(ValueError, match="holds 2 videos of 4 frames, this run needs 3 of 4"):
+        _cached_videos(path, lambda: [], 3, 4)
+
+
+def test_reuse_takes_an_old_tables_seed_for_its_prompts(tmp_path):
+    """Before eval_seed, the evaluation prompts came from the training seed; batching changes nothing."""
+    from rehyat.toy.quality import QualitySettings, _reuse_results
+
+    settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings(seed=1, sample_batch=4))))
+    del settings["eval_seed"]
+    earlier = tmp_path / "toybench.json"
+    earlier.write_text(json.dumps({"settings": settings, "models": {"rehyat": {"label": "x"}}}))
+    assert _reuse_results(earlier, tmp_path / "w", QualitySettings(seed=1, eval_seed=1))["students"] == [
+        "rehyat"
+    ]
+    with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
+        _reuse_results(earlier, tmp_path / "w2", QualitySettings(seed=1))
