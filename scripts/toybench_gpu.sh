@@ -71,5 +71,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   printf 'failed: %s\n' "${failed[@]}" >&2
   status=1
 fi
-(cd "$RUN" && tar czf logs.tgz ./*.log && rm -f ./*.log)  # $OUT brings back at most 8 files
+(cd "$RUN" && tar czf logs.tgz ./*.log && rm -f ./*.log) || status=1  # $OUT brings back at most 8 files
 exit $status

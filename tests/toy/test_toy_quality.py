@@ -109,8 +109,9 @@ def test_unknown_student_is_named(capsys):
 def test_targets_read_the_issue_rows():
     def row(adherence, consistency=50.0, long=None):
         entry = {"short": {"adherence": adherence, "temporal_consistency": consistency}}
-        if long is not None:
-            entry["long"] = {"adherence": long}
+        if long is not None:  # short and long are compared prompt by prompt
+            entry["short"]["per_clip"] = {"adherence": [adherence] * 2}
+            entry["long"] = {"adherence": long, "per_clip": {"adherence": [long] * 2}}
         return entry
 
     results = {
@@ -275,6 +276,10 @@ def test_long_videos_are_compared_with_the_short_videos_of_their_prompts():
     long = targets["ReHyAt: long videos keep adherence within 5 points of short ones"]
     assert long["measured"] == 25.0  # 100 − 75 on the same four prompts, not 50 − 75 over all eight
     assert long["met"] is False and long["interval"][1] <= 75
+    # Without the per-clip scores the pairing is unknown: no verdict rather than one on other prompts.
+    del entry["short"]["per_clip"]
+    long = next(t for t in _targets({"teacher": entry, "rehyat": entry}) if "long videos" in t["target"])
+    assert long["measured"] is None and long["met"] is None
 
 
 def test_decided_at_the_threshold_and_finite_scores():
@@ -313,6 +318,7 @@ def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
     assert "old table" not in text and text.endswith(f"{NOTES_MARKER}\n\n## Written by hand\n")
     assert "| ReHyAt adherence within 2 points" in text
     assert main(["bench", "toy", "--render-only", "--out", str(tmp_path / "none")]) == 2
+    assert main(["bench", "toy", "--render-only", "--out", str(tmp_path), "--set", "seed=1"]) == 2
 
 
 def test_teacher_cache_refuses_other_videos(tmp_path):

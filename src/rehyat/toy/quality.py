@@ -465,13 +465,16 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if key in first and key in second:
             value = first[key] - second[key]
         clips = first.get("per_clip", {}).get(key), second.get("per_clip", {}).get(key)
-        if value is not None and None not in clips and paired == "prefix":  # the first's first len(second)
-            clips = (clips[0][: len(clips[1])], clips[1])
-            value = float(np.mean(clips[0]) - np.mean(clips[1]))
+        if paired == "prefix":  # the first's first len(second) clips against the second's
+            if value is None or None in clips:
+                value = None  # the means alone would compare other prompts
+            else:
+                clips = (clips[0][: len(clips[1])], clips[1])
+                value = float(np.mean(clips[0]) - np.mean(clips[1]))
         if value is not None and None not in clips and min(map(len, clips)) >= 2:  # bootstrap needs two
             interval = difference_interval(*clips, paired=bool(paired))
             low, high = interval
-            decided = low > threshold or high < threshold if above else high <= threshold or low > threshold
+            decided = low > threshold or high <= threshold
         met = None if value is None else bool(value > threshold if above else value <= threshold)
         rows.append({"target": text, "measured": value, "interval": interval, "met": met, "decided": decided})
 
@@ -682,6 +685,19 @@ _NULLABLE = ("finetune_ema",)
 
 def _main(args: argparse.Namespace) -> int:
     if args.render_only:
+        extra = [
+            flag
+            for flag, given in (
+                ("--only", args.only),
+                ("--set", args.set),
+                ("--reuse", args.reuse),
+                ("--report-only", args.report_only),
+                ("--quick", args.quick),
+            )
+            if given
+        ]
+        if extra:
+            raise ValueError(f"--render-only rewrites the table in --out from its JSON; it takes no {extra}")
         render_table(Path(args.out))
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
