@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-import torch
+import os
+import shutil
+import subprocess
+import sys
 
-from rehyat.toy.teacher import CLIP, TOY_TEACHER_CONFIG, load_text_encoder, train_teacher, write_prompt_file
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rehyat.toy.teacher import (
+    CLIP,
+    TOY_TEACHER_CONFIG,
+    assemble_teacher,
+    load_text_encoder,
+    train_teacher,
+    write_prompt_file,
+)
 from rehyat.toy.world import ToyPrompt
 
 
 def test_train_teacher_makes_a_wan_folder(tmp_path):
     from diffusers import WanTransformer3DModel
-    from safetensors.torch import load_file
 
     teacher = train_teacher(tmp_path, clips=4, steps=2, batch=2, lr=1e-3, seed=0, extra=["progress=false"])
     model = WanTransformer3DModel.from_pretrained(teacher / "transformer")
@@ -28,3 +41,40 @@ def test_train_teacher_makes_a_wan_folder(tmp_path):
         video = torch.zeros(1, 3, CLIP["num_frames"], CLIP["height"], CLIP["width"])
         out = model(video, torch.tensor([500.0]), embeds, return_dict=False)[0]
     assert out.shape == video.shape
+
+
+WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
+
+
+def test_a_run_cut_off_before_its_end_still_gives_a_teacher(tmp_path):
+    """assemble_teacher falls back to the newest checkpoint's EMA when final-ema was never written."""
+    train_teacher(tmp_path, clips=4, steps=2, batch=2, lr=1e-3, seed=0, extra=["progress=false"])
+    finished = load_file(tmp_path / "teacher" / WEIGHTS)
+    shutil.rmtree(tmp_path / "train" / "final-ema")  # as if killed after the last checkpoint
+    shutil.rmtree(tmp_path / "teacher")
+    teacher = assemble_teacher(tmp_path)
+    cut_off = load_file(teacher / WEIGHTS)
+    assert finished.keys() == cut_off.keys() and all(torch.equal(finished[k], cut_off[k]) for k in finished)
+    assert (teacher / "text_encoder" / "config.json").is_file()
+
+    shutil.rmtree(tmp_path / "train" / "checkpoints")
+    with pytest.raises(ValueError, match="neither final weights nor a checkpoint"):
+        assemble_teacher(tmp_path)
+
+
+def test_torchrun_trains_the_teacher_on_two_ranks(tmp_path):
+    """Under torchrun (gloo on the CPU) one rank renders the dataset and writes the teacher."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*launch, "-m", "rehyat.cli", "toy", "teacher", "--out", str(tmp_path), "--clips", "4"]
+    done = subprocess.run(
+        [*command, "--steps", "2", "--batch", "1", "progress=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert load_file(tmp_path / "teacher" / WEIGHTS).keys() == load_file(tmp_path / "init" / WEIGHTS).keys()
+    metadata = (tmp_path / "train" / "config.json").read_text()
+    assert '"micro_batch_size": 1' in metadata
+    assert sorted(p.name for p in (tmp_path / "train" / "checkpoints").iterdir() if p.is_dir())

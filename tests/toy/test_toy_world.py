@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from rehyat.toy import BACKGROUNDS, COLOURS, SHAPES, ToyPrompt, all_prompts, render, sample_prompt
-from rehyat.toy.world import OBJECT_SIZE, velocity
+from rehyat.toy.world import SIZE_RANGE, object_size, velocity
 
 PROMPT = ToyPrompt("red", "circle", "left", "slow", "striped")
 
@@ -58,25 +59,38 @@ def test_render_is_deterministic_float32_in_range():
     assert not torch.equal(video, render(PROMPT, 12, 32, 24, seed=6))
 
 
-def test_only_the_object_is_chromatic_and_it_has_the_prompted_area():
-    for shape, area in (("circle", torch.pi / 4), ("square", 1.0), ("triangle", 0.5)):
-        video = (render(ToyPrompt("green", shape, "up", "fast", "checkered"), 8, 32, 32, seed=1) + 1) / 2
+def test_only_the_object_is_chromatic_and_it_has_the_seeded_area():
+    for seed, (shape, area) in enumerate((("circle", torch.pi / 4), ("square", 1.0), ("triangle", 0.5))):
+        video = (render(ToyPrompt("green", shape, "up", "fast", "checkered"), 8, 32, 32, seed=seed) + 1) / 2
         alpha = video.amax(0) - video.amin(0)  # chroma equals coverage for a pure hue over grey
-        expected = area * (OBJECT_SIZE * 32) ** 2
-        assert torch.allclose(alpha.sum((1, 2)), torch.full((8,), expected), rtol=0.03)
+        extent = object_size(np.random.default_rng(seed).random(3)[2], 32, 32)
+        assert torch.allclose(alpha.sum((1, 2)), torch.full((8,), area * extent**2), rtol=0.03)
+
+
+def test_size_is_random_per_video_within_the_range_and_constant_in_time():
+    areas = []
+    for seed in range(40):
+        video = (render(ToyPrompt("red", "square", "left", "slow", "plain"), 6, 32, 32, seed=seed) + 1) / 2
+        area = (video.amax(0) - video.amin(0)).sum((1, 2))
+        assert torch.allclose(area, area[0].expand(6), rtol=0.02)  # fixed within a clip (up to anti-aliasing)
+        areas.append(float(area[0]))
+    low, high = (bound * 32 for bound in SIZE_RANGE)
+    assert low**2 * 0.97 <= min(areas) and max(areas) <= high**2 * 1.03
+    assert max(areas) - min(areas) > 0.5 * (high**2 - low**2)  # the draws spread over the range
 
 
 def test_motion_wraps_around_with_constant_velocity():
     """A long clip (many wraps) is a pure translation: frame t equals frame 0 rolled by t·v when v is whole."""
     prompt = ToyPrompt("blue", "triangle", "right", "fast", "plain")
-    video = render(prompt, 80, 32, 32, seed=2)
-    vx, vy = velocity(prompt, 32, 32)
-    assert (vx, vy) == (2.0, 0.0)
+    video = render(prompt, 80, 24, 24, seed=2)
+    vx, vy = velocity(prompt, 24, 24)
+    assert (vx, vy) == (2.0, 0.0)  # whole pixels at the training size
     for t in (1, 17, 79):
         assert torch.allclose(video[:, t], torch.roll(video[:, 0], int(vx * t), dims=2), atol=1e-5)
-    up = ToyPrompt("blue", "square", "up", "fast", "plain")
-    video = render(up, 20, 32, 32, seed=2)
-    assert torch.allclose(video[:, 16], video[:, 0], atol=1e-5)  # one full wrap in 16 frames
+    up = ToyPrompt("blue", "square", "up", "slow", "plain")
+    assert velocity(up, 24, 24) == (0.0, -1.0)
+    video = render(up, 30, 24, 24, seed=2)
+    assert torch.allclose(video[:, 24], video[:, 0], atol=1e-5)  # one full wrap in 24 frames
 
 
 def test_render_rejects_bad_sizes():

@@ -104,11 +104,15 @@ def test_noise_lowers_fidelity_and_smoothness_not_adherence(truth):
     videos, prompts = truth
     generator = torch.Generator().manual_seed(0)
     mild = evaluate_videos(videos + 0.1 * torch.randn(videos.shape, generator=generator), prompts, videos)
+    moderate = evaluate_videos(videos + 0.2 * torch.randn(videos.shape, generator=generator), prompts, videos)
     heavy = evaluate_videos(videos + 0.6 * torch.randn(videos.shape, generator=generator), prompts, videos)
-    assert mild["adherence"] == heavy["adherence"] == 100
+    assert mild["adherence"] == moderate["adherence"] == 100  # PSNR 26 and 20 dB
+    assert (
+        heavy["colour_accuracy"] == heavy["direction_accuracy"] == 100
+    )  # 10 dB: shapes blur, not hue or motion
     assert 100 > mild["psnr"] > heavy["psnr"] + 10
     assert 1 > mild["ssim"] > heavy["ssim"] + 0.3
-    assert heavy["motion_smoothness"] < 50 < mild["motion_smoothness"]
+    assert heavy["motion_smoothness"] < mild["motion_smoothness"] - 25
 
 
 def test_colour_flicker_and_vanishing_lower_temporal_consistency(truth):
@@ -139,8 +143,8 @@ def test_ssim_matches_the_reference_implementation():
     b = render("a blue square moving up quickly on a checkered background", 8, 32, 32, seed=1)
     # torchmetrics 1.9.0 structural_similarity_index_measure(data_range=2, return_full_image=True) on the
     # frames, its map cropped by the window radius (5 px) to the valid region, in float64.
-    assert ssim(a, b) == pytest.approx(0.03587035512705365, abs=1e-9)
-    assert ssim(a, torch.roll(a, 1, dims=3) * 0.9) == pytest.approx(0.3587456969863162, abs=1e-9)
+    assert ssim(a, b) == pytest.approx(0.04244261266677236, abs=1e-9)
+    assert ssim(a, torch.roll(a, 1, dims=3) * 0.9) == pytest.approx(0.3667039410783344, abs=1e-9)
     assert ssim(a, a) == pytest.approx(1.0)
     assert ssim(a, b) == pytest.approx(ssim(b, a))
 

@@ -132,32 +132,25 @@ def train_teacher(
     init_from: Path | None = None,
 ) -> Path:
     """Init (random, or a copy of the teacher folder ``init_from`` to train further), render the
-    dataset, train with the stage-2 loop, and assemble ``out/teacher`` (EMA weights)."""
+    dataset, train with the stage-2 loop, and assemble ``out/teacher`` (EMA weights).
+
+    Under ``torchrun`` every process trains (DDP, ``batch`` clips per process and step); the first
+    alone writes the init folder, the dataset and the teacher, and the others wait for it."""
+    from rehyat.training import distributed
     from rehyat.training.config import load_config
-    from rehyat.training.data import write_latent_dataset
     from rehyat.training.finetune import FinetuneConfig, finetune
 
-    if init_from is None:
-        init = init_teacher_folder(out / "init", seed)
-    else:
-        if Path(init_from).resolve() == (out / "init").resolve():
-            raise ValueError(f"--init {init_from} is this run's own init folder; copy it elsewhere first")
-        if not (Path(init_from) / "transformer" / "config.json").is_file():
-            raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
-        init = out / "init"
-        if init.exists():
-            shutil.rmtree(init)
-        for part in ("transformer", "scheduler", "text_encoder"):
-            shutil.copytree(Path(init_from) / part, init / part)
-    dataset = out / "dataset"
-    if not (dataset / "index.json").exists():
-        write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, CLIP), shard_size=512)
+    env = distributed.init_distributed()
+    init = out / "init"
+    if env.is_main:
+        _prepare_run(out, init_from, clips, seed)
+    distributed.barrier()
     overrides = [
         f"output_dir={out / 'train'}",
         f"model.path={init}",
         "model.convert=false",
         "model.gradient_checkpointing=false",
-        f"data.path={dataset}",
+        f"data.path={out / 'dataset'}",
         f"data.micro_batch_size={batch}",
         f"steps={steps}",
         f"optim.lr={lr}",
@@ -172,25 +165,79 @@ def train_teacher(
         *extra,
     ]
     finetune(load_config(FinetuneConfig, None, overrides))
+    teacher = assemble_teacher(out) if env.is_main else out / "teacher"
+    distributed.barrier()
+    return teacher
+
+
+def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int) -> None:
+    """``out/init`` (random weights or a copy of ``init_from``) and ``out/dataset`` (rendered once)."""
+    from rehyat.training.data import write_latent_dataset
+
+    init = out / "init"
+    if init_from is None:
+        init_teacher_folder(init, seed)
+    else:
+        if Path(init_from).resolve() == init.resolve():
+            raise ValueError(f"--init {init_from} is this run's own init folder; copy it elsewhere first")
+        if not (Path(init_from) / "transformer" / "config.json").is_file():
+            raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
+        if init.exists():
+            shutil.rmtree(init)
+        for part in ("transformer", "scheduler", "text_encoder"):
+            shutil.copytree(Path(init_from) / part, init / part)
+    dataset = out / "dataset"
+    if not (dataset / "index.json").exists():
+        write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, CLIP), shard_size=512)
+
+
+def assemble_teacher(out: Path) -> Path:
+    """``out/teacher``: the run's init folder with its EMA transformer, from ``train/final-ema`` when
+    training finished, else from the newest checkpoint (a run cut off by a time limit)."""
+    from rehyat.training.checkpoint import latest_checkpoint, load_checkpoint
+    from rehyat.training.config import load_config
+    from rehyat.training.finetune import FinetuneConfig, save_final_weights
+
+    weights = out / "train" / "final-ema"
+    if not (weights / "config.json").is_file():
+        latest = latest_checkpoint(out / "train" / "checkpoints")
+        if latest is None:
+            raise ValueError(
+                f"{out / 'train'} holds neither final weights nor a checkpoint to make a teacher of"
+            )
+        cfg = load_config(FinetuneConfig, out / "train" / "config.json")
+        checkpoint = load_checkpoint(latest)
+        if "ema" not in checkpoint.extra:
+            raise ValueError(f"checkpoint {latest} has no EMA weights (trained with ema_decay=None)")
+        weights = out / "train" / f"{latest.name}-ema"
+        save_final_weights(cfg.model, cfg.seed, checkpoint.model | checkpoint.extra["ema"], weights)
     teacher = out / "teacher"
     if teacher.exists():
         shutil.rmtree(teacher)
-    shutil.copytree(init, teacher, ignore=shutil.ignore_patterns("transformer"))
-    shutil.copytree(out / "train" / "final-ema", teacher / "transformer")
+    shutil.copytree(out / "init", teacher, ignore=shutil.ignore_patterns("transformer"))
+    shutil.copytree(weights, teacher / "transformer")
     return teacher
 
 
 def _main(args: argparse.Namespace) -> int:
-    teacher = train_teacher(
-        Path(args.out),
-        clips=args.clips,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        extra=args.overrides,
-        init_from=None if args.init is None else Path(args.init),
-    )
+    if args.assemble_only:
+        print(f"toy teacher written to {assemble_teacher(Path(args.out))}")
+        return 0
+    from rehyat.training import distributed
+
+    try:
+        teacher = train_teacher(
+            Path(args.out),
+            clips=args.clips,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            extra=args.overrides,
+            init_from=None if args.init is None else Path(args.init),
+        )
+    finally:
+        distributed.shutdown()
     print(f"toy teacher written to {teacher}")
     return 0
 
@@ -211,5 +258,10 @@ def register(commands) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", help="a teacher folder to train further (default: random weights)")
+    parser.add_argument(
+        "--assemble-only",
+        action="store_true",
+        help="only make OUT/teacher from OUT's training run (its newest checkpoint if it was cut off)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more finetune config overrides")
     parser.set_defaults(handler=_main)

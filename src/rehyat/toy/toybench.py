@@ -54,7 +54,7 @@ from rehyat.toy.world import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
-    OBJECT_SIZE,
+    SIZE_RANGE,
     SPEEDS,
     ToyPrompt,
     _signed_distance,
@@ -65,6 +65,8 @@ from rehyat.toy.world import (
 HUE_LEVEL = 0.5
 # A frame shows the object if some pixel's coverage exceeds this (a half-dimmed object still counts).
 PRESENCE_LEVEL = 0.25
+# Coverage above which a pixel counts as solidly inside the object (to size it against noise).
+SOLID_LEVEL = 0.5
 # Coverage below which a pixel carries no weight (centroid, area, colour, shape).
 WEIGHT_LEVEL = 0.1
 # The clip's peak chroma is this quantile of its pixels' (objects cover several percent of a frame).
@@ -146,6 +148,17 @@ def _shape_match(weights: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> dict[st
     return scores
 
 
+def _near_centroid(weights: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[F, H, W] coverage kept within ``reach`` px of each frame's centroid (per axis, wrap-aware), and
+    the centroids (x, y) of what is kept."""
+    height, width = weights.shape[1:]
+    cx, cy = _circular_mean(weights, 2), _circular_mean(weights, 1)
+    near_x = np.abs(_wrap(np.arange(width) - np.nan_to_num(cx)[:, None], width)) <= reach  # [F, W]
+    near_y = np.abs(_wrap(np.arange(height) - np.nan_to_num(cy)[:, None], height)) <= reach  # [F, H]
+    weights = weights * near_y[:, :, None] * near_x[:, None, :]
+    return weights, _circular_mean(weights, 2), _circular_mean(weights, 1)
+
+
 def _object_weights(rgb: np.ndarray) -> np.ndarray | None:
     """Per-pixel object coverage [F, H, W] in [0, 1] (zero below ``WEIGHT_LEVEL``); None if no object.
 
@@ -175,13 +188,13 @@ def read_back(video: Tensor | np.ndarray) -> Readout:
     if weights is None:
         return no_object
     # Keep only pixels within one object extent of the frame's centroid, so stray chromatic pixels
-    # elsewhere bend neither the shape nor the track.
-    cx, cy = _circular_mean(weights, 2), _circular_mean(weights, 1)
-    reach = OBJECT_SIZE * min(height, width)
-    near_x = np.abs(_wrap(np.arange(width) - np.nan_to_num(cx)[:, None], width)) <= reach  # [F, W]
-    near_y = np.abs(_wrap(np.arange(height) - np.nan_to_num(cy)[:, None], height)) <= reach  # [F, H]
-    weights = weights * near_y[:, :, None] * near_x[:, None, :]
-    cx, cy = _circular_mean(weights, 2), _circular_mean(weights, 1)
+    # elsewhere bend neither the shape nor the track: first the world's largest extent, then the clip's
+    # own, that of a triangle (the sparsest shape) as large as the clip's median area of solid coverage.
+    extents = [bound * min(height, width) for bound in SIZE_RANGE]
+    weights, cx, cy = _near_centroid(weights, extents[1])
+    solid_area = float(np.median((weights > SOLID_LEVEL).sum((1, 2))))
+    extent = math.sqrt(solid_area / SHAPE_AREA["triangle"])
+    weights, cx, cy = _near_centroid(weights, min(extents[1], max(extents[0], extent)))
     present = (weights > PRESENCE_LEVEL).any((1, 2))
     if not present.any():
         return no_object

@@ -13,8 +13,11 @@ Design choices, all resolution-independent:
   wrap-aware tracker recovers the motion unambiguously.
 - Edges are anti-aliased from a signed distance (coverage = clamp(0.5 − d, 0, 1)), so sub-pixel motion at
   small sizes is smooth rather than jumping by whole pixels.
-- Only the start position is random (uniform over the frame, from ``seed``); everything else follows from
-  the prompt, so ``render`` is deterministic given (prompt, size, seed).
+- The start position and the object's size are random per video (from ``seed``) and not in the prompt:
+  a model must keep the size it chose for the whole clip, so size drift measures what a chunk remembers
+  of the chunks before it. Everything else follows from the prompt, so ``render`` is deterministic given
+  (prompt, frame size, seed).
+- Speeds are whole pixels per frame at the training size (1 and 2 px at 24 px; 2 px is one 2×2 patch).
 
 Default size: 16 frames of 32×32 px, i.e. 16 latent frames of 16×16 = 256 tokens for a pixel-space Wan
 transformer with patch (1, 2, 2); 16×16 px gives 64 tokens per frame.
@@ -45,12 +48,13 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # Unit steps in image coordinates (x right, y down).
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 # Fraction of the frame extent (width for horizontal, height for vertical motion) travelled per frame.
-SPEEDS: dict[str, float] = {"slow": 1 / 64, "fast": 1 / 16}
+SPEEDS: dict[str, float] = {"slow": 1 / 24, "fast": 1 / 12}
 # The adverb each speed takes in a prompt.
 SPEED_WORDS: dict[str, str] = {"slow": "slowly", "fast": "quickly"}
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "checkered", "gradient")
-# Object extent (circle diameter, square side, triangle base and height) as a fraction of min(H, W).
-OBJECT_SIZE = 0.3
+# Object extent (circle diameter, square side, triangle base and height) as a fraction of min(H, W):
+# drawn uniformly from this range per video.
+SIZE_RANGE: tuple[float, float] = (0.3, 0.45)
 
 DEFAULT_FRAMES = 16
 DEFAULT_HEIGHT = 32
@@ -134,6 +138,12 @@ def velocity(prompt: ToyPrompt, height: int, width: int) -> tuple[float, float]:
     return step_x * speed * width, step_y * speed * height
 
 
+def object_size(unit: float, height: int, width: int) -> float:
+    """The object's extent in pixels for a uniform draw ``unit`` in [0, 1) (see ``SIZE_RANGE``)."""
+    low, high = SIZE_RANGE
+    return (low + (high - low) * unit) * min(height, width)
+
+
 def background_image(background: str, height: int, width: int) -> np.ndarray:
     """The static grey background [H, W] float32 in [0, 1]: uniform, vertical stripes, checkers or a ramp."""
     yy, xx = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij")
@@ -171,7 +181,7 @@ def render(
     width: int = DEFAULT_WIDTH,
     seed: int = 0,
 ) -> Tensor:
-    """Render a clip [3, F, H, W] float32 in [-1, 1]; only the start position depends on ``seed``.
+    """Render a clip [3, F, H, W] float32 in [-1, 1]; the start position and size depend on ``seed``.
 
     Computed in single-threaded numpy: for clips this small it is faster than torch's thread pool
     (about 1 ms for 64 frames of 32×32) and unaffected by a busy machine.
@@ -182,7 +192,10 @@ def render(
         raise ValueError(
             f"need num_frames ≥ 1 and a frame of at least 8×8 px, got {num_frames}×{height}×{width}"
         )
-    start_x, start_y = np.random.default_rng(seed).random(2) * (width, height)
+    # Drawn in this order so a seed keeps the start position it had before sizes were random.
+    unit_x, unit_y, unit_size = np.random.default_rng(seed).random(3)
+    start_x, start_y = unit_x * width, unit_y * height
+    size = object_size(unit_size, height, width)
     vx, vy = velocity(prompt, height, width)
     t = np.arange(num_frames)
     centre_x = ((start_x + vx * t) % width)[:, None, None]
@@ -190,7 +203,6 @@ def render(
     # Torus offsets in [−extent/2, extent/2): the object wraps around the frame edges.
     dx = (np.arange(width) + 0.5 - centre_x + width / 2) % width - width / 2  # [F, 1, W]
     dy = (np.arange(height)[:, None] + 0.5 - centre_y + height / 2) % height - height / 2  # [F, H, 1]
-    size = OBJECT_SIZE * min(height, width)
     alpha = np.clip(0.5 - _signed_distance(prompt.shape, dx, dy, size), 0.0, 1.0).astype(np.float32)
     colour = np.asarray(COLOURS[prompt.colour], dtype=np.float32)[:, None, None, None]
     background = background_image(prompt.background, height, width)

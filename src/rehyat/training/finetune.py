@@ -242,7 +242,7 @@ def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
         )
 
 
-def _save_final(section: ModelSection, seed: int, state: dict[str, Tensor], folder: Path) -> None:
+def save_final_weights(section: ModelSection, seed: int, state: dict[str, Tensor], folder: Path) -> None:
     """Save full weights through a fresh CPU model: a ReHyAt checkpoint with base weights, or a plain
     diffusers transformer folder (``save_pretrained``) when the model is not converted."""
     model = build_model(section, seed)
@@ -401,9 +401,9 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
         logger.close()
     if env.is_main and cfg.save:
         final = load_checkpoint(latest_checkpoint(checkpoints))
-        _save_final(cfg.model, cfg.seed, final.model, out / "final")
+        save_final_weights(cfg.model, cfg.seed, final.model, out / "final")
         if ema is not None:
-            _save_final(cfg.model, cfg.seed, final.model | final.extra["ema"], out / "final-ema")
+            save_final_weights(cfg.model, cfg.seed, final.model | final.extra["ema"], out / "final-ema")
     distributed.barrier()
     return FinetuneResult(output_dir=out, model=model, samples_seen=samples_seen)
 
