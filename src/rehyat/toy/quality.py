@@ -88,8 +88,9 @@ class QualitySettings(DemoSettings):
     """The demo's stage sizes, larger: one student takes about three minutes on an H100/H200.
 
     Stage 2 runs 2,000 steps: at 400 every causal student was still improving by several points
-    (``bench/results/toybench_budget``). With 512 prompts (128 long videos) a paired difference between
-    two models is good to about ±2.4 points (95%, measured); 48 prompts would leave about ±8.
+    (``bench/results/toybench_budget``, measured on the first toy world). With 512 prompts (128 long
+    videos) a paired difference between two models is good to about ±2.4 points (95%, measured); 48
+    prompts would leave about ±8.
     """
 
     distill_prompts: int = 12
