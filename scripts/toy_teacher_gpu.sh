@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the toy teacher on every GPU of this machine (DDP through torchrun, BATCH clips per GPU and step)
 # on the current toy world, from the weights in INIT (default: the bundled teacher), for STEPS steps or
-# until LIMIT seconds have passed; a run cut off makes its teacher from the newest checkpoint's EMA. Then
+# until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run cut off loses at
+# most 250 steps). WORK is wiped first, so no state of an earlier run is resumed. Then
 # ToyBench the new and the INIT teacher on PROMPTS prompts, with direction accuracy per speed.
 # Writes to $OUT (or ./runs)/toy_teacher: teacher.tgz, train.log, training_config.json,
 # training_metrics.jsonl and eval.jsonl.
@@ -23,6 +24,7 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 GPUS=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+rm -rf "$WORK"
 mkdir -p "$RUN"
 START=$(date +%s)
 status=0
@@ -30,6 +32,7 @@ timeout "$LIMIT" python3 -m torch.distributed.run --standalone --nproc-per-node 
   toy teacher --init "$INIT" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" --lr "$LR" \
   progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
+if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
 python3 -m rehyat.cli toy teacher --out "$WORK" --assemble-only
 cp "$WORK/train/config.json" "$RUN/training_config.json"
 cp "$WORK/train/metrics.jsonl" "$RUN/training_metrics.jsonl"

@@ -55,24 +55,44 @@ def test_train_teacher_makes_a_wan_folder(run, tmp_path):
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 
 
-def test_a_run_cut_off_before_its_end_still_gives_a_teacher(run, tmp_path):
-    """assemble_teacher falls back to the newest checkpoint's EMA when final-ema was never written."""
+def test_the_teacher_is_the_newest_checkpoints_ema(run, tmp_path):
+    """assemble_teacher takes the newest checkpoint's EMA: the end of a finished run, the last state of
+    a run cut off before its end, and never a final-ema left by an earlier run."""
     shutil.copytree(run, tmp_path, dirs_exist_ok=True)
+    checkpoints = tmp_path / "train" / "checkpoints"
     finished = load_file(tmp_path / "teacher" / WEIGHTS)
-    shutil.rmtree(tmp_path / "train" / "final-ema")  # as if killed after the last checkpoint
-    shutil.rmtree(tmp_path / "teacher")
-    teacher = assemble_teacher(tmp_path)
-    cut_off = load_file(teacher / WEIGHTS)
-    assert finished.keys() == cut_off.keys() and all(torch.equal(finished[k], cut_off[k]) for k in finished)
-    assert (teacher / "text_encoder" / "config.json").is_file()
+    final_ema = load_file(tmp_path / "train" / "final-ema" / "diffusion_pytorch_model.safetensors")
+    assert finished.keys() == final_ema.keys() and all(
+        torch.equal(finished[k], final_ema[k]) for k in finished
+    )
 
-    shutil.rmtree(tmp_path / "train" / "checkpoints")
-    with pytest.raises(ValueError, match="neither final weights nor a checkpoint"):
+    # A stale final-ema (here the initial weights) does not win over the checkpoints.
+    shutil.rmtree(tmp_path / "train" / "final-ema")
+    shutil.copytree(tmp_path / "init" / "transformer", tmp_path / "train" / "final-ema")
+    again = load_file(assemble_teacher(tmp_path) / WEIGHTS)
+    assert all(torch.equal(finished[k], again[k]) for k in finished)
+
+    # Cut off after step 1 of 2: the teacher is step 1's EMA, not the finished one.
+    (checkpoints / "latest").write_text("step-00000001\n")
+    step1 = load_checkpoint(checkpoints / "step-00000001").extra["ema"]
+    cut_off = load_file(assemble_teacher(tmp_path) / WEIGHTS)
+    assert all(torch.equal(cut_off[k], step1[k].to(cut_off[k].dtype)) for k in step1)
+    assert any(not torch.equal(cut_off[k], finished[k]) for k in step1)
+    assert (tmp_path / "teacher" / "text_encoder" / "config.json").is_file()
+
+    shutil.rmtree(checkpoints)
+    with pytest.raises(ValueError, match="holds no checkpoint"):
         assemble_teacher(tmp_path)
 
 
+def test_a_bad_init_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="not a teacher folder"):
+        train_teacher(tmp_path, clips=2, steps=1, batch=1, lr=1e-3, seed=0, init_from=tmp_path / "missing")
+    assert not (tmp_path / "init").exists()
+
+
 def test_torchrun_trains_the_teacher_on_two_ranks(tmp_path):
-    """Under torchrun (gloo on the CPU) one rank renders the dataset and writes the teacher."""
+    """Under torchrun (gloo on the CPU) both ranks train one DDP job and a teacher comes out."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command = [*launch, "-m", "rehyat.cli", "toy", "teacher", "--out", str(tmp_path), "--clips", "4"]
     done = subprocess.run(

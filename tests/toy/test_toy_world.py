@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -96,3 +97,16 @@ def test_motion_wraps_around_with_constant_velocity():
 def test_render_rejects_bad_sizes():
     with pytest.raises(ValueError, match="8×8"):
         render(PROMPT, 4, 4, 32)
+
+
+def test_a_seed_keeps_the_start_position_it_had_before_sizes_were_random():
+    """The start is still the seed's first two uniform draws (the size is the third)."""
+    for seed in (0, 7, 123):
+        video = (render(ToyPrompt("red", "square", "right", "slow", "plain"), 1, 32, 32, seed=seed) + 1) / 2
+        alpha = (video.amax(0) - video.amin(0))[0].double()  # [H, W] coverage of frame 0
+        start = np.random.default_rng(seed).random(2) * 32  # the old draw: random(2) * (width, height)
+        for axis, expected in ((1, start[0]), (0, start[1])):
+            angle = 2 * np.pi * (torch.arange(32, dtype=torch.float64) + 0.5) / 32
+            profile = alpha.sum(1 - axis)
+            centre = float(torch.atan2((profile * angle.sin()).sum(), (profile * angle.cos()).sum()))
+            assert abs(math.remainder(centre % (2 * np.pi) * 32 / (2 * np.pi) - expected, 32)) < 0.05

@@ -140,8 +140,13 @@ def train_teacher(
     from rehyat.training.config import load_config
     from rehyat.training.finetune import FinetuneConfig, finetune
 
-    env = distributed.init_distributed()
     init = out / "init"
+    if init_from is not None:  # checked by every rank, so none waits at the barrier for a failed one
+        if Path(init_from).resolve() == init.resolve():
+            raise ValueError(f"--init {init_from} is this run's own init folder; copy it elsewhere first")
+        if not (Path(init_from) / "transformer" / "config.json").is_file():
+            raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
+    env = distributed.init_distributed()
     if env.is_main:
         _prepare_run(out, init_from, clips, seed)
     distributed.barrier()
@@ -178,10 +183,6 @@ def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int) -> No
     if init_from is None:
         init_teacher_folder(init, seed)
     else:
-        if Path(init_from).resolve() == init.resolve():
-            raise ValueError(f"--init {init_from} is this run's own init folder; copy it elsewhere first")
-        if not (Path(init_from) / "transformer" / "config.json").is_file():
-            raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
         if init.exists():
             shutil.rmtree(init)
         for part in ("transformer", "scheduler", "text_encoder"):
@@ -192,30 +193,28 @@ def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int) -> No
 
 
 def assemble_teacher(out: Path) -> Path:
-    """``out/teacher``: the run's init folder with its EMA transformer, from ``train/final-ema`` when
-    training finished, else from the newest checkpoint (a run cut off by a time limit)."""
+    """``out/teacher``: the run's init folder with the EMA transformer of its newest checkpoint.
+
+    Training writes a checkpoint at its last step too, so this is the end of a finished run and the
+    newest state of one cut off by a time limit (never a ``final-ema`` left by an earlier, shorter run)."""
     from rehyat.training.checkpoint import latest_checkpoint, load_checkpoint
     from rehyat.training.config import load_config
     from rehyat.training.finetune import FinetuneConfig, save_final_weights
 
-    weights = out / "train" / "final-ema"
-    if not (weights / "config.json").is_file():
-        latest = latest_checkpoint(out / "train" / "checkpoints")
-        if latest is None:
-            raise ValueError(
-                f"{out / 'train'} holds neither final weights nor a checkpoint to make a teacher of"
-            )
-        cfg = load_config(FinetuneConfig, out / "train" / "config.json")
-        checkpoint = load_checkpoint(latest)
-        if "ema" not in checkpoint.extra:
-            raise ValueError(f"checkpoint {latest} has no EMA weights (trained with ema_decay=None)")
-        weights = out / "train" / f"{latest.name}-ema"
-        save_final_weights(cfg.model, cfg.seed, checkpoint.model | checkpoint.extra["ema"], weights)
+    latest = latest_checkpoint(out / "train" / "checkpoints")
+    if latest is None:
+        raise ValueError(f"{out / 'train'} holds no checkpoint to make a teacher of")
+    cfg = load_config(FinetuneConfig, out / "train" / "config.json")
+    checkpoint = load_checkpoint(latest)
+    if "ema" not in checkpoint.extra:
+        raise ValueError(f"checkpoint {latest} has no EMA weights (trained with ema_decay=None)")
     teacher = out / "teacher"
     if teacher.exists():
         shutil.rmtree(teacher)
     shutil.copytree(out / "init", teacher, ignore=shutil.ignore_patterns("transformer"))
-    shutil.copytree(weights, teacher / "transformer")
+    save_final_weights(
+        cfg.model, cfg.seed, checkpoint.model | checkpoint.extra["ema"], teacher / "transformer"
+    )
     return teacher
 
 

@@ -4,14 +4,15 @@ The world's backgrounds are grey and its objects are pure hues, so the object is
 frame: z = rgb − mean(rgb) is coverage × (the object's hue vector) over any grey. Projecting z on the
 clip's dominant hue direction (a matched filter) and dividing by its 99.5th percentile gives a per-pixel
 coverage map that survives desaturation, and zero-mean noise stays zero-mean (plain max − min chroma turns
-noise into a positive bias). Pixels further than one object extent from the frame's centroid are then
-dropped. A frame shows the object if some pixel has coverage > 0.25. Per clip:
+noise into a positive bias). Pixels further than the world's largest object extent (0.45 of the frame)
+from the frame's centroid, per axis, are then dropped. A frame shows the object if some pixel has
+coverage > 0.25. Per clip:
 
 - colour: hue of the coverage-weighted mean object RGB (hue = atan2(√3(G − B), 2R − G − B)), nearest of
   the six world hues.
 - shape: the world shape whose template, rendered with the measured area at the measured centroid, has
   the highest soft IoU (Σ min / Σ max) with the coverage map, averaged over frames. Size-invariant and
-  sub-pixel, so it also holds at 16×16 px, where a 5 px circle's mask is nearly a square.
+  sub-pixel, so it also holds at 16×16 px, where the smallest circle (4.8 px) has a nearly square mask.
 - direction and speed: from the mean per-frame displacement of the object's centroid. Centroids are
   circular means per axis and displacements are taken modulo the frame extent, so tracking is exact
   across wrap-around for any video length (per-frame motion stays under half a frame). A mean speed
