@@ -4,8 +4,10 @@ The world's backgrounds are grey and its objects are pure hues, so the object is
 frame: z = rgb − mean(rgb) is coverage × (the object's hue vector) over any grey. Projecting z on the
 clip's dominant hue direction (a matched filter) and dividing by its 99.5th percentile gives a per-pixel
 coverage map that survives desaturation, and zero-mean noise stays zero-mean (plain max − min chroma turns
-noise into a positive bias). Pixels further than the world's largest object extent (0.45 of the frame)
-from the frame's centroid, per axis, are then dropped. A frame shows the object if some pixel has
+noise into a positive bias). Pixels further than one object extent from the frame's centroid, per axis,
+are then dropped, in two passes: first the world's largest extent (0.45 of the frame), then the clip's
+own, estimated as that of a triangle (the sparsest shape) with the clip's median area of solid (> 0.5)
+coverage and kept within the world's size range. A frame shows the object if some pixel has
 coverage > 0.25. Per clip:
 
 - colour: hue of the coverage-weighted mean object RGB (hue = atan2(√3(G − B), 2R − G − B)), nearest of
