@@ -20,7 +20,8 @@ import triton
 
 from rehyat import hybrid_attention
 from rehyat.attention import recurrent
-from rehyat.attention.kernels import fused, windowed
+from rehyat.attention.kernels import hybrid as fused
+from rehyat.attention.kernels import windowed_attention as windowed
 from rehyat.attention.kernels.config import attention_config, key_splits
 from rehyat.bench.attention import SHAPE, _inputs, stream_steps
 

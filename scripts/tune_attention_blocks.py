@@ -19,7 +19,7 @@ import triton
 
 from rehyat import hybrid_attention
 from rehyat.attention.kernels import config
-from rehyat.attention.kernels.fused import triton_hybrid_attention
+from rehyat.attention.kernels.hybrid import triton_hybrid_attention
 from rehyat.bench.attention import SHAPE, _inputs, stream_steps
 
 C = config.AttentionConfig

@@ -17,9 +17,9 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import AttentionStats, HybridAttentionState, hybrid_attention_step
-from rehyat.attention.kernels import fused
+from rehyat.attention.kernels import hybrid
 from rehyat.attention.kernels.config import best_key_splits
-from rehyat.attention.kernels.windowed import WindowedHybridAttention, windowed_attention_forward
+from rehyat.attention.kernels.windowed_attention import WindowedHybridAttention, windowed_attention_forward
 from rehyat.attention.naive import naive_hybrid_attention
 
 from conftest import make_inputs, rel_err
@@ -65,13 +65,13 @@ def test_no_grad_step_matches_cat_path_and_parallel(overlap, chunk, batch, heads
     inputs = make_inputs(batch, 7, 5, heads, 16, 32, seed=10 * overlap + chunk + batch + heads)
     geometry = dict(frame_tokens=5, chunks=_chunks(7, chunk), overlap=overlap)
     calls = []
-    forward = fused.windowed_attention_forward
+    forward = hybrid.windowed_attention_forward
 
     def recorded(*args, prefix, **kwargs):
         calls.append(prefix)
         return forward(*args, prefix=prefix, **kwargs)
 
-    monkeypatch.setattr(fused, "windowed_attention_forward", recorded)
+    monkeypatch.setattr(hybrid, "windowed_attention_forward", recorded)
     fast = _stream(inputs, grad=False, **geometry)
     # Every step but the first (and all with To = 0) reads cached frames as a prefix.
     assert [p is not None for p in calls] == [overlap > 0 and i > 0 for i in range(len(calls))]
@@ -188,12 +188,12 @@ def test_grad_enabled_step_matches_reference_gradients(chunk, overlap):
 
 def test_frame_sums_split_frames_into_runs_and_add_them_back():
     """A chunk's few frames are summed in runs of a frame (more kernel programs), then added per frame."""
-    from rehyat.attention.kernels.states import SegmentSums
+    from rehyat.attention.kernels.state_sums import SegmentSums
 
     torch.manual_seed(0)
     fk = torch.randn(2, 2 * 128, 1, 16, device=DEVICE, requires_grad=True)
     v = torch.randn(2, 2 * 128, 1, 16, device=DEVICE, requires_grad=True)
-    split_kv, split_z = fused.frame_sums(fk, v, 128)  # 4 programs: frames cut in 2 runs of 64
+    split_kv, split_z = hybrid.frame_sums(fk, v, 128)  # 4 programs: frames cut in 2 runs of 64
     whole_kv, whole_z = SegmentSums.apply(fk, v, 128)
     assert split_kv.shape == whole_kv.shape == (2, 2, 1, 16, 16) and split_z.shape == (2, 2, 1, 16)
     torch.testing.assert_close(split_kv, whole_kv, rtol=1e-5, atol=1e-5)
@@ -214,7 +214,7 @@ def test_frame_sums_split_frames_into_runs_and_add_them_back():
 def test_retire_sums_matches_adding_whole_frames(pending, frames, splits):
     """One launch adds the first ``leaving`` frames of [pending ‖ chunk] (the chunk's frames given as
     ``splits`` partials each) to the sums and keeps the rest, for every leaving count."""
-    from rehyat.attention.kernels.states import retire_sums
+    from rehyat.attention.kernels.state_sums import retire_sums
 
     gen = torch.Generator().manual_seed(10 * pending + frames + splits)
     batch, heads, feat, dim = 2, 3, 32, 16
@@ -258,18 +258,18 @@ def test_no_grad_step_state_matches_the_torch_step(overlap, monkeypatch):
     """The inference state update (frame sums as partials + one retire launch) leaves the same state
     as the PyTorch step, with chunks longer and shorter than the overlap and frames cut into runs."""
     calls = []
-    retire = fused.retire_frames
+    retire = hybrid.retire_frames
 
     def recorded(*args, **kwargs):
         calls.append(args[-1])
         return retire(*args, **kwargs)
 
-    monkeypatch.setattr(fused, "retire_frames", recorded)
+    monkeypatch.setattr(hybrid, "retire_frames", recorded)
     # The chunk's attention is checked elsewhere; here it is skipped (the interpreter is slow at 128).
-    monkeypatch.setattr(fused, "triton_step_attention", lambda q, *args, **kwargs: torch.zeros_like(q))
+    monkeypatch.setattr(hybrid, "triton_step_attention", lambda q, *args, **kwargs: torch.zeros_like(q))
     s = 128  # two runs of 64 tokens per frame (few programs): the partials path with splits = 2
     q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(1, 6, s, 2, 16, 16, seed=overlap))
-    assert fused._frame_splits(fk[:, : 3 * s], s, 512) == 2
+    assert hybrid._frame_splits(fk[:, : 3 * s], s, 512) == 2
     states = {"torch": None, "triton": None}
     start = 0
     for frames in (3, 1, 2):  # retiring new frames, pending frames, and both
@@ -322,13 +322,13 @@ def test_key_splits_merge_to_the_unsplit_forward(frame_tokens, splits, cuts):
 def test_streaming_step_with_key_splits_matches_the_reference(monkeypatch):
     """The step as it runs on a GPU whose SMs a chunk underfills: every window cut in two; the same
     output as the reference and the same row counts as the unsplit step."""
-    from rehyat.attention.kernels import windowed
+    from rehyat.attention.kernels import windowed_attention
 
     inputs = make_inputs(2, 7, 5, 3, 16, 32, seed=6)
     unsplit = AttentionStats()
     _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False, stats=unsplit)
     asked = []
-    monkeypatch.setattr(windowed, "key_splits", lambda *args: asked.append(args) or 2)
+    monkeypatch.setattr(windowed_attention, "key_splits", lambda *args: asked.append(args) or 2)
     split = AttentionStats()
     got = _stream(inputs, frame_tokens=5, chunks=[3, 3, 1], overlap=1, grad=False, stats=split)
     assert len(asked) == 3  # one decision per step: the patched heuristic did run
@@ -356,9 +356,9 @@ def test_key_splits_fill_the_waves_of_small_grids():
 def test_step_writes_into_a_strided_output_buffer(splits, monkeypatch):
     """``out=``: each chunk's output lands in its rows of a [B, N, H, D] buffer (for B = 2 a strided
     view), with and without the split merge, and equals the step's own output."""
-    from rehyat.attention.kernels import windowed
+    from rehyat.attention.kernels import windowed_attention
 
-    monkeypatch.setattr(windowed, "key_splits", lambda *args: splits)
+    monkeypatch.setattr(windowed_attention, "key_splits", lambda *args: splits)
     q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 5, 5, 3, 16, 32, seed=8))
     buffer = torch.full_like(q, float("nan"))
     states: dict[bool, HybridAttentionState | None] = {False: None, True: None}
@@ -398,7 +398,7 @@ def test_recurrent_inference_fills_one_output_without_concatenating(monkeypatch)
 
 def test_segment_sums_read_inputs_with_any_strides():
     """φk and v whose last dim is not contiguous (a transposed view) give the contiguous inputs' sums."""
-    from rehyat.attention.kernels.states import segment_sums
+    from rehyat.attention.kernels.state_sums import segment_sums
 
     gen = torch.Generator().manual_seed(11)
     a = torch.randn(1, 40, 2, 16, generator=gen).to(DEVICE)

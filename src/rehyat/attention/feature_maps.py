@@ -24,7 +24,7 @@ Choices the paper leaves open (documented here, compared by distillation error i
   quality table compares both. The fused φ kernel computes these even powers too (forward and backward).
 
 Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
-(:mod:`rehyat.attention.kernels.feature_map`: no hidden activation in HBM) on CUDA when Triton is
+(:mod:`rehyat.attention.kernels.feature_map_kernel`: no hidden activation in HBM) on CUDA when Triton is
 installed and the map is supported (1 or 2 layers, degree ≤ 4, head dim a power of two in [16, 128],
 float16/bfloat16/float32), else the PyTorch path below, which stays the reference. ``"torch"`` forces
 PyTorch; ``"triton"`` forces the kernels and raises if they cannot run (on CPU they need
@@ -205,7 +205,7 @@ class PolynomialFeatureMap(nn.Module):
         return features.to(x.dtype)
 
     def _forward_triton(self, x: Tensor) -> Tensor:
-        from rehyat.attention.kernels.feature_map import polynomial_feature_map
+        from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
 
         inputs = x
         if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):

@@ -46,7 +46,7 @@ def hybrid_attention(
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     if resolve_backend(backend, q, fq) == "triton":
-        from rehyat.attention.kernels.fused import triton_hybrid_attention
+        from rehyat.attention.kernels.hybrid import triton_hybrid_attention
 
         return triton_hybrid_attention(
             q,

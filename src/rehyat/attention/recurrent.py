@@ -138,7 +138,7 @@ def hybrid_attention_step(
         check_output_buffer(out, q)
 
     if use_triton:
-        from rehyat.attention.kernels.fused import triton_step_attention
+        from rehyat.attention.kernels.hybrid import triton_step_attention
 
         cached = (state.k, state.v)
         out = triton_step_attention(
@@ -176,7 +176,7 @@ def hybrid_attention_step(
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
     if use_triton and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
-        from rehyat.attention.kernels.fused import retire_frames
+        from rehyat.attention.kernels.hybrid import retire_frames
 
         kv, z, pending_kv, pending_z = retire_frames(
             fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
@@ -184,7 +184,7 @@ def hybrid_attention_step(
     else:
         # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
         if use_triton:
-            from rehyat.attention.kernels.fused import frame_sums
+            from rehyat.attention.kernels.hybrid import frame_sums
 
             chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
         else:

@@ -101,7 +101,7 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from rehyat import hybrid_attention
-    from rehyat.attention.kernels.fused import chunk_states, triton_hybrid_attention
+    from rehyat.attention.kernels.hybrid import chunk_states, triton_hybrid_attention
     from rehyat.baselines import linear_attention
     from rehyat.flops import attention_flops
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
 from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
-from rehyat.attention.kernels.states import last_dim_contiguous, segment_sums
+from rehyat.attention.kernels.state_sums import last_dim_contiguous, segment_sums
 
 LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.

@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention.kernels.config import MIN_BLOCK, dot_precision, interpreting
-from rehyat.attention.kernels.states import last_dim_contiguous
+from rehyat.attention.kernels.state_sums import last_dim_contiguous
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 MAX_DEGREE = 4
