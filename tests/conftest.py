@@ -1,11 +1,15 @@
-"""Shared test helpers: random ReHyAt inputs and the dense O(N²) masked oracle."""
+"""Shared test helpers: random ReHyAt inputs, the test geometries, and the dense O(N²) masked oracle
+(the library's standalone reference, :func:`rehyat.attention.naive.naive_hybrid_attention`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from rehyat.attention import DENOMINATOR_EPS
+from rehyat.attention.naive import naive_hybrid_attention
+
+#: SPEC §3 with full N×N matrices and token masks; the reference every path is tested against.
+dense_oracle = naive_hybrid_attention
 
 # (frames, frame_tokens, chunk_frames, overlap_frames): To = 0, To >= Tc, short last chunk, Tc >= T.
 GEOMETRIES = [
@@ -47,42 +51,6 @@ def make_inputs(
         for t in tensors:
             t.requires_grad_(True)
     return tuple(tensors)
-
-
-def chunk_masks(
-    frames: int, frame_tokens: int, chunk: int, overlap: int, causal: bool
-) -> tuple[Tensor, Tensor]:
-    """Token-level [N, N] masks of the softmax keys and linear keys of each query (SPEC §2), written
-    directly from the set definitions, independently of the library's implementation."""
-    n = frames * frame_tokens
-    soft = torch.zeros(n, n, dtype=torch.bool)
-    lin = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        fi = i // frame_tokens
-        t = fi // chunk
-        lo, hi = max(t * chunk - overlap, 0), min((t + 1) * chunk, frames)
-        for j in range(n):
-            fj = j // frame_tokens
-            in_window = lo <= fj < hi
-            soft[i, j] = in_window
-            lin[i, j] = (fj < lo) if causal else not in_window
-    return soft, lin
-
-
-def dense_oracle(q, k, v, fq, fk, *, frame_tokens, chunk_frames, overlap_frames, causal=True, scale=None):
-    """SPEC §3 evaluated with full N×N matrices and masks (test-only, O(N²) memory)."""
-    frames = q.shape[1] // frame_tokens
-    soft, lin = chunk_masks(frames, frame_tokens, chunk_frames, overlap_frames, causal)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
-    s = s.masked_fill(~soft, float("-inf"))
-    c = torch.amax(s, dim=-1, keepdim=True)
-    p = torch.exp(s - c)
-    w_lin = torch.einsum("bihe,bjhe->bhij", fq, fk) * lin
-    n_s = p.sum(-1)
-    den = torch.maximum(n_s + w_lin.sum(-1), DENOMINATOR_EPS * n_s)
-    out = torch.einsum("bhij,bjhd->bihd", p + w_lin, v) / den.transpose(1, 2).unsqueeze(-1)
-    return out
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

@@ -23,7 +23,7 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
-from rehyat.attention.naive import linear_states, naive_hybrid_attention
+from rehyat.attention.chunked import chunked_hybrid_attention, linear_states
 from rehyat.attention.ops import hybrid_attention
 
 
@@ -66,7 +66,7 @@ def local_attention(
     del causal
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     validate_inputs(q, k, v, q, k, frame_tokens)
-    return naive_hybrid_attention(
+    return chunked_hybrid_attention(
         q,
         k,
         v,

@@ -1,8 +1,9 @@
-"""Shared pieces of every ReHyAt path: input validation, chunk geometry, and the guarded combine.
+"""Shared pieces of every fast ReHyAt path: input validation, chunk states, and the guarded combine.
 
-Every path (reference, recurrent, fused kernels) goes through :func:`combine` so that the output
-convention of SPEC §3 — softmax part stabilised by the row max, linear part *not* rescaled, one shared
-normaliser, guarded denominator — is written exactly once.
+Every fast path (chunked PyTorch, recurrent, fused kernels) goes through :func:`combine` so that the
+output convention of SPEC §3 — softmax part stabilised by the row max, linear part *not* rescaled, one
+shared normaliser, guarded denominator — is written exactly once. The standalone reference
+(:mod:`rehyat.attention.naive`) writes the formula out on its own and takes only constants from here.
 """
 
 from __future__ import annotations
@@ -78,6 +79,27 @@ def combine(
             stats.guarded_rows += int(guarded.sum())
     denominator = torch.maximum(denominator, floor)
     return numerator / denominator.unsqueeze(-1)
+
+
+def states_from_frame_sums(
+    kv_frames: Tensor, z_frames: Tensor, starts: Tensor, ends: Tensor, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-chunk linear-attention states from per-frame sums kv_frames [B, T, H, D', D], z_frames [B, T, H, D'].
+
+    ``starts``/``ends`` ([C]) bound each chunk's softmax window in frames. Causal: the state sums frames
+    [0, start); bidirectional: all frames outside [start, end), summed as prefix + suffix (no cancelling
+    subtraction). Returns kv [B, C, H, D', D] and z [B, C, H, D'].
+    """
+
+    def exclusive_prefix(x: Tensor) -> Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
+
+    kv, z = exclusive_prefix(kv_frames)[:, starts], exclusive_prefix(z_frames)[:, starts]
+    if not causal:
+        kv_suffix = exclusive_prefix(kv_frames.flip(1)).flip(1)  # kv_suffix[f] = sum over frames >= f
+        z_suffix = exclusive_prefix(z_frames.flip(1)).flip(1)
+        kv, z = kv + kv_suffix[:, ends], z + z_suffix[:, ends]
+    return kv, z
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

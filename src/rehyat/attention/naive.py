@@ -1,8 +1,10 @@
-"""The plain PyTorch parallel form of ReHyAt attention: the reference every other path is tested against.
+"""The standalone dense reference of ReHyAt attention: SPEC §2–§3 written out with N×N token masks.
 
-All chunks are processed at once. Memory is O(N · window): the softmax scores of a chunk cover only its
-window (chunk + overlap frames), and the linear part keeps per-frame sums of φk(k)vᵀ, never an N×N
-matrix. Gradients are plain autograd through the formula of SPEC §3, including through the row max.
+Every fast path (the chunked PyTorch form in :mod:`rehyat.attention.chunked`, the recurrent step, the
+Triton kernels) is tested against :func:`naive_hybrid_attention`. It is deliberately independent of
+them: nothing under ``src/rehyat`` imports this module, and it imports only plain constants and types
+(``DENOMINATOR_EPS``, ``AttentionStats``), so an edit to a fast path can never move the reference too.
+Memory is O(B·H·N²): for tests and small checks only.
 """
 
 from __future__ import annotations
@@ -10,49 +12,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, accumulation_dtype, combine, resolve_scale
+from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats
 
 
-def _pad_frames(x: Tensor, front: int, back: int) -> Tensor:
-    """Zero-pad dim 1 (frames) of ``x`` ([B, T, ...]) by ``front`` and ``back`` frames."""
-    if front == 0 and back == 0:
-        return x
-    shape = list(x.shape)
-    parts = []
-    if front:
-        parts.append(x.new_zeros([shape[0], front, *shape[2:]]))
-    parts.append(x)
-    if back:
-        parts.append(x.new_zeros([shape[0], back, *shape[2:]]))
-    return torch.cat(parts, dim=1)
-
-
-def states_from_frame_sums(
-    kv_frames: Tensor, z_frames: Tensor, starts: Tensor, ends: Tensor, causal: bool
+def chunk_masks(
+    frames: int,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-chunk linear-attention states from per-frame sums kv_frames [B, T, H, D', D], z_frames [B, T, H, D'].
+    """Token-level [N, N] boolean masks (query row, key column) of the softmax keys and the linear keys
+    of every query, written directly from the set definitions of SPEC §2.
 
-    ``starts``/``ends`` ([C]) bound each chunk's softmax window in frames. Causal: the state sums frames
-    [0, start); bidirectional: all frames outside [start, end), summed as prefix + suffix (no cancelling
-    subtraction). Returns kv [B, C, H, D', D] and z [B, C, H, D'].
+    Query frame f lies in chunk t = f // Tc, whose softmax keys are the frames
+    [max(t·Tc − To, 0), min((t+1)·Tc, T)); its linear keys are the frames before that window (causal)
+    or every frame outside it (bidirectional).
     """
-
-    def exclusive_prefix(x: Tensor) -> Tensor:
-        return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
-
-    kv, z = exclusive_prefix(kv_frames)[:, starts], exclusive_prefix(z_frames)[:, starts]
-    if not causal:
-        kv_suffix = exclusive_prefix(kv_frames.flip(1)).flip(1)  # kv_suffix[f] = sum over frames >= f
-        z_suffix = exclusive_prefix(z_frames.flip(1)).flip(1)
-        kv, z = kv + kv_suffix[:, ends], z + z_suffix[:, ends]
-    return kv, z
-
-
-def linear_states(fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
-    """Per-chunk states (see :func:`states_from_frame_sums`) from fk [B, T, S, H, D'] and v [B, T, S, H, D]."""
-    return states_from_frame_sums(
-        torch.einsum("btshe,btshd->bthed", fk, v), fk.sum(dim=2), starts, ends, causal
-    )
+    token_frame = torch.arange(frames * frame_tokens, device=device) // frame_tokens
+    chunk = token_frame // chunk_frames
+    low = (chunk * chunk_frames - overlap_frames).clamp(min=0)[:, None]
+    high = ((chunk + 1) * chunk_frames).clamp(max=frames)[:, None]
+    key_frame = token_frame[None, :]
+    softmax_keys = (key_frame >= low) & (key_frame < high)
+    linear_keys = key_frame < low if causal else ~softmax_keys
+    return softmax_keys, linear_keys
 
 
 def naive_hybrid_attention(
@@ -69,59 +54,37 @@ def naive_hybrid_attention(
     scale: float | None = None,
     stats: AttentionStats | None = None,
 ) -> Tensor:
-    """Parallel ReHyAt attention in PyTorch. Inputs are assumed validated (see ``hybrid_attention``).
+    """SPEC §3 evaluated with full N×N score and weight matrices; same call shape and result as
+    :func:`rehyat.hybrid_attention`. Inputs are not validated (tests pass well-formed ones).
 
-    ``fq``/``fk`` set to ``None`` drops the linear part (the local-only baseline).
+    ``fq = fk = None`` drops the linear part (local-only attention). Computes in float64 for float64
+    inputs and float32 otherwise, returns q's dtype. Gradients are plain autograd through the formula,
+    the row max included. The denominator guard is ``max(nS + nL, DENOMINATOR_EPS · nS)``; ``stats``
+    counts the rows where it fires.
     """
-    batch, n_tokens, heads, head_dim = q.shape
-    frames = n_tokens // frame_tokens
-    chunk = min(chunk_frames, frames)
-    n_chunks = -(-frames // chunk)
-    # Frames further back than the first chunk's start never enter a window: clamp the overlap.
-    overlap = min(overlap_frames, (n_chunks - 1) * chunk)
-    window = chunk + overlap
-    padded_frames = n_chunks * chunk
-    acc = accumulation_dtype(q.dtype)
-    scale = resolve_scale(scale, head_dim)
+    out_dtype = q.dtype
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    frames = q.shape[1] // frame_tokens
+    softmax_keys, linear_keys = chunk_masks(
+        frames, frame_tokens, chunk_frames, overlap_frames, causal, device=q.device
+    )
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
 
-    def frames_view(x: Tensor) -> Tensor:
-        return x.to(acc).reshape(batch, frames, frame_tokens, heads, x.shape[-1])
-
-    def chunk_queries(x: Tensor) -> Tensor:  # -> [B, C, H, Tc*S, D]
-        x = _pad_frames(frames_view(x), 0, padded_frames - frames)
-        x = x.reshape(batch, n_chunks, chunk * frame_tokens, heads, x.shape[-1])
-        return x.permute(0, 1, 3, 2, 4)
-
-    def window_keys(x: Tensor) -> Tensor:  # -> [B, C, H, W*S, D]
-        x = _pad_frames(frames_view(x), overlap, padded_frames - frames)
-        x = x.unfold(1, window, chunk)  # [B, C, S, H, D, W]
-        x = x.permute(0, 1, 3, 5, 2, 4)  # [B, C, H, W, S, D]
-        return x.reshape(batch, n_chunks, heads, window * frame_tokens, x.shape[-1])
-
-    chunk_index = torch.arange(n_chunks, device=q.device)
-    # Absolute frame of each window slot; slots before frame 0 or past the end are padding.
-    key_frame = chunk_index[:, None] * chunk - overlap + torch.arange(window, device=q.device)
-    key_valid = ((key_frame >= 0) & (key_frame < frames)).repeat_interleave(frame_tokens, dim=1)
-
-    qc = chunk_queries(q)
-    scores = torch.einsum("bchid,bchjd->bchij", qc, window_keys(k)) * scale
-    scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
-    row_max = torch.amax(scores, dim=-1, keepdim=True)
-    probs = torch.exp(scores - row_max)
-    n_softmax = probs.sum(dim=-1)
-    a_softmax = torch.einsum("bchij,bchjd->bchid", probs, window_keys(v))
-
-    a_linear = n_linear = None
+    s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+    s = s.masked_fill(~softmax_keys, float("-inf"))
+    c = torch.amax(s, dim=-1, keepdim=True)  # the row max over the softmax keys only
+    weights = torch.exp(s - c)
+    n_softmax = weights.sum(dim=-1)
+    denominator = n_softmax
     if fq is not None and fk is not None:
-        starts = (chunk_index * chunk - overlap).clamp(min=0)
-        ends = ((chunk_index + 1) * chunk).clamp(max=frames)
-        kv, z = linear_states(frames_view(fk), frames_view(v), starts, ends, causal)
-        fqc = chunk_queries(fq)
-        a_linear = torch.einsum("bchie,bched->bchid", fqc, kv)
-        n_linear = torch.einsum("bchie,bche->bchi", fqc, z)
-
-    query_frame = chunk_index[:, None] * chunk + torch.arange(chunk, device=q.device)
-    query_valid = (query_frame < frames).repeat_interleave(frame_tokens, dim=1)[None, :, None, :]
-    out = combine(a_softmax, n_softmax, a_linear, n_linear, stats, valid_rows=query_valid)
-    out = out.permute(0, 1, 3, 2, 4).reshape(batch, padded_frames * frame_tokens, heads, head_dim)
-    return out[:, :n_tokens].to(q.dtype)
+        w_linear = torch.einsum("bihe,bjhe->bhij", fq.to(acc), fk.to(acc)) * linear_keys
+        denominator = n_softmax + w_linear.sum(dim=-1)  # not rescaled by exp(-c): SPEC §3
+        weights = weights + w_linear
+    floor = DENOMINATOR_EPS * n_softmax
+    if stats is not None:
+        stats.total_rows += denominator.numel()
+        stats.guarded_rows += int((denominator < floor).sum())
+    denominator = torch.maximum(denominator, floor)
+    out = torch.einsum("bhij,bjhd->bihd", weights, v) / denominator.transpose(1, 2).unsqueeze(-1)
+    return out.to(out_dtype)

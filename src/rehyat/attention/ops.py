@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from rehyat.attention._common import AttentionStats, validate_geometry, validate_inputs
+from rehyat.attention.chunked import chunked_hybrid_attention
 from rehyat.attention.kernels import Backend, resolve_backend
-from rehyat.attention.naive import naive_hybrid_attention
 
 
 def hybrid_attention(
@@ -35,7 +35,7 @@ def hybrid_attention(
         causal: linear part over past frames only (the recurrent-capable default) or over all others.
         scale: softmax scale, default 1/sqrt(D).
         stats: optional :class:`AttentionStats` accumulating how many rows the denominator guard hit.
-        backend: "torch" (the reference), "triton" (the fused kernels; on CPU only under
+        backend: "torch" (the chunked PyTorch form), "triton" (the fused kernels; on CPU only under
             TRITON_INTERPRET=1), or "auto": the kernels on CUDA when Triton is installed and the
             shapes are supported (fp16/bf16/fp32, head dim a power of two in [16, 256], feature dim a
             multiple of 16), else PyTorch. Both give the same outputs and gradients (to rounding).
@@ -61,7 +61,7 @@ def hybrid_attention(
             scale=scale,
             stats=stats,
         )
-    return naive_hybrid_attention(
+    return chunked_hybrid_attention(
         q,
         k,
         v,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, needs_grad, resolve_scale
+from rehyat.attention._common import AttentionStats, needs_grad, resolve_scale, states_from_frame_sums
 from rehyat.attention.kernels.config import feature_block
 from rehyat.attention.kernels.state_sums import SegmentSums, retire_sums, segment_sums
 from rehyat.attention.kernels.windowed_attention import WindowedHybridAttention, windowed_attention_forward
-from rehyat.attention.naive import states_from_frame_sums
 
 
 def _frame_splits(fk: Tensor, frame_tokens: int, min_programs: int) -> int:
