@@ -2,7 +2,8 @@
 
 Every function takes ``(q, k, v, fq, fk, *, frame_tokens, chunk_frames, overlap_frames, causal, scale)``
 ([B, N, H, D] / [B, N, H, D']) so they can stand in for :func:`rehyat.hybrid_attention`; arguments a
-baseline does not use are accepted and ignored, as each docstring says. Softmax parts accumulate in
+baseline does not use are accepted and ignored, as each docstring says (``causal`` must still be a
+bool). Softmax parts accumulate in
 fp32 (fp64 for fp64); linear parts share the denominator guard of the hybrid op.
 """
 
@@ -18,6 +19,7 @@ from rehyat.attention._common import (
     DENOMINATOR_EPS,
     AttentionStats,
     accumulation_dtype,
+    check_bool,
     combine,
     resolve_scale,
     validate_geometry,
@@ -42,7 +44,8 @@ def full_attention(
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """Full bidirectional softmax attention (the teacher) through torch SDPA; ignores φ and chunking."""
-    del fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, stats
+    del fq, fk, frame_tokens, chunk_frames, overlap_frames, stats
+    check_bool("causal", causal)
     scale = resolve_scale(scale, q.shape[-1])
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
     return out.transpose(1, 2)
@@ -63,7 +66,7 @@ def local_attention(
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """Local-only: each chunk's softmax over its window (chunk + overlap), no linear part; ignores φ."""
-    del causal
+    check_bool("causal", causal)
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     validate_inputs(q, k, v, q, k, frame_tokens)
     return chunked_hybrid_attention(
@@ -99,6 +102,7 @@ def linear_attention(
     Ignores ``chunk_frames``, ``overlap_frames`` and ``scale``. Rows whose normaliser falls below
     ``DENOMINATOR_EPS`` are guarded like the hybrid op's (with nS taken as 1)."""
     del chunk_frames, overlap_frames, scale
+    check_bool("causal", causal)
     validate_geometry(frame_tokens, None, 0)
     frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
     acc = accumulation_dtype(q.dtype)
@@ -140,7 +144,8 @@ def uniform_hybrid_attention(
     """Uniform hybrid (Attention Surgery): softmax over every ``stride``-th token of the whole sequence,
     linear attention over all other tokens, one shared normaliser as in SPEC §3. Bidirectional and
     quadratic (N × N/stride scores), with no recurrent form; ignores chunking and ``causal``."""
-    del frame_tokens, chunk_frames, overlap_frames, causal
+    del frame_tokens, chunk_frames, overlap_frames
+    check_bool("causal", causal)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     validate_inputs(q, k, v, fq, fk, 1)

@@ -110,6 +110,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` itself if it is True or False; a ValueError naming ``name`` for anything else (a string
+    such as ``"no"`` is truthy, ``None``/``0`` falsy: neither may silently pick a variant)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+    return value
+
+
 def validate_geometry(frame_tokens: object, chunk_frames: object | None, overlap_frames: object) -> None:
     _check_int("frame_tokens", frame_tokens, 1)
     if chunk_frames is not None:

@@ -40,6 +40,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rehyat.attention._common import check_bool
+
 _ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_MAX_DEGREE = 4
@@ -104,8 +106,8 @@ class PolynomialFeatureMap(nn.Module):
             raise ValueError(
                 "init='taylor' with num_layers > 1 needs degree >= 2 (the identity path needs 2·D hidden width)"
             )
-        if not isinstance(nonnegative, bool):
-            raise ValueError(f"nonnegative must be a bool, got {nonnegative!r}")
+        check_bool("bias", bias)
+        check_bool("nonnegative", nonnegative)
         self.num_heads, self.head_dim, self.degree, self.num_layers = num_heads, head_dim, degree, num_layers
         self.nonnegative = nonnegative
         #: Power of each part ψ_p: p, or with ``nonnegative`` 2p (φq·φk ≥ 0). Distinct powers keep the

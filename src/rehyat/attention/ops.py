@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, validate_geometry, validate_inputs
+from rehyat.attention._common import AttentionStats, check_bool, validate_geometry, validate_inputs
 from rehyat.attention.chunked import chunked_hybrid_attention
 from rehyat.attention.kernels import Backend, resolve_backend
 
@@ -44,6 +44,7 @@ def hybrid_attention(
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
+    check_bool("causal", causal)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     if resolve_backend(backend, q, fq) == "triton":
         from rehyat.attention.kernels.hybrid import triton_hybrid_attention

@@ -20,6 +20,7 @@ from torch import Tensor
 from rehyat.attention._common import (
     AttentionStats,
     accumulation_dtype,
+    check_bool,
     check_output_buffer,
     combine,
     needs_grad,
@@ -273,6 +274,7 @@ def recurrent_hybrid_attention(
     frame_tokens: int,
     chunk_frames: int,
     overlap_frames: int,
+    causal: bool = True,
     scale: float | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
@@ -280,9 +282,16 @@ def recurrent_hybrid_attention(
     """Causal ReHyAt attention computed chunk by chunk with :func:`hybrid_attention_step`.
 
     Same arguments and result as ``hybrid_attention(..., causal=True)``; working memory is one chunk
-    plus the fixed-size state (the inputs and the output themselves are whole here).
+    plus the fixed-size state (the inputs and the output themselves are whole here). ``causal`` is
+    accepted so that the call shape is the parallel op's, and must be True: the bidirectional variant
+    reads future frames and has no recurrent form.
     """
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
+    if not check_bool("causal", causal):
+        raise ValueError(
+            "the recurrent form is causal only (SPEC §4): use hybrid_attention(..., causal=False) for the "
+            "bidirectional variant"
+        )
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = chunk_frames * frame_tokens
     state = None
