@@ -170,6 +170,34 @@ def check_output_buffer(out: Tensor, like: Tensor) -> None:
         raise ValueError(f"out needs a unit last stride (rows of head_dim), got strides {out.stride()}")
 
 
+def _byte_span(t: Tensor) -> tuple[int, int]:
+    """[first, last) byte addresses that ``t``'s elements can occupy (strides are non-negative)."""
+    start = t.data_ptr()
+    extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return start, start + (extent + 1) * t.element_size()
+
+
+def shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` may share bytes: same device and overlapping address ranges (whatever
+    their dtypes or storages). Conservative: two views interleaved within one range count as sharing."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+        return False
+    (a_start, a_end), (b_start, b_end) = _byte_span(a), _byte_span(b)
+    return a_start < b_end and b_start < a_end
+
+
+def check_out_overlap(out: Tensor, inputs: dict[str, Tensor | None]) -> None:
+    """``out=`` may not share memory with any of ``inputs`` (name → tensor): a path that writes the
+    output before it has read everything it needs (the step keeps k and v for the next chunk, the
+    kernels read keys while writing rows) would give corrupted results. Raises ``ValueError``."""
+    for name, tensor in inputs.items():
+        if tensor is not None and shares_memory(out, tensor):
+            raise ValueError(
+                f"out shares memory with {name}: the op still reads {name} after writing out (for this "
+                "chunk or the next state), so out must be a separate buffer"
+            )
+
+
 def needs_grad(*tensors: Tensor) -> bool:
     """Whether autograd would record an op on these tensors (grad mode on and one requires grad)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

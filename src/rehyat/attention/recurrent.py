@@ -21,6 +21,7 @@ from rehyat.attention._common import (
     AttentionStats,
     accumulation_dtype,
     check_bool,
+    check_out_overlap,
     check_output_buffer,
     combine,
     needs_grad,
@@ -113,6 +114,8 @@ def hybrid_attention_step(
 
     ``out`` (inference only): a tensor shaped and typed like q, e.g. this chunk's rows of a whole
     video's output, that receives the output (the kernels write it in place), returned as the output.
+    It may not share memory with q, k, v, fq, fk or the state's cached frames (``ValueError``): k and v
+    are read again after the output is written, for the next state.
     """
     validate_geometry(frame_tokens, None, overlap_frames)
     for name, given in (("fq", fq), ("fk", fk)):
@@ -129,7 +132,6 @@ def hybrid_attention_step(
     acc = accumulation_dtype(q.dtype)
     scale = resolve_scale(scale, q.shape[-1])
 
-    use_triton = resolve_backend(backend, q, fq) == "triton"
     if out is not None:
         if needs_grad(q, k, v, fq, state.k, state.v, state.kv):
             raise ValueError(
@@ -137,6 +139,10 @@ def hybrid_attention_step(
                 "feature maps require grad"
             )
         check_output_buffer(out, q)
+        given = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk if isinstance(fk, Tensor) else None}
+        cached = {"the state's cached k": state.k, "the state's cached v": state.v}
+        check_out_overlap(out, {**given, **cached})
+    use_triton = resolve_backend(backend, q, fq) == "triton"
 
     if use_triton:
         from rehyat.attention.kernels.hybrid import triton_step_attention
