@@ -42,6 +42,11 @@ class HybridAttentionState:
     ``cached_frames`` frames seen (M = cached_frames · frame_tokens) and pending_kv [B, F, H, D', D],
     pending_z [B, F, H, D'] those F frames' own sums, not yet in kv, z; ``frames_seen`` counts every
     frame consumed so far.
+
+    The state records the geometry it was made with — ``frame_tokens`` and ``overlap_frames`` as fields,
+    batch size, heads, head dim, feature dim, dtype and device through its tensors (properties below) —
+    and a step with any other geometry is a ``ValueError`` (start a new stream with ``state=None``). The
+    recurrent form is causal only, so there is no causal flag to record.
     """
 
     kv: Tensor
@@ -50,14 +55,43 @@ class HybridAttentionState:
     v: Tensor
     pending_kv: Tensor
     pending_z: Tensor
+    frame_tokens: int
+    overlap_frames: int
     frames_seen: int = 0
 
     @property
     def cached_frames(self) -> int:
         return self.pending_kv.shape[1]
 
+    @property
+    def batch_size(self) -> int:
+        return self.kv.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.kv.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.kv.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv.shape[3]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The inputs' dtype (the sums kv, z are in its accumulation dtype)."""
+        return self.k.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
     @classmethod
-    def initial(cls, k: Tensor, v: Tensor, fk: Tensor) -> HybridAttentionState:
+    def initial(
+        cls, k: Tensor, v: Tensor, fk: Tensor, *, frame_tokens: int, overlap_frames: int
+    ) -> HybridAttentionState:
         """The empty state (zero sums, no cached frames) for chunks shaped like ``k``, ``v``, ``fk``."""
         batch, _, heads, _ = k.shape
         acc = accumulation_dtype(k.dtype)
@@ -66,18 +100,39 @@ class HybridAttentionState:
         no_frames = dict(
             k=k[:, :0], v=v[:, :0], pending_kv=kv.unsqueeze(1)[:, :0], pending_z=z.unsqueeze(1)[:, :0]
         )
-        return cls(kv=kv, z=z, **no_frames)
+        return cls(kv=kv, z=z, **no_frames, frame_tokens=frame_tokens, overlap_frames=overlap_frames)
 
-    def check_compatible(self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int) -> None:
-        if self.k.shape[1] != self.cached_frames * frame_tokens:
+    def check_compatible(
+        self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int, overlap_frames: int
+    ) -> None:
+        """Raise ``ValueError`` unless a chunk k, v, fk [B, n, H, D] / [B, n, H, D'] stepped with this
+        ``frame_tokens`` and ``overlap_frames`` has the geometry the state was made with."""
+        restart = "; a stream keeps one geometry (start a new one with state=None)"
+        if frame_tokens != self.frame_tokens:
             raise ValueError(
-                f"state caches {self.cached_frames} frame(s) in {self.k.shape[1]} tokens, but this chunk "
-                f"has frame_tokens = {frame_tokens}"
+                f"state was made with frame_tokens = {self.frame_tokens} but this chunk has "
+                f"frame_tokens = {frame_tokens}{restart}"
             )
-        expected = (k.shape[0], k.shape[2], fk.shape[-1], v.shape[-1])
-        if tuple(self.kv.shape) != expected:
+        if overlap_frames != self.overlap_frames:
             raise ValueError(
-                f"state has kv shape {tuple(self.kv.shape)} but this chunk needs [B, H, D', D] = {expected}"
+                f"state was made with overlap_frames = {self.overlap_frames} but this step has "
+                f"overlap_frames = {overlap_frames}{restart}"
+            )
+        chunk = {
+            "batch size": k.shape[0],
+            "heads": k.shape[2],
+            "feature dim": fk.shape[-1],
+            "head dim": v.shape[-1],
+        }
+        differ = [
+            f"{name} {have} but this chunk has {chunk[name]}"
+            for name, have in zip(chunk, self.kv.shape, strict=True)
+            if have != chunk[name]
+        ]
+        if differ:
+            raise ValueError(
+                f"state has kv shape {tuple(self.kv.shape)} = [B, H, D', D] but this chunk needs "
+                f"{tuple(chunk.values())}: the state has {', '.join(differ)}"
             )
         if self.k.dtype != k.dtype or self.k.device != k.device:
             raise ValueError(
@@ -126,9 +181,11 @@ def hybrid_attention_step(
         fq = phi_q(q)
     validate_inputs(q, k, v, fq, fq if phi_k is not None else fk, frame_tokens)
     if state is None:
-        state = HybridAttentionState.initial(k, v, fq)
+        state = HybridAttentionState.initial(
+            k, v, fq, frame_tokens=frame_tokens, overlap_frames=overlap_frames
+        )
     else:
-        state.check_compatible(k, v, fq, frame_tokens)
+        state.check_compatible(k, v, fq, frame_tokens, overlap_frames)
     acc = accumulation_dtype(q.dtype)
     scale = resolve_scale(scale, q.shape[-1])
 
@@ -211,6 +268,8 @@ def hybrid_attention_step(
         v=kept_v,
         pending_kv=pending_kv,
         pending_z=pending_z,
+        frame_tokens=frame_tokens,
+        overlap_frames=overlap_frames,
         frames_seen=state.frames_seen + chunk_frames,
     )
     return out, next_state
