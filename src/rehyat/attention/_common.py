@@ -126,7 +126,9 @@ def validate_geometry(frame_tokens: object, chunk_frames: object | None, overlap
 
 
 def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, frame_tokens: int) -> int:
-    """Check the five inputs of a ReHyAt op; return the number of frames T. Raises ``ValueError``."""
+    """Check the five inputs of a ReHyAt op; return the number of frames T. Raises ``ValueError``.
+
+    B = 0 or H = 0 is allowed (the ops return an empty result); N, D and D' must be positive."""
     named = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk}
     for name, tensor in named.items():
         if not isinstance(tensor, Tensor):
@@ -149,6 +151,13 @@ def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, fra
             )
     if fq.shape[-1] != fk.shape[-1]:
         raise ValueError(f"fq and fk feature dims differ: fq has {fq.shape[-1]}, fk has {fk.shape[-1]}")
+    if q.shape[-1] == 0:
+        raise ValueError("head dim D (q.shape[-1]) must be >= 1, got 0")
+    if fq.shape[-1] == 0:
+        raise ValueError(
+            "feature dim D' (fq.shape[-1]) must be >= 1, got 0: the linear part needs features (for "
+            "attention without it use rehyat.baselines.local_attention)"
+        )
     n_tokens = q.shape[1]
     if n_tokens == 0 or n_tokens % frame_tokens != 0:
         raise ValueError(

@@ -46,7 +46,8 @@ def hybrid_attention(
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     check_bool("causal", causal)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
-    if resolve_backend(backend, q, fq) == "triton":
+    # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
+    if resolve_backend(backend, q, fq) == "triton" and q.numel() > 0:
         from rehyat.attention.kernels.hybrid import triton_hybrid_attention
 
         return triton_hybrid_attention(

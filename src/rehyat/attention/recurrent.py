@@ -173,6 +173,10 @@ def hybrid_attention_step(
     are read again after the output is written, for the next state.
     """
     validate_geometry(frame_tokens, None, overlap_frames)
+    if state is not None and not isinstance(state, HybridAttentionState):
+        raise ValueError(
+            f"state must be a HybridAttentionState or None (a new stream), got {type(state).__name__}"
+        )
     for name, given in (("fq", fq), ("fk", fk)):
         if not isinstance(given, Tensor) and not callable(given):
             raise ValueError(f"{name} must be a tensor or a feature map, got {type(given).__name__}")
@@ -199,7 +203,8 @@ def hybrid_attention_step(
         given = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk if isinstance(fk, Tensor) else None}
         cached = {"the state's cached k": state.k, "the state's cached v": state.v}
         check_out_overlap(out, {**given, **cached})
-    use_triton = resolve_backend(backend, q, fq) == "triton"
+    # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
+    use_triton = resolve_backend(backend, q, fq) == "triton" and q.numel() > 0
 
     if use_triton:
         from rehyat.attention.kernels.hybrid import triton_step_attention
@@ -252,7 +257,7 @@ def hybrid_attention_step(
 
             chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
         else:
-            shape = (fk.shape[0], -1, frame_tokens, *fk.shape[2:])
+            shape = (fk.shape[0], chunk_frames, frame_tokens, *fk.shape[2:])  # no -1: B may be 0
             fk_frames = fk.to(acc).reshape(shape)
             v_frames = v.to(acc).reshape(*shape[:-1], v.shape[-1])
             chunk_kv = torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames)
