@@ -23,7 +23,7 @@ from rehyat.attention import recurrent
 from rehyat.attention.kernels import hybrid as fused
 from rehyat.attention.kernels import windowed_attention as windowed
 from rehyat.attention.kernels.config import attention_config, key_splits
-from rehyat.bench.attention import SHAPE, _inputs, stream_steps
+from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
 AUTO = windowed.key_splits
 DEFAULT_BLOCK = windowed.COMBINE_BLOCK_M
@@ -63,7 +63,7 @@ GEOMETRY = dict(
 
 
 def _features(frames: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    q, k, v, (phi_q, phi_k) = _inputs(frames, dtype, "cuda")
+    q, k, v, (phi_q, phi_k) = layer_inputs(frames, dtype, "cuda")
     with torch.no_grad():
         return q, k, v, phi_q(q), phi_k(k)
 

@@ -19,8 +19,7 @@ import torch
 
 import rehyat.attention.recurrent as recurrent
 from rehyat.models import recurrent_forward
-from rehyat.toy.evaluate import load_toy_model
-from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
 from rehyat.toy.world import render, sample_prompt
 
 

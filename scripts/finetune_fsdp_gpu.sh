@@ -23,7 +23,7 @@ samples = ((torch.randn(16, 21, 60, 104, generator=gen), torch.randn(512, 4096, 
            for _ in range(int(sys.argv[2])))
 write_latent_dataset(sys.argv[1], samples, shard_size=4)
 PY
-python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli finetune \
+python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli finetune --set \
   output_dir="$RUN" data.path="$DATA" model.architecture=wan2.1-t2v-1.3b strategy=fsdp \
   mixed_precision=bf16 model.gradient_checkpointing=true steps="$STEPS" save=false progress=false \
   "$@"

@@ -15,7 +15,7 @@ import sys
 import torch
 import triton
 
-from rehyat.bench.attention import SHAPE, _inputs
+from rehyat.experiments.bench_attention import SHAPE, layer_inputs
 
 
 def _bench(fn) -> float:
@@ -23,7 +23,7 @@ def _bench(fn) -> float:
 
 
 def measure(frames: int) -> dict:
-    q, _, _, (phi_q, _) = _inputs(frames, torch.bfloat16, "cuda")
+    q, _, _, (phi_q, _) = layer_inputs(frames, torch.bfloat16, "cuda")
     tokens, heads, dim = q.shape[1], q.shape[2], q.shape[3]
     w1, w2 = (w.to(torch.bfloat16).contiguous() for w in phi_q.weights)
     flops = 2 * tokens * heads * (w1.shape[1] * w1.shape[2] + w2.shape[1] * w2.shape[2])

@@ -12,11 +12,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from rehyat import hybrid_attention
-from rehyat.bench.attention import SHAPE, _inputs, stream_steps
+from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
 
 def main(frames: int) -> None:
-    q, k, v, (phi_q, phi_k) = _inputs(frames, torch.bfloat16, "cuda")
+    q, k, v, (phi_q, phi_k) = layer_inputs(frames, torch.bfloat16, "cuda")
     with torch.no_grad():
         fq, fk = phi_q(q), phi_k(k)
     tokens = SHAPE["frame_tokens"]

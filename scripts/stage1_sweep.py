@@ -1,7 +1,7 @@
 """One stage-1 run of the toy quality bench's recipe with overrides, printing held-out errors (CPU).
 
 Usage: ``PYTHONPATH=src python3 scripts/stage1_sweep.py NAME [KEY=VALUE ...]`` where KEY is a
-:class:`~rehyat.toy.quality.QualitySettings` field or ``rehyat.FIELD`` of
+:class:`~rehyat.experiments.toy_quality.QualitySettings` field or ``rehyat.FIELD`` of
 :class:`~rehyat.models.ReHyAtConfig`, VALUE a Python literal; e.g. ``causal_floor distill_lr=3e-4
 rehyat.overlap_frames=15`` (exact block-causal softmax: the error causality alone costs). Writes the
 distillation run to ``runs/stage1_sweep/NAME`` and prints one line: the name, the overrides, the
@@ -17,10 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from rehyat.experiments.toy_quality import QualitySettings
 from rehyat.models import ReHyAtConfig
-from rehyat.toy.demo import distill_student
-from rehyat.toy.quality import QualitySettings
-from rehyat.toy.teacher import bundled_teacher
+from rehyat.toy.model import bundled_teacher
+from rehyat.toy.recipe import distill_student
 
 
 def main(name: str, pairs: list[str]) -> None:

@@ -30,7 +30,7 @@ START=$(date +%s)
 status=0
 timeout "$LIMIT" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
   toy teacher --init "$INIT" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" --lr "$LR" \
-  progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
+  --set progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
 python3 -m rehyat.cli toy teacher --out "$WORK" --assemble-only

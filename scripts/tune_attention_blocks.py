@@ -20,7 +20,7 @@ import triton
 from rehyat import hybrid_attention
 from rehyat.attention.kernels import config
 from rehyat.attention.kernels.hybrid import triton_hybrid_attention
-from rehyat.bench.attention import SHAPE, _inputs, stream_steps
+from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
 C = config.AttentionConfig
 CANDIDATES = {
@@ -39,7 +39,7 @@ GEOMETRY = dict(
 
 
 def _data(frames: int) -> dict:
-    q, k, v, (phi_q, phi_k) = _inputs(frames, torch.bfloat16, "cuda")
+    q, k, v, (phi_q, phi_k) = layer_inputs(frames, torch.bfloat16, "cuda")
     with torch.no_grad():
         fq, fk = phi_q(q), phi_k(k)
     leaves = [x.detach().requires_grad_(True) for x in (q, k, v, fq, fk)]

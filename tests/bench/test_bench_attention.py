@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 
 import pytest
 
-from rehyat.bench import attention
-from rehyat.bench.common import environment, write_json
+from rehyat.cli import build_parser
+from rehyat.experiments import bench_attention as attention
+from rehyat.experiments.common import environment, write_json
 
 
 def _payload() -> dict:
@@ -33,9 +33,7 @@ def _payload() -> dict:
 
 
 def test_cli_target_and_render_only(tmp_path):
-    parser = argparse.ArgumentParser()
-    attention.register(parser.add_subparsers())
-    args = parser.parse_args(["attention", "--render-only", "--out", str(tmp_path)])
+    args = build_parser().parse_args(["bench", "attention", "--render-only", "--out", str(tmp_path)])
     write_json(_payload(), tmp_path / "attention.json")
     assert args.handler(args) == 0
     table = (tmp_path / "attention.md").read_text()
@@ -52,9 +50,7 @@ def test_parity_only_merges_into_a_runs_results(tmp_path, monkeypatch):
     monkeypatch.setattr(attention, "run_parity", lambda: {"triton_bf16.out": 2e-3})
     monkeypatch.setattr(attention, "feature_map_parity", lambda: {"phi_triton_bf16.phi": 1e-4})
     monkeypatch.setattr(attention, "environment", lambda: {"gpu": "Test GPU", "date": "2026-11-26"})
-    parser = argparse.ArgumentParser()
-    attention.register(parser.add_subparsers())
-    args = parser.parse_args(["attention", "--parity-only", "--out", str(tmp_path)])
+    args = build_parser().parse_args(["bench", "attention", "--parity-only", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match=r"attention\.json does not exist"):
         args.handler(args)
     write_json(run, tmp_path / "attention.json")

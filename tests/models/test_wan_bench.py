@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from rehyat.bench.model import check_targets
 from rehyat.cli import main
+from rehyat.experiments.bench_model import check_targets
 
 
 def _payload() -> dict:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rehyat.models import ReHyAtConfig, convert_wan
-from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
-from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.toy.evaluate import sample_videos, toy_prompts
+from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
 
 
 @pytest.fixture(scope="module")

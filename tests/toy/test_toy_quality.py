@@ -11,16 +11,16 @@ import torch
 
 from rehyat import hybrid_attention, recurrent_hybrid_attention
 from rehyat.cli import main
-from rehyat.toy.quality import (
+from rehyat.config import replace_config
+from rehyat.experiments.toy_quality import (
     LONG_VIDEO_STUDENTS,
     QUICK,
     STUDENTS,
     _targets,
     difference_interval,
     run_quality,
-    with_overrides,
 )
-from rehyat.toy.teacher import CLIP
+from rehyat.toy.model import CLIP
 
 
 def _toy_args(out, work) -> list[str]:
@@ -182,25 +182,26 @@ def test_difference_interval_pairs_the_same_prompts():
 
 
 def test_settings_overrides_keep_the_field_types():
-    changed = with_overrides(QUICK, ["distill_lr=1e-4", "capture_steps=[0, 1]", "finetune_ema=0.99"])
+    """``--set`` on the quality settings goes through the one config mechanism (rehyat.config)."""
+    changed = replace_config(QUICK, ["distill_lr=1e-4", "capture_steps=[0, 1]", "finetune_ema=0.99"])
     assert changed.distill_lr == 1e-4 and changed.capture_steps == (0, 1) and changed.finetune_ema == 0.99
-    assert with_overrides(changed, ["finetune_ema=null"]).finetune_ema is None
-    assert with_overrides(QUICK, ["finetune_lr=1"]).finetune_lr == 1.0
-    with pytest.raises(ValueError, match="KEY one of"):
-        with_overrides(QUICK, ["nope=1"])
-    with pytest.raises(ValueError, match="eval_prompts must be a int"):
-        with_overrides(QUICK, ["eval_prompts=many"])
-    with pytest.raises(ValueError, match="finetune_steps must be a int"):
-        with_overrides(QUICK, ["finetune_steps=true"])
-    with pytest.raises(ValueError, match="capture_steps must be a list"):
-        with_overrides(QUICK, ['capture_steps=["a"]'])
-    with pytest.raises(ValueError, match=r"finetune_ema must be in \(0, 1\)"):
-        with_overrides(QUICK, ["finetune_ema=1.5"])
-    with pytest.raises(ValueError, match="finetune_ema must be a float"):
-        with_overrides(QUICK, ["finetune_ema=true"])
-    assert with_overrides(QUICK, ["progress=true"]).progress is True
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        with_overrides(QUICK, ["distill_lr"])
+    assert replace_config(changed, ["finetune_ema=null"]).finetune_ema is None
+    assert replace_config(QUICK, ["finetune_lr=1"]).finetune_lr == 1.0
+    with pytest.raises(ValueError, match="unknown config key"):
+        replace_config(QUICK, ["nope=1"])
+    with pytest.raises(ValueError, match="eval_prompts must be int"):
+        replace_config(QUICK, ["eval_prompts=many"])
+    with pytest.raises(ValueError, match="finetune_steps must be int"):
+        replace_config(QUICK, ["finetune_steps=true"])
+    with pytest.raises(ValueError, match=r"capture_steps\[0\] must be int"):
+        replace_config(QUICK, ['capture_steps=["a"]'])
+    with pytest.raises(ValueError, match="finetune_ema must be < 1"):
+        replace_config(QUICK, ["finetune_ema=1.5"])
+    with pytest.raises(ValueError, match="finetune_ema"):
+        replace_config(QUICK, ["finetune_ema=true"])
+    assert replace_config(QUICK, ["progress=true"]).progress is True
+    with pytest.raises(ValueError, match="key=value"):
+        replace_config(QUICK, ["distill_lr"])
 
 
 def test_causal_softmax_control_is_exact_block_causal_softmax():
@@ -230,7 +231,7 @@ def test_causal_softmax_control_is_exact_block_causal_softmax():
 
 def test_reused_rows_keep_the_run_that_trained_them():
     """A table that itself reused rows passes their origin on: each row is named with its own run."""
-    from rehyat.toy.quality import _provenance, _reused_rows
+    from rehyat.experiments.toy_quality import _provenance, _reused_rows
 
     h200 = {"gpu": "H200", "date": "d1"}
     table = {
@@ -253,7 +254,7 @@ def test_reused_rows_keep_the_run_that_trained_them():
 
 def test_reuse_takes_a_missing_setting_as_its_default(tmp_path):
     """A table made before a setting existed ran as its default does: it can be reused under it."""
-    from rehyat.toy.quality import QualitySettings, _reuse_results
+    from rehyat.experiments.toy_quality import QualitySettings, _reuse_results
 
     settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings())))
     del settings["eval_seed"]
@@ -296,7 +297,7 @@ def test_decided_at_the_threshold_and_finite_scores():
 
 
 def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
-    from rehyat.toy.quality import NOTES_MARKER
+    from rehyat.experiments.toy_quality import NOTES_MARKER
 
     clips = [100.0, 0.0, 100.0, 100.0]
     scores = {"adherence": 75.0, "temporal_consistency": 80.0, "motion_smoothness": 5.0}
@@ -322,7 +323,7 @@ def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
 
 
 def test_teacher_cache_refuses_other_videos(tmp_path):
-    from rehyat.toy.quality import _cached_videos
+    from rehyat.experiments.toy_quality import _cached_videos
 
     path = tmp_path / "teacher" / "short.safetensors"
     videos = _cached_videos(path, lambda: [torch.zeros(3, 4, 8, 8)] * 2, 2, 4)
@@ -335,7 +336,7 @@ def test_teacher_cache_refuses_other_videos(tmp_path):
 
 def test_reuse_takes_an_old_tables_seed_for_its_prompts(tmp_path):
     """Before eval_seed, the evaluation prompts came from the training seed; batching changes nothing."""
-    from rehyat.toy.quality import QualitySettings, _reuse_results
+    from rehyat.experiments.toy_quality import QualitySettings, _reuse_results
 
     settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings(seed=1, sample_batch=4))))
     del settings["eval_seed"]

@@ -11,14 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rehyat.toy.teacher import (
-    CLIP,
-    TOY_TEACHER_CONFIG,
-    assemble_teacher,
-    load_text_encoder,
-    train_teacher,
-    write_prompt_file,
-)
+from rehyat.toy.model import CLIP, TOY_TEACHER_CONFIG, load_text_encoder, write_prompt_file
+from rehyat.toy.teacher import assemble_teacher, teacher_finetune_config, train_teacher
 from rehyat.toy.world import ToyPrompt
 from rehyat.training.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -27,7 +21,9 @@ from rehyat.training.checkpoint import latest_checkpoint, load_checkpoint
 def run(tmp_path_factory):
     """A finished two-step teacher run (its folder: init/, dataset/, train/, teacher/)."""
     out = tmp_path_factory.mktemp("teacher_run")
-    train_teacher(out, clips=4, steps=2, batch=2, lr=1e-3, seed=0, extra=["progress=false"])
+    config = teacher_finetune_config(out, steps=2, batch=2, lr=1e-3, seed=0)
+    config.progress = False
+    train_teacher(out, config, clips=4, seed=0)
     return out
 
 
@@ -87,7 +83,8 @@ def test_the_teacher_is_the_newest_checkpoints_ema(run, tmp_path):
 
 def test_a_bad_init_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="not a teacher folder"):
-        train_teacher(tmp_path, clips=2, steps=1, batch=1, lr=1e-3, seed=0, init_from=tmp_path / "missing")
+        config = teacher_finetune_config(tmp_path, steps=1, batch=1, lr=1e-3, seed=0)
+        train_teacher(tmp_path, config, clips=2, seed=0, init_from=tmp_path / "missing")
     assert not (tmp_path / "init").exists()
 
 
@@ -96,7 +93,7 @@ def test_torchrun_trains_the_teacher_on_two_ranks(tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command = [*launch, "-m", "rehyat.cli", "toy", "teacher", "--out", str(tmp_path), "--clips", "4"]
     done = subprocess.run(
-        [*command, "--steps", "2", "--batch", "1", "progress=false"],
+        [*command, "--steps", "2", "--batch", "1", "--set", "progress=false"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -10,8 +10,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
+from rehyat.config import load_config
 from rehyat.training import distributed
-from rehyat.training.config import load_config
 from rehyat.training.finetune import FinetuneConfig, finetune
 
 if __name__ == "__main__":

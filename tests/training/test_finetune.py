@@ -48,13 +48,15 @@ def test_flow_matching_loss_builds_rectified_flow_inputs_and_velocity_target():
 
 
 def test_cli_run_trains_logs_and_saves_a_loadable_model(tmp_path):
-    from rehyat.models import load_rehyat
+    from rehyat.models import ReHyAtConfig, load_rehyat
     from rehyat.training.finetune import ModelSection
 
     base, data, out = tiny_base(tmp_path / "wan"), tiny_dataset(tmp_path / "data"), tmp_path / "run"
     (tmp_path / "run.toml").write_text("seed = 7\nsteps = 3\n[optim]\nlr = 5e-3\n")
     args = tiny_overrides(out, data, base, grad_accumulation=2, ema_decay=0.5, **{"data.micro_batch_size": 2})
-    assert main(["finetune", "--config", str(tmp_path / "run.toml"), *args]) == 0  # overrides beat the file
+    assert (
+        main(["finetune", "--config", str(tmp_path / "run.toml"), "--set", *args]) == 0
+    )  # overrides beat the file
 
     config = json.loads((out / "config.json").read_text())
     assert (
@@ -68,7 +70,7 @@ def test_cli_run_trains_logs_and_saves_a_loadable_model(tmp_path):
     assert all(r["samples_per_s"] > 0 and r["grad_norm"] > 0 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
 
-    start = build_model(ModelSection(path=str(base), rehyat={"chunk_frames": 2}), seed=0)
+    start = build_model(ModelSection(path=str(base), rehyat=ReHyAtConfig(chunk_frames=2)), seed=0)
     for folder in ("final", "final-ema"):
         trained = load_rehyat(load_base_transformer(ModelSection(path=str(base))), out / folder)
         moved = [
@@ -97,7 +99,7 @@ def test_plain_model_training_saves_a_diffusers_folder(tmp_path):
     from diffusers import WanTransformer3DModel
 
     base, data, out = tiny_base(tmp_path / "wan"), tiny_dataset(tmp_path / "data"), tmp_path / "run"
-    config = tiny_config(out, data, base, **{"model.convert": "false", "model.rehyat": "{}", "steps": 2})
+    config = tiny_config(out, data, base, **{"model.convert": "false", "model.rehyat": "null", "steps": 2})
     finetune(config)
     trained = WanTransformer3DModel.from_pretrained(out / "final")
     start = load_base_transformer(config.model)

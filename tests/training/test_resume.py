@@ -45,6 +45,7 @@ def test_killed_run_resumes_onto_the_uninterrupted_curve(tmp_path, single_thread
             "-m",
             "rehyat.cli",
             "finetune",
+            "--set",
             *tiny_overrides(run, data, **RUN),
             "--kill-after-steps",
             "5",

@@ -1,4 +1,4 @@
-"""Video generation with the recurrent ReHyAt forward: sampler, video writing, ``rehyat generate``.
+"""Video generation with the recurrent ReHyAt forward: pipeline loading, sampler, video writing.
 
 Names are imported on first use so that ``rehyat`` subcommands do not pay diffusers' import time.
 """
@@ -15,7 +15,7 @@ _EXPORTS = {
     "make_scheduler": "rehyat.generation.sampler",
     "parallel_forward": "rehyat.generation.sampler",
     "write_video": "rehyat.generation.video",
-    "load_pipeline": "rehyat.generation.cli",
+    "load_pipeline": "rehyat.generation.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

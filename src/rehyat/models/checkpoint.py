@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from rehyat.attention import PolynomialFeatureMap
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import PHI_K, PHI_Q, convert_wan, converted_blocks, rehyat_runtime
+from rehyat.utils import atomic_write_tensors, atomic_write_text
 
 CONFIG_NAME = "rehyat_config.json"
 WEIGHTS_NAME = "rehyat.safetensors"
@@ -30,27 +28,6 @@ BASE_FOLDER = "transformer"
 BASE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 FORMAT = "rehyat"
 FORMAT_VERSION = 1
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(temp_path)`` into a temp file beside ``path``, then rename it over ``path``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda temp: Path(temp).write_text(text))
-
-
-def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write(path, lambda temp: save_file(cpu, temp, metadata={"format": "pt"}))
 
 
 def _is_rehyat_key(name: str) -> bool:
@@ -73,16 +50,7 @@ def _expected_shapes(transformer: nn.Module, config: ReHyAtConfig, blocks: list[
     for index in blocks if config.attention != "local" else ():
         attn = transformer.blocks[index].attn1
         with torch.device("meta"):
-            phi = PolynomialFeatureMap(
-                attn.heads,
-                attn.inner_dim // attn.heads,
-                config.feature_degree,
-                config.feature_layers,
-                activation=config.feature_activation,
-                bias=config.feature_bias,
-                init=config.feature_init,
-                nonnegative=config.feature_nonnegative,
-            )
+            phi = config.feature_map(attn.heads, attn.inner_dim // attn.heads)
         for prefix in (PHI_Q, PHI_K):
             for name, tensor in phi.state_dict().items():
                 shapes[f"blocks.{index}.attn1.{prefix}.{name}"] = tuple(tensor.shape)
@@ -121,9 +89,11 @@ def save_rehyat(
     if include_base_weights:
         base = folder / BASE_FOLDER
         base.mkdir(exist_ok=True)
-        _write_tensors(base / BASE_WEIGHTS_NAME, {k: v for k, v in state.items() if not _is_rehyat_key(k)})
-        _write_text(base / "config.json", transformer.to_json_string())
-    _write_tensors(folder / WEIGHTS_NAME, {k: v for k, v in state.items() if _is_rehyat_key(k)})
+        atomic_write_tensors(
+            base / BASE_WEIGHTS_NAME, {k: v for k, v in state.items() if not _is_rehyat_key(k)}
+        )
+        atomic_write_text(base / "config.json", transformer.to_json_string())
+    atomic_write_tensors(folder / WEIGHTS_NAME, {k: v for k, v in state.items() if _is_rehyat_key(k)})
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -133,7 +103,7 @@ def save_rehyat(
         "model": _model_dims(transformer),
         "base_weights": include_base_weights,
     }
-    _write_text(folder / CONFIG_NAME, json.dumps(metadata, indent=2))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(metadata, indent=2))
     return folder
 
 

@@ -6,24 +6,20 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from rehyat.attention import PolynomialFeatureMap
+from rehyat.utils import check_int
+
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _ATTENTIONS = ("hybrid", "local", "linear", "uniform_hybrid")
 _INITS = ("taylor", "random")
 _FEATURE_ROTARIES = ("full", "spatial")
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _index_tuple(name: str, value: object) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise ValueError(f"{name} must be a list of block indices, got {value!r}")
     for index in value:
-        _check_int(f"{name} entry", index, 0)
+        check_int(f"{name} entry", index, 0)
     if len(set(value)) != len(value):
         raise ValueError(f"{name} has repeated block indices: {list(value)}")
     return tuple(value)
@@ -73,11 +69,11 @@ class ReHyAtConfig:
     uniform_stride: int = 2
 
     def __post_init__(self) -> None:
-        _check_int("chunk_frames", self.chunk_frames, 1)
-        _check_int("overlap_frames", self.overlap_frames, 0)
-        _check_int("feature_degree", self.feature_degree, 1)
-        _check_int("feature_layers", self.feature_layers, 1)
-        _check_int("uniform_stride", self.uniform_stride, 1)
+        check_int("chunk_frames", self.chunk_frames, 1)
+        check_int("overlap_frames", self.overlap_frames, 0)
+        check_int("feature_degree", self.feature_degree, 1)
+        check_int("feature_layers", self.feature_layers, 1)
+        check_int("uniform_stride", self.uniform_stride, 1)
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"attention must be one of {_ATTENTIONS}, got {self.attention!r}")
         for name in ("causal", "feature_bias", "feature_nonnegative"):
@@ -105,7 +101,7 @@ class ReHyAtConfig:
             if self.blocks != "all":
                 raise ValueError(f"blocks must be 'all', an int or a list of indices, got {self.blocks!r}")
         elif isinstance(self.blocks, int) and not isinstance(self.blocks, bool):
-            _check_int("blocks", self.blocks, 1)
+            check_int("blocks", self.blocks, 1)
             if self.block_ranking is None:
                 raise ValueError(
                     f"blocks={self.blocks} means 'the {self.blocks} lowest-error blocks' and needs "
@@ -139,6 +135,21 @@ class ReHyAtConfig:
                 f"block indices {out_of_range} are out of range for a model with {num_blocks} blocks"
             )
         return sorted(self.blocks)
+
+    def feature_map(self, num_heads: int, head_dim: int) -> PolynomialFeatureMap:
+        """A fresh φ (one of φq, φk) of this config for a layer of ``num_heads`` × ``head_dim``: the one
+        factory of feature maps, so every caller gets every ``feature_*`` field."""
+        return PolynomialFeatureMap(
+            num_heads,
+            head_dim,
+            self.feature_degree,
+            self.feature_layers,
+            activation=self.feature_activation,
+            bias=self.feature_bias,
+            init=self.feature_init,
+            nonnegative=self.feature_nonnegative,
+            kernel_scale=self.feature_kernel_scale,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -52,7 +52,7 @@ class ReHyAtRuntime:
         self.grid = (frames // p_t, height // p_h, width // p_w)
 
 
-def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Wan's interleaved rotary embedding, the same arithmetic as diffusers' ``WanAttnProcessor``."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[..., 0::2], sin[..., 1::2]
@@ -83,7 +83,7 @@ def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb: tuple[Tensor, Ten
     temporal = torch.arange(cos.shape[-1], device=cos.device) < temporal_rotary_dims(x.shape[-1])
     cos = torch.where(temporal, cos, torch.ones_like(cos))
     sin = torch.where(temporal, -sin, torch.zeros_like(sin))  # the inverse rotation
-    return _apply_rotary(x, cos, sin)
+    return apply_rotary(x, cos, sin)
 
 
 def configured_attention(
@@ -143,8 +143,8 @@ class ReHyAtWanAttnProcessor:
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
-            query = _apply_rotary(query, *rotary_emb)
-            key = _apply_rotary(key, *rotary_emb)
+            query = apply_rotary(query, *rotary_emb)
+            key = apply_rotary(key, *rotary_emb)
 
         config = self.runtime.config
         if self.runtime.streaming:
@@ -243,17 +243,7 @@ def convert_wan(transformer: nn.Module, config: ReHyAtConfig | None = None) -> n
         head_dim = attn.inner_dim // attn.heads
         reference = attn.to_q.weight
         for name in (PHI_Q, PHI_K) if config.attention != "local" else ():
-            phi = PolynomialFeatureMap(
-                attn.heads,
-                head_dim,
-                config.feature_degree,
-                config.feature_layers,
-                activation=config.feature_activation,
-                bias=config.feature_bias,
-                init=config.feature_init,
-                nonnegative=config.feature_nonnegative,
-                kernel_scale=config.feature_kernel_scale,
-            )
+            phi = config.feature_map(attn.heads, head_dim)
             attn.add_module(name, phi.to(device=reference.device, dtype=reference.dtype))
         attn.set_processor(ReHyAtWanAttnProcessor(runtime))
     transformer.register_forward_pre_hook(runtime.capture_grid, with_kwargs=True)

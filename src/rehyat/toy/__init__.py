@@ -1,4 +1,4 @@
-"""The embedded toy world (issue 6): procedural videos, a tiny text encoder and the ToyBench metrics."""
+"""The embedded toy world: procedural videos, a tiny text encoder and the ToyBench metrics."""
 
 from rehyat.toy.text import MAX_LENGTH, VOCABULARY, ToyTextEncoder, tokenize
 from rehyat.toy.toybench import Readout, evaluate_videos, psnr, read_back, ssim

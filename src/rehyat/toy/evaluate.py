@@ -1,20 +1,18 @@
 """ToyBench a toy model: sample videos for random prompts from fixed noise and score them.
 
-Shared by ``rehyat demo``, the quality table (``rehyat bench toy``) and ``rehyat toy eval``, which
-scores one teacher folder (optionally with a ReHyAt checkpoint on top) from the command line.
+Shared by ``rehyat demo``, the quality table (``rehyat bench toy``) and ``rehyat toy eval``
+(:func:`evaluate_model`: one teacher folder, optionally with a ReHyAt checkpoint on top).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from rehyat.toy.teacher import CLIP, FLOW_SHIFT, load_text_encoder, prompt_embeddings
+from rehyat.toy.model import CLIP, FLOW_SHIFT, load_text_encoder, load_toy_model, prompt_embeddings
 from rehyat.toy.toybench import evaluate_videos
 from rehyat.toy.world import ToyPrompt, sample_prompt
 
@@ -23,18 +21,6 @@ def toy_prompts(count: int, seed: int) -> list[ToyPrompt]:
     """``count`` random prompts of the toy world, reproducible from ``seed``."""
     rng = random.Random(seed)
     return [sample_prompt(rng) for _ in range(count)]
-
-
-def load_toy_model(teacher: Path, rehyat_folder: Path | None, device: torch.device) -> nn.Module:
-    """The teacher folder's transformer, converted and loaded from a ReHyAt checkpoint if one is given."""
-    from diffusers import WanTransformer3DModel
-
-    from rehyat.models import load_rehyat
-
-    model = WanTransformer3DModel.from_pretrained(Path(teacher) / "transformer")
-    if rehyat_folder is not None:
-        model = load_rehyat(model, rehyat_folder)
-    return model.to(device).eval()
 
 
 def sample_videos(
@@ -91,46 +77,37 @@ def sample_videos(
     return videos
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.recurrent and args.rehyat is None:
-        raise ValueError("--recurrent needs --rehyat: the teacher itself runs full attention (parallel only)")
-    device = torch.device(args.device)
-    model = load_toy_model(Path(args.model), None if args.rehyat is None else Path(args.rehyat), device)
-    prompts = toy_prompts(args.prompts, args.seed)
-    embeds = prompt_embeddings(load_text_encoder(args.model), prompts)
+def evaluate_model(
+    model_folder: str | Path,
+    rehyat: str | Path | None = None,
+    *,
+    prompts: int = 24,
+    frames: int = CLIP["num_frames"],
+    steps: int = 20,
+    guidance_scale: float = 4.0,
+    flow_shift: float = FLOW_SHIFT,
+    seed: int = 3,
+    recurrent: bool = False,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> dict:
+    """ToyBench a toy teacher folder (with a ReHyAt checkpoint on top if given) on ``prompts`` random
+    prompts (seed ``seed``), videos from the noise of seeds 1000, 1001, ...; the metrics without per-clip
+    scores."""
+    if recurrent and rehyat is None:
+        raise ValueError("recurrent sampling needs a ReHyAt checkpoint: the teacher runs full attention")
+    model = load_toy_model(Path(model_folder), None if rehyat is None else Path(rehyat), torch.device(device))
+    chosen = toy_prompts(prompts, seed)
+    embeds = prompt_embeddings(load_text_encoder(model_folder), chosen)
     videos = sample_videos(
         model,
         embeds,
-        frames=args.frames,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        flow_shift=args.shift,
+        frames=frames,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        flow_shift=flow_shift,
         first_seed=1000,
-        recurrent=args.recurrent,
-        batch_size=args.batch,
+        recurrent=recurrent,
+        batch_size=batch_size,
     )
-    metrics = {k: v for k, v in evaluate_videos(videos, prompts).items() if k != "per_clip"}
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "toy_command", "handler")}
-    print(json.dumps({**settings, **metrics}))
-    return 0
-
-
-def register(toy_commands) -> None:
-    parser = toy_commands.add_parser("eval", help="ToyBench one toy model on random prompts (prints JSON)")
-    parser.add_argument("--model", required=True, help="a toy teacher folder (transformer/, text_encoder/)")
-    parser.add_argument("--rehyat", help="a ReHyAt checkpoint folder to load on top of the teacher")
-    parser.add_argument("--recurrent", action="store_true", help="sample with the recurrent forward")
-    parser.add_argument("--prompts", type=int, default=24)
-    parser.add_argument("--frames", type=int, default=CLIP["num_frames"])
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (UniPC)")
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=4.0,
-        help="classifier-free guidance scale (the bench and demo use 4)",
-    )
-    parser.add_argument("--shift", type=float, default=FLOW_SHIFT, help="the sampler's flow shift")
-    parser.add_argument("--seed", type=int, default=3, help="prompt seed")
-    parser.add_argument("--batch", type=int, default=8, help="videos sampled at once (same noise per prompt)")
-    parser.add_argument("--device", default="cpu")
-    parser.set_defaults(handler=_main)
+    return {k: v for k, v in evaluate_videos(videos, chosen).items() if k != "per_clip"}

@@ -1,4 +1,4 @@
-"""ToyBench: model-free metrics for generated toy-world videos [3, F, H, W] in [-1, 1] (issue 6).
+"""ToyBench: model-free metrics for generated toy-world videos [3, F, H, W] in [-1, 1].
 
 The world's backgrounds are grey and its objects are pure hues, so the object is the chromatic part of a
 frame: z = rgb − mean(rgb) is coverage × (the object's hue vector) over any grey. Projecting z on the
@@ -26,7 +26,7 @@ coverage > 0.25. Per clip:
 - motion smoothness = 100 · max(0, 1 − velocity_deviation), velocity_deviation = mean ‖d_t − d̄‖ / max(‖d̄‖,
   slow speed): how far each frame-to-frame displacement d_t strays from constant velocity (jitter,
   freezes, accelerations), relative to the motion itself.
-- prompt adherence = 100 · mean of the colour, shape and direction hits (the issue's three attributes);
+- prompt adherence = 100 · mean of the colour, shape and direction hits (the three prompted attributes);
   speed and background hits are reported beside it.
 
 PSNR (data range 2, capped at 100 dB) and SSIM compare a student's video with the teacher's from identical
@@ -60,8 +60,8 @@ from rehyat.toy.world import (
     SIZE_RANGE,
     SPEEDS,
     ToyPrompt,
-    _signed_distance,
     background_image,
+    signed_distance,
 )
 
 # Pixels above this fraction of the peak chroma set the clip's hue direction.
@@ -145,7 +145,7 @@ def _shape_match(weights: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> dict[st
         centre_y = cy[:, None, None] + (0.5 - size / 6 if shape == "triangle" else 0.5)
         dx = _wrap(px - (cx[:, None, None] + 0.5), width)
         dy = _wrap(py - centre_y, height)
-        template = np.clip(0.5 - _signed_distance(shape, dx, dy, size), 0, 1)
+        template = np.clip(0.5 - signed_distance(shape, dx, dy, size), 0, 1)
         iou = np.minimum(weights, template).sum((1, 2)) / np.maximum(weights, template).sum((1, 2))
         scores[shape] = float(iou.mean())
     return scores

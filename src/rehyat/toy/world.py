@@ -1,6 +1,6 @@
 """A procedural toy video world: one coloured shape moving at constant velocity over a grey background.
 
-It is the project's embedded default (issue 6): no real video model can be downloaded, so a small teacher
+It is the project's embedded default: no real video model can be downloaded, so a small teacher
 is trained on these clips and ToyBench reads the prompted attributes back from generated frames.
 
 Design choices, all resolution-independent:
@@ -161,7 +161,7 @@ def background_image(background: str, height: int, width: int) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.ndarray:
+def signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.ndarray:
     """Signed distance in pixels (negative inside) of (dx, dy) from a shape of extent ``size`` at 0."""
     half = size / 2
     if shape == "circle":
@@ -203,7 +203,7 @@ def render(
     # Torus offsets in [−extent/2, extent/2): the object wraps around the frame edges.
     dx = (np.arange(width) + 0.5 - centre_x + width / 2) % width - width / 2  # [F, 1, W]
     dy = (np.arange(height)[:, None] + 0.5 - centre_y + height / 2) % height - height / 2  # [F, H, 1]
-    alpha = np.clip(0.5 - _signed_distance(prompt.shape, dx, dy, size), 0.0, 1.0).astype(np.float32)
+    alpha = np.clip(0.5 - signed_distance(prompt.shape, dx, dy, size), 0.0, 1.0).astype(np.float32)
     colour = np.asarray(COLOURS[prompt.colour], dtype=np.float32)[:, None, None, None]
     background = background_image(prompt.background, height, width)
     frames = background * (1 - alpha) + colour * alpha  # [3, F, H, W]

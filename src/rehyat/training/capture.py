@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rehyat.models.wan import _apply_rotary
+from rehyat.models.wan import apply_rotary
 
 
 @dataclass
@@ -81,7 +81,7 @@ class _RecordingProcessor:
         heads = attn.heads
         q, k = (seen[name].unflatten(2, (heads, -1)) for name in ("q", "k"))
         if rotary_emb is not None:
-            q, k = _apply_rotary(q, *rotary_emb), _apply_rotary(k, *rotary_emb)
+            q, k = apply_rotary(q, *rotary_emb), apply_rotary(k, *rotary_emb)
         capture = AttentionCapture(
             q=q,
             k=k,

@@ -25,6 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from rehyat.utils import atomic_write_text
+
 FORMAT_VERSION = 1
 _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
 
@@ -42,14 +44,6 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     extra: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -130,7 +124,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _atomic_write_text(directory / "latest", final.name + "\n")
+    atomic_write_text(directory / "latest", final.name + "\n")
     if keep is not None:
         old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p != final)
         for stale in old[: max(len(old) - (keep - 1), 0)]:

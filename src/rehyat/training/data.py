@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from rehyat.training.checkpoint import _atomic_write_text
+from rehyat.utils import atomic_write_text
 
 INDEX = "index.json"
 FORMAT = "rehyat-latents"
@@ -183,7 +183,7 @@ def write_latent_dataset(
         "samples": sum(s["samples"] for s in shards),
         "shards": shards,
     }
-    _atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
     return out
 
 

@@ -18,7 +18,6 @@ ReHyAt checkpoint of the teacher converted with the distilled feature maps (``re
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,14 +27,13 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from rehyat.config import write_config
 from rehyat.models.config import ReHyAtConfig
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
-from rehyat.training.config import load_config, write_config
-from rehyat.training.distributed import init_distributed, shutdown
+from rehyat.training.distributed import init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rehyat.utils import dtype_from_name
 
 
 @dataclass
@@ -166,7 +164,7 @@ def run_distillation(config: DistillConfig) -> dict:
     _check(config)
     env = init_distributed()
     device = env.device if config.device == "auto" else torch.device(config.device)
-    dtype = DTYPES[config.dtype]
+    dtype = dtype_from_name(config.dtype)
     out = Path(config.out)
     (out / "blocks").mkdir(parents=True, exist_ok=True)
     if env.is_main:
@@ -334,29 +332,3 @@ def _markdown(results: dict[int, dict], ranking: list[int], variants: list[str])
         lines.append(f"| {block} | {ranking.index(block) + 1} | " + " | ".join(cells) + f" | {guarded:.2%} |")
     lines += ["", f"Ranking (lowest held-out ReHyAt L1 first): {ranking}", ""]
     return "\n".join(lines)
-
-
-def _main(args: argparse.Namespace) -> int:
-    config = load_config(DistillConfig, args.config, args.set)
-    try:
-        report = run_distillation(config)
-    finally:
-        shutdown()
-    if report:
-        print(f"wrote {config.out}/report.md, ranking.json and rehyat/ (ranking: {report['ranking']})")
-    return 0
-
-
-def register(commands) -> None:
-    parser = commands.add_parser(
-        "distill", help="stage 1: distill φq, φk of each block from the teacher's attention"
-    )
-    parser.add_argument("--config", help="TOML/YAML/JSON file with DistillConfig fields")
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides, e.g. model=/path/Wan2.1 prompts=prompts.txt rehyat.chunk_frames=3",
-    )
-    parser.set_defaults(handler=_main)

@@ -13,14 +13,13 @@ micro-steps do. Outputs in ``output_dir``: ``config.json`` (the resolved
 config), ``metrics.jsonl``, ``checkpoints/step-*``, and at the end ``final/`` (and ``final-ema/``) as
 ReHyAt checkpoints with base weights (:func:`rehyat.save_rehyat`).
 
-CLI: ``rehyat finetune [--config run.toml] [key=value ...]``, e.g.
-``rehyat finetune --config run.toml optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``;
+CLI: ``rehyat finetune [--config run.toml] [--set key=value ...]``, e.g.
+``rehyat finetune --config run.toml --set optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``;
 ``rehyat build-dataset --model WAN_FOLDER --manifest videos.jsonl --out DATASET`` makes the dataset.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rehyat.config import config_to_dict, write_config
 from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat, rehyat_runtime, save_rehyat
 from rehyat.training import distributed
 from rehyat.training.checkpoint import (
@@ -43,7 +43,6 @@ from rehyat.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rehyat.training.config import config_to_dict, load_config, write_config
 from rehyat.training.data import LatentDataset, SampleOrder
 from rehyat.training.ema import EMA
 from rehyat.training.metrics import MetricsLogger
@@ -59,8 +58,9 @@ class ModelSection:
     """Instead of ``path``: random weights of ``tiny`` or ``wan2.1-t2v-1.3b`` (smoke tests, benchmarks)."""
     rehyat_checkpoint: str | None = None
     """A ReHyAt checkpoint (e.g. stage 1's) to start from; else the model is converted fresh."""
-    rehyat: dict[str, Any] = field(default_factory=dict)
-    """ReHyAtConfig fields for a fresh conversion."""
+    rehyat: ReHyAtConfig | None = None
+    """How to convert freshly (``model.rehyat.chunk_frames=3`` sets one field, the rest default);
+    None with no ``rehyat_checkpoint`` converts with ``ReHyAtConfig()``."""
     convert: bool = True
     """False trains the plain softmax model (e.g. pretraining the toy teacher) with this same loop."""
     gradient_checkpointing: bool = True
@@ -214,14 +214,14 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
     torch.manual_seed(seed)  # random architectures and fresh φ are identical on every rank
     model = load_base_transformer(section)
     if not section.convert:
-        if section.rehyat or section.rehyat_checkpoint is not None:
+        if section.rehyat is not None or section.rehyat_checkpoint is not None:
             raise ValueError("model.convert=false trains the plain model: leave model.rehyat* unset")
         return model
     if section.rehyat_checkpoint is not None:
-        if section.rehyat:
+        if section.rehyat is not None:
             raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
         return load_rehyat(model, section.rehyat_checkpoint)
-    return convert_wan(model, ReHyAtConfig.from_dict(section.rehyat))
+    return convert_wan(model, section.rehyat or ReHyAtConfig())
 
 
 def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
@@ -406,79 +406,3 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
             save_final_weights(cfg.model, cfg.seed, final.model | final.extra["ema"], out / "final-ema")
     distributed.barrier()
     return FinetuneResult(output_dir=out, model=model, samples_seen=samples_seen)
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def _main(args: argparse.Namespace) -> int:
-    cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    try:
-        finetune(cfg, kill_after_steps=args.kill_after_steps)
-    finally:
-        distributed.shutdown()
-    return 0
-
-
-def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "finetune",
-        help="stage 2: flow-matching fine-tune of a converted Wan DiT (torchrun for several processes)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--config", help="a TOML/YAML/JSON run config (FinetuneConfig fields)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-5 steps=200"
-    )
-    parser.add_argument(
-        "--kill-after-steps",
-        type=int,
-        help="fault injection for resume tests: SIGKILL itself after this step",
-    )
-    parser.set_defaults(handler=_main)
-    register_build_dataset(commands)
-
-
-def _build_dataset(args: argparse.Namespace) -> int:
-    import json
-
-    from rehyat.training.data import build_latent_dataset, load_encoders
-
-    manifest = Path(args.manifest)
-    if not manifest.is_file():
-        raise ValueError(f"manifest {manifest} does not exist")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    if not rows or any(not {"video", "prompt"} <= row.keys() for row in rows):
-        raise ValueError(f"{manifest} must hold JSON lines with 'video' and 'prompt' keys")
-    vae, pipe = load_encoders(args.model, args.device)
-    videos = [manifest.parent / row["video"] for row in rows]
-    out = build_latent_dataset(
-        args.out,
-        videos,
-        vae,
-        prompts=[row["prompt"] for row in rows],
-        pipeline=pipe,
-        num_frames=args.frames,
-        height=args.height,
-        width=args.width,
-        shard_size=args.shard_size,
-    )
-    print(f"wrote {len(rows)} samples to {out}")
-    return 0
-
-
-def register_build_dataset(commands: Any) -> None:
-    parser = commands.add_parser(
-        "build-dataset", help="encode videos + prompts with a local Wan folder into a finetune dataset"
-    )
-    parser.add_argument("--model", required=True, help="local diffusers Wan folder (vae, text_encoder)")
-    parser.add_argument(
-        "--manifest", required=True, help='JSON lines {"video": path relative to the file, "prompt": text}'
-    )
-    parser.add_argument("--out", required=True, help="new dataset folder")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--shard-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.set_defaults(handler=_build_dataset)

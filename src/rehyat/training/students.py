@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rehyat.attention import AttentionStats, PolynomialFeatureMap
+from rehyat.attention import AttentionStats
 from rehyat.baselines import linear_attention, local_attention
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import configured_attention, feature_input
@@ -33,22 +33,6 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, float]:
         return {"l1": self.l1, "rel_error": self.rel_error, "guarded_fraction": self.guarded_fraction}
-
-
-def _feature_map(
-    config: ReHyAtConfig, heads: int, head_dim: int, device: torch.device
-) -> PolynomialFeatureMap:
-    return PolynomialFeatureMap(
-        heads,
-        head_dim,
-        config.feature_degree,
-        config.feature_layers,
-        activation=config.feature_activation,
-        bias=config.feature_bias,
-        init=config.feature_init,
-        nonnegative=config.feature_nonnegative,
-        kernel_scale=config.feature_kernel_scale,
-    ).to(device)
 
 
 class BlockStudent:
@@ -72,8 +56,8 @@ class BlockStudent:
         self.phi_q = self.phi_k = None
         self.optimizer = None
         if variant != "local":
-            self.phi_q = _feature_map(config, heads, head_dim, device)
-            self.phi_k = _feature_map(config, heads, head_dim, device)
+            self.phi_q = config.feature_map(heads, head_dim).to(device)
+            self.phi_k = config.feature_map(heads, head_dim).to(device)
             self.phi_q.requires_grad_(variant in _TRAINABLE)
             self.phi_k.requires_grad_(variant in _TRAINABLE)
         if variant in _TRAINABLE:

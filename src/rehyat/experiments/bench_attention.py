@@ -26,7 +26,6 @@ is what the call allocates above its inputs. Rows:
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from rehyat.bench.common import (
+from rehyat.experiments.common import (
     environment,
     environment_markdown,
     is_oom,
@@ -61,7 +60,7 @@ class Row:
     backward: Callable[[], object] | None  # forward + backward, or None if not measured
 
 
-def _inputs(frames: int, dtype: torch.dtype, device: str, seed: int = 0):
+def layer_inputs(frames: int, dtype: torch.dtype, device: str, seed: int = 0):
     from rehyat import PolynomialFeatureMap
 
     torch.manual_seed(seed)
@@ -114,7 +113,7 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         overlap_frames=SHAPE["overlap_frames"],
         feature_dim=SHAPE["feature_dim"],
     )
-    q, k, v, (phi_q, phi_k) = _inputs(frames, dtype, "cuda")
+    q, k, v, (phi_q, phi_k) = layer_inputs(frames, dtype, "cuda")
     with torch.no_grad():
         fq, fk = phi_q(q), phi_k(k)
     grad_out = torch.randn_like(q)
@@ -300,7 +299,7 @@ def run_parity(frames: int = 7) -> dict[str, float]:
     size: output and the gradients of q, k, v, fq, fk; max over causal and bidirectional."""
     from rehyat import hybrid_attention, recurrent_hybrid_attention
 
-    q, k, v, (phi_q, phi_k) = _inputs(frames, torch.float64, "cuda", seed=1)
+    q, k, v, (phi_q, phi_k) = layer_inputs(frames, torch.float64, "cuda", seed=1)
     with torch.no_grad():
         inputs = [q, k, v, phi_q(q), phi_k(k)]
     geo = dict(
@@ -473,14 +472,14 @@ def render(payload: dict, out_dir: Path) -> None:
     )
 
 
-def _main(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out)
-    if args.render_only:
+def run(*, frames, out, parity_only, quick, render_only, skip_parity) -> int:
+    out_dir = Path(out)
+    if render_only:
         render(read_json(out_dir / "attention.json"), out_dir)
         return 0
     if not torch.cuda.is_available():
         raise ValueError("the attention benchmark needs a CUDA GPU (use --render-only to re-render results)")
-    if args.parity_only:  # the parity alone (it compiles fp32 kernels for minutes), merged into a run's JSON
+    if parity_only:  # the parity alone (it compiles fp32 kernels for minutes), merged into a run's JSON
         path = out_dir / "attention.json"
         if not path.is_file():
             raise ValueError(f"--parity-only merges into a benchmark's results, but {path} does not exist")
@@ -491,10 +490,10 @@ def _main(args: argparse.Namespace) -> int:
         render(payload, out_dir)
         print(payload["parity"], flush=True)
         return 0
-    frames = args.frames or ([21, 41] if args.quick else [21, 41, 81, 161])
-    rep_ms = 50.0 if args.quick else 300.0
+    frames = frames or ([21, 41] if quick else [21, 41, 81, 161])
+    rep_ms = 50.0 if quick else 300.0
     payload = {"environment": environment(), "shape": SHAPE, "parity": None, "results": []}
-    if not args.skip_parity:
+    if not skip_parity:
         payload["parity"] = run_parity() | feature_map_parity()
         print(payload["parity"], flush=True)
     payload["results"], payload["recurrent_pairs"] = run_benchmark(frames, rep_ms)
@@ -502,32 +501,3 @@ def _main(args: argparse.Namespace) -> int:
     render(payload, out_dir)
     print((out_dir / "attention.md").read_text())
     return 0
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81 161)")
-    parser.add_argument("--out", default="bench/results", help="folder for attention.json/.md/.png")
-    parser.add_argument("--quick", action="store_true", help="21 and 41 frames, fewer timed calls")
-    parser.add_argument("--skip-parity", action="store_true", help="skip the parity check at Wan frame size")
-    parser.add_argument(
-        "--parity-only",
-        action="store_true",
-        help="run only the parity check and merge it into OUT/attention.json (a run's results; GPU)",
-    )
-    parser.add_argument(
-        "--render-only", action="store_true", help="re-render attention.md/.png from attention.json (no GPU)"
-    )
-    parser.set_defaults(handler=_main)
-
-
-def register(targets) -> None:
-    _add_arguments(
-        targets.add_parser("attention", help="one self-attention layer: SDPA backends vs ReHyAt (GPU)")
-    )
-
-
-if __name__ == "__main__":  # `python -m rehyat.bench.attention ...`, the same as `rehyat bench attention ...`
-    cli = argparse.ArgumentParser(prog="python -m rehyat.bench.attention", description=__doc__.split("\n")[0])
-    _add_arguments(cli)
-    parsed = cli.parse_args()
-    raise SystemExit(parsed.handler(parsed))

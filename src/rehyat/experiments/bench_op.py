@@ -9,7 +9,6 @@ per-chunk fingerprints (sum and sum of squares).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import resource
@@ -161,23 +160,12 @@ def _print_table(rows: list[dict], shape: DemoShape) -> None:
     Console(width=max(Console().width, 130)).print(table)
 
 
-def _main(args: argparse.Namespace) -> int:
-    if any(f < 1 for f in args.frames):
-        raise ValueError(f"--frames must all be >= 1, got {args.frames}")
-    shape = DemoShape(frame_tokens=args.frame_tokens)
-    rows = run_demo(sorted(args.frames), shape, args.threads)
+def run(*, frame_tokens, frames, json_out, threads) -> int:
+    if any(f < 1 for f in frames):
+        raise ValueError(f"--frames must all be >= 1, got {frames}")
+    shape = DemoShape(frame_tokens=frame_tokens)
+    rows = run_demo(sorted(frames), shape, threads)
     _print_table(rows, shape)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"shape": asdict(shape), "rows": rows}, indent=2))
+    if json_out:
+        Path(json_out).write_text(json.dumps({"shape": asdict(shape), "rows": rows}, indent=2))
     return 0
-
-
-def register(targets) -> None:
-    parser = targets.add_parser("op", help="CPU: full softmax vs parallel vs recurrent ReHyAt as frames grow")
-    parser.add_argument(
-        "--frames", type=int, nargs="+", default=[6, 12, 24, 48, 96], help="latent frame counts"
-    )
-    parser.add_argument("--frame-tokens", type=int, default=256, help="tokens per latent frame")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.set_defaults(handler=_main)

@@ -9,14 +9,13 @@ capture, for the ReHyAt student and the linear-only baseline, at each latent fra
 
 from __future__ import annotations
 
-import argparse
 import math
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from rehyat.bench.common import (
+from rehyat.experiments.common import (
     environment,
     environment_markdown,
     is_oom,
@@ -107,25 +106,14 @@ def render(payload: dict, out_dir: Path) -> None:
     )
 
 
-def _main(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out)
-    if args.render_only:
+def run(*, frames, out, render_only, rep_ms) -> int:
+    out_dir = Path(out)
+    if render_only:
         render(read_json(out_dir / "distill.json"), out_dir)
         return 0
     if not torch.cuda.is_available():
         raise ValueError("rehyat bench distill needs a CUDA GPU (use --render-only to re-render results)")
-    payload = {"environment": environment(), "rows": run_benchmark(args.frames, args.rep_ms)}
+    payload = {"environment": environment(), "rows": run_benchmark(frames, rep_ms)}
     write_json(payload, out_dir / "distill.json")
     render(payload, out_dir)
     return 0
-
-
-def register(targets) -> None:
-    parser = targets.add_parser("distill", help="stage-1 student step speed and memory at Wan2.1-1.3B shapes")
-    parser.add_argument(
-        "--frames", type=int, nargs="+", default=[21, 41], help="latent frames (21 = 81 video frames)"
-    )
-    parser.add_argument("--rep-ms", type=float, default=2000.0, help="time budget per measurement")
-    parser.add_argument("--out", default="bench/results", help="output folder")
-    parser.add_argument("--render-only", action="store_true", help="re-render markdown/PNG from the JSON")
-    parser.set_defaults(handler=_main)

@@ -17,14 +17,13 @@ minus what was allocated before it (weights, φ, latents, text embeddings), i.e.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from rehyat.bench.common import (
+from rehyat.experiments.common import (
     environment,
     environment_markdown,
     is_oom,
@@ -297,49 +296,24 @@ def _note(results: list[dict]) -> str:
     return ""
 
 
-def _main(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out)
-    if args.render_only:
+def run(*, frames, out, quick, render_only, rows, skip_parity) -> int:
+    out_dir = Path(out)
+    if render_only:
         render(read_json(out_dir / "model.json"), out_dir)
         return 0
     if not torch.cuda.is_available():
         raise ValueError("the model benchmark needs a CUDA GPU (use --render-only to re-render results)")
-    frames = args.frames or ([7, 21] if args.quick else [21, 41, 81])
+    frames = frames or ([7, 21] if quick else [21, 41, 81])
     if any(f < 1 for f in frames):
         raise ValueError(f"--frames must all be >= 1, got {frames}")
     payload = {"environment": environment(), "shape": SHAPE, "rehyat": REHYAT, "parity": None, "results": []}
-    if not args.skip_parity:
+    if not skip_parity:
         payload["parity"] = run_parity()
         print("parity", payload["parity"], flush=True)
-    rep_ms, max_reps = (200.0, 3) if args.quick else (1000.0, 10)
-    payload["results"] = run_benchmark(sorted(frames), args.rows, rep_ms, max_reps)
+    rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
+    payload["results"] = run_benchmark(sorted(frames), rows, rep_ms, max_reps)
     payload["note"] = _note(payload["results"])
     write_json(payload, out_dir / "model.json")
     render(payload, out_dir)
     print((out_dir / "model.md").read_text())
     return 0
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81)")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which forms to run")
-    parser.add_argument("--quick", action="store_true", help="7 and 21 frames, fewer timed calls")
-    parser.add_argument("--skip-parity", action="store_true", help="skip the recurrent-vs-parallel check")
-    parser.add_argument("--out", default="bench/results", help="folder for model.json/.md/.png")
-    parser.add_argument(
-        "--render-only", action="store_true", help="re-render model.md/.png from model.json (no GPU)"
-    )
-    parser.set_defaults(handler=_main)
-
-
-def register(targets) -> None:
-    _add_arguments(
-        targets.add_parser("model", help="whole Wan2.1-1.3B DiT forward: original vs ReHyAt (GPU)")
-    )
-
-
-if __name__ == "__main__":  # `python -m rehyat.bench.model ...`, the same as `rehyat bench model ...`
-    cli = argparse.ArgumentParser(prog="python -m rehyat.bench.model", description=__doc__.split("\n")[0])
-    _add_arguments(cli)
-    parsed = cli.parse_args()
-    raise SystemExit(parsed.handler(parsed))

@@ -23,13 +23,10 @@ import torch
 
 
 def _command_line() -> str:
-    """The command as typed: ``rehyat bench …`` (also via ``python -m rehyat.cli``) or
-    ``python -m rehyat.bench.<target> …``."""
+    """The command as typed: ``rehyat bench …`` (also via ``python -m rehyat.cli``)."""
     program = Path(sys.argv[0])
-    if program.name == "rehyat" or (program.name == "cli.py" and program.parent.name == "rehyat"):
+    if program.name == "rehyat" or (program.name == "__main__.py" and program.parent.name == "cli"):
         return shlex.join(["rehyat", *sys.argv[1:]])
-    if program.parent.name == "bench" and program.parent.parent.name == "rehyat":
-        return shlex.join(["python", "-m", f"rehyat.bench.{program.stem}", *sys.argv[1:]])
     return shlex.join(sys.argv)
 
 

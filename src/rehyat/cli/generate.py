@@ -1,7 +1,6 @@
 """``rehyat generate``: text-to-video from a local Wan2.1 diffusers folder with the recurrent forward.
 
-The folder is what ``WanPipeline.save_pretrained`` writes (model_index.json with transformer, vae,
-text_encoder, tokenizer and scheduler subfolders); nothing is downloaded. The transformer gets a ReHyAt
+The folder is what ``WanPipeline.save_pretrained`` writes (nothing is downloaded). The transformer gets a ReHyAt
 checkpoint (``--rehyat``) or, without one, a fresh conversion whose feature maps are untrained (useful
 for smoke runs and timing only).
 """
@@ -9,62 +8,22 @@ for smoke runs and timing only).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def load_pipeline(
-    model: str | os.PathLike,
-    rehyat: str | os.PathLike | None = None,
-    *,
-    config: ReHyAtConfig | None = None,
-    dtype: torch.dtype = torch.bfloat16,
-    device: str | torch.device = "cpu",
-    flow_shift: float | None = None,
-    scheduler: str | None = None,
-):
-    """A ``WanPipeline`` from a local folder with its transformer converted to ReHyAt.
-
-    ``rehyat``: a checkpoint folder from :func:`rehyat.save_rehyat`; otherwise the transformer is
-    converted with ``config`` (default ``ReHyAtConfig()``). The VAE stays float32, as diffusers
-    recommends for Wan. ``scheduler`` ("unipc"/"euler") and ``flow_shift`` replace the folder's
-    scheduler when given.
-    """
-    from diffusers import AutoencoderKLWan, WanPipeline
-
-    from rehyat.generation.sampler import make_scheduler
-
-    folder = Path(model)
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    vae = AutoencoderKLWan.from_pretrained(
-        folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
-    )
-    pipe = WanPipeline.from_pretrained(folder, vae=vae, torch_dtype=dtype, local_files_only=True)
-    if rehyat is not None:
-        load_rehyat(pipe.transformer, rehyat)
-    else:
-        convert_wan(pipe.transformer, config)
-    if scheduler is not None or flow_shift is not None:
-        shift = flow_shift if flow_shift is not None else pipe.scheduler.config.get("flow_shift", 3.0)
-        pipe.scheduler = make_scheduler(scheduler or "unipc", shift)
-    return pipe.to(device)
+from rehyat.utils import DTYPES, dtype_from_name
 
 
 def _main(args: argparse.Namespace) -> int:
+    from rehyat.generation.pipeline import load_pipeline
     from rehyat.generation.sampler import generate_video
     from rehyat.generation.video import write_video
+    from rehyat.models import ReHyAtConfig
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = _DTYPES[args.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
+    dtype = dtype_from_name(args.dtype or ("bf16" if device.startswith("cuda") else "fp32"))
     config = None
     if args.rehyat is None:
         config = ReHyAtConfig(chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames)
@@ -118,7 +77,7 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-frames", type=int, default=3, help="Tc when converting without --rehyat")
     parser.add_argument("--overlap-frames", type=int, default=1, help="To when converting without --rehyat")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), help="transformer dtype (default bf16 on GPU)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (default bf16 on GPU)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's spatial tiling")
     parser.add_argument("--output", default="video.mp4", help=".mp4 or .gif")

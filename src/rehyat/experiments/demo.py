@@ -15,99 +15,27 @@ what Wan calls the latent grid is the pixel grid, so the Wan tools get the equiv
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
-from rehyat.toy.teacher import (
-    CLIP,
-    FLOW_SHIFT,
-    bundled_teacher,
-    load_text_encoder,
-    prompt_embeddings,
-    toy_clips,
+from rehyat.toy.evaluate import toy_prompts
+from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
+from rehyat.toy.recipe import (
+    QUICK,
+    RecipeSettings,
+    distill_student,
+    finetune_dataset,
+    finetune_student,
+    sample_with,
 )
 from rehyat.toy.toybench import evaluate_videos
-
-if TYPE_CHECKING:
-    from rehyat.models import ReHyAtConfig
-
-
-@dataclass
-class DemoSettings:
-    """Sizes of each stage; the defaults fit in about ten minutes on two CPU cores."""
-
-    distill_prompts: int = 5
-    distill_heldout: int = 1
-    distill_steps: int = 10  # sampler steps while capturing
-    capture_steps: tuple[int, ...] = (0, 3, 6, 9)
-    distill_inner_steps: int = 6
-    distill_lr: float = 3e-4
-    distill_variants: tuple[str, ...] = ("rehyat", "untrained", "linear", "local")  # stage-1 comparisons
-    finetune_clips: int = 64
-    finetune_steps: int = 20
-    finetune_batch: int = 2
-    finetune_lr: float = 1e-4
-    finetune_ema: float | None = None  # EMA decay of stage 2; set, the EMA weights are the result
-    finetune_teacher_weight: float = 0.0  # λ of stage 2's output distillation from the teacher (0: SPEC §7)
-    finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
-    eval_prompts: int = 6
-    sample_steps: int = 12
-    sample_batch: int = 8  # videos denoised at once (each keeps its own seed's noise)
-    guidance_scale: float = 4.0  # when sampling for evaluation (the bundled teacher needs it)
-    distill_guidance_scale: float = 1.0  # while capturing: one branch, half the cost
-    long_factor: int = 4
-    long_videos: int = 1
-    memory_frames: tuple[int, ...] = (16, 32, 64)
-    seed: int = 0
-    progress: bool = True
-
-
-QUICK = DemoSettings(
-    distill_prompts=2,
-    distill_heldout=1,
-    distill_steps=2,
-    capture_steps=(1,),
-    distill_inner_steps=1,
-    finetune_clips=4,
-    finetune_steps=2,
-    finetune_batch=2,
-    eval_prompts=2,
-    sample_steps=2,
-    long_factor=2,
-    long_videos=1,
-    memory_frames=(16,),
-)
-
-
-def wan_video_size(frames: int, height: int, width: int) -> dict[str, int]:
-    """The Wan pipeline's video size whose latent grid is (frames, height, width) (VAE stride 4, 8, 8)."""
-    return {"num_frames": 4 * (frames - 1) + 1, "height": 8 * height, "width": 8 * width}
-
-
-def sample_with(
-    model, embeds: torch.Tensor, settings: DemoSettings, *, frames: int, first_seed: int, recurrent: bool
-) -> list[torch.Tensor]:
-    """One video per prompt embedding with the settings' sampler steps and guidance (prompt i: seed first_seed + i)."""
-    return sample_videos(
-        model,
-        embeds,
-        frames=frames,
-        steps=settings.sample_steps,
-        guidance_scale=settings.guidance_scale,
-        first_seed=first_seed,
-        recurrent=recurrent,
-        batch_size=settings.sample_batch,
-    )
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -161,7 +89,7 @@ def _measure_generation(
     )
     embeds = prompt_embeddings(load_text_encoder(teacher), toy_prompts(1, 99)).to(device)
     # One branch (no guidance): the cost per denoising call is what grows with the length.
-    config = DemoSettings(**{**settings, "guidance_scale": 1.0})
+    config = RecipeSettings(**{**settings, "guidance_scale": 1.0})
     recurrent = rehyat_folder is not None
     sample_with(model, embeds, config, frames=min(frames, 4), first_seed=0, recurrent=recurrent)  # warm-up
     if device == "cuda":
@@ -176,97 +104,12 @@ def _measure_generation(
     return {"frames": frames, "seconds": seconds, "peak_mib": peak}
 
 
-def distill_student(
-    teacher: Path, out: Path, settings: DemoSettings, device: str, rehyat: ReHyAtConfig | None = None
-) -> dict:
-    """Stage 1 on the toy teacher: φ of every block distilled for ``rehyat`` (default: Tc=3, To=1,
-    causal); the checkpoint lands in ``out/rehyat``. Returns the distillation report."""
-    from rehyat.models import ReHyAtConfig
-    from rehyat.toy.teacher import write_prompt_file
-    from rehyat.training.distill import DistillConfig, run_distillation
-
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = toy_prompts(settings.distill_prompts, settings.seed + 1)
-    prompt_file = write_prompt_file(load_text_encoder(teacher), prompts, out / "prompts.safetensors")
-    return run_distillation(
-        DistillConfig(
-            model=str(teacher),
-            prompts=str(prompt_file),
-            out=str(out),
-            rehyat=rehyat or ReHyAtConfig(),
-            variants=list(settings.distill_variants),
-            heldout=settings.distill_heldout,
-            num_inference_steps=settings.distill_steps,
-            capture_steps=list(settings.capture_steps),
-            guidance_scale=settings.distill_guidance_scale,
-            inner_steps=settings.distill_inner_steps,
-            lr=settings.distill_lr,
-            dtype="fp32",
-            device=device,
-            seed=settings.seed,
-            **wan_video_size(CLIP["num_frames"], CLIP["height"], CLIP["width"]),
-        )
-    )
-
-
-def finetune_dataset(out: Path, settings: DemoSettings) -> Path:
-    """Rendered toy clips with their prompt embeddings for stage 2 (written once, then reused)."""
-    from rehyat.training.data import write_latent_dataset
-
-    folder = out / "finetune_data"
-    if (folder / "index.json").exists():
-        return folder
-    encoder = load_text_encoder(bundled_teacher())
-    return write_latent_dataset(folder, toy_clips(encoder, settings.finetune_clips, settings.seed + 2, CLIP))
-
-
-def finetune_student(
-    teacher: Path, checkpoint: Path | None, out: Path, dataset: Path, settings: DemoSettings, device: str
-) -> Path:
-    """Stage 2: flow-matching fine-tune of the teacher converted from ``checkpoint`` (a ReHyAt checkpoint
-    with the fine-tuned base weights lands in ``out/final``), or of the plain teacher with ``checkpoint=None``
-    (a diffusers transformer folder). With ``settings.finetune_ema`` the EMA weights are returned."""
-    from rehyat.training.config import load_config
-    from rehyat.training.finetune import FinetuneConfig, finetune
-
-    finetune(
-        load_config(
-            FinetuneConfig,
-            None,
-            [
-                f"output_dir={out}",
-                f"model.path={teacher}",
-                *(
-                    ["model.convert=false"]
-                    if checkpoint is None
-                    else [f"model.rehyat_checkpoint={checkpoint}"]
-                ),
-                "model.gradient_checkpointing=false",
-                f"data.path={dataset}",
-                f"data.micro_batch_size={settings.finetune_batch}",
-                f"steps={settings.finetune_steps}",
-                f"optim.lr={settings.finetune_lr}",
-                f"flow_shift={FLOW_SHIFT}",
-                f"prompt_dropout={settings.finetune_prompt_dropout}",
-                f"teacher_weight={settings.finetune_teacher_weight}",
-                f"mixed_precision={'bf16' if device == 'cuda' else 'no'}",
-                f"checkpoint_every={settings.finetune_steps}",
-                "resume=false" if not (out / "checkpoints").exists() else "resume=true",
-                f"seed={settings.seed}",
-                f"progress={str(settings.progress).lower()}",
-                *([f"ema_decay={settings.finetune_ema}"] if settings.finetune_ema is not None else []),
-            ],
-        )
-    )
-    return out / ("final" if settings.finetune_ema is None else "final-ema")
-
-
-def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
+def run_demo(out: Path, device: str = "cpu", settings: RecipeSettings | None = None) -> dict:
     from rich.console import Console
 
     from rehyat.generation.video import write_video
 
-    settings = settings or DemoSettings()
+    settings = settings or RecipeSettings()
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -330,7 +173,7 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     return report
 
 
-def _scaling(teacher: Path, student: Path, settings: DemoSettings, device: str) -> dict[str, list[dict]]:
+def _scaling(teacher: Path, student: Path, settings: RecipeSettings, device: str) -> dict[str, list[dict]]:
     """Each generation in a fresh process, so that its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     rows: dict[str, list[dict]] = {"teacher (parallel, softmax)": [], "rehyat (recurrent)": []}
@@ -373,7 +216,7 @@ def _write_markdown(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rehyat.bench.common import markdown_table
+    from rehyat.experiments.common import markdown_table
 
     keys = ["adherence", "temporal_consistency", "motion_smoothness", "psnr", "ssim"]
     models = report["models"]
@@ -442,20 +285,10 @@ def _write_markdown(report: dict, out: Path) -> None:
     (out / "report.md").write_text(text + "\n")
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
+def run(*, device, out, quick) -> int:
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA GPU is available")
-    if args.device == "cpu":
+    if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-    run_demo(Path(args.out), args.device, QUICK if args.quick else DemoSettings())
+    run_demo(Path(out), device, QUICK if quick else RecipeSettings())
     return 0
-
-
-def register(commands) -> None:
-    parser = commands.add_parser(
-        "demo", help="the whole recipe on the bundled toy teacher (distill, fine-tune, long video)"
-    )
-    parser.add_argument("--out", default="demo_out", help="output folder")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run of every stage)")
-    parser.set_defaults(handler=_main)

@@ -22,21 +22,21 @@ per-model results, so an interrupted run resumes where it stopped) go to ``--wor
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rehyat.toy.demo import QUICK as DEMO_QUICK
-from rehyat.toy.demo import DemoSettings, distill_student, finetune_dataset, finetune_student, sample_with
-from rehyat.toy.evaluate import load_toy_model, toy_prompts
-from rehyat.toy.teacher import CLIP, bundled_teacher, load_text_encoder, prompt_embeddings
+from rehyat.config import replace_config
+from rehyat.toy.evaluate import toy_prompts
+from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
+from rehyat.toy.recipe import QUICK as RECIPE_QUICK
+from rehyat.toy.recipe import RecipeSettings, distill_student, finetune_dataset, finetune_student, sample_with
 from rehyat.toy.toybench import evaluate_videos
 
 
@@ -84,7 +84,7 @@ QUALITY = ("temporal_consistency", "motion_smoothness", "psnr", "ssim")
 
 
 @dataclass
-class QualitySettings(DemoSettings):
+class QualitySettings(RecipeSettings):
     """The demo's stage sizes, larger: one student takes about three minutes on an H100/H200.
 
     Stage 2 runs 2,000 steps: at 400 every causal student was still improving by several points
@@ -121,7 +121,7 @@ TARGET_STUDENTS = {
     "rehyat_nonneg_spatial": "ReHyAt non-negative spatial-RoPE φ",
 }
 
-QUICK = QualitySettings(**{**asdict(DEMO_QUICK), "distill_variants": ("rehyat",), "progress": False})
+QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
 
 
 def _student_config(student: Student, ranking: list[int] | None):
@@ -326,7 +326,7 @@ def run_quality(
         done.write_text(json.dumps(result, indent=2) + "\n")
         results[student.name] = result
 
-    from rehyat.bench.common import environment
+    from rehyat.experiments.common import environment
 
     report = {
         "environment": environment(),
@@ -357,7 +357,7 @@ def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Te
     """
     from safetensors.torch import load_file
 
-    from rehyat.models.checkpoint import _write_tensors
+    from rehyat.utils import atomic_write_tensors
 
     if path.is_file():
         videos = load_file(path)["videos"]
@@ -369,7 +369,7 @@ def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Te
         return list(videos.unbind(0))
     videos = sample()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_tensors(path, {"videos": torch.stack(videos)})
+    atomic_write_tensors(path, {"videos": torch.stack(videos)})
     return videos
 
 
@@ -528,7 +528,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rehyat.bench.common import environment_markdown, markdown_table
+    from rehyat.experiments.common import environment_markdown, markdown_table
 
     models = report["models"]
     keys = (*METRICS, *QUALITY)
@@ -639,123 +639,54 @@ def render_table(out: Path) -> dict[str, Any]:
     return report
 
 
-def with_overrides(settings: QualitySettings, pairs: list[str]) -> QualitySettings:
-    """``settings`` with ``KEY=VALUE`` pairs applied; VALUE is read as JSON where it parses (1e-4, null,
-    [0, 3]), else as a string, and must keep the field's type (lists become tuples)."""
-    fields = asdict(settings)
-    changes: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes[key] = _typed(key, raw, value, fields[key])
-    changed = replace(settings, **changes)
-    if changed.finetune_ema is not None and not 0 < changed.finetune_ema < 1:
-        raise ValueError(f"--set: finetune_ema must be in (0, 1) or null, got {changed.finetune_ema}")
-    return changed
-
-
-def _typed(key: str, raw: str, value: Any, current: Any) -> Any:
-    """``value`` as the type of the field's ``current`` value (bools only where the field is a bool)."""
-    if value is None and key in _NULLABLE:
-        return None
-    kind = type(current) if current is not None else float
-    if isinstance(current, tuple):
-        if not isinstance(value, list) or not all(
-            isinstance(item, type(current[0])) and not isinstance(item, bool) for item in value
-        ):
-            raise ValueError(f"--set {key}={raw}: {key} must be a list like {list(current)}")
-        return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-        raise ValueError(f"--set {key}={raw}: {key} must be a {kind.__name__}")
-    return value
-
-
 #: Settings that change no result (batching changes a video only by float rounding).
 _NO_EFFECT = ("sample_batch", "progress")
 
-#: Settings that may be switched off with ``--set KEY=null``.
-_NULLABLE = ("finetune_ema",)
 
-
-def _main(args: argparse.Namespace) -> int:
-    if args.render_only:
+def run(
+    *,
+    device: str,
+    only: list[str] | None,
+    out: str,
+    quick: bool,
+    render_only: bool,
+    report_only: bool,
+    reuse: str | None,
+    overrides: list[str],
+    work: str,
+) -> int:
+    """``rehyat bench toy``: train and score the students (or rewrite a table with ``render_only``)."""
+    if render_only:
         extra = [
             flag
             for flag, given in (
-                ("--only", args.only),
-                ("--set", args.set),
-                ("--reuse", args.reuse),
-                ("--report-only", args.report_only),
-                ("--quick", args.quick),
+                ("--only", only),
+                ("--set", overrides),
+                ("--reuse", reuse),
+                ("--report-only", report_only),
+                ("--quick", quick),
             )
             if given
         ]
         if extra:
             raise ValueError(f"--render-only rewrites the table in --out from its JSON; it takes no {extra}")
-        render_table(Path(args.out))
+        render_table(Path(out))
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA GPU is available")
-    if args.device == "cpu":
+    if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-    unknown = sorted(set(args.only or ()) - {s.name for s in STUDENTS})
+    unknown = sorted(set(only or ()) - {s.name for s in STUDENTS})
     if unknown:
         raise ValueError(f"--only: unknown students {unknown}; choose from {[s.name for s in STUDENTS]}")
-    selected = args.only or [s.name for s in STUDENTS]
-    ranking = Path(args.work) / "rehyat" / "distill" / "ranking.json"
-    if (
-        "half_blocks" in selected
-        and "rehyat" not in selected
-        and not ranking.exists()
-        and not args.report_only
-    ):
+    selected = only or [s.name for s in STUDENTS]
+    ranking = Path(work) / "rehyat" / "distill" / "ranking.json"
+    if "half_blocks" in selected and "rehyat" not in selected and not ranking.exists() and not report_only:
         raise ValueError(
             f"half_blocks reuses the 'rehyat' student's stage 1, which {ranking.parent.parent} lacks: "
             "run them together (--only rehyat half_blocks)"
         )
-    settings = with_overrides(QUICK if args.quick else QualitySettings(), args.set or [])
-    reuse = Path(args.reuse) if args.reuse else None
-    run_quality(Path(args.out), Path(args.work), args.device, settings, args.only, args.report_only, reuse)
+    settings = replace_config(QUICK if quick else QualitySettings(), overrides or [])
+    reuse = Path(reuse) if reuse else None
+    run_quality(Path(out), Path(work), device, settings, only, report_only, reuse)
     return 0
-
-
-def register(targets) -> None:
-    parser = targets.add_parser(
-        "toy", help="ToyBench quality table: ReHyAt and its ablations on the toy world"
-    )
-    parser.add_argument("--out", default="bench/results", help="where toybench.{json,md,png} go")
-    parser.add_argument(
-        "--work", default="runs/toybench", help="checkpoints and per-model results (resumable)"
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    parser.add_argument("--only", nargs="+", help="students to run (default: all)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override one QualitySettings field, e.g. --set distill_lr=1e-4 (repeatable)",
-    )
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: score the teacher, gather the students in --work",
-    )
-    parser.add_argument(
-        "--render-only",
-        action="store_true",
-        help="rewrite the table in --out from its toybench.json (targets recomputed); no GPU needed",
-    )
-    parser.add_argument(
-        "--reuse",
-        metavar="TOYBENCH_JSON",
-        help="take the students of an earlier table made with the same settings; train only the rest",
-    )
-    parser.set_defaults(handler=_main)

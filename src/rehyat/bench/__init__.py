@@ -1,1 +1,0 @@
-"""``rehyat bench`` targets (GPU benchmarks) and the helpers they share."""

@@ -1,0 +1,38 @@
+"""Argument helpers shared by every command: the one config syntax and calling library entry points."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rehyat.config import load_config
+
+T = TypeVar("T")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--config FILE`` and ``--set section.key=value ...`` (repeatable): the one override syntax."""
+    parser.add_argument("--config", help=f"a TOML/YAML/JSON file with {what} fields")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what} fields, e.g. --set optim.lr=1e-5 steps=200 (dotted keys for sections; "
+        "values read as JSON where they parse; repeatable)",
+    )
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
+    """``cls`` from its defaults ← ``base`` ← ``--config`` ← ``--set``."""
+    return load_config(cls, args.config, args.overrides, base=base)
+
+
+def call_with_args(function: Callable[..., Any], args: argparse.Namespace) -> Any:
+    """Call ``function`` with the parsed arguments named like its keyword parameters."""
+    names = inspect.signature(function).parameters
+    return function(**{name: getattr(args, name) for name in names if hasattr(args, name)})

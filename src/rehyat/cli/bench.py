@@ -1,0 +1,104 @@
+"""``rehyat bench op|attention|distill|model|toy``: the experiment harness's benchmarks.
+
+Each target's parser lives here; the measuring code is in :mod:`rehyat.experiments`, imported only
+when the target runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from rehyat.cli._common import add_config_arguments, call_with_args
+
+
+def _runner(module: str):
+    def handler(args: argparse.Namespace) -> int:
+        return call_with_args(importlib.import_module(f"rehyat.experiments.{module}").run, args)
+
+    return handler
+
+
+def register(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="benchmarks (op: CPU; the others: GPU, results under bench/results/)"
+    )
+    targets = bench.add_subparsers(dest="target", required=True)
+
+    parser = targets.add_parser("op", help="CPU: full softmax vs parallel vs recurrent ReHyAt as frames grow")
+    parser.add_argument(
+        "--frames", type=int, nargs="+", default=[6, 12, 24, 48, 96], help="latent frame counts"
+    )
+    parser.add_argument("--frame-tokens", type=int, default=256, help="tokens per latent frame")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    parser.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    parser.set_defaults(handler=_runner("bench_op"))
+
+    parser = targets.add_parser("attention", help="one self-attention layer: SDPA backends vs ReHyAt (GPU)")
+    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81 161)")
+    parser.add_argument("--out", default="bench/results", help="folder for attention.json/.md/.png")
+    parser.add_argument("--quick", action="store_true", help="21 and 41 frames, fewer timed calls")
+    parser.add_argument("--skip-parity", action="store_true", help="skip the parity check at Wan frame size")
+    parser.add_argument(
+        "--parity-only",
+        action="store_true",
+        help="run only the parity check and merge it into OUT/attention.json (a run's results; GPU)",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render attention.md/.png from attention.json (no GPU)"
+    )
+    parser.set_defaults(handler=_runner("bench_attention"))
+
+    parser = targets.add_parser("distill", help="stage-1 student step speed and memory at Wan2.1-1.3B shapes")
+    parser.add_argument(
+        "--frames", type=int, nargs="+", default=[21, 41], help="latent frames (21 = 81 video frames)"
+    )
+    parser.add_argument("--rep-ms", type=float, default=2000.0, help="time budget per measurement")
+    parser.add_argument("--out", default="bench/results", help="output folder")
+    parser.add_argument("--render-only", action="store_true", help="re-render markdown/PNG from the JSON")
+    parser.set_defaults(handler=_runner("bench_distill"))
+
+    parser = targets.add_parser("model", help="whole Wan2.1-1.3B DiT forward: original vs ReHyAt (GPU)")
+    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("original", "parallel", "recurrent"),
+        default=["original", "parallel", "recurrent"],
+        help="which forms to run",
+    )
+    parser.add_argument("--quick", action="store_true", help="7 and 21 frames, fewer timed calls")
+    parser.add_argument("--skip-parity", action="store_true", help="skip the recurrent-vs-parallel check")
+    parser.add_argument("--out", default="bench/results", help="folder for model.json/.md/.png")
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render model.md/.png from model.json (no GPU)"
+    )
+    parser.set_defaults(handler=_runner("bench_model"))
+
+    parser = targets.add_parser(
+        "toy", help="ToyBench quality table: ReHyAt and its ablations on the toy world"
+    )
+    parser.add_argument("--out", default="bench/results", help="where toybench.{json,md,png} go")
+    parser.add_argument(
+        "--work", default="runs/toybench", help="checkpoints and per-model results (resumable)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--only", nargs="+", help="students to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    add_config_arguments(parser, "QualitySettings")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: score the teacher, gather the students in --work",
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the table in --out from its toybench.json (targets recomputed); no GPU needed",
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="TOYBENCH_JSON",
+        help="take the students of an earlier table made with the same settings; train only the rest",
+    )
+    parser.set_defaults(handler=_runner("toy_quality"))

@@ -1,0 +1,99 @@
+"""``rehyat distill`` (stage 1), ``rehyat finetune`` (stage 2) and ``rehyat build-dataset``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rehyat.cli._common import add_config_arguments, config_from_args
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from rehyat.training.distill import DistillConfig, run_distillation
+    from rehyat.training.distributed import shutdown
+
+    config = config_from_args(DistillConfig, args)
+    try:
+        report = run_distillation(config)
+    finally:
+        shutdown()
+    if report:
+        print(f"wrote {config.out}/report.md, ranking.json and rehyat/ (ranking: {report['ranking']})")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from rehyat.training import distributed
+    from rehyat.training.finetune import FinetuneConfig, finetune
+
+    config = config_from_args(FinetuneConfig, args)
+    try:
+        finetune(config, kill_after_steps=args.kill_after_steps)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    from rehyat.training.data import build_latent_dataset, load_encoders
+
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest} does not exist")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    if not rows or any(not {"video", "prompt"} <= row.keys() for row in rows):
+        raise ValueError(f"{manifest} must hold JSON lines with 'video' and 'prompt' keys")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae, pipe = load_encoders(args.model, device)
+    videos = [manifest.parent / row["video"] for row in rows]
+    out = build_latent_dataset(
+        args.out,
+        videos,
+        vae,
+        prompts=[row["prompt"] for row in rows],
+        pipeline=pipe,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        shard_size=args.shard_size,
+    )
+    print(f"wrote {len(rows)} samples to {out}")
+    return 0
+
+
+def register(commands) -> None:
+    distill = commands.add_parser(
+        "distill", help="stage 1: distill φq, φk of each block from the teacher's attention"
+    )
+    add_config_arguments(distill, "DistillConfig")
+    distill.set_defaults(handler=_distill)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="stage 2: flow-matching fine-tune of a converted Wan DiT (torchrun for several processes)",
+    )
+    add_config_arguments(finetune, "FinetuneConfig")
+    finetune.add_argument(
+        "--kill-after-steps",
+        type=int,
+        help="fault injection for resume tests: SIGKILL itself after this step",
+    )
+    finetune.set_defaults(handler=_finetune)
+
+    build = commands.add_parser(
+        "build-dataset", help="encode videos + prompts with a local Wan folder into a finetune dataset"
+    )
+    build.add_argument("--model", required=True, help="local diffusers Wan folder (vae, text_encoder)")
+    build.add_argument(
+        "--manifest", required=True, help='JSON lines {"video": path relative to the file, "prompt": text}'
+    )
+    build.add_argument("--out", required=True, help="new dataset folder")
+    build.add_argument("--frames", type=int, default=81)
+    build.add_argument("--height", type=int, default=480)
+    build.add_argument("--width", type=int, default=832)
+    build.add_argument("--shard-size", type=int, default=64)
+    build.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    build.set_defaults(handler=_build_dataset)

@@ -1,0 +1,117 @@
+"""The layering of docs/architecture.md, kept true: the library never imports the command line or the
+experiment harness, no library file names an issue, and the library has no import cycles."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = SRC / "rehyat"
+OUTSIDE_LIBRARY = ("rehyat.cli", "rehyat.experiments")
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """The rehyat modules ``path`` imports (anywhere in the file, or only at import time)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name == "rehyat" or name.startswith("rehyat.")}
+
+
+def _library_files() -> list[Path]:
+    return [
+        path for path in sorted(PACKAGE.rglob("*.py")) if not _module_name(path).startswith(OUTSIDE_LIBRARY)
+    ]
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """``rehyat.models.wan.convert_wan`` → ``rehyat.models.wan`` (the module a dotted name lives in)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def test_the_library_never_imports_the_cli_or_the_experiments():
+    offenders = [
+        f"{_module_name(path)} imports {name}"
+        for path in _library_files()
+        for name in _imports(path)
+        if name.startswith(OUTSIDE_LIBRARY)
+    ]
+    assert not offenders, offenders
+
+
+def test_the_cli_is_the_only_home_of_argparse():
+    offenders = [
+        _module_name(path)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not _module_name(path).startswith("rehyat.cli")
+        and re.search(r"^\s*import argparse", path.read_text(), re.M)
+    ]
+    assert not offenders, offenders
+
+
+def test_no_library_file_names_an_issue():
+    offenders = [
+        _module_name(path)
+        for path in _library_files()
+        if re.search(r"\bissue\b", path.read_text(), re.IGNORECASE)
+    ]
+    assert not offenders, offenders
+
+
+def test_no_import_cycles_at_import_time():
+    """Module-level imports between rehyat modules form no cycle (function-local imports are deferred
+    and not counted; a package ``__init__`` is a module like the others)."""
+    modules = _modules()
+    graph = {
+        name: {
+            target
+            for imported in _imports(path, top_level_only=True)
+            if (target := _resolve(imported, modules)) and target != name
+        }
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
+
+
+def test_importing_the_library_loads_neither_the_cli_nor_the_experiments():
+    code = (
+        "import sys, rehyat, rehyat.attention, rehyat.models, rehyat.training, rehyat.toy, "
+        "rehyat.toy.recipe, rehyat.toy.teacher, rehyat.generation.pipeline; "
+        "print([m for m in sys.modules if m.startswith(('rehyat.cli', 'rehyat.experiments'))])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
