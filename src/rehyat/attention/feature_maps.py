@@ -67,8 +67,30 @@ def kernel_unsupported_reason(phi: PolynomialFeatureMap, x: Tensor) -> str | Non
     return None
 
 
+def _check_fp16_range(x: Tensor, features: Tensor) -> Tensor:
+    """``features`` unless they are float16 and a token with finite input got non-finite features: the
+    powers ψ_p^p outgrow the float16 range (65504) long before the input does (|x| ≈ 500–800 for the
+    "taylor" init at D = 128), and inf features make the attention output inf or NaN. Costs one
+    reduction and a device sync per float16 call; other dtypes are not checked (fp32 range)."""
+    if features.dtype != torch.float16:
+        return features
+    overflow = ~torch.isfinite(features).all(dim=-1) & torch.isfinite(x).all(dim=-1)
+    if overflow.any():
+        largest = x[overflow].abs().max().item()
+        raise ValueError(
+            f"PolynomialFeatureMap: the features overflow float16 (|φ(x)| > 65504) for "
+            f"{int(overflow.sum())} token-head row(s) with finite input (their largest |x| is {largest:g}). "
+            "Run φ and the attention in bfloat16 or float32 (the op accumulates in fp32 either way), or "
+            "keep q and k smaller (e.g. the QK RMSNorm before φ)."
+        )
+    return features
+
+
 class PolynomialFeatureMap(nn.Module):
-    """φ: [B, N, H, D] -> [B, N, H, degree·D] in the input's dtype, separate weights per head."""
+    """φ: [B, N, H, D] -> [B, N, H, degree·D] in the input's dtype, separate weights per head.
+
+    In float16 a token whose finite input gives non-finite features (the powers outgrow 65504) is a
+    ``ValueError`` on both backends; non-finite inputs pass through unchecked."""
 
     def __init__(
         self,
@@ -190,7 +212,7 @@ class PolynomialFeatureMap(nn.Module):
                 f"expected input [B, N, {self.num_heads}, {self.head_dim}], got {tuple(x.shape)}"
             )
         if self.resolve_backend(x, backend) == "triton":
-            return self._forward_triton(x)
+            return _check_fp16_range(x, self._forward_triton(x))
         act = _ACTIVATIONS[self.activation]
         h = x
         for index, w in enumerate(self.weights):
@@ -204,7 +226,7 @@ class PolynomialFeatureMap(nn.Module):
             [part if e == 1 else part**e for e, part in zip(self.exponents, parts, strict=True)], dim=-1
         )
         # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
-        return features.to(x.dtype)
+        return _check_fp16_range(x, features.to(x.dtype))
 
     def _forward_triton(self, x: Tensor) -> Tensor:
         from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
