@@ -33,7 +33,7 @@ from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.distributed import init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
-from rehyat.utils import dtype_from_name
+from rehyat.utils import check_int, check_number, dtype_from_name
 
 
 @dataclass
@@ -61,12 +61,69 @@ class DistillConfig:
     seed: int = 0
     negative_prompt: str = ""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first option out of range (files are checked when a run starts)."""
+        for name in ("model", "prompts", "out", "device", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.rehyat, ReHyAtConfig):
+            raise ValueError(f"rehyat must be a ReHyAtConfig, got {self.rehyat!r}")
+        if self.blocks is not None:
+            if not isinstance(self.blocks, (list, tuple)):
+                raise ValueError(f"blocks must be a list of block indices or null, got {self.blocks!r}")
+            for i, block in enumerate(self.blocks):
+                check_int(f"blocks[{i}]", block, minimum=0)
+                if self.blocks.index(block) != i:
+                    raise ValueError(f"blocks lists block {block} twice: {self.blocks}")
+        variants = list(self.variants) if isinstance(self.variants, (list, tuple)) else [self.variants]
+        if (
+            "rehyat" not in variants
+            or not set(variants) <= set(VARIANTS)
+            or len(set(variants)) < len(variants)
+        ):
+            raise ValueError(
+                f"variants must include 'rehyat' and come from {VARIANTS}, each once, got {self.variants}"
+            )
+        check_int("num_frames", self.num_frames, minimum=1)
+        if (self.num_frames - 1) % 4:
+            raise ValueError(
+                f"num_frames must be 4k + 1 (the Wan VAE's frame stride is 4: 5, 25, 81, ...), got "
+                f"{self.num_frames}; the sampler would round it and run another length than recorded"
+            )
+        for name in ("height", "width"):
+            check_int(name, getattr(self, name), minimum=16)
+            if getattr(self, name) % 16:
+                raise ValueError(
+                    f"{name} must be a multiple of 16 (Wan's pixel stride), got {getattr(self, name)}"
+                )
+        check_int("num_inference_steps", self.num_inference_steps, minimum=1)
+        self.guidance_scale = check_number("guidance_scale", self.guidance_scale, minimum=0.0)
+        if not isinstance(self.capture_steps, (list, tuple)) or not self.capture_steps:
+            raise ValueError(f"capture_steps must be non-empty, got {self.capture_steps!r}")
+        for i, step in enumerate(self.capture_steps):
+            check_int(f"capture_steps[{i}]", step)
+        bad_steps = [s for s in self.capture_steps if not 0 <= s < self.num_inference_steps]
+        if bad_steps:
+            raise ValueError(
+                f"capture_steps must be denoising steps in [0, {self.num_inference_steps}), got {bad_steps}"
+            )
+        for name in ("seeds_per_prompt", "inner_steps"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("heldout", self.heldout, minimum=0)
+        self.lr = check_number("lr", self.lr, minimum=0.0)
+        dtype_from_name(self.dtype)
+        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+
 
 def _read_prompts(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _check(config: DistillConfig) -> None:
+    config.validate()  # again: fields may have changed since the config was built
     if not config.model:
         raise ValueError("model is required: a local diffusers Wan folder")
     if not Path(config.model).is_dir():
@@ -77,19 +134,6 @@ def _check(config: DistillConfig) -> None:
         raise ValueError(f"prompts file {config.prompts} does not exist")
     if not config.prompts.endswith(".safetensors") and not _read_prompts(Path(config.prompts)):
         raise ValueError(f"prompt file {config.prompts} holds no prompts")
-    unknown = sorted(set(config.variants) - set(VARIANTS))
-    if unknown or "rehyat" not in config.variants:
-        raise ValueError(f"variants must include 'rehyat' and come from {VARIANTS}, got {config.variants}")
-    bad_steps = [s for s in config.capture_steps if not 0 <= s < config.num_inference_steps]
-    if bad_steps or not config.capture_steps:
-        raise ValueError(
-            f"capture_steps must be non-empty and in [0, {config.num_inference_steps}), got {bad_steps}"
-        )
-    for name in ("seeds_per_prompt", "inner_steps", "num_frames", "height", "width"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.heldout < 0:
-        raise ValueError(f"heldout must be >= 0, got {config.heldout}")
 
 
 def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.device, need_text: bool):

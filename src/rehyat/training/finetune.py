@@ -46,6 +46,7 @@ from rehyat.training.checkpoint import (
 from rehyat.training.data import LatentDataset, SampleOrder
 from rehyat.training.ema import EMA
 from rehyat.training.metrics import MetricsLogger
+from rehyat.utils import check_bool, check_int, check_number
 
 ARCHITECTURES = ("tiny", "wan2.1-t2v-1.3b")
 
@@ -65,12 +66,33 @@ class ModelSection:
     """False trains the plain softmax model (e.g. pretraining the toy teacher) with this same loop."""
     gradient_checkpointing: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("path", "architecture", "rehyat_checkpoint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"model.{name} must be a string or null, got {value!r}")
+        if self.rehyat is not None and not isinstance(self.rehyat, ReHyAtConfig):
+            raise ValueError(f"model.rehyat must be a ReHyAtConfig or null, got {self.rehyat!r}")
+        check_bool("model.convert", self.convert)
+        check_bool("model.gradient_checkpointing", self.gradient_checkpointing)
+
 
 @dataclass
 class DataSection:
     path: str = ""
     """A latent dataset folder (:mod:`rehyat.training.data`)."""
     micro_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.path, str):
+            raise ValueError(f"data.path must be a string, got {self.path!r}")
+        check_int("data.micro_batch_size", self.micro_batch_size, minimum=1)
 
 
 @dataclass
@@ -81,6 +103,26 @@ class OptimSection:
     eps: float = 1e-8
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this (> 0); null (None) turns clipping off."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        self.lr = check_number("optim.lr", self.lr, minimum=0.0)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        self.betas = [
+            check_number(f"optim.betas[{i}]", beta, minimum=0.0, maximum=1.0, exclusive_maximum=True)
+            for i, beta in enumerate(self.betas)
+        ]
+        self.weight_decay = check_number("optim.weight_decay", self.weight_decay, minimum=0.0)
+        self.eps = check_number("optim.eps", self.eps, minimum=0.0, exclusive_minimum=True)
+        check_int("optim.warmup_steps", self.warmup_steps, minimum=0)
+        if self.grad_clip is not None:
+            self.grad_clip = check_number("optim.grad_clip", self.grad_clip)
+            if self.grad_clip <= 0:
+                raise ValueError(f"optim.grad_clip must be > 0 or null (no clipping), got {self.grad_clip}")
 
 
 @dataclass
@@ -111,6 +153,46 @@ class FinetuneConfig:
     save: bool = True
     """Write checkpoints and the final model (off for throughput measurements)."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first option out of range (every section included).
+
+        Runs when the config is built, and again in :func:`finetune` for fields changed since."""
+        sections = (("model", ModelSection), ("data", DataSection), ("optim", OptimSection))
+        for name, section in sections:
+            value = getattr(self, name)
+            if not isinstance(value, section):
+                raise ValueError(f"{name} must be a {section.__name__}, got {value!r}")
+            value.validate()
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ValueError(f"output_dir must be a non-empty string, got {self.output_dir!r}")
+        for name in ("steps", "grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        self.flow_shift = check_number("flow_shift", self.flow_shift, minimum=0.0, exclusive_minimum=True)
+        self.prompt_dropout = check_number("prompt_dropout", self.prompt_dropout)
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        self.teacher_weight = check_number("teacher_weight", self.teacher_weight)
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValueError(f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
+        if self.ema_decay is not None:
+            self.ema_decay = check_number(
+                "ema_decay",
+                self.ema_decay,
+                minimum=0.0,
+                maximum=1.0,
+                exclusive_minimum=True,
+                exclusive_maximum=True,
+            )
+        for name, choices in (("mixed_precision", ("no", "bf16")), ("strategy", ("ddp", "fsdp"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        for name in ("resume", "save", "progress"):
+            check_bool(name, getattr(self, name))
 
 
 @dataclass
@@ -292,15 +374,10 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     """Run stage 2 as ``cfg`` says (in every process of a ``torchrun`` launch)."""
     from tqdm.auto import tqdm
 
+    cfg.validate()
     env = distributed.init_distributed()
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
-    if not 0.0 <= cfg.prompt_dropout < 1.0:
-        raise ValueError(f"prompt_dropout must be in [0, 1), got {cfg.prompt_dropout}")
-    if cfg.grad_accumulation < 1 or cfg.data.micro_batch_size < 1 or cfg.steps < 1:
-        raise ValueError("steps, grad_accumulation and data.micro_batch_size must be >= 1")
-    if not 0.0 <= cfg.teacher_weight <= 1.0:
-        raise ValueError(f"teacher_weight must be in [0, 1], got {cfg.teacher_weight}")
 
     dataset = LatentDataset(cfg.data.path)
     model = build_model(cfg.model, cfg.seed)
