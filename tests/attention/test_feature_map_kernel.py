@@ -188,6 +188,7 @@ def test_bias_partials_are_rewritten_by_every_block_size():
     """Autotuning runs configs of different BLOCK_N on one partials buffer: a program of R minimum
     blocks writes its sums to its first row and zeros to the other R - 1, so no stale row survives."""
     from rehyat.attention.kernels import feature_map_kernel
+    from rehyat.attention.kernels.layout import strides
 
     phi, ref = _maps(2, 16, 2, 2, "relu", True)
     x = torch.randn(1, 40, 2, 16, dtype=torch.float64)
@@ -204,10 +205,36 @@ def test_bias_partials_are_rewritten_by_every_block_size():
     kernel = feature_map_kernel._bwd_kernel.fn  # the kernel without the autotuner: pick BLOCK_N by hand
     for block in (32, 16, 32):  # 16 writes rows 0-2; 32 writes sums to rows 0, 2 and zeros to 1, 3
         kernel[(triton_cdiv(40, block), 2, 1)](
-            xf, gf, w1, b1, w2, b2, dx, *out, db1, db2, *xf.stride()[:3], *gf.stride()[:3], 40, 2, rows,
-            D=16, P=2, LAYERS=2, ACT=0, HAS_BIAS=True, EVEN=False, STORE=True,
-            DT=feature_map_kernel._dot_dtype(torch.float32), PREC="ieee", MIN_BLOCK_N=16, BLOCK_N=block, num_warps=1,
-        )  # fmt: skip
+            x_ptr=xf,
+            g_ptr=gf,
+            w1_ptr=w1,
+            b1_ptr=b1,
+            w2_ptr=w2,
+            b2_ptr=b2,
+            dx_ptr=dx,
+            a_ptr=out[0],
+            dh_ptr=out[1],
+            dpsi_ptr=out[2],
+            db1_ptr=db1,
+            db2_ptr=db2,
+            **strides("x", xf),
+            **strides("g", gf),
+            n_tokens=40,
+            n_heads=2,
+            max_blocks=rows,
+            D=16,
+            P=2,
+            LAYERS=2,
+            ACT=0,
+            HAS_BIAS=True,
+            EVEN=False,
+            STORE=True,
+            DT=feature_map_kernel._dot_dtype(torch.float32),
+            PREC="ieee",
+            MIN_BLOCK_N=16,
+            BLOCK_N=block,
+            num_warps=1,
+        )
         assert rel_err(db1.sum(0).cpu(), want[-2]) <= TOL and rel_err(db2.sum(0).cpu(), want[-1]) <= TOL, (
             block
         )

@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention.kernels.config import MIN_BLOCK, dot_precision, interpreting
-from rehyat.attention.kernels.state_sums import last_dim_contiguous
+from rehyat.attention.kernels.layout import last_dim_contiguous, strides
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 MAX_DEGREE = 4
@@ -119,8 +119,18 @@ def _bias(b_base, j: tl.constexpr, offs_d, D: tl.constexpr):
 
 
 @triton.jit
-def _hidden(x, w1, b1, j: tl.constexpr, offs_d, E: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-            DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+def _hidden(
+    x,
+    w1,
+    b1,
+    j: tl.constexpr,
+    offs_d,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """Pre-activation tile h_j = x W1[:, j] + b1_j (fp32)."""
     h = tl.dot(x, _tile(w1, 0, j, offs_d, E, D, DT), input_precision=PREC)
     if HAS_BIAS:
@@ -129,8 +139,21 @@ def _hidden(x, w1, b1, j: tl.constexpr, offs_d, E: tl.constexpr, D: tl.constexpr
 
 
 @triton.jit
-def _accumulate(acc0, acc1, acc2, acc3, a, w, i: tl.constexpr, offs_d, E: tl.constexpr, D: tl.constexpr,
-                P: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+def _accumulate(
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    a,
+    w,
+    i: tl.constexpr,
+    offs_d,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """acc_q += a W[i, q] for every part q < P."""
     acc0 += tl.dot(a, _tile(w, i, 0, offs_d, E, D, DT), input_precision=PREC)
     if P > 1:
@@ -143,8 +166,21 @@ def _accumulate(acc0, acc1, acc2, acc3, a, w, i: tl.constexpr, offs_d, E: tl.con
 
 
 @triton.jit
-def _prologue(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_xb, stride_xn, stride_xh, n_tokens,
-              D: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, DT: tl.constexpr):  # fmt: skip
+def _prologue(
+    x_ptr,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    stride_xb,
+    stride_xn,
+    stride_xh,
+    n_tokens,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DT: tl.constexpr,
+):
     """This program's rows, its x block [BLOCK_N, D] (dtype DT) and its head's weight and bias bases."""
     head = tl.program_id(1)
     batch = tl.program_id(2)
@@ -169,9 +205,26 @@ def _prologue(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_xb, stride_xn, strid
 
 
 @triton.jit
-def _psi(x, w1, b1, w2, b2, a_ptrs, row_valid, offs_d, E: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
-         LAYERS: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_A: tl.constexpr,
-         BLOCK_N: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+def _psi(
+    x,
+    w1,
+    b1,
+    w2,
+    b2,
+    a_ptrs,
+    row_valid,
+    offs_d,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    LAYERS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    STORE_A: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """The last layer's output ψ_0..ψ_3 (fp32, without its bias; unused parts stay zero). With two layers
     and STORE_A, the hidden activations a_j = act(h_j) are written to ``a_ptrs`` (for dW2)."""
     acc0 = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -192,8 +245,17 @@ def _psi(x, w1, b1, w2, b2, a_ptrs, row_valid, offs_d, E: tl.constexpr, D: tl.co
 
 
 @triton.jit
-def _store_power(acc, b_last, q: tl.constexpr, out_ptrs, row_valid, offs_d, D: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, EVEN: tl.constexpr):  # fmt: skip
+def _store_power(
+    acc,
+    b_last,
+    q: tl.constexpr,
+    out_ptrs,
+    row_valid,
+    offs_d,
+    D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN: tl.constexpr,
+):
     """φ_q = ψ_q^(e_q): ψ_q^(q+1), and with EVEN ψ_q^(2q+2)."""
     psi = acc
     if HAS_BIAS:
@@ -237,8 +299,25 @@ def _fwd_kernel(
         x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_xb, stride_xn, stride_xh, n_tokens, D, E, BLOCK_N, DT
     )
     acc0, acc1, acc2, acc3 = _psi(
-        x, w1, b1, w2, b2, out_ptr, row_valid, offs_d, E, D, P, LAYERS, ACT, HAS_BIAS, False, BLOCK_N, DT, PREC
-    )  # fmt: skip
+        x=x,
+        w1=w1,
+        b1=b1,
+        w2=w2,
+        b2=b2,
+        a_ptrs=out_ptr,
+        row_valid=row_valid,
+        offs_d=offs_d,
+        E=E,
+        D=D,
+        P=P,
+        LAYERS=LAYERS,
+        ACT=ACT,
+        HAS_BIAS=HAS_BIAS,
+        STORE_A=False,
+        BLOCK_N=BLOCK_N,
+        DT=DT,
+        PREC=PREC,
+    )
     b_last = b1 if LAYERS == 1 else b2
     out_ptrs = out_ptr + ((batch * n_tokens + rows[:, None]) * n_heads + head) * E + offs_d[None, :]
     _store_power(acc0, b_last, 0, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
@@ -251,9 +330,21 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _dpsi(acc, b_last, q: tl.constexpr, g_ptrs, dpsi_ptrs, db_ptrs, row_valid, offs_d, D: tl.constexpr,
-          HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, STORE: tl.constexpr,
-          DT: tl.constexpr):  # fmt: skip
+def _dpsi(
+    acc,
+    b_last,
+    q: tl.constexpr,
+    g_ptrs,
+    dpsi_ptrs,
+    db_ptrs,
+    row_valid,
+    offs_d,
+    D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN: tl.constexpr,
+    STORE: tl.constexpr,
+    DT: tl.constexpr,
+):
     """dψ_q = dφ_q · e_q · ψ_q^(e_q − 1) (zero on rows past the end): (q+1) · ψ_q^q, and with EVEN
     (2q+2) · ψ_q^(2q+1) (2ψ_0 for ψ_0²). Stores it and its column sum if asked."""
     g = tl.load(g_ptrs + q * D, mask=row_valid[:, None], other=0.0).to(tl.float32)
@@ -278,8 +369,20 @@ def _dpsi(acc, b_last, q: tl.constexpr, g_ptrs, dpsi_ptrs, db_ptrs, row_valid, o
 
 
 @triton.jit
-def _back_through(dp0, dp1, dp2, dp3, w, i: tl.constexpr, offs_d, E: tl.constexpr, D: tl.constexpr,
-                  P: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+def _back_through(
+    dp0,
+    dp1,
+    dp2,
+    dp3,
+    w,
+    i: tl.constexpr,
+    offs_d,
+    E: tl.constexpr,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """Σ_q dψ_q W[i, q]ᵀ: the gradient of the layer's input tile i (fp32)."""
     da = tl.dot(dp0, _tile_t(w, i, 0, offs_d, E, D, DT), input_precision=PREC)
     if P > 1:
@@ -347,9 +450,25 @@ def _bwd_kernel(
     )
     row_off = ((batch * n_tokens + rows[:, None]) * n_heads + head) * E + offs_d[None, :]
     acc0, acc1, acc2, acc3 = _psi(
-        x, w1, b1, w2, b2, a_ptr + row_off, row_valid, offs_d, E, D, P, LAYERS, ACT, HAS_BIAS, STORE,
-        BLOCK_N, DT, PREC,
-    )  # fmt: skip
+        x=x,
+        w1=w1,
+        b1=b1,
+        w2=w2,
+        b2=b2,
+        a_ptrs=a_ptr + row_off,
+        row_valid=row_valid,
+        offs_d=offs_d,
+        E=E,
+        D=D,
+        P=P,
+        LAYERS=LAYERS,
+        ACT=ACT,
+        HAS_BIAS=HAS_BIAS,
+        STORE_A=STORE,
+        BLOCK_N=BLOCK_N,
+        DT=DT,
+        PREC=PREC,
+    )
     g_ptrs = g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :]
     part = ((batch * max_blocks + pid * (BLOCK_N // MIN_BLOCK_N)) * n_heads + head) * E
     if LAYERS == 1:
@@ -363,24 +482,22 @@ def _bwd_kernel(
         _zero_rows(db1_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
         if LAYERS == 2:
             _zero_rows(db2_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
-    dp0 = _dpsi(
-        acc0, b_last, 0, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
-    )  # fmt: skip
+    dp0 = _dpsi(acc0, b_last, 0, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT)
     dp1 = dp0
     dp2 = dp0
     dp3 = dp0
     if P > 1:
         dp1 = _dpsi(
             acc1, b_last, 1, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
-        )  # fmt: skip
+        )
     if P > 2:
         dp2 = _dpsi(
             acc2, b_last, 2, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
-        )  # fmt: skip
+        )
     if P > 3:
         dp3 = _dpsi(
             acc3, b_last, 3, g_ptrs, dpsi_ptrs, db_last, row_valid, offs_d, D, HAS_BIAS, EVEN, STORE, DT
-        )  # fmt: skip
+        )
     if LAYERS == 1:
         dx = tl.zeros([BLOCK_N, D], dtype=tl.float32)
         for q in tl.static_range(P):
@@ -437,10 +554,24 @@ def feature_map_forward(
     w1, w2 = weights[0], weights[-1]
     b1, b2 = (biases[0], biases[-1]) if biases is not None else (w1, w2)
     _fwd_kernel[_grid(x)](
-        x, w1, b1, w2, b2, out, x.stride(0), x.stride(1), x.stride(2), n_tokens, heads,
-        D=d, P=degree, LAYERS=len(weights), ACT=ACTIVATION_CODES[activation], HAS_BIAS=biases is not None,
-        EVEN=nonnegative, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
-    )  # fmt: skip
+        x_ptr=x,
+        w1_ptr=w1,
+        b1_ptr=b1,
+        w2_ptr=w2,
+        b2_ptr=b2,
+        out_ptr=out,
+        **strides("x", x),
+        n_tokens=n_tokens,
+        n_heads=heads,
+        D=d,
+        P=degree,
+        LAYERS=len(weights),
+        ACT=ACTIVATION_CODES[activation],
+        HAS_BIAS=biases is not None,
+        EVEN=nonnegative,
+        DT=_dot_dtype(x.dtype),
+        PREC=dot_precision(x.dtype),
+    )
     return out
 
 
@@ -495,13 +626,34 @@ class PolynomialFeatureMapFunction(torch.autograd.Function):
         w1, w2 = weights[0], weights[-1]
         b1, b2 = (biases[0], biases[-1]) if has_bias else (w1, w2)
         _bwd_kernel[_grid(x)](
-            x, grad, w1, b1, w2, b2, dx, acts, dh, dpsi, db1, db2,
-            x.stride(0), x.stride(1), x.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
-            n_tokens, heads, max_blocks,
-            D=d, P=ctx.degree, LAYERS=layers, ACT=ACTIVATION_CODES[ctx.activation], HAS_BIAS=has_bias,
-            EVEN=ctx.nonnegative, STORE=want_params, DT=_dot_dtype(x.dtype), PREC=dot_precision(x.dtype),
+            x_ptr=x,
+            g_ptr=grad,
+            w1_ptr=w1,
+            b1_ptr=b1,
+            w2_ptr=w2,
+            b2_ptr=b2,
+            dx_ptr=dx,
+            a_ptr=acts,
+            dh_ptr=dh,
+            dpsi_ptr=dpsi,
+            db1_ptr=db1,
+            db2_ptr=db2,
+            **strides("x", x),
+            **strides("g", grad),
+            n_tokens=n_tokens,
+            n_heads=heads,
+            max_blocks=max_blocks,
+            D=d,
+            P=ctx.degree,
+            LAYERS=layers,
+            ACT=ACTIVATION_CODES[ctx.activation],
+            HAS_BIAS=has_bias,
+            EVEN=ctx.nonnegative,
+            STORE=want_params,
+            DT=_dot_dtype(x.dtype),
+            PREC=dot_precision(x.dtype),
             MIN_BLOCK_N=_MIN_BLOCK_N,
-        )  # fmt: skip
+        )
         grads: list[Tensor | None] = [None] * len(ctx.param_dtypes)
         if want_params:
             # Layer inputs and output gradients, [H, tokens, ·] views: dW = inputᵀ · d(output), per head.

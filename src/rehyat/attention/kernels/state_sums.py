@@ -16,11 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention.kernels.config import dot_precision, segment_config
-
-
-def last_dim_contiguous(x: Tensor) -> Tensor:
-    """x itself if its last dim has unit stride (the kernels read rows in place), else a contiguous copy."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+from rehyat.attention.kernels.layout import last_dim_contiguous, strides
 
 
 @triton.jit
@@ -164,22 +160,18 @@ def segment_sums(
     cfg = segment_config(head_dim, feat, a.device)
     grid = (n_segs, batch * heads, feat // cfg.block_e)
     _segment_sums_kernel[grid](
-        a,
-        b,
-        a if wb is None else wb,
-        a if wz is None else wz,
-        kv,
-        z,
-        a.stride(0),
-        a.stride(1),
-        a.stride(2),
-        b.stride(0),
-        b.stride(1),
-        b.stride(2),
-        n_tokens,
-        seg_len,
-        heads,
-        n_segs,
+        a_ptr=a,
+        b_ptr=b,
+        wb_ptr=a if wb is None else wb,
+        wz_ptr=a if wz is None else wz,
+        kv_ptr=kv,
+        z_ptr=z,
+        **strides("a", a),
+        **strides("b", b),
+        n_tokens=n_tokens,
+        seg_len=seg_len,
+        n_heads=heads,
+        n_segs=n_segs,
         E=feat,
         D=head_dim,
         BLOCK_T=cfg.block_t,
@@ -205,23 +197,19 @@ def segment_apply(a: Tensor, b: Tensor, dkv: Tensor, dz: Tensor, seg_len: int) -
     blocks_per_seg = -(-seg_len // cfg.block_t)
     grid = (n_segs * blocks_per_seg, batch * heads)
     _segment_apply_kernel[grid](
-        a,
-        b,
-        dkv.contiguous(),
-        dz.contiguous(),
-        da,
-        db,
-        a.stride(0),
-        a.stride(1),
-        a.stride(2),
-        b.stride(0),
-        b.stride(1),
-        b.stride(2),
-        n_tokens,
-        seg_len,
-        heads,
-        n_segs,
-        blocks_per_seg,
+        a_ptr=a,
+        b_ptr=b,
+        dkv_ptr=dkv.contiguous(),
+        dz_ptr=dz.contiguous(),
+        da_ptr=da,
+        db_ptr=db,
+        **strides("a", a),
+        **strides("b", b),
+        n_tokens=n_tokens,
+        seg_len=seg_len,
+        n_heads=heads,
+        n_segs=n_segs,
+        blocks_per_seg=blocks_per_seg,
         E=feat,
         D=head_dim,
         BLOCK_T=cfg.block_t,
@@ -355,22 +343,22 @@ def retire_sums(
     kept_z = z.new_empty(batch, n_kept, heads, feat)
     grid = (batch * heads, feat // RETIRE_ROWS)
     _retire_kernel[grid](
-        parts_kv.contiguous(),
-        parts_z.contiguous(),
-        kv,
-        z,
-        pending_kv,
-        pending_z,
-        kv_out,
-        z_out,
-        kept_kv,
-        kept_z,
-        heads,
-        n_pending,
-        from_pending,
-        n_frames,
-        leaving - from_pending,
-        splits,
+        parts_kv_ptr=parts_kv.contiguous(),
+        parts_z_ptr=parts_z.contiguous(),
+        kv_ptr=kv,
+        z_ptr=z,
+        pending_kv_ptr=pending_kv,
+        pending_z_ptr=pending_z,
+        kv_out_ptr=kv_out,
+        z_out_ptr=z_out,
+        kept_kv_ptr=kept_kv,
+        kept_z_ptr=kept_z,
+        n_heads=heads,
+        n_pending=n_pending,
+        from_pending=from_pending,
+        n_frames=n_frames,
+        from_new=leaving - from_pending,
+        splits=splits,
         E=feat,
         D=head_dim,
         ROWS=RETIRE_ROWS,

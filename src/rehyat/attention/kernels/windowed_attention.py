@@ -33,7 +33,8 @@ from torch import Tensor
 
 from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
 from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
-from rehyat.attention.kernels.state_sums import last_dim_contiguous, segment_sums
+from rehyat.attention.kernels.layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.state_sums import segment_sums
 
 LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
@@ -113,14 +114,25 @@ def _fwd_range(
 ):
     """Keys [lo, hi) of one source: its whole blocks unmasked, then the masked tail."""
     full = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, full, offs_n, offs_d, qk_scale,
-        False, BLOCK_N, PREC,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, full, hi, offs_n, offs_d, qk_scale,
-        True, BLOCK_N, PREC,
-    )  # fmt: skip
+    for masked in tl.static_range(2):  # the whole blocks, then the masked tail
+        acc, l_i, m_i = _fwd_inner(
+            acc=acc,
+            l_i=l_i,
+            m_i=m_i,
+            q=q,
+            k_base=k_base,
+            v_base=v_base,
+            stride_kn=stride_kn,
+            stride_vn=stride_vn,
+            lo=full if masked else lo,
+            hi=hi if masked else full,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            qk_scale=qk_scale,
+            MASK=masked == 1,
+            BLOCK_N=BLOCK_N,
+            PREC=PREC,
+        )
     return acc, l_i, m_i
 
 
@@ -209,17 +221,43 @@ def _fwd_kernel(
         pv_base = pv_ptr + batch * stride_pvb + head * stride_pvh
         prefix_hi = tl.maximum(tl.minimum(key_hi, n_prefix), key_lo)
         acc, l_i, m_i = _fwd_range(
-            acc, l_i, m_i, q, pk_base, pv_base, stride_pkn, stride_pvn, key_lo, prefix_hi, offs_n,
-            offs_d, qk_scale, BLOCK_N, PREC,
-        )  # fmt: skip
+            acc=acc,
+            l_i=l_i,
+            m_i=m_i,
+            q=q,
+            k_base=pk_base,
+            v_base=pv_base,
+            stride_kn=stride_pkn,
+            stride_vn=stride_pvn,
+            lo=key_lo,
+            hi=prefix_hi,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            qk_scale=qk_scale,
+            BLOCK_N=BLOCK_N,
+            PREC=PREC,
+        )
         key_lo = tl.maximum(key_lo - n_prefix, 0)
         key_hi = tl.maximum(key_hi - n_prefix, key_lo)
     k_base = k_ptr + batch * stride_kb + head * stride_kh
     v_base = v_ptr + batch * stride_vb + head * stride_vh
     acc, l_i, m_i = _fwd_range(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, key_lo, key_hi, offs_n, offs_d,
-        qk_scale, BLOCK_N, PREC,
-    )  # fmt: skip
+        acc=acc,
+        l_i=l_i,
+        m_i=m_i,
+        q=q,
+        k_base=k_base,
+        v_base=v_base,
+        stride_kn=stride_kn,
+        stride_vn=stride_vn,
+        lo=key_lo,
+        hi=key_hi,
+        offs_n=offs_n,
+        offs_d=offs_d,
+        qk_scale=qk_scale,
+        BLOCK_N=BLOCK_N,
+        PREC=PREC,
+    )
 
     if SPLITS > 1:
         # Unnormalised softmax partials; _combine_kernel merges them and adds the linear part (there,
@@ -233,20 +271,70 @@ def _fwd_kernel(
         n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
         if HAS_LINEAR:
             num_lin, n_lin = _linear_part(
-                rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn,
-                stride_fh, n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
-            )  # fmt: skip
+                rows,
+                row_valid,
+                batch,
+                head,
+                chunk,
+                fq_ptr,
+                kv_ptr,
+                z_ptr,
+                stride_fb,
+                stride_fn,
+                stride_fh,
+                n_heads,
+                n_chunks,
+                D,
+                E,
+                BLOCK_M,
+                BLOCK_E,
+                PREC,
+            )
             num += num_lin
-        _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh,
-                m_ptr, l_ptr, nl_ptr, n_q, eps, D)  # fmt: skip
+        _finish(
+            num,
+            l_i,
+            m_i,
+            n_lin,
+            rows,
+            row_valid,
+            batch,
+            head,
+            bh,
+            o_ptr,
+            stride_ob,
+            stride_on,
+            stride_oh,
+            m_ptr,
+            l_ptr,
+            nl_ptr,
+            n_q,
+            eps,
+            D,
+        )
 
 
 @triton.jit
 def _linear_part(
-    rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh, n_heads,
-    n_chunks, D: tl.constexpr, E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+    rows,
+    row_valid,
+    batch,
+    head,
+    chunk,
+    fq_ptr,
+    kv_ptr,
+    z_ptr,
+    stride_fb,
+    stride_fn,
+    stride_fh,
+    n_heads,
+    n_chunks,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_E: tl.constexpr,
     PREC: tl.constexpr,
-):  # fmt: skip
+):
     """(φq·KV_t [BLOCK_M, D], nL = φq·z_t [BLOCK_M]) of one query block, fp32."""
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, BLOCK_E)
@@ -265,9 +353,26 @@ def _linear_part(
 
 @triton.jit
 def _finish(
-    num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh, m_ptr, l_ptr,
-    nl_ptr, n_q, eps, D: tl.constexpr,
-):  # fmt: skip
+    num,
+    l_i,
+    m_i,
+    n_lin,
+    rows,
+    row_valid,
+    batch,
+    head,
+    bh,
+    o_ptr,
+    stride_ob,
+    stride_on,
+    stride_oh,
+    m_ptr,
+    l_ptr,
+    nl_ptr,
+    n_q,
+    eps,
+    D: tl.constexpr,
+):
     """y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL."""
     offs_d = tl.arange(0, D)
     den = tl.maximum(l_i + n_lin, eps * l_i)
@@ -283,11 +388,36 @@ def _finish(
 
 @triton.jit
 def _combine_kernel(
-    part_acc_ptr, part_m_ptr, part_l_ptr, fq_ptr, kv_ptr, z_ptr, o_ptr, m_ptr, l_ptr, nl_ptr, stride_fb,
-    stride_fn, stride_fh, stride_ob, stride_on, stride_oh, n_heads, n_q, chunk_len, blocks_per_chunk, n_chunks, eps, D: tl.constexpr,
-    E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, HAS_LINEAR: tl.constexpr,
-    SPLITS: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    fq_ptr,
+    kv_ptr,
+    z_ptr,
+    o_ptr,
+    m_ptr,
+    l_ptr,
+    nl_ptr,
+    stride_fb,
+    stride_fn,
+    stride_fh,
+    stride_ob,
+    stride_on,
+    stride_oh,
+    n_heads,
+    n_q,
+    chunk_len,
+    blocks_per_chunk,
+    n_chunks,
+    eps,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
+    SPLITS: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """Merge the key splits of one query block (rescaled to the common row max), add the linear part
     and normalise."""
     bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
@@ -308,12 +438,47 @@ def _combine_kernel(
     n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_LINEAR:
         num_lin, n_lin = _linear_part(
-            rows, row_valid, batch, head, chunk, fq_ptr, kv_ptr, z_ptr, stride_fb, stride_fn, stride_fh,
-            n_heads, n_chunks, D, E, BLOCK_M, BLOCK_E, PREC,
-        )  # fmt: skip
+            rows,
+            row_valid,
+            batch,
+            head,
+            chunk,
+            fq_ptr,
+            kv_ptr,
+            z_ptr,
+            stride_fb,
+            stride_fn,
+            stride_fh,
+            n_heads,
+            n_chunks,
+            D,
+            E,
+            BLOCK_M,
+            BLOCK_E,
+            PREC,
+        )
         num += num_lin
-    _finish(num, l_i, m_i, n_lin, rows, row_valid, batch, head, bh, o_ptr, stride_ob, stride_on, stride_oh, m_ptr,
-            l_ptr, nl_ptr, n_q, eps, D)  # fmt: skip
+    _finish(
+        num,
+        l_i,
+        m_i,
+        n_lin,
+        rows,
+        row_valid,
+        batch,
+        head,
+        bh,
+        o_ptr,
+        stride_ob,
+        stride_on,
+        stride_oh,
+        m_ptr,
+        l_ptr,
+        nl_ptr,
+        n_q,
+        eps,
+        D,
+    )
 
 
 @triton.jit
@@ -488,14 +653,30 @@ def _bwd_dq_kernel(
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     best = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
-    dq, row_sum, best, best_idx = _bwd_dq_inner(
-        dq, row_sum, best, best_idx, q, gn, m, dns, k_base, v_base, stride_kn, stride_vn, key_lo,
-        key_full, offs_n, offs_d, qk_scale, False, HAS_LINEAR, BLOCK_N, PREC,
-    )  # fmt: skip
-    dq, row_sum, best, best_idx = _bwd_dq_inner(
-        dq, row_sum, best, best_idx, q, gn, m, dns, k_base, v_base, stride_kn, stride_vn, key_full,
-        key_hi, offs_n, offs_d, qk_scale, True, HAS_LINEAR, BLOCK_N, PREC,
-    )  # fmt: skip
+    for masked in tl.static_range(2):  # the window's whole key blocks, then its masked tail
+        dq, row_sum, best, best_idx = _bwd_dq_inner(
+            dq=dq,
+            row_sum=row_sum,
+            best=best,
+            best_idx=best_idx,
+            q=q,
+            gn=gn,
+            m=m,
+            dns=dns,
+            k_base=k_base,
+            v_base=v_base,
+            stride_kn=stride_kn,
+            stride_vn=stride_vn,
+            lo=key_full if masked else key_lo,
+            hi=key_hi if masked else key_full,
+            offs_n=offs_n,
+            offs_d=offs_d,
+            qk_scale=qk_scale,
+            MASK=masked == 1,
+            HAS_LINEAR=HAS_LINEAR,
+            BLOCK_N=BLOCK_N,
+            PREC=PREC,
+        )
 
     if HAS_LINEAR:
         # The row-max term: ∂L/∂c_i = −Σ_j ds_ij lands on the argmax key.
@@ -630,10 +811,6 @@ def _grid_rows(n_q: int, chunk_len: int, block_m: int) -> tuple[int, int, int]:
     return blocks_per_chunk, n_chunks, (n_chunks - 1) * blocks_per_chunk + -(-last_len // block_m)
 
 
-def _strides(x: Tensor) -> tuple[int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def _prepared(
     q: Tensor, k: Tensor, v: Tensor, fq: Tensor | None, kv: Tensor | None, z: Tensor | None
 ) -> tuple[Tensor, ...]:
@@ -698,23 +875,82 @@ def _launch_forward(
     block_e = feature_block(feat) if has_linear else 16
     fq, kv, z = (fq, kv, z) if has_linear else (q, q, q)
     _fwd_kernel[(n_programs, batch * heads, splits)](
-        q, k, v, pk, pv, fq, kv, z, out, m, l_soft, n_lin, part_acc, part_m, part_l,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(pk), *_strides(pv),
-        *_strides(fq), *_strides(out),
-        heads, n_q, n_k, n_prefix, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
-        scale * LOG2E, DENOMINATOR_EPS,
-        D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_E=block_e,
-        HAS_LINEAR=has_linear, HAS_PREFIX=prefix is not None, SPLITS=splits, PREC=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+        q_ptr=q,
+        k_ptr=k,
+        v_ptr=v,
+        pk_ptr=pk,
+        pv_ptr=pv,
+        fq_ptr=fq,
+        kv_ptr=kv,
+        z_ptr=z,
+        o_ptr=out,
+        m_ptr=m,
+        l_ptr=l_soft,
+        nl_ptr=n_lin,
+        part_acc_ptr=part_acc,
+        part_m_ptr=part_m,
+        part_l_ptr=part_l,
+        **strides("q", q),
+        **strides("k", k),
+        **strides("v", v),
+        **strides("pk", pk),
+        **strides("pv", pv),
+        **strides("f", fq),
+        **strides("o", out),
+        n_heads=heads,
+        n_q=n_q,
+        n_k=n_k,
+        n_prefix=n_prefix,
+        chunk_len=chunk_len,
+        overlap_len=overlap_len,
+        key_offset=key_offset,
+        blocks_per_chunk=blocks_per_chunk,
+        n_chunks=n_chunks,
+        qk_scale=scale * LOG2E,
+        eps=DENOMINATOR_EPS,
+        D=head_dim,
+        E=feat,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_E=block_e,
+        HAS_LINEAR=has_linear,
+        HAS_PREFIX=prefix is not None,
+        SPLITS=splits,
+        PREC=dot_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     if splits > 1:
         block_m = min(COMBINE_BLOCK_M, cfg.block_m)
         blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_len, block_m)
         _combine_kernel[(n_programs, batch * heads)](
-            part_acc, part_m, part_l, fq, kv, z, out, m, l_soft, n_lin, *_strides(fq), *_strides(out), heads, n_q,
-            chunk_len, blocks_per_chunk, n_chunks, DENOMINATOR_EPS, D=head_dim, E=feat, BLOCK_M=block_m, BLOCK_E=block_e,
-            HAS_LINEAR=has_linear, SPLITS=splits, PREC=dot_precision(q.dtype), num_warps=COMBINE_WARPS,
-        )  # fmt: skip
+            part_acc_ptr=part_acc,
+            part_m_ptr=part_m,
+            part_l_ptr=part_l,
+            fq_ptr=fq,
+            kv_ptr=kv,
+            z_ptr=z,
+            o_ptr=out,
+            m_ptr=m,
+            l_ptr=l_soft,
+            nl_ptr=n_lin,
+            **strides("f", fq),
+            **strides("o", out),
+            n_heads=heads,
+            n_q=n_q,
+            chunk_len=chunk_len,
+            blocks_per_chunk=blocks_per_chunk,
+            n_chunks=n_chunks,
+            eps=DENOMINATOR_EPS,
+            D=head_dim,
+            E=feat,
+            BLOCK_M=block_m,
+            BLOCK_E=block_e,
+            HAS_LINEAR=has_linear,
+            SPLITS=splits,
+            PREC=dot_precision(q.dtype),
+            num_warps=COMBINE_WARPS,
+        )
     if stats is not None:
         stats.total_rows += m.numel()
         stats.guarded_rows += int((l_soft + n_lin < DENOMINATOR_EPS * l_soft).sum())
@@ -805,9 +1041,20 @@ class WindowedHybridAttention(torch.autograd.Function):
         rden, dns, dnl = (torch.empty_like(m) for _ in range(3))
         block = 64 if q.is_cuda else 16
         _bwd_preprocess_kernel[(-(-n_q // block), batch * heads)](
-            out, g, l_soft, n_lin, rden, dns, dnl, *_strides(g), heads, n_q, DENOMINATOR_EPS,
-            D=head_dim, BLOCK_M=block,
-        )  # fmt: skip
+            o_ptr=out,
+            g_ptr=g,
+            l_ptr=l_soft,
+            nl_ptr=n_lin,
+            rden_ptr=rden,
+            dns_ptr=dns,
+            dnl_ptr=dnl,
+            **strides("g", g),
+            n_heads=heads,
+            n_q=n_q,
+            eps=DENOMINATOR_EPS,
+            D=head_dim,
+            BLOCK_M=block,
+        )
 
         dq = torch.empty_like(q)
         dfq = torch.empty_like(fq) if has_linear else None
@@ -815,26 +1062,78 @@ class WindowedHybridAttention(torch.autograd.Function):
         cfg = attention_config("bwd_dq", head_dim, q.dtype, q.device)
         blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
         _bwd_dq_kernel[(n_programs, batch * heads)](
-            q, k, v, g,
-            kv if has_linear else q, z if has_linear else q,
-            m, rden, dns, dnl, dq, dfq if has_linear else q, dk_extra,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(g),
-            heads, n_q, n_k, chunk_len, overlap_len, key_offset, blocks_per_chunk, n_chunks,
-            scale, scale * LOG2E,
-            D=head_dim, E=feat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_E=feature_block(feat) if has_linear else 16, HAS_LINEAR=has_linear, PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
+            q_ptr=q,
+            k_ptr=k,
+            v_ptr=v,
+            g_ptr=g,
+            kv_ptr=kv if has_linear else q,
+            z_ptr=z if has_linear else q,
+            m_ptr=m,
+            rden_ptr=rden,
+            dns_ptr=dns,
+            dnl_ptr=dnl,
+            dq_ptr=dq,
+            dfq_ptr=dfq if has_linear else q,
+            dk_extra_ptr=dk_extra,
+            **strides("q", q),
+            **strides("k", k),
+            **strides("v", v),
+            **strides("g", g),
+            n_heads=heads,
+            n_q=n_q,
+            n_k=n_k,
+            chunk_len=chunk_len,
+            overlap_len=overlap_len,
+            key_offset=key_offset,
+            blocks_per_chunk=blocks_per_chunk,
+            n_chunks=n_chunks,
+            scale=scale,
+            qk_scale=scale * LOG2E,
+            D=head_dim,
+            E=feat,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_E=feature_block(feat) if has_linear else 16,
+            HAS_LINEAR=has_linear,
+            PREC=prec,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
 
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         cfg = attention_config("bwd_dkdv", head_dim, q.dtype, q.device)
         _bwd_dkdv_kernel[(-(-n_k // cfg.block_n), batch * heads)](
-            q, k, v, g, m, rden, dns, dk, dv, dk_extra,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(g),
-            heads, n_q, n_k, chunk_len, overlap_len, key_offset, n_chunks, scale, scale * LOG2E,
-            D=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_EXTRA=has_linear, PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
+            q_ptr=q,
+            k_ptr=k,
+            v_ptr=v,
+            g_ptr=g,
+            m_ptr=m,
+            rden_ptr=rden,
+            dns_ptr=dns,
+            dk_ptr=dk,
+            dv_ptr=dv,
+            dk_extra_ptr=dk_extra,
+            **strides("q", q),
+            **strides("k", k),
+            **strides("v", v),
+            **strides("g", g),
+            n_heads=heads,
+            n_q=n_q,
+            n_k=n_k,
+            chunk_len=chunk_len,
+            overlap_len=overlap_len,
+            key_offset=key_offset,
+            n_chunks=n_chunks,
+            scale=scale,
+            qk_scale=scale * LOG2E,
+            D=head_dim,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            HAS_EXTRA=has_linear,
+            PREC=prec,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
 
         dkv = dz = None
         if has_linear and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
