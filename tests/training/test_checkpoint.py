@@ -8,6 +8,7 @@ import torch
 from rehyat.training import checkpoint as ckpt
 from rehyat.training.checkpoint import (
     CheckpointError,
+    NonFiniteError,
     check_model_state,
     latest_checkpoint,
     load_checkpoint,
@@ -101,3 +102,33 @@ def test_damaged_and_mismatched_checkpoints_raise(tmp_path):
     with pytest.raises(CheckpointError, match=r"state\.json is missing"):
         load_checkpoint(path)
     assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def damage_data_behind_header(file):
+    """Overwrite a safetensors file's tensor bytes with 0xFF (NaN in every float), keeping its header intact."""
+    data = bytearray(file.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    file.write_bytes(bytes(data))
+
+
+def test_non_finite_tensors_are_never_saved_and_never_loaded(tmp_path):
+    model, optimizer = _setup()
+    _train(model, optimizer, 1)
+    save_checkpoint(tmp_path, 1, model.state_dict(), optimizer, keep=1)
+    broken = {k: v.clone() for k, v in model.state_dict().items()}
+    broken["2.bias"][0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"step 2: model tensor 2\.bias holds non-finite values"):
+        save_checkpoint(tmp_path, 2, broken, optimizer, keep=1)
+    with pytest.raises(NonFiniteError, match=r"extra 'ema' tensor 2\.bias"):
+        save_checkpoint(tmp_path, 2, model.state_dict(), optimizer, keep=1, extra={"ema": broken})
+    optimizer.state[optimizer.param_groups[0]["params"][0]]["exp_avg_sq"][0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"optimizer tensor 0\.exp_avg_sq"):
+        save_checkpoint(tmp_path, 2, model.state_dict(), optimizer, keep=1)
+    # Nothing was written and keep=1 rotated nothing out: the finite checkpoint is still the latest.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001"]
+    assert load_checkpoint(latest_checkpoint(tmp_path)).step == 1
+
+    damage_data_behind_header(tmp_path / "step-00000001" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"step-00000001: model\.safetensors holds non-finite values"):
+        load_checkpoint(tmp_path / "step-00000001")

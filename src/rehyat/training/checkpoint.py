@@ -8,6 +8,11 @@ extra tensor set (EMA weights, say). The optimizer state may be keyed by paramet
 own ``state_dict()``) or by parameter name (``torch.distributed.checkpoint.state_dict``). It is first written to a hidden temporary
 folder beside it, then renamed into place, and only then does the ``latest`` file (itself replaced
 atomically) point at it: a run killed at any moment leaves the previous checkpoint intact and loadable.
+
+Only finite states are checkpointed: :func:`save_checkpoint` refuses a NaN or inf in any weight,
+optimizer or extra tensor (:class:`NonFiniteError`, before anything is written or rotated out), and
+:func:`load_checkpoint` reports one (data bytes damaged behind an intact header, say) as a
+:class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "stat
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, or does not match what is loading it."""
+    """A checkpoint is missing, truncated, holds non-finite values, or does not match what is loading it."""
+
+
+class NonFiniteError(ValueError):
+    """A loss, gradient or tensor to be saved is NaN or infinite: training stops rather than spread it."""
+
+
+def first_nonfinite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or inf, or None when all are finite."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
 
 
 @dataclass
@@ -92,18 +109,27 @@ def save_checkpoint(
     """Write ``directory/step-<step>/`` atomically, point ``directory/latest`` at it, keep the newest ``keep``.
 
     ``optimizer`` is an optimizer or its state dict; ``extra`` maps names to further tensor sets.
+    A NaN or inf in any of them raises :class:`NonFiniteError` before anything is written.
     """
     directory = Path(directory)
+    optimizer_meta = None
+    optimizer_tensors: dict[str, Tensor] = {}
+    if optimizer is not None:
+        state_dict = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        optimizer_tensors, optimizer_meta = _flatten_optimizer(state_dict)
+    parts = [("model", model_state), ("optimizer", optimizer_tensors)]
+    for where, tensors in [*parts, *((f"extra {name!r}", t) for name, t in (extra or {}).items())]:
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            raise NonFiniteError(
+                f"refusing to save checkpoint step {step}: {where} tensor {bad} holds non-finite values "
+                f"(NaN or inf); the checkpoints in {directory} are left as they are"
+            )
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / _FILES[0])
-        optimizer_meta = None
-        optimizer_tensors: dict[str, Tensor] = {}
-        if optimizer is not None:
-            state_dict = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-            optimizer_tensors, optimizer_meta = _flatten_optimizer(state_dict)
         save_file(optimizer_tensors, staging / _FILES[1])
         save_file(_rng_state(), staging / _FILES[2])
         for name, tensors in (extra or {}).items():
@@ -148,7 +174,8 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint folder; any missing or damaged file raises :class:`CheckpointError`."""
+    """Read a checkpoint folder; any missing or damaged file, or a NaN or inf in a weight, optimizer or
+    extra tensor, raises :class:`CheckpointError` naming the file."""
     path = Path(path)
     for name in _FILES:
         if not (path / name).is_file():
@@ -167,6 +194,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             tensors[name] = load_file(path / name)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"checkpoint {path}: {name} is damaged or truncated ({error})") from error
+        bad = first_nonfinite(tensors[name])
+        if bad is not None:
+            raise CheckpointError(
+                f"checkpoint {path}: {name} holds non-finite values (tensor {bad}): its data is damaged, "
+                "or it was written by a run that diverged"
+            )
     optimizer = None
     if state["optimizer"] is not None:
         optimizer = _unflatten_optimizer(tensors[_FILES[1]], state["optimizer"])

@@ -101,6 +101,16 @@ def mean_over_ranks(value: Tensor) -> float:
     return float(value)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (collective; a plain bool with one process)."""
+    if not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    value = torch.tensor(int(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

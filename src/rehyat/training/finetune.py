@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat, rehyat_runtime
 from rehyat.training import distributed
 from rehyat.training.checkpoint import (
     CheckpointError,
+    NonFiniteError,
     check_model_state,
     latest_checkpoint,
     load_checkpoint,
@@ -153,6 +155,9 @@ class FinetuneConfig:
     save: bool = True
     """Write checkpoints and the final model (off for throughput measurements)."""
     progress: bool = True
+    max_nonfinite_steps: int = 0
+    """How many steps with a non-finite loss or gradient norm a run may skip (no optimizer or EMA update,
+    counted in ``metrics.jsonl``) before it stops with :class:`NonFiniteError`; 0 stops at the first."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -172,6 +177,7 @@ class FinetuneConfig:
         for name in ("steps", "grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        check_int("max_nonfinite_steps", self.max_nonfinite_steps, minimum=0)
         self.flow_shift = check_number("flow_shift", self.flow_shift, minimum=0.0, exclusive_minimum=True)
         self.prompt_dropout = check_number("prompt_dropout", self.prompt_dropout)
         if not 0.0 <= self.prompt_dropout < 1.0:
@@ -347,8 +353,11 @@ def _learning_rate(cfg: FinetuneConfig, step: int) -> float:
     return cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
 
 
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None) -> int:
-    """Load a training checkpoint into model, optimizer and EMA; return its step. Validates first."""
+def _resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
+) -> tuple[int, dict[str, Any]]:
+    """Load a training checkpoint into model, optimizer and EMA; return its step and metadata. Validates
+    first."""
     checkpoint = load_checkpoint(path)
     check_model_state(checkpoint, distributed.unwrap(model).state_dict())
     ours = _rehyat_config(model)
@@ -367,7 +376,38 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema:
     distributed.load_full_state(model, optimizer, checkpoint.model, checkpoint.optimizer)
     if ema is not None:
         ema.load_state_dict(checkpoint.extra["ema"])
-    return checkpoint.step
+    return checkpoint.step, checkpoint.metadata
+
+
+def _non_finite_step(
+    cfg: FinetuneConfig,
+    env: distributed.DistEnv,
+    step: int,
+    loss: float,
+    grad_norm: float,
+    count: int,
+    micro_losses: list[tuple[list[int], Tensor]],
+    checkpoints: Path,
+) -> None:
+    """Warn about a skipped step, or raise :class:`NonFiniteError` once ``count`` passes the limit."""
+    culprits = [i for indices, value in micro_losses if not torch.isfinite(value) for i in indices]
+    where = f"; samples {culprits} of rank {env.rank} gave a non-finite loss" if culprits else ""
+    what = f"step {step}: the loss is {loss} and the gradient norm {grad_norm}{where}"
+    if count <= cfg.max_nonfinite_steps:
+        if env.is_main:
+            warnings.warn(
+                f"{what}: skipped (no optimizer update); {count} of max_nonfinite_steps="
+                f"{cfg.max_nonfinite_steps} non-finite steps",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return
+    latest = latest_checkpoint(checkpoints) if cfg.save else None
+    raise NonFiniteError(
+        f"{what}. Stopped at {count} non-finite step{'s' if count > 1 else ''}, more than "
+        f"max_nonfinite_steps={cfg.max_nonfinite_steps}, before the optimizer step: nothing non-finite "
+        f"was saved, and the last checkpoint is {latest.name if latest else 'none'}"
+    )
 
 
 def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> FinetuneResult:
@@ -396,14 +436,15 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     teacher = build_teacher(cfg, env.device) if cfg.teacher_weight > 0 else None
     rehyat_config = _rehyat_config(model)
 
-    start = 0
+    start = nonfinite = 0
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         if not cfg.resume:
             raise ValueError(
                 f"{checkpoints} already holds checkpoints: set resume=true or another output_dir"
             )
-        start = _resume(latest, model, optimizer, ema)
+        start, metadata = _resume(latest, model, optimizer, ema)
+        nonfinite = metadata.get("nonfinite_steps", 0)
     logger = None
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -421,61 +462,103 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     progress = tqdm(
         total=cfg.steps, initial=start, disable=not (env.is_main and cfg.progress), desc="finetune"
     )
-    for step in range(start, cfg.steps):
-        tic = time.perf_counter()
-        lr = _learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    try:
+        for step in range(start, cfg.steps):
+            tic = time.perf_counter()
+            lr = _learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        loss_sum = torch.zeros((), device=env.device)
-        for micro in range(cfg.grad_accumulation):
-            indices = order.indices(step, micro, env.rank)
-            samples_seen += indices
-            latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
-            generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
-            if cfg.prompt_dropout > 0:
-                prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
-            with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
-                with autocast:
-                    loss = flow_matching_loss(
-                        model, latents, prompt_embeds, generator, cfg.flow_shift, teacher, cfg.teacher_weight
-                    )
-                (loss / cfg.grad_accumulation).backward()
-            loss_sum += loss.detach()
+            loss_sum = torch.zeros((), device=env.device)
+            micro_losses = []
+            for micro in range(cfg.grad_accumulation):
+                indices = order.indices(step, micro, env.rank)
+                samples_seen += indices
+                latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
+                generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
+                if cfg.prompt_dropout > 0:
+                    prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
+                with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
+                    with autocast:
+                        loss = flow_matching_loss(
+                            model,
+                            latents,
+                            prompt_embeds,
+                            generator,
+                            cfg.flow_shift,
+                            teacher,
+                            cfg.teacher_weight,
+                        )
+                    (loss / cfg.grad_accumulation).backward()
+                loss_sum += loss.detach()
+                micro_losses.append((indices, loss.detach()))
 
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(distributed.unwrap(model))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.optim.grad_clip or math.inf
+            )  # None: no clip
+            # Both are the same on every rank (mean loss, norm of the synchronised gradients), so every
+            # rank takes the same decision.
+            loss_value = distributed.mean_over_ranks(loss_sum / cfg.grad_accumulation)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if finite and ema is not None:
+                ema.update(distributed.unwrap(model))
+            nonfinite += not finite
 
-        loss_value = distributed.mean_over_ranks(loss_sum / cfg.grad_accumulation)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        throughput = samples_per_step / (time.perf_counter() - tic)
-        done = step + 1
-        progress.update()
-        progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
-        if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps):
-            memory = (
-                {"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if env.device.type == "cuda" else {}
-            )
-            logger.log(done, loss=loss_value, lr=lr, grad_norm=grad_norm, samples_per_s=throughput, **memory)
-
-        if cfg.save and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            model_state, optim_state = distributed.full_state(model, optimizer)
-            extra = {"ema": ema.state_dict()} if ema is not None else {}  # collective under FSDP
-            if env.is_main:
-                metadata = {"world_size": env.world, "rehyat": rehyat_config, "config": config_to_dict(cfg)}
-                save_checkpoint(
-                    checkpoints, done, model_state, optim_state, metadata, cfg.keep_checkpoints, extra
+            throughput = samples_per_step / (time.perf_counter() - tic)
+            done = step + 1
+            progress.update()
+            progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
+            if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or not finite):
+                memory = (
+                    {"peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+                    if env.device.type == "cuda"
+                    else {}
                 )
-            distributed.barrier()
-        if kill_after_steps is not None and done == kill_after_steps:
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die as a killed job would
-    progress.close()
+                skipped = {} if finite else {"skipped": "non-finite"}
+                logger.log(
+                    done,
+                    loss=loss_value,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    samples_per_s=throughput,
+                    nonfinite_steps=nonfinite,
+                    **skipped,
+                    **memory,
+                )
+            if not finite:
+                _non_finite_step(cfg, env, done, loss_value, grad_norm, nonfinite, micro_losses, checkpoints)
 
-    if env.is_main:
-        logger.close()
+            if cfg.save and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                model_state, optim_state = distributed.full_state(model, optimizer)
+                extra = {"ema": ema.state_dict()} if ema is not None else {}  # collective under FSDP
+                refused = None
+                if env.is_main:
+                    metadata = {
+                        "world_size": env.world,
+                        "rehyat": rehyat_config,
+                        "config": config_to_dict(cfg),
+                        "nonfinite_steps": nonfinite,
+                    }
+                    try:
+                        save_checkpoint(
+                            checkpoints, done, model_state, optim_state, metadata, cfg.keep_checkpoints, extra
+                        )
+                    except NonFiniteError as error:  # finite loss and gradients, yet the update overflowed
+                        refused = error
+                if distributed.any_rank(refused is not None):
+                    raise refused or NonFiniteError(f"step {done}: rank 0 refused to save non-finite weights")
+                distributed.barrier()
+            if kill_after_steps is not None and done == kill_after_steps:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die as a killed job would
+    finally:
+        progress.close()
+        if logger is not None:
+            logger.close()
+
     if env.is_main and cfg.save:
         final = load_checkpoint(latest_checkpoint(checkpoints))
         save_final_weights(cfg.model, cfg.seed, final.model, out / "final")
