@@ -200,3 +200,53 @@ def test_text_prompts_go_through_the_folders_text_encoder(tmp_path):
     report = run_distillation(config)
     assert sorted(report["ranking"]) == [0, 1]
     assert report["blocks"][0]["captures_heldout"] == 2  # the second prompt, both CFG branches
+
+
+def _small_run(tmp_path, folder, prompts) -> DistillConfig:
+    return DistillConfig(
+        model=str(folder),
+        prompts=str(prompts),
+        out=str(tmp_path / "run"),
+        dtype="fp32",
+        device="cpu",
+        num_inference_steps=2,
+        capture_steps=[0],
+        variants=["rehyat", "local"],
+        **VIDEO,
+    )
+
+
+def test_nan_prompt_embeddings_are_refused_before_anything_is_trained_or_written(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, prompts = make_teacher_folder(tmp_path)
+    tensors = load_file(prompts)
+    tensors["prompt_embeds"][1, 2, 3] = float("nan")
+    save_file(tensors, prompts)
+    with pytest.raises(
+        ValueError, match=r"prompts\.safetensors: prompt_embeds of prompt\(s\) \[1\] hold non-finite"
+    ):
+        run_distillation(_small_run(tmp_path, folder, prompts))
+    assert not any(
+        (tmp_path / "run" / name).exists()
+        for name in ("ranking.json", "rehyat", "blocks/block-000.safetensors")
+    )
+
+
+def test_a_block_whose_attention_turns_non_finite_stops_the_run_naming_the_block(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from rehyat.training.checkpoint import NonFiniteError
+
+    folder, prompts = make_teacher_folder(tmp_path)
+    weights_file = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["blocks.1.attn1.to_v.weight"][0, 0] = float("nan")  # block 1's v, and so its output, is NaN
+    save_file(weights, weights_file)
+    with pytest.raises(
+        NonFiniteError, match=r"block 1, denoising step 0 .*rehyat student.*the captured v, y"
+    ):
+        run_distillation(_small_run(tmp_path, folder, prompts))
+    out = tmp_path / "run"
+    assert not any((out / name).exists() for name in ("ranking.json", "report.json", "rehyat"))
+    assert not list((out / "blocks").glob("*.safetensors"))  # no φ at all, let alone a NaN one

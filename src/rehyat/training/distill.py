@@ -19,8 +19,10 @@ ReHyAt checkpoint of the teacher converted with the distilled feature maps (``re
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from rehyat.config import write_config
 from rehyat.models.config import ReHyAtConfig
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
+from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
@@ -181,10 +184,18 @@ def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device:
         negative = tensors.get("negative_prompt_embeds", torch.zeros_like(positive[:1]))
         if positive.dim() != 3 or negative.dim() != 3 or negative.shape[1:] != positive.shape[1:]:
             raise ValueError(f"{path}: prompt embeddings must be [P, L, D] with matching L, D")
-        return positive.to(device), negative.expand(positive.shape[0], -1, -1).to(device)
-    prompts = _read_prompts(path)
-    positive, negative = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
-    return positive, negative
+        negative = negative.expand(positive.shape[0], -1, -1)
+    else:
+        prompts = _read_prompts(path)
+        positive, negative = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+    for name, embeds in (("prompt_embeds", positive), ("negative_prompt_embeds", negative)):
+        bad = (~torch.isfinite(embeds)).flatten(1).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteError(
+                f"{path}: {name} of prompt(s) {bad} hold non-finite values (NaN or inf); the teacher "
+                "would sample NaN and every student would train on it"
+            )
+    return positive.to(device), negative.to(device)
 
 
 def _evaluate_all(
@@ -278,7 +289,7 @@ def run_distillation(config: DistillConfig) -> dict:
             for block, items in recorder.take().items():
                 heldout[block] += [c.to("cpu") for c in items]
 
-    def train_on_captures(step: int) -> None:
+    def train_on_captures(step: int, run: tuple[int, int]) -> None:
         nonlocal step_count
         if step not in capture_steps:
             return
@@ -289,7 +300,12 @@ def run_distillation(config: DistillConfig) -> dict:
                 last_train[block] = [c.to("cpu") for c in items]
                 for capture in items:
                     for _ in range(config.inner_steps):
-                        losses = {n: s.train_step(capture) for n, s in students[block].items() if s.trainable}
+                        try:
+                            losses = {
+                                n: s.train_step(capture) for n, s in students[block].items() if s.trainable
+                            }
+                        except NonFiniteError as error:
+                            raise _non_finite_capture(block, step, run, capture, error) from error
                         step_count += 1
                         log.log(
                             step_count,
@@ -304,13 +320,15 @@ def run_distillation(config: DistillConfig) -> dict:
     with recorder.installed():
         progress = tqdm(train_runs, desc=f"distill (rank {env.rank})", disable=env.local_rank != 0)
         for prompt, seed in progress:
-            sample(prompt, seed, train_on_captures)
+            sample(prompt, seed, partial(train_on_captures, run=(prompt, seed)))
         for prompt, seed in heldout_runs:
             sample(prompt, seed, keep_heldout)
     log.close()
 
     train_eval = _evaluate_all(students, last_train, device)
     heldout_eval = _evaluate_all(students, heldout, device) if config.heldout else train_eval
+    for block in mine:  # every block checked before any is written
+        _check_finite_results(block, train_eval[block], heldout_eval[block], students[block]["rehyat"])
     for block in mine:
         result = {
             "block": block,
@@ -330,11 +348,46 @@ def run_distillation(config: DistillConfig) -> dict:
     return _merge(config, out, transformer, blocks)
 
 
+def _non_finite_capture(
+    block: int, step: int, run: tuple[int, int], capture: AttentionCapture, error: NonFiniteError
+) -> NonFiniteError:
+    """The error of a student step that went non-finite, saying where and whether the teacher's capture did."""
+    bad = [name for name in ("q", "k", "v", "y") if not torch.isfinite(getattr(capture, name)).all()]
+    cause = (
+        f"the captured {', '.join(bad)} of the teacher hold non-finite values"
+        if bad
+        else "the captured attention is finite, so the student diverged (try a lower lr)"
+    )
+    return NonFiniteError(
+        f"block {block}, denoising step {step} of sampler run (prompt {run[0]}, seed {run[1]}): {error}; "
+        f"{cause}. Stopped before the optimizer step: no φ or ranking is written"
+    )
+
+
+def _check_finite_results(
+    block: int, train: dict[str, dict], heldout: dict[str, dict], student: BlockStudent
+) -> None:
+    """Raise :class:`NonFiniteError` naming the block when an error metric or its φ is NaN or inf."""
+    for split, evaluation in (("train", train), ("held-out", heldout)):
+        for variant, metrics in evaluation.items():
+            if not (math.isfinite(metrics["l1"]) and math.isfinite(metrics["rel_error"])):
+                raise NonFiniteError(
+                    f"block {block}: the {variant} variant's {split} L1 is {metrics['l1']}: the teacher's "
+                    f"attention captured for this block holds non-finite values; no φ or ranking is written"
+                )
+    bad = first_nonfinite(student.feature_map_state())
+    if bad is not None:
+        raise NonFiniteError(f"block {block}: φ weight {bad} is not finite; no φ or ranking is written")
+
+
 def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> dict:
     """Combine per-block results into the report, the ranking and a ReHyAt checkpoint."""
     from rehyat.models import convert_wan, save_rehyat
 
     results = {b: json.loads((out / "blocks" / f"block-{b:03d}.json").read_text()) for b in blocks}
+    for block, result in results.items():
+        if not math.isfinite(result["heldout"]["rehyat"]["l1"]):
+            raise NonFiniteError(f"block {block}: its held-out L1 is not finite; no ranking is written")
     ranking = sorted(blocks, key=lambda b: results[b]["heldout"]["rehyat"]["l1"])
     report = {"config": json.loads((out / "config.json").read_text()), "blocks": results, "ranking": ranking}
     (out / "report.json").write_text(json.dumps(report, indent=2))

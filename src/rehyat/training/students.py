@@ -10,6 +10,7 @@ fp32 as always, and the loss is taken in fp32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from rehyat.baselines import linear_attention, local_attention
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import configured_attention, feature_input
 from rehyat.training.capture import AttentionCapture
+from rehyat.training.checkpoint import NonFiniteError
 
 VARIANTS = ("rehyat", "untrained", "linear", "local")
 _TRAINABLE = ("rehyat", "linear")
@@ -87,14 +89,26 @@ class BlockStudent:
         return configured_attention(self.config, q, k, v, fq, fk, **geometry)
 
     def train_step(self, capture: AttentionCapture) -> float:
-        """One AdamW step on mean |y − ŷ|; returns the loss before the step."""
+        """One AdamW step on mean |y − ŷ|; returns the loss before the step.
+
+        A non-finite loss or gradient raises :class:`NonFiniteError` before the step: φ stays as it was."""
         if not self.trainable:
             raise ValueError(f"variant {self.variant!r} has nothing to train")
         loss = (self.predict(capture).float() - capture.y.float()).abs().mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value = loss.item()
+        grads = [
+            p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if not math.isfinite(value) or not all(torch.isfinite(g).all() for g in grads):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"the {self.variant} student's L1 loss is {value}"
+                + ("" if not math.isfinite(value) else " but its gradient is not finite")
+            )
         self.optimizer.step()
-        return loss.item()
+        return value
 
     @torch.no_grad()
     def evaluate(self, captures: list[AttentionCapture]) -> Evaluation:
