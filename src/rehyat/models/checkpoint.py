@@ -2,25 +2,51 @@
 
 Only what conversion added (the φ weights) is stored, unless the base weights were fine-tuned: then
 they go to ``transformer/`` in diffusers layout (``config.json`` + ``diffusion_pytorch_model.safetensors``,
-loadable by ``WanTransformer3DModel.from_pretrained``). No pickle: JSON and safetensors only. Every file
-is written to a temporary file in the same folder and moved into place with ``os.replace``; the JSON
-is written last, so a folder with a ``rehyat_config.json`` is complete. Loading validates everything
-(format, model dimensions, config, tensor names and shapes) before it changes the model.
+loadable by ``WanTransformer3DModel.from_pretrained``). No pickle: JSON and safetensors only.
+
+**Saving is atomic as a whole.** :func:`save_rehyat` writes the complete checkpoint into a new hidden
+folder beside the target (``.<name>.new.<random>``, each file fsynced, the JSON last) and then swaps
+it in: the old folder is renamed aside (``.<name>.old.<random>``), the new one renamed into place,
+the files of the old folder that the save does not write (notes, samples, an earlier ``transformer/``)
+are moved over, and the old folder is removed. A save that fails or is interrupted before the swap
+leaves the old checkpoint exactly as it was (a failure while moving the new folder in puts the old one
+back). Only a process killed between the two renames leaves no folder at the path; loading it then
+names the two hidden folders, both complete, so that one of them can be renamed back. Readers never see
+new φ under an old ``rehyat_config.json`` or the reverse. We chose the swap over a content hash in the
+JSON: a hash only detects a half-written overwrite (the old checkpoint would be gone all the same) and
+would have to read every byte of multi-GB base weights on each load, while the swap keeps the old
+checkpoint loadable and costs two renames. There is therefore no hash, and checkpoints written before
+the swap existed (same JSON layout) load as they always did.
+
+**Loading validates everything before it changes the model**: the JSON (valid UTF-8 JSON, an object,
+every key present with the right type, ``model`` with exactly the dimension keys, a valid
+:class:`ReHyAtConfig`), the model's dimensions, the safetensors files (present, readable, not truncated),
+the tensors' names and shapes, and that every φ tensor is floating point and finite. Each problem is a
+:class:`ReHyAtCheckpointError` (a ``ValueError``) naming the file and what is wrong. Base weights get the
+name, shape and file checks but no finiteness pass (that would read all of them once more).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import PHI_K, PHI_Q, convert_wan, converted_blocks, rehyat_runtime
-from rehyat.utils import atomic_write_tensors, atomic_write_text
+from rehyat.utils import atomic_write_json, atomic_write_tensors, atomic_write_text
+
+
+class ReHyAtCheckpointError(ValueError):
+    """A ReHyAt checkpoint folder is missing, damaged, half-written or does not match the model."""
+
 
 CONFIG_NAME = "rehyat_config.json"
 WEIGHTS_NAME = "rehyat.safetensors"
@@ -28,6 +54,8 @@ BASE_FOLDER = "transformer"
 BASE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 FORMAT = "rehyat"
 FORMAT_VERSION = 1
+#: The model dimensions a checkpoint records and checks (``"model"`` in its JSON).
+MODEL_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
 
 
 def _is_rehyat_key(name: str) -> bool:
@@ -36,7 +64,7 @@ def _is_rehyat_key(name: str) -> bool:
 
 def _model_dims(transformer: nn.Module) -> dict[str, object]:
     config = transformer.config
-    return {
+    return {  # the keys of MODEL_KEYS
         "num_layers": len(transformer.blocks),
         "num_attention_heads": config.num_attention_heads,
         "attention_head_dim": config.attention_head_dim,
@@ -61,15 +89,59 @@ def _check_tensors(what: str, tensors: dict[str, Tensor], expected: dict[str, tu
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise ReHyAtCheckpointError(
             f"{what} does not match the model: missing {missing[:5]}{' …' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}"
         )
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            raise ValueError(
+            raise ReHyAtCheckpointError(
                 f"{what}: {name} has shape {tuple(tensors[name].shape)}, the model needs {shape}"
             )
+
+
+def _check_phi_values(path: Path, tensors: dict[str, Tensor]) -> None:
+    """φ must be floating point (an integer φ would be cast silently) and finite (NaN φ gives NaN video)."""
+    for name, tensor in sorted(tensors.items()):
+        if not tensor.is_floating_point():
+            raise ReHyAtCheckpointError(
+                f"{path}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                "φ weights must be floating point"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise ReHyAtCheckpointError(f"{path}: {name} has non-finite values (NaN or ±inf)")
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise ReHyAtCheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ReHyAtCheckpointError(f"{path} is damaged or truncated ({error})") from error
+
+
+def _unique_sibling(folder: Path, tag: str) -> Path:
+    return folder.parent / f".{folder.name}.{tag}.{uuid.uuid4().hex[:12]}"
+
+
+def _swap_in(staging: Path, folder: Path, written: set[str]) -> None:
+    """Put the complete folder ``staging`` at ``folder``: rename the old one aside, the new one in, move the
+    old entries that ``written`` does not replace over, remove the old folder."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    aside = _unique_sibling(folder, "old")
+    os.rename(folder, aside)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(aside, folder)
+        raise
+    for entry in sorted(aside.iterdir()):
+        if entry.name not in written:
+            os.rename(entry, folder / entry.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_rehyat(
@@ -78,22 +150,21 @@ def save_rehyat(
     """Save a converted transformer's ReHyAt state to the folder ``path`` (created if needed).
 
     ``include_base_weights=True`` also saves the base weights (after fine-tuning) under ``transformer/``
-    in diffusers layout. Returns the folder.
+    in diffusers layout. An existing checkpoint at ``path`` is replaced atomically as a whole (see the
+    module docstring): until the new folder is complete, the old one stays as it was. Files of the old
+    folder that this save does not write are kept. ``path`` may be a symbolic link to a folder (its
+    target is replaced). Returns the folder.
     """
     runtime = rehyat_runtime(transformer)
     if runtime is None:
         raise ValueError("save_rehyat needs a transformer converted with convert_wan")
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.name in ("", ".", ".."):  # swap the real folder ("." has no sibling)
+        folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder: save_rehyat writes a checkpoint folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     state = transformer.state_dict()
-    if include_base_weights:
-        base = folder / BASE_FOLDER
-        base.mkdir(exist_ok=True)
-        atomic_write_tensors(
-            base / BASE_WEIGHTS_NAME, {k: v for k, v in state.items() if not _is_rehyat_key(k)}
-        )
-        atomic_write_text(base / "config.json", transformer.to_json_string())
-    atomic_write_tensors(folder / WEIGHTS_NAME, {k: v for k, v in state.items() if _is_rehyat_key(k)})
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -103,66 +174,153 @@ def save_rehyat(
         "model": _model_dims(transformer),
         "base_weights": include_base_weights,
     }
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(metadata, indent=2))
-    return folder
+    staging = _unique_sibling(folder, "new")
+    staging.mkdir()  # not mkdtemp: the folder keeps the permissions the umask gives
+    try:
+        if include_base_weights:
+            base = staging / BASE_FOLDER
+            atomic_write_tensors(
+                base / BASE_WEIGHTS_NAME, {k: v for k, v in state.items() if not _is_rehyat_key(k)}
+            )
+            atomic_write_text(base / "config.json", transformer.to_json_string())
+        atomic_write_tensors(staging / WEIGHTS_NAME, {k: v for k, v in state.items() if _is_rehyat_key(k)})
+        atomic_write_json(staging / CONFIG_NAME, metadata)  # last: a folder with it is complete
+        written = {CONFIG_NAME, WEIGHTS_NAME} | ({BASE_FOLDER} if include_base_weights else set())
+        _swap_in(staging, folder, written)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Path(path)
 
 
 def read_rehyat_config(path: str | os.PathLike) -> ReHyAtConfig:
-    """The :class:`ReHyAtConfig` stored in a ReHyAt checkpoint folder."""
-    return ReHyAtConfig.from_dict(_read_metadata(Path(path))["config"])
+    """The :class:`ReHyAtConfig` stored in a ReHyAt checkpoint folder (its JSON validated as
+    :func:`load_rehyat` validates it; :class:`ReHyAtCheckpointError` naming the file otherwise)."""
+    return _read_metadata(Path(path))[1]
 
 
-def _read_metadata(folder: Path) -> dict:
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise ValueError(f"{folder} is not a ReHyAt checkpoint: {CONFIG_NAME} is missing")
-    metadata = json.loads(config_path.read_text())
+def read_json_object(path: Path, error: type[ValueError] = ValueError) -> dict:
+    """The JSON object in the file ``path``; ``error`` naming the file if it is not UTF-8 JSON (a
+    truncated file, say) or holds something else than an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path} is not valid JSON, the file is damaged ({problem})") from problem
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _leftovers(folder: Path) -> str:
+    """A hint naming the hidden folders a save killed in the middle of its swap left beside ``folder``."""
+    found = sorted(folder.parent.glob(f".{folder.name}.old.*")) + sorted(
+        p for p in folder.parent.glob(f".{folder.name}.new.*") if (p / CONFIG_NAME).is_file()
+    )
+    if not found:
+        return ""
+    return (
+        f"; a save_rehyat killed while swapping folders left {', '.join(map(str, found))} "
+        "(.old.: the previous checkpoint, .new.: the new one, both complete): rename one to "
+        f"{folder.name}"
+    )
+
+
+def _read_metadata(folder: Path) -> tuple[dict, ReHyAtConfig]:
+    """The checkpoint's JSON, checked key by key, and its config."""
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise ReHyAtCheckpointError(f"ReHyAt checkpoint folder {folder} does not exist{_leftovers(folder)}")
+    if not path.is_file():
+        raise ReHyAtCheckpointError(f"{folder} is not a ReHyAt checkpoint: {CONFIG_NAME} is missing")
+    metadata = read_json_object(path, ReHyAtCheckpointError)
     if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path} is not a ReHyAt checkpoint of format version {FORMAT_VERSION} "
+        raise ReHyAtCheckpointError(
+            f"{path} is not a ReHyAt checkpoint of format version {FORMAT_VERSION} "
             f"(format={metadata.get('format')!r}, version={metadata.get('format_version')!r})"
         )
-    return metadata
+    missing = [
+        k
+        for k in ("architecture", "config", "converted_blocks", "model", "base_weights")
+        if k not in metadata
+    ]
+    if missing:
+        raise ReHyAtCheckpointError(f"{path} lacks the keys {missing}: the file is damaged")
+
+    def bad(key: str, wanted: str) -> ReHyAtCheckpointError:
+        value = metadata[key]
+        return ReHyAtCheckpointError(f"{path}: {key} must be {wanted}, got {type(value).__name__} {value!r}")
+
+    if not isinstance(metadata["architecture"], str):
+        raise bad("architecture", "a class name")
+    if not isinstance(metadata["config"], dict):
+        raise bad("config", "a JSON object")
+    blocks = metadata["converted_blocks"]
+    if not isinstance(blocks, list) or not all(type(i) is int for i in blocks):
+        raise bad("converted_blocks", "a list of block indices")
+    if not isinstance(metadata["base_weights"], bool):
+        raise bad("base_weights", "true or false")
+    model = metadata["model"]
+    if not isinstance(model, dict):
+        raise bad("model", "a JSON object of model dimensions")
+    lacking = [k for k in MODEL_KEYS if k not in model]
+    if lacking:
+        raise ReHyAtCheckpointError(f"{path}: model lacks the dimensions {lacking}")
+    unknown = sorted(set(model) - set(MODEL_KEYS))
+    if unknown:
+        raise ReHyAtCheckpointError(f"{path}: model has unknown dimensions {unknown}")
+    try:
+        config = ReHyAtConfig.from_dict(metadata["config"])
+    except (ValueError, TypeError) as error:
+        raise ReHyAtCheckpointError(f"{path}: config is not a valid ReHyAtConfig: {error}") from error
+    return metadata, config
 
 
 def load_rehyat(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a ReHyAt checkpoint into ``transformer``, converting it first if it is not converted yet.
 
-    Raises ``ValueError`` — before anything in the model changes — if the checkpoint was made for
-    another architecture (block count, heads, head dim, patch size), another ReHyAt config than the
-    one the model is already converted with, or holds tensors of other names or shapes. Returns
-    ``transformer``.
+    Raises :class:`ReHyAtCheckpointError` (a ``ValueError``) — before anything in the model changes — if
+    a file of the checkpoint is missing, damaged, truncated or malformed, if a φ tensor is not floating
+    point or not finite, if the checkpoint was made for another architecture (block count, heads, head
+    dim, patch size), another ReHyAt config than the one the model is already converted with, or holds
+    tensors of other names or shapes. Every message names the file. Returns ``transformer``.
     """
     folder = Path(path)
-    metadata = _read_metadata(folder)
-    config = ReHyAtConfig.from_dict(metadata["config"])
-    if metadata.get("architecture") != type(transformer).__name__:
-        raise ValueError(
-            f"checkpoint is for {metadata.get('architecture')}, the model is {type(transformer).__name__}"
+    metadata, config = _read_metadata(folder)
+    config_path = folder / CONFIG_NAME
+    if metadata["architecture"] != type(transformer).__name__:
+        raise ReHyAtCheckpointError(
+            f"{config_path}: checkpoint is for {metadata['architecture']}, the model is "
+            f"{type(transformer).__name__}"
         )
     dims = _model_dims(transformer)
-    for key, value in metadata["model"].items():
-        if dims.get(key) != value:
-            raise ValueError(
-                f"checkpoint was made for a model with {key}={value}, this model has {dims.get(key)}"
+    for key in MODEL_KEYS:
+        if dims[key] != metadata["model"][key]:
+            raise ReHyAtCheckpointError(
+                f"{config_path}: checkpoint was made for a model with {key}={metadata['model'][key]}, "
+                f"this model has {dims[key]}"
             )
-    blocks = config.resolve_blocks(len(transformer.blocks))
+    try:
+        blocks = config.resolve_blocks(len(transformer.blocks))
+    except ValueError as error:
+        raise ReHyAtCheckpointError(f"{config_path}: {error}") from error
     if metadata["converted_blocks"] != blocks:
-        raise ValueError(
-            f"checkpoint lists blocks {metadata['converted_blocks']} but its config gives {blocks}"
+        raise ReHyAtCheckpointError(
+            f"{config_path}: checkpoint lists blocks {metadata['converted_blocks']} but its config gives {blocks}"
         )
     runtime = rehyat_runtime(transformer)
     if runtime is not None and (runtime.config != config or converted_blocks(transformer) != blocks):
-        raise ValueError(
+        raise ReHyAtCheckpointError(
             f"the model is already converted with {runtime.config} on blocks {converted_blocks(transformer)}; "
-            f"the checkpoint has {config} on blocks {blocks}"
+            f"the checkpoint {folder} has {config} on blocks {blocks}"
         )
 
-    tensors = load_file(folder / WEIGHTS_NAME)
-    _check_tensors(f"{folder / WEIGHTS_NAME}", tensors, _expected_shapes(transformer, config, blocks))
+    weights_path = folder / WEIGHTS_NAME
+    tensors = _load_tensors(weights_path)
+    _check_tensors(str(weights_path), tensors, _expected_shapes(transformer, config, blocks))
+    _check_phi_values(weights_path, tensors)
     if metadata["base_weights"]:
         base_path = folder / BASE_FOLDER / BASE_WEIGHTS_NAME
-        base = load_file(base_path)
+        base = _load_tensors(base_path)
         expected = {k: tuple(v.shape) for k, v in transformer.state_dict().items() if not _is_rehyat_key(k)}
         _check_tensors(str(base_path), base, expected)
         tensors.update(base)
