@@ -2,7 +2,9 @@
 
 The folder is what ``WanPipeline.save_pretrained`` writes (nothing is downloaded). The transformer gets a ReHyAt
 checkpoint (``--rehyat``) or, without one, a fresh conversion whose feature maps are untrained (useful
-for smoke runs and timing only).
+for smoke runs and timing only). Every argument — sizes, frame count, steps, guidance, fps, output path,
+device, the model folder's layout and the checkpoint's JSON — is checked before anything is loaded, so
+a mistake costs no denoising; each is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,20 +15,72 @@ import time
 
 import torch
 
-from rehyat.utils import DTYPES, dtype_from_name
+from rehyat.utils import DTYPES, check_int, check_number, dtype_from_name
+
+#: Wan2.1's VAE: 4 video frames per latent frame after the first, spatial stride 8, then patch 2.
+WAN_TEMPORAL, WAN_SIZE_MULTIPLE = 4, 16
+_DEFAULT_CHUNK_FRAMES, _DEFAULT_OVERLAP_FRAMES = 3, 1
+
+
+def _check_args(args: argparse.Namespace):
+    """Every argument, before anything is loaded or generated: a ValueError naming the flag (rc 2).
+
+    Returns the device and the ReHyAt config to convert with (None with ``--rehyat``, whose JSON is read
+    and checked here too)."""
+    from rehyat.generation.pipeline import check_device, check_pipeline_folder
+    from rehyat.generation.video import check_video_path
+    from rehyat.models import ReHyAtConfig, read_rehyat_config
+
+    check_int("--steps", args.steps, 1)
+    check_number("--guidance", args.guidance, minimum=0.0)
+    check_int("--fps", args.fps, 1)
+    check_int("--seed", args.seed, -(2**63), 2**64 - 1)
+    if args.shift is not None:
+        check_number("--shift", args.shift, minimum=0.0, exclusive_minimum=True)
+    frames = check_int("--frames", args.frames, 1)
+    if (frames - 1) % WAN_TEMPORAL:
+        raise ValueError(f"--frames must be {WAN_TEMPORAL}k + 1 (1, 5, …, 81, …), got {frames}")
+    for flag, size in (("--height", args.height), ("--width", args.width)):
+        if check_int(flag, size, 1) % WAN_SIZE_MULTIPLE:
+            raise ValueError(
+                f"{flag} must be a positive multiple of {WAN_SIZE_MULTIPLE} (Wan's VAE stride 8 × patch 2), "
+                f"got {size}"
+            )
+    try:
+        check_video_path(args.output)
+    except ValueError as error:
+        raise ValueError(f"--output: {error}") from error
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = check_device(device)
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from error
+    check_pipeline_folder(args.model, text_encoder=True)
+    if args.rehyat is not None:
+        if args.chunk_frames is not None or args.overlap_frames is not None:
+            raise ValueError(
+                "--chunk-frames and --overlap-frames are for converting without --rehyat; "
+                "the checkpoint's config sets them"
+            )
+        read_rehyat_config(args.rehyat)  # its JSON, checked before the pipeline loads
+        return device, None
+    chunk = _DEFAULT_CHUNK_FRAMES if args.chunk_frames is None else args.chunk_frames
+    overlap = _DEFAULT_OVERLAP_FRAMES if args.overlap_frames is None else args.overlap_frames
+    try:
+        return device, ReHyAtConfig(chunk_frames=chunk, overlap_frames=overlap)
+    except ValueError as error:
+        raise ValueError(f"--chunk-frames/--overlap-frames: {error}") from error
 
 
 def _main(args: argparse.Namespace) -> int:
+    device, config = _check_args(args)
+    dtype = dtype_from_name(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+
     from rehyat.generation.pipeline import load_pipeline
     from rehyat.generation.sampler import generate_video
     from rehyat.generation.video import write_video
-    from rehyat.models import ReHyAtConfig
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype_from_name(args.dtype or ("bf16" if device.startswith("cuda") else "fp32"))
-    config = None
-    if args.rehyat is None:
-        config = ReHyAtConfig(chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames)
+    if config is not None:
         print(
             "rehyat generate: no --rehyat checkpoint, feature maps are untrained (taylor init)",
             file=sys.stderr,
@@ -75,8 +129,16 @@ def register(commands) -> None:
     parser.add_argument("--scheduler", choices=["unipc", "euler"], help="replace the folder's scheduler")
     parser.add_argument("--shift", type=float, help="flow shift (Wan2.1: 3.0 at 480p, 5.0 at 720p)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk-frames", type=int, default=3, help="Tc when converting without --rehyat")
-    parser.add_argument("--overlap-frames", type=int, default=1, help="To when converting without --rehyat")
+    parser.add_argument(
+        "--chunk-frames",
+        type=int,
+        help=f"Tc when converting without --rehyat (default {_DEFAULT_CHUNK_FRAMES})",
+    )
+    parser.add_argument(
+        "--overlap-frames",
+        type=int,
+        help=f"To when converting without --rehyat (default {_DEFAULT_OVERLAP_FRAMES})",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (default bf16 on GPU)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's spatial tiling")

@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "check_device": "rehyat.generation.pipeline",
+    "check_pipeline_folder": "rehyat.generation.pipeline",
+    "check_sampling": "rehyat.generation.sampler",
+    "check_video_path": "rehyat.generation.video",
     "decode_latents": "rehyat.generation.sampler",
     "generate_latents": "rehyat.generation.sampler",
     "generate_video": "rehyat.generation.sampler",

@@ -1,7 +1,10 @@
 """Loading a local Wan2.1 diffusers pipeline with its transformer converted to ReHyAt.
 
 The folder is what ``WanPipeline.save_pretrained`` writes (model_index.json with transformer, vae,
-text_encoder, tokenizer and scheduler subfolders); nothing is downloaded.
+text_encoder, tokenizer and scheduler subfolders); nothing is downloaded. A folder that is not one
+(no or malformed ``model_index.json``, a missing or damaged component) and a device torch cannot use
+raise a ``ValueError`` that names the file or the device, before anything is loaded wherever the
+folder's layout shows the problem.
 """
 
 from __future__ import annotations
@@ -12,6 +15,77 @@ from pathlib import Path
 import torch
 
 from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat
+from rehyat.models.checkpoint import read_json_object
+from rehyat.utils import check_number
+
+#: Pipeline components, each with the file its subfolder must hold (a diffusers model's or scheduler's
+#: config; a tokenizer folder only has to exist, its files depend on the tokenizer).
+_COMPONENT_FILES = {
+    "transformer": "config.json",
+    "vae": "config.json",
+    "scheduler": "scheduler_config.json",
+    "text_encoder": "config.json",
+    "tokenizer": None,
+}
+_TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if generation can run there: ``cpu``, an existing ``cuda[:i]``, or
+    ``mps`` where torch has it. ValueError naming the device otherwise (``"cudax"``, ``"cuda:7"`` on a
+    machine with one GPU, ``"cuda"`` without CUDA)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device torch knows (cpu, cuda, cuda:0, …)") from error
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device must be cpu, cuda[:index] or mps, got {device!r}")
+    return parsed
+
+
+def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = False) -> Path:
+    """``model`` as a Path if it looks like a saved ``WanPipeline`` folder: a ``model_index.json`` holding a
+    JSON object for ``WanPipeline`` and, for transformer, vae and scheduler (and text_encoder and tokenizer
+    when ``text_encoder`` is true, or when the index lists them), a subfolder with its config file.
+    Reads only the index; ValueError naming the file or folder otherwise."""
+    folder = Path(model)
+    index_path = folder / "model_index.json"
+    if not folder.is_dir():
+        raise ValueError(f"model folder {folder} does not exist")
+    if not index_path.is_file():
+        raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    index = read_json_object(index_path)
+    if index.get("_class_name") != "WanPipeline":
+        raise ValueError(f"{index_path} is for {index.get('_class_name')!r}, not a WanPipeline")
+    for name, config_file in _COMPONENT_FILES.items():
+        entry = index.get(name)
+        listed = isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        absent = entry is None or entry == [None, None]
+        if not listed and not (absent and name in _TEXT_COMPONENTS):
+            raise ValueError(
+                f"{index_path}: {name} must be a [library, class] pair such as "
+                f'["diffusers", "AutoencoderKLWan"], got {entry!r}'
+            )
+        if absent:
+            if text_encoder:
+                raise ValueError(f"{index_path} has no {name}: a text prompt needs one")
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise ValueError(f"{folder} lists {name} in model_index.json but has no {name}/ folder")
+        if config_file is not None and not (sub / config_file).is_file():
+            raise ValueError(f"{sub} has no {config_file}")
+    return folder
 
 
 def load_pipeline(
@@ -29,19 +103,28 @@ def load_pipeline(
     ``rehyat``: a checkpoint folder from :func:`rehyat.save_rehyat`; otherwise the transformer is
     converted with ``config`` (default ``ReHyAtConfig()``). The VAE stays float32, as diffusers
     recommends for Wan. ``scheduler`` ("unipc"/"euler") and ``flow_shift`` replace the folder's
-    scheduler when given.
+    scheduler when given. The folder's layout (:func:`check_pipeline_folder`) and ``device``
+    (:func:`check_device`) are checked before anything is loaded; a component that diffusers then cannot
+    read (a damaged config or weights file) is a ValueError naming the folder too.
     """
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from rehyat.generation.sampler import make_scheduler
 
-    folder = Path(model)
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    vae = AutoencoderKLWan.from_pretrained(
-        folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
-    )
-    pipe = WanPipeline.from_pretrained(folder, vae=vae, torch_dtype=dtype, local_files_only=True)
+    device = check_device(device)
+    folder = check_pipeline_folder(model)
+    if scheduler not in (None, "unipc", "euler"):
+        raise ValueError(f"scheduler must be 'unipc', 'euler' or None, got {scheduler!r}")
+    if flow_shift is not None:
+        check_number("flow_shift", flow_shift, minimum=0.0, exclusive_minimum=True)
+    try:
+        vae = AutoencoderKLWan.from_pretrained(
+            folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
+        )
+        pipe = WanPipeline.from_pretrained(folder, vae=vae, torch_dtype=dtype, local_files_only=True)
+    except OSError as error:  # how diffusers and transformers report missing or unreadable files
+        message = " ".join(str(error).split())  # one line, however diffusers wrapped it
+        raise ValueError(f"cannot load the Wan pipeline in {folder}: {message}") from error
     if rehyat is not None:
         load_rehyat(pipe.transformer, rehyat)
     else:

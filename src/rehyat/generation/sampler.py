@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rehyat.models.recurrent import recurrent_forward
+from rehyat.utils import check_int, check_number
 
 
 def parallel_forward(
@@ -31,6 +32,7 @@ def parallel_forward(
 
 def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0):
     """A flow-matching scheduler as Wan uses it (shift 3.0 for 480p, 5.0 for 720p in Wan2.1)."""
+    check_number("flow_shift", flow_shift, minimum=0.0, exclusive_minimum=True)
     if kind == "unipc":
         return UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
@@ -51,6 +53,8 @@ def latent_shape(
     spatial: int = 8,
 ) -> tuple[int, int, int, int, int]:
     """Latent shape of a video; Wan's VAE needs ``num_frames = 4k + 1`` and sizes divisible by ``spatial``."""
+    for name, value in (("num_frames", num_frames), ("height", height), ("width", width)):
+        check_int(name, value)
     if num_frames < 1 or (num_frames - 1) % temporal:
         raise ValueError(f"num_frames must be {temporal}·k + 1 (1, 5, …, 81, …), got {num_frames}")
     if height % (2 * spatial) or width % (2 * spatial) or height < 1 or width < 1:
@@ -58,6 +62,13 @@ def latent_shape(
             f"height and width must be positive multiples of {2 * spatial}, got {height}×{width}"
         )
     return batch, channels, (num_frames - 1) // temporal + 1, height // spatial, width // spatial
+
+
+def check_sampling(num_inference_steps: int, guidance_scale: float) -> None:
+    """ValueError unless ``num_inference_steps`` is an int >= 1 and ``guidance_scale`` a finite number >= 0
+    (a NaN scale compared false with 1 and turned CFG off without a word)."""
+    check_int("num_inference_steps", num_inference_steps, 1)
+    check_number("guidance_scale", guidance_scale, minimum=0.0)
 
 
 @torch.inference_mode()
@@ -82,8 +93,7 @@ def generate_latents(
     ``scheduler`` is copied, not advanced. ``forward`` may be :func:`parallel_forward` instead, e.g. to
     sample from an unconverted teacher with the very same loop.
     """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    check_sampling(num_inference_steps, guidance_scale)
     guided = guidance_scale > 1.0
     if guided and negative_prompt_embeds is None:
         raise ValueError("guidance_scale > 1 needs negative_prompt_embeds (encode an empty prompt for none)")
@@ -141,7 +151,9 @@ def generate_video(
 
     The pipeline supplies the text encoder (or pass ``prompt_embeds``), scheduler, VAE and video
     post-processing; the denoising loop is :func:`generate_latents`. Returns uint8 frames [B, F, H, W, 3].
+    Every argument is checked before the prompt is encoded.
     """
+    check_sampling(num_inference_steps, guidance_scale)
     shape = latent_shape(
         1,
         pipe.transformer.config.in_channels,
