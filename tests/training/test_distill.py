@@ -250,3 +250,24 @@ def test_a_block_whose_attention_turns_non_finite_stops_the_run_naming_the_block
     out = tmp_path / "run"
     assert not any((out / name).exists() for name in ("ranking.json", "report.json", "rehyat"))
     assert not list((out / "blocks").glob("*.safetensors"))  # no φ at all, let alone a NaN one
+
+
+def test_outputs_replace_symbolic_links_instead_of_writing_through_them(tmp_path):
+    folder, prompts = make_teacher_folder(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    out = tmp_path / "run"
+    (out / "blocks").mkdir(parents=True)
+    names = (
+        "report.json",
+        "ranking.json",
+        "report.md",
+        "blocks/block-000.json",
+        "blocks/block-000.safetensors",
+    )
+    for name in names:
+        (out / name).symlink_to(outside)
+    run_distillation(_small_run(tmp_path, folder, prompts))
+    assert outside.read_text() == "precious\n"
+    assert not any((out / name).is_symlink() for name in names)
+    assert json.loads((out / "ranking.json").read_text())["block_ranking"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rehyat.config import write_config
 from rehyat.models.config import ReHyAtConfig
@@ -36,7 +36,7 @@ from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
-from rehyat.utils import check_int, check_number, dtype_from_name
+from rehyat.utils import atomic_write_tensors, atomic_write_text, check_int, check_number, dtype_from_name
 
 
 @dataclass
@@ -337,9 +337,9 @@ def run_distillation(config: DistillConfig) -> dict:
             "train_steps": step_count,
             "captures_heldout": len(heldout[block]),
         }
-        (out / "blocks" / f"block-{block:03d}.json").write_text(json.dumps(result, indent=2))
-        save_file(
-            students[block]["rehyat"].feature_map_state(), out / "blocks" / f"block-{block:03d}.safetensors"
+        atomic_write_text(out / "blocks" / f"block-{block:03d}.json", json.dumps(result, indent=2))
+        atomic_write_tensors(
+            out / "blocks" / f"block-{block:03d}.safetensors", students[block]["rehyat"].feature_map_state()
         )
     if env.world > 1:
         torch.distributed.barrier()
@@ -390,11 +390,12 @@ def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> 
             raise NonFiniteError(f"block {block}: its held-out L1 is not finite; no ranking is written")
     ranking = sorted(blocks, key=lambda b: results[b]["heldout"]["rehyat"]["l1"])
     report = {"config": json.loads((out / "config.json").read_text()), "blocks": results, "ranking": ranking}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "ranking.json").write_text(
-        json.dumps({"block_ranking": ranking, "metric": "heldout L1 of ReHyAt"}, indent=2)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(
+        out / "ranking.json",
+        json.dumps({"block_ranking": ranking, "metric": "heldout L1 of ReHyAt"}, indent=2),
     )
-    (out / "report.md").write_text(_markdown(results, ranking, config.variants))
+    atomic_write_text(out / "report.md", _markdown(results, ranking, config.variants))
 
     rehyat_config = ReHyAtConfig.from_dict(
         {**config.rehyat.to_dict(), "blocks": blocks, "block_ranking": None}

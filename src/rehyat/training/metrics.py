@@ -3,6 +3,10 @@
 Generic for every training stage: ``MetricsLogger(out_dir).log(step, loss=..., lr=...)``. A resumed
 run passes ``resume_step`` so that records a killed run wrote after its last checkpoint are dropped and
 the file holds one clean curve.
+
+The file is never written through a symbolic link: a new run replaces a link at ``metrics.jsonl`` with
+a fresh file (the link's target is left alone), a resumed run refuses one, and appends go through a
+descriptor opened with ``O_NOFOLLOW`` where the platform has it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from rehyat.utils import atomic_write_text
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _scalar(value: Any) -> Any:
@@ -33,12 +41,19 @@ class MetricsLogger:
     ) -> None:
         self.path = Path(out_dir) / self.FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_symlink():
+            raise ValueError(
+                f"{self.path} is a symbolic link; metrics are only written to a regular file in the output "
+                "folder, so remove the link to resume"
+            )
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            with os.fdopen(os.open(self.path, os.O_RDONLY | _NOFOLLOW)) as file:
+                kept = [line for line in file.read().splitlines() if _step_of(line) <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
-        self._file = self.path.open("a")
+            atomic_write_text(self.path, "")  # replaces a link, never follows it
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
+        self._file = os.fdopen(os.open(self.path, flags, 0o644), "a")
         self._tensorboard = None
         if tensorboard:
             try:
