@@ -132,3 +132,18 @@ def test_non_finite_tensors_are_never_saved_and_never_loaded(tmp_path):
     damage_data_behind_header(tmp_path / "step-00000001" / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"step-00000001: model\.safetensors holds non-finite values"):
         load_checkpoint(tmp_path / "step-00000001")
+
+
+def test_latest_may_only_name_a_checkpoint_of_its_own_folder(tmp_path):
+    model, optimizer = _setup()
+    other = save_checkpoint(tmp_path / "other", 3, model.state_dict(), optimizer)
+    run = tmp_path / "run" / "checkpoints"
+    save_checkpoint(run, 1, model.state_dict(), optimizer)
+    (run / "step-00000009").symlink_to(other)
+    pointers = [str(other), "../../other/step-00000003", "step-00000001/../../../other/step-00000003"]
+    for pointer in [*pointers, "step-00000009", ""]:
+        (run / "latest").write_text(pointer + "\n")
+        with pytest.raises(CheckpointError, match=r"is not the name of a checkpoint folder in"):
+            latest_checkpoint(run)
+    (run / "latest").write_text("step-00000001\n")
+    assert latest_checkpoint(run) == run / "step-00000001"

@@ -101,3 +101,30 @@ def test_build_latent_dataset_encodes_videos_with_the_wan_vae(tmp_path):
     assert torch.allclose(dataset[0][0], (z - mean) / std, atol=1e-5)  # WanPipeline's normalisation
     with pytest.raises(ValueError, match="4k \\+ 1"):
         prepare_video(clip, num_frames=4, height=16, width=16)
+
+
+def test_shards_must_lie_inside_the_dataset_folder_and_be_listed_once(tmp_path):
+    elsewhere = tiny_dataset(tmp_path / "elsewhere", samples=2, shard_size=2)
+    folder = tiny_dataset(tmp_path / "d", samples=2, shard_size=2)
+    (folder / "link.safetensors").symlink_to(elsewhere / "shard-00000.safetensors")
+    index = json.loads((folder / "index.json").read_text())
+
+    def with_shards(*names, samples=2):
+        index["shards"] = [{"file": name, "samples": samples} for name in names]
+        index["samples"] = max(samples * len(names), 1)
+        (folder / "index.json").write_text(json.dumps(index))
+        return folder
+
+    outside = [
+        "../elsewhere/shard-00000.safetensors",
+        str(elsewhere / "shard-00000.safetensors"),
+        "link.safetensors",  # a link inside the folder to a file outside it
+    ]
+    for name in outside:
+        with pytest.raises(ValueError, match=r"outside the dataset folder"):
+            LatentDataset(with_shards(name))
+    with pytest.raises(ValueError, match=r"lists shard \./shard-00000\.safetensors twice"):
+        LatentDataset(with_shards("shard-00000.safetensors", "./shard-00000.safetensors"))
+    with pytest.raises(ValueError, match=r"shards\[0\]\.samples must be >= 1"):
+        LatentDataset(with_shards("shard-00000.safetensors", samples=0))
+    assert len(LatentDataset(with_shards("shard-00000.safetensors"))) == 2

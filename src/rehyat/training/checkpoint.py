@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from torch import Tensor
 from rehyat.utils import atomic_write_text
 
 FORMAT_VERSION = 1
+_CHECKPOINT_NAME = re.compile(r"step-\d+")
 _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
 
 
@@ -163,13 +165,23 @@ def _extra_file(name: str) -> str:
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The checkpoint ``directory/latest`` points at, or None when the folder holds none yet."""
-    pointer = Path(directory) / "latest"
+    """The checkpoint ``directory/latest`` points at, or None when the folder holds none yet.
+
+    The pointer must hold the name of a checkpoint folder of ``directory`` (``step-<N>``, not a link):
+    a path (absolute, or with ``..``) that would resume another run is a :class:`CheckpointError`."""
+    directory = Path(directory)
+    pointer = directory / "latest"
     if not pointer.exists():
         return None
-    path = Path(directory) / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    path = directory / name
+    if not _CHECKPOINT_NAME.fullmatch(name) or path.is_symlink():
+        raise CheckpointError(
+            f"{pointer} holds {name!r}, which is not the name of a checkpoint folder in {directory} "
+            "(step-<N>); a run resumes only from its own checkpoints"
+        )
     if not path.is_dir():
-        raise CheckpointError(f"{pointer} points at {path.name}, which does not exist")
+        raise CheckpointError(f"{pointer} points at {name}, which does not exist")
     return path
 
 

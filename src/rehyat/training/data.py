@@ -10,7 +10,9 @@ Layout::
 Latents are the Wan VAE's, normalised as WanPipeline does ((z − latents_mean) / latents_std); prompt
 embeddings are the UMT5 encoder's last hidden state, zero-padded to L tokens as WanPipeline pads them.
 All samples share one shape, so batches are plain stacks. Shards are written first and ``index.json``
-last, so a folder with an index is complete. :class:`SampleOrder` maps a training step to the samples
+last, so a folder with an index is complete. Shards are read from the folder only: a name that
+resolves outside it (``../x``, an absolute path, a link to a file elsewhere) or a shard listed twice is
+refused. :class:`SampleOrder` maps a training step to the samples
 each rank reads, as a pure function of (seed, step): a resumed run needs no data-loader state.
 """
 
@@ -28,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from rehyat.utils import atomic_write_text
+from rehyat.utils import atomic_write_text, check_int
 
 INDEX = "index.json"
 FORMAT = "rehyat-latents"
@@ -62,16 +64,34 @@ class LatentDataset:
         self._handles: list[Any] = []
         self._starts: list[int] = []
         total = 0
-        for shard in index["shards"]:
+        seen: set[Path] = set()
+        for number, shard in enumerate(index["shards"]):
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                raise ValueError(f"{index_path}: shards[{number}] must be {{'file': name, 'samples': n}}")
+            samples = check_int(f"{index_path}: shards[{number}].samples", shard.get("samples"), minimum=1)
+            file = self._shard_path(shard["file"])
+            if file in seen:
+                raise ValueError(f"{index_path} lists shard {shard['file']} twice")
+            seen.add(file)
             self._starts.append(total)
-            self._handles.append(self._open_shard(shard["file"], shard["samples"]))
-            total += shard["samples"]
+            self._handles.append(self._open_shard(file, samples))
+            total += samples
         if total != index["samples"]:
             raise ValueError(f"{index_path} lists {index['samples']} samples but its shards hold {total}")
         self._len = total
 
-    def _open_shard(self, name: str, samples: int) -> Any:
-        file = self.path / name
+    def _shard_path(self, name: str) -> Path:
+        """The shard file ``name`` of the index, resolved; a ValueError unless it lies inside the folder."""
+        folder = self.path.resolve()
+        file = (folder / name).resolve()
+        if Path(name).is_absolute() or not file.is_relative_to(folder):
+            raise ValueError(
+                f"dataset {self.path}: shard {name!r} lies outside the dataset folder; shards are read "
+                "from the folder only"
+            )
+        return file
+
+    def _open_shard(self, file: Path, samples: int) -> Any:
         if not file.is_file():
             raise ValueError(f"dataset shard {file} is missing")
         try:
