@@ -90,3 +90,16 @@ def test_damaged_or_mismatched_checkpoint_is_a_clear_error_and_nothing_is_overwr
         finetune(tiny_config(run, data, steps=4))
     weights.write_bytes(before[weights])
     assert _snapshot(run) == before
+
+
+def test_staging_left_by_a_killed_save_is_removed_on_start(tmp_path):
+    data, run = tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    finetune(tiny_config(run, data, steps=2))
+    checkpoints = run / "checkpoints"
+    (checkpoints / ".step-00000004.k1ll3d").mkdir()  # save_checkpoint's staging folder
+    (checkpoints / ".step-00000004.k1ll3d" / "model.safetensors").write_bytes(b"half")
+    (checkpoints / ".latest.x7.tmp").write_text("step-00000004\n")  # atomic_write's temp file
+    (run / ".config.json.q9.tmp").write_text("{")
+    finetune(tiny_config(run, data, steps=3))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000002", "step-00000003"]
+    assert not list(run.glob(".*"))

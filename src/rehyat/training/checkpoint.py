@@ -160,6 +160,23 @@ def save_checkpoint(
     return final
 
 
+def clean_staging(
+    directory: str | os.PathLike, patterns: tuple[str, ...] = (".step-*", ".latest.*.tmp")
+) -> list[Path]:
+    """Remove what a killed :func:`save_checkpoint` left in ``directory``: its hidden staging folders and
+    the pointer's temporary files (by default; or the hidden files matching ``patterns``). Returns them.
+    Call it before a run starts saving, never while another process saves into the folder."""
+    removed = []
+    for pattern in patterns:
+        for path in Path(directory).glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _extra_file(name: str) -> str:
     return f"extra-{name}.safetensors"
 

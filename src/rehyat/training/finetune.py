@@ -41,6 +41,7 @@ from rehyat.training.checkpoint import (
     CheckpointError,
     NonFiniteError,
     check_model_state,
+    clean_staging,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -436,6 +437,9 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     teacher = build_teacher(cfg, env.device) if cfg.teacher_weight > 0 else None
     rehyat_config = _rehyat_config(model)
 
+    if env.is_main:  # what a killed save or config write left behind
+        clean_staging(checkpoints)
+        clean_staging(out, (".config.json.*.tmp", ".metrics.jsonl.*.tmp"))
     start = nonfinite = 0
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
