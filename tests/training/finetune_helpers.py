@@ -55,3 +55,11 @@ def tiny_overrides(out: Path, data: Path, model: Path | None = None, **extra: ob
 
 def tiny_config(out: Path, data: Path, model: Path | None = None, **extra: object) -> FinetuneConfig:
     return load_config(FinetuneConfig, None, tiny_overrides(out, data, model, **extra))
+
+
+def damage_data_behind_header(file: Path) -> None:
+    """Overwrite a safetensors file's tensor bytes with 0xFF (NaN in every float), keeping its header intact."""
+    data = bytearray(file.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    file.write_bytes(bytes(data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from finetune_helpers import damage_data_behind_header
 
 from rehyat.training import checkpoint as ckpt
 from rehyat.training.checkpoint import (
@@ -102,14 +103,6 @@ def test_damaged_and_mismatched_checkpoints_raise(tmp_path):
     with pytest.raises(CheckpointError, match=r"state\.json is missing"):
         load_checkpoint(path)
     assert latest_checkpoint(tmp_path / "nothing-here") is None
-
-
-def damage_data_behind_header(file):
-    """Overwrite a safetensors file's tensor bytes with 0xFF (NaN in every float), keeping its header intact."""
-    data = bytearray(file.read_bytes())
-    start = 8 + int.from_bytes(data[:8], "little")
-    data[start:] = b"\xff" * (len(data) - start)
-    file.write_bytes(bytes(data))
 
 
 def test_non_finite_tensors_are_never_saved_and_never_loaded(tmp_path):

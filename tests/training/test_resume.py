@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from finetune_helpers import tiny_config, tiny_dataset, tiny_overrides
+from finetune_helpers import damage_data_behind_header, tiny_config, tiny_dataset, tiny_overrides
 from safetensors.torch import load_file
 
 from rehyat.training.checkpoint import CheckpointError, latest_checkpoint
@@ -103,3 +103,27 @@ def test_staging_left_by_a_killed_save_is_removed_on_start(tmp_path):
     finetune(tiny_config(run, data, steps=3))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000002", "step-00000003"]
     assert not list(run.glob(".*"))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one_when_asked(tmp_path, single_thread):
+    data, run = tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    every = {"checkpoint_every": 1, "keep_checkpoints": 3}
+    finetune(tiny_config(tmp_path / "reference", data, steps=4, **every))
+    finetune(tiny_config(run, data, steps=3, **every))
+    checkpoints = run / "checkpoints"
+    damage_data_behind_header(checkpoints / "step-00000003" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"holds non-finite values.*Set resume_fallback=true"):
+        finetune(tiny_config(run, data, steps=4, **every))
+
+    with pytest.warns(
+        RuntimeWarning, match=r"resuming from step-00000002 .*set aside \['damaged-step-00000003'\]"
+    ):
+        finetune(tiny_config(run, data, steps=4, resume_fallback="true", **every))
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["damaged-step-00000003", "latest", "step-00000002", "step-00000003", "step-00000004"]
+    resumed, reference = read_metrics(run), read_metrics(tmp_path / "reference")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]  # steps 3 and 4 trained again
+
+    (checkpoints / "latest").unlink()  # folders without a pointer: never a silent fresh start
+    with pytest.raises(CheckpointError, match=r"holds checkpoint folders .* but no latest pointer"):
+        finetune(tiny_config(run, data, steps=5, **every))

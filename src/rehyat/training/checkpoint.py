@@ -202,6 +202,73 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return path
 
 
+def checkpoint_folders(directory: str | os.PathLike) -> list[Path]:
+    """The ``step-<N>`` checkpoint folders of ``directory`` (links excluded), oldest first."""
+    folders = [
+        p
+        for p in Path(directory).glob("step-*")
+        if _CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+    ]
+    return sorted(folders, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+@dataclass
+class Resumable:
+    """What :func:`find_resumable` found: the loaded checkpoint and, when it fell back, why and past what."""
+
+    checkpoint: Checkpoint
+    fallback_reason: str | None = None
+    """Why ``latest`` was not used (None when it was)."""
+    passed_over: list[Path] = field(default_factory=list)
+    """Unreadable checkpoint folders newer than the one found."""
+
+
+def find_resumable(directory: str | os.PathLike, fallback: bool = False) -> Resumable | None:
+    """Load the checkpoint a run in ``directory`` resumes from, or return None when there is none.
+
+    That is the one ``latest`` points at. When it cannot be read (missing, truncated, damaged, non-finite,
+    or a bad or missing pointer beside checkpoint folders) this raises its :class:`CheckpointError`, or
+    with ``fallback`` loads the newest folder that can be read instead (a :class:`CheckpointError` when
+    none can). Reads only: :func:`set_aside` then records a fallback in the folder.
+    """
+    folders = checkpoint_folders(directory)
+    try:
+        latest = latest_checkpoint(directory)
+        if latest is None:
+            if folders:
+                raise CheckpointError(
+                    f"{directory} holds checkpoint folders ({folders[-1].name}, ...) but no latest pointer"
+                )
+            return None
+        return Resumable(load_checkpoint(latest))
+    except CheckpointError as error:
+        if not fallback:
+            raise
+        passed_over = []
+        for folder in reversed(folders):
+            try:
+                return Resumable(load_checkpoint(folder), str(error), passed_over)
+            except CheckpointError:
+                passed_over.append(folder)
+        raise CheckpointError(f"{error}; and no other checkpoint in {directory} can be read") from error
+
+
+def set_aside(directory: str | os.PathLike, resumable: Resumable) -> list[Path]:
+    """After a fallback: rename the unreadable newer folders to ``damaged-step-<N>`` (kept for inspection,
+    out of rotation's reach) and point ``latest`` at the checkpoint found. Returns the new names."""
+    directory = Path(directory)
+    renamed = []
+    for folder in resumable.passed_over:
+        target = directory / f"damaged-{folder.name}"
+        number = 1
+        while target.exists():
+            target, number = directory / f"damaged-{folder.name}.{number}", number + 1
+        os.replace(folder, target)
+        renamed.append(target)
+    atomic_write_text(directory / "latest", resumable.checkpoint.path.name + "\n")
+    return renamed
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint folder; any missing or damaged file, or a NaN or inf in a weight, optimizer or
     extra tensor, raises :class:`CheckpointError` naming the file."""

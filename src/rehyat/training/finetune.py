@@ -38,13 +38,17 @@ from rehyat.config import config_to_dict, write_config
 from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat, rehyat_runtime, save_rehyat
 from rehyat.training import distributed
 from rehyat.training.checkpoint import (
+    Checkpoint,
     CheckpointError,
     NonFiniteError,
     check_model_state,
+    checkpoint_folders,
     clean_staging,
+    find_resumable,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    set_aside,
 )
 from rehyat.training.data import LatentDataset, SampleOrder
 from rehyat.training.ema import EMA
@@ -153,6 +157,10 @@ class FinetuneConfig:
     log_every: int = 1
     resume: bool = True
     """Continue from ``output_dir/checkpoints`` when it holds a checkpoint."""
+    resume_fallback: bool = False
+    """When the checkpoint ``latest`` points at cannot be read (truncated, damaged, non-finite, missing),
+    resume from the newest one that can instead of stopping; the unreadable newer ones are renamed
+    ``damaged-step-<N>`` and kept. Checkpoints that do not match the run still stop it."""
     save: bool = True
     """Write checkpoints and the final model (off for throughput measurements)."""
     progress: bool = True
@@ -198,7 +206,7 @@ class FinetuneConfig:
         for name, choices in (("mixed_precision", ("no", "bf16")), ("strategy", ("ddp", "fsdp"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
-        for name in ("resume", "save", "progress"):
+        for name in ("resume", "resume_fallback", "save", "progress"):
             check_bool(name, getattr(self, name))
 
 
@@ -355,11 +363,11 @@ def _learning_rate(cfg: FinetuneConfig, step: int) -> float:
 
 
 def _resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
+    checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
 ) -> tuple[int, dict[str, Any]]:
     """Load a training checkpoint into model, optimizer and EMA; return its step and metadata. Validates
     first."""
-    checkpoint = load_checkpoint(path)
+    path = checkpoint.path
     check_model_state(checkpoint, distributed.unwrap(model).state_dict())
     ours = _rehyat_config(model)
     if checkpoint.metadata.get("rehyat") != ours:
@@ -378,6 +386,46 @@ def _resume(
     if ema is not None:
         ema.load_state_dict(checkpoint.extra["ema"])
     return checkpoint.step, checkpoint.metadata
+
+
+def _resume_run(
+    cfg: FinetuneConfig,
+    env: distributed.DistEnv,
+    checkpoints: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+) -> tuple[int, int] | None:
+    """Resume from ``checkpoints`` as ``cfg.resume`` and ``cfg.resume_fallback`` say: (step, non-finite
+    steps so far) of the checkpoint loaded, or None for a fresh start."""
+    if not cfg.resume:
+        if (checkpoints / "latest").exists() or checkpoint_folders(checkpoints):
+            raise ValueError(
+                f"{checkpoints} already holds checkpoints: set resume=true or another output_dir"
+            )
+        return None
+    try:
+        found = find_resumable(checkpoints, cfg.resume_fallback)
+    except CheckpointError as error:
+        if cfg.resume_fallback:
+            raise
+        raise CheckpointError(
+            f"{error}. Set resume_fallback=true to resume from the newest checkpoint that can be read"
+        ) from error
+    if found is None:
+        return None
+    step, metadata = _resume(found.checkpoint, model, optimizer, ema)
+    if found.fallback_reason is not None:
+        distributed.barrier()  # every rank has read the folder before it changes
+        if env.is_main:
+            renamed = set_aside(checkpoints, found)
+            warnings.warn(
+                f"{found.fallback_reason}: resuming from {found.checkpoint.path.name} (resume_fallback)"
+                + (f"; set aside {[p.name for p in renamed]}" if renamed else ""),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return step, metadata.get("nonfinite_steps", 0)
 
 
 def _non_finite_step(
@@ -440,20 +488,13 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     if env.is_main:  # what a killed save or config write left behind
         clean_staging(checkpoints)
         clean_staging(out, (".config.json.*.tmp", ".metrics.jsonl.*.tmp"))
-    start = nonfinite = 0
-    latest = latest_checkpoint(checkpoints)
-    if latest is not None:
-        if not cfg.resume:
-            raise ValueError(
-                f"{checkpoints} already holds checkpoints: set resume=true or another output_dir"
-            )
-        start, metadata = _resume(latest, model, optimizer, ema)
-        nonfinite = metadata.get("nonfinite_steps", 0)
+    resumed = _resume_run(cfg, env, checkpoints, model, optimizer, ema)
+    start, nonfinite = resumed or (0, 0)
     logger = None
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.json")
-        logger = MetricsLogger(out, resume_step=start if latest is not None else None)
+        logger = MetricsLogger(out, resume_step=start if resumed else None)
 
     order = SampleOrder(len(dataset), cfg.seed, cfg.data.micro_batch_size, cfg.grad_accumulation, env.world)
     autocast = (
