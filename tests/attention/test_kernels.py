@@ -86,6 +86,16 @@ def test_peaked_scores_exercise_the_row_max_gradient():
     _compare((q * 3, k * 3, v, fq, fk), dict(frame_tokens=4, chunk_frames=2, overlap_frames=1))
 
 
+def test_head_major_inputs():
+    """[B, H, N, ·] tensors viewed as [B, N, H, ·] (dense, not contiguous): the gradients come back right
+    (they were allocated with the inputs' strides, then written as if contiguous)."""
+    inputs = [
+        x.transpose(1, 2).contiguous().transpose(1, 2) for x in make_inputs(1, 6, 4, 2, 16, 32, seed=11)
+    ]
+    assert not inputs[0].is_contiguous()
+    _compare(inputs, dict(frame_tokens=4, chunk_frames=2, overlap_frames=1))
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_denominator_guard_matches_reference(causal):
     """Signed features drive nS + nL below eps·nS on some rows: same guard, same counts, same gradients."""

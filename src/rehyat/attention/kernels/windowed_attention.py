@@ -811,6 +811,10 @@ def _grid_rows(n_q: int, chunk_len: int, block_m: int) -> tuple[int, int, int]:
     return blocks_per_chunk, n_chunks, (n_chunks - 1) * blocks_per_chunk + -(-last_len // block_m)
 
 
+def _contiguous_like(x: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _prepared(
     q: Tensor, k: Tensor, v: Tensor, fq: Tensor | None, kv: Tensor | None, z: Tensor | None
 ) -> tuple[Tensor, ...]:
@@ -1056,8 +1060,9 @@ class WindowedHybridAttention(torch.autograd.Function):
             BLOCK_M=block,
         )
 
-        dq = torch.empty_like(q)
-        dfq = torch.empty_like(fq) if has_linear else None
+        # Gradients are written contiguous [B, N, H, ·] (empty_like would keep a permuted input's strides).
+        dq = _contiguous_like(q)
+        dfq = _contiguous_like(fq) if has_linear else None
         dk_extra = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if has_linear else q
         cfg = attention_config("bwd_dq", head_dim, q.dtype, q.device)
         blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
@@ -1100,7 +1105,7 @@ class WindowedHybridAttention(torch.autograd.Function):
             num_stages=cfg.num_stages,
         )
 
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dk, dv = _contiguous_like(k), _contiguous_like(v)
         cfg = attention_config("bwd_dkdv", head_dim, q.dtype, q.device)
         _bwd_dkdv_kernel[(-(-n_k // cfg.block_n), batch * heads)](
             q_ptr=q,
