@@ -127,3 +127,32 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one_when_as
     (checkpoints / "latest").unlink()  # folders without a pointer: never a silent fresh start
     with pytest.raises(CheckpointError, match=r"holds checkpoint folders .* but no latest pointer"):
         finetune(tiny_config(run, data, steps=5, **every))
+
+
+def test_resuming_with_another_config_is_refused_unless_allowed_and_both_configs_are_kept(tmp_path):
+    import json
+
+    from rehyat.cli import main
+
+    data, run = tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    finetune(tiny_config(run, data, steps=2))
+    before = _snapshot(run)
+    changed = {"seed": 1, "optim.lr": 2e-3}
+    with pytest.raises(
+        ValueError, match=r"optim\.lr 0\.001 -> 0\.002, seed 0 -> 1\..*allow_config_change=true"
+    ):
+        finetune(tiny_config(run, data, steps=3, **changed))
+    with pytest.raises(ValueError, match=r"data\.micro_batch_size 1 -> 2"):
+        finetune(tiny_config(run, data, steps=3, **{"data.micro_batch_size": 2}))
+    assert _snapshot(run) == before
+
+    assert (
+        main(["finetune", "--set", *tiny_overrides(run, data, steps=3, **changed), "--allow-config-change"])
+        == 0
+    )
+    config = json.loads((run / "config.json").read_text())
+    (previous,) = run.glob("config.*.json")
+    old = json.loads(previous.read_text())
+    assert (config["seed"], config["optim"]["lr"], old["seed"], old["optim"]["lr"]) == (1, 2e-3, 0, 1e-3)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    finetune(tiny_config(run, data, steps=4, **changed))  # more steps of the same run is no change

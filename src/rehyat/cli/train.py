@@ -27,6 +27,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from rehyat.training import distributed
     from rehyat.training.finetune import FinetuneConfig, finetune
 
+    if args.allow_config_change:
+        args.overrides = [*args.overrides, "allow_config_change=true"]
     config = config_from_args(FinetuneConfig, args)
     try:
         finetune(config, kill_after_steps=args.kill_after_steps)
@@ -76,6 +78,12 @@ def register(commands) -> None:
         help="stage 2: flow-matching fine-tune of a converted Wan DiT (torchrun for several processes)",
     )
     add_config_arguments(finetune, "FinetuneConfig")
+    finetune.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although lr, seed, batch or other options that shape the run changed "
+        "(= --set allow_config_change=true; the old config.json is kept as config.<time>.json)",
+    )
     finetune.add_argument(
         "--kill-after-steps",
         type=int,

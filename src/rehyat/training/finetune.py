@@ -10,8 +10,12 @@ Runs are exactly reproducible and resumable: the samples of a step come from :cl
 and its noise from a generator seeded with (seed, step, slot in the global batch), so a run resumed
 from a checkpoint continues the same loss curve, and 2 ranks × 1 micro-step train on what 1 rank × 2
 micro-steps do. Outputs in ``output_dir``: ``config.json`` (the resolved
-config), ``metrics.jsonl``, ``checkpoints/step-*``, and at the end ``final/`` (and ``final-ema/``) as
-ReHyAt checkpoints with base weights (:func:`rehyat.save_rehyat`).
+config; a different one found there is kept as ``config.<UTC time>.json``), ``metrics.jsonl``,
+``checkpoints/step-*``, and at the end ``final/`` (and ``final-ema/``) as ReHyAt checkpoints with base
+weights (:func:`rehyat.save_rehyat`). A resume refuses a config that changes what the run learns unless
+``allow_config_change``; ``resume_fallback`` resumes past an unreadable latest checkpoint. A non-finite
+loss or gradient norm stops the run (:class:`~rehyat.training.checkpoint.NonFiniteError`) or, up to
+``max_nonfinite_steps``, skips the step; see docs/failure_behaviour.md, "Training".
 
 CLI: ``rehyat finetune [--config run.toml] [--set key=value ...]``, e.g.
 ``rehyat finetune --config run.toml --set optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``;
@@ -20,6 +24,7 @@ CLI: ``rehyat finetune [--config run.toml] [--set key=value ...]``, e.g.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -161,6 +166,10 @@ class FinetuneConfig:
     """When the checkpoint ``latest`` points at cannot be read (truncated, damaged, non-finite, missing),
     resume from the newest one that can instead of stopping; the unreadable newer ones are renamed
     ``damaged-step-<N>`` and kept. Checkpoints that do not match the run still stop it."""
+    allow_config_change: bool = False
+    """Resume although options that shape the run (lr, seed, batch, data, model, ...) differ from the
+    checkpoint's; ``config.json`` then holds the new config and the previous one is kept as
+    ``config.<UTC time>.json``. Without it such a resume is refused. (CLI: ``--allow-config-change``.)"""
     save: bool = True
     """Write checkpoints and the final model (off for throughput measurements)."""
     progress: bool = True
@@ -206,7 +215,7 @@ class FinetuneConfig:
         for name, choices in (("mixed_precision", ("no", "bf16")), ("strategy", ("ddp", "fsdp"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
-        for name in ("resume", "resume_fallback", "save", "progress"):
+        for name in ("resume", "resume_fallback", "allow_config_change", "save", "progress"):
             check_bool(name, getattr(self, name))
 
 
@@ -388,6 +397,56 @@ def _resume(
     return checkpoint.step, checkpoint.metadata
 
 
+#: Options a resumed run may change freely: they shape where and how long it runs, not what it learns.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "steps",
+        "resume",
+        "resume_fallback",
+        "allow_config_change",
+        "save",
+        "progress",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "max_nonfinite_steps",
+        "strategy",
+    }
+)
+
+
+def _config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key old -> new`` for each option outside :data:`RESUMABLE_CHANGES` that differs (keys that only
+    one side has, from another version of this library, are not compared)."""
+    changes = []
+    for key in sorted(saved.keys() & current.keys()):
+        old, new = saved[key], current[key]
+        if prefix + key in RESUMABLE_CHANGES or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _config_changes(old, new, f"{prefix}{key}.")
+        else:
+            changes.append(f"{prefix}{key} {old} -> {new}")
+    return changes
+
+
+def _record_config(cfg: FinetuneConfig, path: Path) -> None:
+    """Write ``config.json``; a different one already there is kept as ``config.<UTC time>.json``."""
+    if path.is_file() and not path.is_symlink():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != config_to_dict(cfg):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            kept, number = path.with_name(f"config.{stamp}.json"), 1
+            while kept.exists():
+                kept, number = path.with_name(f"config.{stamp}-{number}.json"), number + 1
+            os.replace(path, kept)
+    write_config(cfg, path)
+
+
 def _resume_run(
     cfg: FinetuneConfig,
     env: distributed.DistEnv,
@@ -415,6 +474,14 @@ def _resume_run(
     if found is None:
         return None
     step, metadata = _resume(found.checkpoint, model, optimizer, ema)
+    changes = _config_changes(metadata.get("config", {}), config_to_dict(cfg))
+    if changes and not cfg.allow_config_change:
+        raise ValueError(
+            f"{found.checkpoint.path} was trained with another config: {', '.join(changes)}. Resuming would "
+            "quietly turn it into another run: set allow_config_change=true (--allow-config-change) to "
+            "resume with the new values anyway (config.json is replaced, the old one kept as "
+            "config.<time>.json), or choose another output_dir"
+        )
     if found.fallback_reason is not None:
         distributed.barrier()  # every rank has read the folder before it changes
         if env.is_main:
@@ -493,7 +560,7 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
     logger = None
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out / "config.json")
+        _record_config(cfg, out / "config.json")
         logger = MetricsLogger(out, resume_step=start if resumed else None)
 
     order = SampleOrder(len(dataset), cfg.seed, cfg.data.micro_batch_size, cfg.grad_accumulation, env.world)
