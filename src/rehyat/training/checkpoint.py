@@ -13,6 +13,10 @@ Only finite states are checkpointed: :func:`save_checkpoint` refuses a NaN or in
 optimizer or extra tensor (:class:`NonFiniteError`, before anything is written or rotated out), and
 :func:`load_checkpoint` reports one (data bytes damaged behind an intact header, say) as a
 :class:`CheckpointError` naming the file.
+
+``latest`` holds a ``step-<N>`` name of its own folder, never a path. A killed save leaves only hidden
+staging (:func:`clean_staging` removes it); :func:`find_resumable` loads what a run resumes from, with an
+optional fallback past an unreadable latest checkpoint, and :func:`set_aside` records that fallback.
 """
 
 from __future__ import annotations
