@@ -8,7 +8,7 @@ from tiny_wan import FRAMES, LATENT_SIZE, converted, run, tiny_inputs, tiny_wan
 
 from rehyat import ReHyAtConfig, recurrent_forward
 from rehyat.models import feature_maps
-from rehyat.models.wan import _apply_rotary, feature_input, temporal_rotary_dims
+from rehyat.models.wan import apply_rotary, feature_input, temporal_rotary_dims
 from rehyat.training.capture import AttentionRecorder
 from rehyat.training.students import BlockStudent
 
@@ -37,19 +37,19 @@ def test_spatial_inputs_do_not_depend_on_the_frame(model):
     heads, head_dim = model.config.num_attention_heads, model.config.attention_head_dim
     per_frame = torch.randn(2, 1, frame_tokens, heads, head_dim, dtype=torch.float64)
     pre = per_frame.expand(2, FRAMES, frame_tokens, heads, head_dim).flatten(1, 2)
-    q = _apply_rotary(pre, cos, sin)  # as attention sees it
-    k = _apply_rotary(pre.flip(0), cos, sin)
+    q = apply_rotary(pre, cos, sin)  # as attention sees it
+    k = apply_rotary(pre.flip(0), cos, sin)
     phi_q, phi_k = (feature_input(SPATIAL, x, (cos, sin)) for x in (q, k))
     frames_q = phi_q.unflatten(1, (FRAMES, frame_tokens))
     assert torch.allclose(frames_q, frames_q[:, :1].expand_as(frames_q), atol=1e-12)
     assert torch.allclose(frames_q[:, 0], q[:, :frame_tokens], atol=1e-12)
     assert torch.allclose(
-        phi_k, _apply_rotary(pre.flip(0), *_without_temporal(cos, sin, head_dim)), atol=1e-12
+        phi_k, apply_rotary(pre.flip(0), *_without_temporal(cos, sin, head_dim)), atol=1e-12
     )
     # The spatial rotation stays: within a frame, tokens still differ by their (h, w) angles.
     assert not torch.allclose(frames_q[:, 0], pre[:, :frame_tokens])
     # "full" is q and k themselves; "spatial" needs the rotary.
-    assert feature_input(ReHyAtConfig(), q, (cos, sin)) is q
+    assert feature_input(ReHyAtConfig(feature_rotary="full"), q, (cos, sin)) is q
     with pytest.raises(ValueError, match="feature_rotary='spatial' needs the rotary embedding"):
         feature_input(SPATIAL, q, None)
 
@@ -70,7 +70,7 @@ def test_config_rejects_unknown_rotary():
 def test_spatial_model_recurrent_equals_parallel_and_differs_from_full(model):
     torch.manual_seed(3)
     spatial = converted(model, feature_rotary="spatial", feature_init="random")
-    full = converted(model, feature_init="random")
+    full = converted(model, feature_rotary="full", feature_init="random")
     full.load_state_dict(spatial.state_dict())  # the same φ: only their inputs differ
     hidden, timestep, context = tiny_inputs(batch=2, frames=9)
     parallel = run(spatial, hidden, timestep, context)

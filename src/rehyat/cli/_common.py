@@ -12,9 +12,11 @@ from rehyat.config import load_config
 T = TypeVar("T")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--config FILE`` and ``--set section.key=value ...`` (repeatable): the one override syntax."""
-    parser.add_argument("--config", help=f"a TOML/YAML/JSON file with {what} fields")
+def add_config_arguments(parser: argparse.ArgumentParser, what: str, files: bool = True) -> None:
+    """``--config FILE`` (where ``files``) and ``--set section.key=value ...`` (repeatable): the one
+    override syntax of every command."""
+    if files:
+        parser.add_argument("--config", help=f"a TOML/YAML/JSON file with {what} fields")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -29,7 +31,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
     """``cls`` from its defaults ← ``base`` ← ``--config`` ← ``--set``."""
-    return load_config(cls, args.config, args.overrides, base=base)
+    return load_config(cls, getattr(args, "config", None), args.overrides, base=base)
 
 
 def call_with_args(function: Callable[..., Any], args: argparse.Namespace) -> Any:

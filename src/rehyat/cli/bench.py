@@ -76,6 +76,19 @@ def register(commands) -> None:
     parser.set_defaults(handler=_runner("bench_model"))
 
     parser = targets.add_parser(
+        "stage1", help="stage-1 robustness on the toy teacher: φ variants × learning rates × seeds"
+    )
+    parser.add_argument("--out", default="bench/results", help="where stage1_robustness.{json,md,png} go")
+    parser.add_argument("--work", default="runs/stage1_robustness", help="the runs' folders")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    parser.add_argument("--processes", type=int, default=2, help="stage-1 runs at a time")
+    add_config_arguments(parser, "RecipeSettings (stage-1 sizes)", files=False)
+    parser.add_argument("--render-only", action="store_true", help="rewrite the table from its JSON")
+    parser.set_defaults(handler=_runner("stage1_robustness"))
+
+    parser = targets.add_parser(
         "toy", help="ToyBench quality table: ReHyAt and its ablations on the toy world"
     )
     parser.add_argument("--out", default="bench/results", help="where toybench.{json,md,png} go")
@@ -85,7 +98,7 @@ def register(commands) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--only", nargs="+", help="students to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
-    add_config_arguments(parser, "QualitySettings")
+    add_config_arguments(parser, "QualitySettings", files=False)
     parser.add_argument(
         "--report-only",
         action="store_true",

@@ -41,8 +41,6 @@ def _teacher(args: argparse.Namespace) -> int:
         print(f"toy teacher written to {assemble_teacher(out)}")
         return 0
     config = teacher_finetune_config(out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    if args.config:
-        raise ValueError("rehyat toy teacher takes --set overrides of its finetune config, not --config")
     config = replace_config(config, args.overrides)
     try:
         teacher = train_teacher(
@@ -96,5 +94,5 @@ def register(commands) -> None:
         action="store_true",
         help="only make OUT/teacher from OUT's training run (its newest checkpoint if it was cut off)",
     )
-    add_config_arguments(parser, "FinetuneConfig (of the teacher's training)")
+    add_config_arguments(parser, "FinetuneConfig (of the teacher's training)", files=False)
     parser.set_defaults(handler=_teacher)

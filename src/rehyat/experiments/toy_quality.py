@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,11 @@ from rehyat.toy.toybench import evaluate_videos
 class Student:
     name: str
     label: str
-    rehyat: dict[str, Any] = field(default_factory=dict)  # ReHyAtConfig fields beyond the defaults
+    rehyat: dict[str, Any] = field(default_factory=dict)  # ReHyAtConfig fields beyond ReHyAtConfig.paper()
     distill: bool = True
     half_blocks: bool = False
     convert: bool = True  # False: the plain teacher through the same stage 2 (a control)
+    settings: dict[str, Any] = field(default_factory=dict)  # QualitySettings fields for this student only
 
 
 STUDENTS = (
@@ -62,6 +63,19 @@ STUDENTS = (
         {"feature_nonnegative": True, "feature_rotary": "spatial"},
     ),
     Student("rehyat_to0", "ReHyAt To=0", {"overlap_frames": 0}),
+    # The library default (non-negative φ on spatial-RoPE inputs) with two ideas against the lost motion:
+    # output distillation from the teacher in stage 2, and an overlap that shows velocity (To=2).
+    Student(
+        "rehyat_ns_distill",
+        "ReHyAt default φ + output distillation (λ=1)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial"},
+        settings={"finetune_teacher_weight": 1.0},
+    ),
+    Student(
+        "rehyat_ns_to2",
+        "ReHyAt default φ, To=2",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "overlap_frames": 2},
+    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -112,13 +126,22 @@ class QualitySettings(RecipeSettings):
 
 
 #: Students that also generate videos ``long_factor``× the training length (recurrently).
-LONG_VIDEO_STUDENTS = ("rehyat", "rehyat_nonneg", "rehyat_spatial", "rehyat_nonneg_spatial")
+LONG_VIDEO_STUDENTS = (
+    "rehyat",
+    "rehyat_nonneg",
+    "rehyat_spatial",
+    "rehyat_nonneg_spatial",
+    "rehyat_ns_distill",
+    "rehyat_ns_to2",
+)
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
     "rehyat": "ReHyAt",
     "rehyat_nonneg": "ReHyAt non-negative φ",
     "rehyat_spatial": "ReHyAt spatial-RoPE φ",
     "rehyat_nonneg_spatial": "ReHyAt non-negative spatial-RoPE φ",
+    "rehyat_ns_distill": "ReHyAt default φ + output distillation",
+    "rehyat_ns_to2": "ReHyAt default φ, To=2",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
@@ -131,8 +154,8 @@ def _student_config(student: Student, ranking: list[int] | None):
         if ranking is None:
             raise ValueError("the half-blocks student needs the all-blocks student's stage-1 ranking")
         blocks = len(ranking) // 2
-        return ReHyAtConfig(blocks=blocks, block_ranking=ranking, **student.rehyat)
-    return ReHyAtConfig(**student.rehyat)
+        return ReHyAtConfig.paper(blocks=blocks, block_ranking=ranking, **student.rehyat)
+    return ReHyAtConfig.paper(**student.rehyat)
 
 
 def _stage1_checkpoint(student: Student, teacher: Path, work: Path, settings: QualitySettings, device: str):
@@ -299,11 +322,10 @@ def run_quality(
         console.rule(student.label)
         dataset = dataset or finetune_dataset(work, settings)
         tic = time.perf_counter()
-        checkpoint, stage1 = _stage1_checkpoint(student, teacher, work, settings, device)
+        own = replace(settings, **student.settings)
+        checkpoint, stage1 = _stage1_checkpoint(student, teacher, work, own, device)
         stage1_s = time.perf_counter() - tic
-        final = finetune_student(
-            teacher, checkpoint, work / student.name / "finetune", dataset, settings, device
-        )
+        final = finetune_student(teacher, checkpoint, work / student.name / "finetune", dataset, own, device)
         stage2_s = time.perf_counter() - tic - stage1_s
         model = _load_student(student, teacher, final, torch_device)
         recurrent = _recurrent(student)
@@ -313,6 +335,7 @@ def run_quality(
         result = {
             "label": student.label,
             "rehyat": student.rehyat,
+            "settings": student.settings,
             "sampled": "recurrent" if recurrent else "parallel",
             "short": _scores(videos, prompts, reference),
             "stage1": stage1,

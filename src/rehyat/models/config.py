@@ -42,11 +42,12 @@ class ReHyAtConfig:
             softmax on every ``uniform_stride``-th token). Only ``"hybrid"`` has a recurrent forward.
         feature_kernel_scale: κ of the "taylor" initialisation (φq·φk starts as κ × a Taylor
             expansion of exp(s)); small κ starts the converted model close to local attention.
-        feature_nonnegative: even powers 2p only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`).
+        feature_nonnegative: even powers 2p only, φq·φk ≥ 0 (see :class:`~rehyat.PolynomialFeatureMap`);
+            the default. False is the paper's signed φ (:meth:`paper`).
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
-        feature_rotary: what φq, φk read. ``"full"`` (SPEC §5): q and k as the softmax part sees
-            them, after the whole 3D RoPE. ``"spatial"``: the same q and k with the temporal part of
+        feature_rotary: what φq, φk read. ``"full"`` (the paper's, SPEC §5): q and k as the softmax part
+            sees them, after the whole 3D RoPE. ``"spatial"`` (the default): the same q and k with the temporal part of
             the RoPE undone, so φ sees where a token is in its frame but not which frame it is in: a
             video longer than the training clips then gives φ no rotation it has not seen (the
             softmax part, which depends only on relative positions, keeps the full RoPE).
@@ -63,8 +64,8 @@ class ReHyAtConfig:
     feature_bias: bool = True
     feature_init: str = "taylor"
     feature_kernel_scale: float = 1e-3
-    feature_nonnegative: bool = False
-    feature_rotary: str = "full"
+    feature_nonnegative: bool = True
+    feature_rotary: str = "spatial"
     attention: str = "hybrid"
     uniform_stride: int = 2
 
@@ -114,6 +115,15 @@ class ReHyAtConfig:
             object.__setattr__(self, "blocks", indices)
         if self.block_ranking is not None:
             object.__setattr__(self, "block_ranking", _index_tuple("block_ranking", self.block_ranking))
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> ReHyAtConfig:
+        """The paper's exact configuration (SPEC §5): signed φ = [ψ₁, ψ₂²] on the fully rotated q and k.
+
+        The library's default differs in two measured ways (``bench/results/toybench.md``,
+        ``bench/results/stage1_robustness.md``): a non-negative φ, which cannot cancel the softmax
+        normaliser, and φ reading q, k without the temporal RoPE, which keeps long videos."""
+        return cls(**{"feature_nonnegative": False, "feature_rotary": "full", **overrides})
 
     def resolve_blocks(self, num_blocks: int) -> list[int]:
         """The sorted block indices to convert in a model of ``num_blocks`` blocks (validated)."""

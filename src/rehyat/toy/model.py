@@ -36,6 +36,7 @@ TOY_TEACHER_CONFIG = {
 CLIP = {"num_frames": 16, "height": 24, "width": 24}
 FLOW_SHIFT = 3.0
 BUNDLED = Path(__file__).parent / "assets" / "teacher"
+BUNDLED_STUDENT = Path(__file__).parent / "assets" / "student"
 
 
 def bundled_teacher() -> Path:
@@ -91,13 +92,24 @@ def init_teacher_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def load_toy_model(teacher: Path, rehyat_folder: Path | None, device: torch.device) -> nn.Module:
-    """The teacher folder's transformer, converted and loaded from a ReHyAt checkpoint if one is given."""
+def bundled_student() -> Path:
+    """The folder of the ReHyAt student shipped with the package: a ReHyAt checkpoint (φ and the
+    fine-tuned base weights) of the bundled teacher, trained with the full recipe (its ``TRAINING.md``)."""
+    if not (BUNDLED_STUDENT / "rehyat_config.json").is_file():
+        raise ValueError(f"the bundled toy student is missing from {BUNDLED_STUDENT}")
+    return BUNDLED_STUDENT
+
+
+def load_toy_model(
+    teacher: str | Path, rehyat: str | Path | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """The teacher folder's transformer in eval mode; with ``rehyat`` (a ReHyAt checkpoint folder, or
+    ``"bundled"`` for the shipped student) converted and loaded from it."""
     from diffusers import WanTransformer3DModel
 
     from rehyat.models import load_rehyat
 
     model = WanTransformer3DModel.from_pretrained(Path(teacher) / "transformer")
-    if rehyat_folder is not None:
-        model = load_rehyat(model, rehyat_folder)
+    if rehyat is not None:
+        model = load_rehyat(model, bundled_student() if str(rehyat) == "bundled" else Path(rehyat))
     return model.to(device).eval()

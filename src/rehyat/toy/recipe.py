@@ -186,7 +186,7 @@ def finetune_student(
             prompt_dropout=settings.finetune_prompt_dropout,
             teacher_weight=settings.finetune_teacher_weight,
             mixed_precision="bf16" if device == "cuda" else "no",
-            checkpoint_every=settings.finetune_steps,
+            checkpoint_every=min(settings.finetune_steps, 250),  # a run cut off resumes
             resume=(out / "checkpoints").exists(),
             seed=settings.seed,
             progress=settings.progress,

@@ -36,7 +36,14 @@ from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
-from rehyat.utils import atomic_write_tensors, atomic_write_text, check_int, check_number, dtype_from_name
+from rehyat.utils import (
+    atomic_write_tensors,
+    atomic_write_text,
+    check_bool,
+    check_int,
+    check_number,
+    dtype_from_name,
+)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class DistillConfig:
     device: str = "auto"
     seed: int = 0
     negative_prompt: str = ""
+    select_on_heldout: bool = True  # keep a block's starting φ where training made it worse on held-out runs
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +82,7 @@ class DistillConfig:
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if not isinstance(self.rehyat, ReHyAtConfig):
             raise ValueError(f"rehyat must be a ReHyAtConfig, got {self.rehyat!r}")
+        check_bool("select_on_heldout", self.select_on_heldout)
         if self.blocks is not None:
             if not isinstance(self.blocks, (list, tuple)):
                 raise ValueError(f"blocks must be a list of block indices or null, got {self.blocks!r}")
@@ -325,6 +334,13 @@ def run_distillation(config: DistillConfig) -> dict:
             sample(prompt, seed, keep_heldout)
     log.close()
 
+    # Model selection on the held-out runs: a block whose trained φ does worse there than the φ it
+    # started from keeps the starting φ, so stage 1 never hands stage 2 a block worse than untrained.
+    selection = {
+        block: students[block]["rehyat"].keep_better_than_initial([c.to(device) for c in heldout[block]])
+        for block in mine
+        if config.heldout and config.select_on_heldout and "rehyat" in students[block]
+    }
     train_eval = _evaluate_all(students, last_train, device)
     heldout_eval = _evaluate_all(students, heldout, device) if config.heldout else train_eval
     for block in mine:  # every block checked before any is written
@@ -336,6 +352,7 @@ def run_distillation(config: DistillConfig) -> dict:
             "heldout": heldout_eval[block],
             "train_steps": step_count,
             "captures_heldout": len(heldout[block]),
+            "selection": selection.get(block, {}),
         }
         atomic_write_text(out / "blocks" / f"block-{block:03d}.json", json.dumps(result, indent=2))
         atomic_write_tensors(

@@ -65,6 +65,7 @@ class BlockStudent:
         if variant in _TRAINABLE:
             params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.initial_state = {k: v.clone() for k, v in self.feature_map_state().items()}
 
     @property
     def trainable(self) -> bool:
@@ -126,6 +127,25 @@ class BlockStudent:
             err2 += diff.square().sum().item()
             ref2 += y.square().sum().item()
         return Evaluation(l1 / count, (err2 / max(ref2, 1e-30)) ** 0.5, stats.guarded_fraction)
+
+    def load_feature_map_state(self, state: dict[str, Tensor]) -> None:
+        """Load φ weights named as :meth:`feature_map_state` returns them."""
+        for prefix, phi in (("rehyat_phi_q.", self.phi_q), ("rehyat_phi_k.", self.phi_k)):
+            phi.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+    @torch.no_grad()
+    def keep_better_than_initial(self, captures: list[AttentionCapture]) -> dict[str, object]:
+        """Model selection on held-out ``captures``: keep the trained φ unless the φ it started from
+        (``initial_state``) scores a lower L1 there, in which case restore that one. Returns what was
+        kept and both errors, so a report can show the trained φ's error either way."""
+        trained_state = {k: v.clone() for k, v in self.feature_map_state().items()}
+        trained = self.evaluate(captures)
+        self.load_feature_map_state(self.initial_state)
+        initial = self.evaluate(captures)
+        kept = "initial" if initial.l1 < trained.l1 else "trained"
+        if kept == "trained":
+            self.load_feature_map_state(trained_state)
+        return {"kept": kept, "trained": trained.as_dict(), "initial": initial.as_dict()}
 
     def feature_map_state(self) -> dict[str, Tensor]:
         """φ weights under the names a converted block's attn1 uses (``rehyat_phi_q.*``, ``rehyat_phi_k.*``)."""

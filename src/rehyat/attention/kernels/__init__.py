@@ -2,13 +2,15 @@
 
 This package imports Triton only when a kernel is actually used, so ``import rehyat`` works without
 it. :func:`resolve_backend` picks the implementation for ``backend="auto" | "torch" | "triton"``:
-"auto" takes the kernels on CUDA when Triton is installed and the shapes are supported, else PyTorch;
+"auto" takes the kernels on CUDA when Triton is installed and the shapes are supported, else PyTorch
+(``REHYAT_KERNELS=0`` in the environment makes "auto" take PyTorch everywhere);
 "triton" forces them (on CPU this needs ``TRITON_INTERPRET=1``, Triton's interpreter — slow, for tests).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -54,6 +56,8 @@ def choose_backend(
     if backend == "torch":
         return "torch"
     if backend == "auto":
+        if os.environ.get("REHYAT_KERNELS", "1") == "0":  # the user's switch: PyTorch everywhere
+            return "torch"
         usable = device.type == "cuda" and triton_available() and reason() is None
         return "triton" if usable else "torch"
     if not triton_available():
