@@ -21,6 +21,27 @@ Design choices, all resolution-independent:
 
 Default size: 16 frames of 32×32 px, i.e. 16 latent frames of 16×16 = 256 tokens for a pixel-space Wan
 transformer with patch (1, 2, 2); 16×16 px gives 64 tokens per frame.
+
+Versions (:class:`World`): the second world (:data:`V2`, the default everywhere) is the one above, whose
+videos are the teacher's latents frame for frame. The third (:data:`V3`) has Wan's temporal structure:
+its clips are 81 video frames that :mod:`rehyat.toy.latent` packs four to a latent frame (21 latent
+frames, as Wan2.1's causal VAE makes of a 5 s clip), so it moves slower per video frame: 1/64 and 1/32 of
+the frame (1/2 and 1 px at 32 px; per latent frame 2 and 4 px, one and two latent pixels, close to the
+second world's 1.33 and 2.67 px per frame at 32 px). Its object also leaves a fading achromatic trail,
+the world's one cue that breaks time symmetry. Both versions share the prompts.
+
+The trail: each frame darkens the grey background wherever the object was in the frames before, by
+``trail_depth`` × max_k decay^k · coverage(t − k) (k ≥ 1), under the object drawn on top. It is chosen
+over the obvious other cue, a brightness ramp over time, because the second world's teacher fails at the
+sign of the motion, not at the order of frames: its 3D RoPE already tells it which frame comes first, and
+every frame of a symmetric world is distributed alike whichever way the object moves, so a ramp would
+mark time's direction without tying it to the prompt's direction. A trail makes every single frame depend
+on the prompted direction (the shadow lies behind the object) and on its speed (a faster object leaves a longer
+one), reverses in a clip played backwards (the shadow then leads), and shows an object's velocity in
+one frame, so a chunk's overlap frame carries it too. Being achromatic, it leaves ToyBench's
+read-back of the (chromatic) object untouched. The trail is history, so the renderer starts the motion
+early (a pre-roll until the trail's weight is below 1e-3): frame 0 shows the same trail as every other
+frame.
 """
 
 from __future__ import annotations
@@ -59,6 +80,51 @@ SIZE_RANGE: tuple[float, float] = (0.3, 0.45)
 DEFAULT_FRAMES = 16
 DEFAULT_HEIGHT = 32
 DEFAULT_WIDTH = 32
+
+
+@dataclass(frozen=True)
+class World:
+    """A version of the toy world: speeds, default clip size and the motion trail (see the module doc).
+
+    Speeds are fractions of the frame extent (width for horizontal, height for vertical motion) travelled
+    per video frame. ``frames_per_latent``: video frames a model's latent frame holds (ToyBench measures
+    smoothness over that many frames). ``trail`` is the trail's decay per frame (0: no trail),
+    ``trail_depth`` how far it darkens the background where the object has just been (0 to 1)."""
+
+    name: str
+    slow: float
+    fast: float
+    num_frames: int
+    height: int
+    width: int
+    frames_per_latent: int = 1
+    trail: float = 0.0
+    trail_depth: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.slow < self.fast < 0.5:
+            raise ValueError(f"need 0 < slow < fast < 0.5 frame per frame, got {self.slow} and {self.fast}")
+        if self.frames_per_latent < 1:
+            raise ValueError(f"need frames_per_latent ≥ 1, got {self.frames_per_latent}")
+        if not (0 <= self.trail < 1 and 0 <= self.trail_depth <= 1):
+            raise ValueError(
+                f"need trail in [0, 1) and trail_depth in [0, 1], got {self.trail}, {self.trail_depth}"
+            )
+
+    @property
+    def speeds(self) -> dict[str, float]:
+        return {"slow": self.slow, "fast": self.fast}
+
+
+#: The second world: 16 frames, one video frame per latent frame, no trail (the bundled teacher's).
+V2 = World("v2", SPEEDS["slow"], SPEEDS["fast"], 16, 32, 32)
+#: The third world: 81 video frames (21 latent frames of four, :mod:`rehyat.toy.latent`) of 32×32 px,
+#: speeds of 1/2 and 1 px per video frame at 32 px, a trail decaying by 0.85 per frame (half gone after
+#: 4.3 frames, 90 % after 14: 7 and 14 px behind a slow and a fast object, so an object of at most 14 px
+#: and its trail fit in the frame) that darkens the background by up to 60 %.
+V3 = World("v3", 1 / 64, 1 / 32, 81, 32, 32, frames_per_latent=4, trail=0.85, trail_depth=0.6)
+#: Weight below which the trail's history is cut (the renderer's pre-roll).
+TRAIL_CUTOFF = 1e-3
 
 _PROMPT_RE = re.compile(r"a (\w+) (\w+) moving (\w+) (\w+) on a (\w+) background")
 
@@ -131,10 +197,10 @@ def sample_prompt(rng: random.Random) -> ToyPrompt:
     )
 
 
-def velocity(prompt: ToyPrompt, height: int, width: int) -> tuple[float, float]:
-    """The object's (dx, dy) in pixels per frame."""
+def velocity(prompt: ToyPrompt, height: int, width: int, world: World = V2) -> tuple[float, float]:
+    """The object's (dx, dy) in pixels per (video) frame."""
     step_x, step_y = DIRECTIONS[prompt.direction]
-    speed = SPEEDS[prompt.speed]
+    speed = world.speeds[prompt.speed]
     return step_x * speed * width, step_y * speed * height
 
 
@@ -176,18 +242,28 @@ def signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> 
 
 def render(
     prompt: ToyPrompt | str,
-    num_frames: int = DEFAULT_FRAMES,
-    height: int = DEFAULT_HEIGHT,
-    width: int = DEFAULT_WIDTH,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
     seed: int = 0,
+    *,
+    world: World = V2,
+    offsets: np.ndarray | None = None,
+    scales: np.ndarray | None = None,
 ) -> Tensor:
     """Render a clip [3, F, H, W] float32 in [-1, 1]; the start position and size depend on ``seed``.
 
+    Sizes left out are ``world``'s (16 frames of 32×32 px for the second world, 81 for the third).
+    ``offsets`` [F, 2] (px, x and y) and ``scales`` [F] displace and resize the object frame by frame
+    (its trail follows): clips the world never shows, for checking that ToyBench sees jumps and size drift.
     Computed in single-threaded numpy: for clips this small it is faster than torch's thread pool
-    (about 1 ms for 64 frames of 32×32) and unaffected by a busy machine.
+    (about 1 ms for 64 frames of 32×32, 10 ms for 81 frames with a trail) and unaffected by a busy machine.
     """
     if isinstance(prompt, str):
         prompt = ToyPrompt.parse(prompt)
+    num_frames = world.num_frames if num_frames is None else num_frames
+    height = world.height if height is None else height
+    width = world.width if width is None else width
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(
             f"need num_frames ≥ 1 and a frame of at least 8×8 px, got {num_frames}×{height}×{width}"
@@ -195,16 +271,41 @@ def render(
     # Drawn in this order so a seed keeps the start position it had before sizes were random.
     unit_x, unit_y, unit_size = np.random.default_rng(seed).random(3)
     start_x, start_y = unit_x * width, unit_y * height
-    size = object_size(unit_size, height, width)
-    vx, vy = velocity(prompt, height, width)
-    t = np.arange(num_frames)
-    centre_x = ((start_x + vx * t) % width)[:, None, None]
-    centre_y = ((start_y + vy * t) % height)[:, None, None]
+    vx, vy = velocity(prompt, height, width, world)
+    # The trail's history: frames before 0 continue the motion backwards (none without a trail).
+    pre_roll = math.ceil(math.log(TRAIL_CUTOFF) / math.log(world.trail)) if world.trail > 0 else 0
+    t = np.arange(-pre_roll, num_frames)
+    shift = _per_frame(offsets, (num_frames, 2), pre_roll, "offsets", 0.0)
+    size = object_size(unit_size, height, width) * _per_frame(scales, (num_frames,), pre_roll, "scales", 1.0)
+    centre_x = ((start_x + vx * t + shift[:, 0]) % width)[:, None, None]
+    centre_y = ((start_y + vy * t + shift[:, 1]) % height)[:, None, None]
     # Torus offsets in [−extent/2, extent/2): the object wraps around the frame edges.
     dx = (np.arange(width) + 0.5 - centre_x + width / 2) % width - width / 2  # [F, 1, W]
     dy = (np.arange(height)[:, None] + 0.5 - centre_y + height / 2) % height - height / 2  # [F, H, 1]
-    alpha = np.clip(0.5 - signed_distance(prompt.shape, dx, dy, size), 0.0, 1.0).astype(np.float32)
-    colour = np.asarray(COLOURS[prompt.colour], dtype=np.float32)[:, None, None, None]
+    distance = signed_distance(prompt.shape, dx, dy, np.reshape(size, (-1, 1, 1)))
+    alpha = np.clip(0.5 - distance, 0.0, 1.0).astype(np.float32)
     background = background_image(prompt.background, height, width)
+    if world.trail > 0:
+        background = background * (1 - world.trail_depth * _trail(alpha, world.trail)[pre_roll:])
+    alpha = alpha[pre_roll:]
+    colour = np.asarray(COLOURS[prompt.colour], dtype=np.float32)[:, None, None, None]
     frames = background * (1 - alpha) + colour * alpha  # [3, F, H, W]
     return torch.from_numpy(np.ascontiguousarray(frames * 2 - 1, dtype=np.float32))
+
+
+def _per_frame(values, shape: tuple[int, ...], pre_roll: int, name: str, default: float) -> np.ndarray:
+    """``values`` of ``shape`` (``default`` if None), the first frame's repeated over the pre-roll."""
+    if values is None:
+        return np.full((shape[0] + pre_roll, *shape[1:]), default)
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(values.shape)}")
+    return np.concatenate([np.repeat(values[:1], pre_roll, 0), values])
+
+
+def _trail(alpha: np.ndarray, decay: float) -> np.ndarray:
+    """[F, H, W] trail of coverage [F, H, W]: trail(t) = max_{k ≥ 1} decay^k · alpha(t − k)."""
+    trail = np.zeros_like(alpha)
+    for t in range(1, len(alpha)):
+        trail[t] = decay * np.maximum(trail[t - 1], alpha[t - 1])
+    return trail
