@@ -131,3 +131,13 @@ def test_recurrent_errors(model):
         recurrent_forward(net, hidden, timestep[:, None].expand(1, 16 * FRAMES), context)
     with pytest.raises(ValueError, match=r"\[B, C, F, H, W\]"):
         recurrent_forward(net, hidden[0], timestep, context)
+
+
+def test_an_empty_batch_gives_an_empty_result(model):
+    """B = 0 returns an empty video of the right shape, as the recurrent op does (was a reshape error;
+    diffusers' own parallel forward cannot take B = 0 either, for the same -1 reshape)."""
+    net = converted(model, chunk_frames=3, overlap_frames=1)
+    hidden, timestep, context = tiny_inputs(batch=1, frames=FRAMES)
+    with torch.no_grad():
+        out = recurrent_forward(net, hidden[:0], timestep[:0], context[:0])
+    assert out.shape == (0, *hidden.shape[1:])

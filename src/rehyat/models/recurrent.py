@@ -158,7 +158,9 @@ def recurrent_forward(
                 x = block(x, context, timestep_proj, rotary)
             x = (transformer.norm_out(x.float()) * (1 + scale.to(x.device)) + shift.to(x.device)).type_as(x)
             x = transformer.proj_out(x)
-            x = x.reshape(batch, stop - start, rows, cols, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+            channels = transformer.proj_out.out_features // (p_t * p_h * p_w)  # explicit: B may be 0
+            x = x.reshape(batch, stop - start, rows, cols, p_t, p_h, p_w, channels)
+            x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
             x = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
             if output is None:
                 output = x.new_empty(batch, x.shape[1], frames * p_t, rows * p_h, cols * p_w)
