@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_teacher import VIDEO, make_teacher_folder
 
 from rehyat import ReHyAtConfig
 from rehyat.baselines import full_attention
@@ -19,9 +19,6 @@ from rehyat.training.metrics import read_metrics
 from rehyat.training.students import BlockStudent
 
 from conftest import rel_err
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_teacher import VIDEO, make_teacher_folder
 
 
 def test_recorder_captures_the_teachers_attention_exactly(tmp_path):
@@ -178,8 +175,7 @@ def test_two_processes_split_the_blocks(tmp_path):
 
 def test_text_prompts_go_through_the_folders_text_encoder(tmp_path):
     """A .txt prompt file is encoded by the Wan folder's own tokenizer and UMT5 encoder (tiny, offline)."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "generation"))
-    from tiny_pipeline import tiny_pipeline
+    from generation.tiny_pipeline import tiny_pipeline
 
     folder = tmp_path / "wan"
     tiny_pipeline(with_text_encoder=True).save_pretrained(folder)
