@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rehyat.utils import check_bool as check_bool  # the attention modules import it from here
+from rehyat.utils import check_int
+
 #: The denominator guard: ``den = max(nS + nL, DENOMINATOR_EPS * nS)``. ``nS >= 1`` (the row-max key
 #: contributes ``exp(0) = 1``), so a guarded row divides by at least ``DENOMINATOR_EPS`` and its
 #: softmax part keeps its sign. Rows where ``nS + nL < DENOMINATOR_EPS * nS`` are counted as guarded.
@@ -102,27 +105,11 @@ def states_from_frame_sums(
     return kv, z
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def check_bool(name: str, value: object) -> bool:
-    """``value`` itself if it is True or False; a ValueError naming ``name`` for anything else (a string
-    such as ``"no"`` is truthy, ``None``/``0`` falsy: neither may silently pick a variant)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
-    return value
-
-
 def validate_geometry(frame_tokens: object, chunk_frames: object | None, overlap_frames: object) -> None:
-    _check_int("frame_tokens", frame_tokens, 1)
+    check_int("frame_tokens", frame_tokens, 1)
     if chunk_frames is not None:
-        _check_int("chunk_frames", chunk_frames, 1)
-    _check_int("overlap_frames", overlap_frames, 0)
+        check_int("chunk_frames", chunk_frames, 1)
+    check_int("overlap_frames", overlap_frames, 0)
 
 
 def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, frame_tokens: int) -> int:
