@@ -184,6 +184,20 @@ def test_backend_choice(monkeypatch):
         forced(x)
 
 
+def test_float32_config_pruning_reads_keyword_arguments():
+    """The kernels are launched with keyword arguments, which Triton's autotuner passes to the pruning
+    hook as ``**kwargs`` (not in ``named_args``); float32 keeps the one cheap config."""
+    import triton
+
+    from rehyat.attention.kernels import feature_map_kernel
+
+    configs = [triton.Config({"BLOCK_N": 64}, num_warps=4), triton.Config({"BLOCK_N": 32}, num_warps=8)]
+    for dtype, kept in ((torch.float32, configs[1:]), (torch.bfloat16, configs)):
+        x = torch.empty(1, dtype=dtype)
+        assert feature_map_kernel._prune(configs, {}, x_ptr=x) == kept
+        assert feature_map_kernel._prune(configs, {"x_ptr": x}) == kept
+
+
 def test_bias_partials_are_rewritten_by_every_block_size():
     """Autotuning runs configs of different BLOCK_N on one partials buffer: a program of R minimum
     blocks writes its sums to its first row and zeros to the other R - 1, so no stale row survives."""

@@ -52,8 +52,10 @@ def _configs() -> list[triton.Config]:
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """float32 dots run exact ("ieee": FMAs, no tensor cores) and compile for minutes per config when
-    unrolled over big tiles: float32 gets the one config with the least code per thread."""
-    if named_args["x_ptr"].dtype != torch.float32 or len(configs) == 1:
+    unrolled over big tiles: float32 gets the one config with the least code per thread. The launch
+    passes keyword arguments, which the autotuner hands over as ``kwargs`` (``named_args`` holds the
+    positional ones)."""
+    if {**named_args, **kwargs}["x_ptr"].dtype != torch.float32 or len(configs) == 1:
         return configs
     return [c for c in configs if (c.kwargs["BLOCK_N"], c.num_warps) == (32, 8)]
 
