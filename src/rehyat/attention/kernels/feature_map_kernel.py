@@ -178,27 +178,33 @@ def _prologue(
     stride_xn,
     stride_xh,
     n_tokens,
+    n_heads,
     D: tl.constexpr,
     E: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DT: tl.constexpr,
 ):
-    """This program's rows, its x block [BLOCK_N, D] (dtype DT) and its head's weight and bias bases."""
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_valid = rows < n_tokens
+    """This program's batch, head, first row, its index in a contiguous [B, N, H, ·] (the last three
+    int64, and so every offset built from them: no wrap at 2^31 elements), the row offsets and mask
+    within the block, its x block [BLOCK_N, D] (dtype DT) and its head's weight and bias bases."""
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    row0 = tl.program_id(0) * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    row_valid = row0 + offs_n < n_tokens
+    row0 = row0.to(tl.int64)
     offs_d = tl.arange(0, D)
-    x = tl.load(
-        x_ptr + batch * stride_xb + head * stride_xh + rows[:, None] * stride_xn + offs_d[None, :],
-        mask=row_valid[:, None],
-        other=0.0,
-    ).to(DT)
+    x_rows = x_ptr + batch * stride_xb + head * stride_xh + row0 * stride_xn
+    x = tl.load(x_rows + offs_n[:, None] * stride_xn + offs_d[None, :], mask=row_valid[:, None], other=0.0)
     return (
-        rows,
+        batch,
+        head,
+        row0,
+        (batch * n_tokens + row0) * n_heads + head,
+        offs_n,
         row_valid,
         offs_d,
-        x,
+        x.to(DT),
         w1_ptr + head * D * E,
         b1_ptr + head * E,
         w2_ptr + head * E * E,
@@ -295,10 +301,21 @@ def _fwd_kernel(
     """One program: tokens [pid·BLOCK_N, +BLOCK_N) of batch ``program_id(2)``, head ``program_id(1)``.
     x is [B, N, H, D] (last stride 1); out is contiguous [B, N, H, P·D]; weights contiguous [H, ·, ·]."""
     E: tl.constexpr = P * D
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
-    rows, row_valid, offs_d, x, w1, b1, w2, b2 = _prologue(
-        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_xb, stride_xn, stride_xh, n_tokens, D, E, BLOCK_N, DT
+    _, _, _, out_rows, offs_n, row_valid, offs_d, x, w1, b1, w2, b2 = _prologue(
+        x_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        b2_ptr,
+        stride_xb,
+        stride_xn,
+        stride_xh,
+        n_tokens,
+        n_heads,
+        D,
+        E,
+        BLOCK_N,
+        DT,
     )
     acc0, acc1, acc2, acc3 = _psi(
         x=x,
@@ -321,7 +338,7 @@ def _fwd_kernel(
         PREC=PREC,
     )
     b_last = b1 if LAYERS == 1 else b2
-    out_ptrs = out_ptr + ((batch * n_tokens + rows[:, None]) * n_heads + head) * E + offs_d[None, :]
+    out_ptrs = out_ptr + out_rows * E + offs_n[:, None] * (n_heads * E) + offs_d[None, :]
     _store_power(acc0, b_last, 0, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
     if P > 1:
         _store_power(acc1, b_last, 1, out_ptrs, row_valid, offs_d, D, HAS_BIAS, EVEN)
@@ -445,19 +462,30 @@ def _bwd_kernel(
     fp32 per layer (db1 for the first, db2 for the last of two)."""
     E: tl.constexpr = P * D
     pid = tl.program_id(0)
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
-    rows, row_valid, offs_d, x, w1, b1, w2, b2 = _prologue(
-        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_xb, stride_xn, stride_xh, n_tokens, D, E, BLOCK_N, DT
+    batch, head, row0, out_rows, offs_n, row_valid, offs_d, x, w1, b1, w2, b2 = _prologue(
+        x_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        b2_ptr,
+        stride_xb,
+        stride_xn,
+        stride_xh,
+        n_tokens,
+        n_heads,
+        D,
+        E,
+        BLOCK_N,
+        DT,
     )
-    row_off = ((batch * n_tokens + rows[:, None]) * n_heads + head) * E + offs_d[None, :]
+    tile = offs_n[:, None] * (n_heads * E) + offs_d[None, :]  # of the block's [BLOCK_N, D] in [B, N, H, E]
     acc0, acc1, acc2, acc3 = _psi(
         x=x,
         w1=w1,
         b1=b1,
         w2=w2,
         b2=b2,
-        a_ptrs=a_ptr + row_off,
+        a_ptrs=a_ptr + out_rows * E + tile,
         row_valid=row_valid,
         offs_d=offs_d,
         E=E,
@@ -471,7 +499,8 @@ def _bwd_kernel(
         DT=DT,
         PREC=PREC,
     )
-    g_ptrs = g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :]
+    g_rows = g_ptr + batch * stride_gb + head * stride_gh + row0 * stride_gn
+    g_ptrs = g_rows + offs_n[:, None] * stride_gn + offs_d[None, :]
     part = ((batch * max_blocks + pid * (BLOCK_N // MIN_BLOCK_N)) * n_heads + head) * E
     if LAYERS == 1:
         b_last = b1
@@ -479,7 +508,7 @@ def _bwd_kernel(
     else:
         b_last = b2
         db_last = db2_ptr + part
-    dpsi_ptrs = dpsi_ptr + row_off
+    dpsi_ptrs = dpsi_ptr + out_rows * E + tile
     if STORE and HAS_BIAS:
         _zero_rows(db1_ptr + part, n_heads, offs_d, D, E, BLOCK_N // MIN_BLOCK_N)
         if LAYERS == 2:
@@ -518,11 +547,12 @@ def _bwd_kernel(
             da = _back_through(dp0, dp1, dp2, dp3, w2, j, offs_d, E, D, P, DT, PREC)
             dh = da * _act_grad(_hidden(x, w1, b1, j, offs_d, E, D, HAS_BIAS, DT, PREC), ACT)
             if STORE:
-                tl.store(dh_ptr + row_off + j * D, dh.to(dh_ptr.dtype.element_ty), mask=row_valid[:, None])
+                dh_ptrs = dh_ptr + out_rows * E + tile + j * D
+                tl.store(dh_ptrs, dh.to(dh_ptr.dtype.element_ty), mask=row_valid[:, None])
                 if HAS_BIAS:
                     tl.store(db1_ptr + part + j * D + offs_d, tl.sum(dh, axis=0))
             dx += tl.dot(dh.to(DT), _tile_t(w1, 0, j, offs_d, E, D, DT), input_precision=PREC)
-    dx_ptrs = dx_ptr + ((batch * n_tokens + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
+    dx_ptrs = dx_ptr + out_rows * D + offs_n[:, None] * (n_heads * D) + offs_d[None, :]
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 

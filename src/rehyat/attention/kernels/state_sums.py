@@ -51,7 +51,7 @@ def _segment_sums_kernel(
     [B, n_segs, H, E], both contiguous fp32.
     """
     seg = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # offsets built from batch·head are int64: no wrap at 2^31
     batch = bh // n_heads
     head = bh % n_heads
     start = seg * seg_len
@@ -61,20 +61,22 @@ def _segment_sums_kernel(
     offs_d = tl.arange(0, D)
     a_base = a_ptr + batch * stride_ab + head * stride_ah
     b_base = b_ptr + batch * stride_bb + head * stride_bh
-    w_off = bh * n_tokens
+    w_base = bh * n_tokens
     acc = tl.zeros([BLOCK_E, D], dtype=tl.float32)
     z_acc = tl.zeros([BLOCK_E], dtype=tl.float32)
     for t0 in range(start, end, BLOCK_T):
-        tok = t0 + offs_t
-        valid = tok < end
-        a = tl.load(a_base + tok[:, None] * stride_an + offs_e[None, :], mask=valid[:, None], other=0.0)
-        b = tl.load(b_base + tok[:, None] * stride_bn + offs_d[None, :], mask=valid[:, None], other=0.0)
+        valid = t0 + offs_t < end
+        t64 = tl.cast(t0, tl.int64)  # a loop index: a Python int under the interpreter
+        a_ptrs = a_base + t64 * stride_an + offs_t[:, None] * stride_an + offs_e[None, :]
+        a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
+        b_ptrs = b_base + t64 * stride_bn + offs_t[:, None] * stride_bn + offs_d[None, :]
+        b = tl.load(b_ptrs, mask=valid[:, None], other=0.0)
         if HAS_WB:
-            wb = tl.load(wb_ptr + w_off + tok, mask=valid, other=0.0)
+            wb = tl.load(wb_ptr + w_base + t64 + offs_t, mask=valid, other=0.0)
             b = (b.to(tl.float32) * wb[:, None]).to(a.dtype)
         acc += tl.dot(tl.trans(a), b, input_precision=PREC)
         if HAS_WZ:
-            wz = tl.load(wz_ptr + w_off + tok, mask=valid, other=0.0)
+            wz = tl.load(wz_ptr + w_base + t64 + offs_t, mask=valid, other=0.0)
             z_acc += tl.sum(a.to(tl.float32) * wz[:, None], axis=0)
         else:
             z_acc += tl.sum(a.to(tl.float32), axis=0)
@@ -113,23 +115,23 @@ def _segment_apply_kernel(
     da, db are written contiguous [B, N, H, E] / [B, N, H, D] in the inputs' dtype.
     """
     pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # offsets built from batch·head are int64: no wrap at 2^31
     batch = bh // n_heads
     head = bh % n_heads
     seg = pid // blocks_per_seg
     seg_end = tl.minimum((seg + 1) * seg_len, n_tokens)
-    tok = seg * seg_len + (pid % blocks_per_seg) * BLOCK_T + tl.arange(0, BLOCK_T)
-    valid = tok < seg_end
+    tok0 = seg * seg_len + (pid % blocks_per_seg) * BLOCK_T
+    offs_t = tl.arange(0, BLOCK_T)
+    valid = tok0 + offs_t < seg_end
+    tok0 = tok0.to(tl.int64)
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, BLOCK_E)
-    b = tl.load(
-        b_ptr + batch * stride_bb + head * stride_bh + tok[:, None] * stride_bn + offs_d[None, :],
-        mask=valid[:, None],
-        other=0.0,
-    )
+    b_rows = b_ptr + batch * stride_bb + head * stride_bh + tok0 * stride_bn
+    b = tl.load(b_rows + offs_t[:, None] * stride_bn + offs_d[None, :], mask=valid[:, None], other=0.0)
     state = (batch * n_segs + seg) * n_heads + head
-    a_base = a_ptr + batch * stride_ab + head * stride_ah + tok[:, None] * stride_an
-    da_base = da_ptr + ((batch * n_tokens + tok[:, None]) * n_heads + head) * E
+    a_base = a_ptr + batch * stride_ab + head * stride_ah + tok0 * stride_an + offs_t[:, None] * stride_an
+    out_rows = (batch * n_tokens + tok0) * n_heads + head  # of the block's first token in [B, N, H, ·]
+    da_base = da_ptr + out_rows * E + offs_t[:, None] * (n_heads * E)
     db = tl.zeros([BLOCK_T, D], dtype=tl.float32)
     for e0 in tl.static_range(0, E, BLOCK_E):
         # Gradients go out in the inputs' dtype: the dots take dKV in that dtype too (fp32 stays fp32).
@@ -139,8 +141,8 @@ def _segment_apply_kernel(
         db += tl.dot(a, dkv, input_precision=PREC)
         da = tl.dot(b, tl.trans(dkv), input_precision=PREC) + dz[None, :]
         tl.store(da_base + (e0 + offs_e)[None, :], da.to(a.dtype), mask=valid[:, None])
-    db_off = ((batch * n_tokens + tok[:, None]) * n_heads + head) * D + offs_d[None, :]
-    tl.store(db_ptr + db_off, db.to(b.dtype), mask=valid[:, None])
+    db_ptrs = db_ptr + out_rows * D + offs_t[:, None] * (n_heads * D) + offs_d[None, :]
+    tl.store(db_ptrs, db.to(b.dtype), mask=valid[:, None])
 
 
 def segment_sums(

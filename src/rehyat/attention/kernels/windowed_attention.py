@@ -44,14 +44,32 @@ COMBINE_WARPS = 4
 
 @triton.jit
 def _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M: tl.constexpr):
-    """This program's (batch·head, batch, head, chunk, query rows, row mask): grid axis 0 runs over the
-    query blocks of all chunks (none spans two chunks), axis 1 over batch × heads."""
+    """This program's (batch·head, batch, head, chunk, first row, row mask): grid axis 0 runs over the
+    query blocks of all chunks (none spans two chunks), axis 1 over batch × heads. batch·head, batch,
+    head and the first row are int64: every offset built from them is, so none wraps at 2^31 elements
+    (φq of 1001 Wan frames holds 4.8e9); offsets inside a block stay int32."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     chunk = pid // blocks_per_chunk
-    rows = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = rows < tl.minimum((chunk + 1) * chunk_len, n_q)
-    return bh, bh // n_heads, bh % n_heads, chunk, rows, row_valid
+    row0 = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M
+    row_valid = row0 + tl.arange(0, BLOCK_M) < tl.minimum((chunk + 1) * chunk_len, n_q)
+    batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
+    return bh.to(tl.int64), batch, head, chunk, row0.to(tl.int64), row_valid
+
+
+@triton.jit
+def _key_block(k_base, v_base, stride_kn, stride_vn, start, hi, offs_n, offs_d, MASK: tl.constexpr):
+    """Keys and values [start, start + BLOCK_N) (rows past ``hi`` zero with MASK) and their mask."""
+    k_ptrs = k_base + tl.cast(start, tl.int64) * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+    valid = start + offs_n < hi
+    if MASK:
+        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v, valid
 
 
 @triton.jit
@@ -74,14 +92,7 @@ def _fwd_inner(
     PREC: tl.constexpr,
 ):
     for start in range(lo, hi, BLOCK_N):
-        cols = start + offs_n
-        if MASK:
-            valid = cols < hi
-            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None], other=0.0)
-        else:
-            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :])
+        k, v, valid = _key_block(k_base, v_base, stride_kn, stride_vn, start, hi, offs_n, offs_d, MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         if MASK:
             s = tl.where(valid[None, :], s, float("-inf"))
@@ -195,7 +206,7 @@ def _fwd_kernel(
     SPLITS: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
     key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
     key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
     if SPLITS > 1:
@@ -204,29 +215,25 @@ def _fwd_kernel(
         split_lo = tl.minimum(key_lo + tl.program_id(2) * span, key_hi)
         key_hi = tl.minimum(split_lo + span, key_hi)
         key_lo = split_lo
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BLOCK_N)
 
-    q = tl.load(
-        q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-        mask=row_valid[:, None],
-        other=0.0,
-    )
+    q_rows = q_ptr + batch * stride_qb + head * stride_qh + row0 * stride_qn
+    q = tl.load(q_rows + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_valid[:, None], other=0.0)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     if HAS_PREFIX:
         # Keys j < n_prefix are rows of the prefix, the others rows j − n_prefix of k, v.
-        pk_base = pk_ptr + batch * stride_pkb + head * stride_pkh
-        pv_base = pv_ptr + batch * stride_pvb + head * stride_pvh
         prefix_hi = tl.maximum(tl.minimum(key_hi, n_prefix), key_lo)
         acc, l_i, m_i = _fwd_range(
             acc=acc,
             l_i=l_i,
             m_i=m_i,
             q=q,
-            k_base=pk_base,
-            v_base=pv_base,
+            k_base=pk_ptr + batch * stride_pkb + head * stride_pkh,
+            v_base=pv_ptr + batch * stride_pvb + head * stride_pvh,
             stride_kn=stride_pkn,
             stride_vn=stride_pvn,
             lo=key_lo,
@@ -239,15 +246,13 @@ def _fwd_kernel(
         )
         key_lo = tl.maximum(key_lo - n_prefix, 0)
         key_hi = tl.maximum(key_hi - n_prefix, key_lo)
-    k_base = k_ptr + batch * stride_kb + head * stride_kh
-    v_base = v_ptr + batch * stride_vb + head * stride_vh
     acc, l_i, m_i = _fwd_range(
         acc=acc,
         l_i=l_i,
         m_i=m_i,
         q=q,
-        k_base=k_base,
-        v_base=v_base,
+        k_base=k_ptr + batch * stride_kb + head * stride_kh,
+        v_base=v_ptr + batch * stride_vb + head * stride_vh,
         stride_kn=stride_kn,
         stride_vn=stride_vn,
         lo=key_lo,
@@ -262,128 +267,88 @@ def _fwd_kernel(
     if SPLITS > 1:
         # Unnormalised softmax partials; _combine_kernel merges them and adds the linear part (there,
         # not in one of the parts: a part with the linear epilogue took longer than the merge saves).
-        part = (tl.program_id(2) * tl.num_programs(1) + bh) * n_q + rows
-        tl.store(part_acc_ptr + part[:, None] * D + offs_d[None, :], acc, mask=row_valid[:, None])
-        tl.store(part_m_ptr + part, m_i, mask=row_valid)
-        tl.store(part_l_ptr + part, l_i, mask=row_valid)
+        part = (tl.program_id(2) * tl.num_programs(1) + bh) * n_q + row0
+        tl.store(
+            part_acc_ptr + part * D + offs_m[:, None] * D + offs_d[None, :], acc, mask=row_valid[:, None]
+        )
+        tl.store(part_m_ptr + part + offs_m, m_i, mask=row_valid)
+        tl.store(part_l_ptr + part + offs_m, l_i, mask=row_valid)
     else:
-        num = acc
-        n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
-        if HAS_LINEAR:
-            num_lin, n_lin = _linear_part(
-                rows,
-                row_valid,
-                batch,
-                head,
-                chunk,
-                fq_ptr,
-                kv_ptr,
-                z_ptr,
-                stride_fb,
-                stride_fn,
-                stride_fh,
-                n_heads,
-                n_chunks,
-                D,
-                E,
-                BLOCK_M,
-                BLOCK_E,
-                PREC,
-            )
-            num += num_lin
-        _finish(
-            num,
+        _epilogue(
+            acc,
             l_i,
             m_i,
-            n_lin,
-            rows,
             row_valid,
-            batch,
-            head,
-            bh,
-            o_ptr,
-            stride_ob,
+            fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
+            stride_fn,
+            (batch * n_chunks + chunk) * n_heads + head,
+            kv_ptr,
+            z_ptr,
+            o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
             stride_on,
-            stride_oh,
+            bh * n_q + row0,
             m_ptr,
             l_ptr,
             nl_ptr,
-            n_q,
             eps,
             D,
+            E,
+            BLOCK_M,
+            BLOCK_E,
+            HAS_LINEAR,
+            PREC,
         )
 
 
 @triton.jit
-def _linear_part(
-    rows,
+def _epilogue(
+    num,
+    l_i,
+    m_i,
     row_valid,
-    batch,
-    head,
-    chunk,
-    fq_ptr,
+    fq_rows,
+    stride_fn,
+    state,
     kv_ptr,
     z_ptr,
-    stride_fb,
-    stride_fn,
-    stride_fh,
-    n_heads,
-    n_chunks,
+    o_rows,
+    stride_on,
+    stat_off,
+    m_ptr,
+    l_ptr,
+    nl_ptr,
+    eps,
     D: tl.constexpr,
     E: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """(φq·KV_t [BLOCK_M, D], nL = φq·z_t [BLOCK_M]) of one query block, fp32."""
+    """Adds the linear part φq·KV_t, φq·z_t to the softmax numerator ``num`` and normaliser ``l_i``, then
+    y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL.
+
+    ``fq_rows``/``o_rows`` point at the block's first row of φq and y, ``state`` is the chunk's state
+    index in kv [B, C, H, E, D] / z [B, C, H, E] and ``stat_off`` the first row's in [B, H, NQ]."""
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    offs_e = tl.arange(0, BLOCK_E)
-    num = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
-    state = (batch * n_chunks + chunk) * n_heads + head
-    fq_base = fq_ptr + batch * stride_fb + head * stride_fh + rows[:, None] * stride_fn
-    for e0 in tl.static_range(0, E, BLOCK_E):
-        fq = tl.load(fq_base + (e0 + offs_e)[None, :], mask=row_valid[:, None], other=0.0).to(tl.float32)
-        kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
-        z = tl.load(z_ptr + state * E + e0 + offs_e)
-        num += tl.dot(fq, kv, input_precision=PREC)
-        n_lin += tl.sum(fq * z[None, :], axis=1)
-    return num, n_lin
-
-
-@triton.jit
-def _finish(
-    num,
-    l_i,
-    m_i,
-    n_lin,
-    rows,
-    row_valid,
-    batch,
-    head,
-    bh,
-    o_ptr,
-    stride_ob,
-    stride_on,
-    stride_oh,
-    m_ptr,
-    l_ptr,
-    nl_ptr,
-    n_q,
-    eps,
-    D: tl.constexpr,
-):
-    """y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL."""
-    offs_d = tl.arange(0, D)
+    if HAS_LINEAR:
+        offs_e = tl.arange(0, BLOCK_E)
+        for e0 in tl.static_range(0, E, BLOCK_E):
+            fq_ptrs = fq_rows + offs_m[:, None] * stride_fn + (e0 + offs_e)[None, :]
+            fq = tl.load(fq_ptrs, mask=row_valid[:, None], other=0.0).to(tl.float32)
+            kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
+            z = tl.load(z_ptr + state * E + e0 + offs_e)
+            num += tl.dot(fq, kv, input_precision=PREC)
+            n_lin += tl.sum(fq * z[None, :], axis=1)
     den = tl.maximum(l_i + n_lin, eps * l_i)
     out = num / den[:, None]
-    # int64: with out= the batch stride is a whole video's, not the chunk's.
-    o_off = batch.to(tl.int64) * stride_ob + rows[:, None] * stride_on + head * stride_oh + offs_d[None, :]
-    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_valid[:, None])
-    stat_off = bh * n_q + rows
-    tl.store(m_ptr + stat_off, m_i, mask=row_valid)
-    tl.store(l_ptr + stat_off, l_i, mask=row_valid)
-    tl.store(nl_ptr + stat_off, n_lin, mask=row_valid)
+    o_ptrs = o_rows + offs_m[:, None] * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, out.to(o_ptrs.dtype.element_ty), mask=row_valid[:, None])
+    tl.store(m_ptr + stat_off + offs_m, m_i, mask=row_valid)
+    tl.store(l_ptr + stat_off + offs_m, l_i, mask=row_valid)
+    tl.store(nl_ptr + stat_off + offs_m, n_lin, mask=row_valid)
 
 
 @triton.jit
@@ -420,64 +385,47 @@ def _combine_kernel(
 ):
     """Merge the key splits of one query block (rescaled to the common row max), add the linear part
     and normalise."""
-    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    own = bh * n_q + rows
-    stride_split = tl.num_programs(1) * n_q
+    own = bh * n_q + row0
+    stride_split = tl.cast(tl.num_programs(1), tl.int64) * n_q
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for split in tl.static_range(SPLITS):
-        m_i = tl.maximum(m_i, tl.load(part_m_ptr + split * stride_split + own, mask=row_valid, other=0.0))
+        part_m = tl.load(part_m_ptr + split * stride_split + own + offs_m, mask=row_valid, other=0.0)
+        m_i = tl.maximum(m_i, part_m)
     num = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for split in tl.static_range(SPLITS):
         part = split * stride_split + own
-        weight = tl.math.exp2(tl.load(part_m_ptr + part, mask=row_valid, other=0.0) - m_i)
-        l_i += weight * tl.load(part_l_ptr + part, mask=row_valid, other=1.0)  # 1: no 0/0 in masked rows
-        acc = tl.load(part_acc_ptr + part[:, None] * D + offs_d[None, :], mask=row_valid[:, None], other=0.0)
-        num += weight[:, None] * acc
-    n_lin = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_LINEAR:
-        num_lin, n_lin = _linear_part(
-            rows,
-            row_valid,
-            batch,
-            head,
-            chunk,
-            fq_ptr,
-            kv_ptr,
-            z_ptr,
-            stride_fb,
-            stride_fn,
-            stride_fh,
-            n_heads,
-            n_chunks,
-            D,
-            E,
-            BLOCK_M,
-            BLOCK_E,
-            PREC,
-        )
-        num += num_lin
-    _finish(
+        weight = tl.math.exp2(tl.load(part_m_ptr + part + offs_m, mask=row_valid, other=0.0) - m_i)
+        # other=1.0: no 0/0 in masked rows
+        l_i += weight * tl.load(part_l_ptr + part + offs_m, mask=row_valid, other=1.0)
+        acc_ptrs = part_acc_ptr + part * D + offs_m[:, None] * D + offs_d[None, :]
+        num += weight[:, None] * tl.load(acc_ptrs, mask=row_valid[:, None], other=0.0)
+    _epilogue(
         num,
         l_i,
         m_i,
-        n_lin,
-        rows,
         row_valid,
-        batch,
-        head,
-        bh,
-        o_ptr,
-        stride_ob,
+        fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
+        stride_fn,
+        (batch * n_chunks + chunk) * n_heads + head,
+        kv_ptr,
+        z_ptr,
+        o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
         stride_on,
-        stride_oh,
+        own,
         m_ptr,
         l_ptr,
         nl_ptr,
-        n_q,
         eps,
         D,
+        E,
+        BLOCK_M,
+        BLOCK_E,
+        HAS_LINEAR,
+        PREC,
     )
 
 
@@ -500,33 +448,30 @@ def _bwd_preprocess_kernel(
     BLOCK_M: tl.constexpr,
 ):
     """Per row: 1/den, ∂L/∂nS and ∂L/∂nL from δ = g·y and the guard (see the module docstring)."""
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     batch = bh // n_heads
     head = bh % n_heads
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid = rows < n_q
+    row0 = tl.program_id(0) * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    valid = row0 + offs_m < n_q
+    row0 = row0.to(tl.int64)
     offs_d = tl.arange(0, D)
-    o = tl.load(
-        o_ptr + ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :],
-        mask=valid[:, None],
-        other=0.0,
-    )
-    g = tl.load(
-        g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :],
-        mask=valid[:, None],
-        other=0.0,
-    )
+    o_rows = o_ptr + ((batch * n_q + row0) * n_heads + head) * D
+    o = tl.load(o_rows + offs_m[:, None] * (n_heads * D) + offs_d[None, :], mask=valid[:, None], other=0.0)
+    g_rows = g_ptr + batch * stride_gb + head * stride_gh + row0 * stride_gn
+    g = tl.load(g_rows + offs_m[:, None] * stride_gn + offs_d[None, :], mask=valid[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
-    n_soft = tl.load(l_ptr + bh * n_q + rows, mask=valid, other=1.0)
-    n_lin = tl.load(nl_ptr + bh * n_q + rows, mask=valid, other=0.0)
+    stat_off = bh * n_q + row0  # of the block's first row in [B, H, NQ]
+    n_soft = tl.load(l_ptr + stat_off + offs_m, mask=valid, other=1.0)
+    n_lin = tl.load(nl_ptr + stat_off + offs_m, mask=valid, other=0.0)
     floor = eps * n_soft
     total = n_soft + n_lin
     guarded = total < floor
     rden = 1.0 / tl.maximum(total, floor)
     d_den = -delta * rden
-    tl.store(rden_ptr + bh * n_q + rows, rden, mask=valid)
-    tl.store(dns_ptr + bh * n_q + rows, tl.where(guarded, eps * d_den, d_den), mask=valid)
-    tl.store(dnl_ptr + bh * n_q + rows, tl.where(guarded, 0.0, d_den), mask=valid)
+    tl.store(rden_ptr + stat_off + offs_m, rden, mask=valid)
+    tl.store(dns_ptr + stat_off + offs_m, tl.where(guarded, eps * d_den, d_den), mask=valid)
+    tl.store(dnl_ptr + stat_off + offs_m, tl.where(guarded, 0.0, d_den), mask=valid)
 
 
 @triton.jit
@@ -554,14 +499,7 @@ def _bwd_dq_inner(
     PREC: tl.constexpr,
 ):
     for start in range(lo, hi, BLOCK_N):
-        cols = start + offs_n
-        if MASK:
-            valid = cols < hi
-            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None], other=0.0)
-        else:
-            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :])
+        k, v, valid = _key_block(k_base, v_base, stride_kn, stride_vn, start, hi, offs_n, offs_d, MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         if MASK:
             s = tl.where(valid[None, :], s, float("-inf"))
@@ -624,27 +562,22 @@ def _bwd_dq_kernel(
     HAS_LINEAR: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    bh, batch, head, chunk, rows, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
     key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
     key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
     key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BLOCK_N)
 
-    q = tl.load(
-        q_ptr + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-        mask=row_valid[:, None],
-        other=0.0,
-    )
-    g = tl.load(
-        g_ptr + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gn + offs_d[None, :],
-        mask=row_valid[:, None],
-        other=0.0,
-    )
-    stat_off = bh * n_q + rows
-    m = tl.load(m_ptr + stat_off, mask=row_valid, other=0.0)
-    rden = tl.load(rden_ptr + stat_off, mask=row_valid, other=0.0)
-    dns = tl.load(dns_ptr + stat_off, mask=row_valid, other=0.0)
+    q_rows = q_ptr + batch * stride_qb + head * stride_qh + row0 * stride_qn
+    q = tl.load(q_rows + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+    g_rows = g_ptr + batch * stride_gb + head * stride_gh + row0 * stride_gn
+    g = tl.load(g_rows + offs_m[:, None] * stride_gn + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+    stat_off = bh * n_q + row0  # of the block's first row in [B, H, NQ]
+    m = tl.load(m_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
+    rden = tl.load(rden_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
+    dns = tl.load(dns_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
     gn32 = g.to(tl.float32) * rden[:, None]
     gn = gn32.to(q.dtype)
     k_base = k_ptr + batch * stride_kb + head * stride_kh
@@ -679,29 +612,29 @@ def _bwd_dq_kernel(
         )
 
     if HAS_LINEAR:
-        # The row-max term: ∂L/∂c_i = −Σ_j ds_ij lands on the argmax key.
+        # The row-max term: ∂L/∂c_i = −Σ_j ds_ij lands on the argmax key (a key per row: int64 offsets).
         d_max = -row_sum
-        k_best = tl.load(
-            k_base + best_idx[:, None] * stride_kn + offs_d[None, :], mask=row_valid[:, None], other=0.0
-        )
+        best_key = best_idx.to(tl.int64)[:, None]
+        k_best = tl.load(k_base + best_key * stride_kn + offs_d[None, :], mask=row_valid[:, None], other=0.0)
         dq += d_max[:, None] * k_best.to(tl.float32)
-        extra_off = ((batch * n_k + best_idx[:, None]) * n_heads + head) * D + offs_d[None, :]
+        extra_off = ((batch * n_k + best_key) * n_heads + head) * D + offs_d[None, :]
         tl.atomic_add(
             dk_extra_ptr + extra_off, (d_max * scale)[:, None] * q.to(tl.float32), mask=row_valid[:, None]
         )
-    dq_off = ((batch * n_q + rows[:, None]) * n_heads + head) * D + offs_d[None, :]
-    tl.store(dq_ptr + dq_off, (dq * scale).to(q.dtype), mask=row_valid[:, None])
+    out_rows = (batch * n_q + row0) * n_heads + head  # of the block's first row in [B, NQ, H, ·]
+    dq_ptrs = dq_ptr + out_rows * D + offs_m[:, None] * (n_heads * D) + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(q.dtype), mask=row_valid[:, None])
 
     if HAS_LINEAR:
-        dnl = tl.load(dnl_ptr + stat_off, mask=row_valid, other=0.0)
+        dnl = tl.load(dnl_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
         offs_e = tl.arange(0, BLOCK_E)
         state = (batch * n_chunks + chunk) * n_heads + head
-        dfq_base = dfq_ptr + ((batch * n_q + rows[:, None]) * n_heads + head) * E
+        dfq_rows = dfq_ptr + out_rows * E + offs_m[:, None] * (n_heads * E)
         for e0 in tl.static_range(0, E, BLOCK_E):
             kv = tl.load(kv_ptr + state * E * D + (e0 + offs_e)[:, None] * D + offs_d[None, :])
             z = tl.load(z_ptr + state * E + e0 + offs_e)
             dfq = tl.dot(gn32, tl.trans(kv), input_precision=PREC) + dnl[:, None] * z[None, :]
-            tl.store(dfq_base + (e0 + offs_e)[None, :], dfq.to(q.dtype), mask=row_valid[:, None])
+            tl.store(dfq_rows + (e0 + offs_e)[None, :], dfq.to(q.dtype), mask=row_valid[:, None])
 
 
 @triton.jit
@@ -743,26 +676,28 @@ def _bwd_dkdv_kernel(
     HAS_EXTRA: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # int64 offsets throughout, as in _query_block
     batch = bh // n_heads
     head = bh % n_heads
     key0 = tl.program_id(0) * BLOCK_N
-    cols = key0 + tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
+    cols = key0 + offs_n
     col_valid = cols < n_k
     offs_d = tl.arange(0, D)
     offs_m = tl.arange(0, BLOCK_M)
-    k = tl.load(
-        k_ptr + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
-        mask=col_valid[:, None],
-        other=0.0,
-    )
-    v = tl.load(
-        v_ptr + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vn + offs_d[None, :],
-        mask=col_valid[:, None],
-        other=0.0,
-    )
     q_base = q_ptr + batch * stride_qb + head * stride_qh
     g_base = g_ptr + batch * stride_gb + head * stride_gh
+    k, v, _ = _key_block(
+        k_ptr + batch * stride_kb + head * stride_kh,
+        v_ptr + batch * stride_vb + head * stride_vh,
+        stride_kn,
+        stride_vn,
+        key0,
+        n_k,
+        offs_n,
+        offs_d,
+        True,
+    )
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # Chunks whose window [max(t·L − O, 0), min((t+1)·L + K0, NK)) meets this key block.
@@ -775,18 +710,17 @@ def _bwd_dkdv_kernel(
         in_window = (cols >= key_lo) & (cols < key_hi)
         row_hi = tl.minimum((chunk + 1) * chunk_len, n_q)
         for row0 in range(chunk * chunk_len, row_hi, BLOCK_M):
-            rows = row0 + offs_m
-            row_valid = rows < row_hi
-            q = tl.load(
-                q_base + rows[:, None] * stride_qn + offs_d[None, :], mask=row_valid[:, None], other=0.0
-            )
-            g = tl.load(
-                g_base + rows[:, None] * stride_gn + offs_d[None, :], mask=row_valid[:, None], other=0.0
-            )
-            stat_off = bh * n_q + rows
-            m = tl.load(m_ptr + stat_off, mask=row_valid, other=float("inf"))
-            rden = tl.load(rden_ptr + stat_off, mask=row_valid, other=0.0)
-            dns = tl.load(dns_ptr + stat_off, mask=row_valid, other=0.0)
+            row_valid = row0 + offs_m < row_hi
+            row0_64 = tl.cast(row0, tl.int64)  # a loop index: a Python int under the interpreter
+            rows64 = row0_64 + offs_m
+            q_ptrs = q_base + rows64[:, None] * stride_qn + offs_d[None, :]
+            q = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+            g_ptrs = g_base + rows64[:, None] * stride_gn + offs_d[None, :]
+            g = tl.load(g_ptrs, mask=row_valid[:, None], other=0.0)
+            stat_off = bh * n_q + row0_64
+            m = tl.load(m_ptr + stat_off + offs_m, mask=row_valid, other=float("inf"))
+            rden = tl.load(rden_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
+            dns = tl.load(dns_ptr + stat_off + offs_m, mask=row_valid, other=0.0)
             gn = (g.to(tl.float32) * rden[:, None]).to(q.dtype)
             s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
             p_t = tl.math.exp2(s_t - m[None, :])
@@ -796,11 +730,12 @@ def _bwd_dkdv_kernel(
             ds_t = p_t * dp_t
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
     dk *= scale
-    out_off = ((batch * n_k + cols[:, None]) * n_heads + head) * D + offs_d[None, :]
+    out_rows = ((batch * n_k + key0) * n_heads + head) * D  # the block's first key in [B, NK, H, D]
+    tile = offs_n[:, None] * (n_heads * D) + offs_d[None, :]
     if HAS_EXTRA:
-        dk += tl.load(dk_extra_ptr + out_off, mask=col_valid[:, None], other=0.0)
-    tl.store(dk_ptr + out_off, dk.to(k.dtype), mask=col_valid[:, None])
-    tl.store(dv_ptr + out_off, dv.to(v.dtype), mask=col_valid[:, None])
+        dk += tl.load(dk_extra_ptr + out_rows + tile, mask=col_valid[:, None], other=0.0)
+    tl.store(dk_ptr + out_rows + tile, dk.to(k.dtype), mask=col_valid[:, None])
+    tl.store(dv_ptr + out_rows + tile, dv.to(v.dtype), mask=col_valid[:, None])
 
 
 def _grid_rows(n_q: int, chunk_len: int, block_m: int) -> tuple[int, int, int]:
@@ -861,10 +796,6 @@ def _launch_forward(
     if splits is None:
         window_blocks = -(-min(chunk_len + overlap_len + key_offset, n_k) // cfg.block_n)
         splits = key_splits(n_programs * batch * heads, window_blocks, head_dim, q.dtype, q.device)
-        if splits * q.numel() >= 2**31:  # partial offsets are int32
-            splits = 1
-    elif splits > 1 and splits * q.numel() >= 2**31:
-        raise ValueError(f"splits={splits}: the partials of {tuple(q.shape)} would overflow int32 offsets")
     if out is None:
         out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
     m, l_soft, n_lin = (
@@ -876,14 +807,9 @@ def _launch_forward(
         part_m, part_l = (
             torch.empty(splits, batch * heads, n_q, device=q.device, dtype=torch.float32) for _ in range(2)
         )
-    block_e = feature_block(feat) if has_linear else 16
     fq, kv, z = (fq, kv, z) if has_linear else (q, q, q)
-    _fwd_kernel[(n_programs, batch * heads, splits)](
-        q_ptr=q,
-        k_ptr=k,
-        v_ptr=v,
-        pk_ptr=pk,
-        pv_ptr=pv,
+    # Arguments _fwd_kernel shares with _combine_kernel, which merges split windows and finishes them.
+    epilogue = dict(
         fq_ptr=fq,
         kv_ptr=kv,
         z_ptr=z,
@@ -894,66 +820,49 @@ def _launch_forward(
         part_acc_ptr=part_acc,
         part_m_ptr=part_m,
         part_l_ptr=part_l,
+        **strides("f", fq),
+        **strides("o", out),
+        n_heads=heads,
+        n_q=n_q,
+        chunk_len=chunk_len,
+        n_chunks=n_chunks,
+        eps=DENOMINATOR_EPS,
+        D=head_dim,
+        E=feat,
+        BLOCK_E=feature_block(feat) if has_linear else 16,
+        HAS_LINEAR=has_linear,
+        SPLITS=splits,
+        PREC=dot_precision(q.dtype),
+    )
+    _fwd_kernel[(n_programs, batch * heads, splits)](
+        q_ptr=q,
+        k_ptr=k,
+        v_ptr=v,
+        pk_ptr=pk,
+        pv_ptr=pv,
         **strides("q", q),
         **strides("k", k),
         **strides("v", v),
         **strides("pk", pk),
         **strides("pv", pv),
-        **strides("f", fq),
-        **strides("o", out),
-        n_heads=heads,
-        n_q=n_q,
         n_k=n_k,
         n_prefix=n_prefix,
-        chunk_len=chunk_len,
         overlap_len=overlap_len,
         key_offset=key_offset,
         blocks_per_chunk=blocks_per_chunk,
-        n_chunks=n_chunks,
         qk_scale=scale * LOG2E,
-        eps=DENOMINATOR_EPS,
-        D=head_dim,
-        E=feat,
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
-        BLOCK_E=block_e,
-        HAS_LINEAR=has_linear,
         HAS_PREFIX=prefix is not None,
-        SPLITS=splits,
-        PREC=dot_precision(q.dtype),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **epilogue,
     )
     if splits > 1:
         block_m = min(COMBINE_BLOCK_M, cfg.block_m)
         blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_len, block_m)
         _combine_kernel[(n_programs, batch * heads)](
-            part_acc_ptr=part_acc,
-            part_m_ptr=part_m,
-            part_l_ptr=part_l,
-            fq_ptr=fq,
-            kv_ptr=kv,
-            z_ptr=z,
-            o_ptr=out,
-            m_ptr=m,
-            l_ptr=l_soft,
-            nl_ptr=n_lin,
-            **strides("f", fq),
-            **strides("o", out),
-            n_heads=heads,
-            n_q=n_q,
-            chunk_len=chunk_len,
-            blocks_per_chunk=blocks_per_chunk,
-            n_chunks=n_chunks,
-            eps=DENOMINATOR_EPS,
-            D=head_dim,
-            E=feat,
-            BLOCK_M=block_m,
-            BLOCK_E=block_e,
-            HAS_LINEAR=has_linear,
-            SPLITS=splits,
-            PREC=dot_precision(q.dtype),
-            num_warps=COMBINE_WARPS,
+            blocks_per_chunk=blocks_per_chunk, BLOCK_M=block_m, num_warps=COMBINE_WARPS, **epilogue
         )
     if stats is not None:
         stats.total_rows += m.numel()
