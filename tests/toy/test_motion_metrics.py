@@ -1,0 +1,163 @@
+"""ToyBench's motion metrics (direction and speed accuracy, motion smoothness, size drift) validated on the
+third world: near perfect on rendered clips, short and long, and each corruption moves the metric that
+should see it — jumps at chunk boundaries, a reversed clip, a frozen clip, pure noise, a growing object."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rehyat.toy.toybench import evaluate_videos, read_back
+from rehyat.toy.world import DIRECTIONS, V2, V3, ToyPrompt, render, sample_prompt
+
+MOTION = ("direction_accuracy", "speed_accuracy", "motion_smoothness", "size_drift")
+CHUNK = 12  # video frames of a chunk of Tc = 3 latent frames in the third world
+
+
+def prompts(count: int, seed: int = 0) -> list[ToyPrompt]:
+    rng = random.Random(seed)
+    return [sample_prompt(rng) for _ in range(count)]
+
+
+def clips(chosen: list[ToyPrompt], frames: int = 81, offsets=None, scales=None) -> torch.Tensor:
+    return torch.stack(
+        [
+            render(
+                p, frames, seed=i, world=V3, offsets=None if offsets is None else offsets(p), scales=scales
+            )
+            for i, p in enumerate(chosen)
+        ]
+    )
+
+
+def score(videos, chosen, world=V3) -> dict:
+    return evaluate_videos(videos, chosen, world=world)
+
+
+@pytest.fixture(scope="module")
+def truth():
+    chosen = prompts(16)
+    videos = clips(chosen)
+    return videos, chosen, score(videos, chosen)
+
+
+def test_rendered_clips_score_near_perfect(truth):
+    _, _, result = truth
+    assert result["direction_accuracy"] == result["speed_accuracy"] == result["adherence"] == 100
+    assert result["background_accuracy"] == result["object_presence"] == 100  # the trail misleads neither
+    assert result["motion_smoothness"] > 97
+    assert result["size_drift"] < 0.01
+
+
+def test_long_videos_score_near_perfect():
+    """333 frames (84 latent frames, 4× the training clip): several wraps around the frame."""
+    chosen = prompts(6, seed=1)
+    result = score(clips(chosen, frames=333), chosen)
+    assert result["direction_accuracy"] == result["speed_accuracy"] == result["adherence"] == 100
+    assert result["motion_smoothness"] > 97 and result["size_drift"] < 0.01
+
+
+def chunk_jumps(pixels: float, perpendicular: bool):
+    """Offsets that move the object by ``pixels`` more at every chunk start (across or along the motion)."""
+
+    def offsets(prompt: ToyPrompt) -> np.ndarray:
+        dx, dy = DIRECTIONS[prompt.direction]
+        ux, uy = (-dy, dx) if perpendicular else (dx, dy)
+        chunk = np.arange(81) // CHUNK
+        return np.stack([ux * pixels * chunk, uy * pixels * chunk], 1).astype(float)
+
+    return offsets
+
+
+@pytest.mark.parametrize(
+    ("pixels", "perpendicular", "ceiling"), [(1, True, 90), (2, True, 75), (4, True, 50), (-2, False, 72)]
+)
+def test_jumps_at_chunk_boundaries_lower_smoothness_only(truth, pixels, perpendicular, ceiling):
+    """A jump of one pixel every 12 frames (6 or 12 px of motion) costs over 10 points;
+    direction, speed and size drift stay as they were."""
+    _, chosen, clean = truth
+    result = score(clips(chosen, offsets=chunk_jumps(pixels, perpendicular)), chosen)
+    assert result["motion_smoothness"] < ceiling < clean["motion_smoothness"]
+    assert result["direction_accuracy"] == result["speed_accuracy"] == 100
+    assert result["size_drift"] == pytest.approx(clean["size_drift"], abs=1e-3)
+
+
+def test_reversed_clip_flips_direction_only(truth):
+    videos, chosen, clean = truth
+    result = score(videos.flip(2), chosen)
+    assert result["direction_accuracy"] == 0
+    assert result["speed_accuracy"] == 100
+    assert result["motion_smoothness"] == pytest.approx(clean["motion_smoothness"], abs=1e-9)
+    assert result["size_drift"] == pytest.approx(clean["size_drift"], abs=1e-9)
+    for clip, reference in zip(result["per_clip"], clean["per_clip"], strict=True):
+        (vx, vy), (wx, wy) = clip["readout"]["velocity"], reference["readout"]["velocity"]
+        assert vx == pytest.approx(-wx, abs=1e-9) and vy == pytest.approx(-wy, abs=1e-9)
+
+
+@pytest.mark.parametrize("world", [V2, V3])
+def test_frozen_clip_has_no_speed_and_no_smoothness(world):
+    chosen = prompts(8, seed=2)
+    videos = torch.stack([render(p, seed=i, world=world) for i, p in enumerate(chosen)])
+    result = score(videos[:, :, :1].expand_as(videos), chosen, world)
+    assert result["direction_accuracy"] == result["speed_accuracy"] == result["motion_smoothness"] == 0
+    assert result["shape_accuracy"] == result["colour_accuracy"] == 100  # the object is still there
+    assert all(clip["readout"]["velocity_deviation"] == 1 for clip in result["per_clip"])
+
+
+@pytest.mark.parametrize("world", [V2, V3])
+@pytest.mark.parametrize("kind", ["gaussian", "faint", "uniform"])
+def test_pure_noise_shows_no_object(world, kind):
+    """Noise is no object: no direction, speed or smoothness, the worst size drift, nothing present."""
+    chosen = prompts(4, seed=3)
+    shape = (len(chosen), 3, world.num_frames, world.height, world.width)
+    generator = torch.Generator().manual_seed(0)
+    noise = {
+        "gaussian": lambda: torch.randn(shape, generator=generator).clamp(-1, 1),
+        "faint": lambda: 0.3 * torch.randn(shape, generator=generator),
+        "uniform": lambda: torch.rand(shape, generator=generator) * 2 - 1,
+    }[kind]()
+    result = score(noise, chosen, world)
+    assert result["direction_accuracy"] == result["speed_accuracy"] == result["motion_smoothness"] == 0
+    assert result["size_drift"] == 1 and result["object_presence"] == result["temporal_consistency"] == 0
+    assert result["adherence"] == 0
+
+
+def test_noise_over_an_object_keeps_it(truth):
+    """Heavy noise (σ = 1, 4 dB) over a rendered clip still shows its object moving the prompted way."""
+    videos, chosen, _ = truth
+    noisy = videos[:4] + torch.randn(videos[:4].shape, generator=torch.Generator().manual_seed(1))
+    result = score(noisy, chosen[:4])
+    assert result["object_presence"] == result["colour_accuracy"] == result["direction_accuracy"] == 100
+
+
+def test_growing_object_raises_size_drift_only(truth):
+    _, chosen, clean = truth
+    growing = score(clips(chosen, scales=np.linspace(1, 1.5, 81)), chosen)
+    assert growing["size_drift"] > 0.15 > 10 * clean["size_drift"]
+    assert growing["direction_accuracy"] == growing["speed_accuracy"] == 100
+    assert growing["motion_smoothness"] > 97
+    pulsing = score(clips(chosen, scales=1 + 0.2 * np.sin(np.arange(81) * 2 * np.pi / CHUNK)), chosen)
+    assert pulsing["size_drift"] > 0.15
+
+
+def test_per_clip_scores_back_every_mean(truth):
+    """Each motion metric (and adherence, consistency, PSNR, SSIM) has one value per clip under its own
+    name, whose mean is the reported metric: what a paired-bootstrap interval between two models needs."""
+    videos, chosen, _ = truth
+    result = evaluate_videos(videos[:4], chosen[:4], reference=videos[:4].flip(2), world=V3)
+    names = (*MOTION, "adherence", "temporal_consistency", "psnr", "ssim", "shape_accuracy")
+    for name in names:
+        values = [clip[name] for clip in result["per_clip"]]
+        assert all(np.isfinite(values)) and np.mean(values) == pytest.approx(result[name]), name
+
+
+def test_readout_at_the_world_speeds():
+    """Third-world speeds are a quarter of the second's per frame: the readout uses the world's."""
+    prompt = ToyPrompt("red", "circle", "right", "fast", "plain")
+    video = render(prompt, seed=0, world=V3)
+    assert read_back(video, V3).speed == "fast"
+    assert read_back(video, V2).speed == "slow"  # 1 px per frame is under v2's slow 1.33 px
+    assert read_back(render(prompt, seed=0), V2).speed == "fast"
