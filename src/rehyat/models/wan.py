@@ -11,6 +11,7 @@ processors of the model share. The same runtime switches the processors into str
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,14 +34,17 @@ PHI_K = "rehyat_phi_k"
 
 @dataclass
 class ReHyAtRuntime:
-    """Per-model state shared by the processors: config, the current latent grid, streaming mode, and
-    the attention ``backend`` ("auto", "torch" or "triton", as in :func:`rehyat.hybrid_attention`)."""
+    """Per-model state shared by the processors: config, the current latent grid, streaming mode, the
+    attention ``backend`` ("auto", "torch" or "triton", as in :func:`rehyat.hybrid_attention`), and
+    ``attention``: when set, what the parallel mode calls instead of :func:`configured_attention`, with
+    the same arguments (:mod:`rehyat.parallel` sets it to exchange halos and states between ranks)."""
 
     config: ReHyAtConfig
     blocks: list[int]
     grid: tuple[int, int, int] | None = None
     streaming: bool = False
     backend: str = "auto"
+    attention: Callable[..., Tensor] | None = None
 
     def capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: record the post-patch (T, H, W) of the transformer's input."""
@@ -184,9 +188,8 @@ class ReHyAtWanAttnProcessor:
                 causal=config.causal,
                 stats=self.stats,
             )
-            out = configured_attention(
-                config, query, key, value, fq, fk, backend=self.runtime.backend, **geometry
-            )
+            attend = configured_attention if self.runtime.attention is None else self.runtime.attention
+            out = attend(config, query, key, value, fq, fk, backend=self.runtime.backend, **geometry)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
