@@ -1,4 +1,4 @@
-"""``rehyat bench op|attention|distill|model|toy``: the experiment harness's benchmarks.
+"""``rehyat bench op|attention|distill|model|comm|toy``: the experiment harness's benchmarks.
 
 Each target's parser lives here; the measuring code is in :mod:`rehyat.experiments`, imported only
 when the target runs.
@@ -74,6 +74,18 @@ def register(commands) -> None:
         "--render-only", action="store_true", help="re-render model.md/.png from model.json (no GPU)"
     )
     parser.set_defaults(handler=_runner("bench_model"))
+
+    parser = targets.add_parser(
+        "comm", help="chunk parallelism vs ring attention: bytes per layer per rank (CPU, gloo)"
+    )
+    parser.add_argument("--frames", type=int, nargs="+", default=[21, 81, 161], help="latent frame counts")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8], help="rank counts")
+    parser.add_argument("--chunk-frames", type=int, default=3, help="Tc")
+    parser.add_argument("--overlap-frames", type=int, default=1, help="To")
+    parser.add_argument("--out", default="bench/results", help="folder for chunk_parallel_comm.json/.md/.png")
+    parser.add_argument("--skip-measure", action="store_true", help="analytic only (no gloo processes)")
+    parser.add_argument("--render-only", action="store_true", help="re-render the markdown/PNG from the JSON")
+    parser.set_defaults(handler=_runner("bench_comm"))
 
     parser = targets.add_parser(
         "stage1", help="stage-1 robustness on the toy teacher: φ variants × learning rates × seeds"
