@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rehyat.cli import bench, demo, flops, generate, toy, train
+from rehyat.cli import bench, demo, export, flops, generate, toy, train
 
-_COMMANDS = (demo, flops, generate, train, toy, bench)
+_COMMANDS = (demo, flops, generate, train, toy, bench, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 
 from rehyat.cli._common import add_config_arguments, call_with_args
+from rehyat.cli.export import add_bench_device
 
 
 def _runner(module: str):
@@ -127,3 +128,5 @@ def register(commands) -> None:
         help="take the students of an earlier table made with the same settings; train only the rest",
     )
     parser.set_defaults(handler=_runner("toy_quality"))
+
+    add_bench_device(targets, _runner("bench_device"))

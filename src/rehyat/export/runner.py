@@ -1,0 +1,160 @@
+"""Running an exported step on its runtime, with numpy arrays in and out — no PyTorch model involved.
+
+:class:`ExportedStep` opens an export folder (``manifest.json`` + graphs) on ONNX Runtime or ExecuTorch
+and drives a whole latent video through it chunk by chunk, carrying every block's state (numpy arrays)
+from one chunk to the next: the analogue of :func:`rehyat.recurrent_forward` outside PyTorch. Nothing
+here calls PyTorch: ExecuTorch's Python bindings take and return ``torch.Tensor`` containers, so that
+backend only wraps the numpy arrays (no copy) and unwraps the results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+_DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16}
+
+
+class _OnnxRuntime:
+    def __init__(self, folder: Path, manifest: dict[str, Any], threads: int | None) -> None:
+        import onnxruntime
+
+        self._onnxruntime = onnxruntime
+        self._folder, self._manifest, self._threads = folder, manifest, threads
+        self._sessions: dict[str, Any] = {}
+
+    def _session(self, name: str):
+        if name not in self._sessions:
+            options = self._onnxruntime.SessionOptions()
+            if self._threads:
+                options.intra_op_num_threads = self._threads
+                options.inter_op_num_threads = 1
+            path = self._folder / self._manifest["graphs"][name]["file"]
+            self._sessions[name] = self._onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[name]
+
+    def run(self, name: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        session = self._session(name)
+        names = [spec["name"] for spec in self._manifest["graphs"][name]["inputs"]]
+        return session.run(None, dict(zip(names, inputs, strict=True)))
+
+
+class _ExecuTorch:
+    def __init__(self, folder: Path, manifest: dict[str, Any], threads: int | None) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        # XNNPACK sizes its own thread pool (one thread per core); ``threads`` does not apply here.
+        self._torch = torch
+        files = {entry["file"] for entry in manifest["graphs"].values()}
+        self._program = Runtime.get().load_program(str(folder / files.pop()))
+        self._methods: dict[str, Any] = {}
+
+    def run(self, name: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if name not in self._methods:
+            self._methods[name] = self._program.load_method(name)
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+        return [out.numpy() for out in self._methods[name].execute(tensors)]
+
+
+_BACKENDS = {"onnxruntime": _OnnxRuntime, "executorch": _ExecuTorch}
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One chunk of a video through the runtime: its first post-patch frame, the graph that ran it,
+    its output and every block's state after it (:data:`~rehyat.export.step.STATE_FIELDS` per block)."""
+
+    start: int
+    graph: str
+    output: np.ndarray
+    state: list[np.ndarray]
+
+
+class ExportedStep:
+    """An export folder opened on its runtime. ``threads``: the runtime's intra-op threads (default:
+    the runtime's own choice)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            raise ValueError(f"{folder} is not an export folder (no {MANIFEST})")
+        self.manifest = json.loads(path.read_text())
+        runtime = self.manifest.get("runtime")
+        if runtime not in _BACKENDS:
+            raise ValueError(f"{path} names an unknown runtime {runtime!r}")
+        self.runtime = runtime
+        self._backend = _BACKENDS[runtime](self.folder, self.manifest, threads)
+
+    @property
+    def graphs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["graphs"]
+
+    def run(self, graph: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one graph on ``inputs`` in the order of its manifest entry (shapes and dtypes checked)."""
+        if graph not in self.graphs:
+            raise ValueError(f"no graph {graph!r} in {self.folder} (it has {sorted(self.graphs)})")
+        specs = self.graphs[graph]["inputs"]
+        if len(inputs) != len(specs):
+            raise ValueError(f"graph {graph} takes {len(specs)} inputs, got {len(inputs)}")
+        ready = []
+        for spec, array in zip(specs, inputs, strict=True):
+            array = np.asarray(array, dtype=_DTYPES[spec["dtype"]])
+            expected = spec["shape"]
+            if array.ndim != len(expected) or any(
+                e is not None and e != a for e, a in zip(expected, array.shape, strict=True)
+            ):
+                raise ValueError(
+                    f"graph {graph} input {spec['name']} must be {spec['shape']}, got {list(array.shape)}"
+                )
+            ready.append(array)
+        return self._backend.run(graph, ready)
+
+    def graph_for(self, start: int, frames: int) -> str:
+        """The graph of a chunk of ``frames`` frames starting at post-patch frame ``start``."""
+        first, cached = start == 0, min(self.manifest["overlap_frames"], start)
+        for name, entry in self.graphs.items():
+            if (entry.get("first"), entry.get("cached"), entry.get("frames")) == (first, cached, frames):
+                return name
+        what = "a first chunk" if first else f"a chunk after {cached} cached frame(s)"
+        raise ValueError(
+            f"this export has no graph for {what} of {frames} frame(s) (it has {sorted(self.graphs)}): "
+            "export it for this video length"
+        )
+
+    def chunks(self, latents: np.ndarray, timestep: np.ndarray, context: np.ndarray) -> Iterator[ChunkResult]:
+        """Drive a latent video [B, C, F, H, W] through a DiT export chunk by chunk (fresh states),
+        yielding each chunk's output and next state."""
+        m = self.manifest
+        if m["kind"] != "dit":
+            raise ValueError(f"{self.folder} holds a {m['kind']} export; whole videos need a 'dit' export")
+        latents = np.asarray(latents, dtype=np.float32)
+        expected = (m["batch"], m["in_channels"], *m["latent_size"])
+        if latents.ndim != 5 or (latents.shape[0], latents.shape[1], *latents.shape[3:]) != expected:
+            raise ValueError(
+                f"latents must be [B, C, F, H, W] with (B, C, H, W) = {expected}, got {latents.shape}"
+            )
+        p_t = m["patch_size"][0]
+        frames = latents.shape[2] // p_t
+        chunk = m["chunk_frames"]
+        state: list[np.ndarray] = []
+        for start in range(0, frames, chunk):
+            n = min(chunk, frames - start)
+            graph = self.graph_for(start, n)
+            piece = latents[:, :, start * p_t : (start + n) * p_t]
+            results = self.run(graph, [piece, timestep, context, np.array([start], dtype=np.int64), *state])
+            state = list(results[1:])
+            yield ChunkResult(start=start, graph=graph, output=results[0], state=state)
+
+    def forward(self, latents: np.ndarray, timestep: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """The model output for a whole latent video: :func:`rehyat.recurrent_forward` on the runtime."""
+        return np.concatenate([c.output for c in self.chunks(latents, timestep, context)], axis=2)
