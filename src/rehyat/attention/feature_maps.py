@@ -29,18 +29,22 @@ installed and the map is supported (1 or 2 layers, degree ≤ 4, head dim a powe
 float16/bfloat16/float32), else the PyTorch path below, which stays the reference. ``"torch"`` forces
 PyTorch; ``"triton"`` forces the kernels and raises if they cannot run (on CPU they need
 ``TRITON_INTERPRET=1``). Under autocast a float32 input runs in the autocast dtype, as the einsums would.
+Both run as the ``rehyat::feature_map`` custom op in inference and under ``torch.compile``
+(:mod:`rehyat.attention.custom_ops`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from rehyat.attention._common import check_bool
+from rehyat.attention.custom_ops import feature_map
 
 _ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -67,7 +71,7 @@ def kernel_unsupported_reason(phi: PolynomialFeatureMap, x: Tensor) -> str | Non
     return None
 
 
-def _check_fp16_range(x: Tensor, features: Tensor) -> Tensor:
+def check_fp16_range(x: Tensor, features: Tensor) -> Tensor:
     """``features`` unless they are float16 and a token with finite input got non-finite features: the
     powers ψ_p^p outgrow the float16 range (65504) long before the input does (|x| ≈ 500–800 for the
     "taylor" init at D = 128), and inf features make the attention output inf or NaN. Costs one
@@ -84,6 +88,34 @@ def _check_fp16_range(x: Tensor, features: Tensor) -> Tensor:
             "keep q and k smaller (e.g. the QK RMSNorm before φ)."
         )
     return features
+
+
+def torch_feature_map(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+) -> Tensor:
+    """φ(x) in PyTorch, the reference of the kernel: layers ``weights`` [H, d_in, d_out] (cast to x's
+    dtype) with ``biases`` [H, d_out] (empty: none) and the activation between them, then the parts
+    ψ_p raised to p (``nonnegative``: 2p). Returns x's dtype (not the unchecked fp16 range)."""
+    act = _ACTIVATIONS[activation]
+    h = x
+    for index, w in enumerate(weights):
+        if index:
+            h = act(h)
+        h = torch.einsum("bnhi,hio->bnho", h, w.to(h.dtype))
+        if biases:
+            h = h + biases[index].to(h.dtype)
+    parts = h.split(x.shape[-1], dim=-1)
+    exponents = (2 * p if nonnegative else p for p in range(1, degree + 1))
+    features = torch.cat(
+        [part if e == 1 else part**e for e, part in zip(exponents, parts, strict=True)], dim=-1
+    )
+    # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
+    return features.to(x.dtype)
 
 
 class PolynomialFeatureMap(nn.Module):
@@ -212,34 +244,27 @@ class PolynomialFeatureMap(nn.Module):
                 f"expected input [B, N, {self.num_heads}, {self.head_dim}], got {tuple(x.shape)}"
             )
         if self.resolve_backend(x, backend) == "triton":
-            return _check_fp16_range(x, self._forward_triton(x))
-        act = _ACTIVATIONS[self.activation]
-        h = x
-        for index, w in enumerate(self.weights):
-            if index:
-                h = act(h)
-            h = torch.einsum("bnhi,hio->bnho", h, w.to(h.dtype))
-            if self.biases is not None:
-                h = h + self.biases[index].to(h.dtype)
-        parts = h.split(self.head_dim, dim=-1)
-        features = torch.cat(
-            [part if e == 1 else part**e for e, part in zip(self.exponents, parts, strict=True)], dim=-1
-        )
-        # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
-        return _check_fp16_range(x, features.to(x.dtype))
+            features = self._forward_triton(x)
+        else:
+            features = self._run(x, "torch")
+        # A host sync in float16 only: under torch.compile a graph break there, none in bf16/fp32.
+        return check_fp16_range(x, features)
 
     def _forward_triton(self, x: Tensor) -> Tensor:
-        from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
+        return self._run(x, "triton")
 
-        inputs = x
-        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
-            inputs = x.to(torch.get_autocast_dtype(x.device.type))
-        biases = None if self.biases is None else list(self.biases)
-        with torch.autocast(x.device.type, enabled=False):
-            features = polynomial_feature_map(
-                inputs, list(self.weights), biases, self.degree, self.activation, self.nonnegative
-            )
-        return features.to(x.dtype)
+    def _run(self, x: Tensor, backend: Literal["torch", "triton"]) -> Tensor:
+        """φ(x) through :func:`rehyat.attention.custom_ops.feature_map` (the ``rehyat::feature_map`` op
+        in inference and under ``torch.compile``)."""
+        return feature_map(
+            x,
+            list(self.weights),
+            [] if self.biases is None else list(self.biases),
+            degree=self.degree,
+            activation=self.activation,
+            nonnegative=self.nonnegative,
+            backend=backend,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -1,11 +1,19 @@
-"""Public entry point of the parallel ReHyAt op: validation, then the implementation (PyTorch or Triton)."""
+"""Public entry point of the parallel ReHyAt op: validation, then the implementation (PyTorch or Triton),
+through the ``rehyat::hybrid_attention`` custom op in inference and under ``torch.compile``
+(:mod:`rehyat.attention.custom_ops`)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, check_bool, validate_geometry, validate_inputs
-from rehyat.attention.chunked import chunked_hybrid_attention
+from rehyat.attention._common import (
+    AttentionStats,
+    check_bool,
+    resolve_scale,
+    validate_geometry,
+    validate_inputs,
+)
+from rehyat.attention.custom_ops import parallel_attention
 from rehyat.attention.kernels import Backend, resolve_backend
 
 
@@ -47,23 +55,8 @@ def hybrid_attention(
     check_bool("causal", causal)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
-    if resolve_backend(backend, q, fq) == "triton" and q.numel() > 0:
-        from rehyat.attention.kernels.hybrid import triton_hybrid_attention
-
-        return triton_hybrid_attention(
-            q,
-            k,
-            v,
-            fq,
-            fk,
-            frame_tokens=frame_tokens,
-            chunk_frames=chunk_frames,
-            overlap_frames=overlap_frames,
-            causal=causal,
-            scale=scale,
-            stats=stats,
-        )
-    return chunked_hybrid_attention(
+    use_triton = resolve_backend(backend, q, fq) == "triton" and q.numel() > 0
+    return parallel_attention(
         q,
         k,
         v,
@@ -73,6 +66,7 @@ def hybrid_attention(
         chunk_frames=chunk_frames,
         overlap_frames=overlap_frames,
         causal=causal,
-        scale=scale,
+        scale=resolve_scale(scale, q.shape[-1]),
+        backend="triton" if use_triton else "torch",
         stats=stats,
     )

@@ -29,6 +29,7 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
+from rehyat.attention.custom_ops import step_attention
 from rehyat.attention.kernels import Backend, resolve_backend
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -206,28 +207,21 @@ def hybrid_attention_step(
     # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
     use_triton = resolve_backend(backend, q, fq) == "triton" and q.numel() > 0
 
-    if use_triton:
-        from rehyat.attention.kernels.hybrid import triton_step_attention
-
-        cached = (state.k, state.v)
-        out = triton_step_attention(
-            q,
-            k,
-            v,
-            *cached,
-            fq,
-            state.kv,
-            state.z,
-            frame_tokens=frame_tokens,
-            scale=scale,
-            stats=stats,
-            out=out,
-        )
-    else:
-        keys, values = torch.cat([state.k, k], dim=1), torch.cat([state.v, v], dim=1)
-        result = _torch_step_attention(q, keys, values, fq, state.kv, state.z, scale, stats)
-        out = result if out is None else out.copy_(result)
-        del keys, values, result
+    out = step_attention(
+        q,
+        k,
+        v,
+        state.k,
+        state.v,
+        fq,
+        state.kv,
+        state.z,
+        frame_tokens=frame_tokens,
+        scale=scale,
+        backend="triton" if use_triton else "torch",
+        stats=stats,
+        out=out,
+    )
 
     # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
     # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
@@ -322,7 +316,8 @@ def _torch_step_attention(
     scale: float,
     stats: AttentionStats | None,
 ) -> Tensor:
-    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z)."""
+    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z). What
+    ``rehyat::step_attention`` runs on the PyTorch backend (looked up here at each call)."""
     acc = kv.dtype
     scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
     probs = torch.exp(scores - torch.amax(scores, dim=-1, keepdim=True))

@@ -1,0 +1,548 @@
+"""ReHyAt's ops registered with PyTorch (``torch.library.custom_op``), so ``torch.compile`` sees each as one node.
+
+Registered, in the ``rehyat`` namespace:
+
+- ``rehyat::hybrid_attention`` — the parallel form (SPEC §2–§3), PyTorch or Triton by its ``backend``;
+- ``rehyat::step_attention`` — one chunk of the streaming form: softmax over [cached frames ‖ chunk],
+  linear through the state (kv, z); ``rehyat::step_attention_out`` writes it into a given buffer;
+- ``rehyat::feature_map`` — φ (:class:`~rehyat.PolynomialFeatureMap`'s forward);
+- ``rehyat::*_backward`` — their gradients.
+
+Each op has a fake (meta) implementation (output shapes from input shapes, no compute) and its autograd
+registered with ``register_autograd`` + ``setup_context``, and passes ``torch.library.opcheck``. The
+``backend`` argument is always concrete ("torch" or "triton"): the callers resolve "auto" first.
+
+Backward: the ``*_backward`` ops recompute the forward of the same implementation under autograd and
+differentiate it (the eager implementations are the gradient's definition: PyTorch's autograd through
+SPEC §3, or the kernels' own backward), for the inputs that need a gradient only. Only the inputs are
+saved, as in FlashAttention; the price is one extra forward in the backward. The kernels expose their
+backward only inside ``torch.autograd.Function`` classes whose context cannot cross an op boundary.
+
+When the ops run: under ``torch.compile`` always, and in eager mode whenever no gradient is needed
+(inference). Eager calls that need gradients keep the direct path (plain autograd, or the kernels'
+autograd functions), which needs no recompute. The state bookkeeping of the streaming form (per-frame
+sums, retiring frames) stays plain PyTorch around the step op: small, and traced by the compiler.
+
+``stats`` (guarded-row counts) come back from an op as an int64 tensor [total, guarded] that the caller
+adds to its :class:`AttentionStats` — a host sync, so under ``torch.compile`` counting stats is a graph
+break; without stats there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from rehyat.attention._common import AttentionStats, needs_grad
+from rehyat.attention.chunked import chunked_hybrid_attention
+
+# The dispatcher turns autograd off inside an op's implementation (it runs "below autograd"); the
+# backward ops turn it back on to differentiate the eager forward they recompute.
+_AUTOGRAD_KEYS = (
+    torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
+    | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradOther)
+    | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradNestedTensor)
+)
+
+
+@contextmanager
+def _autograd_inside_op():
+    """Autograd recording inside a custom op's implementation (grad mode on, autograd keys not excluded)."""
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set() - _AUTOGRAD_KEYS
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
+def use_ops(*tensors: Tensor) -> bool:
+    """Whether a call goes through the registered ops: under ``torch.compile``, or when no gradient is
+    needed. Eager calls that need gradients take the direct path (no recompute in the backward)."""
+    return torch.compiler.is_compiling() or not needs_grad(*tensors)
+
+
+def _counts(stats: AttentionStats | None, like: Tensor) -> Tensor:
+    """[total rows, guarded rows] as int64 on ``like``'s device, or an empty tensor without stats."""
+    if stats is None:
+        return like.new_empty(0, dtype=torch.int64)
+    return torch.tensor([stats.total_rows, stats.guarded_rows], dtype=torch.int64, device=like.device)
+
+
+def _fake_counts(count_guarded: bool, like: Tensor) -> Tensor:
+    return like.new_empty(2 if count_guarded else 0, dtype=torch.int64)
+
+
+def add_counts(stats: AttentionStats | None, counts: Tensor) -> None:
+    """Add an op's [total, guarded] counts to ``stats`` (a host sync; nothing without stats)."""
+    if stats is not None and counts.numel():
+        total, guarded = counts.tolist()
+        stats.total_rows += total
+        stats.guarded_rows += guarded
+
+
+def _recompute_grads(
+    forward: Callable[..., Tensor], inputs: Sequence[Tensor], needs: Sequence[bool], grad: Tensor
+) -> list[Tensor]:
+    """Gradients of ``forward(*inputs)`` against ``grad`` for the inputs flagged in ``needs`` (contiguous,
+    in their own storage, zeros where an input does not reach the output); an empty tensor for the others."""
+    with _autograd_inside_op():
+        leaves = [x.detach().requires_grad_(bool(need)) for x, need in zip(inputs, needs, strict=True)]
+        out = forward(*leaves)
+        wanted = [x for x in leaves if x.requires_grad]
+        found = torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else ()
+    grads = iter(found)
+    result = []
+    for x, need in zip(inputs, needs, strict=True):
+        if not need:
+            result.append(x.new_empty(0))
+            continue
+        g = next(grads)
+        if g is None:
+            g = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+        elif g._base is not None or not g.is_contiguous() or _same_storage(g, grad):
+            # An op's outputs may not alias each other or its inputs (e.g. the gradients of the cached
+            # and the chunk's keys are two views of the concatenated keys' gradient).
+            g = g.clone(memory_format=torch.contiguous_format)
+        result.append(g)
+    return result
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _fake_grads(inputs: Sequence[Tensor], needs: Sequence[bool]) -> list[Tensor]:
+    return [x.new_empty(x.shape if need else (0,)) for x, need in zip(inputs, needs, strict=True)]
+
+
+def _needs(ctx, count: int) -> list[bool]:
+    return [bool(n) for n in ctx.needs_input_grad[:count]]
+
+
+def _or_none(grads: Sequence[Tensor], needs: Sequence[bool]) -> list[Tensor | None]:
+    return [g if need else None for g, need in zip(grads, needs, strict=True)]
+
+
+def _register_autograd(op, backward_op, *, tensors: int, arguments: int) -> None:
+    """Autograd of an attention op whose inputs are ``tensors`` tensors, ``arguments`` arguments that its
+    ``backward_op`` takes too (after the tensors, before ``needs``), and ``count_guarded`` last."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:tensors])
+        ctx.arguments = inputs[tensors : tensors + arguments]
+
+    def backward(ctx, grad: Tensor, _counts_grad):
+        needs = _needs(ctx, tensors)
+        if not any(needs):
+            return (None,) * (tensors + arguments + 1)
+        grads = backward_op(grad, *ctx.saved_tensors, *ctx.arguments, needs)
+        return (*_or_none(grads, needs), *(None,) * (arguments + 1))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+# --- the parallel form -----------------------------------------------------------------------------
+
+
+def _parallel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+    stats: AttentionStats | None,
+) -> Tensor:
+    geometry = dict(
+        frame_tokens=frame_tokens,
+        chunk_frames=chunk_frames,
+        overlap_frames=overlap_frames,
+        causal=causal,
+        scale=scale,
+        stats=stats,
+    )
+    if backend == "triton":
+        from rehyat.attention.kernels.hybrid import triton_hybrid_attention
+
+        return triton_hybrid_attention(q, k, v, fq, fk, **geometry)
+    return chunked_hybrid_attention(q, k, v, fq, fk, **geometry)
+
+
+@torch.library.custom_op("rehyat::hybrid_attention", mutates_args=())
+def hybrid_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+    count_guarded: bool,
+) -> tuple[Tensor, Tensor]:
+    """(y [B, N, H, D] contiguous, counts) of the parallel form; inputs validated by the caller."""
+    stats = AttentionStats() if count_guarded else None
+    with torch.no_grad():
+        out = _parallel(
+            q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats
+        )
+    return out.contiguous(), _counts(stats, q)
+
+
+@hybrid_attention_op.register_fake
+def _(q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, count_guarded):
+    return q.new_empty(q.shape), _fake_counts(count_guarded, q)
+
+
+@torch.library.custom_op("rehyat::hybrid_attention_backward", mutates_args=())
+def hybrid_attention_backward_op(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
+    """[dq, dk, dv, dfq, dfk]: each contiguous where ``needs`` says so, else an empty tensor."""
+
+    def forward(*inputs: Tensor) -> Tensor:
+        args = (frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, None)
+        return _parallel(*inputs, *args)
+
+    return _recompute_grads(forward, (q, k, v, fq, fk), needs, grad)
+
+
+@hybrid_attention_backward_op.register_fake
+def _(grad, q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, needs):
+    return _fake_grads((q, k, v, fq, fk), needs)
+
+
+_register_autograd(hybrid_attention_op, hybrid_attention_backward_op, tensors=5, arguments=6)
+
+
+def parallel_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    *,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool,
+    scale: float,
+    backend: str,
+    stats: AttentionStats | None,
+) -> Tensor:
+    """The parallel form on a concrete ``backend``, through ``rehyat::hybrid_attention`` when
+    :func:`use_ops` says so (inputs validated by the caller)."""
+    if not use_ops(q, k, v, fq, fk):
+        geometry = (frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats)
+        return _parallel(q, k, v, fq, fk, *geometry)
+    out, counts = hybrid_attention_op(
+        q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats is not None
+    )
+    add_counts(stats, counts)
+    return out
+
+
+# --- one chunk of the streaming form --------------------------------------------------------------
+
+
+def _step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    frame_tokens: int,
+    scale: float,
+    backend: str,
+    stats: AttentionStats | None,
+    out: Tensor | None = None,
+) -> Tensor:
+    if backend == "triton":
+        from rehyat.attention.kernels.hybrid import triton_step_attention
+
+        return triton_step_attention(
+            q,
+            k,
+            v,
+            cached_k,
+            cached_v,
+            fq,
+            kv,
+            z,
+            frame_tokens=frame_tokens,
+            scale=scale,
+            stats=stats,
+            out=out,
+        )
+    from rehyat.attention import recurrent  # its _torch_step_attention, looked up at each call
+
+    keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
+    result = recurrent._torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
+    return result if out is None else out.copy_(result)
+
+
+@torch.library.custom_op("rehyat::step_attention", mutates_args=())
+def step_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    frame_tokens: int,
+    scale: float,
+    backend: str,
+    count_guarded: bool,
+) -> tuple[Tensor, Tensor]:
+    """(y [B, n, H, D] contiguous, counts): q, k, v, fq [B, n, H, ·] of the chunk, cached_k/v [B, M, H, D]
+    the cached frames (softmax keys before the chunk's), kv [B, H, D', D], z [B, H, D'] the state."""
+    stats = AttentionStats() if count_guarded else None
+    with torch.no_grad():
+        out = _step(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, stats)
+    return out.contiguous(), _counts(stats, q)
+
+
+@step_attention_op.register_fake
+def _(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, count_guarded):
+    return q.new_empty(q.shape), _fake_counts(count_guarded, q)
+
+
+@torch.library.custom_op("rehyat::step_attention_out", mutates_args=("out",))
+def step_attention_out_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    out: Tensor,
+    frame_tokens: int,
+    scale: float,
+    backend: str,
+    count_guarded: bool,
+) -> Tensor:
+    """``rehyat::step_attention`` written into ``out`` (inference; the kernels write it in place);
+    returns the counts."""
+    stats = AttentionStats() if count_guarded else None
+    with torch.no_grad():
+        _step(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, stats, out=out)
+    return _counts(stats, q)
+
+
+@step_attention_out_op.register_fake
+def _(q, k, v, cached_k, cached_v, fq, kv, z, out, frame_tokens, scale, backend, count_guarded):
+    return _fake_counts(count_guarded, q)
+
+
+@torch.library.custom_op("rehyat::step_attention_backward", mutates_args=())
+def step_attention_backward_op(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    frame_tokens: int,
+    scale: float,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
+    """Gradients of the 8 tensor inputs of ``rehyat::step_attention`` (empty where not needed)."""
+
+    def forward(*inputs: Tensor) -> Tensor:
+        return _step(*inputs, frame_tokens, scale, backend, None)
+
+    return _recompute_grads(forward, (q, k, v, cached_k, cached_v, fq, kv, z), needs, grad)
+
+
+@step_attention_backward_op.register_fake
+def _(grad, q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, needs):
+    return _fake_grads((q, k, v, cached_k, cached_v, fq, kv, z), needs)
+
+
+_register_autograd(step_attention_op, step_attention_backward_op, tensors=8, arguments=3)
+
+
+def step_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    *,
+    frame_tokens: int,
+    scale: float,
+    backend: str,
+    stats: AttentionStats | None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """One chunk's attention on a concrete ``backend`` (see ``rehyat::step_attention``), through the ops
+    when :func:`use_ops` says so; ``out`` (inference, checked by the caller) receives the result."""
+    tensors = (q, k, v, cached_k, cached_v, fq, kv, z)
+    if not use_ops(*tensors):
+        return _step(*tensors, frame_tokens, scale, backend, stats, out=out)
+    if out is not None:
+        add_counts(
+            stats, step_attention_out_op(*tensors, out, frame_tokens, scale, backend, stats is not None)
+        )
+        return out
+    result, counts = step_attention_op(*tensors, frame_tokens, scale, backend, stats is not None)
+    add_counts(stats, counts)
+    return result
+
+
+# --- φ ---------------------------------------------------------------------------------------------
+
+
+def _feature_map(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+    backend: str,
+) -> Tensor:
+    if backend == "triton":
+        from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
+
+        features = polynomial_feature_map(
+            x, list(weights), list(biases) or None, degree, activation, nonnegative
+        )
+        return features.to(x.dtype)
+    from rehyat.attention.feature_maps import torch_feature_map
+
+    return torch_feature_map(x, weights, biases, degree, activation, nonnegative)
+
+
+@torch.library.custom_op("rehyat::feature_map", mutates_args=())
+def feature_map_op(
+    x: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+    backend: str,
+) -> Tensor:
+    """φ(x) [B, N, H, degree·D] in x's dtype (contiguous): per-head layers ``weights`` [H, d_in, d_out]
+    and ``biases`` [H, d_out] (an empty list: no biases)."""
+    with torch.no_grad():
+        features = _feature_map(x, weights, biases, degree, activation, nonnegative, backend)
+    return features.contiguous()
+
+
+@feature_map_op.register_fake
+def _(x, weights, biases, degree, activation, nonnegative, backend):
+    return x.new_empty(*x.shape[:-1], degree * x.shape[-1])
+
+
+@torch.library.custom_op("rehyat::feature_map_backward", mutates_args=())
+def feature_map_backward_op(
+    grad: Tensor,
+    x: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
+    """[dx, dw_1, …, dw_L, db_1, …, db_L] (empty where ``needs`` says no)."""
+    layers = len(weights)
+
+    def forward(x: Tensor, *params: Tensor) -> Tensor:
+        return _feature_map(x, params[:layers], params[layers:], degree, activation, nonnegative, backend)
+
+    return _recompute_grads(forward, (x, *weights, *biases), needs, grad)
+
+
+@feature_map_backward_op.register_fake
+def _(grad, x, weights, biases, degree, activation, nonnegative, backend, needs):
+    return _fake_grads((x, *weights, *biases), needs)
+
+
+def _setup_feature_map(ctx, inputs, output) -> None:
+    x, weights, biases, *arguments = inputs
+    ctx.save_for_backward(x, *weights, *biases)
+    ctx.layers, ctx.arguments = (len(weights), len(biases)), arguments
+
+
+def _backward_feature_map(ctx, grad: Tensor):
+    x, *params = ctx.saved_tensors
+    layers, bias_layers = ctx.layers
+    # needs_input_grad mirrors the inputs: a flag for x, a list of flags for each list of tensors.
+    want_x, want_w, want_b = ctx.needs_input_grad[:3]
+    needs = [bool(want_x), *(bool(n) for n in want_w), *(bool(n) for n in want_b)]
+    if not any(needs):
+        return None, [None] * layers, [None] * bias_layers, None, None, None, None
+    weights, biases = params[:layers], params[layers:]
+    grads = _or_none(
+        feature_map_backward_op(grad, x, list(weights), list(biases), *ctx.arguments, needs), needs
+    )
+    return grads[0], grads[1 : 1 + layers], grads[1 + layers :], None, None, None, None
+
+
+feature_map_op.register_autograd(_backward_feature_map, setup_context=_setup_feature_map)
+
+
+def feature_map(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    *,
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+    backend: str,
+) -> Tensor:
+    """φ(x) on a concrete ``backend``, through ``rehyat::feature_map`` when :func:`use_ops` says so.
+
+    Under autocast a float32 input runs in the autocast dtype (the weights follow the input's dtype);
+    the result has x's dtype either way."""
+    inputs = x
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        inputs = x.to(torch.get_autocast_dtype(x.device.type))
+    arguments = (degree, activation, nonnegative, backend)
+    with torch.autocast(x.device.type, enabled=False):
+        if use_ops(x, *weights, *biases):
+            features = feature_map_op(inputs, list(weights), list(biases), *arguments)
+        else:
+            features = _feature_map(inputs, weights, biases, *arguments)
+    return features.to(x.dtype)
