@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from rehyat.bench.op import DemoShape, _rel_diff, _run_one
+from rehyat.experiments.bench_op import DemoShape, _rel_diff, _run_one
 
 SHAPE = DemoShape(frame_tokens=128)
 
