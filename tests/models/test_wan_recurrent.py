@@ -54,6 +54,16 @@ def test_image_to_video_recurrent():
     assert rel_err(recurrent, parallel) <= 1e-4
 
 
+def test_per_token_timesteps(model):
+    """Wan2.2-TI2V's timestep [B, N] (one per token) is cut with the tokens of each chunk."""
+    net = converted(model, chunk_frames=3, overlap_frames=1)
+    hidden, _, context = tiny_inputs(batch=2)
+    timestep = torch.linspace(900.0, 100.0, 2 * 16 * FRAMES).reshape(2, 16 * FRAMES)
+    with torch.no_grad():
+        recurrent = recurrent_forward(net, hidden, timestep, context)
+    assert rel_err(recurrent, run(net, hidden, timestep, context)) <= 1e-4
+
+
 def test_blocks_only_ever_see_one_chunk(model):
     """Activations are chunk-sized whatever the video length: every block input holds <= Tc frames."""
     net = converted(model, chunk_frames=2, overlap_frames=1)
@@ -94,7 +104,11 @@ def test_streaming_restores_feed_forwards_after_an_error(model, monkeypatch):
     import rehyat.models.wan as wan
 
     net = converted(model, chunk_frames=3, overlap_frames=1)
-    hooked = net.blocks[0].ffn.forward
+    plain = net.blocks[0].ffn.forward
+
+    def hooked(*args, **kwargs):
+        return plain(*args, **kwargs)
+
     net.blocks[0].ffn.forward = hooked  # an instance attribute, as offloading hooks set
 
     def failing(*args, **kwargs):
@@ -128,7 +142,7 @@ def test_recurrent_errors(model):
         recurrent_forward(converted(model, causal=False), hidden, timestep, context)
     net = converted(model)
     with pytest.raises(ValueError, match="per-token timesteps"):
-        recurrent_forward(net, hidden, timestep[:, None].expand(1, 16 * FRAMES), context)
+        recurrent_forward(net, hidden, timestep[:, None].expand(1, 16 * FRAMES - 1), context)
     with pytest.raises(ValueError, match=r"\[B, C, F, H, W\]"):
         recurrent_forward(net, hidden[0], timestep, context)
 

@@ -1,24 +1,25 @@
-"""Denoising with the recurrent forward (SPEC §8) and video generation from a ``WanPipeline``.
+"""Video generation and denoising with the recurrent form (SPEC §8), through diffusers' ``WanPipeline``.
 
-Every denoising step sweeps the chunks in order, all at the same noise level, with fresh streaming
-states; the conditional and unconditional CFG branches are separate :func:`rehyat.recurrent_forward`
-calls, so each has its own states. The latent video itself is held whole (it is small); activations
-exist for one chunk at a time. The schedule is a diffusers flow-matching scheduler with Wan's shift —
-the pipeline's own (UniPC with ``flow_shift`` for Wan2.1) unless another is passed.
+The denoising loop is ``WanPipeline.__call__`` itself, unmodified; the transformer runs in the recurrent
+mode of :mod:`rehyat.models.hooks`: every call (one denoising step of one CFG branch) sweeps the chunks
+in order, all at the same noise level, from fresh states, so the conditional and unconditional branches
+each have their own. The latent video itself is held whole (it is small); activations exist for one
+chunk at a time. The schedule is a diffusers flow-matching scheduler with Wan's shift — the
+pipeline's own (UniPC with ``flow_shift`` for Wan2.1) unless another is passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from rehyat.models.hooks import recurrent_mode
 from rehyat.models.recurrent import recurrent_forward
 from rehyat.utils import check_int, check_number
 
@@ -86,36 +87,48 @@ def generate_latents(
     progress: bool = True,
     forward: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] = recurrent_forward,
 ) -> Tensor:
-    """Denoise from noise to clean latents with the recurrent forward at every step.
+    """Denoise from noise to clean latents [B, C, F, H, W] with a bare ``WanTransformer3DModel``.
 
-    Mirrors ``WanPipeline.__call__`` (float32 latents, model-dtype inputs, CFG when
-    ``guidance_scale > 1``) so that with the same generator it reproduces the pipeline's latents.
-    ``scheduler`` is copied, not advanced. ``forward`` may be :func:`parallel_forward` instead, e.g. to
-    sample from an unconverted teacher with the very same loop.
+    The loop is ``WanPipeline.__call__`` itself (float32 latents, model-dtype inputs, CFG when
+    ``guidance_scale > 1``), run on a pipeline made of ``transformer`` and a copy of ``scheduler`` only
+    (``output_type="latent"``: no text encoder, no VAE), so with the same generator it reproduces the
+    pipeline's latents. ``forward``: :func:`rehyat.recurrent_forward` (default: the recurrent mode's
+    hooks are on for the call) or :func:`parallel_forward` (the model as it is, e.g. an unconverted
+    teacher).
     """
+    from diffusers import WanPipeline
+
     check_sampling(num_inference_steps, guidance_scale)
+    if forward not in (recurrent_forward, parallel_forward):
+        raise ValueError("forward must be rehyat.recurrent_forward or rehyat.generation.parallel_forward")
     guided = guidance_scale > 1.0
     if guided and negative_prompt_embeds is None:
         raise ValueError("guidance_scale > 1 needs negative_prompt_embeds (encode an empty prompt for none)")
-    device, dtype = transformer.device, transformer.dtype
-    scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    scheduler.set_begin_index(0)
-    if latents is None:
-        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=torch.float32)
-    latents = latents.to(device=device, dtype=torch.float32)
-    prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
-    if guided:
-        negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
-    for t in tqdm(scheduler.timesteps, desc="denoising (recurrent)", disable=not progress):
-        model_input = latents.to(dtype)
-        timestep = t.expand(latents.shape[0])
-        noise_pred = forward(transformer, model_input, timestep, prompt_embeds)
-        if guided:
-            noise_uncond = forward(transformer, model_input, timestep, negative_prompt_embeds)
-            noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-        latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-    return latents
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=transformer,
+        scheduler=copy.deepcopy(scheduler),
+    )
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
+    _, _, frames, height, width = latent_shape
+    device = transformer.device
+    mode = recurrent_mode(transformer) if forward is recurrent_forward else contextlib.nullcontext()
+    with mode:
+        return pipe(
+            prompt_embeds=prompt_embeds.to(device),
+            negative_prompt_embeds=negative_prompt_embeds.to(device) if guided else None,
+            num_frames=(frames - 1) * pipe.vae_scale_factor_temporal + 1,
+            height=height * pipe.vae_scale_factor_spatial,
+            width=width * pipe.vae_scale_factor_spatial,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            latents=latents,
+            output_type="latent",
+            return_dict=False,
+        )[0]
 
 
 @torch.inference_mode()
@@ -149,12 +162,12 @@ def generate_video(
 ) -> np.ndarray:
     """Text-to-video with a ``WanPipeline`` whose transformer is converted (all blocks, causal).
 
-    The pipeline supplies the text encoder (or pass ``prompt_embeds``), scheduler, VAE and video
-    post-processing; the denoising loop is :func:`generate_latents`. Returns uint8 frames [B, F, H, W, 3].
-    Every argument is checked before the prompt is encoded.
+    Every argument is checked first; then the pipeline's own ``__call__`` runs (text encoding, its
+    scheduler, the VAE, post-processing) with the transformer in the recurrent mode
+    (:func:`rehyat.models.hooks.recurrent_mode`). Returns uint8 frames [B, F, H, W, 3].
     """
     check_sampling(num_inference_steps, guidance_scale)
-    shape = latent_shape(
+    latent_shape(
         1,
         pipe.transformer.config.in_channels,
         num_frames,
@@ -163,25 +176,25 @@ def generate_video(
         temporal=pipe.vae_scale_factor_temporal,
         spatial=pipe.vae_scale_factor_spatial,
     )
-    with torch.inference_mode():
-        prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            do_classifier_free_guidance=guidance_scale > 1.0,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            max_sequence_length=max_sequence_length,
-            device=pipe.transformer.device,
-        )
-    latents = generate_latents(
-        pipe.transformer,
-        prompt_embeds,
-        negative_prompt_embeds,
-        scheduler=pipe.scheduler,
-        latent_shape=(prompt_embeds.shape[0], *shape[1:]),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        generator=generator,
-        progress=progress,
-    )
-    return decode_latents(pipe, latents)
+    progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**progress_config, "disable": not progress})
+    try:
+        with recurrent_mode(pipe.transformer):
+            video = pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                max_sequence_length=max_sequence_length,
+                output_type="np",
+                return_dict=False,
+            )[0]
+    finally:
+        pipe._progress_bar_config = progress_config
+    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -1,0 +1,239 @@
+"""The recurrent mode of a converted Wan DiT through diffusers' own hooks (SPEC §4, §8).
+
+:func:`apply_recurrent` registers three ``diffusers.hooks.ModelHook`` s with the model's
+``HookRegistry`` (the mechanism of diffusers' first-block cache, pyramid attention broadcast and
+context parallelism); ``WanTransformer3DModel.forward`` itself is not copied or changed:
+
+- on the transformer, :class:`ChunkedForwardHook` (``new_forward``) cuts the latent video into chunks
+  of ``chunk_frames`` post-patch frames and calls diffusers' own forward once per chunk, in order,
+  with every converted ``attn1`` processor in streaming mode: each carries its
+  :class:`~rehyat.HybridAttentionState` from one chunk to the next. The chunks' outputs are written
+  into one output, returned as diffusers would (tuple or ``Transformer2DModelOutput``). Per-token
+  timesteps (Wan2.2-TI2V, ``timestep`` [B, N]) are cut with the tokens;
+- on ``transformer.rope``, :class:`AbsoluteFramesRotaryHook`: diffusers' RoPE numbers frames from 0
+  within its input, so inside a sweep the hook returns the tables of the chunk's absolute frames;
+- on each block's ``ffn``, :class:`FrameByFrameHook`: inside a sweep the feed-forward (token-wise) runs
+  one frame at a time, which bounds its 4×-wide hidden activation, the largest tensor of a chunk.
+
+Everything inside diffusers' forward (patch embedding, condition embedding, blocks, output head,
+unpatchify) therefore sees one chunk at a time: activations are chunk-sized whatever the video length,
+and only the latent input and the output (small) are whole. Each transformer call is one sweep that
+starts from fresh states and drops them at its end, so every denoising step starts fresh and each CFG
+branch (``WanPipeline`` runs cond and uncond as separate calls) has its own states, with no state kept
+across calls (diffusers' ``cache_context``/``StateManager`` is not needed). An unmodified
+``WanPipeline.__call__`` thus generates recurrently::
+
+    apply_recurrent(pipe.transformer)   # or: with recurrent_mode(pipe.transformer): ...
+    video = pipe(prompt, ...).frames
+    remove_recurrent(pipe.transformer)
+
+The result equals the parallel forward of the same converted model (causal ReHyAt of a chunk depends
+only on past frames, every other layer is token-wise), to float rounding. The condition embedding (time
+and text) is recomputed per chunk: the same numbers, at well under 0.1% of a chunk's compute at Wan's
+sizes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import Tensor, nn
+
+from rehyat.models.recurrent import rotary_for_frames
+from rehyat.models.wan import ReHyAtRuntime, converted_blocks, rehyat_runtime
+
+CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
+ROTARY_HOOK = "rehyat_absolute_frames_rotary"
+FRAME_BY_FRAME_HOOK = "rehyat_frame_by_frame_ffn"
+_HOOKS = (CHUNKED_FORWARD_HOOK, ROTARY_HOOK, FRAME_BY_FRAME_HOOK)
+
+
+def check_recurrent(transformer: nn.Module) -> ReHyAtRuntime:
+    """The runtime of a transformer that can run recurrently; ValueError saying why not otherwise."""
+    runtime = rehyat_runtime(transformer)
+    if runtime is None:
+        raise ValueError("the recurrent mode needs a transformer converted with convert_wan")
+    unconverted = sorted(set(range(len(transformer.blocks))) - set(converted_blocks(transformer)))
+    if unconverted:
+        raise ValueError(
+            f"the recurrent mode needs every block converted, but blocks {unconverted} still run full softmax "
+            "attention over the whole video (convert with ReHyAtConfig(blocks='all'))"
+        )
+    if runtime.config.attention != "hybrid":
+        raise ValueError(
+            f"the recurrent mode runs ReHyAt attention; attention={runtime.config.attention!r} is a baseline "
+            "for parallel ablations only"
+        )
+    if not runtime.config.causal:
+        raise ValueError(
+            "the recurrent mode needs the causal variant: with causal=False the linear part reads future frames"
+        )
+    return runtime
+
+
+class AbsoluteFramesRotaryHook(ModelHook):
+    """On ``transformer.rope``: while ``frames`` = (start, stop) is set (inside a sweep), the RoPE tables
+    of those absolute post-patch frames; otherwise diffusers' own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: tuple[int, int] | None = None
+
+    def new_forward(self, module: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
+        if self.frames is None:
+            return self.fn_ref.original_forward(hidden_states)
+        _, p_h, p_w = module.patch_size
+        return rotary_for_frames(
+            module, *self.frames, hidden_states.shape[3] // p_h, hidden_states.shape[4] // p_w
+        )
+
+
+class FrameByFrameHook(ModelHook):
+    """On a block's ``ffn``: inside a sweep (``runtime.streaming``), the token-wise feed-forward applied to
+    one frame's tokens at a time; otherwise diffusers' own forward."""
+
+    def __init__(self, runtime: ReHyAtRuntime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module: nn.Module, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        grid = self.runtime.grid
+        if not self.runtime.streaming or grid is None:
+            return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+        parts = hidden_states.split(grid[1] * grid[2], dim=1)
+        return torch.cat([self.fn_ref.original_forward(part, *args, **kwargs) for part in parts], dim=1)
+
+
+class ChunkedForwardHook(ModelHook):
+    """On the transformer: one call = one sweep over the chunks through diffusers' own forward (see the
+    module docstring)."""
+
+    def __init__(self, runtime: ReHyAtRuntime, rotary: AbsoluteFramesRotaryHook) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.rotary = rotary
+        self._signature: inspect.Signature | None = None
+
+    def initialize_hook(self, module: nn.Module) -> nn.Module:
+        self._signature = inspect.signature(module.forward)
+        return module
+
+    def new_forward(self, module: nn.Module, *args, **kwargs):
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        call = dict(bound.arguments)
+        hidden_states, timestep = call.pop("hidden_states"), call.pop("timestep")
+        return_dict = call.pop("return_dict", True)
+        if not isinstance(hidden_states, Tensor) or hidden_states.dim() != 5:
+            shape = tuple(hidden_states.shape) if isinstance(hidden_states, Tensor) else type(hidden_states)
+            raise ValueError(f"hidden_states must be [B, C, F, H, W], got {shape}")
+        batch, _, _, height, width = hidden_states.shape
+        p_t, p_h, p_w = module.config.patch_size
+        frames, rows, cols = hidden_states.shape[2] // p_t, height // p_h, width // p_w
+        tokens = rows * cols
+        if timestep.dim() == 2 and timestep.shape[1] != frames * tokens:
+            raise ValueError(
+                f"per-token timesteps must be [B, N] with N = {frames * tokens} tokens, got {tuple(timestep.shape)}"
+            )
+        if batch == 0:  # diffusers' forward cannot take B = 0 (a -1 reshape of 0 elements): nothing to run
+            channels = module.proj_out.out_features // (p_t * p_h * p_w)
+            output = hidden_states.new_empty(0, channels, frames * p_t, height, width)
+            return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+        chunk_frames = self.runtime.config.chunk_frames
+        processors = [block.attn1.processor for block in module.blocks]
+        output = None
+        try:
+            for processor in processors:
+                processor.state = None
+            self.runtime.streaming, self.runtime.grid = True, (frames, rows, cols)
+            for start in range(0, frames, chunk_frames):
+                stop = min(start + chunk_frames, frames)
+                self.rotary.frames = (start, stop)
+                chunk_timestep = (
+                    timestep[:, start * tokens : stop * tokens] if timestep.dim() == 2 else timestep
+                )
+                x = self.fn_ref.original_forward(
+                    hidden_states=hidden_states[:, :, start * p_t : stop * p_t],
+                    timestep=chunk_timestep,
+                    return_dict=False,
+                    **call,
+                )[0]
+                if output is None:
+                    output = x.new_empty(batch, x.shape[1], frames * p_t, height, width)
+                output[:, :, start * p_t : stop * p_t] = x
+        finally:
+            self.rotary.frames = None
+            self.runtime.streaming, self.runtime.grid = False, None
+            for processor in processors:
+                processor.state = None
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+
+def is_recurrent(transformer: nn.Module) -> bool:
+    """Whether :func:`apply_recurrent` hooks are on ``transformer``."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(CHUNKED_FORWARD_HOOK) is not None
+
+
+def apply_recurrent(transformer: nn.Module) -> nn.Module:
+    """Make every call of a converted ``WanTransformer3DModel`` (all blocks, causal) run recurrently,
+    chunk by chunk, through diffusers' hooks — e.g. inside an unmodified ``WanPipeline.__call__``.
+    Undo with :func:`remove_recurrent`. Run it under ``torch.no_grad()`` for constant memory (the
+    pipeline does): with autograd on, the graph keeps every chunk's activations. Returns ``transformer``."""
+    runtime = check_recurrent(transformer)
+    if is_recurrent(transformer):
+        raise ValueError("the recurrent mode is already applied to this transformer")
+    rotary = AbsoluteFramesRotaryHook()
+    HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(rotary, ROTARY_HOOK)
+    for block in transformer.blocks:
+        HookRegistry.check_if_exists_or_initialize(block.ffn).register_hook(
+            FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK
+        )
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(ChunkedForwardHook(runtime, rotary), CHUNKED_FORWARD_HOOK)
+    _invalidate_registry_caches(registry)
+    return transformer
+
+
+def remove_recurrent(transformer: nn.Module) -> nn.Module:
+    """Remove :func:`apply_recurrent`'s hooks: calls run the parallel form again. Returns ``transformer``."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    for name in _HOOKS:
+        registry.remove_hook(name, recurse=True)
+    for module in (transformer, transformer.rope, *(block.ffn for block in transformer.blocks)):
+        _drop_plain_forward(module)
+    _invalidate_registry_caches(registry)
+    return transformer
+
+
+@contextmanager
+def recurrent_mode(transformer: nn.Module) -> Iterator[nn.Module]:
+    """:func:`apply_recurrent` for the duration of a ``with`` block (nothing to do if already applied)."""
+    if is_recurrent(transformer):
+        yield transformer
+        return
+    apply_recurrent(transformer)
+    try:
+        yield transformer
+    finally:
+        remove_recurrent(transformer)
+
+
+def _drop_plain_forward(module: nn.Module) -> None:
+    """Removing the last hook leaves ``module.forward`` set on the instance to the class's own forward;
+    drop that attribute, so the module is as it was (a forward set by anyone else stays)."""
+    own = vars(module).get("forward")
+    if getattr(own, "__self__", None) is module and getattr(own, "__func__", None) is type(module).forward:
+        del module.forward
+
+
+def _invalidate_registry_caches(registry: HookRegistry) -> None:
+    """diffusers caches each registry's child registries; adding or removing hooks below stales it."""
+    invalidate = getattr(registry, "invalidate_child_registries_cache", None)
+    if invalidate is not None:
+        invalidate()
