@@ -20,7 +20,13 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from models.tiny_wan import converted, tiny_inputs, tiny_wan
-from rehyat import AttentionStats, PolynomialFeatureMap, hybrid_attention, hybrid_attention_step
+from rehyat import (
+    AttentionStats,
+    PolynomialFeatureMap,
+    hybrid_attention,
+    hybrid_attention_step,
+    recurrent_hybrid_attention,
+)
 from rehyat.attention import custom_ops
 from rehyat.attention.chunked import chunked_hybrid_attention
 from rehyat.attention.kernels import triton_available
@@ -211,3 +217,30 @@ def test_compiled_converted_wan_has_no_graph_break(backend):
             torch._dynamo.reset()
         compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")(hidden, timestep, context)
     assert rel_err(compiled, eager) <= 1e-5
+
+
+@pytest.mark.skipif(not triton_available(), reason="no triton")
+def test_opcheck_state_update_on_the_kernels():
+    fk, v = _inputs(batch=1, heads=1)[3], _inputs(batch=1, heads=1)[2]
+    _check(custom_ops.frame_sums_op, (fk, v, 4))
+    kv, z = (t.detach() for t in _state(batch=1, heads=1)[2:])
+    pending_kv, pending_z = kv[:, None].repeat(1, 2, 1, 1, 1), z[:, None].repeat(1, 2, 1, 1)
+    for leaving in (0, 2, 5):
+        _check(
+            custom_ops.retire_frames_op, (fk.detach(), v.detach(), 4, kv, z, pending_kv, pending_z, leaving)
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_streaming_equals_eager(backend):
+    """The chunk-by-chunk form (step op + state update) under torch.compile(fullgraph=True)."""
+    q, k, v, fq, fk = _inputs(requires_grad=False, **_sizes(backend))
+
+    def stream(q, k, v, fq, fk):
+        return recurrent_hybrid_attention(
+            q, k, v, fq, fk, frame_tokens=4, chunk_frames=1, overlap_frames=1, backend=backend
+        )
+
+    eager = stream(q, k, v, fq, fk)
+    compiled = torch.compile(stream, fullgraph=True, backend="aot_eager")(q, k, v, fq, fk)
+    assert rel_err(compiled, eager) <= 1e-6

@@ -5,6 +5,8 @@ Registered, in the ``rehyat`` namespace:
 - ``rehyat::hybrid_attention`` — the parallel form (SPEC §2–§3), PyTorch or Triton by its ``backend``;
 - ``rehyat::step_attention`` — one chunk of the streaming form: softmax over [cached frames ‖ chunk],
   linear through the state (kv, z); ``rehyat::step_attention_out`` writes it into a given buffer;
+- ``rehyat::frame_sums`` and ``rehyat::retire_frames`` — the streaming state update on the kernels
+  (per-frame sums Σ φk vᵀ, Σ φk; the inference update in two launches);
 - ``rehyat::feature_map`` — φ (:class:`~rehyat.PolynomialFeatureMap`'s forward);
 - ``rehyat::*_backward`` — their gradients.
 
@@ -83,15 +85,21 @@ def add_counts(stats: AttentionStats | None, counts: Tensor) -> None:
 
 
 def _recompute_grads(
-    forward: Callable[..., Tensor], inputs: Sequence[Tensor], needs: Sequence[bool], grad: Tensor
+    forward: Callable[..., Tensor | tuple[Tensor, ...]],
+    inputs: Sequence[Tensor],
+    needs: Sequence[bool],
+    grad: Tensor | Sequence[Tensor],
 ) -> list[Tensor]:
-    """Gradients of ``forward(*inputs)`` against ``grad`` for the inputs flagged in ``needs`` (contiguous,
-    in their own storage, zeros where an input does not reach the output); an empty tensor for the others."""
+    """Gradients of ``forward(*inputs)`` (a tensor, or a tuple matched by ``grad``) for the inputs flagged
+    in ``needs`` (contiguous, in their own storage, zeros where an input does not reach the output); an
+    empty tensor for the others."""
+    grads_out = (grad,) if isinstance(grad, Tensor) else tuple(grad)
     with _autograd_inside_op():
         leaves = [x.detach().requires_grad_(bool(need)) for x, need in zip(inputs, needs, strict=True)]
-        out = forward(*leaves)
+        outputs = forward(*leaves)
+        outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
         wanted = [x for x in leaves if x.requires_grad]
-        found = torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else ()
+        found = torch.autograd.grad(outputs, wanted, grads_out, allow_unused=True) if wanted else ()
     grads = iter(found)
     result = []
     for x, need in zip(inputs, needs, strict=True):
@@ -101,7 +109,7 @@ def _recompute_grads(
         g = next(grads)
         if g is None:
             g = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-        elif g._base is not None or not g.is_contiguous() or _same_storage(g, grad):
+        elif g._base is not None or not g.is_contiguous() or any(_same_storage(g, o) for o in grads_out):
             # An op's outputs may not alias each other or its inputs (e.g. the gradients of the cached
             # and the chunk's keys are two views of the concatenated keys' gradient).
             g = g.clone(memory_format=torch.contiguous_format)
@@ -424,6 +432,118 @@ def step_attention(
     result, counts = step_attention_op(*tensors, frame_tokens, scale, backend, stats is not None)
     add_counts(stats, counts)
     return result
+
+
+# --- the streaming state update on the kernels ----------------------------------------------------
+# (On the PyTorch backend the update is a few plain tensor ops, which the compiler traces.)
+
+
+@torch.library.custom_op("rehyat::frame_sums", mutates_args=())
+def frame_sums_op(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
+    """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] (fp32) on the kernels."""
+    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
+
+    with torch.no_grad():
+        kv, z = triton_frame_sums(fk, v, frame_tokens)
+    return kv.contiguous(), z.contiguous()
+
+
+@frame_sums_op.register_fake
+def _(fk, v, frame_tokens):
+    batch, tokens, heads, feat = fk.shape
+    frames = tokens // frame_tokens
+    return (
+        fk.new_empty(batch, frames, heads, feat, v.shape[-1], dtype=torch.float32),
+        fk.new_empty(batch, frames, heads, feat, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("rehyat::frame_sums_backward", mutates_args=())
+def frame_sums_backward_op(
+    grad_kv: Tensor, grad_z: Tensor, fk: Tensor, v: Tensor, frame_tokens: int, needs: list[bool]
+) -> list[Tensor]:
+    """[dfk, dv] of ``rehyat::frame_sums`` (empty where ``needs`` says no)."""
+    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
+
+    def forward(fk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return triton_frame_sums(fk, v, frame_tokens)
+
+    return _recompute_grads(forward, (fk, v), needs, (grad_kv, grad_z))
+
+
+@frame_sums_backward_op.register_fake
+def _(grad_kv, grad_z, fk, v, frame_tokens, needs):
+    return _fake_grads((fk, v), needs)
+
+
+def _setup_frame_sums(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:2])
+    ctx.frame_tokens = inputs[2]
+
+
+def _backward_frame_sums(ctx, grad_kv: Tensor, grad_z: Tensor):
+    needs = _needs(ctx, 2)
+    if not any(needs):
+        return None, None, None
+    grads = frame_sums_backward_op(grad_kv, grad_z, *ctx.saved_tensors, ctx.frame_tokens, needs)
+    return (*_or_none(grads, needs), None)
+
+
+frame_sums_op.register_autograd(_backward_frame_sums, setup_context=_setup_frame_sums)
+
+
+@torch.library.custom_op("rehyat::retire_frames", mutates_args=())
+def retire_frames_op(
+    fk: Tensor,
+    v: Tensor,
+    frame_tokens: int,
+    kv: Tensor,
+    z: Tensor,
+    pending_kv: Tensor,
+    pending_z: Tensor,
+    leaving: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The streaming state update on the kernels, inference only: (kv, z, pending_kv, pending_z) once the
+    first ``leaving`` frames of [pending ‖ chunk] joined the sums (``kernels.hybrid.retire_frames``)."""
+    from rehyat.attention.kernels.hybrid import retire_frames as triton_retire_frames
+
+    with torch.no_grad():
+        return triton_retire_frames(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving)
+
+
+@retire_frames_op.register_fake
+def _(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving):
+    kept = pending_kv.shape[1] + fk.shape[1] // frame_tokens - leaving
+    return (
+        kv.new_empty(kv.shape),
+        z.new_empty(z.shape),
+        kv.new_empty(kv.shape[0], kept, *kv.shape[1:]),
+        z.new_empty(z.shape[0], kept, *z.shape[1:]),
+    )
+
+
+def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
+    """Per-frame sums on the kernels (``kernels.hybrid.frame_sums``), through ``rehyat::frame_sums`` when
+    :func:`use_ops` says so."""
+    if use_ops(fk, v):
+        return frame_sums_op(fk, v, frame_tokens)
+    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
+
+    return triton_frame_sums(fk, v, frame_tokens)
+
+
+def retire_frames(
+    fk: Tensor,
+    v: Tensor,
+    frame_tokens: int,
+    kv: Tensor,
+    z: Tensor,
+    pending_kv: Tensor,
+    pending_z: Tensor,
+    leaving: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The inference state update on the kernels, as ``rehyat::retire_frames``."""
+    return retire_frames_op(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving)
 
 
 # --- φ ---------------------------------------------------------------------------------------------

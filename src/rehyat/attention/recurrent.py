@@ -29,7 +29,7 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
-from rehyat.attention.custom_ops import step_attention
+from rehyat.attention.custom_ops import frame_sums, retire_frames, step_attention
 from rehyat.attention.kernels import Backend, resolve_backend
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -239,16 +239,12 @@ def hybrid_attention_step(
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
     if use_triton and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
-        from rehyat.attention.kernels.hybrid import retire_frames
-
         kv, z, pending_kv, pending_z = retire_frames(
             fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
         )
     else:
         # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
         if use_triton:
-            from rehyat.attention.kernels.hybrid import frame_sums
-
             chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
         else:
             shape = (fk.shape[0], chunk_frames, frame_tokens, *fk.shape[2:])  # no -1: B may be 0
@@ -360,8 +356,9 @@ def recurrent_hybrid_attention(
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = chunk_frames * frame_tokens
     state = None
-    # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation).
-    inference = not needs_grad(q, k, v, fq, fk)
+    # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
+    # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
+    inference = not needs_grad(q, k, v, fq, fk) and not torch.compiler.is_compiling()
     output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
     outputs = []
     for start in range(0, q.shape[1], step_tokens):
