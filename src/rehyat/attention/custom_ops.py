@@ -532,20 +532,6 @@ def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor
     return triton_frame_sums(fk, v, frame_tokens)
 
 
-def retire_frames(
-    fk: Tensor,
-    v: Tensor,
-    frame_tokens: int,
-    kv: Tensor,
-    z: Tensor,
-    pending_kv: Tensor,
-    pending_z: Tensor,
-    leaving: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The inference state update on the kernels, as ``rehyat::retire_frames``."""
-    return retire_frames_op(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving)
-
-
 # --- φ ---------------------------------------------------------------------------------------------
 
 

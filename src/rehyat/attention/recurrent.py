@@ -29,7 +29,7 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
-from rehyat.attention.custom_ops import frame_sums, retire_frames, step_attention
+from rehyat.attention.custom_ops import frame_sums, retire_frames_op, step_attention
 from rehyat.attention.kernels import Backend, resolve_backend
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -239,7 +239,7 @@ def hybrid_attention_step(
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
     if use_triton and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
-        kv, z, pending_kv, pending_z = retire_frames(
+        kv, z, pending_kv, pending_z = retire_frames_op(
             fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
         )
     else:
