@@ -115,3 +115,17 @@ def test_importing_the_library_loads_neither_the_cli_nor_the_experiments():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_documented_import_graph_is_the_codes():
+    """docs/architecture.md shows the output of scripts/import_graph.py; regenerate it when layers change."""
+    root = SRC.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "import_graph.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc = (root / "docs" / "architecture.md").read_text()
+    block = doc.split("## Import graph", 1)[1].split("```", 2)[1]
+    assert block.strip() == done.stdout.strip()
