@@ -87,7 +87,7 @@ def test_bench_device_render_only(tmp_path):
             "steps": 20,
             "guidance_scale": 4.0,
             "model": "test",
-            "scores": {"pytorch_recurrent": {"prompt_adherence": 50.0, "adherence_delta": 0.0}},
+            "scores": {"pytorch_recurrent": {"adherence": 50.0, "adherence_delta": 0.0}},
             "target": "within 1 point",
             "target_met": True,
         },

@@ -129,7 +129,8 @@ def add_bench_device(targets, handler) -> None:
     )
     parser.add_argument("--parts", nargs="+", choices=("block", "video"), help="what to run (default both)")
     parser.add_argument("--threads", type=int, default=2, help="runtime threads")
-    parser.add_argument("--reps", type=int, default=3, help="timed full chunks per length")
+    parser.add_argument("--reps", type=int, default=2, help="timed full chunks per length and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the lengths (step)")
     parser.add_argument(
         "--student", help="toy ReHyAt checkpoint for the video part (default: bundled, else untrained)"
     )

@@ -58,6 +58,7 @@ manifest = json.load(open(folder + "/manifest.json"))
 options = ort.SessionOptions()
 options.intra_op_num_threads = spec["threads"]
 options.inter_op_num_threads = 1
+options.enable_cpu_mem_arena = False  # no arena per session: memory goes back between runs (both forms)
 sessions = {}
 
 def session(name):
@@ -210,22 +211,30 @@ def export_block_graphs(work: Path, frames: list[int]) -> tuple[Path, Path]:
     return step_dir, full_dir
 
 
-def measure_blocks(work: Path, frames: list[int], threads: int, reps: int) -> list[dict[str, Any]]:
+def measure_blocks(
+    work: Path, frames: list[int], threads: int, reps: int, rounds: int
+) -> list[dict[str, Any]]:
+    """The step at every length in ``rounds`` interleaved rounds (on a shared machine the lengths then see
+    the same load on average), then the full-attention block once per length."""
     step_dir, full_dir = export_block_graphs(work, frames)
+    steps: dict[int, list[dict[str, Any]]] = {count: [] for count in frames}
+    for _ in range(rounds):
+        for count in frames:
+            spec = {"frames": count, "rows": ROWS, "cols": COLS, "threads": threads, "mode": "step"}
+            spec.update(folder=str(step_dir), chunk=CHUNK, overlap=OVERLAP, reps=reps)
+            steps[count].append(_measure(spec))
+            print(f"[bench device] rehyat step, {count} latent frames: {steps[count][-1]}", file=sys.stderr)
     rows = []
     for count in frames:
         common = {"frames": count, "rows": ROWS, "cols": COLS, "threads": threads}
-        step = _measure(
-            {
-                **common,
-                "mode": "step",
-                "folder": str(step_dir),
-                "chunk": CHUNK,
-                "overlap": OVERLAP,
-                "reps": reps,
-            }
-        )
-        print(f"[bench device] rehyat step, {count} latent frames: {step}", file=sys.stderr)
+        runs = steps[count]
+        step = {
+            "rounds": runs,
+            "chunk_seconds": [s for run in runs for s in run.get("chunk_seconds", [])],
+            "peak_rss_mib": max(
+                (run.get("peak_rss_mib", float("nan")) for run in runs), default=float("nan")
+            ),
+        }
         full = _measure(
             {**common, "mode": "full", "folder": str(full_dir), "rope": str(full_dir / "rope.npz")}
         )
@@ -266,9 +275,7 @@ def summarize_blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "speedup_whole_video": full_s / (chunk_s * chunks),
             }
         )
-    # Flatness on the fastest timed chunk of each length: the graph and its inputs' shapes are the same
-    # at every length, and on a shared machine the minimum is the estimate least moved by other load.
-    latencies = [r["rehyat_chunk_min_s"] for r in table]
+    latencies = [r["rehyat_chunk_s"] for r in table]
     memories = [r["rehyat_peak_mib"] for r in table]
     mean_latency, mean_memory = float(np.mean(latencies)), float(np.mean(memories))
     at_121 = next((r for r in table if r["video_frames"] == 121), None)
@@ -370,9 +377,9 @@ def toy_long_video(
         result["seconds"] = seconds
         scores[f"onnxruntime_{kind}"] = result
         print(f"[bench device] toy video {kind}: {result}", file=sys.stderr)
-    base = scores["pytorch_recurrent"]["prompt_adherence"]
+    base = scores["pytorch_recurrent"]["adherence"]
     for value in scores.values():
-        value["adherence_delta"] = value["prompt_adherence"] - base
+        value["adherence_delta"] = value["adherence"] - base
     return {
         "model": name,
         "frames": frames,
@@ -390,7 +397,7 @@ def toy_long_video(
 
 def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
     keep = (
-        "prompt_adherence",
+        "adherence",
         "temporal_consistency",
         "motion_smoothness",
         "colour",
@@ -485,7 +492,7 @@ def render(payload: dict[str, Any], out: Path) -> None:
                 [
                     [
                         key,
-                        s["prompt_adherence"],
+                        s["adherence"],
                         s["adherence_delta"],
                         s.get("temporal_consistency"),
                         s.get("motion_smoothness"),
@@ -548,7 +555,8 @@ def run(
     frames: list[int] | None = None,
     parts: list[str] | None = None,
     threads: int = 2,
-    reps: int = 3,
+    reps: int = 2,
+    rounds: int = 3,
     student: str | None = None,
     toy_prompts: int = 6,
     toy_steps: int = 20,
@@ -577,7 +585,7 @@ def run(
         folder = Path(work) if work else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         if "block" in parts:
-            rows = measure_blocks(folder, frames, threads, reps)
+            rows = measure_blocks(folder, frames, threads, reps, rounds)
             payload["blocks"] = {"rows": rows, **summarize_blocks(rows)}
         if "video" in parts:
             payload["video"] = toy_long_video(

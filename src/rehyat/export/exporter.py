@@ -158,6 +158,7 @@ def _write_graphs(
     folder: Path,
     runtime: str,
     graphs: dict[str, tuple[nn.Module, tuple[Tensor, ...], list[str], list[str]]],
+    fold: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Export each ``name -> (module, example inputs, input names, output names)``; return the
     manifest entries (file, inputs, outputs with shapes)."""
@@ -182,7 +183,8 @@ def _write_graphs(
                     opset_version=ONNX_OPSET,
                     input_names=input_names,
                     output_names=output_names,
-                    do_constant_folding=True,
+                    # fp16/int8: keep the dequantisation in the graph (folding it stores fp32 weights)
+                    do_constant_folding=fold,
                 )
             entry["file"] = path.name
         else:
@@ -261,7 +263,7 @@ def _write_steps(
 ) -> Path:
     """Export the step graphs, then write the manifest (each graph's signature, the chunking, the
     conversion config and ``fields``); return ``folder``."""
-    entries = _write_graphs(folder, runtime, graphs)
+    entries = _write_graphs(folder, runtime, graphs, fold=weights == "fp32")
     for signature in signatures:
         entries[signature.name].update(
             cached=signature.cached, frames=signature.frames, first=signature.first

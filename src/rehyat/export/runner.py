@@ -32,6 +32,9 @@ class _OnnxRuntime:
     def _session(self, name: str):
         if name not in self._sessions:
             options = self._onnxruntime.SessionOptions()
+            # No memory arena: a session's activations go back between calls, so several chunk graphs
+            # held side by side cost their weights, not one activation arena each.
+            options.enable_cpu_mem_arena = False
             if self._threads:
                 options.intra_op_num_threads = self._threads
                 options.inter_op_num_threads = 1
