@@ -117,9 +117,9 @@ class DemoSettings(RecipeSettings):
 
     eval_prompts: int = 24  # teacher and shipped student, identical noise
     long_videos: int = 4  # shipped student, 4× the training length
-    live_prompts: int = 8  # the live student, the first of the same prompts
+    live_prompts: int = 4  # the live student, the first of the same prompts
     distill_variants: tuple[str, ...] = ("rehyat", "untrained")
-    sample_steps: int = 10
+    sample_steps: int = 8  # UniPC; with 24 + 24 + 4 short and 4 long videos the demo stays under 10 min
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -417,6 +417,13 @@ def _write_markdown(report: dict, out: Path) -> None:
             "layer, one chunk at a time. PSNR/SSIM against the teacher's video from the same noise; the "
             f"live student is scored on the first {report['live']['prompts']} prompts.",
             markdown_table(["model", *keys], rows),
+            "What to look for: the student keeps what the prompt names and the object itself (adherence "
+            f"{models['rehyat']['adherence']:.0f} against the teacher's {models['teacher']['adherence']:.0f}, "
+            f"temporal consistency {models['rehyat']['temporal_consistency']:.0f}), but not yet the "
+            f"teacher's motion: smoothness {models['rehyat']['motion_smoothness']:.0f} against "
+            f"{models['teacher']['motion_smoothness']:.0f} — the object can jump where a chunk starts "
+            "(every 3 frames here). The toy teacher picks the sign of the motion at random, and a chunk "
+            "that does not see the previous chunk's motion picks it again (`bench/results/toybench.md`).",
             "![ToyBench](toybench.png)",
             "Teacher (left) and shipped student (right) from the same noise: `teacher_vs_rehyat.gif`, and "
             "every third frame in `teacher_vs_rehyat.png`:",
