@@ -17,6 +17,8 @@ file is 2× / ≈4× smaller and the arithmetic stays fp32; their quality cost i
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import json
 import warnings
 from collections.abc import Iterator
@@ -137,14 +139,26 @@ def _traceable(module: nn.Module) -> Iterator[None]:
     with the same math. Grad mode and parameters that require grad select the latter (restored after)."""
     params = [p for p in module.parameters() if p.is_floating_point()]
     saved = [p.requires_grad for p in params]
+    # Under torch.export the library takes its ops whatever the grad mode (it counts as compiling):
+    # while tracing, its switch between the ops and the plain path says "plain".
+    ops = importlib.import_module("rehyat.attention.custom_ops") if _has_custom_ops() else None
+    use_ops = getattr(ops, "use_ops", None)
     try:
         for p in params:
             p.requires_grad_(True)
+        if use_ops is not None:
+            ops.use_ops = lambda *tensors: False
         with torch.enable_grad():
             yield
     finally:
+        if use_ops is not None:
+            ops.use_ops = use_ops
         for p, flag in zip(params, saved, strict=True):
             p.requires_grad_(flag)
+
+
+def _has_custom_ops() -> bool:
+    return importlib.util.find_spec("rehyat.attention.custom_ops") is not None
 
 
 def _io_spec(names: list[str], tensors: tuple[Tensor, ...]) -> list[dict[str, Any]]:
