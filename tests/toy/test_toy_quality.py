@@ -297,7 +297,7 @@ def test_decided_at_the_threshold_and_finite_scores():
 
 
 def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
-    from rehyat.experiments.toy_quality import NOTES_MARKER
+    from rehyat.experiments.common import NOTES_MARKER
 
     clips = [100.0, 0.0, 100.0, 100.0]
     scores = {"adherence": 75.0, "temporal_consistency": 80.0, "motion_smoothness": 5.0}

@@ -156,6 +156,16 @@ def plot_loglog(
     return True
 
 
+#: Written notes below this line of a results markdown file survive the table being written again.
+NOTES_MARKER = "<!-- notes: kept when the table is written again -->"
+
+
+def write_markdown_keeping_notes(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, keeping whatever followed :data:`NOTES_MARKER` in the file before."""
+    notes = path.read_text().partition(NOTES_MARKER)[2] if path.is_file() else ""
+    path.write_text(text + "\n" + (f"\n{NOTES_MARKER}{notes}" if notes else ""))
+
+
 def write_json(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")

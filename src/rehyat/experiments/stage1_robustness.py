@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from rehyat.config import replace_config
-from rehyat.experiments.common import environment, environment_markdown, markdown_table, read_json, write_json
+from rehyat.experiments.common import (
+    environment,
+    environment_markdown,
+    markdown_table,
+    read_json,
+    write_json,
+    write_markdown_keeping_notes,
+)
 from rehyat.models import ReHyAtConfig
 from rehyat.toy.recipe import RecipeSettings
 
@@ -133,7 +140,7 @@ def render(payload: dict[str, Any], out: Path) -> None:
         "![stage-1 robustness](stage1_robustness.png)",
         "",
     ]
-    (out / "stage1_robustness.md").write_text("\n".join(text))
+    write_markdown_keeping_notes(out / "stage1_robustness.md", "\n".join(text))
     _plot(summary, out / "stage1_robustness.png")
 
 

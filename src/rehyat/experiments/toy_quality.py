@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from rehyat.config import replace_config
+from rehyat.experiments.common import write_markdown_keeping_notes
 from rehyat.toy.evaluate import toy_prompts
 from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
 from rehyat.toy.recipe import QUICK as RECIPE_QUICK
@@ -640,13 +641,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             markdown_table(["target", "measured", "95% interval", "met"], target_rows),
         ]
     )
-    table = out / "toybench.md"
-    notes = table.read_text().partition(NOTES_MARKER)[2] if table.is_file() else ""
-    table.write_text(text + "\n" + (f"\n{NOTES_MARKER}{notes}" if notes else ""))
-
-
-#: Written notes below this line of a toybench.md survive the table being written again.
-NOTES_MARKER = "<!-- notes: kept when the table is written again -->"
+    write_markdown_keeping_notes(out / "toybench.md", text)
 
 
 def render_table(out: Path) -> dict[str, Any]:
