@@ -309,7 +309,8 @@ def _toy_model(student: str | None):
     if student is None:
         bundled = getattr(toy_model, "BUNDLED_STUDENT", None)
         if bundled is not None and (Path(bundled) / "rehyat_config.json").is_file():
-            student = str(bundled)
+            model = toy_model.load_toy_model(teacher, Path(bundled), cpu)
+            return "the shipped toy student (rehyat/toy/assets/student)", model
     if student is not None:
         return f"student {student}", toy_model.load_toy_model(teacher, Path(student), cpu)
     model = convert_wan(toy_model.load_toy_model(teacher, None, cpu), ReHyAtConfig())
@@ -417,7 +418,7 @@ def render(payload: dict[str, Any], out: Path) -> None:
         f"average at the start {env.get('load_average')}) · onnxruntime {env.get('onnxruntime')} · "
         f"torch {env.get('torch')} · python {env.get('python')} · {env.get('date')}",
         "",
-        f"Command: `{env.get('command')}`",
+        f"Last run: `{env.get('command')}` (each part names its own below)",
         "",
     ]
     if "blocks" in payload:
@@ -459,6 +460,7 @@ def render(payload: dict[str, Any], out: Path) -> None:
                 ],
             ),
             "",
+            _command(payload["blocks"]),
             f"- Per-chunk speed-up at 121 frames: {targets['speedup_at_121_frames']:.1f}× (target ≥ "
             f"{targets['speedup_target']:.0f}×: {'met' if targets['speedup_met'] else 'missed'}).",
             f"- ReHyAt per-chunk latency spread over lengths: ±{100 * targets['latency_spread']:.1f}% (target "
@@ -485,7 +487,7 @@ def render(payload: dict[str, Any], out: Path) -> None:
                     "consistency",
                     "smoothness",
                     "PSNR vs PyTorch dB",
-                    "max |diff|",
+                    "max abs diff",
                     "graphs MiB",
                     "s",
                 ],
@@ -505,12 +507,23 @@ def render(payload: dict[str, Any], out: Path) -> None:
                 ],
             ),
             "",
+            _command(video),
             f"- Target: {video['target']}: {'met' if video['target_met'] else 'missed'}.",
             "",
         ]
     (out / "device.md").write_text("\n".join(lines))
     if "blocks" in payload:
         _plot(payload["blocks"]["table"], out / "device.png")
+
+
+def _command(part: dict[str, Any]) -> str:
+    """The command line and machine load of the run that measured one part of the record."""
+    env = part.get("environment")
+    if env is None:
+        return ""
+    return (
+        f"Measured by `{env.get('command')}` ({env.get('date')}; load average {env.get('load_average')}).\n"
+    )
 
 
 def _plot(table: list[dict[str, Any]], path: Path) -> None:
@@ -586,7 +599,11 @@ def run(
         folder.mkdir(parents=True, exist_ok=True)
         if "block" in parts:
             rows = measure_blocks(folder, frames, threads, reps, rounds)
-            payload["blocks"] = {"rows": rows, **summarize_blocks(rows)}
+            payload["blocks"] = {
+                "rows": rows,
+                **summarize_blocks(rows),
+                "environment": payload["environment"],
+            }
         if "video" in parts:
             payload["video"] = toy_long_video(
                 folder,
@@ -595,6 +612,7 @@ def run(
                 steps=toy_steps,
                 weights=toy_weights or ["fp32", "fp16", "int8"],
             )
+            payload["video"]["environment"] = payload["environment"]
     write_json(payload, out_dir / "device.json")
     render(payload, out_dir)
     print((out_dir / "device.md").read_text())
