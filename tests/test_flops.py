@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rehyat.cli import main
-from rehyat.flops import attention_flops
+from rehyat.flops import attention_flops, block_flops
 
 # frames, tokens per frame, full, softmax, linear, feature maps, total (GFLOP), ratio, softmax-only ratio
 SPEC_TABLE = [
@@ -41,3 +41,25 @@ def test_cli_json(capsys):
 def test_cli_rejects_bad_numbers(capsys):
     assert main(["flops", "--frames", "0", "--height", "2", "--width", "2"]) == 2
     assert "frames must be >= 1" in capsys.readouterr().err
+
+
+def test_block_flops_by_hand():
+    # dim 4, FFN 8, 2 frames × 3 tokens, 5 text tokens: projections 2·6·(4·16 + 2·16 + 2·4·8) = 1920;
+    # cross-attention: text k, v 2·5·2·16 = 320, scores and PV 4·6·5·4 = 480
+    f = block_flops(2, 3, 1, 4, ffn_dim=8, text_tokens=5, chunk_frames=1, overlap_frames=0, feature_dim=4)
+    attention = attention_flops(2, 3, 1, 4, chunk_frames=1, overlap_frames=0, feature_dim=4)
+    assert f["tokenwise"] == 2720
+    assert f["full_block"] == 2720 + attention.full and f["rehyat_block"] == 2720 + attention.rehyat_total
+    assert f["attention_free_ratio"] == pytest.approx(f["full_block"] / 2720)
+
+
+def test_block_flops_bound_the_block_speedup():
+    """One Wan2.1-1.3B block at 121 frames of 320×480: ReHyAt's attention is 5.6× cheaper, the block
+    1.9×, and no attention at all would make it more than 2.3× faster."""
+    f = block_flops(
+        31, 600, 12, 128, ffn_dim=8960, text_tokens=512, chunk_frames=3, overlap_frames=1, feature_dim=256
+    )
+    assert round(f["attention_ratio"], 2) == 5.59
+    assert round(f["block_ratio"], 2) == 1.88 and round(f["attention_free_ratio"], 2) == 2.32
+    with pytest.raises(ValueError, match="ffn_dim"):
+        block_flops(2, 3, 1, 4, ffn_dim=0, text_tokens=5, chunk_frames=1, overlap_frames=0, feature_dim=4)

@@ -86,3 +86,52 @@ def attention_flops(
     map_macs = head_dim * feature_dim + (feature_layers - 1) * feature_dim * feature_dim
     feature_maps = 2.0 * 2 * tokens * per_head * map_macs  # φq and φk
     return AttentionFlops(full=full, softmax=softmax, linear=linear, feature_maps=feature_maps)
+
+
+def block_flops(
+    frames: int,
+    frame_tokens: int,
+    heads: int,
+    head_dim: int,
+    *,
+    ffn_dim: int,
+    text_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    feature_dim: int,
+    feature_layers: int = 2,
+) -> dict[str, float]:
+    """FLOPs of one Wan DiT block over a whole video: the token-wise work every attention shares
+    (self-attention q/k/v/o projections, cross-attention to ``text_tokens`` text tokens, the FFN) plus
+    self-attention, full or ReHyAt. ``attention_free_ratio`` is the bound on any block speed-up from
+    replacing attention alone: the full block against its token-wise work."""
+    attention = attention_flops(
+        frames,
+        frame_tokens,
+        heads,
+        head_dim,
+        chunk_frames=chunk_frames,
+        overlap_frames=overlap_frames,
+        feature_dim=feature_dim,
+        feature_layers=feature_layers,
+    )
+    for name, value in (("ffn_dim", ffn_dim), ("text_tokens", text_tokens)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    dim, tokens = heads * head_dim, frames * frame_tokens
+    projections = (
+        2.0 * tokens * (4 * dim * dim + 2 * dim * dim + 2 * dim * ffn_dim)
+    )  # self qkvo, cross q o, FFN
+    cross = 2.0 * text_tokens * 2 * dim * dim + 4.0 * tokens * text_tokens * dim  # text k v; scores and PV
+    tokenwise = projections + cross
+    full, rehyat = tokenwise + attention.full, tokenwise + attention.rehyat_total
+    return {
+        "tokenwise": tokenwise,
+        "full_attention": attention.full,
+        "rehyat_attention": attention.rehyat_total,
+        "full_block": full,
+        "rehyat_block": rehyat,
+        "block_ratio": full / rehyat,
+        "attention_ratio": attention.ratio,
+        "attention_free_ratio": full / tokenwise,
+    }

@@ -61,15 +61,19 @@ def _rows(latencies, memories, full_seconds, full_memory):
 
 def test_bench_device_summary_and_targets():
     summary = bench_device.summarize_blocks(
-        _rows([2.0, 2.1, 2.05], [900, 910, 905], [10, 40, 70], [1e3, 3e3, 5e3])
+        _rows([2.0, 2.1, 2.05], [900, 910, 905], [10, 400, 700], [1e3, 3e3, 5e3])
     )
     table, targets = summary["table"], summary["targets"]
     assert [r["chunks"] for r in table] == [6, 11, 14]
-    assert targets["speedup_at_121_frames"] == pytest.approx(40 / (2.1 * 1.005))
+    # like for like: the whole video (11 chunks) against the full block's whole video
+    assert targets["speedup_at_121_frames"] == pytest.approx(400 / (2.1 * 1.005 * 11))
+    assert table[1]["speedup_per_chunk"] == pytest.approx(400 / (2.1 * 1.005))
+    assert targets["flop_bound_at_121_frames"] == pytest.approx(1.88, abs=0.01)
+    assert targets["attention_free_bound_at_121_frames"] == pytest.approx(2.32, abs=0.01)
     assert targets["speedup_met"] and targets["latency_flat_met"] and targets["memory_flat_met"]
     assert targets["full_memory_grows"]
     slow = bench_device.summarize_blocks(
-        _rows([2.0, 3.0, 2.0], [900, 900, 900], [10, 12, 70], [1e3, 3e3, 2e3])
+        _rows([2.0, 3.0, 2.0], [900, 900, 900], [10, 120, 70], [1e3, 3e3, 2e3])
     )
     assert not slow["targets"]["speedup_met"] and not slow["targets"]["latency_flat_met"]
     assert not slow["targets"]["full_memory_grows"]
