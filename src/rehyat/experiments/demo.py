@@ -116,10 +116,13 @@ class DemoSettings(RecipeSettings):
     """The demo's sizes: the recipe's stage sizes (a budget run), plus how many prompts each part scores."""
 
     eval_prompts: int = 24  # teacher and shipped student, identical noise
-    long_videos: int = 4  # shipped student, 4× the training length
-    live_prompts: int = 4  # the live student, the first of the same prompts
+    long_videos: int = 8  # shipped student, 4× the training length
+    live_prompts: int = 8  # the live student, the first of the same prompts
     distill_variants: tuple[str, ...] = ("rehyat", "untrained")
-    sample_steps: int = 8  # UniPC; with 24 + 24 + 4 short and 4 long videos the demo stays under 10 min
+    # 20 stage-2 steps left the live student's consistency at 51–64 over seeds, 30 at 66–74
+    # (bench/results/demo/budget_sweep.md); more prompts make the long and live scores less noisy.
+    finetune_steps: int = 30
+    sample_steps: int = 8  # UniPC; with 24 + 24 + 8 short and 8 long videos the demo stays under 10 min
 
     def __post_init__(self) -> None:
         super().__post_init__()
