@@ -3,9 +3,10 @@
 #   - `rehyat bench toy` for STUDENTS (default: the library default and two motion candidates) through
 #     scripts/toybench_gpu.sh, merged with the committed table's other rows (REUSE);
 #   - `rehyat bench stage1` (φ variants × learning rates × seeds) in the background on the same card.
-# Writes $OUT/toybench/ (table + logs), $OUT/stage1/ (robustness table) and $OUT/student.tgz (the
-# library-default student's final EMA checkpoint: φ + fine-tuned base weights).
-# Needs diffusers: carry the wheels in .whl (see the device README).
+# Writes $OUT/toybench/ (table + logs), $OUT/stage1/ (robustness table) and $OUT/<student>.tgz (the
+# final EMA checkpoint of every student: φ + fine-tuned base weights).
+# Extra arguments go to every `rehyat bench toy` (e.g. --set eval_prompts=128); REUSE= (empty) merges
+# no earlier rows. Needs diffusers: carry the wheels in .whl (see the device README).
 set -uo pipefail
 OUT=${OUT:-runs}
 if ! python3 -c "import diffusers" 2>/dev/null; then
@@ -24,19 +25,26 @@ if [ "${SWEEP:-1}" = 1 ]; then
   ) &
   sweep=$!
 fi
-# The first student's checkpoint is packed as soon as stage 2 writes it (its evaluation may still run):
-# the checkpoint, stage 2's resolved config and metrics, and stage 1's summary.
+# Each student's checkpoint is packed as soon as stage 2 writes it (its evaluation may still run) into
+# $OUT/<student>.tgz: the final EMA checkpoint, stage 2's resolved config and metrics, stage 1's summary.
 (
-  until ls /tmp/toybench/part0/*/finetune/final-ema/rehyat_config.json > /dev/null 2>&1; do sleep 5; done
-  sleep 5
-  finetune=$(dirname "$(ls -d /tmp/toybench/part0/*/finetune/final-ema | head -1)")
-  cp "$(dirname "$finetune")/stage1.json" "$finetune/"
-  tar -czf "$OUT/student.tgz" -C "$finetune" final-ema config.json metrics.jsonl stage1.json
-  echo "packed $finetune/final-ema"
+  packed=" "
+  while :; do
+    for done_file in /tmp/toybench/part*/*/finetune/final-ema/rehyat_config.json; do
+      [ -f "$done_file" ] || continue
+      finetune=$(dirname "$(dirname "$done_file")"); student=$(basename "$(dirname "$finetune")")
+      [[ "$packed" == *" $student "* ]] && continue
+      sleep 5
+      cp "$(dirname "$finetune")/stage1.json" "$finetune/"
+      tar -czf "$OUT/$student.tgz" -C "$finetune" final-ema config.json metrics.jsonl stage1.json
+      packed="$packed$student "; echo "packed $finetune/final-ema"
+    done
+    sleep 5
+  done
 ) &
 packer=$!
 ONLY=${STUDENTS:-"rehyat_nonneg_spatial rehyat_ns_distill rehyat_ns_to2"} WORK=/tmp/toybench \
-  REUSE=${REUSE:-bench/results/toybench.json} bash scripts/toybench_gpu.sh
+  REUSE=${REUSE-bench/results/toybench.json} bash scripts/toybench_gpu.sh "$@"
 status=$?
 [ -n "$sweep" ] && wait "$sweep"
 sleep 6; kill "$packer" 2>/dev/null

@@ -1,4 +1,4 @@
-"""The shipped toy student: complete, loadable in one call, converted with the library's default."""
+"""The shipped toy student: complete, loadable in one call, the library's default φ on a sliding window."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from rehyat.toy.model import bundled_student, bundled_teacher, load_toy_model
 def test_the_bundled_student_loads_in_one_call_with_its_fine_tuned_weights():
     student = load_toy_model(bundled_teacher(), "bundled")
     teacher = load_toy_model(bundled_teacher())
-    assert rehyat_runtime(student).config == ReHyAtConfig(blocks=(0, 1, 2, 3))
+    assert rehyat_runtime(student).config == ReHyAtConfig(
+        blocks=(0, 1, 2, 3), chunk_frames=1, overlap_frames=3
+    )
     assert rehyat_runtime(teacher) is None
     # Stage 2 fine-tuned the base weights too: the student's are not the teacher's.
     name = "blocks.0.attn1.to_q.weight"

@@ -77,6 +77,29 @@ STUDENTS = (
         "ReHyAt default φ, To=2",
         {"feature_nonnegative": True, "feature_rotary": "spatial", "overlap_frames": 2},
     ),
+    Student(
+        "rehyat_ns_to2_distill",
+        "ReHyAt default φ, To=2 + output distillation (λ=1)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "overlap_frames": 2},
+        settings={"finetune_teacher_weight": 1.0},
+    ),
+    Student(
+        "rehyat_ns_tc5_to2",
+        "ReHyAt default φ, Tc=5 To=2",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 5, "overlap_frames": 2},
+    ),
+    # One-frame chunks: a causal sliding window of To + 1 frames, the same for every frame (no chunk
+    # boundary where an object could jump); To=3 costs the softmax FLOPs of Tc=3 To=1.
+    Student(
+        "rehyat_ns_tc1_to2",
+        "ReHyAt default φ, Tc=1 To=2 (sliding window)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 2},
+    ),
+    Student(
+        "rehyat_ns_tc1_to3",
+        "ReHyAt default φ, Tc=1 To=3 (sliding window)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
+    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -134,6 +157,10 @@ LONG_VIDEO_STUDENTS = (
     "rehyat_nonneg_spatial",
     "rehyat_ns_distill",
     "rehyat_ns_to2",
+    "rehyat_ns_to2_distill",
+    "rehyat_ns_tc5_to2",
+    "rehyat_ns_tc1_to2",
+    "rehyat_ns_tc1_to3",
 )
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
@@ -143,6 +170,10 @@ TARGET_STUDENTS = {
     "rehyat_nonneg_spatial": "ReHyAt non-negative spatial-RoPE φ",
     "rehyat_ns_distill": "ReHyAt default φ + output distillation",
     "rehyat_ns_to2": "ReHyAt default φ, To=2",
+    "rehyat_ns_to2_distill": "ReHyAt default φ, To=2 + output distillation",
+    "rehyat_ns_tc5_to2": "ReHyAt default φ, Tc=5 To=2",
+    "rehyat_ns_tc1_to2": "ReHyAt default φ, Tc=1 To=2",
+    "rehyat_ns_tc1_to3": "ReHyAt default φ, Tc=1 To=3",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
