@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rehyat.models import read_rehyat_config
 from rehyat.toy.evaluate import toy_prompts
 from rehyat.toy.model import (
     CLIP,
@@ -354,7 +355,7 @@ def _report(settings, distill, metrics, long_metrics, long_frames, scaling, timi
     )
     report = {
         "settings": asdict(settings),
-        "shipped": json.loads((bundled_student() / "rehyat_config.json").read_text())["config"],
+        "shipped": read_rehyat_config(bundled_student()).to_dict(),
         "models": {name: {k: v for k, v in m.items() if k not in drop} for name, m in metrics.items()},
         "live": {"finite": finite, "prompts": settings.live_prompts},
         "distillation": {
