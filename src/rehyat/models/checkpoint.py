@@ -4,19 +4,22 @@ Only what conversion added (the φ weights) is stored, unless the base weights w
 they go to ``transformer/`` in diffusers layout (``config.json`` + ``diffusion_pytorch_model.safetensors``,
 loadable by ``WanTransformer3DModel.from_pretrained``). No pickle: JSON and safetensors only.
 
-**Saving is atomic as a whole.** :func:`save_rehyat` writes the complete checkpoint into a new hidden
-folder beside the target (``.<name>.new.<random>``, each file fsynced, the JSON last) and then swaps
-it in: the old folder is renamed aside (``.<name>.old.<random>``), the new one renamed into place,
-the files of the old folder that the save does not write (notes, samples, an earlier ``transformer/``)
-are moved over, and the old folder is removed. A save that fails or is interrupted before the swap
-leaves the old checkpoint exactly as it was (a failure while moving the new folder in puts the old one
-back). Only a process killed between the two renames leaves no folder at the path; loading it then
-names the two hidden folders, both complete, so that one of them can be renamed back. Readers never see
-new φ under an old ``rehyat_config.json`` or the reverse. We chose the swap over a content hash in the
-JSON: a hash only detects a half-written overwrite (the old checkpoint would be gone all the same) and
-would have to read every byte of multi-GB base weights on each load, while the swap keeps the old
-checkpoint loadable and costs two renames. There is therefore no hash, and checkpoints written before
-the swap existed (same JSON layout) load as they always did.
+**Saving replaces the folder as a whole** (:func:`rehyat.utils.replacing_folder`): :func:`save_rehyat`
+writes the complete checkpoint into a hidden folder beside the target (``.<name>.new.<random>``, every
+file fsynced) and swaps it in: the old folder is renamed aside (``.<name>.old.<random>``), the new one
+renamed into place, the files of the old folder that the save does not write (notes, samples, an earlier
+``transformer/``) are moved over, and the old folder is removed. A save that fails or is interrupted
+before the swap leaves the old checkpoint exactly as it was (a failure while moving the new folder in
+puts the old one back). Only a process killed between the two renames leaves no folder at the path;
+loading it then names the two hidden folders, both complete, so that one of them can be renamed back.
+Two saves to one folder take turns (an advisory lock on ``.<name>.lock`` beside it, removed when done).
+
+**A load sees exactly one save.** Each save gets a random ``save_id``, written into the JSON and into the
+metadata of every safetensors file. :func:`load_rehyat` reads the JSON and the weights, and when their ids
+differ (a save swapped the folder between the two reads) or a file vanished under a swap, it waits for the
+writer and reads again; it never returns one save's config with another's φ. The id costs no extra read:
+it sits in the safetensors header. Files without an id (checkpoints written before it existed, or a file
+replaced by hand) are not compared and load as they always did.
 
 **Loading validates everything before it changes the model**: the JSON (valid UTF-8 JSON, an object,
 every key present with the right type, ``model`` with exactly the dimension keys, a valid
@@ -30,22 +33,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import PHI_K, PHI_Q, convert_wan, converted_blocks, rehyat_runtime
-from rehyat.utils import atomic_write_json, atomic_write_tensors, atomic_write_text
+from rehyat.utils import (
+    atomic_write_json,
+    atomic_write_tensors,
+    atomic_write_text,
+    folder_identity,
+    real_folder,
+    replacing_folder,
+    wait_for_writer,
+)
 
 
 class ReHyAtCheckpointError(ValueError):
     """A ReHyAt checkpoint folder is missing, damaged, half-written or does not match the model."""
+
+
+class _MixedSaves(ReHyAtCheckpointError):
+    """The files read belong to different saves: the folder was replaced while it was read."""
 
 
 CONFIG_NAME = "rehyat_config.json"
@@ -56,6 +69,10 @@ FORMAT = "rehyat"
 FORMAT_VERSION = 1
 #: The model dimensions a checkpoint records and checks (``"model"`` in its JSON).
 MODEL_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size")
+#: The key of the save's id, in the JSON and in each safetensors file's metadata.
+SAVE_ID = "save_id"
+#: How often a load reads a folder that keeps being replaced before it gives up.
+READ_ATTEMPTS = 20
 
 
 def _is_rehyat_key(name: str) -> bool:
@@ -112,36 +129,23 @@ def _check_phi_values(path: Path, tensors: dict[str, Tensor]) -> None:
             raise ReHyAtCheckpointError(f"{path}: {name} has non-finite values (NaN or ±inf)")
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def _load_tensors(path: Path, save_id: str | None) -> dict[str, Tensor]:
+    """The tensors of one safetensors file of the checkpoint, which must come from the save ``save_id``
+    (:class:`_MixedSaves` otherwise; a file or JSON without an id, from an older version or written by
+    hand, is not compared)."""
     if not path.is_file():
         raise ReHyAtCheckpointError(f"{path} is missing: the checkpoint is incomplete")
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as handle:
+            found = (handle.metadata() or {}).get(SAVE_ID)
+            if found is not None and save_id is not None and found != save_id:
+                raise _MixedSaves(
+                    f"{path} is from save {found} but {CONFIG_NAME} from save {save_id}: the folder mixes "
+                    "two checkpoints (files copied in from another, or saves that never stop replacing it)"
+                )
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
         raise ReHyAtCheckpointError(f"{path} is damaged or truncated ({error})") from error
-
-
-def _unique_sibling(folder: Path, tag: str) -> Path:
-    return folder.parent / f".{folder.name}.{tag}.{uuid.uuid4().hex[:12]}"
-
-
-def _swap_in(staging: Path, folder: Path, written: set[str]) -> None:
-    """Put the complete folder ``staging`` at ``folder``: rename the old one aside, the new one in, move the
-    old entries that ``written`` does not replace over, remove the old folder."""
-    if not folder.exists():
-        os.rename(staging, folder)
-        return
-    aside = _unique_sibling(folder, "old")
-    os.rename(folder, aside)
-    try:
-        os.rename(staging, folder)
-    except BaseException:
-        os.rename(aside, folder)
-        raise
-    for entry in sorted(aside.iterdir()):
-        if entry.name not in written:
-            os.rename(entry, folder / entry.name)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_rehyat(
@@ -151,20 +155,21 @@ def save_rehyat(
 
     ``include_base_weights=True`` also saves the base weights (after fine-tuning) under ``transformer/``
     in diffusers layout. An existing checkpoint at ``path`` is replaced atomically as a whole (see the
-    module docstring): until the new folder is complete, the old one stays as it was. Files of the old
+    module docstring): until the new folder is complete, the old one stays as it was, and a second save
+    to the same folder waits for this one. Files of the old
     folder that this save does not write are kept. ``path`` may be a symbolic link to a folder (its
     target is replaced). Returns the folder.
     """
     runtime = rehyat_runtime(transformer)
     if runtime is None:
         raise ValueError("save_rehyat needs a transformer converted with convert_wan")
-    folder = Path(path)
-    if folder.is_symlink() or folder.name in ("", ".", ".."):  # swap the real folder ("." has no sibling)
-        folder = folder.resolve()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder: save_rehyat writes a checkpoint folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = real_folder(path)
+    except ValueError as error:
+        raise ValueError(f"{error}: save_rehyat writes a checkpoint folder") from error
     state = transformer.state_dict()
+    save_id = uuid.uuid4().hex
+    tagged = {"format": "pt", SAVE_ID: save_id}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -173,23 +178,17 @@ def save_rehyat(
         "converted_blocks": runtime.blocks,
         "model": _model_dims(transformer),
         "base_weights": include_base_weights,
+        SAVE_ID: save_id,
     }
-    staging = _unique_sibling(folder, "new")
-    staging.mkdir()  # not mkdtemp: the folder keeps the permissions the umask gives
-    try:
+    with replacing_folder(folder, carry_over=True) as staging:
         if include_base_weights:
             base = staging / BASE_FOLDER
-            atomic_write_tensors(
-                base / BASE_WEIGHTS_NAME, {k: v for k, v in state.items() if not _is_rehyat_key(k)}
-            )
+            base_state = {k: v for k, v in state.items() if not _is_rehyat_key(k)}
+            atomic_write_tensors(base / BASE_WEIGHTS_NAME, base_state, tagged)
             atomic_write_text(base / "config.json", transformer.to_json_string())
-        atomic_write_tensors(staging / WEIGHTS_NAME, {k: v for k, v in state.items() if _is_rehyat_key(k)})
+        phi = {k: v for k, v in state.items() if _is_rehyat_key(k)}
+        atomic_write_tensors(staging / WEIGHTS_NAME, phi, tagged)
         atomic_write_json(staging / CONFIG_NAME, metadata)  # last: a folder with it is complete
-        written = {CONFIG_NAME, WEIGHTS_NAME} | ({BASE_FOLDER} if include_base_weights else set())
-        _swap_in(staging, folder, written)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Path(path)
 
 
@@ -259,6 +258,8 @@ def _read_metadata(folder: Path) -> tuple[dict, ReHyAtConfig]:
         raise bad("converted_blocks", "a list of block indices")
     if not isinstance(metadata["base_weights"], bool):
         raise bad("base_weights", "true or false")
+    if not isinstance(metadata.get(SAVE_ID, ""), str):
+        raise bad(SAVE_ID, "a string")
     model = metadata["model"]
     if not isinstance(model, dict):
         raise bad("model", "a JSON object of model dimensions")
@@ -283,8 +284,32 @@ def load_rehyat(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
     point or not finite, if the checkpoint was made for another architecture (block count, heads, head
     dim, patch size), another ReHyAt config than the one the model is already converted with, or holds
     tensors of other names or shapes. Every message names the file. Returns ``transformer``.
+
+    A save that replaces the folder while it is read is waited for, and the folder read again: the
+    model gets one save's config and tensors, never a mix (see the module docstring).
     """
     folder = Path(path)
+    for attempt in range(READ_ATTEMPTS):
+        seen = folder_identity(folder)
+        try:
+            config, tensors = _read_checkpoint(transformer, folder)
+            break
+        except ReHyAtCheckpointError as error:
+            # A save that swapped the folder while it was read: read the new one once the save is done.
+            waited = wait_for_writer(folder.resolve())
+            replaced = waited or folder_identity(folder) != seen or isinstance(error, _MixedSaves)
+            if not replaced or attempt == READ_ATTEMPTS - 1:
+                raise
+    runtime = rehyat_runtime(transformer)
+    if runtime is None:
+        convert_wan(transformer, config)
+    transformer.load_state_dict(tensors, strict=False)  # names and shapes were checked above
+    return transformer
+
+
+def _read_checkpoint(transformer: nn.Module, folder: Path) -> tuple[ReHyAtConfig, dict[str, Tensor]]:
+    """The checkpoint's config and tensors, every file checked against ``transformer`` and against the
+    save that wrote the JSON; nothing in ``transformer`` changes."""
     metadata, config = _read_metadata(folder)
     config_path = folder / CONFIG_NAME
     if metadata["architecture"] != type(transformer).__name__:
@@ -314,18 +339,15 @@ def load_rehyat(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"the checkpoint {folder} has {config} on blocks {blocks}"
         )
 
+    save_id = metadata.get(SAVE_ID)
     weights_path = folder / WEIGHTS_NAME
-    tensors = _load_tensors(weights_path)
+    tensors = _load_tensors(weights_path, save_id)
     _check_tensors(str(weights_path), tensors, _expected_shapes(transformer, config, blocks))
     _check_phi_values(weights_path, tensors)
     if metadata["base_weights"]:
         base_path = folder / BASE_FOLDER / BASE_WEIGHTS_NAME
-        base = _load_tensors(base_path)
+        base = _load_tensors(base_path, save_id)
         expected = {k: tuple(v.shape) for k, v in transformer.state_dict().items() if not _is_rehyat_key(k)}
         _check_tensors(str(base_path), base, expected)
         tensors.update(base)
-
-    if runtime is None:
-        convert_wan(transformer, config)
-    transformer.load_state_dict(tensors, strict=False)  # names and shapes were checked above
-    return transformer
+    return config, tensors
