@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Train the toy teacher on every GPU of this machine (DDP through torchrun, BATCH clips per GPU and step)
-# on the current toy world, from the weights in INIT (default: the bundled teacher), for STEPS steps or
-# until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run cut off loses at
-# most 250 steps). WORK is wiped first, so no state of an earlier run is resumed. Then
-# ToyBench the new and the INIT teacher on PROMPTS prompts, with direction accuracy per speed.
-# Writes to $OUT (or ./runs)/toy_teacher: teacher.tgz, train.log, training_config.json,
-# training_metrics.jsonl and eval.jsonl.
+# Train a toy teacher on every GPU of this machine (DDP through torchrun, BATCH clips per GPU and step)
+# for STEPS steps or until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run
+# cut off loses at most 250 steps). Then ToyBench it (and INIT, if any) on PROMPTS prompts, with
+# direction accuracy per speed.
+#   WORLD=v2 (default): from the weights in INIT (default: the bundled teacher), on the second world.
+#   WORLD=v3 INIT=none: from random weights, on the third world packed 4 frames to a latent frame.
+#   RESUME=DIR: a folder holding a checkpoint (step-N/ and latest, as this script returns them) to go
+#   on from, with the same settings (same STEPS: the run's config must not change).
+# WORK is wiped first; the dataset is rendered again (deterministic from the seed).
+# Writes to $OUT (or ./runs)/toy_teacher: train.log, training_config.json, training_metrics.jsonl,
+# eval.jsonl and the newest checkpoint as ckpt.tar.part-* (15 MB pieces: cat them | tar -x).
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
+WORLD=${WORLD:-v2}
 STEPS=${STEPS:-10000}
 LIMIT=${LIMIT:-420}
 BATCH=${BATCH:-64}
@@ -15,6 +20,7 @@ LR=${LR:-3e-4}
 CLIPS=${CLIPS:-32768}
 PROMPTS=${PROMPTS:-256}
 INIT=${INIT:-src/rehyat/toy/assets/teacher}
+RESUME=${RESUME:-}
 RUN=${OUT:-runs}/toy_teacher
 WORK=${WORK:-/tmp/toy_teacher}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script on one CPU process
@@ -25,35 +31,43 @@ fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 GPUS=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
 rm -rf "$WORK"
-mkdir -p "$RUN"
+mkdir -p "$RUN" "$WORK/train/checkpoints"
+if [ -n "$RESUME" ]; then cp -r "$RESUME"/. "$WORK/train/checkpoints/"; fi
+INIT_ARGS=(--world "$WORLD")
+if [ "$INIT" != none ]; then INIT_ARGS+=(--init "$INIT"); fi
 START=$(date +%s)
 status=0
 timeout "$LIMIT" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
-  toy teacher --init "$INIT" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" --lr "$LR" \
-  --set progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
+  toy teacher "${INIT_ARGS[@]}" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" \
+  --lr "$LR" --set progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
 python3 -m rehyat.cli toy teacher --out "$WORK" --assemble-only
 cp "$WORK/train/config.json" "$RUN/training_config.json"
 cp "$WORK/train/metrics.jsonl" "$RUN/training_metrics.jsonl"
 tail -n 1 "$RUN/training_metrics.jsonl"
-tar -czf "$RUN/teacher.tgz" -C "$WORK" teacher
-python3 - "$WORK/teacher" "$INIT" "$PROMPTS" "$DEVICE" > "$RUN/eval.jsonl" <<'PY'
+LATEST=$(cat "$WORK/train/checkpoints/latest")
+tar -cf - -C "$WORK/train/checkpoints" latest "$LATEST" | split -b 15M - "$RUN/ckpt.tar.part-"
+MODELS=("$WORK/teacher")
+if [ "$INIT" != none ]; then MODELS+=("$INIT"); fi
+python3 - "$PROMPTS" "$DEVICE" "${MODELS[@]}" > "$RUN/eval.jsonl" <<'PY'
 import collections, json, sys, torch
 from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
-from rehyat.toy.teacher import load_text_encoder, prompt_embeddings
+from rehyat.toy.model import load_text_encoder, prompt_embeddings, toy_space
 from rehyat.toy.toybench import evaluate_videos
-prompts = toy_prompts(int(sys.argv[3]), 3)
-for model_dir in sys.argv[1:3]:
-    model = load_toy_model(model_dir, None, torch.device(sys.argv[4]))
+prompts = toy_prompts(int(sys.argv[1]), 3)
+for model_dir in sys.argv[3:]:
+    space = toy_space(model_dir)
+    model = load_toy_model(model_dir, None, torch.device(sys.argv[2]))
     embeds = prompt_embeddings(load_text_encoder(model_dir), prompts)
     for guidance in (1.0, 4.0):
-        videos = sample_videos(model, embeds, frames=16, steps=20, guidance_scale=guidance, first_seed=1000,
-                               recurrent=False, batch_size=128)
-        result = evaluate_videos(videos, prompts)
+        videos = sample_videos(model, embeds, frames=space.clip_frames, steps=20, guidance_scale=guidance,
+                               first_seed=1000, recurrent=False, batch_size=128, space=space)
+        result = evaluate_videos(videos, prompts, world=space.world)
         hits = collections.defaultdict(list)
         for prompt, clip in zip(prompts, result.pop("per_clip")):
-            hits[f"direction_{prompt.speed}"].append(clip["hits"]["direction"])
+            for name in ("direction", "speed"):
+                hits[f"{name}_{prompt.speed}"].append(clip["hits"][name])
             hits[f"shape_{prompt.shape}"].append(clip["hits"]["shape"])
         result.update({k: 100 * sum(v) / len(v) for k, v in hits.items()})
         print(json.dumps({"model": model_dir, "guidance": guidance, **result}), flush=True)

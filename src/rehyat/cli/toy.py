@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from rehyat.cli._common import add_config_arguments
-from rehyat.toy.model import CLIP, FLOW_SHIFT
+from rehyat.toy.model import FLOW_SHIFT, SPACES
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -49,6 +49,7 @@ def _teacher(args: argparse.Namespace) -> int:
             clips=args.clips,
             seed=args.seed,
             init_from=None if args.init is None else Path(args.init),
+            space=SPACES[args.world],
         )
     finally:
         distributed.shutdown()
@@ -65,7 +66,9 @@ def register(commands) -> None:
     parser.add_argument("--rehyat", help="a ReHyAt checkpoint folder to load on top of the teacher")
     parser.add_argument("--recurrent", action="store_true", help="sample with the recurrent forward")
     parser.add_argument("--prompts", type=int, default=24)
-    parser.add_argument("--frames", type=int, default=CLIP["num_frames"])
+    parser.add_argument(
+        "--frames", type=int, help="latent frames per video (default: the model's training clip)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (UniPC)")
     parser.add_argument(
         "--guidance",
@@ -89,6 +92,13 @@ def register(commands) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", help="a teacher folder to train further (default: random weights)")
+    parser.add_argument(
+        "--world",
+        choices=sorted(SPACES),
+        default="v2",
+        help="v2: pixel clips of the second world; v3: the third world packed 4 frames to a latent "
+        "frame as Wan's VAE does (ignored with --init, whose world the teacher keeps)",
+    )
     parser.add_argument(
         "--assemble-only",
         action="store_true",

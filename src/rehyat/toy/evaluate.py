@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rehyat.toy.model import CLIP, FLOW_SHIFT, load_text_encoder, load_toy_model, prompt_embeddings
+from rehyat.toy.model import (
+    FLOW_SHIFT,
+    PIXEL,
+    ToySpace,
+    load_text_encoder,
+    load_toy_model,
+    prompt_embeddings,
+    toy_space,
+)
 from rehyat.toy.toybench import evaluate_videos
 from rehyat.toy.world import ToyPrompt, sample_prompt
 
@@ -34,8 +42,10 @@ def sample_videos(
     first_seed: int,
     recurrent: bool,
     batch_size: int = 1,
+    space: ToySpace = PIXEL,
 ) -> list[Tensor]:
-    """One video [3, F, H, W] per prompt embedding in ``embeds`` [P, L, D], ``batch_size`` at a time.
+    """One video [3, F, H, W] per prompt embedding in ``embeds`` [P, L, D], ``batch_size`` at a time:
+    ``frames`` latent frames of ``space`` (the model's), decoded to video frames.
 
     Prompt i gets the noise of seed ``first_seed + i`` whatever the batch size, so batching changes a
     video only by float rounding (the denoising loop and the scheduler act per batch element).
@@ -50,7 +60,7 @@ def sample_videos(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    shape = (1, 3, frames, CLIP["height"], CLIP["width"])
+    shape = (1, *space.latent_shape(frames))
     scheduler = make_scheduler("unipc", flow_shift)
     videos: list[Tensor] = []
     for start in range(0, len(embeds), batch_size):
@@ -73,7 +83,7 @@ def sample_videos(
             progress=False,
             forward=recurrent_forward if recurrent else parallel_forward,
         )
-        videos.extend(latents.float().cpu().unbind(0))
+        videos.extend(space.decode(latents.float().cpu()).unbind(0))
     return videos
 
 
@@ -82,7 +92,7 @@ def evaluate_model(
     rehyat: str | Path | None = None,
     *,
     prompts: int = 24,
-    frames: int = CLIP["num_frames"],
+    frames: int | None = None,
     steps: int = 20,
     guidance_scale: float = 4.0,
     flow_shift: float = FLOW_SHIFT,
@@ -92,22 +102,25 @@ def evaluate_model(
     device: str = "cpu",
 ) -> dict:
     """ToyBench a toy teacher folder (with a ReHyAt checkpoint on top if given) on ``prompts`` random
-    prompts (seed ``seed``), videos from the noise of seeds 1000, 1001, ...; the metrics without per-clip
-    scores."""
+    prompts (seed ``seed``), videos of ``frames`` latent frames (default: a training clip's) from the noise
+    of seeds 1000, 1001, ...; the metrics without per-clip scores."""
     if recurrent and rehyat is None:
         raise ValueError("recurrent sampling needs a ReHyAt checkpoint: the teacher runs full attention")
     model = load_toy_model(Path(model_folder), None if rehyat is None else Path(rehyat), torch.device(device))
+    space = toy_space(model_folder)
     chosen = toy_prompts(prompts, seed)
     embeds = prompt_embeddings(load_text_encoder(model_folder), chosen)
     videos = sample_videos(
         model,
         embeds,
-        frames=frames,
+        frames=space.clip_frames if frames is None else frames,
         steps=steps,
         guidance_scale=guidance_scale,
         flow_shift=flow_shift,
         first_seed=1000,
         recurrent=recurrent,
         batch_size=batch_size,
+        space=space,
     )
-    return {k: v for k, v in evaluate_videos(videos, chosen).items() if k != "per_clip"}
+    scores = evaluate_videos(videos, chosen, world=space.world)
+    return {k: v for k, v in scores.items() if k != "per_clip"}

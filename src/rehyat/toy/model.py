@@ -1,18 +1,22 @@
-"""The toy model family: the pixel-space Wan architecture of the toy teacher, its clip size and sampler
-shift, the bundled teacher folder, and loading a toy model (optionally with a ReHyAt checkpoint).
+"""The toy model family: the Wan architecture of the toy teachers, the space their latents live in
+(:class:`ToySpace`: pixels of the second world, or the third world packed four frames to a latent frame),
+the sampler shift, the bundled teacher folder, and loading a toy model (optionally with a ReHyAt
+checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rehyat.toy.latent import ToyLatent, latent_frames, video_frames
 from rehyat.toy.text import ToyTextEncoder
-from rehyat.toy.world import ToyPrompt
+from rehyat.toy.world import V2, V3, ToyPrompt, World, render
 
 #: Pixel-space Wan: 3 channels in and out, 2×2 patches, 4 blocks of 4 heads × 32 (RoPE splits 32 into
 #: 12 + 10 + 10), text width = the toy text encoder's.
@@ -31,12 +35,92 @@ TOY_TEACHER_CONFIG = {
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
+#: The packed world's teacher: the same Wan blocks on :class:`~rehyat.toy.latent.ToyLatent`'s 24 channels,
+#: 2×2 latent patches (a token is 4 video frames × 4×4 px, 96 values), 4 heads × 48 (RoPE 16 + 16 + 16).
+#: Wider than the pixel teacher: its tokens carry four times the values.
+PACKED_TEACHER_CONFIG = {
+    **TOY_TEACHER_CONFIG,
+    "in_channels": 24,
+    "out_channels": 24,
+    "attention_head_dim": 48,
+    "ffn_dim": 768,
+}
 #: Training clips: 16 frames of 24×24 px -> 16 latent frames of 12×12 = 144 tokens (patch 2×2). Smaller
 #: frames make ToyBench's shape read-back fragile to soft samples; larger ones slow the CPU demo.
 CLIP = {"num_frames": 16, "height": 24, "width": 24}
 FLOW_SHIFT = 3.0
+#: The file of a teacher folder that names its space (absent: the pixel space of the bundled teacher).
+SPACE_FILE = "toy_world.json"
 BUNDLED = Path(__file__).parent / "assets" / "teacher"
 BUNDLED_STUDENT = Path(__file__).parent / "assets" / "student"
+
+
+@dataclass(frozen=True)
+class ToySpace:
+    """What a toy model's latents are. ``packed``: the world's clips pass through a
+    :class:`~rehyat.toy.latent.ToyLatent` of ``channels`` channels (four video frames to a latent frame);
+    otherwise the latent is the clip itself (3 channels, one frame per latent frame). ``clip_frames`` is a
+    training clip's length in latent frames; ``height`` × ``width`` the video frame in pixels."""
+
+    name: str
+    world: World
+    packed: bool
+    channels: int
+    clip_frames: int
+    height: int
+    width: int
+
+    @property
+    def teacher_config(self) -> dict:
+        return PACKED_TEACHER_CONFIG if self.packed else TOY_TEACHER_CONFIG
+
+    def latent_shape(self, frames: int) -> tuple[int, int, int, int]:
+        """[C, T, h, w] of a latent of ``frames`` latent frames."""
+        if frames < 1:
+            raise ValueError(f"need at least one latent frame, got {frames}")
+        scale = 2 if self.packed else 1
+        return (self.channels, frames, self.height // scale, self.width // scale)
+
+    def video_frames(self, frames: int) -> int:
+        """Video frames of ``frames`` latent frames (21 → 81 packed)."""
+        return video_frames(frames) if self.packed else frames
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a clip of ``frames`` video frames (81 → 21 packed); ValueError if none fits."""
+        return latent_frames(frames) if self.packed else frames
+
+    def clip(self, prompt: ToyPrompt, frames: int, seed: int) -> Tensor:
+        """The latent [C, T, h, w] of the world's clip of ``frames`` latent frames for ``prompt``."""
+        video = render(
+            prompt, self.video_frames(frames), self.height, self.width, seed=seed, world=self.world
+        )
+        return ToyLatent(self.channels).encode(video) if self.packed else video
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Videos [B, 3, F, H, W] of latents [B, C, T, h, w] (the latents themselves in pixel space)."""
+        return ToyLatent(self.channels).decode(latents) if self.packed else latents
+
+
+#: The bundled teacher's space: second-world clips of 16 frames of 24×24 px, the latent the clip.
+PIXEL = ToySpace("v2", V2, False, 3, CLIP["num_frames"], CLIP["height"], CLIP["width"])
+#: The packed world: third-world clips of 81 frames of 32×32 px, packed to 21 latent frames of 24
+#: channels × 16×16 (64 tokens a frame with 2×2 patches), as Wan2.1 packs 81 frames into 21.
+PACKED = ToySpace("v3", V3, True, 24, 21, 32, 32)
+SPACES = {space.name: space for space in (PIXEL, PACKED)}
+
+
+def toy_space(teacher: str | Path) -> ToySpace:
+    """The space of a teacher folder, from its ``toy_world.json`` (none: the pixel space)."""
+    file = Path(teacher) / SPACE_FILE
+    if not file.exists():
+        return PIXEL
+    try:
+        name = json.loads(file.read_text()).get("world")
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{file} is not a JSON object with a 'world' name ({error})") from error
+    if name not in SPACES:
+        raise ValueError(f"{file} names world {name!r}; expected one of {', '.join(SPACES)}")
+    return SPACES[name]
 
 
 def bundled_teacher() -> Path:
@@ -77,12 +161,15 @@ def write_prompt_file(encoder: ToyTextEncoder, prompts: list[ToyPrompt], path: P
     return path
 
 
-def init_teacher_folder(folder: Path, seed: int = 0) -> Path:
-    """A Wan folder with the toy teacher's random initial weights, its scheduler and text encoder."""
+def init_teacher_folder(folder: Path, seed: int = 0, space: ToySpace = PIXEL) -> Path:
+    """A Wan folder with the toy teacher's random initial weights for ``space``, its scheduler and text
+    encoder, and (packed) the ``toy_world.json`` naming the space."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(seed)
-    WanTransformer3DModel(**TOY_TEACHER_CONFIG).save_pretrained(folder / "transformer")
+    WanTransformer3DModel(**space.teacher_config).save_pretrained(folder / "transformer")
+    if space is not PIXEL:
+        (folder / SPACE_FILE).write_text(json.dumps({"world": space.name}) + "\n")
     UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT
     ).save_pretrained(folder / "scheduler")

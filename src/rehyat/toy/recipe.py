@@ -161,7 +161,7 @@ def finetune_dataset(out: Path, settings: RecipeSettings) -> Path:
     if (folder / "index.json").exists():
         return folder
     encoder = load_text_encoder(bundled_teacher())
-    return write_latent_dataset(folder, toy_clips(encoder, settings.finetune_clips, settings.seed + 2, CLIP))
+    return write_latent_dataset(folder, toy_clips(encoder, settings.finetune_clips, settings.seed + 2))
 
 
 def finetune_student(

@@ -11,17 +11,29 @@ under ``rehyat/toy/assets/teacher`` was made by that command; its ``TRAINING.md`
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from torch import Tensor
 
 from rehyat.config import load_config
-from rehyat.toy.model import CLIP, FLOW_SHIFT, init_teacher_folder, load_text_encoder, prompt_embeddings
+from rehyat.toy.model import (
+    FLOW_SHIFT,
+    PIXEL,
+    SPACE_FILE,
+    ToySpace,
+    init_teacher_folder,
+    load_text_encoder,
+    prompt_embeddings,
+    toy_space,
+)
 from rehyat.toy.text import ToyTextEncoder
-from rehyat.toy.world import render, sample_prompt
+from rehyat.toy.world import ToyPrompt, sample_prompt
 from rehyat.training import distributed
 from rehyat.training.checkpoint import latest_checkpoint, load_checkpoint
 from rehyat.training.finetune import (
@@ -33,23 +45,41 @@ from rehyat.training.finetune import (
     save_final_weights,
 )
 
+#: Clips rendered in worker processes from this many on (a packed clip takes about 10 ms to render).
+_PARALLEL_FROM = 256
+
+
+def _render_clip(job: tuple[ToySpace, ToyPrompt, int]) -> Tensor:
+    space, prompt, seed = job
+    return space.clip(prompt, space.clip_frames, seed)
+
 
 def toy_clips(
-    encoder: ToyTextEncoder, count: int, seed: int, clip: dict[str, int]
+    encoder: ToyTextEncoder, count: int, seed: int, space: ToySpace = PIXEL
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``count`` (video [3, F, H, W], prompt embedding [L, D]) pairs with random prompts and start points.
+    """``count`` (latent [C, T, h, w] of ``space``, prompt embedding [L, D]) training pairs: random
+    prompts (``random.Random(seed)``) and clip ``i`` rendered from seed ``seed · 1_000_003 + i``.
 
-    Each distinct prompt is encoded once (the world has 576): encoding costs ~100× rendering a clip."""
+    Each distinct prompt is encoded once (the world has 576): encoding costs ~100× rendering a clip.
+    Many clips render in one worker process per CPU core, in order."""
     rng = random.Random(seed)
+    jobs = [(space, sample_prompt(rng), seed * 1_000_003 + index) for index in range(count)]
     embeddings: dict[str, Tensor] = {}
-    for index in range(count):
-        prompt = sample_prompt(rng)
-        video = render(
-            prompt, clip["num_frames"], clip["height"], clip["width"], seed=seed * 1_000_003 + index
-        )
-        if prompt.text not in embeddings:
-            embeddings[prompt.text] = prompt_embeddings(encoder, [prompt])[0]
-        yield video, embeddings[prompt.text]
+    workers = min(os.cpu_count() or 1, 32)
+    if count < _PARALLEL_FROM or workers == 1:
+        latents = map(_render_clip, jobs)
+        pool = None
+    else:  # spawn: the caller may hold CUDA or a process group, which a fork must not copy
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        latents = pool.map(_render_clip, jobs, chunksize=64)
+    try:
+        for (_, prompt, _), latent in zip(jobs, latents, strict=True):
+            if prompt.text not in embeddings:
+                embeddings[prompt.text] = prompt_embeddings(encoder, [prompt])[0]
+            yield latent, embeddings[prompt.text]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def teacher_finetune_config(out: Path, *, steps: int, batch: int, lr: float, seed: int) -> FinetuneConfig:
@@ -71,10 +101,16 @@ def teacher_finetune_config(out: Path, *, steps: int, batch: int, lr: float, see
 
 
 def train_teacher(
-    out: Path, config: FinetuneConfig, *, clips: int, seed: int, init_from: Path | None = None
+    out: Path,
+    config: FinetuneConfig,
+    *,
+    clips: int,
+    seed: int,
+    init_from: Path | None = None,
+    space: ToySpace = PIXEL,
 ) -> Path:
-    """Init (random, or a copy of the teacher folder ``init_from`` to train further), render ``clips``
-    clips, train with the stage-2 loop and ``config`` (see :func:`teacher_finetune_config`), and
+    """Init (random weights for ``space``, or a copy of the teacher folder ``init_from`` to train
+    further, whose space it keeps), render ``clips`` clips, train with the stage-2 loop and ``config`` (see :func:`teacher_finetune_config`), and
     assemble ``out/teacher`` (EMA weights).
 
     Under ``torchrun`` every process trains (DDP, ``data.micro_batch_size`` clips per process and step);
@@ -87,7 +123,7 @@ def train_teacher(
             raise ValueError(f"--init {init_from} is not a teacher folder (no transformer/config.json)")
     env = distributed.init_distributed()
     if env.is_main:
-        _prepare_run(out, init_from, clips, seed)
+        _prepare_run(out, init_from, clips, seed, space)
     distributed.barrier()
     finetune(config)
     teacher = assemble_teacher(out) if env.is_main else out / "teacher"
@@ -95,21 +131,24 @@ def train_teacher(
     return teacher
 
 
-def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int) -> None:
+def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int, space: ToySpace) -> None:
     """``out/init`` (random weights or a copy of ``init_from``) and ``out/dataset`` (rendered once)."""
     from rehyat.training.data import write_latent_dataset
 
     init = out / "init"
+    if init.exists():
+        shutil.rmtree(init)
     if init_from is None:
-        init_teacher_folder(init, seed)
+        init_teacher_folder(init, seed, space)
     else:
-        if init.exists():
-            shutil.rmtree(init)
+        space = toy_space(init_from)
         for part in ("transformer", "scheduler", "text_encoder"):
             shutil.copytree(Path(init_from) / part, init / part)
+        if (Path(init_from) / SPACE_FILE).exists():
+            shutil.copy2(Path(init_from) / SPACE_FILE, init / SPACE_FILE)
     dataset = out / "dataset"
     if not (dataset / "index.json").exists():
-        write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, CLIP), shard_size=512)
+        write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, space), shard_size=512)
 
 
 def assemble_teacher(out: Path) -> Path:
