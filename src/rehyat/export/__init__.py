@@ -18,9 +18,8 @@ from rehyat.export.exporter import (
     export_block_step,
     export_dit_step,
     export_full_block,
-    read_manifest,
 )
-from rehyat.export.runner import ChunkResult, ExportedStep
+from rehyat.export.runner import ChunkResult, ExportedStep, read_manifest
 from rehyat.export.sampler import euler_schedule, sample_latents, unipc_schedule
 from rehyat.export.step import STATE_FIELDS, StepSignature, chunk_schedule
 

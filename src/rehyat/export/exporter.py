@@ -12,6 +12,12 @@ Two runtimes, one folder layout (a ``manifest.json`` naming the graphs, their in
 graph (int8: symmetric, one scale per output channel) and dequantise it to fp32 at run time, so the
 file is 2× / ≈4× smaller and the arithmetic stays fp32; their quality cost is the weights' rounding
 (measured on ToyBench by ``rehyat bench device``). Feature maps, embeddings' convolution and norms stay fp32.
+
+**A folder is exported whole** (:func:`rehyat.utils.replacing_folder`): the graphs and the manifest (with
+each graph's sha256) are written into a hidden folder beside the target, fsynced and swapped in, so a
+failed or killed export leaves the previous export exactly as it was and a finished one leaves none of
+its graphs behind. A second export into a folder being written is refused (``FolderBusyError``). The
+target must be new, empty or an export folder: the swap replaces everything in it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,8 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rehyat.export.runner import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from rehyat.export.step import (
     BlockStep,
     DiTStep,
@@ -40,13 +46,10 @@ from rehyat.export.step import (
     state_shapes,
 )
 from rehyat.models.wan import PHI_Q, rehyat_runtime
-from rehyat.utils import atomic_write_json
+from rehyat.utils import atomic_write_json, real_folder, replacing_folder
 
 RUNTIMES = ("onnxruntime", "executorch")
 WEIGHTS = ("fp32", "fp16", "int8")
-MANIFEST = "manifest.json"
-FORMAT = "rehyat-export"
-FORMAT_VERSION = 1
 ONNX_OPSET = 18
 PTE_FILE = "model.pte"
 
@@ -244,9 +247,23 @@ def _prepare(folder: str | Path, runtime: str, weights: str) -> Path:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if runtime == "executorch":
         _check_executorch()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = real_folder(folder)
+    if folder.is_dir() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
+        raise ValueError(
+            f"{folder} is not an export folder ({MANIFEST} is missing) and not empty: an export replaces "
+            "its whole folder, so give a new or empty folder"
+        )
     return folder
+
+
+def _write_export(folder: Path, write: Callable[[Path], dict[str, Any]]) -> None:
+    """Write an export through ``write(staging) -> manifest`` into a staging folder beside ``folder``,
+    record each graph's sha256 in the manifest, write it last, and swap the folder in whole."""
+    with replacing_folder(folder, wait=False) as staging:
+        manifest = write(staging)
+        for entry in manifest["graphs"].values():
+            entry["sha256"] = file_sha256(staging / entry["file"])
+        atomic_write_json(staging / MANIFEST, manifest)
 
 
 def _manifest(kind: str, runtime: str, weights: str, graphs: dict, **fields: Any) -> dict[str, Any]:
@@ -275,17 +292,21 @@ def _write_steps(
     config: Any,
     **fields: Any,
 ) -> Path:
-    """Export the step graphs, then write the manifest (each graph's signature, the chunking, the
-    conversion config and ``fields``); return ``folder``."""
-    entries = _write_graphs(folder, runtime, graphs, fold=weights == "fp32")
-    for signature in signatures:
-        entries[signature.name].update(
-            cached=signature.cached, frames=signature.frames, first=signature.first
-        )
+    """Export the step graphs and the manifest (each graph's signature, the chunking, the conversion
+    config and ``fields``) into ``folder`` as a whole; return ``folder``."""
     fields.update(
         chunk_frames=config.chunk_frames, overlap_frames=config.overlap_frames, rehyat_config=config.to_dict()
     )
-    atomic_write_json(folder / MANIFEST, _manifest(kind, runtime, weights, entries, **fields))
+
+    def write(staging: Path) -> dict[str, Any]:
+        entries = _write_graphs(staging, runtime, graphs, fold=weights == "fp32")
+        for signature in signatures:
+            entries[signature.name].update(
+                cached=signature.cached, frames=signature.frames, first=signature.first
+            )
+        return _manifest(kind, runtime, weights, entries, **fields)
+
+    _write_export(folder, write)
     return folder
 
 
@@ -474,49 +495,40 @@ def export_full_block(
     names = ["hidden", "timestep_proj", "context", "cos", "sin"]
     module = FullBlock(model, block).eval()
     _register_onnx_symbolics()
-    path = folder / "full.onnx"
     tokens = {"hidden": {1: "tokens"}, "cos": {1: "tokens"}, "sin": {1: "tokens"}, "output": {1: "tokens"}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes=tokens,
+
+    def write(staging: Path) -> dict[str, Any]:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(staging / "full.onnx"),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=tokens,
+            )
+        inputs = _io_spec(names, args)
+        for spec in inputs:
+            if spec["name"] in tokens:
+                spec["shape"][1] = None
+        entry = {
+            "file": "full.onnx",
+            "inputs": inputs,
+            "outputs": [{"name": "output", "shape": [batch, None, width], "dtype": "float32"}],
+        }
+        return _manifest(
+            "full_block",
+            runtime,
+            weights,
+            {"full": entry},
+            batch=batch,
+            text_tokens=text_tokens,
+            grid=[rows, cols],
+            width=width,
         )
-    inputs = _io_spec(names, args)
-    for spec in inputs:
-        if spec["name"] in tokens:
-            spec["shape"][1] = None
-    entry = {
-        "file": path.name,
-        "inputs": inputs,
-        "outputs": [{"name": "output", "shape": [batch, None, width], "dtype": "float32"}],
-    }
-    manifest = _manifest(
-        "full_block",
-        runtime,
-        weights,
-        {"full": entry},
-        batch=batch,
-        text_tokens=text_tokens,
-        grid=[rows, cols],
-        width=width,
-    )
-    atomic_write_json(folder / MANIFEST, manifest)
+
+    _write_export(folder, write)
     return folder
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of an export folder (``ValueError`` if it is not one)."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{folder} is not an export folder (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest")
-    return manifest

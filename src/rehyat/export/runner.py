@@ -5,11 +5,18 @@ and drives a whole latent video through it chunk by chunk, carrying every block'
 from one chunk to the next: the analogue of :func:`rehyat.recurrent_forward` outside PyTorch. Nothing
 here calls PyTorch: ExecuTorch's Python bindings take and return ``torch.Tensor`` containers, so that
 backend only wraps the numpy arrays (no copy) and unwraps the results.
+
+**An export is opened whole or not at all** (:func:`read_manifest`): every graph the manifest names must
+lie inside the folder (no absolute path, ``..`` or link out of it) and have the sha256 the manifest
+records, so graphs of another export (a re-export killed midway by an older version, files copied in)
+are refused rather than run under this manifest. A graph's bytes are checked again when its session is
+made from them, so a folder replaced after it was opened is refused too.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +24,79 @@ from typing import Any
 
 import numpy as np
 
+from rehyat.models.checkpoint import read_json_object
+
 MANIFEST = "manifest.json"
+FORMAT = "rehyat-export"
+#: 2: each graph entry records the sha256 of its file.
+FORMAT_VERSION = 2
 _DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def graph_path(folder: Path, manifest: dict[str, Any], name: str) -> Path:
+    """The file of graph ``name``, which must lie inside ``folder`` (ValueError naming the manifest)."""
+    file = manifest["graphs"][name].get("file")
+    where = f"{folder / MANIFEST}: graph {name!r}"
+    if not isinstance(file, str) or not file or Path(file).is_absolute():
+        raise ValueError(f"{where} has file {file!r}, a path outside the folder or none")
+    path = folder / file
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{where} has file {file!r}, which resolves outside the folder ({path.resolve()})")
+    if not path.is_file():
+        raise ValueError(f"{where}: its file {path} is missing")
+    return path
+
+
+def graph_bytes(folder: Path, manifest: dict[str, Any], name: str) -> bytes:
+    """The bytes of graph ``name``, checked against the sha256 its manifest entry records."""
+    path = graph_path(folder, manifest, name)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["graphs"][name]["sha256"]:
+        raise ValueError(
+            f"{path} does not have the sha256 that {folder / MANIFEST} records: it belongs to another "
+            "export (the folder was changed or replaced after this manifest was written); export again"
+        )
+    return data
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the export folder ``folder``, with every graph checked: inside the folder and of
+    the recorded sha256 (ValueError naming the file otherwise)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder} is not an export folder (no {MANIFEST})")
+    manifest = read_json_object(path)
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest (format={manifest.get('format')!r}, "
+            f"version={manifest.get('version')!r}); exports older than v{FORMAT_VERSION} record no graph "
+            "hashes: export again"
+        )
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise ValueError(f"{path}: graphs must be a non-empty JSON object")
+    hashes: dict[Path, str] = {}
+    for name, entry in graphs.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise ValueError(f"{path}: graph {name!r} must be an object with a file and its sha256")
+        file = graph_path(folder, manifest, name)
+        hashes.setdefault(file, file_sha256(file))
+        if hashes[file] != entry["sha256"]:
+            raise ValueError(
+                f"{file} does not have the sha256 that {path} records for graph {name!r}: it belongs to "
+                "another export (the folder was changed after this manifest was written); export again"
+            )
+    return manifest
 
 
 class _OnnxRuntime:
@@ -38,9 +116,9 @@ class _OnnxRuntime:
             if self._threads:
                 options.intra_op_num_threads = self._threads
                 options.inter_op_num_threads = 1
-            path = self._folder / self._manifest["graphs"][name]["file"]
+            data = graph_bytes(self._folder, self._manifest, name)  # the bytes the manifest hashed
             self._sessions[name] = self._onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                data, options, providers=["CPUExecutionProvider"]
             )
         return self._sessions[name]
 
@@ -57,8 +135,8 @@ class _ExecuTorch:
 
         # XNNPACK sizes its own thread pool (one thread per core); ``threads`` does not apply here.
         self._torch = torch
-        files = {entry["file"] for entry in manifest["graphs"].values()}
-        self._program = Runtime.get().load_program(str(folder / files.pop()))
+        name = next(iter(manifest["graphs"]))  # every method lives in one program file
+        self._program = Runtime.get().load_program(str(graph_path(folder, manifest, name)))
         self._methods: dict[str, Any] = {}
 
     def run(self, name: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -89,9 +167,7 @@ class ExportedStep:
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
-        if not path.is_file():
-            raise ValueError(f"{folder} is not an export folder (no {MANIFEST})")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = read_manifest(self.folder)
         runtime = self.manifest.get("runtime")
         if runtime not in _BACKENDS:
             raise ValueError(f"{path} names an unknown runtime {runtime!r}")
