@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -33,7 +36,7 @@ from rehyat.config import write_config
 from rehyat.models.config import ReHyAtConfig
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
-from rehyat.training.distributed import init_distributed
+from rehyat.training.distributed import DistEnv, init_distributed
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.students import VARIANTS, BlockStudent
 from rehyat.utils import (
@@ -43,6 +46,8 @@ from rehyat.utils import (
     check_int,
     check_number,
     dtype_from_name,
+    real_folder,
+    replacing_folder,
 )
 
 
@@ -146,6 +151,9 @@ def _check(config: DistillConfig) -> None:
         raise ValueError(f"prompts file {config.prompts} does not exist")
     if not config.prompts.endswith(".safetensors") and not _read_prompts(Path(config.prompts)):
         raise ValueError(f"prompt file {config.prompts} holds no prompts")
+    if not config.out:
+        raise ValueError("out is empty: give the run folder (it would write into the current folder)")
+    real_folder(config.out)  # a file there is refused before the teacher loads
 
 
 def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.device, need_text: bool):
@@ -221,19 +229,35 @@ def _evaluate_all(
     }
 
 
-def run_distillation(config: DistillConfig) -> dict:
-    """Run stage 1 as configured; return the merged report (on the main process; {} elsewhere)."""
-    from tqdm.auto import tqdm
+class _Setup(NamedTuple):
+    """What a run needs, checked and loaded before anything is written."""
 
+    env: DistEnv
+    device: torch.device
+    pipe: Any
+    blocks: list[int]
+    mine: list[int]
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor
+    runs: list[tuple[int, int]]
+
+
+def run_distillation(config: DistillConfig) -> dict:
+    """Run stage 1 as configured; return the merged report (on the main process; {} elsewhere).
+
+    Everything is checked (config, files, blocks against the model) before anything is written, and the
+    run writes into a staging folder that replaces ``config.out`` whole when it finishes, so a run that
+    fails leaves the previous run's folder as it was."""
+    setup = _setup(config)
+    with _run_folder(config, setup.env) as out:
+        return _distill(config, setup, out)
+
+
+def _setup(config: DistillConfig) -> _Setup:
     _check(config)
     env = init_distributed()
     device = env.device if config.device == "auto" else torch.device(config.device)
     dtype = dtype_from_name(config.dtype)
-    out = Path(config.out)
-    (out / "blocks").mkdir(parents=True, exist_ok=True)
-    if env.is_main:
-        write_config(config, out / "config.json")
-
     pipe = load_teacher_pipeline(
         config.model, dtype, device, need_text=not config.prompts.endswith(".safetensors")
     )
@@ -251,7 +275,19 @@ def run_distillation(config: DistillConfig) -> dict:
         raise ValueError(
             f"heldout={config.heldout} leaves no training run out of {len(runs)} (prompts × seeds)"
         )
+    return _Setup(env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, runs)
+
+
+def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
+    """The run itself, writing into ``out`` (the staging folder of the run folder)."""
+    from tqdm.auto import tqdm
+
+    env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, runs = setup
+    transformer = pipe.transformer
     train_runs, heldout_runs = runs[: len(runs) - config.heldout], runs[len(runs) - config.heldout :]
+    (out / "blocks").mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        write_config(config, out / "config.json")
 
     attn = transformer.blocks[0].attn1
     heads, head_dim = attn.heads, attn.inner_dim // attn.heads
@@ -363,6 +399,46 @@ def run_distillation(config: DistillConfig) -> dict:
     if not env.is_main:
         return {}
     return _merge(config, out, transformer, blocks)
+
+
+@contextmanager
+def _run_folder(config: DistillConfig, env) -> Iterator[Path]:
+    """The folder a run writes into: on the main process a staging folder beside ``config.out`` that
+    replaces it whole when the run finishes (:func:`rehyat.utils.replacing_folder`; a failed run leaves
+    the previous one as it was, a second run into the folder is refused), shared with the other
+    processes. The previous run's entries that this one does not write are kept, its ``config.json`` as
+    ``config.<UTC time>.json`` when it differs."""
+    if not env.is_main:
+        yield Path(_shared(None))
+        return
+    out = Path(config.out)
+    with replacing_folder(out, carry_over=True, wait=False) as staging:
+        _shared(str(staging))
+        yield staging
+        _keep_previous_config(real_folder(out) / "config.json", staging)
+
+
+def _shared(value: str | None) -> str | None:
+    """The main process's ``value`` on every process."""
+    if not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _keep_previous_config(previous: Path, staging: Path) -> None:
+    """Copy the previous run's ``config.json`` into ``staging`` as ``config.<UTC time>.json`` when it
+    differs from the new one (the old folder stays untouched until the swap)."""
+    if not previous.is_file() or previous.is_symlink():
+        return
+    if previous.read_bytes() == (staging / "config.json").read_bytes():
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept, number = staging / f"config.{stamp}.json", 1
+    while kept.exists() or (previous.parent / kept.name).exists():
+        kept, number = staging / f"config.{stamp}-{number}.json", number + 1
+    shutil.copyfile(previous, kept)
 
 
 def _non_finite_capture(
