@@ -6,7 +6,8 @@ A checkpoint is a folder ``step-<N>/`` holding ``model.safetensors`` (trainable 
 param groups and non-tensor state, the run's metadata) and one ``extra-<name>.safetensors`` per named
 extra tensor set (EMA weights, say). The optimizer state may be keyed by parameter index (an optimizer's
 own ``state_dict()``) or by parameter name (``torch.distributed.checkpoint.state_dict``). It is first written to a hidden temporary
-folder beside it, then renamed into place, and only then does the ``latest`` file (itself replaced
+folder beside it, then swapped into place whole (:func:`rehyat.utils.replacing_folder`, which also puts
+back a step saved again if the swap fails), and only then does the ``latest`` file (itself replaced
 atomically) point at it: a run killed at any moment leaves the previous checkpoint intact and loadable.
 
 Only finite states are checkpointed: :func:`save_checkpoint` refuses a NaN or inf in any weight,
@@ -25,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from rehyat.utils import atomic_write_text
+from rehyat.utils import atomic_write_text, replacing_folder
 
 FORMAT_VERSION = 1
 _CHECKPOINT_NAME = re.compile(r"step-\d+")
@@ -133,8 +133,7 @@ def save_checkpoint(
             )
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}."))
-    try:
+    with replacing_folder(final) as staging:  # staged beside, fsynced, swapped in whole
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / _FILES[0])
         save_file(optimizer_tensors, staging / _FILES[1])
         save_file(_rng_state(), staging / _FILES[2])
@@ -150,12 +149,6 @@ def save_checkpoint(
             "extra": sorted(extra or {}),
         }
         (staging / _FILES[3]).write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     atomic_write_text(directory / "latest", final.name + "\n")
     if keep is not None:
         old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p != final)
