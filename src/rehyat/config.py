@@ -3,10 +3,13 @@ file ← ``section.key=value`` overrides.
 
 Every command resolves its config this way (the command line's ``--config FILE --set KEY=VALUE``) and
 writes the result next to its outputs (``config.json``), so a run can be repeated exactly. Nested
-dataclasses are addressed with dots (``optim.lr=1e-5``, ``model.rehyat.chunk_frames=3``); values are
-parsed as JSON where they can be (numbers, booleans, lists, null) and kept as strings otherwise, then
-checked against the field's type: an unknown key or a wrong type is a ValueError naming it. Code that
-drives another stage builds the dataclass itself, never a string of overrides.
+dataclasses are addressed with dots (``optim.lr=1e-5``, ``model.rehyat.chunk_frames=3``); a value is
+read by its field's declared type: a ``str`` field takes the text exactly as typed (``2.10`` stays
+``"2.10"``; JSON quotes, ``"null"``, force a string where a union would read something else), other
+fields read it as JSON (numbers, booleans, lists, null). A number that a config file gives a ``str``
+field keeps its spelling as well. An unknown key, a wrong type or a file that cannot be read as a
+mapping is a ValueError, on one line, naming the key or the file. Code that drives another stage builds
+the dataclass itself, never a string of overrides.
 """
 
 from __future__ import annotations
@@ -27,34 +30,127 @@ else:  # pragma: no cover - Python 3.10
 T = TypeVar("T")
 
 
+class _Spelled:
+    """A number parsed from a file or an override that remembers its spelling, for ``str`` fields."""
+
+    text: str
+
+    def __new__(cls, text: str, value: Any = None):
+        number = super().__new__(cls, text if value is None else value)
+        number.text = text
+        return number
+
+
+class _TextFloat(_Spelled, float):
+    pass
+
+
+class _TextInt(_Spelled, int):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Typed:
+    """An override's text, kept until its field's type says how to read it."""
+
+    text: str
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, parse_float=_TextFloat, parse_int=_TextInt, parse_constant=_TextFloat)
+
+
+def _yaml_loader():
+    """A SafeLoader whose numbers remember their spelling."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number(kind, construct):
+        return lambda loader, node: kind(node.value, construct(loader, node))
+
+    Loader.add_constructor(
+        "tag:yaml.org,2002:float", number(_TextFloat, yaml.SafeLoader.construct_yaml_float)
+    )
+    Loader.add_constructor("tag:yaml.org,2002:int", number(_TextInt, yaml.SafeLoader.construct_yaml_int))
+    return Loader
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _parse_text(kind: str, text: str) -> Any:
+    if kind == "YAML":
+        import yaml
+
+        return yaml.load(text, Loader=_yaml_loader()) or {}  # a SafeLoader: no tags run code
+    if kind == "TOML":
+        return tomllib.loads(text, parse_float=_TextFloat)
+    return _json_loads(text)
+
+
 def _read_file(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping. Every problem with the file (missing, a folder, unreadable, not
+    UTF-8, bad syntax, not a mapping) is one ValueError that names it."""
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder, not a file")
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".toml":
-        return tomllib.loads(path.read_text())
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as error:
-            raise ValueError(
-                f"config file {path}: YAML needs pyyaml (pip install 'rehyat[train]')"
-            ) from error
+    kinds = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+    if suffix not in kinds:
+        raise ValueError(f"config file {path} must be .toml, .yaml, .yml or .json")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"config file {path} cannot be read: {error.strerror or error}") from None
+    try:
+        data = _parse_text(kinds[suffix], text)
+    except ImportError as error:
+        raise ValueError(f"config file {path}: YAML needs pyyaml (pip install 'rehyat[train]')") from error
+    except Exception as error:  # each parser's own error class (yaml's is no ValueError)
+        raise ValueError(f"config file {path} is not valid {kinds[suffix]}: {_one_line(error)}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of keys at the top level, got {type(data).__name__}"
+        )
+    _check_keys(data, f"config file {path}")
+    return data
 
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-        return data
-    if suffix == ".json":
-        return json.loads(path.read_text())
-    raise ValueError(f"config file {path} must be .toml, .yaml, .yml or .json")
+
+def _check_keys(data: dict[Any, Any], where: str, prefix: str = "") -> None:
+    """Every key of a mapping, nested ones included, is a string (YAML allows ``1: 2``)."""
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: keys must be strings, got {prefix}{key!r}")
+        if isinstance(value, dict):
+            _check_keys(value, where, f"{prefix}{key}.")
 
 
 def _parse_value(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return _json_loads(text)
+    except (ValueError, RecursionError):
         return text
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every remembered-spelling number back to a plain int or float."""
+    if isinstance(value, _TextFloat):
+        return float(value)
+    if isinstance(value, _TextInt):
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -70,14 +166,9 @@ def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _coerce(value: Any, annotation: Any, where: str, strict: bool = False) -> Any:
     """Check ``value`` against a field type (a subset of typing: scalars, Optional/Union, list, tuple,
-    dict, Literal, dataclasses). ``strict`` (used inside unions first) converts nothing."""
+    dict, Literal, dataclasses). ``strict`` (used inside unions first) converts nothing. An override's
+    text (:class:`_Typed`) is read here, once the type is known."""
     origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a section (mapping), got {value!r}")
-        return _build(annotation, value, where + ".")
     if origin in (typing.Union, types.UnionType):
         errors = []
         for strict_pass in (True, False):  # an exact match first: blocks=3 stays an int, never "3"
@@ -86,17 +177,32 @@ def _coerce(value: Any, annotation: Any, where: str, strict: bool = False) -> An
                     return _coerce(value, option, where, strict_pass)
                 except ValueError as error:
                     errors.append(str(error))
-        raise ValueError(f"{where}: {value!r} matches none of {annotation} ({'; '.join(errors)})")
+        shown = value.text if isinstance(value, _Typed) else _plain(value)
+        raise ValueError(f"{where}: {shown!r} matches none of {annotation} ({'; '.join(errors)})")
+    if isinstance(value, _Typed):
+        parsed = _parse_value(value.text)
+        if annotation is str and not strict:  # the text as typed, or what its JSON quotes hold
+            return parsed if isinstance(parsed, str) else value.text
+        value = parsed
+    if annotation is str and not strict and isinstance(value, _Spelled):
+        return value.text
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {_plain(value)!r}")
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        items = [_coerce(v, item, f"{where}[{i}]", strict) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a section (mapping), got {_plain(value)!r}")
+        return _build(annotation, value, where + ".")
+    value = _plain(value)
+    if annotation is Any:
+        return value
     if origin is typing.Literal:
         if value not in typing.get_args(annotation):
             raise ValueError(f"{where} must be one of {list(typing.get_args(annotation))}, got {value!r}")
         return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        (item,) = typing.get_args(annotation)[:1] or (Any,)
-        items = [_coerce(v, item, f"{where}[{i}]", strict) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a mapping, got {value!r}")
@@ -153,7 +259,7 @@ def load_config(
             raise ValueError(
                 f"override {item!r} must look like key=value (section.key=value for a nested field)"
             )
-        _set_nested(data, key.strip(), _parse_value(text.strip()))
+        _set_nested(data, key.strip(), _Typed(text.strip()))
     return _build(cls, data)
 
 

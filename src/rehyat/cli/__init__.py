@@ -24,12 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line: a parser's multi-line message (YAML's caret, say) as well."""
+    return " ".join(str(error).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ValueError as error:
-        print(f"rehyat {args.command}: error: {error}", file=sys.stderr)
+        print(f"rehyat {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] == "rehyat":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rehyat.config import load_config
@@ -38,3 +40,18 @@ def call_with_args(function: Callable[..., Any], args: argparse.Namespace) -> An
     """Call ``function`` with the parsed arguments named like its keyword parameters."""
     names = inspect.signature(function).parameters
     return function(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+
+
+def check_output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder a command may create or replace: not empty, not a file, and not under one
+    (checked before any work, since the write would fail only at its end)."""
+    if str(path) == "":
+        raise ValueError(f"{what} is empty ('')")
+    folder = Path(path)
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is a file" if existing == folder else f"is under {existing}, which is a file"
+                raise ValueError(f"{what} {folder} {where}, not a folder")
+            break
+    return folder

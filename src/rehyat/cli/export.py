@@ -11,36 +11,43 @@ RUNTIMES = ("onnxruntime", "executorch")
 WEIGHTS = ("fp32", "fp16", "int8")
 
 
-def _load_model(args: argparse.Namespace):
-    import torch
-    from diffusers import WanTransformer3DModel
+def _check_args(args: argparse.Namespace) -> None:
+    """The arguments that need no model, before anything is loaded: a ValueError naming the flag."""
+    from rehyat.cli._common import check_output_folder
+    from rehyat.utils import check_int
 
-    from rehyat import ReHyAtConfig, convert_wan, load_rehyat
-    from rehyat.toy.model import bundled_teacher
-
+    check_output_folder(args.out, "the output folder")
+    check_int("--frames", args.frames, 1)
+    check_int("--batch", args.batch, 1)
+    for flag, value in (
+        ("--height", args.height),
+        ("--width", args.width),
+        ("--text-tokens", args.text_tokens),
+    ):
+        if value is not None:
+            check_int(flag, value, 1)
     if args.rehyat is None and not args.untrained:
         raise ValueError(
             "give --rehyat CHECKPOINT (a ReHyAt checkpoint folder), or --untrained to convert with fresh φ"
         )
-    folder = bundled_teacher() if args.model == "toy" else Path(args.model)
-    if (folder / "transformer" / "config.json").is_file():
-        folder = folder / "transformer"
-    model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.float32)
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from rehyat import ReHyAtConfig, convert_wan, load_rehyat
+    from rehyat.models.folders import load_transformer, rehyat_folder
+
+    model = load_transformer(args.model, "--model", torch_dtype=torch.float32)
     if args.rehyat is None:
         return convert_wan(model, ReHyAtConfig()).eval()
-    if args.rehyat == "bundled":
-        from rehyat.toy import model as toy_model
-
-        bundled = getattr(toy_model, "BUNDLED_STUDENT", None)
-        if bundled is None or not (Path(bundled) / "rehyat_config.json").is_file():
-            raise ValueError("this package ships no toy ReHyAt student (--rehyat bundled)")
-        return load_rehyat(model, Path(bundled)).eval()
-    return load_rehyat(model, Path(args.rehyat)).eval()
+    return load_rehyat(model, rehyat_folder(args.rehyat)).eval()
 
 
 def _export(args: argparse.Namespace) -> int:
     from rehyat.export import chunk_schedule, export_block_step, export_dit_step
 
+    _check_args(args)
     model = _load_model(args)
     toy = args.model == "toy"
     height = args.height or (24 if toy else None)
@@ -48,6 +55,10 @@ def _export(args: argparse.Namespace) -> int:
     text_tokens = args.text_tokens or (16 if toy else 512)
     if height is None or width is None:
         raise ValueError("give --height and --width (the latent size, before patching)")
+    p_t, p_h, p_w = model.config.patch_size
+    for flag, size, patch in (("--height", height, p_h), ("--width", width, p_w)):
+        if size % patch:
+            raise ValueError(f"{flag} must be a positive multiple of {patch} (the patch size), got {size}")
     options = dict(batch=args.batch, runtime=args.runtime, weights=args.weights, text_tokens=text_tokens)
     if args.block is None:
         folder = export_dit_step(
@@ -56,7 +67,6 @@ def _export(args: argparse.Namespace) -> int:
     else:
         if not 0 <= args.block < len(model.blocks):
             raise ValueError(f"--block must be in [0, {len(model.blocks)}), got {args.block}")
-        p_t, p_h, p_w = model.config.patch_size
         config = model._rehyat_runtime.config
         schedule = chunk_schedule(args.frames // p_t, config.chunk_frames, config.overlap_frames)
         signatures = sorted({s for _, s in schedule}, key=lambda s: (not s.first, s.cached, -s.frames))

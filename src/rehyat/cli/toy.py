@@ -11,11 +11,12 @@ from rehyat.toy.model import FLOW_SHIFT, SPACES
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from rehyat.models.folders import model_folder, rehyat_folder
     from rehyat.toy.evaluate import evaluate_model
 
     metrics = evaluate_model(
-        args.model,
-        args.rehyat,
+        model_folder(args.model, "--model"),
+        None if args.rehyat is None else rehyat_folder(args.rehyat),
         prompts=args.prompts,
         frames=args.frames,
         steps=args.steps,
@@ -62,8 +63,15 @@ def register(commands) -> None:
     targets = toy.add_subparsers(dest="toy_command", required=True)
 
     parser = targets.add_parser("eval", help="ToyBench one toy model on random prompts (prints JSON)")
-    parser.add_argument("--model", required=True, help="a toy teacher folder (transformer/, text_encoder/)")
-    parser.add_argument("--rehyat", help="a ReHyAt checkpoint folder to load on top of the teacher")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a toy teacher folder (transformer/, text_encoder/), or 'toy' (the bundled one)",
+    )
+    parser.add_argument(
+        "--rehyat",
+        help="a ReHyAt checkpoint folder to load on top of the teacher ('bundled': the toy student)",
+    )
     parser.add_argument("--recurrent", action="store_true", help="sample with the recurrent forward")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument(

@@ -192,11 +192,10 @@ def load_toy_model(
 ) -> nn.Module:
     """The teacher folder's transformer in eval mode; with ``rehyat`` (a ReHyAt checkpoint folder, or
     ``"bundled"`` for the shipped student) converted and loaded from it."""
-    from diffusers import WanTransformer3DModel
-
     from rehyat.models import load_rehyat
+    from rehyat.models.folders import load_transformer
 
-    model = WanTransformer3DModel.from_pretrained(Path(teacher) / "transformer")
+    model = load_transformer(teacher, "toy teacher folder")  # local only: never a model-hub lookup
     if rehyat is not None:
         model = load_rehyat(model, bundled_student() if str(rehyat) == "bundled" else Path(rehyat))
     return model.to(device).eval()

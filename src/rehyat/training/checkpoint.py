@@ -187,7 +187,14 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     pointer = directory / "latest"
     if not pointer.exists():
         return None
-    name = pointer.read_text().strip()
+    if not pointer.is_file():
+        raise CheckpointError(
+            f"{pointer} must be a file holding a step-<N> name, not a folder or a link to one"
+        )
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{pointer} is damaged: not UTF-8 text (it holds a step-<N> name)") from None
     path = directory / name
     if not _CHECKPOINT_NAME.fullmatch(name) or path.is_symlink():
         raise CheckpointError(

@@ -33,7 +33,9 @@ import torch
 from safetensors.torch import load_file
 
 from rehyat.config import write_config
+from rehyat.models.checkpoint import read_json_object
 from rehyat.models.config import ReHyAtConfig
+from rehyat.models.folders import load_transformer, model_folder
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import DistEnv, init_distributed
@@ -143,8 +145,7 @@ def _check(config: DistillConfig) -> None:
     config.validate()  # again: fields may have changed since the config was built
     if not config.model:
         raise ValueError("model is required: a local diffusers Wan folder")
-    if not Path(config.model).is_dir():
-        raise ValueError(f"model folder {config.model} does not exist")
+    model_folder(config.model)  # a local folder or "toy": never looked up on a model hub
     if not config.prompts:
         raise ValueError("prompts is required: a .txt file or a .safetensors file of prompt embeddings")
     if not Path(config.prompts).is_file():
@@ -160,17 +161,22 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
     """A ``WanPipeline`` from a local folder: transformer and scheduler, and the text encoder when needed.
     No VAE: the sampler stops at latents."""
     import diffusers
-    from diffusers import WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline
 
-    folder = Path(folder)
+    folder = model_folder(folder)
     for sub in ("transformer", "scheduler"):
         if not (folder / sub).is_dir():
             raise ValueError(
                 f"model folder {folder} has no {sub}/ subfolder (expected a diffusers Wan folder)"
             )
-    transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(folder / "scheduler")
+    transformer = load_transformer(folder / "transformer", torch_dtype=dtype).to(device)
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file():
+        raise ValueError(f"model folder {folder} has no scheduler/scheduler_config.json")
+    scheduler_class = getattr(diffusers, str(read_json_object(scheduler_file).get("_class_name")), None)
+    if not isinstance(scheduler_class, type) or not issubclass(scheduler_class, diffusers.SchedulerMixin):
+        raise ValueError(f"{scheduler_file} names no diffusers scheduler class (_class_name)")
+    scheduler = scheduler_class.from_pretrained(folder / "scheduler", local_files_only=True)
     tokenizer = text_encoder = None
     if need_text:
         from transformers import AutoTokenizer, UMT5EncoderModel
@@ -180,8 +186,10 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
                 f"text prompts need {folder}/text_encoder and {folder}/tokenizer; "
                 "or pass prompt embeddings as .safetensors"
             )
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        text_encoder = UMT5EncoderModel.from_pretrained(
+            folder / "text_encoder", torch_dtype=dtype, local_files_only=True
+        ).to(device)
     pipe = WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=scheduler, transformer=transformer
     )

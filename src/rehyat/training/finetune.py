@@ -66,11 +66,13 @@ ARCHITECTURES = ("tiny", "wan2.1-t2v-1.3b")
 @dataclass
 class ModelSection:
     path: str | None = None
-    """A diffusers Wan folder (with ``transformer/``) or a transformer folder."""
+    """A diffusers Wan folder (with ``transformer/``) or a transformer folder; ``toy``: the bundled toy
+    teacher."""
     architecture: str | None = None
     """Instead of ``path``: random weights of ``tiny`` or ``wan2.1-t2v-1.3b`` (smoke tests, benchmarks)."""
     rehyat_checkpoint: str | None = None
-    """A ReHyAt checkpoint (e.g. stage 1's) to start from; else the model is converted fresh."""
+    """A ReHyAt checkpoint (e.g. stage 1's) to start from, ``bundled`` for the toy student; else the model
+    is converted fresh."""
     rehyat: ReHyAtConfig | None = None
     """How to convert freshly (``model.rehyat.chunk_frames=3`` sets one field, the rest default);
     None with no ``rehyat_checkpoint`` converts with ``ReHyAtConfig()``."""
@@ -288,6 +290,7 @@ def load_base_transformer(section: ModelSection) -> nn.Module:
     """The base ``WanTransformer3DModel`` in fp32: from a local folder, or random for ``architecture``."""
     from diffusers import WanTransformer3DModel
 
+    from rehyat.models.folders import load_transformer
     from rehyat.models.wan_configs import WAN21_T2V_1_3B, tiny_wan_config
 
     if (section.path is None) == (section.architecture is None):
@@ -299,24 +302,14 @@ def load_base_transformer(section: ModelSection) -> nn.Module:
                 f"model.architecture must be one of {ARCHITECTURES}, got {section.architecture!r}"
             )
         return WanTransformer3DModel(**configs[section.architecture])
-    folder = Path(section.path)
-    if not folder.is_dir():
-        raise ValueError(f"model folder {folder} does not exist")
-    if (folder / "transformer" / "config.json").is_file():
-        return WanTransformer3DModel.from_pretrained(
-            folder, subfolder="transformer", torch_dtype=torch.float32
-        )
-    if (folder / "config.json").is_file():
-        return WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.float32)
-    raise ValueError(
-        f"{folder} is neither a diffusers Wan folder (transformer/config.json) nor a transformer folder "
-        "(config.json)"
-    )
+    return load_transformer(section.path, torch_dtype=torch.float32)
 
 
 def build_model(section: ModelSection, seed: int) -> nn.Module:
     """Base Wan transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``
     (or left as it is with ``convert=False``)."""
+    from rehyat.models.folders import rehyat_folder
+
     torch.manual_seed(seed)  # random architectures and fresh φ are identical on every rank
     model = load_base_transformer(section)
     if not section.convert:
@@ -326,7 +319,7 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
     if section.rehyat_checkpoint is not None:
         if section.rehyat is not None:
             raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
-        return load_rehyat(model, section.rehyat_checkpoint)
+        return load_rehyat(model, rehyat_folder(section.rehyat_checkpoint))
     return convert_wan(model, section.rehyat or ReHyAtConfig())
 
 
