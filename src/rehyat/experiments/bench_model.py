@@ -40,16 +40,16 @@ SHAPE = dict(height=480, width=832, latent_height=60, latent_width=104, text_tok
 REHYAT = dict(chunk_frames=3, overlap_frames=1)
 
 
-def build_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
-    """Wan2.1-T2V-1.3B with random weights on ``device``; parameters outside the model's
-    ``_keep_in_fp32_modules`` cast to ``dtype``, buffers (RoPE tables) untouched."""
+def build_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, config: dict | None = None):
+    """Wan2.1-T2V-1.3B (or the Wan ``config``) with random weights on ``device``; parameters outside the
+    model's ``_keep_in_fp32_modules`` cast to ``dtype``, buffers (RoPE tables) untouched."""
     from diffusers import WanTransformer3DModel
 
     from rehyat.models.wan_configs import WAN21_T2V_1_3B
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = WanTransformer3DModel(**WAN21_T2V_1_3B).eval()
+        model = WanTransformer3DModel(**(WAN21_T2V_1_3B if config is None else config)).eval()
     keep = set(model._keep_in_fp32_modules)
     for name, module in model.named_modules():
         if keep.isdisjoint(name.split(".")):

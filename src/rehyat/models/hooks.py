@@ -27,6 +27,11 @@ across calls (diffusers' ``cache_context``/``StateManager`` is not needed). An u
     video = pipe(prompt, ...).frames
     remove_recurrent(pipe.transformer)
 
+:func:`compile_recurrent` compiles the forward of one chunk (``torch.compile``, optionally CUDA graphs) while
+the sweep stays in Python: a chunk's forward sees only what is the same for every chunk of its shape (its
+grid, its position as a tensor, its state numbered from 0), so there is one graph per chunk shape
+(first, cache filling, steady, last) whatever the video's length.
+
 The result equals the parallel forward of the same converted model (causal ReHyAt of a chunk depends
 only on past frames, every other layer is token-wise), to float rounding. The condition embedding (time
 and text) is recomputed per chunk: the same numbers, at well under 0.1% of a chunk's compute at Wan's
@@ -35,8 +40,9 @@ sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -44,7 +50,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import Tensor, nn
 
-from rehyat.models.recurrent import rotary_for_frames
+from rehyat.attention import HybridAttentionState
+from rehyat.models.recurrent import check_rotary_limit, rotary_at_frames
 from rehyat.models.wan import ReHyAtRuntime, converted_blocks, rehyat_runtime
 
 CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
@@ -77,20 +84,20 @@ def check_recurrent(transformer: nn.Module) -> ReHyAtRuntime:
 
 
 class AbsoluteFramesRotaryHook(ModelHook):
-    """On ``transformer.rope``: while ``frames`` = (start, stop) is set (inside a sweep), the RoPE tables
-    of those absolute post-patch frames; otherwise diffusers' own forward."""
+    """On ``transformer.rope``: while ``start`` (the chunk's first absolute post-patch frame, a 0-d int64
+    tensor) is set, inside a sweep, the RoPE tables of the chunk's absolute frames; otherwise diffusers'
+    own forward. A tensor, not an int, so a compiled chunk forward does not specialise on the position."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.frames: tuple[int, int] | None = None
+        self.start: Tensor | None = None
 
     def new_forward(self, module: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
-        if self.frames is None:
+        if self.start is None:
             return self.fn_ref.original_forward(hidden_states)
-        _, p_h, p_w = module.patch_size
-        return rotary_for_frames(
-            module, *self.frames, hidden_states.shape[3] // p_h, hidden_states.shape[4] // p_w
-        )
+        p_t, p_h, p_w = module.patch_size
+        frames = self.start + torch.arange(hidden_states.shape[2] // p_t, device=self.start.device)
+        return rotary_at_frames(module, frames, hidden_states.shape[3] // p_h, hidden_states.shape[4] // p_w)
 
 
 class FrameByFrameHook(ModelHook):
@@ -118,6 +125,9 @@ class ChunkedForwardHook(ModelHook):
         self.runtime = runtime
         self.rotary = rotary
         self._signature: inspect.Signature | None = None
+        # What runs one chunk: diffusers' forward, or its compiled form (compile_recurrent).
+        self.chunk_forward: Callable | None = None
+        self.graphed = False
 
     def initialize_hook(self, module: nn.Module) -> nn.Module:
         self._signature = inspect.signature(module.forward)
@@ -140,25 +150,41 @@ class ChunkedForwardHook(ModelHook):
             raise ValueError(
                 f"per-token timesteps must be [B, N] with N = {frames * tokens} tokens, got {tuple(timestep.shape)}"
             )
+        if frames == 0:  # the parallel form fails in diffusers here; None would reach the caller
+            raise ValueError(
+                f"hidden_states has no latent frames to run: {hidden_states.shape[2]} frame(s) with a "
+                f"temporal patch of {p_t}"
+            )
         if batch == 0:  # diffusers' forward cannot take B = 0 (a -1 reshape of 0 elements): nothing to run
             channels = module.proj_out.out_features // (p_t * p_h * p_w)
             output = hidden_states.new_empty(0, channels, frames * p_t, height, width)
             return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+        check_rotary_limit(module.rope, frames, rows, cols)
         chunk_frames = self.runtime.config.chunk_frames
+        forward = self.fn_ref.original_forward if self.chunk_forward is None else self.chunk_forward
+        positions = module.rope.freqs_cos.device
         processors = [block.attn1.processor for block in module.blocks]
         output = None
         try:
             for processor in processors:
                 processor.state = None
-            self.runtime.streaming, self.runtime.grid = True, (frames, rows, cols)
+            self.runtime.streaming = True
             for start in range(0, frames, chunk_frames):
                 stop = min(start + chunk_frames, frames)
-                self.rotary.frames = (start, stop)
-                chunk_timestep = (
-                    timestep[:, start * tokens : stop * tokens] if timestep.dim() == 2 else timestep
-                )
-                x = self.fn_ref.original_forward(
-                    hidden_states=hidden_states[:, :, start * p_t : stop * p_t],
+                # What the chunk's forward sees depends on the chunk only (not on the video's length or
+                # the chunk's place in it): its grid, its position as a tensor, contiguous inputs.
+                self.runtime.grid = (stop - start, rows, cols)
+                self.rotary.start = torch.full((), start, dtype=torch.int64, device=positions)
+                chunk_timestep = timestep
+                if timestep.dim() == 2:
+                    chunk_timestep = timestep[:, start * tokens : stop * tokens].contiguous()
+                # The chunk's step sees its state numbered from 0: frames_seen is an int the compiler
+                # would specialise on, and the chunk's computation does not read it.
+                _renumber(processors, 0)
+                if self.graphed:
+                    torch.compiler.cudagraph_mark_step_begin()
+                x = forward(
+                    hidden_states=hidden_states[:, :, start * p_t : stop * p_t].contiguous(),
                     timestep=chunk_timestep,
                     return_dict=False,
                     **call,
@@ -166,8 +192,10 @@ class ChunkedForwardHook(ModelHook):
                 if output is None:
                     output = x.new_empty(batch, x.shape[1], frames * p_t, height, width)
                 output[:, :, start * p_t : stop * p_t] = x
+                # A CUDA graph's next replay overwrites this one's outputs, the states among them.
+                _renumber(processors, stop, copy=self.graphed)
         finally:
-            self.rotary.frames = None
+            self.rotary.start = None
             self.runtime.streaming, self.runtime.grid = False, None
             for processor in processors:
                 processor.state = None
@@ -197,6 +225,27 @@ def apply_recurrent(transformer: nn.Module) -> nn.Module:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(ChunkedForwardHook(runtime, rotary), CHUNKED_FORWARD_HOOK)
     _invalidate_registry_caches(registry)
+    return transformer
+
+
+def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
+    """Run each chunk of the recurrent mode through ``torch.compile`` of diffusers' forward.
+
+    The sweep over chunks stays in Python and each chunk is one call of the compiled forward, its position
+    a tensor (the RoPE frames) and its states passed through the processors, so the compiler makes one
+    graph per chunk shape — the first chunk, the chunks while the overlap cache fills, the steady chunk, a
+    shorter last chunk — however many chunks the video has. ``compile_kwargs`` go to ``torch.compile``,
+    with ``dynamic=False`` (static chunk shapes) unless given. ``mode="reduce-overhead"`` (CUDA only)
+    replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
+    every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
+    :func:`remove_recurrent` undoes both. Returns ``transformer``.
+    """
+    if not is_recurrent(transformer):
+        apply_recurrent(transformer)
+    hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
+    compile_kwargs.setdefault("dynamic", False)
+    hook.chunk_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
+    hook.graphed = compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune")
     return transformer
 
 
@@ -237,3 +286,15 @@ def _invalidate_registry_caches(registry: HookRegistry) -> None:
     invalidate = getattr(registry, "invalidate_child_registries_cache", None)
     if invalidate is not None:
         invalidate()
+
+
+def _renumber(processors: list, frames_seen: int, copy: bool = False) -> None:
+    """Set ``frames_seen`` of the processors' states (those not None); ``copy``: also copy their tensors
+    into memory of their own."""
+    for processor in processors:
+        state: HybridAttentionState | None = processor.state
+        if state is None:
+            continue
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        copies = {name: t.clone() for name, t in fields.items() if isinstance(t, Tensor)} if copy else {}
+        processor.state = dataclasses.replace(state, frames_seen=frames_seen, **copies)
