@@ -5,6 +5,7 @@ two exports into one folder do not write at once."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,15 @@ def _contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.fixture(scope="module")
+def pristine(model, tmp_path_factory):
+    return _export(model, tmp_path_factory.mktemp("pristine") / "export")
+
+
 @pytest.fixture
-def export(model, tmp_path):
-    """An fp32 export in ``tmp_path/export``."""
-    return _export(model, tmp_path / "export")
+def export(pristine, tmp_path):
+    """An fp32 export in ``tmp_path/export`` (a copy: each test may damage its own)."""
+    return Path(shutil.copytree(pristine, tmp_path / "export"))
 
 
 def _forward(folder: Path) -> np.ndarray:
