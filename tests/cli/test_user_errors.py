@@ -185,3 +185,95 @@ def test_the_toy_names_work_for_toy_eval(capsys):
     argv = ["toy", "eval", "--model", "toy", "--prompts", "1", "--steps", "1", "--frames", "2"]
     assert main(argv) == 0
     assert "adherence" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("[1]\n", r"manifest\.jsonl line 1 must be a JSON object"),
+        ('{"video": "a.mp4", "prompt": "x"}\nnot json\n', r"manifest\.jsonl line 2 is not valid JSON"),
+        ('{"video": 3, "prompt": "x"}\n', r"manifest\.jsonl line 1 must hold 'video' and 'prompt' strings"),
+        (b"\xff\xfe\n", r"manifest\.jsonl is not UTF-8"),
+        (None, r"manifest\.jsonl is a folder"),
+    ],
+)
+def test_build_dataset_manifest(tmp_path, capsys, content, match):
+    manifest = tmp_path / "manifest.jsonl"
+    if content is None:
+        manifest.mkdir()
+    else:
+        (manifest.write_bytes if isinstance(content, bytes) else manifest.write_text)(content)
+    argv = ["build-dataset", "--model", tmp_path, "--manifest", manifest, "--out", tmp_path / "out"]
+    fails(capsys, argv, match)
+
+
+def test_generate_explains_the_toy_name(tmp_path, capsys):
+    """`toy` is a known model name, but the toy teacher is no Wan pipeline: say so, not 'does not exist'."""
+    fails(
+        capsys,
+        ["generate", "--model", "toy", "--prompt", "x"],
+        "--model toy is the toy teacher.*rehyat toy eval",
+    )
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--prompts", "0"], "--prompts must be >= 1, got 0"),
+        (["--device", "cudax"], "--device"),
+    ],
+)
+def test_bad_toy_eval_arguments(capsys, extra, match):
+    fails(capsys, ["toy", "eval", "--model", "toy", "--steps", "1", *extra], match)
+
+
+def test_outputs_in_a_file_or_under_one(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("keep me")
+    fails(capsys, ["toy", "teacher", "--out", file / "run", "--steps", "1"], f"under {file}, which is a file")
+    fails(
+        capsys, ["bench", "op", "--frames", "1", "--json", file / "x.json"], f"under {file}, which is a file"
+    )
+    fails(capsys, ["demo", "--out", file, "--quick"], f"{file} is a file")
+    assert file.read_text() == "keep me"
+
+
+def test_unreadable_file_is_one_line(monkeypatch, tmp_path, capsys):
+    """A path the system refuses (permissions, a folder where a file belongs) deep in any command is one
+    line naming the path, exit code 2 (root reads anything, so the refusal is simulated)."""
+    import rehyat.cli.flops as flops
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "secret"))
+
+    monkeypatch.setattr(flops, "_main", refused)
+    fails(capsys, ["flops", "--frames", "1", "--height", "1", "--width", "1"], "Permission denied: .*secret")
+
+
+def test_distill_prompt_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"\xff\xfe a cat\n")
+    argv = ["distill", "--set", "model=toy", f"prompts={prompts}", f"out={tmp_path / 'run'}"]
+    fails(capsys, argv, f"prompt file {prompts} is not UTF-8")
+    prompts.unlink()
+    prompts.mkdir()
+    fails(capsys, argv, f"prompts file {prompts} is a folder")
+
+
+@pytest.mark.parametrize(
+    "target,name",
+    [("attention", "attention.json"), ("model", "model.json"), ("toy", "toybench.json")],
+)
+@pytest.mark.parametrize("content", ["{", "[1]", "{}"])
+def test_render_only_from_a_damaged_results_file(tmp_path, capsys, target, name, content):
+    """`--render-only` reads an earlier run's JSON: damaged or of another shape, it is named in one line."""
+    (tmp_path / name).write_text(content)
+    line = fails(capsys, ["bench", target, "--render-only", "--out", tmp_path], rf"{tmp_path}")
+    assert content == "{}" or str(tmp_path / name) in line
+
+
+def test_reuse_of_a_damaged_table(tmp_path, capsys):
+    table = tmp_path / "toybench.json"
+    table.write_text("[1]")
+    argv = ["bench", "toy", "--reuse", table, "--out", tmp_path / "out", "--work", tmp_path / "w"]
+    fails(capsys, [*argv, "--device", "cpu", "--quick"], rf"{table}")

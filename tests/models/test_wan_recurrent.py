@@ -155,3 +155,14 @@ def test_an_empty_batch_gives_an_empty_result(model):
     with torch.no_grad():
         out = recurrent_forward(net, hidden[:0], timestep[:0], context[:0])
     assert out.shape == (0, *hidden.shape[1:])
+
+
+def test_no_frames_raise_like_the_parallel_form(model):
+    """0 latent frames (after patching) is an error on every form: the parallel forward fails in diffusers,
+    and the recurrent one raises a ValueError saying so (it used to return None)."""
+    net = converted(model, chunk_frames=3, overlap_frames=1)
+    hidden, timestep, context = tiny_inputs(frames=0)
+    with pytest.raises(RuntimeError):
+        run(net, hidden, timestep, context)
+    with pytest.raises(ValueError, match="no latent frames"), torch.no_grad():
+        recurrent_forward(net, hidden, timestep, context)

@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"rehyat {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except (
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        FileExistsError,
+    ) as error:
+        # a path the system refused, wherever a command met it: the message names the path
+        print(f"rehyat {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] == "rehyat":
             raise

@@ -42,16 +42,21 @@ def call_with_args(function: Callable[..., Any], args: argparse.Namespace) -> An
     return function(**{name: getattr(args, name) for name in names if hasattr(args, name)})
 
 
-def check_output_folder(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a folder a command may create or replace: not empty, not a file, and not under one
-    (checked before any work, since the write would fail only at its end)."""
+def check_output_path(path: str | os.PathLike, what: str, *, folder: bool = True) -> Path:
+    """``path`` as an output (a folder, or with ``folder=False`` a file) a command may create or replace:
+    not empty, not of the other kind, and not under a file. Checked before any work, since the write
+    would fail only at its end."""
     if str(path) == "":
         raise ValueError(f"{what} is empty ('')")
-    folder = Path(path)
-    for existing in (folder, *folder.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                where = "is a file" if existing == folder else f"is under {existing}, which is a file"
-                raise ValueError(f"{what} {folder} {where}, not a folder")
+    path = Path(path)
+    if path.exists():
+        if folder != path.is_dir():
+            kind = ("a file, not a folder", "a folder, not a file")[path.is_dir()]
+            raise ValueError(f"{what} {path} is {kind}")
+        return path
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} is under {parent}, which is a file, not a folder")
             break
-    return folder
+    return path

@@ -9,13 +9,28 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from rehyat.cli._common import add_config_arguments, call_with_args
+from rehyat.cli._common import add_config_arguments, call_with_args, check_output_path
 from rehyat.cli.export import add_bench_device
+
+#: Output arguments of the targets, checked before any run: (flag, its attribute, a folder).
+_OUTPUTS = (("--out", "out", True), ("--work", "work", True), ("--json", "json_out", False))
 
 
 def _runner(module: str):
     def handler(args: argparse.Namespace) -> int:
-        return call_with_args(importlib.import_module(f"rehyat.experiments.{module}").run, args)
+        for flag, name, folder in _OUTPUTS:
+            if getattr(args, name, None) is not None:
+                check_output_path(getattr(args, name), flag, folder=folder)
+        run = importlib.import_module(f"rehyat.experiments.{module}").run
+        if not getattr(args, "render_only", False):
+            return call_with_args(run, args)
+        try:  # only an earlier run's JSON is read: a part of it missing or of another type is its fault
+            return call_with_args(run, args)
+        except (KeyError, IndexError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"--render-only: the results JSON in {args.out} is not one of rehyat bench {args.target} "
+                f"({type(error).__name__}: {error})"
+            ) from error
 
     return handler
 

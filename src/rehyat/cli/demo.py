@@ -6,9 +6,10 @@ import argparse
 
 
 def _main(args: argparse.Namespace) -> int:
-    from rehyat.cli._common import call_with_args
+    from rehyat.cli._common import call_with_args, check_output_path
     from rehyat.experiments.demo import run
 
+    check_output_path(args.out, "--out")
     return call_with_args(run, args)
 
 

@@ -13,10 +13,10 @@ WEIGHTS = ("fp32", "fp16", "int8")
 
 def _check_args(args: argparse.Namespace) -> None:
     """The arguments that need no model, before anything is loaded: a ValueError naming the flag."""
-    from rehyat.cli._common import check_output_folder
+    from rehyat.cli._common import check_output_path
     from rehyat.utils import check_int
 
-    check_output_folder(args.out, "the output folder")
+    check_output_path(args.out, "the output folder")
     check_int("--frames", args.frames, 1)
     check_int("--batch", args.batch, 1)
     for flag, value in (

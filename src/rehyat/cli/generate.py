@@ -30,6 +30,7 @@ def _check_args(args: argparse.Namespace):
     from rehyat.generation.pipeline import check_device, check_pipeline_folder
     from rehyat.generation.video import check_video_path
     from rehyat.models import ReHyAtConfig, read_rehyat_config
+    from rehyat.models.folders import TOY_TEACHER, rehyat_folder
 
     check_int("--steps", args.steps, 1)
     check_number("--guidance", args.guidance, minimum=0.0)
@@ -55,8 +56,14 @@ def _check_args(args: argparse.Namespace):
         device = check_device(device)
     except ValueError as error:
         raise ValueError(f"--device: {error}") from error
+    if args.model == TOY_TEACHER:
+        raise ValueError(
+            "--model toy is the toy teacher, a pixel-space model with no VAE or UMT5 text encoder, not a "
+            "Wan pipeline; sample it with rehyat toy eval --model toy"
+        )
     check_pipeline_folder(args.model, text_encoder=True)
     if args.rehyat is not None:
+        args.rehyat = str(rehyat_folder(args.rehyat))  # 'bundled': the toy student
         if args.chunk_frames is not None or args.overlap_frames is not None:
             raise ValueError(
                 "--chunk-frames and --overlap-frames are for converting without --rehyat; "

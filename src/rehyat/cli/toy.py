@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from rehyat.cli._common import add_config_arguments
+from rehyat.cli._common import add_config_arguments, check_output_path
 from rehyat.toy.model import FLOW_SHIFT, SPACES
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from rehyat.generation.pipeline import check_device
     from rehyat.models.folders import model_folder, rehyat_folder
     from rehyat.toy.evaluate import evaluate_model
+    from rehyat.utils import check_int
 
+    check_int("--prompts", args.prompts, 1)
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from error
     metrics = evaluate_model(
         model_folder(args.model, "--model"),
         None if args.rehyat is None else rehyat_folder(args.rehyat),
@@ -34,10 +40,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _teacher(args: argparse.Namespace) -> int:
     from rehyat.config import replace_config
+    from rehyat.models.folders import model_folder
     from rehyat.toy.teacher import assemble_teacher, teacher_finetune_config, train_teacher
     from rehyat.training import distributed
 
-    out = Path(args.out)
+    out = check_output_path(args.out, "--out")
     if args.assemble_only:
         print(f"toy teacher written to {assemble_teacher(out)}")
         return 0
@@ -49,7 +56,7 @@ def _teacher(args: argparse.Namespace) -> int:
             config,
             clips=args.clips,
             seed=args.seed,
-            init_from=None if args.init is None else Path(args.init),
+            init_from=None if args.init is None else model_folder(args.init, "--init"),
             space=SPACES[args.world],
         )
     finally:
@@ -99,7 +106,10 @@ def register(commands) -> None:
     parser.add_argument("--batch", type=int, default=32, help="clips per step")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", help="a teacher folder to train further (default: random weights)")
+    parser.add_argument(
+        "--init",
+        help="a teacher folder to train further, or 'toy' (the bundled one; default: random weights)",
+    )
     parser.add_argument(
         "--world",
         choices=sorted(SPACES),

@@ -37,15 +37,40 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_manifest(manifest: Path) -> list[dict]:
+    """The rows of a build-dataset manifest; a ValueError naming the file (and line) if anything in it
+    is wrong, before any model is loaded."""
+    if manifest.is_dir():
+        raise ValueError(f"manifest {manifest} is a folder, not a JSON-lines file")
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest} does not exist")
+    try:
+        lines = manifest.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"manifest {manifest} is not UTF-8 text ({error.reason})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{manifest} line {number} is not valid JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{manifest} line {number} must be a JSON object, got {type(row).__name__}")
+        if not all(isinstance(row.get(key), str) for key in ("video", "prompt")):
+            raise ValueError(f"{manifest} line {number} must hold 'video' and 'prompt' strings, got {row}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{manifest} holds no rows: JSON lines with 'video' and 'prompt' keys")
+    return rows
+
+
 def _build_dataset(args: argparse.Namespace) -> int:
     from rehyat.training.data import build_latent_dataset, load_encoders
 
     manifest = Path(args.manifest)
-    if not manifest.is_file():
-        raise ValueError(f"manifest {manifest} does not exist")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    if not rows or any(not {"video", "prompt"} <= row.keys() for row in rows):
-        raise ValueError(f"{manifest} must hold JSON lines with 'video' and 'prompt' keys")
+    rows = _read_manifest(manifest)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

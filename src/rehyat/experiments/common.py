@@ -172,4 +172,10 @@ def write_json(payload: dict[str, Any], path: Path) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """The JSON object of an earlier run's results; a ValueError naming the file if it is missing,
+    damaged or not an object."""
+    from rehyat.models.checkpoint import read_json_object
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path} does not exist (the results of an earlier run)")
+    return read_json_object(Path(path))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from rehyat.config import replace_config
-from rehyat.experiments.common import write_markdown_keeping_notes
+from rehyat.experiments.common import read_json, write_markdown_keeping_notes
 from rehyat.toy.evaluate import toy_prompts
 from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
 from rehyat.toy.recipe import QUICK as RECIPE_QUICK
@@ -433,7 +433,7 @@ def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[st
     unless ``work`` already has them; the table must come from the same settings."""
     if not path.is_file():
         raise ValueError(f"--reuse {path}: no such file (an earlier run's toybench.json)")
-    earlier = json.loads(path.read_text())
+    earlier = read_json(path)
     current = json.loads(json.dumps(asdict(settings)))
     # A setting the earlier table lacks did not exist yet: it ran as that setting's default does,
     # except that the evaluation prompts came from the training seed before eval_seed existed.
@@ -681,7 +681,7 @@ def render_table(out: Path) -> dict[str, Any]:
     path = out / "toybench.json"
     if not path.is_file():
         raise ValueError(f"--render-only: {path} does not exist (a toybench.json of an earlier run)")
-    report = json.loads(path.read_text())
+    report = read_json(path)
     report["targets"] = _targets(report["models"])
     path.write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)

@@ -257,8 +257,16 @@ def load_encoders(model_folder: str | os.PathLike, device: str = "cpu") -> tuple
     folder = Path(model_folder)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a local diffusers Wan folder (model_index.json is missing)")
-    vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32).to(device)
-    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=vae, local_files_only=True).to(device)
+    try:
+        vae = AutoencoderKLWan.from_pretrained(
+            folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
+        ).to(device)
+        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=vae, local_files_only=True).to(
+            device
+        )
+    except OSError as error:  # how diffusers reports missing or unreadable files
+        message = " ".join(str(error).split())
+        raise ValueError(f"cannot load the VAE and text encoder in {folder}: {message}") from error
     return vae, pipe
 
 

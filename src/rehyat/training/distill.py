@@ -138,7 +138,11 @@ class DistillConfig:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompt file {path} is not UTF-8 text ({error.reason})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _check(config: DistillConfig) -> None:
@@ -148,6 +152,8 @@ def _check(config: DistillConfig) -> None:
     model_folder(config.model)  # a local folder or "toy": never looked up on a model hub
     if not config.prompts:
         raise ValueError("prompts is required: a .txt file or a .safetensors file of prompt embeddings")
+    if Path(config.prompts).is_dir():
+        raise ValueError(f"prompts file {config.prompts} is a folder, not a file")
     if not Path(config.prompts).is_file():
         raise ValueError(f"prompts file {config.prompts} does not exist")
     if not config.prompts.endswith(".safetensors") and not _read_prompts(Path(config.prompts)):
