@@ -27,7 +27,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, what: str, files: bool
         default=[],
         metavar="KEY=VALUE",
         help=f"override {what} fields, e.g. --set optim.lr=1e-5 steps=200 (dotted keys for sections; "
-        "values read as JSON where they parse; repeatable)",
+        "a str field takes the value as typed, others read it as JSON; repeatable)",
     )
 
 
