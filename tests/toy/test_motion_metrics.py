@@ -161,3 +161,64 @@ def test_readout_at_the_world_speeds():
     assert read_back(video, V3).speed == "fast"
     assert read_back(video, V2).speed == "slow"  # 1 px per frame is under v2's slow 1.33 px
     assert read_back(render(prompt, seed=0), V2).speed == "fast"
+
+
+def dissolve(video: torch.Tensor) -> torch.Tensor:
+    """The object's colour, from a quarter of the clip on, spreads as stripes over a growing region around
+    it while the object itself fades: of its hue, but no longer its shape."""
+    rgb = (video + 1) / 2
+    frames, height, width = rgb.shape[1:]
+    chroma = (rgb - rgb.mean(0, keepdim=True)).norm(dim=0)  # [F, H, W]
+    colour = rgb[:, 0].flatten(1)[:, chroma[0].flatten().argmax()]
+    stripes = (torch.arange(width) // 2 % 2 == 0).float().expand(height, width)
+    out = rgb.clone()
+    for t in range(frames):
+        p = max(0.0, (t - frames / 4) / (3 * frames / 4))
+        cover = (chroma[t] > 0.2).float()
+        reach = 1 + 2 * round(p * height / 6)
+        spread = torch.nn.functional.max_pool2d(cover[None, None], reach, 1, reach // 2)[0, 0]
+        alpha = (cover * (1 - p) + spread * stripes * p).clamp(0, 1)
+        base = rgb[:, t] * (1 - cover) + rgb[:, t].mean(0, keepdim=True) * cover
+        out[:, t] = base * (1 - alpha) + colour[:, None, None] * alpha
+    return out * 2 - 1
+
+
+def fragment(video: torch.Tensor, seed: int) -> torch.Tensor:
+    """From a third of the clip on, a growing share (up to 80 %) of 2×2 patches turns grey: fragments."""
+    generator = torch.Generator().manual_seed(seed)
+    rgb = (video + 1) / 2
+    frames, height, width = rgb.shape[1:]
+    for t in range(frames):
+        p = 0.8 * max(0.0, (t - frames / 3) / (2 * frames / 3))
+        holes = (torch.rand(height // 2, width // 2, generator=generator) < p).float()
+        holes = holes.repeat_interleave(2, 0).repeat_interleave(2, 1)
+        rgb[:, t] = rgb[:, t] * (1 - holes) + rgb[:, t].mean(0, keepdim=True) * holes
+    return rgb * 2 - 1
+
+
+@pytest.mark.parametrize("world", [V2, V3])
+def test_dissolving_or_fragmenting_object_loses_consistency(world):
+    """An object that dissolves into stripes of its own hue, or falls to pieces, keeps its colour and
+    roughly its area, so size and colour drift alone scored it about 70: its shape drift does not let it."""
+    chosen = prompts(6, seed=4)
+    videos = [render(p, seed=i, world=world) for i, p in enumerate(chosen)]
+    clean = score(videos, chosen, world)
+    assert clean["temporal_consistency"] > 93 and clean["shape_drift"] < 0.05
+    for corrupted in ([dissolve(v) for v in videos], [fragment(v, i) for i, v in enumerate(videos)]):
+        result = score(corrupted, chosen, world)
+        assert result["shape_drift"] > 0.2
+        assert result["temporal_consistency"] < 60 < clean["temporal_consistency"] - 35
+        assert result["colour_accuracy"] == 100  # the hue is still there: the failure is the shape
+
+
+def test_first_frame_out_of_place_shows_in_first_jump(truth):
+    """A first frame drawn 4 px off the track (the others in place) shows in the first-frame jump, which
+    is near 0 on rendered clips, while smoothness moves by a few points: one frame of 81."""
+    _, chosen, clean = truth
+    moved = np.zeros((81, 2))
+    moved[0] = (4.0, -3.0)
+    result = score(clips(chosen, offsets=lambda _: moved), chosen)
+    assert clean["first_jump"] < 0.01
+    assert result["first_jump"] == pytest.approx(5 / 32, abs=0.02)
+    assert 90 < result["motion_smoothness"] < clean["motion_smoothness"]
+    assert result["direction_accuracy"] == 100

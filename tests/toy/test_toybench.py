@@ -39,7 +39,7 @@ def test_ground_truth_scores_full_marks(frames, size):
     assert result["adherence"] == 100
     assert all(result[name] == 100 for name in ATTRIBUTES)
     assert result["object_presence"] == 100
-    assert result["temporal_consistency"] > 97
+    assert result["temporal_consistency"] > 96  # 16×16 px: objects of 5–7 px, shape drift 0.015
     assert result["motion_smoothness"] > 88
     assert (result["clips"], result["frames"], result["height"]) == (24, frames, size)
 

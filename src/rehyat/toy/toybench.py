@@ -24,9 +24,19 @@ Per clip:
   under a quarter of the world's slow speed reads as "no motion" (wrong direction and speed). Speeds are
   the world's (``world``: the second world's by default, :data:`rehyat.toy.world.V3` for the third).
 - background: the time-averaged grey of pixels the object does not cover, nearest world background.
-- temporal consistency = 100 · presence · max(0, 1 − size_drift − colour_drift), where presence is the
-  fraction of frames with an object, size_drift = mean |A_t − Ā| / Ā of the object's area and
-  colour_drift = mean ‖c_t − c̄‖₂ of its mean RGB in [0, 1] (drift: lower is better).
+- temporal consistency = 100 · presence · max(0, 1 − size_drift − colour_drift − shape_drift), where
+  presence is the fraction of frames with an object, size_drift = mean |A_t − Ā| / Ā of the object's
+  area, colour_drift = mean ‖c_t − c̄‖₂ of its mean RGB in [0, 1] and shape_drift = 1 − mean soft IoU of
+  each frame's coverage with the clip's median coverage, every frame first moved (a Fourier shift on the
+  torus, so sub-pixel) to put its centroid at the centre and smoothed by a Gaussian of σ = 0.75 px
+  (drift: lower is better). Area and colour alone pass an object that fragments or dissolves into a
+  texture of its own hue and area; its shape does not hold still. Rendered clips: shape drift at most
+  0.015 (the smoothing absorbs what anti-aliasing changes in an object moving by fractions of a pixel);
+  an object dissolving into stripes, or losing random patches, 0.26–0.29.
+- first-frame jump: how far frame 0's object lies from where the track of the frames after it puts it,
+  ‖c_0 − (c_s − s·v̄)‖ (s = frames per latent frame, v̄ the mean velocity) as a fraction of the frame:
+  a first frame drawn elsewhere than the motion then starts from (a causal model's first frame sees
+  only itself). 1 when frames 0 and s do not both show the object.
 - motion smoothness = 100 · max(0, 1 − velocity_deviation), velocity_deviation = mean ‖D_t − D̄‖ /
   max(‖D̄‖, s · slow speed): how far each displacement D_t = c_{t+s} − c_t over one latent frame (s =
   the world's frames per latent frame: 1 in the second world, 4 in the third) strays from constant
@@ -97,6 +107,8 @@ SHAPE_AREA: dict[str, float] = {"circle": math.pi / 4, "square": 1.0, "triangle"
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
+# Smoothing (px) of the centred coverage before the shape-drift IoU: sub-pixel anti-aliasing is not drift.
+SHAPE_SIGMA = 0.75
 
 _HUES = {name: math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b) for name, (r, g, b) in COLOURS.items()}
 
@@ -118,6 +130,8 @@ class Readout:
     colour_drift: float
     velocity_deviation: float
     velocity: tuple[float, float]  # mean (dx, dy) per frame, as fractions of the frame width and height
+    shape_drift: float = 1.0
+    first_jump: float = 1.0
 
 
 def _as_numpy(video: Tensor | np.ndarray) -> np.ndarray:
@@ -244,6 +258,7 @@ def read_back(video: Tensor | np.ndarray, world: World = V2) -> Readout:
 
     match = _shape_match(weights[present], cx[present], cy[present])
     shape = max(match, key=match.__getitem__)
+    shape_drift = _shape_drift(weights[present], cx[present], cy[present])
 
     # Motion: wrap-aware displacements between consecutive frames that both show the object.
     pairs = present[1:] & present[:-1]
@@ -251,6 +266,7 @@ def read_back(video: Tensor | np.ndarray, world: World = V2) -> Readout:
     direction = speed = None
     velocity = (0.0, 0.0)
     deviation = 1.0  # no motion read: as far from the prompted constant motion as a clip gets
+    first_jump = 1.0
     if len(steps) >= 1:
         mean_step = steps.mean(0)
         velocity = (float(mean_step[0] / width), float(mean_step[1] / height))
@@ -262,6 +278,7 @@ def read_back(video: Tensor | np.ndarray, world: World = V2) -> Readout:
             )
             speed = "fast" if rate >= math.sqrt(slow * fast) else "slow"
             deviation = _velocity_deviation(cx, cy, present, (height, width), world)
+        first_jump = _first_jump(cx, cy, present, mean_step, (height, width), world)
     return Readout(
         colour,
         shape,
@@ -273,7 +290,44 @@ def read_back(video: Tensor | np.ndarray, world: World = V2) -> Readout:
         colour_drift,
         deviation,
         velocity,
+        shape_drift,
+        first_jump,
     )
+
+
+def _shape_drift(weights: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> float:
+    """1 − mean soft IoU of each frame's coverage [F, H, W] with the clip's median coverage, each frame
+    moved (Fourier shift: sub-pixel, wrapping as the world does) to put its centroid at the centre and
+    smoothed by a Gaussian of ``SHAPE_SIGMA`` px (in the same Fourier product)."""
+    height, width = weights.shape[1:]
+    fy, fx = np.fft.fftfreq(height)[None, :, None], np.fft.fftfreq(width)[None, None, :]
+    shift_x, shift_y = (width / 2 - cx)[:, None, None], (height / 2 - cy)[:, None, None]
+    ramp = np.exp(-2j * np.pi * (fx * shift_x + fy * shift_y))
+    blur = np.exp(-2 * (np.pi * SHAPE_SIGMA) ** 2 * (fx * fx + fy * fy))
+    centred = np.clip(np.fft.ifft2(np.fft.fft2(weights) * ramp * blur).real, 0, 1)
+    median = np.median(centred, 0)
+    union = np.maximum(centred, median).sum((1, 2))
+    iou = np.minimum(centred, median).sum((1, 2)) / np.maximum(union, 1e-12)
+    return float(1 - iou.mean())
+
+
+def _first_jump(
+    cx: np.ndarray,
+    cy: np.ndarray,
+    present: np.ndarray,
+    mean_step: np.ndarray,
+    frame: tuple[int, int],
+    world: World,
+) -> float:
+    """Distance of frame 0's centroid from the track's (c_s − s·v̄, s frames per latent frame), as a
+    fraction of the frame's smaller side; 1 when frames 0 and s do not both show the object."""
+    height, width = frame
+    span = max(1, min(world.frames_per_latent, len(cx) - 1))
+    if not (present[0] and present[span]):
+        return 1.0
+    gap_x = _wrap(cx[span] - span * mean_step[0] - cx[0], width)
+    gap_y = _wrap(cy[span] - span * mean_step[1] - cy[0], height)
+    return float(math.hypot(gap_x, gap_y) / min(height, width))
 
 
 def _velocity_deviation(
@@ -349,8 +403,10 @@ def ssim(video: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
 
 
 def _consistency(readout: Readout) -> float:
-    """Temporal consistency of one clip in points: presence × (1 − size drift − colour drift), floored at 0."""
-    return 100 * readout.presence * max(0.0, 1 - readout.size_drift - readout.colour_drift)
+    """Temporal consistency of one clip in points: presence × (1 − size, colour and shape drift), floored
+    at 0."""
+    drift = readout.size_drift + readout.colour_drift + readout.shape_drift
+    return 100 * readout.presence * max(0.0, 1 - drift)
 
 
 def _smoothness(readout: Readout) -> float:
@@ -398,6 +454,8 @@ def evaluate_videos(
             "temporal_consistency": _consistency(readout),
             "motion_smoothness": _smoothness(readout),
             "size_drift": readout.size_drift,
+            "shape_drift": readout.shape_drift,
+            "first_jump": readout.first_jump,
         }
         if reference is not None:
             clip["psnr"] = psnr(video, reference[index])
@@ -421,6 +479,8 @@ def evaluate_videos(
         "object_presence": 100 * mean([r["presence"] for r in readouts]),
         "size_drift": mean([r["size_drift"] for r in readouts]),
         "colour_drift": mean([r["colour_drift"] for r in readouts]),
+        "shape_drift": mean([r["shape_drift"] for r in readouts]),
+        "first_jump": mean([r["first_jump"] for r in readouts]),
         "motion_smoothness": mean([clip["motion_smoothness"] for clip in per_clip]),
         "velocity_deviation": mean([r["velocity_deviation"] for r in readouts]),
     }
