@@ -38,8 +38,8 @@ def test_the_bundled_student_runs_recurrently_and_documents_its_training():
 
 
 def test_a_missing_student_folder_is_a_clear_error(tmp_path, monkeypatch):
-    import rehyat.toy.model as toy_model
+    import rehyat.models.folders as folders
 
-    monkeypatch.setattr(toy_model, "BUNDLED_STUDENT", tmp_path / "none")
+    monkeypatch.setattr(folders, "BUNDLED_STUDENT", tmp_path / "none")
     with pytest.raises(ValueError, match="bundled toy student is missing"):
         load_toy_model(bundled_teacher(), "bundled")

@@ -12,13 +12,30 @@ import os
 from pathlib import Path
 
 TOY_TEACHER, TOY_STUDENT = "toy", "bundled"
+#: Where the package keeps the bundled toy teacher and student (``rehyat.toy`` builds on this module,
+#: so the paths live here, below it).
+BUNDLED_TEACHER = Path(__file__).parents[1] / "toy" / "assets" / "teacher"
+BUNDLED_STUDENT = Path(__file__).parents[1] / "toy" / "assets" / "student"
+
+
+def bundled_teacher() -> Path:
+    """The folder of the toy teacher shipped with the package."""
+    if not (BUNDLED_TEACHER / "transformer" / "config.json").is_file():
+        raise ValueError(f"the bundled toy teacher is missing from {BUNDLED_TEACHER}")
+    return BUNDLED_TEACHER
+
+
+def bundled_student() -> Path:
+    """The folder of the ReHyAt student shipped with the package: a ReHyAt checkpoint (φ and the
+    fine-tuned base weights) of the bundled teacher, trained with the full recipe (its ``TRAINING.md``)."""
+    if not (BUNDLED_STUDENT / "rehyat_config.json").is_file():
+        raise ValueError(f"the bundled toy student is missing from {BUNDLED_STUDENT}")
+    return BUNDLED_STUDENT
 
 
 def model_folder(value: str | os.PathLike, what: str = "model folder") -> Path:
     """``value`` as an existing local folder; ``toy`` is the bundled toy teacher."""
     if str(value) == TOY_TEACHER:
-        from rehyat.toy.model import bundled_teacher
-
         return bundled_teacher()
     folder = Path(value)
     if not folder.exists():
@@ -34,8 +51,6 @@ def rehyat_folder(value: str | os.PathLike) -> Path:
     """A ReHyAt checkpoint argument as a path; ``bundled`` is the shipped toy student. The checkpoint's
     reader checks the folder itself."""
     if str(value) == TOY_STUDENT:
-        from rehyat.toy.model import bundled_student
-
         return bundled_student()
     return Path(value)
 

@@ -14,6 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+# The bundled folders' paths live below the toy package (every model argument resolves them); re-exported.
+from rehyat.models.folders import BUNDLED_STUDENT as BUNDLED_STUDENT
+from rehyat.models.folders import BUNDLED_TEACHER
+from rehyat.models.folders import bundled_student as bundled_student
+from rehyat.models.folders import bundled_teacher as bundled_teacher
 from rehyat.toy.latent import ToyLatent, latent_frames, video_frames
 from rehyat.toy.text import ToyTextEncoder
 from rehyat.toy.world import V2, V3, ToyPrompt, World, render
@@ -51,8 +56,7 @@ CLIP = {"num_frames": 16, "height": 24, "width": 24}
 FLOW_SHIFT = 3.0
 #: The file of a teacher folder that names its space (absent: the pixel space of the bundled teacher).
 SPACE_FILE = "toy_world.json"
-BUNDLED = Path(__file__).parent / "assets" / "teacher"
-BUNDLED_STUDENT = Path(__file__).parent / "assets" / "student"
+BUNDLED = BUNDLED_TEACHER
 
 
 @dataclass(frozen=True)
@@ -123,13 +127,6 @@ def toy_space(teacher: str | Path) -> ToySpace:
     return SPACES[name]
 
 
-def bundled_teacher() -> Path:
-    """The folder of the teacher shipped with the package."""
-    if not (BUNDLED / "transformer" / "config.json").is_file():
-        raise ValueError(f"the bundled toy teacher is missing from {BUNDLED}")
-    return BUNDLED
-
-
 def save_text_encoder(encoder: ToyTextEncoder, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(encoder.config, indent=2) + "\n")
@@ -177,14 +174,6 @@ def init_teacher_folder(folder: Path, seed: int = 0, space: ToySpace = PIXEL) ->
         ToyTextEncoder(text_dim=TOY_TEACHER_CONFIG["text_dim"], seed=seed), folder / "text_encoder"
     )
     return folder
-
-
-def bundled_student() -> Path:
-    """The folder of the ReHyAt student shipped with the package: a ReHyAt checkpoint (φ and the
-    fine-tuned base weights) of the bundled teacher, trained with the full recipe (its ``TRAINING.md``)."""
-    if not (BUNDLED_STUDENT / "rehyat_config.json").is_file():
-        raise ValueError(f"the bundled toy student is missing from {BUNDLED_STUDENT}")
-    return BUNDLED_STUDENT
 
 
 def load_toy_model(
