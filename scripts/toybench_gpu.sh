@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-6 quality table on the GPUs of one machine. The toy students are tiny, so each trains in its
+# The toy quality table on the GPUs of one machine. The toy students are tiny, so each trains in its
 # own `rehyat bench toy` process, several per card, spread round-robin over the cards:
 #   1. one process samples the teacher's videos once (the other processes copy them);
 #   2. one process per student (half_blocks starts once the rehyat student's stage 1 is done: it takes

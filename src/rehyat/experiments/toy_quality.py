@@ -1,4 +1,4 @@
-"""``rehyat bench toy``: the quality table of issue 6 — ReHyAt and its ablations on the toy world.
+"""``rehyat bench toy``: the toy quality table — ReHyAt and its ablations on the toy world.
 
 Every student starts from the bundled teacher and gets the same budget: stage 1 (φ of every converted
 block distilled from the teacher's attention, for the variant's own op and geometry) and then stage 2
@@ -494,10 +494,10 @@ def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
 
 
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's four targets, each as measured (None where a row is missing), with a 95% bootstrap
+    """The table's four targets, each as measured (None where a row is missing), with a 95% bootstrap
     interval of the measured difference where both rows kept per-clip scores.
 
-    ``met`` judges the measured value, as the issue states the targets; ``decided`` says whether the
+    ``met`` judges the measured value, as the targets are stated; ``decided`` says whether the
     interval lies wholly on one side of the threshold, i.e. whether the verdict is more than sampling noise.
     Two models are compared on the same prompts and noise (paired); short and long videos on the long
     videos' prompts (the first ``long_videos`` of the short ones), paired by prompt.
