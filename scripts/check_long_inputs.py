@@ -1,4 +1,4 @@
-"""Long inputs on the GPU: the Triton kernels at 501 and 1001 Wan frames (issue "Long inputs crash the GPU").
+"""Long inputs on the GPU: the Triton kernels at 501 and 1001 Wan frames (int64 offsets).
 
 At 501 latent frames of Wan2.1-1.3B (1560 tokens a frame, 12 heads × 128, D' = 256) φq holds 2.4e9
 elements, and int32 offsets wrapped: "CUDA error: an illegal memory access". Per frame count, in bf16
@@ -8,7 +8,7 @@ with B = 1, each case in its own process (a crash there cannot take the others w
   the last 4 frames (and of 4 frames around the row where φ passes 2^31 elements) against the
   PyTorch path on those frames.
 - op: ``hybrid_attention(..., backend="triton")`` (Tc = 3, To = 1), forward and backward; the last
-  chunk's y, dq, dφq and the dk, dv of its own frames (no other chunk sees them) against SPEC §3 in
+  chunk's y, dq, dφq and the dk, dv of its own frames (no other chunk sees them) against docs/method.md §3 in
   float32 on that chunk (its softmax window plus the linear state of all earlier frames), and dφk of
   the frames no chunk takes linearly, which must be exactly 0.
 - recurrent: ``recurrent_hybrid_attention(..., backend="triton")`` against the parallel op's output.
@@ -120,8 +120,8 @@ def case_phi(frames: int) -> dict:
 
 
 def _last_chunk_reference(q, k, v, fq, fk, grad, frames: int):
-    """SPEC §3 in float32 for the last chunk: y and its gradients w.r.t. the chunk's q, φq and the keys
-    and values of its softmax window; (y, dq, dfq, dk_window, dv_window, first window frame)."""
+    """docs/method.md §3 in float32 for the last chunk: y and its gradients w.r.t. the chunk's q, φq and the
+    keys and values of its softmax window; (y, dq, dfq, dk_window, dv_window, first window frame)."""
     import torch
 
     from rehyat import DENOMINATOR_EPS
@@ -272,7 +272,7 @@ def _environment() -> dict:
 
 
 def _markdown(report: dict) -> str:
-    lines = ["# Long inputs on the kernels (issue: Long inputs crash the GPU)", ""]
+    lines = ["# Long inputs on the kernels: offsets past 2^31 elements", ""]
     for index, run in enumerate(report["runs"], 1):
         env = run["environment"]
         lines += [
@@ -286,8 +286,8 @@ def _markdown(report: dict) -> str:
         "To={overlap_frames}, {dtype}. Each case in its own process. Errors are".format(**report["shape"]),
         "relative (‖a − b‖/‖b‖) against float32 references of the same bf16 inputs: φ and dx of 4 frames",
         "against the PyTorch φ; the op's last chunk (y, dq, dφq, and dk, dv of the chunk's own frames)",
-        "against SPEC §3 on that chunk; the recurrent output against the parallel op's. Times include",
-        "the kernels' compilation and φ's autotuning (first calls in each process).",
+        "against docs/method.md §3 on that chunk; the recurrent output against the parallel op's. Times",
+        "include the kernels' compilation and φ's autotuning (first calls in each process).",
         "",
         *(f"Note: {note}" for note in report.get("notes", [])),
         *([""] if report.get("notes") else []),

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from rehyat.attention.naive import naive_hybrid_attention
 
-#: SPEC §3 with full N×N matrices and token masks; the reference every path is tested against.
+#: docs/method.md §3 with full N×N matrices and token masks; the reference every path is tested against.
 dense_oracle = naive_hybrid_attention
 
 # (frames, frame_tokens, chunk_frames, overlap_frames): To = 0, To >= Tc, short last chunk, Tc >= T.

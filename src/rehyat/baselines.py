@@ -1,4 +1,4 @@
-"""Baseline attentions with ReHyAt's call shape (SPEC §10), for comparisons and ablations.
+"""Baseline attentions with ReHyAt's call shape (docs/method.md §10), for comparisons and ablations.
 
 Every function takes ``(q, k, v, fq, fk, *, frame_tokens, chunk_frames, overlap_frames, causal, scale)``
 ([B, N, H, D] / [B, N, H, D']) so they can stand in for :func:`rehyat.hybrid_attention`; arguments a
@@ -142,7 +142,7 @@ def uniform_hybrid_attention(
     stride: int = 2,
 ) -> Tensor:
     """Uniform hybrid (Attention Surgery): softmax over every ``stride``-th token of the whole sequence,
-    linear attention over all other tokens, one shared normaliser as in SPEC §3. Bidirectional and
+    linear attention over all other tokens, one shared normaliser as in docs/method.md §3. Bidirectional and
     quadratic (N × N/stride scores), with no recurrent form; ignores chunking and ``causal``."""
     del frame_tokens, chunk_frames, overlap_frames
     check_bool("causal", causal)

@@ -1,9 +1,9 @@
-"""FLOP counts of one self-attention layer: full softmax vs ReHyAt (SPEC §9). FLOP = 2 · MAC.
+"""FLOP counts of one self-attention layer: full softmax vs ReHyAt (docs/method.md §9). FLOP = 2 · MAC.
 
 Counted: the two attention matmuls (QKᵀ and PV) of the softmax part over each chunk's window; for the
 linear part, φk(k)vᵀ accumulation and φq(q)·S per token (D'·D MAC each); the feature maps as per-head
 MLPs on q and k (D → P·D, then (layers − 1) × P·D → P·D). Lower-order terms are left out, as in the
-SPEC §9 table: the normaliser sums φk and φq·z (D' per token, 1/D of the linear part), softmax
+docs/method.md §9's table: the normaliser sums φk and φq·z (D' per token, 1/D of the linear part), softmax
 exponentials, the power in φ and the prefix sums over frames.
 """
 

@@ -1,4 +1,4 @@
-"""The dense reference stands alone: no library module imports it, and its masks are SPEC §2's sets."""
+"""The dense reference stands alone: no library module imports it; its masks are docs/method.md §2's sets."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_the_import_scan_sees_every_spelling(tmp_path):
 
 
 def _loop_masks(frames, frame_tokens, chunk, overlap, causal):
-    """SPEC §2 sets token by token in plain Python loops (the masks' original, slow form)."""
+    """docs/method.md §2 sets token by token in plain Python loops (the masks' original, slow form)."""
     n = frames * frame_tokens
     soft = torch.zeros(n, n, dtype=torch.bool)
     lin = torch.zeros(n, n, dtype=torch.bool)

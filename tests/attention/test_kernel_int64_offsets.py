@@ -1,4 +1,4 @@
-"""Offsets past 2^31 elements: the kernels index with int64 (issue "Long inputs crash the GPU").
+"""Offsets past 2^31 elements: the kernels index with int64.
 
 At 501 Wan frames φq holds 2.4e9 elements; int32 offsets wrapped and the kernels read and wrote
 outside their tensors ("CUDA error: an illegal memory access"). These tests reach such offsets on the

@@ -56,7 +56,7 @@ def _compare(inputs, kwargs, *, fn=hybrid_attention, tol=TOL, positive=True):
             assert rel_err(grad.cpu(), ref) <= tol, f"d{name}: {rel_err(grad.cpu(), ref):.2e}"
 
 
-# Every (To, Tc) pair of the issue on 7 frames of 5 tokens: chunks and windows end mid-block, the last
+# Every (To, Tc) pair, To in {0, 1, 2} and Tc in {1, 2, 3, 5}, on 7 frames of 5 tokens: chunks and windows end mid-block, the last
 # chunk is short for Tc in {2, 3, 5}. Batch 2 and 3 heads on some of them; bidirectional on a subset.
 SIZES = {(1, 2): (2, 1), (2, 3): (1, 3), (0, 5): (2, 3)}
 CASES = [

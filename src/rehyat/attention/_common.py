@@ -1,8 +1,8 @@
 """Shared pieces of every fast ReHyAt path: input validation, chunk states, and the guarded combine.
 
 Every fast path (chunked PyTorch, recurrent, fused kernels) goes through :func:`combine` so that the
-output convention of SPEC §3 — softmax part stabilised by the row max, linear part *not* rescaled, one
-shared normaliser, guarded denominator — is written exactly once. The standalone reference
+output convention of docs/method.md §3 — softmax part stabilised by the row max, linear part *not* rescaled,
+one shared normaliser, guarded denominator — is written exactly once. The standalone reference
 (:mod:`rehyat.attention.naive`) writes the formula out on its own and takes only constants from here.
 """
 
@@ -44,7 +44,7 @@ class AttentionStats:
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """States and normalisers are fp32 for half inputs (SPEC §3), fp64 stays fp64."""
+    """States and normalisers are fp32 for half inputs (docs/method.md §3), fp64 stays fp64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

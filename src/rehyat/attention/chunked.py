@@ -2,7 +2,7 @@
 
 All chunks are processed at once. Memory is O(N · window): the softmax scores of a chunk cover only its
 window (chunk + overlap frames), and the linear part keeps per-frame sums of φk(k)vᵀ, never an N×N
-matrix. Gradients are plain autograd through the formula of SPEC §3, including through the row max.
+matrix. Gradients are plain autograd through the formula of docs/method.md §3, including through the row max.
 It is tested, like the Triton kernels, against the standalone dense reference
 :mod:`rehyat.attention.naive`, which shares no code with it.
 """

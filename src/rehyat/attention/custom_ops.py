@@ -2,7 +2,8 @@
 
 Registered, in the ``rehyat`` namespace:
 
-- ``rehyat::hybrid_attention`` — the parallel form (SPEC §2–§3), PyTorch or Triton by its ``backend``;
+- ``rehyat::hybrid_attention`` — the parallel form (docs/method.md §2–§3), PyTorch or Triton by its
+  ``backend``;
 - ``rehyat::step_attention`` — one chunk of the streaming form: softmax over [cached frames ‖ chunk],
   linear through the state (kv, z); ``rehyat::step_attention_out`` writes it into a given buffer;
 - ``rehyat::frame_sums`` and ``rehyat::retire_frames`` — the streaming state update on the kernels
@@ -16,8 +17,8 @@ registered with ``register_autograd`` + ``setup_context``, and passes ``torch.li
 
 Backward: the ``*_backward`` ops recompute the forward of the same implementation under autograd and
 differentiate it (the eager implementations are the gradient's definition: PyTorch's autograd through
-SPEC §3, or the kernels' own backward), for the inputs that need a gradient only. Only the inputs are
-saved, as in FlashAttention; the price is one extra forward in the backward. The kernels expose their
+docs/method.md §3, or the kernels' own backward), for the inputs that need a gradient only. Only the inputs
+are saved, as in FlashAttention; the price is one extra forward in the backward. The kernels expose their
 backward only inside ``torch.autograd.Function`` classes whose context cannot cross an op boundary.
 
 When the ops run: under ``torch.compile`` always, and in eager mode whenever no gradient is needed

@@ -1,4 +1,4 @@
-"""Learned feature maps φ for the linear part (SPEC §5): per-head polynomial MLPs.
+"""Learned feature maps φ for the linear part (docs/method.md §5): per-head polynomial MLPs.
 
 Per head, ``x ∈ R^D`` goes through ``num_layers`` linear layers (D → P·D → … → P·D, activation between)
 whose output splits into P parts ψ_1..ψ_P of size D; ``φ(x) = [ψ_1(x)^1, ψ_2(x)^2, …, ψ_P(x)^P]`` with
@@ -12,7 +12,7 @@ Choices the paper leaves open (documented here, compared by distillation error i
 - init ``"taylor"`` (default): ψ_p(x) = a_p · x with a_p = (κ · scale^p / p!)^(1/2p), so that
   φ(q)·φ(k) = κ · Σ_p Σ_m (scale · q_m k_m)^p / p! — a per-coordinate Taylor expansion of exp(q·k·scale)
   without its constant term (degree-1 part: the softmax logit), times ``kernel_scale`` κ. The linear
-  part is not rescaled by exp(−row max) (SPEC §3), so far keys should weigh about exp(s − c) ≪ 1:
+  part is not rescaled by exp(−row max) (docs/method.md §3), so far keys should weigh about exp(s − c) ≪ 1:
   a converted model starts best with κ ≪ 1 (near local attention; ``ReHyAtConfig`` uses 1e-3), since
   κ = 1 lets the signed degree-1 sums over thousands of keys swamp or cancel the softmax normaliser. Hidden layers carry
   x through as [act(x), act(−x)]; this needs P ≥ 2 when there are two or more layers.

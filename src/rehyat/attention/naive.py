@@ -1,4 +1,4 @@
-"""The standalone dense reference of ReHyAt attention: SPEC §2–§3 written out with N×N token masks.
+"""The standalone dense reference of ReHyAt attention: docs/method.md §2–§3 written out with N×N token masks.
 
 Every fast path (the chunked PyTorch form in :mod:`rehyat.attention.chunked`, the recurrent step, the
 Triton kernels) is tested against :func:`naive_hybrid_attention`. It is deliberately independent of
@@ -24,7 +24,7 @@ def chunk_masks(
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-level [N, N] boolean masks (query row, key column) of the softmax keys and the linear keys
-    of every query, written directly from the set definitions of SPEC §2.
+    of every query, written directly from the set definitions of docs/method.md §2.
 
     Query frame f lies in chunk t = f // Tc, whose softmax keys are the frames
     [max(t·Tc − To, 0), min((t+1)·Tc, T)); its linear keys are the frames before that window (causal)
@@ -54,7 +54,7 @@ def naive_hybrid_attention(
     scale: float | None = None,
     stats: AttentionStats | None = None,
 ) -> Tensor:
-    """SPEC §3 evaluated with full N×N score and weight matrices; same call shape and result as
+    """docs/method.md §3 evaluated with full N×N score and weight matrices; same call shape and result as
     :func:`rehyat.hybrid_attention`. Inputs are not validated (tests pass well-formed ones).
 
     ``fq = fk = None`` drops the linear part (local-only attention). Computes in float64 for float64
@@ -79,7 +79,7 @@ def naive_hybrid_attention(
     denominator = n_softmax
     if fq is not None and fk is not None:
         w_linear = torch.einsum("bihe,bjhe->bhij", fq.to(acc), fk.to(acc)) * linear_keys
-        denominator = n_softmax + w_linear.sum(dim=-1)  # not rescaled by exp(-c): SPEC §3
+        denominator = n_softmax + w_linear.sum(dim=-1)  # not rescaled by exp(-c): docs/method.md §3
         weights = weights + w_linear
     floor = DENOMINATOR_EPS * n_softmax
     if stats is not None:

@@ -32,7 +32,7 @@ def hybrid_attention(
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
 ) -> Tensor:
-    """ReHyAt attention (SPEC §2–§3), all chunks in parallel.
+    """ReHyAt attention (docs/method.md §2–§3), all chunks in parallel.
 
     Args:
         q, k, v: [B, N, H, D], tokens frame-major (a frame is a contiguous run of ``frame_tokens``).

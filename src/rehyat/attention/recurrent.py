@@ -1,4 +1,4 @@
-"""The chunk-wise recurrent (RNN) form of causal ReHyAt attention (SPEC §4).
+"""The chunk-wise recurrent (RNN) form of causal ReHyAt attention (docs/method.md §4).
 
 A :class:`HybridAttentionState` carries the past in a fixed size: the linear-attention sums
 ``Skv = Σ φk(k) vᵀ`` and ``z = Σ φk(k)`` (fp32, or fp64 for fp64 inputs) plus, for the last
@@ -160,8 +160,8 @@ def hybrid_attention_step(
 
     The chunk's softmax keys are the cached overlap frames followed by the chunk; its linear keys are
     the state's sums. Afterwards exactly the frames that leave the next chunk's softmax window are
-    added to the sums (SPEC §4), so driving this with chunks of ``chunk_frames`` frames reproduces the
-    parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
+    added to the sums (docs/method.md §4), so driving this with chunks of ``chunk_frames`` frames reproduces
+    the parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
     ``hybrid_attention``: "triton" runs the chunk's attention and the state update on the kernels.
 
     ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
@@ -350,8 +350,8 @@ def recurrent_hybrid_attention(
     validate_geometry(frame_tokens, chunk_frames, overlap_frames)
     if not check_bool("causal", causal):
         raise ValueError(
-            "the recurrent form is causal only (SPEC §4): use hybrid_attention(..., causal=False) for the "
-            "bidirectional variant"
+            "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
+            "for the bidirectional variant"
         )
     validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = chunk_frames * frame_tokens

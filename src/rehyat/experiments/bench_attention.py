@@ -1,6 +1,6 @@
 """``rehyat bench attention``: one Wan2.1-1.3B self-attention layer, full attention vs ReHyAt, on a GPU.
 
-Shapes (issue 3): B=1, H=12, D=128, 1560 tokens per latent frame, D'=256, Tc=3, To=1, bf16. Each row
+Shapes (Wan2.1-1.3B at 480×832): B=1, H=12, D=128, 1560 tokens per latent frame, D'=256, Tc=3, To=1, bf16. Each row
 is timed forward (under no_grad) and forward+backward (gradients of every input, φ weights included),
 median ms over CUDA-event-timed calls; TFLOP/s from :mod:`rehyat.flops` (forward+backward counts 3.5×
 the attention-matmul FLOPs and 3× the linear/φ FLOPs, the usual FlashAttention convention); peak memory
@@ -345,8 +345,9 @@ def _targets(
     fastest_sdpa: Callable[[int, str], float],
     pairs: list[dict] | None = None,
 ) -> str:
-    """The issue's targets, each with what this run measured (ratios against the fastest SDPA backend);
-    the recurrent one from ``pairs`` (timed side by side) where the run has them, else from the rows."""
+    """The layer's speed and scaling targets, each with what this run measured (ratios against the fastest
+    SDPA backend); the recurrent one from ``pairs`` (timed side by side) where the run has them, else from
+    the rows."""
 
     def ms(count: int, row: str, mode: str) -> float:
         return by_key.get((count, row), {}).get(mode, {}).get("ms", math.nan)
@@ -426,7 +427,7 @@ def render(payload: dict, out_dir: Path) -> None:
             + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
         )
     sections.append(
-        "## Issue-3 targets (this run)\n\n"
+        "## Targets (this run)\n\n"
         + _targets(by_key, frames, fastest_sdpa, payload.get("recurrent_pairs"))
     )
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):

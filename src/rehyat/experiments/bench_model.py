@@ -178,7 +178,7 @@ def _value(by_key: dict, row: str, frames: int, key: str) -> float:
 
 
 def check_targets(results: list[dict]) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets, as (target, measured, met); met is None where a number is missing."""
+    """The whole model's speed and memory targets, as (target, measured, met); met is None where a number is missing."""
     by_key = {(r["row"], r["latent_frames"]): r for r in results}
     frames = sorted({r["latent_frames"] for r in results})
     checks: list[tuple[str, str, bool | None]] = []
@@ -242,7 +242,7 @@ def render(payload: dict, out_dir: Path) -> None:
             ["latent frames", "video frames", "tokens", "row", "ms", "peak MiB", "speedup", "memory ratio"],
             table,
         ),
-        "## Targets (issue 4)\n\n"
+        "## Targets (this run)\n\n"
         + markdown_table(
             ["target", "measured", "met"],
             [(n, v, {True: "yes", False: "no", None: "—"}[m]) for n, v, m in check_targets(results)],

@@ -6,7 +6,7 @@ Two schedules, each reproducing its diffusers scheduler as Wan (and the toy worl
 (``UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=s)``:
 UniPC-2 with the B(h) = e^h − 1 variant, x0 prediction, a first-order last step and zero final sigma).
 Like :func:`rehyat.generation.sampler.generate_latents`, every denoising step sweeps the whole latent
-video chunk by chunk with fresh states (SPEC §8), and classifier-free guidance runs the conditional
+video chunk by chunk with fresh states (docs/method.md §8), and classifier-free guidance runs the conditional
 and unconditional branches as the two batch elements of one exported call (export with ``batch=2``).
 """
 

@@ -74,8 +74,9 @@ def state_outputs(overlap_frames: int) -> tuple[str, ...]:
 def chunk_schedule(
     num_frames: int, chunk_frames: int, overlap_frames: int
 ) -> list[tuple[int, StepSignature]]:
-    """(first frame, signature) of every chunk of a video of ``num_frames`` post-patch frames (SPEC §2:
-    chunks start at frame 0, the last may be shorter; chunk t caches min(To, t·Tc) frames)."""
+    """(first frame, signature) of every chunk of a video of ``num_frames`` post-patch frames
+    (docs/method.md §2: chunks start at frame 0, the last may be shorter; chunk t caches min(To, t·Tc)
+    frames)."""
     for name, value, least in (("num_frames", num_frames, 1), ("chunk_frames", chunk_frames, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")

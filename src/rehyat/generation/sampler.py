@@ -1,4 +1,4 @@
-"""Video generation and denoising with the recurrent form (SPEC §8), through diffusers' ``WanPipeline``.
+"""Video generation and denoising in the recurrent form (docs/method.md §8) through ``WanPipeline``.
 
 The denoising loop is ``WanPipeline.__call__`` itself, unmodified; the transformer runs in the recurrent
 mode of :mod:`rehyat.models.hooks`: every call (one denoising step of one CFG branch) sweeps the chunks

@@ -46,8 +46,8 @@ class ReHyAtConfig:
             the default. False is the paper's signed φ (:meth:`paper`).
         feature_degree, feature_layers, feature_activation, feature_bias, feature_init: the
             :class:`~rehyat.PolynomialFeatureMap` of every converted block (φq and φk alike).
-        feature_rotary: what φq, φk read. ``"full"`` (the paper's, SPEC §5): q and k as the softmax part
-            sees them, after the whole 3D RoPE. ``"spatial"`` (the default): the same q and k with the temporal part of
+        feature_rotary: what φq, φk read. ``"full"`` (the paper's, docs/method.md §5): q and k as the
+            softmax part sees them, after the whole 3D RoPE. ``"spatial"`` (the default): the same q and k with the temporal part of
             the RoPE undone, so φ sees where a token is in its frame but not which frame it is in: a
             video longer than the training clips then gives φ no rotation it has not seen (the
             softmax part, which depends only on relative positions, keeps the full RoPE).
@@ -118,7 +118,7 @@ class ReHyAtConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> ReHyAtConfig:
-        """The paper's exact configuration (SPEC §5): signed φ = [ψ₁, ψ₂²] on the fully rotated q and k.
+        """The paper's configuration (docs/method.md §5): signed φ = [ψ₁, ψ₂²] on the fully rotated q and k.
 
         The library's default differs in two measured ways (``bench/results/toybench.md``,
         ``bench/results/stage1_robustness.md``): a non-negative φ, which cannot cancel the softmax

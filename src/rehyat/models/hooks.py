@@ -1,4 +1,4 @@
-"""The recurrent mode of a converted Wan DiT through diffusers' own hooks (SPEC §4, §8).
+"""The recurrent mode of a converted Wan DiT through diffusers' own hooks (docs/method.md §4, §8).
 
 :func:`apply_recurrent` registers three ``diffusers.hooks.ModelHook`` s with the model's
 ``HookRegistry`` (the mechanism of diffusers' first-block cache, pyramid attention broadcast and

@@ -1,4 +1,4 @@
-"""The whole-model recurrent forward of a fully converted, causal Wan DiT (SPEC §4, §8).
+"""The whole-model recurrent forward of a fully converted, causal Wan DiT (docs/method.md §4, §8).
 
 :func:`recurrent_forward` is diffusers' own ``WanTransformer3DModel.forward`` run chunk by chunk through
 the hooks of :mod:`rehyat.models.hooks` (a sweep over chunks of ``chunk_frames`` post-patch frames, each

@@ -74,8 +74,8 @@ def temporal_rotary_dims(head_dim: int) -> int:
 def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb: tuple[Tensor, Tensor] | None) -> Tensor:
     """What φ reads of q or k [B, N, H, D] after the full RoPE (``rotary_emb``: the (cos, sin) applied).
 
-    ``feature_rotary="full"``: ``x`` itself (SPEC §5). ``"spatial"``: the temporal channels rotated back
-    by their frame's angle (the height/width rotation stays), so φ's input does not depend on the frame
+    ``feature_rotary="full"``: ``x`` itself (docs/method.md §5). ``"spatial"``: the temporal channels rotated
+    back by their frame's angle (the height/width rotation stays), so φ's input does not depend on the frame
     index. Undoing the rotation costs one rounding in bf16. Shared by the processor (parallel and
     streaming) and the stage-1 students, so φ is trained on what it will be fed.
     """

@@ -1,6 +1,6 @@
 """Wan2.1 architecture configs as plain numbers, to build models from configs without any download.
 
-``WAN21_T2V_1_3B`` is Wan2.1-T2V-1.3B (SPEC §9: 30 blocks, width 1536 = 12 heads × 128, FFN 8960,
+``WAN21_T2V_1_3B`` is Wan2.1-T2V-1.3B (docs/method.md §9: 30 blocks, width 1536 = 12 heads × 128, FFN 8960,
 patch (1, 2, 2), 16 latent channels, text dim 4096); ``tiny_wan_config`` is a CPU-sized Wan for tests
 and smoke runs (2 heads × 12, head dim divisible into Wan's 3D RoPE split).
 """

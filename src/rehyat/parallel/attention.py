@@ -1,4 +1,4 @@
-"""ReHyAt attention over a video whose frames are split across ranks (the parallel form, SPEC §2–§3).
+"""ReHyAt attention over a video whose frames are split across ranks (parallel form, docs/method.md §2–§3).
 
 Each rank holds q, k, v, φq(q), φk(k) of its own frames (:class:`~rehyat.parallel.FrameLayout`) and
 computes the outputs of its own chunks. Per call, one :func:`~rehyat.parallel.comm.exchange`:

@@ -1,6 +1,6 @@
 """Which rank owns which frames, and what each rank needs from the others (pure Python, no tensors).
 
-A video of T post-patch latent frames is cut into chunks of Tc frames (SPEC §2); rank r owns the
+A video of T post-patch latent frames is cut into chunks of Tc frames (docs/method.md §2); rank r owns the
 contiguous frames ``[start_r, stop_r)``, a run of whole chunks (every start is a multiple of Tc; only
 the video's last chunk may be short). Per layer, a chunk t reads:
 

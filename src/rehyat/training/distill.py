@@ -1,4 +1,4 @@
-"""Stage 1 — attention distillation (SPEC §7), ``rehyat distill``.
+"""Stage 1 — attention distillation (docs/method.md §7), ``rehyat distill``.
 
 The frozen teacher runs its real sampler (diffusers' ``WanPipeline``: its scheduler, CFG, both
 branches) on the given prompts with fresh seeds. At the chosen denoising steps an

@@ -1,4 +1,4 @@
-"""Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted Wan DiT (SPEC §7).
+"""Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted Wan DiT (docs/method.md §7).
 
 The loss is Wan's rectified flow: x_t = (1 − σ)·x0 + σ·ε, the model predicts v = ε − x0 at timestep
 σ·1000, with σ drawn by Wan's shifted sampling σ = shift·u / (1 + (shift − 1)·u), u ~ U(0, 1). Every
@@ -152,7 +152,7 @@ class FinetuneConfig:
     """Probability of training a sample on the empty (all-zero) prompt, which classifier-free guidance needs."""
     teacher_weight: float = 0.0
     """λ in [0, 1]: weight of the original model's velocity in the regression target. 0 is plain flow
-    matching (SPEC §7); 1 is output distillation from the model in ``model.path`` (or the random
+    matching (docs/method.md §7); 1 is output distillation from the model in ``model.path`` (or the random
     ``model.architecture``) — never the fine-tuned base weights a ReHyAt checkpoint may carry — which
     each rank holds as a frozen, unsharded fp32 copy run under the same autocast as the student."""
     mixed_precision: Literal["no", "bf16"] = "bf16"

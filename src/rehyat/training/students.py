@@ -2,10 +2,10 @@
 
 A :class:`BlockStudent` holds the trainable feature maps of one block for one attention variant
 (``"rehyat"``, ``"linear"``; ``"local"`` has none and ``"untrained"`` keeps its initial φ) and takes
-L1 steps on :class:`~rehyat.training.capture.AttentionCapture` batches (SPEC §7: loss = mean |y − ŷ|).
-Feature-map master weights and their optimiser are fp32; φ runs in the capture's dtype (bf16 on a GPU:
-the weights are cast on the fly and gradients reach the fp32 masters), the attention accumulates in
-fp32 as always, and the loss is taken in fp32.
+L1 steps on :class:`~rehyat.training.capture.AttentionCapture` batches (docs/method.md §7:
+loss = mean |y − ŷ|). Feature-map master weights and their optimiser are fp32; φ runs in the capture's
+dtype (bf16 on a GPU: the weights are cast on the fly and gradients reach the fp32 masters), the
+attention accumulates in fp32 as always, and the loss is taken in fp32.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the learned feature map φ (SPEC §5), forward and backward.
+"""Fused Triton kernels for the learned feature map φ (docs/method.md §5), forward and backward.
 
 Per (token block, head) the forward loads x [BLOCK_N, D] once, runs the whole per-head MLP in registers
 and writes φ [BLOCK_N, P·D] once: no hidden activation goes through HBM. The hidden width P·D is

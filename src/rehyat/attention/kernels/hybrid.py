@@ -69,7 +69,7 @@ def retire_frames(
 def chunk_states(
     fk: Tensor, v: Tensor, frame_tokens: int, chunk: int, overlap: int, causal: bool
 ) -> tuple[Tensor, Tensor]:
-    """Each chunk's linear state (SPEC §2): kv [B, C, H, D', D], z [B, C, H, D'] in fp32."""
+    """Each chunk's linear state (docs/method.md §2): kv [B, C, H, D', D], z [B, C, H, D'] in fp32."""
     frames = v.shape[1] // frame_tokens
     kv_frames, z_frames = SegmentSums.apply(fk, v, frame_tokens)
     index = torch.arange(0, frames, chunk, device=v.device)

@@ -9,7 +9,7 @@ the rest from the chunk's k, v at j − M) instead of from a concatenated copy. 
 through each chunk's state KV_t [D', D] and z_t [D'] (fp32).
 
 Forward (per query block, all rows in one chunk): online softmax over the window in the log2 domain,
-then the epilogue ``y = (aS + φq·KV_t) / max(nS + φq·z_t, eps·nS)`` (SPEC §3; the linear part is not
+then the epilogue ``y = (aS + φq·KV_t) / max(nS + φq·z_t, eps·nS)`` (docs/method.md §3; the linear part is not
 rescaled by the row max). Saved per row: m = c·log2(e) (the row max), nS, nL.
 
 Backward, with g = ∂L/∂y, den the guarded denominator, ĝ = g/den, δ = g·y:
@@ -326,7 +326,7 @@ def _epilogue(
     PREC: tl.constexpr,
 ):
     """Adds the linear part φq·KV_t, φq·z_t to the softmax numerator ``num`` and normaliser ``l_i``, then
-    y = num / max(nS + nL, eps·nS) (SPEC §3's guarded shared normaliser); stores y, m, nS, nL.
+    y = num / max(nS + nL, eps·nS) (docs/method.md §3's guarded shared normaliser); stores y, m, nS, nL.
 
     ``fq_rows``/``o_rows`` point at the block's first row of φq and y, ``state`` is the chunk's state
     index in kv [B, C, H, E, D] / z [B, C, H, E] and ``stat_off`` the first row's in [B, H, NQ]."""
