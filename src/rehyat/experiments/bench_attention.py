@@ -427,8 +427,7 @@ def render(payload: dict, out_dir: Path) -> None:
             + markdown_table(["quantity", "rel. error"], sorted(payload["parity"].items()))
         )
     sections.append(
-        "## Targets (this run)\n\n"
-        + _targets(by_key, frames, fastest_sdpa, payload.get("recurrent_pairs"))
+        "## Targets (this run)\n\n" + _targets(by_key, frames, fastest_sdpa, payload.get("recurrent_pairs"))
     )
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
         table = []

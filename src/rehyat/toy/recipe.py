@@ -40,7 +40,7 @@ class RecipeSettings:
     finetune_batch: int = 2
     finetune_lr: float = 1e-4
     finetune_ema: float | None = None  # EMA decay of stage 2; set, the EMA weights are the result
-    finetune_teacher_weight: float = 0.0  # λ of stage 2's output distillation from the teacher (0: docs/method.md §7)
+    finetune_teacher_weight: float = 0.0  # λ of stage 2's teacher output distillation (0: docs/method.md §7)
     finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
     eval_prompts: int = 6
     sample_steps: int = 12
