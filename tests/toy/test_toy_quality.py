@@ -106,7 +106,7 @@ def test_unknown_student_is_named(capsys):
     assert "unknown students ['nope']" in capsys.readouterr().err
 
 
-def test_targets_read_the_issue_rows():
+def test_targets_read_the_table_rows():
     def row(adherence, consistency=50.0, long=None):
         entry = {"short": {"adherence": adherence, "temporal_consistency": consistency}}
         if long is not None:  # short and long are compared prompt by prompt
