@@ -1,5 +1,6 @@
-"""Resume: a run killed mid-way (SIGKILL, in a subprocess) continues onto the uninterrupted loss curve;
-damaged or mismatched checkpoints stop a run with a clear error before anything is written."""
+"""Resume: a run killed mid-way (SIGKILL, in a subprocess; see killed_finetune.py) continues onto the
+uninterrupted loss curve; damaged or mismatched checkpoints stop a run with a clear error before anything
+is written."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from rehyat.training.finetune import finetune
 from rehyat.training.metrics import read_metrics
 
 RUN = {"steps": 6, "ema_decay": 0.8, "grad_accumulation": 2}
+KILLED_FINETUNE = Path(__file__).with_name("killed_finetune.py")
 
 
 @pytest.fixture
@@ -42,13 +45,11 @@ def test_killed_run_resumes_onto_the_uninterrupted_curve(tmp_path, single_thread
     killed = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "rehyat.cli",
+            str(KILLED_FINETUNE),
+            "5",  # SIGKILL once step 5 is logged: after the step-4 checkpoint, before the step-6 one
             "finetune",
             "--set",
             *tiny_overrides(run, data, **RUN),
-            "--kill-after-steps",
-            "5",
         ],
         capture_output=True,
         text=True,

@@ -31,7 +31,7 @@ def _finetune(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, "allow_config_change=true"]
     config = config_from_args(FinetuneConfig, args)
     try:
-        finetune(config, kill_after_steps=args.kill_after_steps)
+        finetune(config)
     finally:
         distributed.shutdown()
     return 0
@@ -108,11 +108,6 @@ def register(commands) -> None:
         action="store_true",
         help="resume although lr, seed, batch or other options that shape the run changed "
         "(= --set allow_config_change=true; the old config.json is kept as config.<time>.json)",
-    )
-    finetune.add_argument(
-        "--kill-after-steps",
-        type=int,
-        help="fault injection for resume tests: SIGKILL itself after this step",
     )
     finetune.set_defaults(handler=_finetune)
 

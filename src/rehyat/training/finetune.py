@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 import warnings
 from contextlib import nullcontext
@@ -519,7 +518,7 @@ def _non_finite_step(
     )
 
 
-def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> FinetuneResult:
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Run stage 2 as ``cfg`` says (in every process of a ``torchrun`` launch)."""
     from tqdm.auto import tqdm
 
@@ -657,8 +656,6 @@ def finetune(cfg: FinetuneConfig, kill_after_steps: int | None = None) -> Finetu
                 if distributed.any_rank(refused is not None):
                     raise refused or NonFiniteError(f"step {done}: rank 0 refused to save non-finite weights")
                 distributed.barrier()
-            if kill_after_steps is not None and done == kill_after_steps:
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die as a killed job would
     finally:
         progress.close()
         if logger is not None:
