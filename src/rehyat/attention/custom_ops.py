@@ -39,7 +39,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, needs_grad
+from rehyat.attention._common import AttentionStats, combine, needs_grad
 from rehyat.attention.chunked import chunked_hybrid_attention
 
 # The dispatcher turns autograd off inside an op's implementation (it runs "below autograd"); the
@@ -276,6 +276,29 @@ def parallel_attention(
 # --- one chunk of the streaming form --------------------------------------------------------------
 
 
+def _torch_step_attention(
+    q: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    fq: Tensor,
+    kv: Tensor,
+    z: Tensor,
+    scale: float,
+    stats: AttentionStats | None,
+) -> Tensor:
+    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z). What
+    ``rehyat::step_attention`` runs on the PyTorch backend."""
+    acc = kv.dtype
+    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
+    probs = torch.exp(scores - torch.amax(scores, dim=-1, keepdim=True))
+    n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
+    a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
+    fq_acc = fq.to(acc)
+    a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, kv)
+    n_linear = torch.einsum("bihe,bhe->bih", fq_acc, z)
+    return combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
+
+
 def _step(
     q: Tensor,
     k: Tensor,
@@ -308,10 +331,8 @@ def _step(
             stats=stats,
             out=out,
         )
-    from rehyat.attention import recurrent  # its _torch_step_attention, looked up at each call
-
     keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
-    result = recurrent._torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
+    result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
     return result if out is None else out.copy_(result)
 
 
@@ -535,6 +556,40 @@ def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor
 
 # --- φ ---------------------------------------------------------------------------------------------
 
+FEATURE_ACTIVATIONS = {
+    "relu": torch.nn.functional.relu,
+    "gelu": torch.nn.functional.gelu,
+    "silu": torch.nn.functional.silu,
+}
+
+
+def torch_feature_map(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    degree: int,
+    activation: str,
+    nonnegative: bool,
+) -> Tensor:
+    """φ(x) in PyTorch, the reference of the kernel: layers ``weights`` [H, d_in, d_out] (cast to x's
+    dtype) with ``biases`` [H, d_out] (empty: none) and the activation between them, then the parts
+    ψ_p raised to p (``nonnegative``: 2p). Returns x's dtype (not the unchecked fp16 range)."""
+    act = FEATURE_ACTIVATIONS[activation]
+    h = x
+    for index, w in enumerate(weights):
+        if index:
+            h = act(h)
+        h = torch.einsum("bnhi,hio->bnho", h, w.to(h.dtype))
+        if biases:
+            h = h + biases[index].to(h.dtype)
+    parts = h.split(x.shape[-1], dim=-1)
+    exponents = (2 * p if nonnegative else p for p in range(1, degree + 1))
+    features = torch.cat(
+        [part if e == 1 else part**e for e, part in zip(exponents, parts, strict=True)], dim=-1
+    )
+    # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
+    return features.to(x.dtype)
+
 
 def _feature_map(
     x: Tensor,
@@ -552,8 +607,6 @@ def _feature_map(
             x, list(weights), list(biases) or None, degree, activation, nonnegative
         )
         return features.to(x.dtype)
-    from rehyat.attention.feature_maps import torch_feature_map
-
     return torch_feature_map(x, weights, biases, degree, activation, nonnegative)
 
 

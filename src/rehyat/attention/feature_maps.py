@@ -26,27 +26,25 @@ Choices the paper leaves open (documented here, compared by distillation error i
 Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
 (:mod:`rehyat.attention.kernels.feature_map_kernel`: no hidden activation in HBM) on CUDA when Triton is
 installed and the map is supported (1 or 2 layers, degree ≤ 4, head dim a power of two in [16, 128],
-float16/bfloat16/float32), else the PyTorch path below, which stays the reference. ``"torch"`` forces
-PyTorch; ``"triton"`` forces the kernels and raises if they cannot run (on CPU they need
-``TRITON_INTERPRET=1``). Under autocast a float32 input runs in the autocast dtype, as the einsums would.
-Both run as the ``rehyat::feature_map`` custom op in inference and under ``torch.compile``
-(:mod:`rehyat.attention.custom_ops`).
+float16/bfloat16/float32), else the PyTorch path (:func:`rehyat.attention.custom_ops.torch_feature_map`),
+which stays the reference. ``"torch"`` forces PyTorch; ``"triton"`` forces the kernels and raises if they
+cannot run (on CPU they need ``TRITON_INTERPRET=1``). Under autocast a float32 input runs in the autocast
+dtype, as the einsums would. Both run as the ``rehyat::feature_map`` custom op in inference and under
+``torch.compile`` (:mod:`rehyat.attention.custom_ops`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from rehyat.attention._common import check_bool
-from rehyat.attention.custom_ops import feature_map
+from rehyat.attention.custom_ops import FEATURE_ACTIVATIONS, feature_map
 
-_ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_MAX_DEGREE = 4
 _KERNEL_MAX_HEAD_DIM = 128
@@ -90,34 +88,6 @@ def check_fp16_range(x: Tensor, features: Tensor) -> Tensor:
     return features
 
 
-def torch_feature_map(
-    x: Tensor,
-    weights: Sequence[Tensor],
-    biases: Sequence[Tensor],
-    degree: int,
-    activation: str,
-    nonnegative: bool,
-) -> Tensor:
-    """φ(x) in PyTorch, the reference of the kernel: layers ``weights`` [H, d_in, d_out] (cast to x's
-    dtype) with ``biases`` [H, d_out] (empty: none) and the activation between them, then the parts
-    ψ_p raised to p (``nonnegative``: 2p). Returns x's dtype (not the unchecked fp16 range)."""
-    act = _ACTIVATIONS[activation]
-    h = x
-    for index, w in enumerate(weights):
-        if index:
-            h = act(h)
-        h = torch.einsum("bnhi,hio->bnho", h, w.to(h.dtype))
-        if biases:
-            h = h + biases[index].to(h.dtype)
-    parts = h.split(x.shape[-1], dim=-1)
-    exponents = (2 * p if nonnegative else p for p in range(1, degree + 1))
-    features = torch.cat(
-        [part if e == 1 else part**e for e, part in zip(exponents, parts, strict=True)], dim=-1
-    )
-    # Autocast runs pow in fp32 on CUDA: return the dtype the attention op gets q and k in.
-    return features.to(x.dtype)
-
-
 class PolynomialFeatureMap(nn.Module):
     """φ: [B, N, H, D] -> [B, N, H, degree·D] in the input's dtype, separate weights per head.
 
@@ -152,8 +122,8 @@ class PolynomialFeatureMap(nn.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in FEATURE_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(FEATURE_ACTIVATIONS)}, got {activation!r}")
         if init not in ("taylor", "random"):
             raise ValueError(f"init must be 'taylor' or 'random', got {init!r}")
         if init == "taylor" and num_layers > 1 and degree < 2:

@@ -23,7 +23,6 @@ from rehyat.attention._common import (
     check_bool,
     check_out_overlap,
     check_output_buffer,
-    combine,
     needs_grad,
     resolve_scale,
     validate_geometry,
@@ -300,29 +299,6 @@ def _check_late_features(fk: Tensor, q: Tensor, feature_dim: int) -> None:
         )
     if fk.shape[-1] != feature_dim:
         raise ValueError(f"fq and fk feature dims differ: fq has {feature_dim}, fk has {fk.shape[-1]}")
-
-
-def _torch_step_attention(
-    q: Tensor,
-    keys: Tensor,
-    values: Tensor,
-    fq: Tensor,
-    kv: Tensor,
-    z: Tensor,
-    scale: float,
-    stats: AttentionStats | None,
-) -> Tensor:
-    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z). What
-    ``rehyat::step_attention`` runs on the PyTorch backend (looked up here at each call)."""
-    acc = kv.dtype
-    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
-    probs = torch.exp(scores - torch.amax(scores, dim=-1, keepdim=True))
-    n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
-    a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
-    fq_acc = fq.to(acc)
-    a_linear = torch.einsum("bihe,bhed->bihd", fq_acc, kv)
-    n_linear = torch.einsum("bihe,bhe->bih", fq_acc, z)
-    return combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
 
 
 def recurrent_hybrid_attention(
