@@ -2,7 +2,7 @@
 
 from rehyat.models.checkpoint import load_rehyat, read_rehyat_config, save_rehyat
 from rehyat.models.config import ReHyAtConfig
-from rehyat.models.recurrent import recurrent_forward, rotary_for_frames
+from rehyat.models.recurrent import recurrent_forward
 from rehyat.models.wan import (
     ReHyAtRuntime,
     ReHyAtWanAttnProcessor,
@@ -10,6 +10,7 @@ from rehyat.models.wan import (
     converted_blocks,
     feature_maps,
     rehyat_runtime,
+    rotary_for_frames,
 )
 
 __all__ = [

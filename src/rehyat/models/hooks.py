@@ -51,8 +51,13 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import Tensor, nn
 
 from rehyat.attention import HybridAttentionState
-from rehyat.models.recurrent import check_rotary_limit, rotary_at_frames
-from rehyat.models.wan import ReHyAtRuntime, converted_blocks, rehyat_runtime
+from rehyat.models.wan import (
+    ReHyAtRuntime,
+    check_rotary_limit,
+    converted_blocks,
+    rehyat_runtime,
+    rotary_at_frames,
+)
 
 CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
 ROTARY_HOOK = "rehyat_absolute_frames_rotary"

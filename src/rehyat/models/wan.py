@@ -1,4 +1,4 @@
-"""ReHyAt for Wan2.1 in diffusers: the self-attention processor and :func:`convert_wan`.
+"""ReHyAt for Wan2.1 in diffusers: the self-attention processor, RoPE at absolute frames, :func:`convert_wan`.
 
 Conversion follows diffusers' idiom: the model stays a ``WanTransformer3DModel``; the chosen blocks'
 ``attn1`` gets a :class:`ReHyAtWanAttnProcessor` and two feature maps registered on the attention
@@ -69,6 +69,49 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def temporal_rotary_dims(head_dim: int) -> int:
     """How many leading channels of a head Wan's 3D RoPE rotates by the frame index (the rest: h, w)."""
     return head_dim - 4 * (head_dim // 6)
+
+
+def rotary_for_frames(
+    rope: nn.Module, start: int, stop: int, height: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Wan's 3D RoPE (cos, sin) for post-patch frames [start, stop) of a height × width token grid.
+
+    Same tables and layout as ``WanRotaryPosEmbed.forward`` ([1, n·H·W, 1, D]), at absolute frame
+    positions instead of frames counted from 0.
+    """
+    check_rotary_limit(rope, stop, height, width)
+    return rotary_at_frames(rope, torch.arange(start, stop, device=rope.freqs_cos.device), height, width)
+
+
+def check_rotary_limit(rope: nn.Module, frames: int, height: int, width: int) -> None:
+    """ValueError unless the RoPE tables cover ``frames`` frames and a height × width grid."""
+    limit = rope.freqs_cos.shape[0]
+    if frames > limit or height > limit or width > limit:
+        raise ValueError(
+            f"RoPE table has {limit} positions (rope_max_seq_len) but the grid needs frames up to {frames}, "
+            f"{height} rows and {width} columns"
+        )
+
+
+def rotary_at_frames(rope: nn.Module, frames: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """:func:`rotary_for_frames` at the post-patch frame indices ``frames`` [n] (int64, unchecked).
+
+    The positions are a tensor, not Python ints, so a compiled chunk forward is one graph at every
+    position of the video (the frame count n stays static).
+    """
+    count = frames.shape[0]
+    grid = (count, height, width)
+    split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    tables = []
+    for freqs in (rope.freqs_cos, rope.freqs_sin):
+        f, h, w = freqs.split(split, dim=1)
+        parts = [
+            f.index_select(0, frames).view(count, 1, 1, -1).expand(*grid, -1),
+            h[:height].view(1, height, 1, -1).expand(*grid, -1),
+            w[:width].view(1, 1, width, -1).expand(*grid, -1),
+        ]
+        tables.append(torch.cat(parts, dim=-1).reshape(1, count * height * width, 1, -1))
+    return tables[0], tables[1]
 
 
 def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb: tuple[Tensor, Tensor] | None) -> Tensor:
