@@ -16,11 +16,12 @@ from rehyat.experiments.toy_quality import (
     LONG_VIDEO_STUDENTS,
     QUICK,
     STUDENTS,
+    _rehyat_fields,
     _targets,
     difference_interval,
     run_quality,
 )
-from rehyat.toy.model import CLIP
+from rehyat.toy.model import PACKED, PIXEL
 
 
 def _toy_args(out, work) -> list[str]:
@@ -204,26 +205,28 @@ def test_settings_overrides_keep_the_field_types():
         replace_config(QUICK, ["distill_lr"])
 
 
-def test_causal_softmax_control_is_exact_block_causal_softmax():
-    """The causal-softmax reference row's geometry: on a clip, every chunk's window holds all past frames, so its
-    attention is softmax under a block-causal mask and the linear part (any φ) adds nothing."""
+@pytest.mark.parametrize("space", [PIXEL, PACKED], ids=lambda space: space.name)
+def test_causal_softmax_control_is_exact_block_causal_softmax(space):
+    """The causal-softmax reference row's geometry: on a clip of the teacher's space (16 or 21 latent
+    frames), every chunk's window holds all past frames, so its attention is softmax under a block-causal
+    mask and the linear part (any φ) adds nothing."""
     student = next(s for s in STUDENTS if s.name == "causal_softmax")
-    frames, tokens, heads, dim = CLIP["num_frames"], 2, 2, 8
+    fields = _rehyat_fields(student, space)
+    assert fields == {"overlap_frames": space.clip_frames - 1}
+    frames, tokens, heads, dim = space.clip_frames, 2, 2, 8
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, frames * tokens, heads, dim, generator=gen, dtype=torch.float64) for _ in "qkv")
     fq, fk = (torch.rand(1, frames * tokens, heads, 4, generator=gen, dtype=torch.float64) for _ in "qk")
-    got = hybrid_attention(
-        q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **student.rehyat
-    )
+    got = hybrid_attention(q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **fields)
     chunk_of = torch.arange(frames * tokens) // (3 * tokens)
     visible = chunk_of[None, :] <= chunk_of[:, None]  # keys in the query's chunk or before
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / dim**0.5
     want = torch.einsum("bhij,bjhd->bihd", scores.masked_fill(~visible, float("-inf")).softmax(-1), v)
     assert torch.allclose(got, want, atol=1e-12)
-    # It samples recurrently: the streaming form caches up to 15 past frames and retires none, so φ
-    # never enters on a clip (longer videos would retire frames into untrained φ: no long videos).
+    # It samples recurrently: the streaming form caches every past frame of a clip and retires none, so
+    # φ never enters on a clip (longer videos would retire frames into untrained φ: no long videos).
     streamed = recurrent_hybrid_attention(
-        q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **student.rehyat
+        q, k, v, fq, fk, frame_tokens=tokens, chunk_frames=3, backend="torch", **fields
     )
     assert torch.allclose(streamed, want, atol=1e-12)
     assert student.name not in LONG_VIDEO_STUDENTS

@@ -125,6 +125,11 @@ def register(commands) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--only", nargs="+", help="students to run (default: all)")
+    parser.add_argument(
+        "--teacher",
+        help="toy teacher folder every student starts from; its space (toy_world.json) sets the clips "
+        "and the world (default: the bundled teacher)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
     add_config_arguments(parser, "QualitySettings", files=False)
     parser.add_argument(

@@ -1,12 +1,16 @@
 """``rehyat bench toy``: the toy quality table — ReHyAt and its ablations on the toy world.
 
-Every student starts from the bundled teacher and gets the same budget: stage 1 (φ of every converted
-block distilled from the teacher's attention, for the variant's own op and geometry) and then stage 2
-(the same flow-matching fine-tune: clips, steps, batch, lr). Then the teacher and every student sample
-the same random prompts from the same noise with the same guidance and are scored by ToyBench; the
-causal all-blocks students sample with the recurrent forward, the others with the parallel one. The
-ReHyAt students (signed and non-negative φ) also generate videos ``long_factor``× the training length,
-recurrently.
+Every student starts from the teacher (``--teacher``: a toy teacher folder, by default the bundled
+one) and gets the same budget: stage 1 (φ of every converted block distilled from the teacher's
+attention, for the variant's own op and geometry) and then stage 2 (the same flow-matching fine-tune:
+clips, steps, batch, lr). The teacher folder's space (:func:`rehyat.toy.model.toy_space`) sets the clips
+both stages see, the latent frames sampled (chunk sizes Tc and To count latent frames too) and the world
+ToyBench reads the videos in. Then the teacher and every student sample the same random prompts from the
+same noise with the same guidance and are scored by ToyBench, motion first (direction, speed, motion
+smoothness, size and shape drift, first-frame jump; then adherence, temporal consistency, PSNR/SSIM
+against the teacher), each with a paired-bootstrap interval against the teacher; the causal all-blocks
+students sample with the recurrent forward, the others with the parallel one. The ReHyAt students also
+generate videos ``long_factor``× the training length, recurrently.
 
 Rows: teacher; ReHyAt Tc=3/To=1 causal, all blocks; ReHyAt To=0 and To=2; bidirectional; half the
 blocks (the best half by stage-1 held-out error; stage 1 is shared with the all-blocks student because
@@ -35,7 +39,14 @@ import torch
 from rehyat.config import replace_config
 from rehyat.experiments.common import read_json, write_markdown_keeping_notes
 from rehyat.toy.evaluate import toy_prompts
-from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
+from rehyat.toy.model import (
+    ToySpace,
+    bundled_teacher,
+    load_text_encoder,
+    load_toy_model,
+    prompt_embeddings,
+    toy_space,
+)
 from rehyat.toy.recipe import QUICK as RECIPE_QUICK
 from rehyat.toy.recipe import RecipeSettings, distill_student, finetune_dataset, finetune_student, sample_with
 from rehyat.toy.toybench import evaluate_videos
@@ -51,6 +62,9 @@ class Student:
     convert: bool = True  # False: the plain teacher through the same stage 2 (a control)
     settings: dict[str, Any] = field(default_factory=dict)  # QualitySettings fields for this student only
 
+
+#: An overlap reaching every past frame of a training clip (To = its latent frames − 1 in the teacher's space).
+EVERY_PAST_FRAME = "every_past_frame"
 
 STUDENTS = (
     Student("teacher_finetuned", "softmax teacher + stage 2 (control)", distill=False, convert=False),
@@ -113,7 +127,7 @@ STUDENTS = (
     Student(
         "causal_softmax",
         "exact causal softmax (reference for causal students)",
-        {"overlap_frames": CLIP["num_frames"] - 1},
+        {"overlap_frames": EVERY_PAST_FRAME},
         distill=False,
     ),
 )
@@ -179,15 +193,22 @@ TARGET_STUDENTS = {
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
 
 
-def _student_config(student: Student, ranking: list[int] | None):
+def _rehyat_fields(student: Student, space: ToySpace) -> dict[str, Any]:
+    """The student's ReHyAtConfig fields with :data:`EVERY_PAST_FRAME` resolved for ``space``."""
+    every = space.clip_frames - 1
+    return {k: every if v == EVERY_PAST_FRAME else v for k, v in student.rehyat.items()}
+
+
+def _student_config(student: Student, ranking: list[int] | None, space: ToySpace):
     from rehyat.models import ReHyAtConfig
 
+    fields = _rehyat_fields(student, space)
     if student.half_blocks:
         if ranking is None:
             raise ValueError("the half-blocks student needs the all-blocks student's stage-1 ranking")
         blocks = len(ranking) // 2
-        return ReHyAtConfig.paper(blocks=blocks, block_ranking=ranking, **student.rehyat)
-    return ReHyAtConfig.paper(**student.rehyat)
+        return ReHyAtConfig.paper(blocks=blocks, block_ranking=ranking, **fields)
+    return ReHyAtConfig.paper(**fields)
 
 
 def _stage1_checkpoint(student: Student, teacher: Path, work: Path, settings: QualitySettings, device: str):
@@ -218,7 +239,8 @@ def _make_stage1(
         ranking = json.loads((source / "distill" / "ranking.json").read_text())["block_ranking"]
         full = load_toy_model(teacher, source / "stage1", torch.device("cpu"))
         model = convert_wan(
-            load_toy_model(teacher, None, torch.device("cpu")), _student_config(student, ranking)
+            load_toy_model(teacher, None, torch.device("cpu")),
+            _student_config(student, ranking, toy_space(teacher)),
         )
         trained = feature_maps(full)
         for block, (phi_q, phi_k) in feature_maps(model).items():
@@ -226,7 +248,7 @@ def _make_stage1(
             phi_k.load_state_dict(trained[block][1].state_dict())
         save_rehyat(model, folder)
         return folder, {"ranking": ranking, "blocks": sorted(feature_maps(model))}
-    config = _student_config(student, None)
+    config = _student_config(student, None, toy_space(teacher))
     if not student.distill:
         save_rehyat(convert_wan(load_toy_model(teacher, None, torch.device("cpu")), config), folder)
         return folder, {}
@@ -260,15 +282,31 @@ def _recurrent(student: Student) -> bool:
     return config["causal"] and config["attention"] == "hybrid" and not student.half_blocks
 
 
-#: Per-clip scores kept in each result (in prompt order), so the targets can carry confidence intervals.
-PER_CLIP = ("adherence", "temporal_consistency")
+#: The table's columns, motion first, with their headings and decimals.
+COLUMNS = {
+    "direction_accuracy": ("direction", 1),
+    "speed_accuracy": ("speed", 1),
+    "motion_smoothness": ("motion smoothness", 1),
+    "size_drift": ("size drift", 3),
+    "shape_drift": ("shape drift", 3),
+    "first_jump": ("first-frame jump", 3),
+    "adherence": ("adherence", 1),
+    "temporal_consistency": ("temporal consistency", 1),
+    "psnr": ("PSNR (dB)", 1),
+    "ssim": ("SSIM", 3),
+}
+#: Per-clip scores kept in each result (in prompt order), so every column and target carries an interval.
+PER_CLIP = tuple(COLUMNS)
+#: Columns compared with the teacher's video from the same noise: their interval is of the mean itself.
+AGAINST_TEACHER = ("psnr", "ssim")
 
 
-def _scores(videos, prompts, reference=None) -> dict[str, Any]:
-    """ToyBench means of ``videos``, plus ``per_clip``: the :data:`PER_CLIP` scores of every clip."""
-    result = evaluate_videos(videos, prompts, reference=reference)
+def _scores(videos, prompts, reference=None, *, world) -> dict[str, Any]:
+    """ToyBench means of ``videos`` (of ``world``), plus ``per_clip``: the :data:`PER_CLIP` scores of
+    every clip (PSNR and SSIM with ``reference`` only)."""
+    result = evaluate_videos(videos, prompts, reference=reference, world=world)
     clips = result.pop("per_clip")
-    result["per_clip"] = {key: [clip[key] for clip in clips] for key in PER_CLIP}
+    result["per_clip"] = {key: [clip[key] for clip in clips] for key in PER_CLIP if key in clips[0]}
     return result
 
 
@@ -307,39 +345,53 @@ def run_quality(
     only: list[str] | None = None,
     report_only: bool = False,
     reuse: Path | None = None,
+    teacher: Path | None = None,
 ) -> dict:
     """Train and score the students (or, with ``report_only``, gather those already in ``work``) and
-    write the table. ``reuse``: an earlier table's toybench.json made with the same settings, whose
-    students are taken as they are (only the others are trained); the table says which."""
+    write the table. ``reuse``: an earlier table's toybench.json made with the same settings and teacher,
+    whose students are taken as they are (only the others are trained); the table says which.
+    ``teacher``: the toy teacher folder every student starts from (default: the bundled one); its space
+    sets the clips, the latent frames sampled (long videos: ``long_factor`` × a clip's) and the world."""
     from rich.console import Console
 
     console = Console()
-    teacher = bundled_teacher()
+    teacher = bundled_teacher() if teacher is None else Path(teacher)
+    space = toy_space(teacher)
     encoder = load_text_encoder(teacher)
     torch_device = torch.device(device)
     prompts = toy_prompts(settings.eval_prompts, settings.eval_seed + 3)
     embeds = prompt_embeddings(encoder, prompts)
     long_prompts, long_embeds = prompts[: settings.long_videos], embeds[: settings.long_videos]
-    long_frames = settings.long_factor * CLIP["num_frames"]
+    frames = space.clip_frames
+    long_frames = settings.long_factor * frames
+    identity = _teacher_identity(teacher)
     _claim_work_folder(work, settings)
-    reused = _reuse_results(reuse, work, settings) if reuse is not None else None
+    _claim_teacher(work, identity)
+    reused = _reuse_results(reuse, work, settings, identity) if reuse is not None else None
+
+    def scores(videos, prompts, reference=None) -> dict[str, Any]:
+        return _scores(videos, prompts, reference, world=space.world)
 
     console.rule("teacher")
 
     def teacher_videos(name: str, embeds: torch.Tensor, frames: int, first_seed: int) -> list[torch.Tensor]:
         def sample() -> list[torch.Tensor]:
             model = load_toy_model(teacher, None, torch_device)
-            return sample_with(model, embeds, settings, frames=frames, first_seed=first_seed, recurrent=False)
+            return sample_with(
+                model, embeds, settings, frames=frames, first_seed=first_seed, recurrent=False, space=space
+            )
 
-        return _cached_videos(work / "teacher" / f"{name}.safetensors", sample, len(embeds), frames)
+        path = work / "teacher" / f"{name}.safetensors"
+        return _cached_videos(path, sample, len(embeds), space.video_frames(frames))
 
-    reference = teacher_videos("short", embeds, CLIP["num_frames"], 1000)
-    results: dict[str, Any] = {
-        "teacher": {"label": "teacher (softmax)", "short": _scores(reference, prompts)}
-    }
+    reference = teacher_videos("short", embeds, frames, 1000)
+    teacher_scores = _cached_scores(work / "teacher" / "short.json", lambda: scores(reference, prompts))
+    results: dict[str, Any] = {"teacher": {"label": "teacher (softmax)", "short": teacher_scores}}
     if device == "cuda":  # full attention at 4× length: quadratic, too slow for a CPU run
         long = teacher_videos("long", long_embeds, long_frames, 2000)
-        results["teacher"]["long"] = _scores(long, long_prompts)
+        results["teacher"]["long"] = _cached_scores(
+            work / "teacher" / "long.json", lambda: scores(long, long_prompts)
+        )
 
     dataset = None
     for student in STUDENTS:
@@ -352,7 +404,7 @@ def run_quality(
         if report_only:
             continue
         console.rule(student.label)
-        dataset = dataset or finetune_dataset(work, settings)
+        dataset = dataset or finetune_dataset(work, settings, teacher)
         tic = time.perf_counter()
         own = replace(settings, **student.settings)
         checkpoint, stage1 = _stage1_checkpoint(student, teacher, work, own, device)
@@ -362,22 +414,28 @@ def run_quality(
         model = _load_student(student, teacher, final, torch_device)
         recurrent = _recurrent(student)
         videos = sample_with(
-            model, embeds, settings, frames=CLIP["num_frames"], first_seed=1000, recurrent=recurrent
+            model, embeds, settings, frames=frames, first_seed=1000, recurrent=recurrent, space=space
         )
         result = {
             "label": student.label,
-            "rehyat": student.rehyat,
+            "rehyat": _rehyat_fields(student, space),
             "settings": student.settings,
             "sampled": "recurrent" if recurrent else "parallel",
-            "short": _scores(videos, prompts, reference),
+            "short": scores(videos, prompts, reference),
             "stage1": stage1,
             "seconds": {"stage1": stage1_s, "stage2": stage2_s},
         }
         if student.name in LONG_VIDEO_STUDENTS:
             long = sample_with(
-                model, long_embeds, settings, frames=long_frames, first_seed=2000, recurrent=True
+                model,
+                long_embeds,
+                settings,
+                frames=long_frames,
+                first_seed=2000,
+                recurrent=True,
+                space=space,
             )
-            result["long"] = _scores(long, long_prompts)
+            result["long"] = scores(long, long_prompts)
         done.write_text(json.dumps(result, indent=2) + "\n")
         results[student.name] = result
 
@@ -387,10 +445,14 @@ def run_quality(
         "environment": environment(),
         "device": device,
         "settings": asdict(settings),
-        "frames": CLIP["num_frames"],
+        "teacher": {"folder": str(teacher), **identity},
+        "frames": frames,
         "long_frames": long_frames,
+        "video_frames": space.video_frames(frames),
+        "long_video_frames": space.video_frames(long_frames),
         "models": results,
         "targets": _targets(results),
+        "intervals": _intervals(results),
     }
     if reused is not None:
         reused["students"] = [name for name in reused["students"] if name in results]
@@ -400,6 +462,41 @@ def run_quality(
     _write_markdown(report, out)
     console.print(f"[bold]table:[/bold] {out / 'toybench.md'}")
     return report
+
+
+def _teacher_identity(teacher: Path) -> dict[str, str]:
+    """What a table's numbers depend on in a teacher folder: its world and the sha256 of its transformer
+    (config and weights), so the same teacher in another folder or on another machine is the same."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    folder = Path(teacher) / "transformer"
+    for file in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return {"world": toy_space(teacher).name, "sha256": digest.hexdigest()}
+
+
+def _claim_teacher(work: Path, identity: dict[str, str]) -> None:
+    """Results in ``work`` are reused only for the teacher that made them (recorded on first use)."""
+    record = work / "teacher.json"
+    if record.exists() and json.loads(record.read_text()) != identity:
+        raise ValueError(
+            f"{work} holds results made from another teacher ({record}); pass another --work or delete it"
+        )
+    record.write_text(json.dumps(identity, indent=2) + "\n")
+
+
+def _cached_scores(path: Path, score) -> dict[str, Any]:
+    """The scores saved at ``path`` (JSON), or ``score()``'s, saved there first (the teacher's are the
+    same for every process of a run)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = score()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result) + "\n")
+    partial.replace(path)
+    return result
 
 
 def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Tensor]:
@@ -428,12 +525,24 @@ def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Te
     return videos
 
 
-def _reuse_results(path: Path, work: Path, settings: QualitySettings) -> dict[str, Any]:
+def _reuse_results(
+    path: Path, work: Path, settings: QualitySettings, identity: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Put the students of an earlier table (its toybench.json) into ``work`` as finished results,
-    unless ``work`` already has them; the table must come from the same settings."""
+    unless ``work`` already has them; the table must come from the same settings and the same teacher
+    (``identity``, :func:`_teacher_identity`; default and for tables that name none: the bundled one)."""
     if not path.is_file():
         raise ValueError(f"--reuse {path}: no such file (an earlier run's toybench.json)")
     earlier = read_json(path)
+    bundled = None
+    if identity is None or "teacher" not in earlier:
+        bundled = _teacher_identity(bundled_teacher())
+    made_from = {k: v for k, v in earlier.get("teacher", bundled).items() if k != "folder"}
+    if made_from != (identity or bundled):
+        raise ValueError(
+            f"--reuse {path}: made from another teacher ({made_from['world']} world, transformer "
+            f"sha256 {made_from['sha256'][:12]}…)"
+        )
     current = json.loads(json.dumps(asdict(settings)))
     # A setting the earlier table lacks did not exist yet: it ran as that setting's default does,
     # except that the evaluation prompts came from the training seed before eval_seed existed.
@@ -494,13 +603,19 @@ def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
 
 
 def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's four targets, each as measured (None where a row is missing), with a 95% bootstrap
-    interval of the measured difference where both rows kept per-clip scores.
+    """The table's targets for each ReHyAt student that was run, each as measured (None where a row is
+    missing), with a 95% bootstrap interval of the measured difference where both rows kept per-clip
+    scores. Per student: adherence within 2 points of the teacher's, direction and speed within 5;
+    motion smoothness at least 80% of the teacher's and above local-only and linear-only; size drift at
+    most 1.5× the teacher's; first-frame jump no larger than the teacher's; adherence above local-only
+    and linear-only; on long videos, adherence within 5 points of its short videos' and smoothness at
+    least 70% of theirs. And To=1 above To=0 on temporal consistency.
 
     ``met`` judges the measured value, as the targets are stated; ``decided`` says whether the
     interval lies wholly on one side of the threshold, i.e. whether the verdict is more than sampling noise.
     Two models are compared on the same prompts and noise (paired); short and long videos on the long
-    videos' prompts (the first ``long_videos`` of the short ones), paired by prompt.
+    videos' prompts (the first ``long_videos`` of the short ones), paired by prompt. A target relative to
+    another row (80% of the teacher's) compares with that row's per-clip scores scaled.
     """
 
     def part(name: str, which: str = "short") -> dict[str, Any]:
@@ -516,44 +631,92 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         threshold: float,
         above: bool,
         paired: bool | str = True,
+        scale: float = 1.0,
+        inclusive: bool = False,
     ) -> None:
+        """first − scale · second against ``threshold``: met when above it (``above``; at it too with
+        ``inclusive``) or at most it."""
         value = interval = decided = None
         if key in first and key in second:
-            value = first[key] - second[key]
+            value = first[key] - scale * second[key]
         clips = first.get("per_clip", {}).get(key), second.get("per_clip", {}).get(key)
-        if paired == "prefix":  # the first's first len(second) clips against the second's
+        if None not in clips:
+            clips = (clips[0], [scale * c for c in clips[1]])
+        if paired == "prefix":  # the first clips of the longer list, paired with the shorter one's
             if value is None or None in clips:
                 value = None  # the means alone would compare other prompts
             else:
-                clips = (clips[0][: len(clips[1])], clips[1])
+                count = min(map(len, clips))
+                clips = (clips[0][:count], clips[1][:count])
                 value = float(np.mean(clips[0]) - np.mean(clips[1]))
         if value is not None and None not in clips and min(map(len, clips)) >= 2:  # bootstrap needs two
             interval = difference_interval(*clips, paired=bool(paired))
             low, high = interval
-            decided = low > threshold or high <= threshold
-        met = None if value is None else bool(value > threshold if above else value <= threshold)
-        rows.append({"target": text, "measured": value, "interval": interval, "met": met, "decided": decided})
+            if above and inclusive:
+                decided = low >= threshold or high < threshold
+            else:
+                decided = low > threshold or high <= threshold
+        if value is None:
+            met = None
+        elif above:
+            met = bool(value >= threshold if inclusive else value > threshold)
+        else:
+            met = bool(value <= threshold)
+        rows.append(
+            {
+                "target": text,
+                "metric": key,
+                "measured": value,
+                "interval": interval,
+                "met": met,
+                "decided": decided,
+            }
+        )
 
+    teacher = part("teacher")
     for name, label in TARGET_STUDENTS.items():
         if name != "rehyat" and name not in results:
             continue
-        check(
-            f"{label} adherence within 2 points of the teacher's (teacher − {label})",
-            part("teacher"),
-            part(name),
-            "adherence",
-            2,
-            above=False,
-        )
-        for base in ("local", "linear"):
+        student = part(name)
+        for key, what, points in (
+            ("adherence", "adherence", 2),
+            ("direction_accuracy", "direction", 5),
+            ("speed_accuracy", "speed", 5),
+        ):
             check(
-                f"{label} adherence above {base}-only (difference)",
-                part(name),
-                part(base),
-                "adherence",
-                0,
-                above=True,
+                f"{label} {what} within {points} points of the teacher's (teacher − {label})",
+                teacher,
+                student,
+                key,
+                points,
+                above=False,
             )
+        check(
+            f"{label} motion smoothness at least 80% of the teacher's ({label} − 0.8 × teacher)",
+            student,
+            teacher,
+            "motion_smoothness",
+            0,
+            above=True,
+            scale=0.8,
+            inclusive=True,
+        )
+        for key, what, scale in (
+            ("size_drift", "size drift at most 1.5× the teacher's", 1.5),
+            ("first_jump", "first-frame jump no larger than the teacher's", 1.0),
+        ):
+            scaled = "teacher" if scale == 1 else f"{scale:g} × teacher"
+            check(f"{label} {what} ({label} − {scaled})", student, teacher, key, 0, above=False, scale=scale)
+        for key, what in (("motion_smoothness", "motion smoothness"), ("adherence", "adherence")):
+            for base in ("local", "linear"):
+                check(
+                    f"{label} {what} above {base}-only (difference)",
+                    student,
+                    part(base),
+                    key,
+                    0,
+                    above=True,
+                )
     check(
         "To=1 above To=0 on temporal consistency (difference)",
         part("rehyat"),
@@ -574,6 +737,17 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             above=False,
             paired="prefix",  # the long videos' prompts are the first short ones' (with other noise)
         )
+        check(
+            f"{label}: long videos keep motion smoothness at least 70% of short ones' (long − 0.7 × short)",
+            part(name, "long"),
+            part(name),
+            "motion_smoothness",
+            0,
+            above=True,
+            paired="prefix",
+            scale=0.7,
+            inclusive=True,
+        )
     return rows
 
 
@@ -586,25 +760,26 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
     from rehyat.experiments.common import environment_markdown, markdown_table
 
     models = report["models"]
-    keys = (*METRICS, *QUALITY)
+    intervals = report.get("intervals") or _intervals(models)
+    headings = [heading for heading, _ in COLUMNS.values()]
     rows = [
-        [m["label"], m.get("sampled", "parallel"), *[m["short"].get(k) for k in keys]]
-        for m in models.values()
+        [m["label"], m.get("sampled", "parallel"), *_cells(m, intervals.get(name, {}), "short")]
+        for name, m in models.items()
     ]
     long_rows = [
-        [
-            m["label"],
-            report["long_frames"],
-            *[m["long"].get(k) for k in ("adherence", "temporal_consistency", "motion_smoothness")],
-        ]
-        for m in models.values()
-        if "long" in m
+        [m["label"], *_cells(m, intervals.get(name, {}), "long")] for name, m in models.items() if "long" in m
     ]
+
+    def decimals(target: dict[str, Any]) -> int:
+        return COLUMNS.get(target.get("metric"), ("", 1))[1]
+
     target_rows = [
         [
             t["target"],
-            "—" if t["measured"] is None else f"{t['measured']:.1f}",
-            "—" if t.get("interval") is None else "[{:.1f}, {:.1f}]".format(*t["interval"]),
+            "—" if t["measured"] is None else f"{t['measured']:.{decimals(t)}f}",
+            "—"
+            if t.get("interval") is None
+            else "[{:.{d}f}, {:.{d}f}]".format(*t["interval"], d=decimals(t)),
             {True: "yes", False: "no", None: "—"}[t["met"]]
             + (" (within noise)" if t.get("decided") is False else ""),
         ]
@@ -638,19 +813,36 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             else "",
         ]
     )
+    teacher = report.get("teacher", {})
+    world = teacher.get("world", "v2")
+    if not teacher or Path(teacher["folder"]).resolve() == bundled_teacher().resolve():
+        made_from = f"the bundled teacher ({world} world)"
+    else:
+        made_from = f"the teacher `{teacher['folder']}` ({world} world)"
+    frames, long_frames = report["frames"], report["long_frames"]
+    video_frames = report.get("video_frames", frames)
+    length = f"{frames} frames"
+    if video_frames != frames:
+        length = f"{frames} latent frames ({video_frames} video frames)"
+        long_length = f"{long_frames} latent frames, {report['long_video_frames']} video frames"
+    else:
+        long_length = f"{long_frames} frames"
     text = "\n\n".join(
         [
-            "# ToyBench quality table (issue 6)",
+            f"# ToyBench quality table, {world} world",
             environment_markdown(report["environment"]),
-            f"Every student: the bundled teacher, stage 1 ({settings['distill_prompts']} prompts, "
+            f"Every student: {made_from}, stage 1 ({settings['distill_prompts']} prompts, "
             f"{len(settings['capture_steps'])} captured sampler steps × {settings['distill_inner_steps']} "
             f"AdamW steps, lr {settings['distill_lr']:g}), then stage 2 ({settings['finetune_steps']} steps × "
             f"{settings['finetune_batch']} clips, lr {settings['finetune_lr']:g}{stage2_extras}). Sampling: "
-            f"{settings['eval_prompts']} random prompts, {report['frames']} frames, UniPC "
+            f"{settings['eval_prompts']} random prompts, {length}, UniPC "
             f"{settings['sample_steps']} steps, guidance {settings['guidance_scale']:g}, the same noise for every "
-            "model. Adherence = mean of colour, shape and direction read back (points); PSNR/SSIM against the "
-            "teacher's video from the same noise.",
-            markdown_table(["model", "sampled", *keys], rows),
+            "model. Direction, speed and adherence (the mean of colour, shape and direction) are read back "
+            "(points); size and shape drift and the first-frame jump are lower-is-better; PSNR/SSIM against "
+            "the teacher's video from the same noise. Each cell: the mean, then the 95% paired-bootstrap "
+            "interval of the model's mean minus the teacher's over the same prompts and noise (signed; PSNR and "
+            "SSIM: the interval of the mean itself).",
+            markdown_table(["model", "sampled", *headings], rows),
             *(
                 [
                     f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`), not trained in "
@@ -660,10 +852,10 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
                 else []
             ),
             "![ToyBench](toybench.png)",
-            f"## Long videos ({report['long_frames']} frames, {report['long_frames'] // report['frames']}× the training length)",
-            markdown_table(
-                ["model", "frames", "adherence", "temporal_consistency", "motion_smoothness"], long_rows
-            ),
+            f"## Long videos ({long_length}, {long_frames // frames}× the training length)",
+            f"The first {settings['long_videos']} prompts; intervals against the teacher's long videos where "
+            "it made them (on a GPU).",
+            markdown_table(["model", *headings[:-2]], long_rows),
             "## Targets",
             f"Each interval is a 95% paired-bootstrap interval over the {settings['eval_prompts']} prompts, the "
             "same prompts and noise for both models; long videos are compared with the short videos of their "
@@ -675,6 +867,66 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
     write_markdown_keeping_notes(out / "toybench.md", text)
 
 
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of mean(values) (10,000 resamples, fixed seed)."""
+    from scipy.stats import bootstrap
+
+    if not np.isfinite(values).all():
+        raise ValueError("per-clip scores must be finite numbers (a NaN or inf would void the interval)")
+    result = bootstrap(
+        (np.asarray(values, float),),
+        lambda a, axis: a.mean(axis),
+        vectorized=True,
+        n_resamples=10_000,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _intervals(models: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Each model's 95% intervals per column, short and long videos: of its mean minus the teacher's
+    (paired by prompt) or, for PSNR and SSIM, of its mean; only where per-clip scores allow it."""
+    teacher = models.get("teacher", {})
+    intervals: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name, model in models.items():
+        for part in ("short", "long"):
+            clips = model.get(part, {}).get("per_clip", {})
+            reference = teacher.get(part, {}).get("per_clip", {})
+            for key in COLUMNS:
+                values = clips.get(key)
+                if values is None or len(values) < 2:
+                    continue
+                if key in AGAINST_TEACHER:
+                    interval = mean_interval(values)
+                elif name != "teacher" and len(reference.get(key, ())) == len(values):
+                    interval = difference_interval(values, reference[key], paired=True)
+                else:
+                    continue
+                intervals.setdefault(name, {}).setdefault(part, {})[key] = list(interval)
+    return intervals
+
+
+def _cells(model: dict[str, Any], intervals: dict[str, Any], part: str) -> list[str]:
+    """The table's cells of one model: each column's mean with its interval (:func:`_intervals`)."""
+    cells = []
+    for key, (_, decimals) in COLUMNS.items():
+        if part == "long" and key in AGAINST_TEACHER:
+            continue  # long videos have no teacher video of their noise to compare with
+        value = model.get(part, {}).get(key)
+        if value is None:
+            cells.append("—")
+            continue
+        cell = f"{value:.{decimals}f}"
+        interval = intervals.get(part, {}).get(key)
+        if interval is not None:
+            sign = "" if key in AGAINST_TEACHER else "+"
+            cell += " [{:{s}.{d}f}, {:{s}.{d}f}]".format(*interval, s=sign, d=decimals)
+        cells.append(cell)
+    return cells
+
+
 def render_table(out: Path) -> dict[str, Any]:
     """Rewrite ``out/toybench.{json,md,png}`` from ``out/toybench.json``, the targets recomputed from
     its per-clip scores (e.g. after the targets' statistics changed); nothing is sampled or trained."""
@@ -683,6 +935,7 @@ def render_table(out: Path) -> dict[str, Any]:
         raise ValueError(f"--render-only: {path} does not exist (a toybench.json of an earlier run)")
     report = read_json(path)
     report["targets"] = _targets(report["models"])
+    report["intervals"] = _intervals(report["models"])
     path.write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)
     return report
@@ -703,12 +956,14 @@ def run(
     reuse: str | None,
     overrides: list[str],
     work: str,
+    teacher: str | None = None,
 ) -> int:
     """``rehyat bench toy``: train and score the students (or rewrite a table with ``render_only``)."""
     if render_only:
         extra = [
             flag
             for flag, given in (
+                ("--teacher", teacher),
                 ("--only", only),
                 ("--set", overrides),
                 ("--reuse", reuse),
@@ -737,5 +992,8 @@ def run(
         )
     settings = replace_config(QUICK if quick else QualitySettings(), overrides or [])
     reuse = Path(reuse) if reuse else None
-    run_quality(Path(out), Path(work), device, settings, only, report_only, reuse)
+    from rehyat.models.folders import model_folder
+
+    folder = None if teacher is None else model_folder(teacher, "--teacher")
+    run_quality(Path(out), Path(work), device, settings, only, report_only, reuse, folder)
     return 0

@@ -3,8 +3,9 @@ sampling for evaluation, sized by one :class:`RecipeSettings`.
 
 ``rehyat demo`` and the quality table (``rehyat bench toy``) run it; a user can too:
 ``distill_student(bundled_teacher(), out, RecipeSettings(), "cpu")`` then :func:`finetune_student`.
-The toy teacher is pixel-space: what Wan calls the latent grid is the pixel grid, so the Wan tools get
-the equivalent video size (4·(F − 1) + 1 frames, 8× the pixels), as :func:`wan_video_size` computes.
+Every step reads the teacher folder's space (:func:`~rehyat.toy.model.toy_space`: the pixel clips of
+the bundled teacher, or packed latents): the Wan tools get the video size whose latent grid the space's
+latent is (4·(F − 1) + 1 frames, 8× the latent pixels), as :func:`wan_video_size` computes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import torch
 
 from rehyat.models import ReHyAtConfig
 from rehyat.toy.evaluate import sample_videos, toy_prompts
-from rehyat.toy.model import CLIP, FLOW_SHIFT, bundled_teacher, load_text_encoder, write_prompt_file
+from rehyat.toy.model import (
+    FLOW_SHIFT,
+    PIXEL,
+    ToySpace,
+    bundled_teacher,
+    load_text_encoder,
+    toy_space,
+    write_prompt_file,
+)
 from rehyat.toy.teacher import toy_clips
 from rehyat.training.data import write_latent_dataset
 from rehyat.training.distill import DistillConfig, run_distillation
@@ -111,9 +120,17 @@ def wan_video_size(frames: int, height: int, width: int) -> dict[str, int]:
 
 
 def sample_with(
-    model, embeds: torch.Tensor, settings: RecipeSettings, *, frames: int, first_seed: int, recurrent: bool
+    model,
+    embeds: torch.Tensor,
+    settings: RecipeSettings,
+    *,
+    frames: int,
+    first_seed: int,
+    recurrent: bool,
+    space: ToySpace = PIXEL,
 ) -> list[torch.Tensor]:
-    """One video per prompt embedding with the settings' sampler steps and guidance (prompt i: seed first_seed + i)."""
+    """One video per prompt embedding with the settings' sampler steps and guidance (prompt i: seed
+    first_seed + i): ``frames`` latent frames of ``space`` (the model's), decoded to video frames."""
     return sample_videos(
         model,
         embeds,
@@ -123,6 +140,7 @@ def sample_with(
         first_seed=first_seed,
         recurrent=recurrent,
         batch_size=settings.sample_batch,
+        space=space,
     )
 
 
@@ -130,7 +148,9 @@ def distill_student(
     teacher: Path, out: Path, settings: RecipeSettings, device: str, rehyat: ReHyAtConfig | None = None
 ) -> dict:
     """Stage 1 on the toy teacher: φ of every block distilled for ``rehyat`` (default: Tc=3, To=1,
-    causal); the checkpoint lands in ``out/rehyat``. Returns the distillation report."""
+    causal) on clips of the teacher's space; the checkpoint lands in ``out/rehyat``. Returns the
+    distillation report."""
+    space = toy_space(teacher)
     out.mkdir(parents=True, exist_ok=True)
     prompts = toy_prompts(settings.distill_prompts, settings.seed + 1)
     prompt_file = write_prompt_file(load_text_encoder(teacher), prompts, out / "prompts.safetensors")
@@ -150,18 +170,22 @@ def distill_student(
             dtype="fp32",
             device=device,
             seed=settings.seed,
-            **wan_video_size(CLIP["num_frames"], CLIP["height"], CLIP["width"]),
+            **wan_video_size(*space.latent_shape(space.clip_frames)[1:]),
         )
     )
 
 
-def finetune_dataset(out: Path, settings: RecipeSettings) -> Path:
-    """Rendered toy clips with their prompt embeddings for stage 2 (written once, then reused)."""
+def finetune_dataset(out: Path, settings: RecipeSettings, teacher: Path | None = None) -> Path:
+    """Rendered clips of the space of ``teacher`` (default: the bundled teacher) with their prompt
+    embeddings by its text encoder, for stage 2 (written once, then reused)."""
     folder = out / "finetune_data"
     if (folder / "index.json").exists():
         return folder
-    encoder = load_text_encoder(bundled_teacher())
-    return write_latent_dataset(folder, toy_clips(encoder, settings.finetune_clips, settings.seed + 2))
+    teacher = bundled_teacher() if teacher is None else teacher
+    clips = toy_clips(
+        load_text_encoder(teacher), settings.finetune_clips, settings.seed + 2, toy_space(teacher)
+    )
+    return write_latent_dataset(folder, clips)
 
 
 def finetune_student(
