@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -148,7 +149,9 @@ def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int, space
             shutil.copy2(Path(init_from) / SPACE_FILE, init / SPACE_FILE)
     dataset = out / "dataset"
     if not (dataset / "index.json").exists():
+        tic = time.perf_counter()
         write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, space), shard_size=512)
+        print(f"dataset: {clips} {space.name} clips in {time.perf_counter() - tic:.0f} s", flush=True)
 
 
 def assemble_teacher(out: Path) -> Path:
