@@ -9,7 +9,8 @@
 #   on from, with the same settings (same STEPS: the run's config must not change).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
 # Writes to $OUT (or ./runs)/toy_teacher: train.log, training_config.json, training_metrics.jsonl,
-# eval.jsonl and the newest checkpoint as ckpt.tar.part-* (15 MB pieces: cat them | tar -x).
+# eval.jsonl, teacher.tgz (the teacher folder) and the newest checkpoint as ckpt.tar.part-* (15 MB
+# pieces: cat them | tar -x) — 8 files, what a device call brings back at most.
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
 WORLD=${WORLD:-v2}
@@ -48,6 +49,7 @@ cp "$WORK/train/metrics.jsonl" "$RUN/training_metrics.jsonl"
 tail -n 1 "$RUN/training_metrics.jsonl"
 LATEST=$(cat "$WORK/train/checkpoints/latest")
 tar -cf - -C "$WORK/train/checkpoints" latest "$LATEST" | split -b 15M - "$RUN/ckpt.tar.part-"
+tar -czf "$RUN/teacher.tgz" -C "$WORK" teacher
 MODELS=("$WORK/teacher")
 if [ "$INIT" != none ]; then MODELS+=("$INIT"); fi
 python3 - "$PROMPTS" "$DEVICE" "${MODELS[@]}" > "$RUN/eval.jsonl" <<'PY'
