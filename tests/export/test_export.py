@@ -23,9 +23,10 @@ from rehyat.export import (
     unipc_schedule,
 )
 from rehyat.export.exporter import QuantizedLinear, quantize_weights
-from rehyat.export.step import DiTStep, rotary_at, state_outputs
+from rehyat.export.step import DiTStep, state_outputs
 from rehyat.generation.sampler import generate_latents, make_scheduler
 from rehyat.models import rotary_for_frames
+from rehyat.models.wan import rotary_at_frames
 from rehyat.models.wan_configs import tiny_wan_config
 
 pytest.importorskip("onnxruntime")
@@ -91,7 +92,7 @@ def test_rotary_at_matches_rotary_for_frames():
     model = tiny_converted(layers=1)
     for start, stop in ((0, 3), (4, 7)):
         expected = rotary_for_frames(model.rope, start, stop, 4, 4)
-        got = rotary_at(model.rope, torch.arange(start, stop), 4, 4)
+        got = rotary_at_frames(model.rope, torch.arange(start, stop), 4, 4)
         for e, g in zip(expected, got, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=0)
 
@@ -262,7 +263,7 @@ def test_full_block_graph_takes_any_length(tmp_path):
             torch.randn(1, 6, 24) * 0.1,
             torch.randn(1, TEXT, 24),
         )
-        cos, sin = rotary_at(model.rope, torch.arange(frames), 4, 4)
+        cos, sin = rotary_at_frames(model.rope, torch.arange(frames), 4, 4)
         feeds = dict(hidden=hidden, timestep_proj=modulation, context=context, cos=cos, sin=sin)
         got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
         with torch.no_grad():

@@ -192,7 +192,7 @@ def export_block_graphs(work: Path, frames: list[int]) -> tuple[Path, Path]:
 
     from rehyat import ReHyAtConfig, convert_wan
     from rehyat.export import StepSignature, chunk_schedule, export_block_step, export_full_block
-    from rehyat.export.step import rotary_at
+    from rehyat.models.wan import rotary_at_frames
 
     original = _wan_block()
     config = ReHyAtConfig(chunk_frames=CHUNK, overlap_frames=OVERLAP)
@@ -211,7 +211,7 @@ def export_block_graphs(work: Path, frames: list[int]) -> tuple[Path, Path]:
         text_tokens=TEXT_TOKENS,
     )
     full_dir = export_full_block(original, work / "full_block", rows=ROWS, cols=COLS, text_tokens=TEXT_TOKENS)
-    cos, sin = rotary_at(original.rope, torch.arange(max(frames)), ROWS, COLS)
+    cos, sin = rotary_at_frames(original.rope, torch.arange(max(frames)), ROWS, COLS)
     np.savez(full_dir / "rope.npz", cos=cos.numpy(), sin=sin.numpy())
     return step_dir, full_dir
 

@@ -41,11 +41,10 @@ from rehyat.export.step import (
     FullBlock,
     StepSignature,
     chunk_schedule,
-    rotary_at,
     state_outputs,
     state_shapes,
 )
-from rehyat.models.wan import PHI_Q, rehyat_runtime
+from rehyat.models.wan import PHI_Q, rehyat_runtime, rotary_at_frames
 from rehyat.utils import atomic_write_json, real_folder, replacing_folder
 
 RUNTIMES = ("onnxruntime", "executorch")
@@ -471,7 +470,7 @@ def export_full_block(
     """Export one *unconverted* Wan block over a whole video (full softmax attention, one head at a time;
     see :class:`~rehyat.export.step.FullBlock`), the baseline of the recurrent step. The token count is
     dynamic (ONNX Runtime only): one graph, ``full``, takes a video of any number of frames of
-    ``rows`` × ``cols`` tokens with its RoPE tables (:func:`~rehyat.export.step.rotary_at`) as inputs."""
+    ``rows`` × ``cols`` tokens with its RoPE tables (:func:`~rehyat.models.wan.rotary_at_frames`) as inputs."""
     folder = _prepare(folder, runtime, weights)
     if runtime != "onnxruntime":
         raise ValueError(
@@ -484,7 +483,7 @@ def export_full_block(
     width = model.config.num_attention_heads * model.config.attention_head_dim
     gen = torch.Generator().manual_seed(0)
     frames = 2  # the example; the graph's token axis is dynamic
-    cos, sin = rotary_at(model.rope, torch.arange(frames), rows, cols)
+    cos, sin = rotary_at_frames(model.rope, torch.arange(frames), rows, cols)
     args = (
         torch.randn(batch, frames * rows * cols, width, generator=gen),
         torch.randn(batch, 6, width, generator=gen) * 0.1,

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from rehyat.attention import HybridAttentionState
 from rehyat.models import wan
-from rehyat.models.wan import ReHyAtWanAttnProcessor, converted_blocks, rehyat_runtime
+from rehyat.models.wan import ReHyAtWanAttnProcessor, converted_blocks, rehyat_runtime, rotary_at_frames
 
 _apply_rotary = wan.apply_rotary
 
@@ -100,27 +100,6 @@ def state_shapes(
         "pending_kv": (batch, cached, heads, feature_dim, head_dim),
         "pending_z": (batch, cached, heads, feature_dim),
     }
-
-
-def rotary_at(rope: nn.Module, frames: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Wan's 3D RoPE (cos, sin) [1, n·H·W, 1, D] for the post-patch frame indices ``frames`` [n].
-
-    :func:`rehyat.models.rotary_for_frames` with the frames as a tensor (a graph input), gathered from
-    the same tables, so one graph serves every chunk position.
-    """
-    split = [rope.t_dim, rope.h_dim, rope.w_dim]
-    count = frames.shape[0]
-    grid = (count, height, width)
-    tables = []
-    for freqs in (rope.freqs_cos, rope.freqs_sin):
-        f, h, w = freqs.split(split, dim=1)
-        parts = [
-            f.index_select(0, frames).view(count, 1, 1, -1).expand(*grid, -1),
-            h[:height].view(1, height, 1, -1).expand(*grid, -1),
-            w[:width].view(1, 1, width, -1).expand(*grid, -1),
-        ]
-        tables.append(torch.cat(parts, dim=-1).reshape(1, count * height * width, 1, -1))
-    return tables[0], tables[1]
 
 
 def _check_streamable(transformer: nn.Module) -> list[int]:
@@ -246,7 +225,7 @@ class DiTStep(nn.Module):
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         shift, scale = (model.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
         frames = frame_start.reshape(1) + torch.arange(n, device=frame_start.device)
-        rotary = rotary_at(model.rope, frames, rows, cols)
+        rotary = rotary_at_frames(model.rope, frames, rows, cols)
         x = _patch_embed(model.patch_embedding, latents, n, rows, cols)
         next_state: list[Tensor] = []
         with _stepping(model, (n, rows, cols)) as processors:
@@ -293,7 +272,7 @@ class BlockStep(nn.Module):
         model = self.transformer
         n = self.signature.frames
         frames = frame_start.reshape(1) + torch.arange(n, device=frame_start.device)
-        rotary = rotary_at(model.rope, frames, self.rows, self.cols)
+        rotary = rotary_at_frames(model.rope, frames, self.rows, self.cols)
         with _stepping(model, (n, self.rows, self.cols)) as processors:
             processor = processors[self.index]
             processor.state = _state_from(state, self.signature, self.rows * self.cols, self.overlap)
@@ -332,7 +311,7 @@ class HeadwiseSoftmaxProcessor:
 class FullBlock(nn.Module):
     """One unconverted Wan block over a whole video (full softmax attention, head by head):
     ``forward(hidden [B, T·S, C], timestep_proj [B, 6, C], context [B, L, C], cos, sin) -> hidden_out``
-    with the video's RoPE tables cos, sin [1, T·S, 1, D] (:func:`rotary_at`) as inputs, so one graph with
+    with the video's RoPE tables cos, sin [1, T·S, 1, D] (:func:`rehyat.models.wan.rotary_at_frames`) as inputs, so one graph with
     a dynamic token count serves every video length."""
 
     def __init__(self, transformer: nn.Module, index: int) -> None:
