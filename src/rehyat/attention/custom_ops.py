@@ -33,7 +33,7 @@ break; without stats there is none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -60,9 +60,29 @@ def _autograd_inside_op():
         yield
 
 
+#: Set inside :func:`plain_pytorch`: every call takes the plain-PyTorch path.
+_plain_pytorch = False
+
+
+@contextmanager
+def plain_pytorch() -> Iterator[None]:
+    """Within this context no call goes through the registered ops: for exporters, which trace a model
+    into a graph that must hold plain ATen ops (``torch.export`` counts as compiling, and ONNX Runtime
+    and ExecuTorch cannot run the library's ops). Not thread-safe: a process-wide switch."""
+    global _plain_pytorch
+    previous, _plain_pytorch = _plain_pytorch, True
+    try:
+        yield
+    finally:
+        _plain_pytorch = previous
+
+
 def use_ops(*tensors: Tensor) -> bool:
     """Whether a call goes through the registered ops: under ``torch.compile``, or when no gradient is
-    needed. Eager calls that need gradients take the direct path (no recompute in the backward)."""
+    needed, unless inside :func:`plain_pytorch`. Eager calls that need gradients take the direct path
+    (no recompute in the backward)."""
+    if _plain_pytorch:
+        return False
     return torch.compiler.is_compiling() or not needs_grad(*tensors)
 
 

@@ -23,8 +23,6 @@ target must be new, empty or an export folder: the swap replaces everything in i
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rehyat.attention.custom_ops import plain_pytorch
 from rehyat.export.runner import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from rehyat.export.step import (
     BlockStep,
@@ -142,25 +141,15 @@ def _traceable(module: nn.Module) -> Iterator[None]:
     params = [p for p in module.parameters() if p.is_floating_point()]
     saved = [p.requires_grad for p in params]
     # Under torch.export the library takes its ops whatever the grad mode (it counts as compiling):
-    # while tracing, its switch between the ops and the plain path says "plain".
-    ops = importlib.import_module("rehyat.attention.custom_ops") if _has_custom_ops() else None
-    use_ops = getattr(ops, "use_ops", None)
+    # plain_pytorch() keeps them out of the trace.
     try:
         for p in params:
             p.requires_grad_(True)
-        if use_ops is not None:
-            ops.use_ops = lambda *tensors: False
-        with torch.enable_grad():
+        with torch.enable_grad(), plain_pytorch():
             yield
     finally:
-        if use_ops is not None:
-            ops.use_ops = use_ops
         for p, flag in zip(params, saved, strict=True):
             p.requires_grad_(flag)
-
-
-def _has_custom_ops() -> bool:
-    return importlib.util.find_spec("rehyat.attention.custom_ops") is not None
 
 
 def _io_spec(names: list[str], tensors: tuple[Tensor, ...]) -> list[dict[str, Any]]:
