@@ -40,8 +40,6 @@ from rehyat.attention import HybridAttentionState
 from rehyat.models import wan
 from rehyat.models.wan import ReHyAtWanAttnProcessor, converted_blocks, rehyat_runtime, rotary_at_frames
 
-_apply_rotary = wan.apply_rotary
-
 #: Names of one block's state tensors, in the order the step takes and returns them.
 STATE_FIELDS = ("kv", "z", "k", "v", "pending_kv", "pending_z")
 
@@ -133,13 +131,8 @@ def _stepping(transformer: nn.Module, grid: tuple[int, int, int]) -> Iterator[li
         runtime.streaming, runtime.grid, runtime.backend = True, grid, "torch"
         for processor in processors:
             processor.stats, processor.state = None, None
-        # The processor's RoPE writes into strided slices, which a traced graph turns into scatters with
-        # an int64 index per element (44 MB each at 1,800 tokens × 12 heads × 128, materialised by the
-        # runtime's constant folding): the same arithmetic without writes while tracing.
-        wan.apply_rotary = _rotate
         yield processors
     finally:
-        wan.apply_rotary = _apply_rotary
         runtime.streaming, runtime.grid, runtime.backend = saved[:3]
         for processor, stats in zip(processors, saved[3], strict=True):
             processor.stats, processor.state = stats, None
@@ -280,14 +273,6 @@ class BlockStep(nn.Module):
             return (out, *_unaliased(_state_tensors(processor.state, self.overlap), state))
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Wan's interleaved RoPE (the arithmetic of :func:`rehyat.models.wan.apply_rotary`) without writes
-    into slices, so a traced graph keeps the token count dynamic."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
-
-
 class HeadwiseSoftmaxProcessor:
     """Wan's full softmax self-attention written head by head (plain matmul + softmax per head), so an
     exported graph holds one head's N×N scores at a time instead of all heads' (which would not fit in
@@ -298,7 +283,7 @@ class HeadwiseSoftmaxProcessor:
         key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
-            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+            query, key = wan.apply_rotary(query, *rotary_emb), wan.apply_rotary(key, *rotary_emb)
         scale = query.shape[-1] ** -0.5
         heads = []
         for h in range(attn.heads):
