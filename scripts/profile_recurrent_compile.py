@@ -10,8 +10,9 @@ block converted (causal ReHyAt), batch 1, 480×832. Rows, one forward each under
   graph per chunk shape; graphed adds ``mode="reduce-overhead"`` (CUDA graphs, CUDA only).
 
 Each row records median ms, the first call's seconds (compilation), peak activation MiB (CUDA), the
-graphs Dynamo made (which must not grow with the frame count) and the relative error against the
-first row's output (parallel eager unless ``--rows`` leaves it out). ``--profile`` adds a ``torch.profiler`` table of the compiled rows at the first
+graphs Dynamo made (which must not grow with the frame count), its graph breaks (the JSON's
+``graph_breaks``; none in the recurrent rows, compiled with ``fullgraph=True``) and the relative error
+against the first row's output (parallel eager unless ``--rows`` leaves it out). ``--profile`` adds a ``torch.profiler`` table of the compiled rows at the first
 frame count. Writes ``OUT.json`` and ``OUT.md``.
 
 GPU run::
@@ -148,6 +149,7 @@ def main(args: argparse.Namespace) -> None:
             except (RuntimeError, AssertionError) as error:  # OOM, a compiler failure: recorded, next row
                 record["error"] = f"{type(error).__name__}: {str(error)[:300]}"
             record["graphs"] = counters["stats"]["unique_graphs"]
+            record["graph_breaks"] = sum(counters["graph_break"].values())
             torch.cuda.empty_cache()
             print(record, flush=True)
             results.append(record)

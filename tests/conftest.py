@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from rehyat.attention.naive import naive_hybrid_attention
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be on before Triton is first
+# imported, whichever test module imports it first.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 #: docs/method.md §3 with full N×N matrices and token masks; the reference every path is tested against.
 dense_oracle = naive_hybrid_attention

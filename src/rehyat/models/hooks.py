@@ -240,7 +240,11 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
     a tensor (the RoPE frames) and its states passed through the processors, so the compiler makes one
     graph per chunk shape — the first chunk, the chunks while the overlap cache fills, the steady chunk, a
     shorter last chunk — however many chunks the video has. ``compile_kwargs`` go to ``torch.compile``,
-    with ``dynamic=False`` (static chunk shapes) unless given. ``mode="reduce-overhead"`` (CUDA only)
+    with ``dynamic=False`` (static chunk shapes) and ``fullgraph=True`` unless given: a graph break inside
+    the blocks would resume once per block, and the resumed code guards on each block's own FFN hook, so
+    the graphs would grow with the depth until Dynamo's recompile limit leaves the other blocks to eager.
+    Counting guarded rows (a processor's ``stats``) is a host sync, hence ``fullgraph=False`` then.
+    ``mode="reduce-overhead"`` (CUDA only)
     replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
     every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
     :func:`remove_recurrent` undoes both. Returns ``transformer``.
@@ -249,6 +253,8 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
         apply_recurrent(transformer)
     hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
     compile_kwargs.setdefault("dynamic", False)
+    counting = any(getattr(block.attn1.processor, "stats", None) is not None for block in transformer.blocks)
+    compile_kwargs.setdefault("fullgraph", not counting)
     hook.chunk_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
     hook.graphed = compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune")
     return transformer

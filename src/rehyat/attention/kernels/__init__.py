@@ -24,8 +24,13 @@ BACKENDS = ("auto", "torch", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+# Looked up once, at import (without importing Triton): the backend is resolved inside compiled code, and
+# Dynamo before torch 2.12 cannot trace ``find_spec`` (a graph break in every attention layer).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def unsupported_reason(q: Tensor, fq: Tensor | None) -> str | None:
