@@ -158,11 +158,11 @@ def test_an_empty_batch_gives_an_empty_result(model):
 
 
 def test_no_frames_raise_like_the_parallel_form(model):
-    """0 latent frames (after patching) is an error on every form: the parallel forward fails in diffusers,
-    and the recurrent one raises a ValueError saying so (it used to return None)."""
+    """0 latent frames (after patching) is the same ValueError on both forms (the parallel one failed
+    inside diffusers, the recurrent one returned None)."""
     net = converted(model, chunk_frames=3, overlap_frames=1)
     hidden, timestep, context = tiny_inputs(frames=0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="no latent frames"):
         run(net, hidden, timestep, context)
     with pytest.raises(ValueError, match="no latent frames"), torch.no_grad():
         recurrent_forward(net, hidden, timestep, context)

@@ -53,6 +53,10 @@ class ReHyAtRuntime:
             raise ValueError("ReHyAt expects hidden_states [B, C, F, H, W] as the transformer's first input")
         p_t, p_h, p_w = module.config.patch_size
         _, _, frames, height, width = hidden_states.shape
+        if frames // p_t == 0:  # diffusers' patch embedding would fail with a RuntimeError of its own
+            raise ValueError(
+                f"hidden_states has no latent frames to run: {frames} frame(s) with a temporal patch of {p_t}"
+            )
         self.grid = (frames // p_t, height // p_h, width // p_w)
 
 
