@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -74,6 +75,11 @@ class ToySpace:
     height: int
     width: int
 
+    @cached_property
+    def packer(self) -> ToyLatent:
+        """The packer of a packed space (its basis built once, not per clip)."""
+        return ToyLatent(self.channels)
+
     @property
     def teacher_config(self) -> dict:
         return PACKED_TEACHER_CONFIG if self.packed else TOY_TEACHER_CONFIG
@@ -98,11 +104,11 @@ class ToySpace:
         video = render(
             prompt, self.video_frames(frames), self.height, self.width, seed=seed, world=self.world
         )
-        return ToyLatent(self.channels).encode(video) if self.packed else video
+        return self.packer.encode(video) if self.packed else video
 
     def decode(self, latents: Tensor) -> Tensor:
         """Videos [B, 3, F, H, W] of latents [B, C, T, h, w] (the latents themselves in pixel space)."""
-        return ToyLatent(self.channels).decode(latents) if self.packed else latents
+        return self.packer.decode(latents) if self.packed else latents
 
 
 #: The bundled teacher's space: second-world clips of 16 frames of 24×24 px, the latent the clip.
