@@ -59,7 +59,7 @@ def _check_args(args: argparse.Namespace):
     if args.model == TOY_TEACHER:
         raise ValueError(
             "--model toy is the toy teacher, a pixel-space model with no VAE or UMT5 text encoder, not a "
-            "Wan pipeline; sample it with rehyat toy eval --model toy"
+            "Wan pipeline; sample it with rehyat toy generate (one video) or rehyat toy eval (ToyBench)"
         )
     check_pipeline_folder(args.model, text_encoder=True)
     if args.rehyat is not None:

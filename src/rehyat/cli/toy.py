@@ -1,4 +1,4 @@
-"""``rehyat toy eval`` and ``rehyat toy teacher``: the embedded toy world."""
+"""``rehyat toy generate``, ``rehyat toy eval`` and ``rehyat toy teacher``: the embedded toy world."""
 
 from __future__ import annotations
 
@@ -7,6 +7,68 @@ import json
 
 from rehyat.cli._common import add_config_arguments, check_output_path
 from rehyat.toy.model import FLOW_SHIFT, SPACES
+from rehyat.toy.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SPEED_WORDS
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import time
+
+    from rehyat.generation.pipeline import check_device
+    from rehyat.generation.video import check_video_path, write_video
+    from rehyat.models.folders import TOY_TEACHER, bundled_student, model_folder, rehyat_folder
+    from rehyat.toy.generate import generate_toy_video, video_uint8
+    from rehyat.toy.world import ToyPrompt
+    from rehyat.utils import check_int
+
+    # Every argument before the model loads: a mistake costs no denoising (exit code 2).
+    prompt = ToyPrompt.parse(args.prompt)
+    if args.frames is not None:
+        check_int("--frames", args.frames, 1)
+    check_int("--steps", args.steps, 1)
+    check_int("--seed", args.seed, 0, 2**63 - 1)
+    check_int("--fps", args.fps, 1)
+    check_int("--scale", args.scale, 1)
+    try:
+        out = check_video_path(args.out, create_parent=True)
+    except ValueError as error:
+        raise ValueError(f"--out: {error}") from error
+    try:
+        device = check_device(args.device)
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from error
+    teacher = model_folder(args.model, "--model")
+    if args.teacher and args.rehyat is not None:
+        raise ValueError("--teacher samples the teacher alone; leave out --rehyat")
+    rehyat = args.rehyat if args.rehyat is not None else ("bundled" if args.model == TOY_TEACHER else None)
+    rehyat = None if args.teacher or rehyat is None else rehyat_folder(rehyat)
+    if rehyat is None and not args.parallel:
+        args.parallel = True  # the teacher has full attention: parallel is its only form
+    tic = time.perf_counter()
+    video = generate_toy_video(
+        prompt,
+        args.frames,
+        teacher=teacher,
+        rehyat=rehyat,
+        recurrent=not args.parallel,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        flow_shift=args.shift,
+        seed=args.seed,
+        device=device,
+    )
+    path = write_video(video_uint8(video, args.scale), out, fps=args.fps)
+    form = "parallel" if args.parallel else "recurrent"
+    if rehyat is None:
+        model = "the teacher (full attention, parallel)"
+    elif rehyat == bundled_student():
+        model = f"the shipped ReHyAt student ({form})"
+    else:
+        model = f"the ReHyAt student {rehyat} ({form})"
+    print(
+        f"wrote {path}: {video.shape[1]} frames of {video.shape[3]}×{video.shape[2]} px (×{args.scale}), "
+        f"{prompt.text!r}, {model}, seed {args.seed}, {args.steps} steps, in {time.perf_counter() - tic:.1f} s"
+    )
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -68,6 +130,53 @@ def _teacher(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     toy = commands.add_parser("toy", help="the embedded toy world")
     targets = toy.add_subparsers(dest="toy_command", required=True)
+
+    parser = targets.add_parser(
+        "generate",
+        help="one video from a prompt with the shipped student (or the teacher) to a GIF or MP4",
+        description="Sample one toy video for a prompt of the world's template and write it as a GIF or "
+        "MP4. By default the shipped ReHyAt student (the bundled teacher converted and trained with the "
+        "full recipe) generates it recurrently: chunk by chunk with a fixed-size state, so any length runs "
+        "in the same memory.",
+    )
+    parser.add_argument(
+        "--prompt",
+        required=True,
+        help="'a COLOUR SHAPE moving DIRECTION SPEED on a BACKGROUND background': colour "
+        f"{'|'.join(COLOURS)}; shape {'|'.join(SHAPES)}; direction {'|'.join(DIRECTIONS)}; speed "
+        f"{'|'.join(SPEED_WORDS.values())}; background {'|'.join(BACKGROUNDS)}",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help="video frames (default: a training clip, 16 for the bundled teacher; the student takes "
+        "longer videos, e.g. 64; a packed world needs 4k + 1)",
+    )
+    parser.add_argument(
+        "--out", "--output", default="toy.gif", help="output video, .gif or .mp4 (default toy.gif)"
+    )
+    parser.add_argument(
+        "--model", default="toy", help="a toy teacher folder, or 'toy' (the bundled teacher, the default)"
+    )
+    parser.add_argument(
+        "--rehyat",
+        help="a ReHyAt checkpoint folder on top of --model (default with --model toy: 'bundled', the "
+        "shipped student; with another folder: none, the teacher alone)",
+    )
+    parser.add_argument("--teacher", action="store_true", help="sample the teacher alone (full attention)")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="the student's parallel form (all frames at once) instead of the recurrent one",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (UniPC)")
+    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    parser.add_argument("--shift", type=float, default=FLOW_SHIFT, help="the sampler's flow shift")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written frames")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(handler=_generate)
 
     parser = targets.add_parser("eval", help="ToyBench one toy model on random prompts (prints JSON)")
     parser.add_argument(
