@@ -25,7 +25,8 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
-from rehyat.attention.chunked import chunked_hybrid_attention, linear_states
+from rehyat.attention.chunked import chunked_attention, linear_states
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.ops import hybrid_attention
 
 
@@ -67,20 +68,10 @@ def local_attention(
 ) -> Tensor:
     """Local-only: each chunk's softmax over its window (chunk + overlap), no linear part; ignores φ."""
     check_bool("causal", causal)
-    validate_geometry(frame_tokens, chunk_frames, overlap_frames)
+    # The linear part's direction is all causal changes, and there is none: the causal geometry.
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, scale=scale)
     validate_inputs(q, k, v, q, k, frame_tokens)
-    return chunked_hybrid_attention(
-        q,
-        k,
-        v,
-        None,
-        None,
-        frame_tokens=frame_tokens,
-        chunk_frames=chunk_frames,
-        overlap_frames=overlap_frames,
-        scale=scale,
-        stats=stats,
-    )
+    return chunked_attention(q, k, v, None, None, geometry, stats)
 
 
 def linear_attention(

@@ -33,6 +33,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import hybrid_attention, hybrid_attention_step, recurrent_hybrid_attention
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.kernels import feature_map_kernel, state_sums, windowed_attention
 from rehyat.attention.kernels.config import MIN_BLOCK, interpreting
 
@@ -231,7 +232,8 @@ def launches() -> dict[tuple[object, str], list]:
         _outputs_and_grads(hybrid_attention, inputs, grad, **kwargs)
         q, k, v, fq = (x.detach() for x in inputs[:4])
         kv, z = (torch.rand(BATCH, 2, 2, 64, *d) for d in ((32,), ()))
-        windowed_attention.windowed_attention_forward(q, k, v, fq, kv, z, 32, 16, 0, 0.2, splits=2)
+        geometry = Geometry(frame_tokens=16, chunk_frames=2, overlap_frames=1, scale=0.2)
+        windowed_attention.windowed_attention_forward(q, k, v, fq, kv, z, geometry, splits=2)
         # Parameters with gradients: the backward writes a, dh, dψ and the bias partials too.
         shapes = ((2, 32, 64), (2, 64, 64), (2, 64), (2, 64))
         params = [(torch.randn(shape) / shape[-1] ** 0.5).requires_grad_(True) for shape in shapes]

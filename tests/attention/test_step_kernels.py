@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import AttentionStats, HybridAttentionState, hybrid_attention_step
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.kernels import hybrid
 from rehyat.attention.kernels.config import best_key_splits
 from rehyat.attention.kernels.windowed_attention import WindowedHybridAttention, windowed_attention_forward
@@ -117,8 +118,8 @@ def test_prefix_forward_equals_concatenated_keys_in_any_geometry():
     kv, z = (torch.rand(2, 3, 3, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
     for cut in (0, 7, 16, 23, 34):  # prefix rows: none, mid-block, a block, mid-chunk, all but one
         for linear in ((fq, kv, z), (None, None, None)):
-            args = (*linear, 15, 10, 0, 0.3)  # chunks of 3 frames, overlap 2 frames
-            want = WindowedHybridAttention.apply(q, k, v, *linear, 15, 10, 0, 5, 0.3, None)
+            args = (*linear, Geometry(frame_tokens=5, chunk_frames=3, overlap_frames=2, scale=0.3))
+            want = WindowedHybridAttention.apply(q, k, v, *args, None)
             prefix = tuple(x[:, :cut].transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))
             got = windowed_attention_forward(q, k[:, cut:], v[:, cut:], *args, prefix=prefix if cut else None)
             assert rel_err(got, want) <= SAME, (cut, linear[0] is None)
@@ -311,7 +312,7 @@ def test_key_splits_merge_to_the_unsplit_forward(frame_tokens, splits, cuts):
     kv, z = (torch.rand(batch, 3, heads, 32, *last, generator=gen).to(DEVICE) for last in ((16,), ()))
     for cut in cuts:
         for linear in ((fq, kv, z), (None, None, None)):
-            args = (*linear, 3 * frame_tokens, 2 * frame_tokens, 0, 0.3)  # chunks of 3 frames, overlap 2
+            args = (*linear, Geometry(frame_tokens, chunk_frames=3, overlap_frames=2, scale=0.3))
             prefix = tuple(x[:, :cut] for x in (k, v)) if cut else None
             keys = (k[:, cut:], v[:, cut:])
             want = windowed_attention_forward(q, *keys, *args, prefix=prefix, splits=1)
@@ -347,7 +348,7 @@ def test_key_splits_fill_the_waves_of_small_grids():
     assert best_key_splits(12, 132, max_splits=2) == 2  # no more parts than the window has key blocks
     tiny = [x.float().to(DEVICE) for x in make_inputs(1, 2, 2, 1, 16, 16)[:3]]
     with pytest.raises(ValueError, match="splits"):
-        windowed_attention_forward(*tiny, None, None, None, 4, 0, 0, 1.0, splits=0)
+        windowed_attention_forward(*tiny, None, None, None, Geometry(2, 2, 0, scale=1.0), splits=0)
 
 
 @pytest.mark.parametrize("splits", [1, 2])

@@ -16,9 +16,9 @@ from rehyat.attention._common import (
     AttentionStats,
     accumulation_dtype,
     combine,
-    resolve_scale,
     states_from_frame_sums,
 )
+from rehyat.attention.geometry import Geometry, with_keywords
 
 
 def _pad_frames(x: Tensor, front: int, back: int) -> Tensor:
@@ -42,34 +42,30 @@ def linear_states(fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: b
     )
 
 
-def chunked_hybrid_attention(
+def chunked_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     fq: Tensor | None,
     fk: Tensor | None,
-    *,
-    frame_tokens: int,
-    chunk_frames: int,
-    overlap_frames: int,
-    causal: bool = True,
-    scale: float | None = None,
+    geometry: Geometry,
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """Parallel ReHyAt attention in PyTorch, chunk by chunk in one batch. Inputs are assumed validated (see ``hybrid_attention``).
 
     ``fq``/``fk`` set to ``None`` drops the linear part (the local-only baseline).
     """
+    frame_tokens = geometry.frame_tokens
     batch, n_tokens, heads, head_dim = q.shape
     frames = n_tokens // frame_tokens
-    chunk = min(chunk_frames, frames)
+    chunk = geometry.chunk_tokens(frames) // frame_tokens
     n_chunks = -(-frames // chunk)
     # Frames further back than the first chunk's start never enter a window: clamp the overlap.
-    overlap = min(overlap_frames, (n_chunks - 1) * chunk)
+    overlap = min(geometry.overlap_frames, (n_chunks - 1) * chunk)
     window = chunk + overlap
     padded_frames = n_chunks * chunk
     acc = accumulation_dtype(q.dtype)
-    scale = resolve_scale(scale, head_dim)
+    scale = geometry.softmax_scale(head_dim)
 
     def frames_view(x: Tensor) -> Tensor:
         return x.to(acc).reshape(batch, frames, frame_tokens, heads, x.shape[-1])
@@ -102,7 +98,7 @@ def chunked_hybrid_attention(
     if fq is not None and fk is not None:
         starts = (chunk_index * chunk - overlap).clamp(min=0)
         ends = ((chunk_index + 1) * chunk).clamp(max=frames)
-        kv, z = linear_states(frames_view(fk), frames_view(v), starts, ends, causal)
+        kv, z = linear_states(frames_view(fk), frames_view(v), starts, ends, geometry.causal)
         fqc = chunk_queries(fq)
         a_linear = torch.einsum("bchie,bched->bchid", fqc, kv)
         n_linear = torch.einsum("bchie,bche->bchi", fqc, z)
@@ -112,3 +108,7 @@ def chunked_hybrid_attention(
     out = combine(a_softmax, n_softmax, a_linear, n_linear, stats, valid_rows=query_valid)
     out = out.permute(0, 1, 3, 2, 4).reshape(batch, padded_frames * frame_tokens, heads, head_dim)
     return out[:, :n_tokens].to(q.dtype)
+
+
+#: :func:`chunked_attention` with :func:`rehyat.hybrid_attention`'s keywords (tests, benchmarks).
+chunked_hybrid_attention = with_keywords(chunked_attention)

@@ -13,7 +13,11 @@ Registered, in the ``rehyat`` namespace:
 
 Each op has a fake (meta) implementation (output shapes from input shapes, no compute) and its autograd
 registered with ``register_autograd`` + ``setup_context``, and passes ``torch.library.opcheck``. The
-``backend`` argument is always concrete ("torch" or "triton"): the callers resolve "auto" first.
+``backend`` argument is always concrete ("torch" or "triton"): the callers resolve "auto" first
+(:func:`rehyat.attention.kernels.resolve_backend`), and every op runs the implementation that
+:data:`IMPLEMENTATIONS` names for it, the one registry of backends. An op's schema takes the fields of
+:class:`~rehyat.attention.geometry.Geometry` one by one, in its field order; the implementation
+rebuilds the ``Geometry``.
 
 Backward: the ``*_backward`` ops recompute the forward of the same implementation under autograd and
 differentiate it (the eager implementations are the gradient's definition: PyTorch's autograd through
@@ -35,12 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, combine, needs_grad
-from rehyat.attention.chunked import chunked_hybrid_attention
+from rehyat.attention._common import AttentionStats, accumulation_dtype, combine, needs_grad
+from rehyat.attention.chunked import chunked_attention
+from rehyat.attention.geometry import Geometry
 
 # The dispatcher turns autograd off inside an op's implementation (it runs "below autograd"); the
 # backward ops turn it back on to differentiate the eager forward they recompute.
@@ -181,27 +187,11 @@ def _parallel(
     v: Tensor,
     fq: Tensor,
     fk: Tensor,
-    frame_tokens: int,
-    chunk_frames: int,
-    overlap_frames: int,
-    causal: bool,
-    scale: float,
+    geometry: Geometry,
     backend: str,
     stats: AttentionStats | None,
 ) -> Tensor:
-    geometry = dict(
-        frame_tokens=frame_tokens,
-        chunk_frames=chunk_frames,
-        overlap_frames=overlap_frames,
-        causal=causal,
-        scale=scale,
-        stats=stats,
-    )
-    if backend == "triton":
-        from rehyat.attention.kernels.hybrid import triton_hybrid_attention
-
-        return triton_hybrid_attention(q, k, v, fq, fk, **geometry)
-    return chunked_hybrid_attention(q, k, v, fq, fk, **geometry)
+    return IMPLEMENTATIONS[backend].parallel(q, k, v, fq, fk, geometry, stats)
 
 
 @torch.library.custom_op("rehyat::hybrid_attention", mutates_args=())
@@ -221,10 +211,9 @@ def hybrid_attention_op(
 ) -> tuple[Tensor, Tensor]:
     """(y [B, N, H, D] contiguous, counts) of the parallel form; inputs validated by the caller."""
     stats = AttentionStats() if count_guarded else None
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
     with torch.no_grad():
-        out = _parallel(
-            q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats
-        )
+        out = _parallel(q, k, v, fq, fk, geometry, backend, stats)
     return out.contiguous(), _counts(stats, q)
 
 
@@ -251,9 +240,10 @@ def hybrid_attention_backward_op(
 ) -> list[Tensor]:
     """[dq, dk, dv, dfq, dfk]: each contiguous where ``needs`` says so, else an empty tensor."""
 
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
+
     def forward(*inputs: Tensor) -> Tensor:
-        args = (frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, None)
-        return _parallel(*inputs, *args)
+        return _parallel(*inputs, geometry, backend, None)
 
     return _recompute_grads(forward, (q, k, v, fq, fk), needs, grad)
 
@@ -272,23 +262,18 @@ def parallel_attention(
     v: Tensor,
     fq: Tensor,
     fk: Tensor,
+    geometry: Geometry,
     *,
-    frame_tokens: int,
-    chunk_frames: int,
-    overlap_frames: int,
-    causal: bool,
-    scale: float,
     backend: str,
     stats: AttentionStats | None,
 ) -> Tensor:
     """The parallel form on a concrete ``backend``, through ``rehyat::hybrid_attention`` when
     :func:`use_ops` says so (inputs validated by the caller)."""
     if not use_ops(q, k, v, fq, fk):
-        geometry = (frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats)
-        return _parallel(q, k, v, fq, fk, *geometry)
-    out, counts = hybrid_attention_op(
-        q, k, v, fq, fk, frame_tokens, chunk_frames, overlap_frames, causal, scale, backend, stats is not None
-    )
+        return _parallel(q, k, v, fq, fk, geometry, backend, stats)
+    fields = (geometry.frame_tokens, geometry.chunk_frames, geometry.overlap_frames, geometry.causal)
+    scale = geometry.softmax_scale(q.shape[-1])
+    out, counts = hybrid_attention_op(q, k, v, fq, fk, *fields, scale, backend, stats is not None)
     add_counts(stats, counts)
     return out
 
@@ -319,6 +304,23 @@ def _torch_step_attention(
     return combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
 
 
+def _torch_step(q, k, v, cached_k, cached_v, fq, kv, z, geometry: Geometry, stats, out=None) -> Tensor:
+    """The PyTorch backend's step (the tensors as in ``rehyat::step_attention``)."""
+    keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
+    scale = geometry.softmax_scale(q.shape[-1])
+    result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
+    return result if out is None else out.copy_(result)
+
+
+def _torch_frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
+    """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] in the accumulation dtype."""
+    acc = accumulation_dtype(v.dtype)
+    shape = (fk.shape[0], fk.shape[1] // frame_tokens, frame_tokens, *fk.shape[2:])  # no -1: B may be 0
+    fk_frames = fk.to(acc).reshape(shape)
+    v_frames = v.to(acc).reshape(*shape[:-1], v.shape[-1])
+    return torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames), fk_frames.sum(dim=2)
+
+
 def _step(
     q: Tensor,
     k: Tensor,
@@ -334,26 +336,10 @@ def _step(
     stats: AttentionStats | None,
     out: Tensor | None = None,
 ) -> Tensor:
-    if backend == "triton":
-        from rehyat.attention.kernels.hybrid import triton_step_attention
-
-        return triton_step_attention(
-            q,
-            k,
-            v,
-            cached_k,
-            cached_v,
-            fq,
-            kv,
-            z,
-            frame_tokens=frame_tokens,
-            scale=scale,
-            stats=stats,
-            out=out,
-        )
-    keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
-    result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
-    return result if out is None else out.copy_(result)
+    """The step's attention needs only ``frame_tokens`` and the scale of its geometry: its window is
+    every key it is given, the cached frames and then the chunk's own (one chunk, ``chunk_frames=None``)."""
+    geometry = Geometry(frame_tokens, None, 0, True, scale)
+    return IMPLEMENTATIONS[backend].step(q, k, v, cached_k, cached_v, fq, kv, z, geometry, stats, out)
 
 
 @torch.library.custom_op("rehyat::step_attention", mutates_args=())
@@ -454,9 +440,8 @@ def step_attention(
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
+    geometry: Geometry,
     *,
-    frame_tokens: int,
-    scale: float,
     backend: str,
     stats: AttentionStats | None,
     out: Tensor | None = None,
@@ -464,14 +449,13 @@ def step_attention(
     """One chunk's attention on a concrete ``backend`` (see ``rehyat::step_attention``), through the ops
     when :func:`use_ops` says so; ``out`` (inference, checked by the caller) receives the result."""
     tensors = (q, k, v, cached_k, cached_v, fq, kv, z)
+    arguments = (geometry.frame_tokens, geometry.softmax_scale(q.shape[-1]), backend)
     if not use_ops(*tensors):
-        return _step(*tensors, frame_tokens, scale, backend, stats, out=out)
+        return _step(*tensors, *arguments, stats, out=out)
     if out is not None:
-        add_counts(
-            stats, step_attention_out_op(*tensors, out, frame_tokens, scale, backend, stats is not None)
-        )
+        add_counts(stats, step_attention_out_op(*tensors, out, *arguments, stats is not None))
         return out
-    result, counts = step_attention_op(*tensors, frame_tokens, scale, backend, stats is not None)
+    result, counts = step_attention_op(*tensors, *arguments, stats is not None)
     add_counts(stats, counts)
     return result
 
@@ -483,10 +467,8 @@ def step_attention(
 @torch.library.custom_op("rehyat::frame_sums", mutates_args=())
 def frame_sums_op(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
     """Per-frame Σ φk vᵀ [B, F, H, D', D] and Σ φk [B, F, H, D'] (fp32) on the kernels."""
-    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
-
     with torch.no_grad():
-        kv, z = triton_frame_sums(fk, v, frame_tokens)
+        kv, z = IMPLEMENTATIONS["triton"].frame_sums(fk, v, frame_tokens)
     return kv.contiguous(), z.contiguous()
 
 
@@ -505,10 +487,9 @@ def frame_sums_backward_op(
     grad_kv: Tensor, grad_z: Tensor, fk: Tensor, v: Tensor, frame_tokens: int, needs: list[bool]
 ) -> list[Tensor]:
     """[dfk, dv] of ``rehyat::frame_sums`` (empty where ``needs`` says no)."""
-    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
 
     def forward(fk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return triton_frame_sums(fk, v, frame_tokens)
+        return IMPLEMENTATIONS["triton"].frame_sums(fk, v, frame_tokens)
 
     return _recompute_grads(forward, (fk, v), needs, (grad_kv, grad_z))
 
@@ -547,10 +528,8 @@ def retire_frames_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The streaming state update on the kernels, inference only: (kv, z, pending_kv, pending_z) once the
     first ``leaving`` frames of [pending ‖ chunk] joined the sums (``kernels.hybrid.retire_frames``)."""
-    from rehyat.attention.kernels.hybrid import retire_frames as triton_retire_frames
-
     with torch.no_grad():
-        return triton_retire_frames(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving)
+        return _kernels().retire_frames(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving)
 
 
 @retire_frames_op.register_fake
@@ -564,14 +543,12 @@ def _(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving):
     )
 
 
-def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
-    """Per-frame sums on the kernels (``kernels.hybrid.frame_sums``), through ``rehyat::frame_sums`` when
-    :func:`use_ops` says so."""
-    if use_ops(fk, v):
+def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int, *, backend: str) -> tuple[Tensor, Tensor]:
+    """Per-frame Σ φk vᵀ, Σ φk on a concrete ``backend``: on the kernels through ``rehyat::frame_sums``
+    when :func:`use_ops` says so; in PyTorch a few plain tensor ops, which the compiler traces."""
+    if backend == "triton" and use_ops(fk, v):
         return frame_sums_op(fk, v, frame_tokens)
-    from rehyat.attention.kernels.hybrid import frame_sums as triton_frame_sums
-
-    return triton_frame_sums(fk, v, frame_tokens)
+    return IMPLEMENTATIONS[backend].frame_sums(fk, v, frame_tokens)
 
 
 # --- φ ---------------------------------------------------------------------------------------------
@@ -611,6 +588,14 @@ def torch_feature_map(
     return features.to(x.dtype)
 
 
+def _triton_feature_map(x: Tensor, weights, biases, degree, activation, nonnegative) -> Tensor:
+    """The Triton backend's φ (the arguments as in :func:`torch_feature_map`)."""
+    from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
+
+    features = polynomial_feature_map(x, list(weights), list(biases) or None, degree, activation, nonnegative)
+    return features.to(x.dtype)
+
+
 def _feature_map(
     x: Tensor,
     weights: Sequence[Tensor],
@@ -620,14 +605,7 @@ def _feature_map(
     nonnegative: bool,
     backend: str,
 ) -> Tensor:
-    if backend == "triton":
-        from rehyat.attention.kernels.feature_map_kernel import polynomial_feature_map
-
-        features = polynomial_feature_map(
-            x, list(weights), list(biases) or None, degree, activation, nonnegative
-        )
-        return features.to(x.dtype)
-    return torch_feature_map(x, weights, biases, degree, activation, nonnegative)
+    return IMPLEMENTATIONS[backend].feature_map(x, weights, biases, degree, activation, nonnegative)
 
 
 @torch.library.custom_op("rehyat::feature_map", mutates_args=())
@@ -726,3 +704,45 @@ def feature_map(
         else:
             features = _feature_map(inputs, weights, biases, *arguments)
     return features.to(x.dtype)
+
+
+# --- the backends -----------------------------------------------------------------------------------
+
+
+def _kernels():
+    """The Triton launchers, imported on first use (``import rehyat`` works without Triton) and looked
+    up at each call."""
+    from rehyat.attention.kernels import hybrid
+
+    return hybrid
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One backend's implementation of each part of the op (the PyTorch ones are the reference)."""
+
+    #: (q, k, v, fq, fk, geometry, stats) -> y, the parallel form
+    parallel: Callable[..., Tensor]
+    #: (q, k, v, cached_k, cached_v, fq, kv, z, geometry, stats, out) -> y, one chunk of the streaming form
+    step: Callable[..., Tensor]
+    #: (fk, v, frame_tokens) -> per-frame (Σ φk vᵀ, Σ φk)
+    frame_sums: Callable[..., tuple[Tensor, Tensor]]
+    #: (x, weights, biases, degree, activation, nonnegative) -> φ(x)
+    feature_map: Callable[..., Tensor]
+
+
+#: The one registry of backends: every op and the dispatch in the public functions run what it names.
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "torch": Implementation(
+        parallel=chunked_attention,
+        step=_torch_step,
+        frame_sums=_torch_frame_sums,
+        feature_map=torch_feature_map,
+    ),
+    "triton": Implementation(
+        parallel=lambda *args: _kernels().kernel_attention(*args),
+        step=lambda *args: _kernels().triton_step_attention(*args),
+        frame_sums=lambda *args: _kernels().frame_sums(*args),
+        feature_map=_triton_feature_map,
+    ),
+}

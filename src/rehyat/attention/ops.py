@@ -6,14 +6,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from rehyat.attention._common import (
-    AttentionStats,
-    check_bool,
-    resolve_scale,
-    validate_geometry,
-    validate_inputs,
-)
+from rehyat.attention._common import AttentionStats, validate_inputs
 from rehyat.attention.custom_ops import parallel_attention
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.kernels import Backend, resolve_backend
 
 
@@ -51,22 +46,7 @@ def hybrid_attention(
     Returns:
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
-    validate_geometry(frame_tokens, chunk_frames, overlap_frames)
-    check_bool("causal", causal)
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
-    # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
-    use_triton = resolve_backend(backend, q, fq) == "triton" and q.numel() > 0
-    return parallel_attention(
-        q,
-        k,
-        v,
-        fq,
-        fk,
-        frame_tokens=frame_tokens,
-        chunk_frames=chunk_frames,
-        overlap_frames=overlap_frames,
-        causal=causal,
-        scale=resolve_scale(scale, q.shape[-1]),
-        backend="triton" if use_triton else "torch",
-        stats=stats,
-    )
+    chosen = resolve_backend(backend, q, fq)
+    return parallel_attention(q, k, v, fq, fk, geometry, backend=chosen, stats=stats)

@@ -20,15 +20,13 @@ from torch import Tensor
 from rehyat.attention._common import (
     AttentionStats,
     accumulation_dtype,
-    check_bool,
     check_out_overlap,
     check_output_buffer,
     needs_grad,
-    resolve_scale,
-    validate_geometry,
     validate_inputs,
 )
 from rehyat.attention.custom_ops import frame_sums, retire_frames_op, step_attention
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.kernels import Backend, resolve_backend
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -172,7 +170,7 @@ def hybrid_attention_step(
     It may not share memory with q, k, v, fq, fk or the state's cached frames (``ValueError``): k and v
     are read again after the output is written, for the next state.
     """
-    validate_geometry(frame_tokens, None, overlap_frames)
+    geometry = Geometry(frame_tokens, None, overlap_frames, True, scale)
     if state is not None and not isinstance(state, HybridAttentionState):
         raise ValueError(
             f"state must be a HybridAttentionState or None (a new stream), got {type(state).__name__}"
@@ -190,9 +188,6 @@ def hybrid_attention_step(
         )
     else:
         state.check_compatible(k, v, fq, frame_tokens, overlap_frames)
-    acc = accumulation_dtype(q.dtype)
-    scale = resolve_scale(scale, q.shape[-1])
-
     if out is not None:
         if needs_grad(q, k, v, fq, state.k, state.v, state.kv):
             raise ValueError(
@@ -203,30 +198,17 @@ def hybrid_attention_step(
         given = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk if isinstance(fk, Tensor) else None}
         cached = {"the state's cached k": state.k, "the state's cached v": state.v}
         check_out_overlap(out, {**given, **cached})
-    # An empty batch or no heads: nothing for the kernels to launch; PyTorch returns the empty result.
-    use_triton = resolve_backend(backend, q, fq) == "triton" and q.numel() > 0
-
+    backend = resolve_backend(backend, q, fq)
+    cached = (state.k, state.v)
     out = step_attention(
-        q,
-        k,
-        v,
-        state.k,
-        state.v,
-        fq,
-        state.kv,
-        state.z,
-        frame_tokens=frame_tokens,
-        scale=scale,
-        backend="triton" if use_triton else "torch",
-        stats=stats,
-        out=out,
+        q, k, v, *cached, fq, state.kv, state.z, geometry, backend=backend, stats=stats, out=out
     )
 
     # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
     # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
     # released before φk(k) exists.
-    chunk_frames = q.shape[1] // frame_tokens
-    window_frames = state.cached_frames + chunk_frames
+    frames = q.shape[1] // frame_tokens  # in this chunk
+    window_frames = state.cached_frames + frames
     leaving = max(window_frames - overlap_frames, 0)
     kept_tokens = (window_frames - leaving) * frame_tokens
     kept_k, kept_v = _last_rows(state.k, k, kept_tokens), _last_rows(state.v, v, kept_tokens)
@@ -236,21 +218,14 @@ def hybrid_attention_step(
         _check_late_features(fk, q, state.kv.shape[2])
 
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
-    if use_triton and not needs_grad(fk, v, *state_tensors):
+    if backend == "triton" and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
         kv, z, pending_kv, pending_z = retire_frames_op(
             fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
         )
     else:
         # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
-        if use_triton:
-            chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens)
-        else:
-            shape = (fk.shape[0], chunk_frames, frame_tokens, *fk.shape[2:])  # no -1: B may be 0
-            fk_frames = fk.to(acc).reshape(shape)
-            v_frames = v.to(acc).reshape(*shape[:-1], v.shape[-1])
-            chunk_kv = torch.einsum("bfshe,bfshd->bfhed", fk_frames, v_frames)
-            chunk_z = fk_frames.sum(dim=2)
+        chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens, backend=backend)
         # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
         kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
         z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
@@ -264,7 +239,7 @@ def hybrid_attention_step(
         pending_z=pending_z,
         frame_tokens=frame_tokens,
         overlap_frames=overlap_frames,
-        frames_seen=state.frames_seen + chunk_frames,
+        frames_seen=state.frames_seen + frames,
     )
     return out, next_state
 
@@ -323,14 +298,14 @@ def recurrent_hybrid_attention(
     accepted so that the call shape is the parallel op's, and must be True: the bidirectional variant
     reads future frames and has no recurrent form.
     """
-    validate_geometry(frame_tokens, chunk_frames, overlap_frames)
-    if not check_bool("causal", causal):
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
+    if not geometry.causal:
         raise ValueError(
             "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
             "for the bidirectional variant"
         )
-    validate_inputs(q, k, v, fq, fk, frame_tokens)
-    step_tokens = chunk_frames * frame_tokens
+    frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
+    step_tokens = geometry.chunk_tokens(frames)
     state = None
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.

@@ -100,6 +100,7 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from rehyat import hybrid_attention
+    from rehyat.attention.geometry import Geometry
     from rehyat.attention.kernels.hybrid import chunk_states, triton_hybrid_attention
     from rehyat.baselines import linear_attention
     from rehyat.flops import attention_flops
@@ -167,9 +168,8 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
         return triton_hybrid_attention(ql, kl, vl, None, None, **geo)
 
     def states() -> torch.Tensor:
-        kv, z = chunk_states(
-            fkl, vl, SHAPE["frame_tokens"], SHAPE["chunk_frames"], SHAPE["overlap_frames"], True
-        )
+        geometry = Geometry(SHAPE["frame_tokens"], SHAPE["chunk_frames"], SHAPE["overlap_frames"])
+        kv, z = chunk_states(fkl, vl, geometry)
         return kv.sum() + z.sum()
 
     def feature_maps(backend: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:

@@ -48,8 +48,11 @@ def unsupported_reason(q: Tensor, fq: Tensor | None) -> str | None:
 
 
 def resolve_backend(backend: str, q: Tensor, fq: Tensor | None) -> Literal["torch", "triton"]:
-    """Turn the user's ``backend`` into "torch" or "triton"; raise if "triton" cannot run here."""
-    return choose_backend(backend, q.device, lambda: unsupported_reason(q, fq))
+    """Turn the user's ``backend`` into "torch" or "triton" for the attention op (once per call, in its
+    public functions); raise if "triton" cannot run here. An empty batch or no heads takes PyTorch,
+    which returns the empty result: the kernels would have nothing to launch."""
+    chosen = choose_backend(backend, q.device, lambda: unsupported_reason(q, fq))
+    return chosen if q.numel() > 0 else "torch"
 
 
 def choose_backend(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rehyat.attention._common import AttentionStats, needs_grad, resolve_scale, states_from_frame_sums
+from rehyat.attention._common import AttentionStats, needs_grad, states_from_frame_sums
+from rehyat.attention.geometry import Geometry, with_keywords
 from rehyat.attention.kernels.config import feature_block
 from rehyat.attention.kernels.state_sums import SegmentSums, retire_sums, segment_sums
 from rehyat.attention.kernels.windowed_attention import WindowedHybridAttention, windowed_attention_forward
@@ -66,55 +67,38 @@ def retire_frames(
     return retire_sums(parts_kv, parts_z, split, kv, z, pending_kv, pending_z, leaving)
 
 
-def chunk_states(
-    fk: Tensor, v: Tensor, frame_tokens: int, chunk: int, overlap: int, causal: bool
-) -> tuple[Tensor, Tensor]:
+def chunk_states(fk: Tensor, v: Tensor, geometry: Geometry) -> tuple[Tensor, Tensor]:
     """Each chunk's linear state (docs/method.md §2): kv [B, C, H, D', D], z [B, C, H, D'] in fp32."""
-    frames = v.shape[1] // frame_tokens
-    kv_frames, z_frames = SegmentSums.apply(fk, v, frame_tokens)
-    index = torch.arange(0, frames, chunk, device=v.device)
-    starts = (index - overlap).clamp(min=0)
-    ends = (index + chunk).clamp(max=frames)
-    return states_from_frame_sums(kv_frames, z_frames, starts, ends, causal)
+    frames = v.shape[1] // geometry.frame_tokens
+    chunk_frames = geometry.chunk_tokens(frames) // geometry.frame_tokens
+    kv_frames, z_frames = SegmentSums.apply(fk, v, geometry.frame_tokens)
+    index = torch.arange(0, frames, chunk_frames, device=v.device)
+    starts = (index - geometry.overlap_frames).clamp(min=0)
+    ends = (index + chunk_frames).clamp(max=frames)
+    return states_from_frame_sums(kv_frames, z_frames, starts, ends, geometry.causal)
 
 
-def triton_hybrid_attention(
+def kernel_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     fq: Tensor | None,
     fk: Tensor | None,
-    *,
-    frame_tokens: int,
-    chunk_frames: int,
-    overlap_frames: int,
-    causal: bool = True,
-    scale: float | None = None,
+    geometry: Geometry,
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """Parallel ReHyAt attention on the kernels; inputs validated by the caller. ``fq = fk = None``
     drops the linear part (the local-only baseline, and the softmax part alone in the benchmark)."""
-    frames = q.shape[1] // frame_tokens
-    chunk = min(chunk_frames, frames)
     kv = z = None
     if fq is not None and fk is not None:
-        kv, z = chunk_states(fk, v, frame_tokens, chunk, overlap_frames, causal)
+        kv, z = chunk_states(fk, v, geometry)
     else:
         fq = None
-    return WindowedHybridAttention.apply(
-        q,
-        k,
-        v,
-        fq,
-        kv,
-        z,
-        chunk * frame_tokens,
-        overlap_frames * frame_tokens,
-        0,
-        frame_tokens,
-        resolve_scale(scale, q.shape[-1]),
-        stats,
-    )
+    return WindowedHybridAttention.apply(q, k, v, fq, kv, z, geometry, stats)
+
+
+#: :func:`kernel_attention` with :func:`rehyat.hybrid_attention`'s keywords (tests, benchmarks).
+triton_hybrid_attention = with_keywords(kernel_attention)
 
 
 def triton_step_attention(
@@ -126,9 +110,7 @@ def triton_step_attention(
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
-    *,
-    frame_tokens: int,
-    scale: float,
+    geometry: Geometry,
     stats: AttentionStats | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
@@ -140,16 +122,11 @@ def triton_step_attention(
     the keys are concatenated for the autograd function, whose backward needs them as one tensor.
     ``out`` (no-grad only, checked by the caller) receives the output in place.
     """
-    n_q, n_cached = q.shape[1], cached_k.shape[1]
     kv, z = kv[:, None], z[:, None]
     if needs_grad(q, k, v, cached_k, cached_v, fq, kv, z):
         if out is not None:
             raise ValueError("out= is for inference (run it under torch.no_grad()), but inputs require grad")
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
-        return WindowedHybridAttention.apply(
-            q, keys, values, fq, kv, z, n_q, 0, n_cached, frame_tokens, scale, stats
-        )
-    prefix = (cached_k, cached_v) if n_cached else None
-    return windowed_attention_forward(
-        q, k, v, fq, kv, z, n_q, 0, n_cached, scale, stats, prefix=prefix, out=out
-    )
+        return WindowedHybridAttention.apply(q, keys, values, fq, kv, z, geometry, stats)
+    prefix = (cached_k, cached_v) if cached_k.shape[1] else None
+    return windowed_attention_forward(q, k, v, fq, kv, z, geometry, stats, prefix=prefix, out=out)

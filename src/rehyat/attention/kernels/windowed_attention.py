@@ -1,9 +1,11 @@
 """Flash-style Triton kernels for the windowed softmax part of ReHyAt, fused with the linear part.
 
-Geometry, in tokens: queries of chunk t are rows [t·L, min((t+1)·L, NQ)) of q; their softmax keys are
-rows [max(t·L − O, 0), min((t+1)·L + K0, NK)) of k and v, where L = chunk length, O = overlap length
-and K0 = key offset. The parallel form uses K0 = 0 and k, v indexed like q; the streaming step uses
-one chunk whose keys are [cached overlap frames ‖ chunk] (K0 = cached tokens). Without gradients the
+Geometry: the launchers take a :class:`~rehyat.attention.geometry.Geometry` and hand the kernels its
+token counts: queries of chunk t are rows [t·L, min((t+1)·L, NQ)) of q; their softmax keys are rows
+[max(t·L − O, 0), min((t+1)·L + K0, NK)) of k and v, where L = ``chunk_tokens``, O = ``overlap_tokens``
+and K0 = ``key_offset`` = NK − NQ: the queries are the last NQ key rows. The parallel form has K0 = 0
+(k, v indexed like q); the streaming step is one chunk (``chunk_frames=None``) whose keys are [cached
+overlap frames ‖ chunk] (K0 = cached tokens, at most O, so its window is every key). Without gradients the
 forward can read such keys from two sources in place (HAS_PREFIX: keys j < M from the cached frames,
 the rest from the chunk's k, v at j − M) instead of from a concatenated copy. The linear part enters
 through each chunk's state KV_t [D', D] and z_t [D'] (fp32).
@@ -32,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rehyat.attention._common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
+from rehyat.attention.geometry import Geometry
 from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
 from rehyat.attention.kernels.layout import last_dim_contiguous, strides
 from rehyat.attention.kernels.state_sums import segment_sums
@@ -43,7 +46,7 @@ COMBINE_WARPS = 4
 
 
 @triton.jit
-def _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M: tl.constexpr):
+def _query_block(n_heads, n_q, chunk_tokens, blocks_per_chunk, BLOCK_M: tl.constexpr):
     """This program's (batch·head, batch, head, chunk, first row, row mask): grid axis 0 runs over the
     query blocks of all chunks (none spans two chunks), axis 1 over batch × heads. batch·head, batch,
     head and the first row are int64: every offset built from them is, so none wraps at 2^31 elements
@@ -51,8 +54,8 @@ def _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M: tl.constexp
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     chunk = pid // blocks_per_chunk
-    row0 = chunk * chunk_len + (pid % blocks_per_chunk) * BLOCK_M
-    row_valid = row0 + tl.arange(0, BLOCK_M) < tl.minimum((chunk + 1) * chunk_len, n_q)
+    row0 = chunk * chunk_tokens + (pid % blocks_per_chunk) * BLOCK_M
+    row_valid = row0 + tl.arange(0, BLOCK_M) < tl.minimum((chunk + 1) * chunk_tokens, n_q)
     batch, head = (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64)
     return bh.to(tl.int64), batch, head, chunk, row0.to(tl.int64), row_valid
 
@@ -189,8 +192,8 @@ def _fwd_kernel(
     n_q,
     n_k,
     n_prefix,
-    chunk_len,
-    overlap_len,
+    chunk_tokens,
+    overlap_tokens,
     key_offset,
     blocks_per_chunk,
     n_chunks,
@@ -206,9 +209,11 @@ def _fwd_kernel(
     SPLITS: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
-    key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
-    key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+    bh, batch, head, chunk, row0, row_valid = _query_block(
+        n_heads, n_q, chunk_tokens, blocks_per_chunk, BLOCK_M
+    )
+    key_lo = tl.maximum(chunk * chunk_tokens - overlap_tokens, 0)
+    key_hi = tl.minimum((chunk + 1) * chunk_tokens + key_offset, n_k)
     if SPLITS > 1:
         # This program's part of the window: whole key blocks from the window start, the last part short.
         span = tl.cdiv(tl.cdiv(key_hi - key_lo, SPLITS), BLOCK_N) * BLOCK_N
@@ -371,7 +376,7 @@ def _combine_kernel(
     stride_oh,
     n_heads,
     n_q,
-    chunk_len,
+    chunk_tokens,
     blocks_per_chunk,
     n_chunks,
     eps,
@@ -385,7 +390,9 @@ def _combine_kernel(
 ):
     """Merge the key splits of one query block (rescaled to the common row max), add the linear part
     and normalise."""
-    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
+    bh, batch, head, chunk, row0, row_valid = _query_block(
+        n_heads, n_q, chunk_tokens, blocks_per_chunk, BLOCK_M
+    )
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     own = bh * n_q + row0
@@ -547,8 +554,8 @@ def _bwd_dq_kernel(
     n_heads,
     n_q,
     n_k,
-    chunk_len,
-    overlap_len,
+    chunk_tokens,
+    overlap_tokens,
     key_offset,
     blocks_per_chunk,
     n_chunks,
@@ -562,9 +569,11 @@ def _bwd_dq_kernel(
     HAS_LINEAR: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    bh, batch, head, chunk, row0, row_valid = _query_block(n_heads, n_q, chunk_len, blocks_per_chunk, BLOCK_M)
-    key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
-    key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+    bh, batch, head, chunk, row0, row_valid = _query_block(
+        n_heads, n_q, chunk_tokens, blocks_per_chunk, BLOCK_M
+    )
+    key_lo = tl.maximum(chunk * chunk_tokens - overlap_tokens, 0)
+    key_hi = tl.minimum((chunk + 1) * chunk_tokens + key_offset, n_k)
     key_full = key_lo + ((key_hi - key_lo) // BLOCK_N) * BLOCK_N
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
@@ -664,8 +673,8 @@ def _bwd_dkdv_kernel(
     n_heads,
     n_q,
     n_k,
-    chunk_len,
-    overlap_len,
+    chunk_tokens,
+    overlap_tokens,
     key_offset,
     n_chunks,
     scale,
@@ -702,14 +711,14 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # Chunks whose window [max(t·L − O, 0), min((t+1)·L + K0, NK)) meets this key block.
     last_key = tl.minimum(key0 + BLOCK_N, n_k) - 1
-    first_chunk = tl.maximum(key0 - key_offset, 0) // chunk_len
-    last_chunk = tl.minimum((last_key + overlap_len) // chunk_len, n_chunks - 1)
+    first_chunk = tl.maximum(key0 - key_offset, 0) // chunk_tokens
+    last_chunk = tl.minimum((last_key + overlap_tokens) // chunk_tokens, n_chunks - 1)
     for chunk in range(first_chunk, last_chunk + 1):
-        key_lo = tl.maximum(chunk * chunk_len - overlap_len, 0)
-        key_hi = tl.minimum((chunk + 1) * chunk_len + key_offset, n_k)
+        key_lo = tl.maximum(chunk * chunk_tokens - overlap_tokens, 0)
+        key_hi = tl.minimum((chunk + 1) * chunk_tokens + key_offset, n_k)
         in_window = (cols >= key_lo) & (cols < key_hi)
-        row_hi = tl.minimum((chunk + 1) * chunk_len, n_q)
-        for row0 in range(chunk * chunk_len, row_hi, BLOCK_M):
+        row_hi = tl.minimum((chunk + 1) * chunk_tokens, n_q)
+        for row0 in range(chunk * chunk_tokens, row_hi, BLOCK_M):
             row_valid = row0 + offs_m < row_hi
             row0_64 = tl.cast(row0, tl.int64)  # a loop index: a Python int under the interpreter
             rows64 = row0_64 + offs_m
@@ -738,12 +747,18 @@ def _bwd_dkdv_kernel(
     tl.store(dv_ptr + out_rows + tile, dv.to(v.dtype), mask=col_valid[:, None])
 
 
-def _grid_rows(n_q: int, chunk_len: int, block_m: int) -> tuple[int, int, int]:
+def _grid_rows(n_q: int, chunk_tokens: int, block_m: int) -> tuple[int, int, int]:
     """(blocks per chunk, number of chunks, number of query-block programs) — no empty programs."""
-    blocks_per_chunk = -(-chunk_len // block_m)
-    n_chunks = -(-n_q // chunk_len)
-    last_len = n_q - (n_chunks - 1) * chunk_len
+    blocks_per_chunk = -(-chunk_tokens // block_m)
+    n_chunks = -(-n_q // chunk_tokens)
+    last_len = n_q - (n_chunks - 1) * chunk_tokens
     return blocks_per_chunk, n_chunks, (n_chunks - 1) * blocks_per_chunk + -(-last_len // block_m)
+
+
+def _window(geometry: Geometry, n_q: int, n_k: int) -> tuple[int, int, int]:
+    """The kernels' (chunk_tokens, overlap_tokens, key_offset) for ``n_q`` query rows, the last of
+    ``n_k`` key rows (see the module docstring)."""
+    return geometry.chunk_tokens(n_q // geometry.frame_tokens), geometry.overlap_tokens, n_k - n_q
 
 
 def _contiguous_like(x: Tensor) -> Tensor:
@@ -768,10 +783,7 @@ def _launch_forward(
     kv: Tensor | None,
     z: Tensor | None,
     prefix: tuple[Tensor, Tensor] | None,
-    chunk_len: int,
-    overlap_len: int,
-    key_offset: int,
-    scale: float,
+    geometry: Geometry,
     stats: AttentionStats | None,
     splits: int | None = 1,
     out: Tensor | None = None,
@@ -790,11 +802,13 @@ def _launch_forward(
     pk, pv = prefix if prefix is not None else (k, v)
     n_prefix = pk.shape[1] if prefix is not None else 0
     n_k = n_prefix + k.shape[1]
+    chunk_tokens, overlap_tokens, key_offset = _window(geometry, n_q, n_k)
+    scale = geometry.softmax_scale(head_dim)
     feat = fq.shape[-1] if has_linear else 0
     cfg = attention_config("fwd", head_dim, q.dtype, q.device)
-    blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+    blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_tokens, cfg.block_m)
     if splits is None:
-        window_blocks = -(-min(chunk_len + overlap_len + key_offset, n_k) // cfg.block_n)
+        window_blocks = -(-min(chunk_tokens + overlap_tokens + key_offset, n_k) // cfg.block_n)
         splits = key_splits(n_programs * batch * heads, window_blocks, head_dim, q.dtype, q.device)
     if out is None:
         out = torch.empty(batch, n_q, heads, head_dim, device=q.device, dtype=q.dtype)
@@ -824,7 +838,7 @@ def _launch_forward(
         **strides("o", out),
         n_heads=heads,
         n_q=n_q,
-        chunk_len=chunk_len,
+        chunk_tokens=chunk_tokens,
         n_chunks=n_chunks,
         eps=DENOMINATOR_EPS,
         D=head_dim,
@@ -847,7 +861,7 @@ def _launch_forward(
         **strides("pv", pv),
         n_k=n_k,
         n_prefix=n_prefix,
-        overlap_len=overlap_len,
+        overlap_tokens=overlap_tokens,
         key_offset=key_offset,
         blocks_per_chunk=blocks_per_chunk,
         qk_scale=scale * LOG2E,
@@ -860,7 +874,7 @@ def _launch_forward(
     )
     if splits > 1:
         block_m = min(COMBINE_BLOCK_M, cfg.block_m)
-        blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_len, block_m)
+        blocks_per_chunk, _, n_programs = _grid_rows(n_q, chunk_tokens, block_m)
         _combine_kernel[(n_programs, batch * heads)](
             blocks_per_chunk=blocks_per_chunk, BLOCK_M=block_m, num_warps=COMBINE_WARPS, **epilogue
         )
@@ -877,10 +891,7 @@ def windowed_attention_forward(
     fq: Tensor | None,
     kv: Tensor | None,
     z: Tensor | None,
-    chunk_len: int,
-    overlap_len: int,
-    key_offset: int,
-    scale: float,
+    geometry: Geometry,
     stats: AttentionStats | None = None,
     *,
     prefix: tuple[Tensor, Tensor] | None = None,
@@ -890,7 +901,7 @@ def windowed_attention_forward(
     """The forward of :class:`WindowedHybridAttention` alone: no autograd graph, nothing saved.
 
     ``prefix`` = (pk, pv) [B, M, H, D] gives the same result as passing k, v = [pk ‖ k], [pv ‖ v]
-    (key indices, ``key_offset`` included, count the prefix rows first) without building those
+    (key indices count the prefix rows first) without building those
     concatenations — for the streaming step, whose cached frames come first. ``splits``: parts per
     key window (None: :func:`key_splits` decides from the grid and the GPU; 1 on CPU). ``out``: a
     tensor shaped and typed like q (e.g. a slice of a larger buffer) that receives y, which is returned.
@@ -902,18 +913,16 @@ def windowed_attention_forward(
         raise ValueError(f"splits must be >= 1 or None, got {splits}")
     if out is not None:
         check_output_buffer(out, q)
-    out, *_ = _launch_forward(
-        q, k, v, fq, kv, z, prefix, chunk_len, overlap_len, key_offset, scale, stats, splits, out
-    )
+    out, *_ = _launch_forward(q, k, v, fq, kv, z, prefix, geometry, stats, splits, out)
     return out
 
 
 class WindowedHybridAttention(torch.autograd.Function):
     """(q, k, v, fq, kv, z) -> y: windowed softmax part + linear part through chunk states kv, z.
 
-    q, fq: [B, NQ, H, D|D']; k, v: [B, NK, H, D]; kv: [B, C, H, D', D], z: [B, C, H, D'] fp32, one
-    state per chunk (C = ceil(NQ / chunk_len)); fq, kv, z all None drops the linear part. ``split_len``
-    must divide ``chunk_len`` (the frame length): the backward sums state gradients in runs of it.
+    q, fq: [B, NQ, H, D|D']; k, v: [B, NK, H, D] (the queries are the last NQ key rows); kv:
+    [B, C, H, D', D], z: [B, C, H, D'] fp32, one state per chunk of ``geometry`` (C = ceil(NQ / Tc·S));
+    fq, kv, z all None drops the linear part. The backward sums state gradients frame by frame.
     """
 
     @staticmethod
@@ -925,29 +934,25 @@ class WindowedHybridAttention(torch.autograd.Function):
         fq: Tensor | None,
         kv: Tensor | None,
         z: Tensor | None,
-        chunk_len: int,
-        overlap_len: int,
-        key_offset: int,
-        split_len: int,
-        scale: float,
+        geometry: Geometry,
         stats: AttentionStats | None,
     ) -> Tensor:
         q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
-        out, m, l_soft, n_lin = _launch_forward(
-            q, k, v, fq, kv, z, None, chunk_len, overlap_len, key_offset, scale, stats
-        )
+        out, m, l_soft, n_lin = _launch_forward(q, k, v, fq, kv, z, None, geometry, stats)
         ctx.save_for_backward(q, k, v, fq, kv, z, out, m, l_soft, n_lin)
-        ctx.geometry = (chunk_len, overlap_len, key_offset, split_len, scale)
+        ctx.geometry = geometry
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         q, k, v, fq, kv, z, out, m, l_soft, n_lin = ctx.saved_tensors
-        chunk_len, overlap_len, key_offset, split_len, scale = ctx.geometry
+        geometry: Geometry = ctx.geometry
         g = last_dim_contiguous(g)
         has_linear = fq is not None
         batch, n_q, heads, head_dim = q.shape
         n_k = k.shape[1]
+        chunk_tokens, overlap_tokens, key_offset = _window(geometry, n_q, n_k)
+        frame_tokens, scale = geometry.frame_tokens, geometry.softmax_scale(head_dim)
         feat = fq.shape[-1] if has_linear else 0
         prec = dot_precision(q.dtype)
 
@@ -974,7 +979,7 @@ class WindowedHybridAttention(torch.autograd.Function):
         dfq = _contiguous_like(fq) if has_linear else None
         dk_extra = torch.zeros(k.shape, device=k.device, dtype=torch.float32) if has_linear else q
         cfg = attention_config("bwd_dq", head_dim, q.dtype, q.device)
-        blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_len, cfg.block_m)
+        blocks_per_chunk, n_chunks, n_programs = _grid_rows(n_q, chunk_tokens, cfg.block_m)
         _bwd_dq_kernel[(n_programs, batch * heads)](
             q_ptr=q,
             k_ptr=k,
@@ -996,8 +1001,8 @@ class WindowedHybridAttention(torch.autograd.Function):
             n_heads=heads,
             n_q=n_q,
             n_k=n_k,
-            chunk_len=chunk_len,
-            overlap_len=overlap_len,
+            chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens,
             key_offset=key_offset,
             blocks_per_chunk=blocks_per_chunk,
             n_chunks=n_chunks,
@@ -1034,8 +1039,8 @@ class WindowedHybridAttention(torch.autograd.Function):
             n_heads=heads,
             n_q=n_q,
             n_k=n_k,
-            chunk_len=chunk_len,
-            overlap_len=overlap_len,
+            chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens,
             key_offset=key_offset,
             n_chunks=n_chunks,
             scale=scale,
@@ -1051,10 +1056,10 @@ class WindowedHybridAttention(torch.autograd.Function):
 
         dkv = dz = None
         if has_linear and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
-            # Σ over a chunk's rows of φq ĝᵀ and ∂L/∂nL φq: partial sums over runs of split_len rows
+            # Σ over a chunk's rows of φq ĝᵀ and ∂L/∂nL φq: partial sums over runs of frame_tokens rows
             # (more programs than one per chunk), then added per chunk.
-            part_kv, part_z = segment_sums(fq, g, split_len, wb=rden, wz=dnl)
-            owner = torch.arange(part_kv.shape[1], device=q.device) * split_len // chunk_len
+            part_kv, part_z = segment_sums(fq, g, frame_tokens, wb=rden, wz=dnl)
+            owner = torch.arange(part_kv.shape[1], device=q.device) * frame_tokens // chunk_tokens
             dkv = kv.new_zeros(kv.shape).index_add_(1, owner, part_kv)
             dz = z.new_zeros(z.shape).index_add_(1, owner, part_z)
-        return dq, dk, dv, dfq, dkv, dz, None, None, None, None, None, None
+        return dq, dk, dv, dfq, dkv, dz, None, None
