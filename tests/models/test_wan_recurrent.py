@@ -101,7 +101,7 @@ def test_feed_forward_runs_frame_by_frame_only_while_streaming(model):
 
 def test_streaming_restores_feed_forwards_after_an_error(model, monkeypatch):
     """An FFN forward set on the instance (a hook) survives, and is restored even when a step fails."""
-    import rehyat.models.wan as wan
+    import rehyat.models.adapter as adapter
 
     net = converted(model, chunk_frames=3, overlap_frames=1)
     plain = net.blocks[0].ffn.forward
@@ -114,7 +114,7 @@ def test_streaming_restores_feed_forwards_after_an_error(model, monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(wan, "hybrid_attention_step", failing)
+    monkeypatch.setattr(adapter, "hybrid_attention_step", failing)
     hidden, timestep, context = tiny_inputs(frames=7)
     with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
         recurrent_forward(net, hidden, timestep, context)

@@ -1,7 +1,10 @@
-"""ReHyAt for video DiTs in diffusers: Wan2.1 conversion, checkpoints and the recurrent forward."""
+"""ReHyAt for video DiTs in diffusers: one converter over per-family adapters (Wan2.1/Wan2.2, SkyReels-V2,
+LTX-Video), checkpoints and the recurrent forward."""
 
+from rehyat.models.adapter import FamilyAdapter, ReHyAtAttnProcessor
 from rehyat.models.checkpoint import load_rehyat, read_rehyat_config, save_rehyat
 from rehyat.models.config import ReHyAtConfig
+from rehyat.models.families import FAMILIES, convert, family_of, supported_classes
 from rehyat.models.recurrent import recurrent_forward
 from rehyat.models.wan import (
     ReHyAtRuntime,
@@ -14,11 +17,16 @@ from rehyat.models.wan import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "FamilyAdapter",
+    "ReHyAtAttnProcessor",
     "ReHyAtConfig",
     "ReHyAtRuntime",
     "ReHyAtWanAttnProcessor",
+    "convert",
     "convert_wan",
     "converted_blocks",
+    "family_of",
     "feature_maps",
     "load_rehyat",
     "read_rehyat_config",
@@ -26,4 +34,5 @@ __all__ = [
     "rehyat_runtime",
     "rotary_for_frames",
     "save_rehyat",
+    "supported_classes",
 ]

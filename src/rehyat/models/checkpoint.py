@@ -40,8 +40,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from rehyat.models.adapter import PHI_K, PHI_Q, converted_blocks, rehyat_runtime
 from rehyat.models.config import ReHyAtConfig
-from rehyat.models.wan import PHI_K, PHI_Q, convert_wan, converted_blocks, rehyat_runtime
+from rehyat.models.families import convert, family_of
 from rehyat.utils import (
     atomic_write_json,
     atomic_write_tensors,
@@ -80,25 +81,25 @@ def _is_rehyat_key(name: str) -> bool:
 
 
 def _model_dims(transformer: nn.Module) -> dict[str, object]:
-    config = transformer.config
+    config, family = transformer.config, family_of(transformer)
     return {  # the keys of MODEL_KEYS
-        "num_layers": len(transformer.blocks),
+        "num_layers": len(family.blocks(transformer)),
         "num_attention_heads": config.num_attention_heads,
         "attention_head_dim": config.attention_head_dim,
-        "patch_size": list(config.patch_size),
+        "patch_size": list(family.patch_size(transformer)),
     }
 
 
 def _expected_shapes(transformer: nn.Module, config: ReHyAtConfig, blocks: list[int]) -> dict[str, tuple]:
     """Names and shapes of the φ tensors that conversion with ``config`` creates (built on meta)."""
-    shapes = {}
+    shapes, family = {}, family_of(transformer)
     for index in blocks if config.attention != "local" else ():
-        attn = transformer.blocks[index].attn1
+        attn = family.attention(transformer, index)
         with torch.device("meta"):
             phi = config.feature_map(attn.heads, attn.inner_dim // attn.heads)
         for prefix in (PHI_Q, PHI_K):
             for name, tensor in phi.state_dict().items():
-                shapes[f"blocks.{index}.attn1.{prefix}.{name}"] = tuple(tensor.shape)
+                shapes[f"{family.attention_path(index)}.{prefix}.{name}"] = tuple(tensor.shape)
     return shapes
 
 
@@ -162,7 +163,7 @@ def save_rehyat(
     """
     runtime = rehyat_runtime(transformer)
     if runtime is None:
-        raise ValueError("save_rehyat needs a transformer converted with convert_wan")
+        raise ValueError("save_rehyat needs a transformer converted with convert_wan or convert")
     try:
         folder = real_folder(path)
     except ValueError as error:
@@ -302,7 +303,7 @@ def load_rehyat(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
                 raise
     runtime = rehyat_runtime(transformer)
     if runtime is None:
-        convert_wan(transformer, config)
+        convert(transformer, config)
     transformer.load_state_dict(tensors, strict=False)  # names and shapes were checked above
     return transformer
 
@@ -325,7 +326,7 @@ def _read_checkpoint(transformer: nn.Module, folder: Path) -> tuple[ReHyAtConfig
                 f"this model has {dims[key]}"
             )
     try:
-        blocks = config.resolve_blocks(len(transformer.blocks))
+        blocks = config.resolve_blocks(len(family_of(transformer).blocks(transformer)))
     except ValueError as error:
         raise ReHyAtCheckpointError(f"{config_path}: {error}") from error
     if metadata["converted_blocks"] != blocks:

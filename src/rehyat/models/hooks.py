@@ -1,8 +1,10 @@
-"""The recurrent mode of a converted Wan DiT through diffusers' own hooks (docs/method.md §4, §8).
+"""The recurrent mode of a converted video DiT through diffusers' own hooks (docs/method.md §4, §8).
 
-:func:`apply_recurrent` registers three ``diffusers.hooks.ModelHook`` s with the model's
-``HookRegistry`` (the mechanism of diffusers' first-block cache, pyramid attention broadcast and
-context parallelism); ``WanTransformer3DModel.forward`` itself is not copied or changed:
+:func:`apply_recurrent` registers ``diffusers.hooks.ModelHook`` s with the model's ``HookRegistry`` (the
+mechanism of diffusers' first-block cache, pyramid attention broadcast and context parallelism); the
+model's forward (``WanTransformer3DModel.forward``, ``LTXVideoTransformer3DModel.forward``, ...) itself is
+not copied or changed. What differs between families (how a call is cut into chunks, where RoPE positions
+come from) is asked of the model's :class:`~rehyat.models.adapter.FamilyAdapter`:
 
 - on the transformer, :class:`ChunkedForwardHook` (``new_forward``) cuts the latent video into chunks
   of ``chunk_frames`` post-patch frames and calls diffusers' own forward once per chunk, in order,
@@ -10,8 +12,9 @@ context parallelism); ``WanTransformer3DModel.forward`` itself is not copied or 
   :class:`~rehyat.HybridAttentionState` from one chunk to the next. The chunks' outputs are written
   into one output, returned as diffusers would (tuple or ``Transformer2DModelOutput``). Per-token
   timesteps (Wan2.2-TI2V, ``timestep`` [B, N]) are cut with the tokens;
-- on ``transformer.rope``, :class:`AbsoluteFramesRotaryHook`: diffusers' RoPE numbers frames from 0
-  within its input, so inside a sweep the hook returns the tables of the chunk's absolute frames;
+- on ``transformer.rope`` (Wan, SkyReels-V2), :class:`AbsoluteFramesRotaryHook`: diffusers' RoPE numbers
+  frames from 0 within its input, so inside a sweep the hook returns the tables of the chunk's absolute
+  frames (LTX-Video's chunk calls pass the absolute positions as ``video_coords`` instead);
 - on each block's ``ffn``, :class:`FrameByFrameHook`: inside a sweep the feed-forward (token-wise) runs
   one frame at a time, which bounds its 4×-wide hidden activation, the largest tensor of a chunk.
 
@@ -41,7 +44,6 @@ sizes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -51,13 +53,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import Tensor, nn
 
 from rehyat.attention import HybridAttentionState
-from rehyat.models.wan import (
-    ReHyAtRuntime,
-    check_rotary_limit,
-    converted_blocks,
-    rehyat_runtime,
-    rotary_at_frames,
-)
+from rehyat.models.adapter import ReHyAtRuntime, converted_blocks, rehyat_runtime
+from rehyat.models.wan import rotary_at_frames
 
 CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
 ROTARY_HOOK = "rehyat_absolute_frames_rotary"
@@ -69,8 +66,9 @@ def check_recurrent(transformer: nn.Module) -> ReHyAtRuntime:
     """The runtime of a transformer that can run recurrently; ValueError saying why not otherwise."""
     runtime = rehyat_runtime(transformer)
     if runtime is None:
-        raise ValueError("the recurrent mode needs a transformer converted with convert_wan")
-    unconverted = sorted(set(range(len(transformer.blocks))) - set(converted_blocks(transformer)))
+        raise ValueError("the recurrent mode needs a transformer converted with convert_wan or convert")
+    blocks = runtime.family.blocks(transformer)
+    unconverted = sorted(set(range(len(blocks))) - set(converted_blocks(transformer)))
     if unconverted:
         raise ValueError(
             f"the recurrent mode needs every block converted, but blocks {unconverted} still run full softmax "
@@ -125,50 +123,29 @@ class ChunkedForwardHook(ModelHook):
     """On the transformer: one call = one sweep over the chunks through diffusers' own forward (see the
     module docstring)."""
 
-    def __init__(self, runtime: ReHyAtRuntime, rotary: AbsoluteFramesRotaryHook) -> None:
+    def __init__(self, runtime: ReHyAtRuntime, rotary: AbsoluteFramesRotaryHook | None) -> None:
         super().__init__()
         self.runtime = runtime
         self.rotary = rotary
-        self._signature: inspect.Signature | None = None
         # What runs one chunk: diffusers' forward, or its compiled form (compile_recurrent).
         self.chunk_forward: Callable | None = None
         self.graphed = False
 
-    def initialize_hook(self, module: nn.Module) -> nn.Module:
-        self._signature = inspect.signature(module.forward)
-        return module
-
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        call = dict(bound.arguments)
-        hidden_states, timestep = call.pop("hidden_states"), call.pop("timestep")
+        family = self.runtime.family
+        call = family.bind(module, args, kwargs)
         return_dict = call.pop("return_dict", True)
-        if not isinstance(hidden_states, Tensor) or hidden_states.dim() != 5:
-            shape = tuple(hidden_states.shape) if isinstance(hidden_states, Tensor) else type(hidden_states)
-            raise ValueError(f"hidden_states must be [B, C, F, H, W], got {shape}")
-        batch, _, _, height, width = hidden_states.shape
-        p_t, p_h, p_w = module.config.patch_size
-        frames, rows, cols = hidden_states.shape[2] // p_t, height // p_h, width // p_w
-        tokens = rows * cols
-        if timestep.dim() == 2 and timestep.shape[1] != frames * tokens:
-            raise ValueError(
-                f"per-token timesteps must be [B, N] with N = {frames * tokens} tokens, got {tuple(timestep.shape)}"
-            )
-        if frames == 0:  # the parallel form fails in diffusers here; None would reach the caller
-            raise ValueError(
-                f"hidden_states has no latent frames to run: {hidden_states.shape[2]} frame(s) with a "
-                f"temporal patch of {p_t}"
-            )
-        if batch == 0:  # diffusers' forward cannot take B = 0 (a -1 reshape of 0 elements): nothing to run
-            channels = module.proj_out.out_features // (p_t * p_h * p_w)
-            output = hidden_states.new_empty(0, channels, frames * p_t, height, width)
+        grid = family.grid(module, call)  # ValueError for inputs without frames or of the wrong shape
+        family.check_sweep(module, call, grid)
+        if call["hidden_states"].shape[0] == 0:  # diffusers' forward cannot take B = 0: nothing to run
+            output = family.empty_output(module, call)
             return Transformer2DModelOutput(sample=output) if return_dict else (output,)
-        check_rotary_limit(module.rope, frames, rows, cols)
+        frames, rows, cols = grid
+        axis, per_frame = family.frame_axis(module, grid)
         chunk_frames = self.runtime.config.chunk_frames
         forward = self.fn_ref.original_forward if self.chunk_forward is None else self.chunk_forward
-        positions = module.rope.freqs_cos.device
-        processors = [block.attn1.processor for block in module.blocks]
+        rope = family.rope(module)
+        processors = [family.attention(module, i).processor for i in range(len(family.blocks(module)))]
         output = None
         try:
             for processor in processors:
@@ -179,28 +156,25 @@ class ChunkedForwardHook(ModelHook):
                 # What the chunk's forward sees depends on the chunk only (not on the video's length or
                 # the chunk's place in it): its grid, its position as a tensor, contiguous inputs.
                 self.runtime.grid = (stop - start, rows, cols)
-                self.rotary.start = torch.full((), start, dtype=torch.int64, device=positions)
-                chunk_timestep = timestep
-                if timestep.dim() == 2:
-                    chunk_timestep = timestep[:, start * tokens : stop * tokens].contiguous()
+                if self.rotary is not None:
+                    self.rotary.start = torch.full((), start, dtype=torch.int64, device=rope.freqs_cos.device)
+                chunk = family.chunk_call(module, call, start, stop, grid)
                 # The chunk's step sees its state numbered from 0: frames_seen is an int the compiler
                 # would specialise on, and the chunk's computation does not read it.
                 _renumber(processors, 0)
                 if self.graphed:
                     torch.compiler.cudagraph_mark_step_begin()
-                x = forward(
-                    hidden_states=hidden_states[:, :, start * p_t : stop * p_t].contiguous(),
-                    timestep=chunk_timestep,
-                    return_dict=False,
-                    **call,
-                )[0]
+                x = forward(**chunk, return_dict=False)[0]
                 if output is None:
-                    output = x.new_empty(batch, x.shape[1], frames * p_t, height, width)
-                output[:, :, start * p_t : stop * p_t] = x
+                    shape = list(x.shape)
+                    shape[axis] = frames * per_frame
+                    output = x.new_empty(shape)
+                output.narrow(axis, start * per_frame, (stop - start) * per_frame).copy_(x)
                 # A CUDA graph's next replay overwrites this one's outputs, the states among them.
                 _renumber(processors, stop, copy=self.graphed)
         finally:
-            self.rotary.start = None
+            if self.rotary is not None:
+                self.rotary.start = None
             self.runtime.streaming, self.runtime.grid = False, None
             for processor in processors:
                 processor.state = None
@@ -214,17 +188,22 @@ def is_recurrent(transformer: nn.Module) -> bool:
 
 
 def apply_recurrent(transformer: nn.Module) -> nn.Module:
-    """Make every call of a converted ``WanTransformer3DModel`` (all blocks, causal) run recurrently,
-    chunk by chunk, through diffusers' hooks — e.g. inside an unmodified ``WanPipeline.__call__``.
+    """Make every call of a converted transformer (all blocks, causal) run recurrently, chunk by chunk,
+    through diffusers' hooks — e.g. inside an unmodified ``WanPipeline.__call__`` or ``LTXPipeline.__call__``.
     Undo with :func:`remove_recurrent`. Run it under ``torch.no_grad()`` for constant memory (the
     pipeline does): with autograd on, the graph keeps every chunk's activations. Returns ``transformer``."""
     runtime = check_recurrent(transformer)
     if is_recurrent(transformer):
         raise ValueError("the recurrent mode is already applied to this transformer")
-    rotary = AbsoluteFramesRotaryHook()
-    HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(rotary, ROTARY_HOOK)
-    for block in transformer.blocks:
-        HookRegistry.check_if_exists_or_initialize(block.ffn).register_hook(
+    family = runtime.family
+    rotary = None
+    if family.rope(transformer) is not None:
+        rotary = AbsoluteFramesRotaryHook()
+        HookRegistry.check_if_exists_or_initialize(family.rope(transformer)).register_hook(
+            rotary, ROTARY_HOOK
+        )
+    for ffn in family.feed_forwards(transformer):
+        HookRegistry.check_if_exists_or_initialize(ffn).register_hook(
             FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK
         )
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
@@ -253,7 +232,11 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
         apply_recurrent(transformer)
     hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
     compile_kwargs.setdefault("dynamic", False)
-    counting = any(getattr(block.attn1.processor, "stats", None) is not None for block in transformer.blocks)
+    family = rehyat_runtime(transformer).family
+    counting = any(
+        getattr(family.attention(transformer, i).processor, "stats", None) is not None
+        for i in range(len(family.blocks(transformer)))
+    )
     compile_kwargs.setdefault("fullgraph", not counting)
     hook.chunk_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
     hook.graphed = compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune")
@@ -265,7 +248,9 @@ def remove_recurrent(transformer: nn.Module) -> nn.Module:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     for name in _HOOKS:
         registry.remove_hook(name, recurse=True)
-    for module in (transformer, transformer.rope, *(block.ffn for block in transformer.blocks)):
+    family = rehyat_runtime(transformer).family
+    rope = family.rope(transformer)
+    for module in (transformer, *([rope] if rope is not None else []), *family.feed_forwards(transformer)):
         _drop_plain_forward(module)
     _invalidate_registry_caches(registry)
     return transformer
