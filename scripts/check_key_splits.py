@@ -19,9 +19,9 @@ import torch
 import triton
 
 from rehyat import hybrid_attention
-from rehyat.attention import recurrent
-from rehyat.attention.kernels import hybrid as fused
-from rehyat.attention.kernels import windowed_attention as windowed
+from rehyat.attention.hybrid import recurrent
+from rehyat.attention.hybrid.kernels import launch as fused
+from rehyat.attention.hybrid.kernels import windowed_attention as windowed
 from rehyat.attention.kernels.config import attention_config, key_splits
 from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 

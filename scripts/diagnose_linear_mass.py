@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-import rehyat.attention.custom_ops as custom_ops
+import rehyat.attention.hybrid.custom_ops as custom_ops
 from rehyat.models import recurrent_forward
 from rehyat.toy.model import CLIP, bundled_teacher, load_text_encoder, load_toy_model, prompt_embeddings
 from rehyat.toy.world import render, sample_prompt

@@ -18,8 +18,8 @@ import torch
 import triton
 
 from rehyat import hybrid_attention
+from rehyat.attention.hybrid.kernels.launch import triton_hybrid_attention
 from rehyat.attention.kernels import config
-from rehyat.attention.kernels.hybrid import triton_hybrid_attention
 from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
 C = config.AttentionConfig

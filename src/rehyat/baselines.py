@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rehyat.attention._common import (
+from rehyat.attention.hybrid.chunk import chunked_attention, linear_states
+from rehyat.attention.hybrid.common import (
     DENOMINATOR_EPS,
     AttentionStats,
     accumulation_dtype,
@@ -25,9 +26,8 @@ from rehyat.attention._common import (
     validate_geometry,
     validate_inputs,
 )
-from rehyat.attention.chunked import chunked_attention, linear_states
-from rehyat.attention.geometry import Geometry
-from rehyat.attention.ops import hybrid_attention
+from rehyat.attention.hybrid.geometry import Geometry
+from rehyat.attention.hybrid.parallel import hybrid_attention
 
 
 def full_attention(

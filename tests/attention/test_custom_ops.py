@@ -27,8 +27,8 @@ from rehyat import (
     hybrid_attention_step,
     recurrent_hybrid_attention,
 )
-from rehyat.attention import custom_ops
-from rehyat.attention.chunked import chunked_hybrid_attention
+from rehyat.attention.hybrid import custom_ops
+from rehyat.attention.hybrid.chunk import chunked_hybrid_attention
 from rehyat.attention.kernels import triton_available
 from rehyat.models import rehyat_runtime
 

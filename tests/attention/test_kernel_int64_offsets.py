@@ -33,8 +33,9 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import hybrid_attention, hybrid_attention_step, recurrent_hybrid_attention
-from rehyat.attention.geometry import Geometry
-from rehyat.attention.kernels import feature_map_kernel, state_sums, windowed_attention
+from rehyat.attention.hybrid.geometry import Geometry
+from rehyat.attention.hybrid.kernels import state_sums, windowed_attention
+from rehyat.attention.kernels import feature_map_kernel
 from rehyat.attention.kernels.config import MIN_BLOCK, interpreting
 
 from conftest import make_inputs

@@ -17,11 +17,14 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import AttentionStats, HybridAttentionState, hybrid_attention_step
-from rehyat.attention.geometry import Geometry
-from rehyat.attention.kernels import hybrid
+from rehyat.attention.hybrid.geometry import Geometry
+from rehyat.attention.hybrid.kernels import launch as hybrid
+from rehyat.attention.hybrid.kernels.windowed_attention import (
+    WindowedHybridAttention,
+    windowed_attention_forward,
+)
+from rehyat.attention.hybrid.naive import naive_hybrid_attention
 from rehyat.attention.kernels.config import best_key_splits
-from rehyat.attention.kernels.windowed_attention import WindowedHybridAttention, windowed_attention_forward
-from rehyat.attention.naive import naive_hybrid_attention
 
 from conftest import make_inputs, rel_err
 
@@ -189,7 +192,7 @@ def test_grad_enabled_step_matches_reference_gradients(chunk, overlap):
 
 def test_frame_sums_split_frames_into_runs_and_add_them_back():
     """A chunk's few frames are summed in runs of a frame (more kernel programs), then added per frame."""
-    from rehyat.attention.kernels.state_sums import SegmentSums
+    from rehyat.attention.hybrid.kernels.state_sums import SegmentSums
 
     torch.manual_seed(0)
     fk = torch.randn(2, 2 * 128, 1, 16, device=DEVICE, requires_grad=True)
@@ -215,7 +218,7 @@ def test_frame_sums_split_frames_into_runs_and_add_them_back():
 def test_retire_sums_matches_adding_whole_frames(pending, frames, splits):
     """One launch adds the first ``leaving`` frames of [pending ‖ chunk] (the chunk's frames given as
     ``splits`` partials each) to the sums and keeps the rest, for every leaving count."""
-    from rehyat.attention.kernels.state_sums import retire_sums
+    from rehyat.attention.hybrid.kernels.state_sums import retire_sums
 
     gen = torch.Generator().manual_seed(10 * pending + frames + splits)
     batch, heads, feat, dim = 2, 3, 32, 16
@@ -323,7 +326,7 @@ def test_key_splits_merge_to_the_unsplit_forward(frame_tokens, splits, cuts):
 def test_streaming_step_with_key_splits_matches_the_reference(monkeypatch):
     """The step as it runs on a GPU whose SMs a chunk underfills: every window cut in two; the same
     output as the reference and the same row counts as the unsplit step."""
-    from rehyat.attention.kernels import windowed_attention
+    from rehyat.attention.hybrid.kernels import windowed_attention
 
     inputs = make_inputs(2, 7, 5, 3, 16, 32, seed=6)
     unsplit = AttentionStats()
@@ -355,7 +358,7 @@ def test_key_splits_fill_the_waves_of_small_grids():
 def test_step_writes_into_a_strided_output_buffer(splits, monkeypatch):
     """``out=``: each chunk's output lands in its rows of a [B, N, H, D] buffer (for B = 2 a strided
     view), with and without the split merge, and equals the step's own output."""
-    from rehyat.attention.kernels import windowed_attention
+    from rehyat.attention.hybrid.kernels import windowed_attention
 
     monkeypatch.setattr(windowed_attention, "key_splits", lambda *args: splits)
     q, k, v, fq, fk = (x.to(DEVICE, torch.float32) for x in make_inputs(2, 5, 5, 3, 16, 32, seed=8))
@@ -397,7 +400,7 @@ def test_recurrent_inference_fills_one_output_without_concatenating(monkeypatch)
 
 def test_segment_sums_read_inputs_with_any_strides():
     """φk and v whose last dim is not contiguous (a transposed view) give the contiguous inputs' sums."""
-    from rehyat.attention.kernels.state_sums import segment_sums
+    from rehyat.attention.hybrid.kernels.state_sums import segment_sums
 
     gen = torch.Generator().manual_seed(11)
     a = torch.randn(1, 40, 2, 16, generator=gen).to(DEVICE)

@@ -26,11 +26,11 @@ Choices the paper leaves open (documented here, compared by distillation error i
 Backends: ``backend="auto"`` (default) runs φ as one fused Triton kernel per direction
 (:mod:`rehyat.attention.kernels.feature_map_kernel`: no hidden activation in HBM) on CUDA when Triton is
 installed and the map is supported (1 or 2 layers, degree ≤ 4, head dim a power of two in [16, 128],
-float16/bfloat16/float32), else the PyTorch path (:func:`rehyat.attention.custom_ops.torch_feature_map`),
+float16/bfloat16/float32), else the PyTorch path (:func:`rehyat.attention.hybrid.custom_ops.torch_feature_map`),
 which stays the reference. ``"torch"`` forces PyTorch; ``"triton"`` forces the kernels and raises if they
 cannot run (on CPU they need ``TRITON_INTERPRET=1``). Under autocast a float32 input runs in the autocast
 dtype, as the einsums would. Both run as the ``rehyat::feature_map`` custom op in inference and under
-``torch.compile`` (:mod:`rehyat.attention.custom_ops`).
+``torch.compile`` (:mod:`rehyat.attention.hybrid.custom_ops`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rehyat.attention._common import check_bool
-from rehyat.attention.custom_ops import FEATURE_ACTIVATIONS, feature_map
+from rehyat.attention.hybrid.common import check_bool
+from rehyat.attention.hybrid.custom_ops import FEATURE_ACTIVATIONS, feature_map
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_MAX_DEGREE = 4
@@ -224,7 +224,7 @@ class PolynomialFeatureMap(nn.Module):
         return self._run(x, "triton")
 
     def _run(self, x: Tensor, backend: Literal["torch", "triton"]) -> Tensor:
-        """φ(x) through :func:`rehyat.attention.custom_ops.feature_map` (the ``rehyat::feature_map`` op
+        """φ(x) through :func:`rehyat.attention.hybrid.custom_ops.feature_map` (the ``rehyat::feature_map`` op
         in inference and under ``torch.compile``)."""
         return feature_map(
             x,

@@ -100,8 +100,8 @@ def _rows(frames: int, dtype: torch.dtype) -> list[Row]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from rehyat import hybrid_attention
-    from rehyat.attention.geometry import Geometry
-    from rehyat.attention.kernels.hybrid import chunk_states, triton_hybrid_attention
+    from rehyat.attention.hybrid.geometry import Geometry
+    from rehyat.attention.hybrid.kernels.launch import chunk_states, triton_hybrid_attention
     from rehyat.baselines import linear_attention
     from rehyat.flops import attention_flops
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rehyat.attention.custom_ops import plain_pytorch
+from rehyat.attention.hybrid.custom_ops import plain_pytorch
 from rehyat.export.runner import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from rehyat.export.step import (
     BlockStep,

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rehyat.attention._common import (
+from rehyat.attention.hybrid.chunk import _pad_frames
+from rehyat.attention.hybrid.common import (
     AttentionStats,
     accumulation_dtype,
     combine,
@@ -28,7 +29,6 @@ from rehyat.attention._common import (
     states_from_frame_sums,
     validate_inputs,
 )
-from rehyat.attention.chunked import _pad_frames
 from rehyat.parallel.comm import Incoming, Outgoing, exchange
 from rehyat.parallel.layout import FrameLayout
 

@@ -1,4 +1,6 @@
-"""Fused Triton kernels for ReHyAt attention (forward and backward), beside the PyTorch reference.
+"""The Triton side shared by the hybrid op and φ: the backend choice, block sizes (:mod:`.config`), row
+layouts (:mod:`.layout`) and φ's fused kernel (:mod:`.feature_map_kernel`); the op's own kernels are in
+:mod:`rehyat.attention.hybrid.kernels`.
 
 This package imports Triton only when a kernel is actually used, so ``import rehyat`` works without
 it. :func:`resolve_backend` picks the implementation for ``backend="auto" | "torch" | "triton"``:

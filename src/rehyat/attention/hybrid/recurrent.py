@@ -1,0 +1,332 @@
+"""The chunk-wise recurrent (RNN) form of causal ReHyAt attention (docs/method.md §4).
+
+A :class:`HybridAttentionState` carries the past in a fixed size: the linear-attention sums
+``Skv = Σ φk(k) vᵀ`` and ``z = Σ φk(k)`` (fp32, or fp64 for fp64 inputs) plus, for the last
+``overlap_frames`` frames seen, their K and V (the next chunk's softmax keys) and their per-frame sums
+φk(K)ᵀV, Σ φk(K) (added to Skv, z when they leave the window). Keeping a frame's sums instead of its
+φk(K) costs D'·D per head instead of S·D' — at Wan's 1560 tokens per frame about 6× less. :func:`hybrid_attention_step` consumes one chunk of frames and
+returns its output and the next state, so a caller can stream a video of any length holding only one
+chunk and the state. :func:`recurrent_hybrid_attention` drives it over a whole sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rehyat.attention.hybrid.common import (
+    AttentionStats,
+    accumulation_dtype,
+    check_out_overlap,
+    check_output_buffer,
+    needs_grad,
+    validate_inputs,
+)
+from rehyat.attention.hybrid.custom_ops import frame_sums, retire_frames_op, step_attention
+from rehyat.attention.hybrid.geometry import Geometry
+from rehyat.attention.kernels import Backend, resolve_backend
+
+FeatureMap = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class HybridAttentionState:
+    """Streaming state of one attention layer (per batch element and head, for one CFG branch).
+
+    kv: [B, H, D', D] and z: [B, H, D'] in the accumulation dtype; k, v: [B, M, H, D] hold the last
+    ``cached_frames`` frames seen (M = cached_frames · frame_tokens) and pending_kv [B, F, H, D', D],
+    pending_z [B, F, H, D'] those F frames' own sums, not yet in kv, z; ``frames_seen`` counts every
+    frame consumed so far.
+
+    The state records the geometry it was made with — ``frame_tokens`` and ``overlap_frames`` as fields,
+    batch size, heads, head dim, feature dim, dtype and device through its tensors (properties below) —
+    and a step with any other geometry is a ``ValueError`` (start a new stream with ``state=None``). The
+    recurrent form is causal only, so there is no causal flag to record.
+    """
+
+    kv: Tensor
+    z: Tensor
+    k: Tensor
+    v: Tensor
+    pending_kv: Tensor
+    pending_z: Tensor
+    frame_tokens: int
+    overlap_frames: int
+    frames_seen: int = 0
+
+    @property
+    def cached_frames(self) -> int:
+        return self.pending_kv.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.kv.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.kv.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv.shape[3]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The inputs' dtype (the sums kv, z are in its accumulation dtype)."""
+        return self.k.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
+    @classmethod
+    def initial(
+        cls, k: Tensor, v: Tensor, fk: Tensor, *, frame_tokens: int, overlap_frames: int
+    ) -> HybridAttentionState:
+        """The empty state (zero sums, no cached frames) for chunks shaped like ``k``, ``v``, ``fk``."""
+        batch, _, heads, _ = k.shape
+        acc = accumulation_dtype(k.dtype)
+        kv = k.new_zeros(batch, heads, fk.shape[-1], v.shape[-1], dtype=acc)
+        z = k.new_zeros(batch, heads, fk.shape[-1], dtype=acc)
+        no_frames = dict(
+            k=k[:, :0], v=v[:, :0], pending_kv=kv.unsqueeze(1)[:, :0], pending_z=z.unsqueeze(1)[:, :0]
+        )
+        return cls(kv=kv, z=z, **no_frames, frame_tokens=frame_tokens, overlap_frames=overlap_frames)
+
+    def check_compatible(
+        self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int, overlap_frames: int
+    ) -> None:
+        """Raise ``ValueError`` unless a chunk k, v, fk [B, n, H, D] / [B, n, H, D'] stepped with this
+        ``frame_tokens`` and ``overlap_frames`` has the geometry the state was made with."""
+        restart = "; a stream keeps one geometry (start a new one with state=None)"
+        if frame_tokens != self.frame_tokens:
+            raise ValueError(
+                f"state was made with frame_tokens = {self.frame_tokens} but this chunk has "
+                f"frame_tokens = {frame_tokens}{restart}"
+            )
+        if overlap_frames != self.overlap_frames:
+            raise ValueError(
+                f"state was made with overlap_frames = {self.overlap_frames} but this step has "
+                f"overlap_frames = {overlap_frames}{restart}"
+            )
+        chunk = {
+            "batch size": k.shape[0],
+            "heads": k.shape[2],
+            "feature dim": fk.shape[-1],
+            "head dim": v.shape[-1],
+        }
+        differ = [
+            f"{name} {have} but this chunk has {chunk[name]}"
+            for name, have in zip(chunk, self.kv.shape, strict=True)
+            if have != chunk[name]
+        ]
+        if differ:
+            raise ValueError(
+                f"state has kv shape {tuple(self.kv.shape)} = [B, H, D', D] but this chunk needs "
+                f"{tuple(chunk.values())}: the state has {', '.join(differ)}"
+            )
+        if self.k.dtype != k.dtype or self.k.device != k.device:
+            raise ValueError(
+                f"state holds {self.k.dtype} on {self.k.device} but the chunk is {k.dtype} on {k.device}"
+            )
+
+
+def hybrid_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | FeatureMap,
+    fk: Tensor | FeatureMap,
+    state: HybridAttentionState | None,
+    *,
+    frame_tokens: int,
+    overlap_frames: int,
+    scale: float | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+    out: Tensor | None = None,
+) -> tuple[Tensor, HybridAttentionState]:
+    """Attend one chunk of whole frames ([B, n·S, H, D] each) given the past; return (output, next state).
+
+    The chunk's softmax keys are the cached overlap frames followed by the chunk; its linear keys are
+    the state's sums. Afterwards exactly the frames that leave the next chunk's softmax window are
+    added to the sums (docs/method.md §4), so driving this with chunks of ``chunk_frames`` frames reproduces
+    the parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
+    ``hybrid_attention``: "triton" runs the chunk's attention and the state update on the kernels.
+
+    ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
+    inside, only while needed (φq for the attention, φk after it for the state update), which lowers
+    the peak memory of a streaming forward by one chunk's features (φk(k) is checked once computed).
+
+    ``out`` (inference only): a tensor shaped and typed like q, e.g. this chunk's rows of a whole
+    video's output, that receives the output (the kernels write it in place), returned as the output.
+    It may not share memory with q, k, v, fq, fk or the state's cached frames (``ValueError``): k and v
+    are read again after the output is written, for the next state.
+    """
+    geometry = Geometry(frame_tokens, None, overlap_frames, True, scale)
+    if state is not None and not isinstance(state, HybridAttentionState):
+        raise ValueError(
+            f"state must be a HybridAttentionState or None (a new stream), got {type(state).__name__}"
+        )
+    for name, given in (("fq", fq), ("fk", fk)):
+        if not isinstance(given, Tensor) and not callable(given):
+            raise ValueError(f"{name} must be a tensor or a feature map, got {type(given).__name__}")
+    phi_q, phi_k = (None if isinstance(f, Tensor) else f for f in (fq, fk))
+    if phi_q is not None:
+        fq = phi_q(q)
+    validate_inputs(q, k, v, fq, fq if phi_k is not None else fk, frame_tokens)
+    if state is None:
+        state = HybridAttentionState.initial(
+            k, v, fq, frame_tokens=frame_tokens, overlap_frames=overlap_frames
+        )
+    else:
+        state.check_compatible(k, v, fq, frame_tokens, overlap_frames)
+    if out is not None:
+        if needs_grad(q, k, v, fq, state.k, state.v, state.kv):
+            raise ValueError(
+                "out= is for inference (run it under torch.no_grad()), but this step's inputs, state or "
+                "feature maps require grad"
+            )
+        check_output_buffer(out, q)
+        given = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk if isinstance(fk, Tensor) else None}
+        cached = {"the state's cached k": state.k, "the state's cached v": state.v}
+        check_out_overlap(out, {**given, **cached})
+    backend = resolve_backend(backend, q, fq)
+    cached = (state.k, state.v)
+    out = step_attention(
+        q, k, v, *cached, fq, state.kv, state.z, geometry, backend=backend, stats=stats, out=out
+    )
+
+    # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
+    # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
+    # released before φk(k) exists.
+    frames = q.shape[1] // frame_tokens  # in this chunk
+    window_frames = state.cached_frames + frames
+    leaving = max(window_frames - overlap_frames, 0)
+    kept_tokens = (window_frames - leaving) * frame_tokens
+    kept_k, kept_v = _last_rows(state.k, k, kept_tokens), _last_rows(state.v, v, kept_tokens)
+    del fq
+    if phi_k is not None:
+        fk = phi_k(k)
+        _check_late_features(fk, q, state.kv.shape[2])
+
+    state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
+    if backend == "triton" and not needs_grad(fk, v, *state_tensors):
+        # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
+        kv, z, pending_kv, pending_z = retire_frames_op(
+            fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
+        )
+    else:
+        # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
+        chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens, backend=backend)
+        # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
+        kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
+        z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
+
+    next_state = HybridAttentionState(
+        kv=kv,
+        z=z,
+        k=kept_k,
+        v=kept_v,
+        pending_kv=pending_kv,
+        pending_z=pending_z,
+        frame_tokens=frame_tokens,
+        overlap_frames=overlap_frames,
+        frames_seen=state.frames_seen + frames,
+    )
+    return out, next_state
+
+
+def _retire(total: Tensor, pending: Tensor, new: Tensor, leaving: int) -> tuple[Tensor, Tensor]:
+    """Add the first ``leaving`` frames (dim 1) of [pending ‖ new] to ``total``; return it and the rest,
+    without concatenating the two."""
+    from_pending = min(leaving, pending.shape[1])
+    for part, count in ((pending, from_pending), (new, leaving - from_pending)):
+        if count:
+            total = total + part[:, :count].sum(dim=1)
+    kept = pending.shape[1] + new.shape[1] - leaving
+    return total, _last_rows(pending, new, kept)
+
+
+def _last_rows(cached: Tensor, new: Tensor, count: int) -> Tensor:
+    """The last ``count`` rows (dim 1) of [cached ‖ new] in their own storage, concatenating only
+    when they reach into ``cached`` (then ``new`` is short: fewer rows than ``count``)."""
+    if count <= new.shape[1]:
+        return new[:, new.shape[1] - count :].clone()
+    return torch.cat([cached[:, cached.shape[1] - (count - new.shape[1]) :], new], dim=1)
+
+
+def _check_late_features(fk: Tensor, q: Tensor, feature_dim: int) -> None:
+    """Checks of φk(k) from a feature map, which exists only after the chunk's attention."""
+    if not isinstance(fk, Tensor) or fk.dim() != 4 or fk.shape[:3] != q.shape[:3]:
+        shape = tuple(fk.shape) if isinstance(fk, Tensor) else type(fk).__name__
+        raise ValueError(f"the fk feature map returned {shape}; expected [B, N, H, D'] with q's [B, N, H]")
+    if fk.dtype != q.dtype or fk.device != q.device:
+        raise ValueError(
+            f"the fk feature map returned {fk.dtype} on {fk.device}; q is {q.dtype} on {q.device}"
+        )
+    if fk.shape[-1] != feature_dim:
+        raise ValueError(f"fq and fk feature dims differ: fq has {feature_dim}, fk has {fk.shape[-1]}")
+
+
+def recurrent_hybrid_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    *,
+    frame_tokens: int,
+    chunk_frames: int,
+    overlap_frames: int,
+    causal: bool = True,
+    scale: float | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Causal ReHyAt attention computed chunk by chunk with :func:`hybrid_attention_step`.
+
+    Same arguments and result as ``hybrid_attention(..., causal=True)``; working memory is one chunk
+    plus the fixed-size state (the inputs and the output themselves are whole here). ``causal`` is
+    accepted so that the call shape is the parallel op's, and must be True: the bidirectional variant
+    reads future frames and has no recurrent form.
+    """
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
+    if not geometry.causal:
+        raise ValueError(
+            "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
+            "for the bidirectional variant"
+        )
+    frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
+    step_tokens = geometry.chunk_tokens(frames)
+    state = None
+    # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
+    # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
+    inference = not needs_grad(q, k, v, fq, fk) and not torch.compiler.is_compiling()
+    output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
+    outputs = []
+    for start in range(0, q.shape[1], step_tokens):
+        piece = slice(start, start + step_tokens)
+        out, state = hybrid_attention_step(
+            q[:, piece],
+            k[:, piece],
+            v[:, piece],
+            fq[:, piece],
+            fk[:, piece],
+            state,
+            frame_tokens=frame_tokens,
+            overlap_frames=overlap_frames,
+            scale=scale,
+            stats=stats,
+            backend=backend,
+            out=None if output is None else output[:, piece],
+        )
+        outputs.append(out)
+    return output if output is not None else torch.cat(outputs, dim=1)
