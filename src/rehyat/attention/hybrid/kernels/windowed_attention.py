@@ -280,28 +280,28 @@ def _fwd_kernel(
         tl.store(part_l_ptr + part + offs_m, l_i, mask=row_valid)
     else:
         _epilogue(
-            acc,
-            l_i,
-            m_i,
-            row_valid,
-            fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
-            stride_fn,
-            (batch * n_chunks + chunk) * n_heads + head,
-            kv_ptr,
-            z_ptr,
-            o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
-            stride_on,
-            bh * n_q + row0,
-            m_ptr,
-            l_ptr,
-            nl_ptr,
-            eps,
-            D,
-            E,
-            BLOCK_M,
-            BLOCK_E,
-            HAS_LINEAR,
-            PREC,
+            num=acc,
+            l_i=l_i,
+            m_i=m_i,
+            row_valid=row_valid,
+            fq_rows=fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
+            stride_fn=stride_fn,
+            state=(batch * n_chunks + chunk) * n_heads + head,
+            kv_ptr=kv_ptr,
+            z_ptr=z_ptr,
+            o_rows=o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
+            stride_on=stride_on,
+            stat_off=bh * n_q + row0,
+            m_ptr=m_ptr,
+            l_ptr=l_ptr,
+            nl_ptr=nl_ptr,
+            eps=eps,
+            D=D,
+            E=E,
+            BLOCK_M=BLOCK_M,
+            BLOCK_E=BLOCK_E,
+            HAS_LINEAR=HAS_LINEAR,
+            PREC=PREC,
         )
 
 
@@ -411,28 +411,28 @@ def _combine_kernel(
         acc_ptrs = part_acc_ptr + part * D + offs_m[:, None] * D + offs_d[None, :]
         num += weight[:, None] * tl.load(acc_ptrs, mask=row_valid[:, None], other=0.0)
     _epilogue(
-        num,
-        l_i,
-        m_i,
-        row_valid,
-        fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
-        stride_fn,
-        (batch * n_chunks + chunk) * n_heads + head,
-        kv_ptr,
-        z_ptr,
-        o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
-        stride_on,
-        own,
-        m_ptr,
-        l_ptr,
-        nl_ptr,
-        eps,
-        D,
-        E,
-        BLOCK_M,
-        BLOCK_E,
-        HAS_LINEAR,
-        PREC,
+        num=num,
+        l_i=l_i,
+        m_i=m_i,
+        row_valid=row_valid,
+        fq_rows=fq_ptr + batch * stride_fb + head * stride_fh + row0 * stride_fn,
+        stride_fn=stride_fn,
+        state=(batch * n_chunks + chunk) * n_heads + head,
+        kv_ptr=kv_ptr,
+        z_ptr=z_ptr,
+        o_rows=o_ptr + batch * stride_ob + head * stride_oh + row0 * stride_on,
+        stride_on=stride_on,
+        stat_off=own,
+        m_ptr=m_ptr,
+        l_ptr=l_ptr,
+        nl_ptr=nl_ptr,
+        eps=eps,
+        D=D,
+        E=E,
+        BLOCK_M=BLOCK_M,
+        BLOCK_E=BLOCK_E,
+        HAS_LINEAR=HAS_LINEAR,
+        PREC=PREC,
     )
 
 
@@ -697,15 +697,15 @@ def _bwd_dkdv_kernel(
     q_base = q_ptr + batch * stride_qb + head * stride_qh
     g_base = g_ptr + batch * stride_gb + head * stride_gh
     k, v, _ = _key_block(
-        k_ptr + batch * stride_kb + head * stride_kh,
-        v_ptr + batch * stride_vb + head * stride_vh,
-        stride_kn,
-        stride_vn,
-        key0,
-        n_k,
-        offs_n,
-        offs_d,
-        True,
+        k_base=k_ptr + batch * stride_kb + head * stride_kh,
+        v_base=v_ptr + batch * stride_vb + head * stride_vh,
+        stride_kn=stride_kn,
+        stride_vn=stride_vn,
+        start=key0,
+        hi=n_k,
+        offs_n=offs_n,
+        offs_d=offs_d,
+        MASK=True,
     )
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -782,6 +782,7 @@ def _launch_forward(
     fq: Tensor | None,
     kv: Tensor | None,
     z: Tensor | None,
+    *,
     prefix: tuple[Tensor, Tensor] | None,
     geometry: Geometry,
     stats: AttentionStats | None,
@@ -913,7 +914,9 @@ def windowed_attention_forward(
         raise ValueError(f"splits must be >= 1 or None, got {splits}")
     if out is not None:
         check_output_buffer(out, q)
-    out, *_ = _launch_forward(q, k, v, fq, kv, z, prefix, geometry, stats, splits, out)
+    out, *_ = _launch_forward(
+        q, k, v, fq, kv, z, prefix=prefix, geometry=geometry, stats=stats, splits=splits, out=out
+    )
     return out
 
 
@@ -938,7 +941,9 @@ class WindowedHybridAttention(torch.autograd.Function):
         stats: AttentionStats | None,
     ) -> Tensor:
         q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
-        out, m, l_soft, n_lin = _launch_forward(q, k, v, fq, kv, z, None, geometry, stats)
+        out, m, l_soft, n_lin = _launch_forward(
+            q, k, v, fq, kv, z, prefix=None, geometry=geometry, stats=stats
+        )
         ctx.save_for_backward(q, k, v, fq, kv, z, out, m, l_soft, n_lin)
         ctx.geometry = geometry
         return out
