@@ -30,6 +30,26 @@ def test_recurrent_gradients_match_parallel():
         assert rel_err(g, w) <= 1e-10
 
 
+def test_recurrent_form_continues_from_an_initial_state():
+    """Two pieces, the first ending on a chunk boundary: the second from the first's final state gives the
+    rest of the whole video's output, and the final states agree."""
+    q, k, v, fq, fk = make_inputs(1, 9, 2, 2, 4, 6, seed=4)
+    kwargs = dict(frame_tokens=2, chunk_frames=2, overlap_frames=3)
+    whole, whole_state = recurrent_hybrid_attention(q, k, v, fq, fk, output_final_state=True, **kwargs)
+    cut = 4 * 2  # 2 chunks of 2 frames
+    first, state = recurrent_hybrid_attention(
+        *(x[:, :cut] for x in (q, k, v, fq, fk)), output_final_state=True, **kwargs
+    )
+    rest = recurrent_hybrid_attention(*(x[:, cut:] for x in (q, k, v, fq, fk)), initial_state=state, **kwargs)
+    assert rel_err(torch.cat([first, rest], dim=1), whole) <= 1e-12
+    assert rel_err(whole, hybrid_attention(q, k, v, fq, fk, **kwargs)) <= 1e-10
+    _, final = recurrent_hybrid_attention(
+        *(x[:, cut:] for x in (q, k, v, fq, fk)), initial_state=state, output_final_state=True, **kwargs
+    )
+    assert final.frames_seen == whole_state.frames_seen == 9
+    assert rel_err(final.kv, whole_state.kv) <= 1e-12
+
+
 def test_step_state_is_fixed_size_and_streams():
     """Driving the public step by hand: the state never grows, and frames_seen counts frames."""
     frames, s, chunk, overlap = 11, 3, 2, 1

@@ -12,7 +12,7 @@ chunk and the state. :func:`recurrent_hybrid_attention` drives it over a whole s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from torch import Tensor
 from rehyat.attention.hybrid.common import (
     AttentionStats,
     accumulation_dtype,
+    check_bool,
     check_out_overlap,
     check_output_buffer,
     needs_grad,
@@ -171,6 +172,24 @@ def hybrid_attention_step(
     are read again after the output is written, for the next state.
     """
     geometry = Geometry(frame_tokens, None, overlap_frames, True, scale)
+    return _step(q, k, v, fq, fk, state, geometry, stats=stats, backend=backend, out=out)
+
+
+def _step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | FeatureMap,
+    fk: Tensor | FeatureMap,
+    state: HybridAttentionState | None,
+    geometry: Geometry,
+    *,
+    stats: AttentionStats | None,
+    backend: Backend,
+    out: Tensor | None,
+) -> tuple[Tensor, HybridAttentionState]:
+    """:func:`hybrid_attention_step` on a streaming ``geometry`` (``chunk_frames=None``)."""
+    frame_tokens, overlap_frames = geometry.frame_tokens, geometry.overlap_frames
     if state is not None and not isinstance(state, HybridAttentionState):
         raise ValueError(
             f"state must be a HybridAttentionState or None (a new stream), got {type(state).__name__}"
@@ -290,13 +309,20 @@ def recurrent_hybrid_attention(
     scale: float | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
-) -> Tensor:
+    initial_state: HybridAttentionState | None = None,
+    output_final_state: bool = False,
+) -> Tensor | tuple[Tensor, HybridAttentionState]:
     """Causal ReHyAt attention computed chunk by chunk with :func:`hybrid_attention_step`.
 
     Same arguments and result as ``hybrid_attention(..., causal=True)``; working memory is one chunk
     plus the fixed-size state (the inputs and the output themselves are whole here). ``causal`` is
     accepted so that the call shape is the parallel op's, and must be True: the bidirectional variant
     reads future frames and has no recurrent form.
+
+    ``initial_state``: the state after earlier frames of the same video (None: they are the first), so
+    that a long video can be attended in pieces; each piece but the last should be a whole number of
+    chunks, so that the chunks go on where they stopped. ``output_final_state=True`` returns
+    ``(output, state after the last frame)``, the next piece's ``initial_state``.
     """
     geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
     if not geometry.causal:
@@ -304,9 +330,11 @@ def recurrent_hybrid_attention(
             "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
             "for the bidirectional variant"
         )
+    check_bool("output_final_state", output_final_state)
     frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = geometry.chunk_tokens(frames)
-    state = None
+    stream = replace(geometry, chunk_frames=None)  # each step: one chunk
+    state = initial_state
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
     inference = not needs_grad(q, k, v, fq, fk) and not torch.compiler.is_compiling()
@@ -314,19 +342,9 @@ def recurrent_hybrid_attention(
     outputs = []
     for start in range(0, q.shape[1], step_tokens):
         piece = slice(start, start + step_tokens)
-        out, state = hybrid_attention_step(
-            q[:, piece],
-            k[:, piece],
-            v[:, piece],
-            fq[:, piece],
-            fk[:, piece],
-            state,
-            frame_tokens=frame_tokens,
-            overlap_frames=overlap_frames,
-            scale=scale,
-            stats=stats,
-            backend=backend,
-            out=None if output is None else output[:, piece],
-        )
+        chunk = (x[:, piece] for x in (q, k, v, fq, fk))
+        rows = None if output is None else output[:, piece]
+        out, state = _step(*chunk, state, stream, stats=stats, backend=backend, out=rows)
         outputs.append(out)
-    return output if output is not None else torch.cat(outputs, dim=1)
+    output = output if output is not None else torch.cat(outputs, dim=1)
+    return (output, state) if output_final_state else output
