@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import imageio.v3 as iio
+
 from rehyat.cli import main
 from rehyat.experiments.demo import TARGETS
 
@@ -32,7 +34,20 @@ def test_quick_demo_writes_the_report(tmp_path):
     assert set(report["targets"]) == set(TARGETS) and all(
         isinstance(v, bool) for v in report["targets"].values()
     )
-    assert report["scaling"] and report["timings"]["total_s"] > 0
+    assert report["timings"]["total_s"] > 0
+    # Time and memory: every length for both models, medians of interleaved repeats, the load recorded.
+    rows = report["scaling"]["rows"]
+    assert [r["frames"] for rows_ in rows.values() for r in rows_] == [2, 4, 2, 4]
+    assert report["scaling"]["load_average"] and len(report["machine"]["load_average_start"]) == 3
+    # A smoke run says so; the live student's chunking is named beside the shipped one's.
+    assert report["smoke"] is True
+    text = (out / "report.md").read_text()
+    assert (
+        "**Smoke run (`rehyat demo --quick`):**" in text and "## Targets (smoke run: not meaningful)" in text
+    )
+    assert report["live"]["rehyat"]["chunk_frames"] == 3 and "not the shipped student's" in text
+    # The GIFs carry their labels: a band of text above the videos (96 px a 24-px frame).
+    assert iio.imread(out / "teacher_vs_rehyat.gif").shape[1] > 2 * 96 + 4
     for name in (
         "report.md",
         "toybench.png",

@@ -6,17 +6,20 @@
    length recurrently (constant memory). GIFs and a PNG strip put teacher and student side by side.
 2. The live recipe, a budget run on this machine: stage 1 (φ distilled from the teacher's attention, with
    untrained φ as the comparison) and a short stage 2 (flow matching), then ToyBench of that student.
-3. Time and peak memory of generating one video as its length grows: the teacher (full attention,
-   parallel) against the shipped student (recurrent).
+3. Time and peak memory of generating one video as its length grows to 16× the training clip: the
+   teacher (full attention, parallel) against the shipped student (recurrent), in interleaved repeats
+   with medians and the machine's load recorded, and where and why the student overtakes the teacher
+   (:mod:`rehyat.experiments.toy_scaling`).
 
-Writes ``OUT/report.json``, ``OUT/report.md``, PNG plots and GIFs, and the targets the demo is held to.
+Writes ``OUT/report.json``, ``OUT/report.md``, PNG plots and labelled GIFs, and the targets the demo is
+held to; a ``--quick`` smoke run's report says it is one.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import resource
+import os
+import textwrap
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rehyat.experiments.toy_scaling import STUDENT, crossover_text, load_text, measure_scaling
 from rehyat.models import read_rehyat_config
 from rehyat.toy.evaluate import toy_prompts
+from rehyat.toy.generate import video_uint8
 from rehyat.toy.model import (
     CLIP,
     bundled_student,
@@ -46,72 +51,6 @@ from rehyat.toy.toybench import evaluate_videos
 from rehyat.utils import check_int
 
 
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], upscaled 4× so a GIF is visible."""
-    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    return frames.repeat(4, axis=1).repeat(4, axis=2)
-
-
-class _PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 2 ms from /proc (Linux) by a thread.
-
-    ``ru_maxrss`` cannot be used here: it keeps the peak of the whole process, and importing the
-    libraries and loading the model peak higher than generating a small video does.
-    """
-
-    def __enter__(self) -> _PeakRSS:
-        import threading
-
-        self._page = resource.getpagesize()
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * self._page
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
-def _measure_generation(
-    teacher: str, rehyat_folder: str | None, frames: int, settings: dict, device: str
-) -> dict:
-    """Subprocess body: time and peak memory (above the loaded model) of generating one video."""
-    torch.set_num_threads(2)
-    model = load_toy_model(
-        Path(teacher), None if rehyat_folder is None else Path(rehyat_folder), torch.device(device)
-    )
-    embeds = prompt_embeddings(load_text_encoder(teacher), toy_prompts(1, 99)).to(device)
-    # One branch (no guidance): the cost per denoising call is what grows with the length.
-    config = DemoSettings(**{**settings, "guidance_scale": 1.0, "sample_steps": settings["scaling_steps"]})
-    recurrent = rehyat_folder is not None
-    sample_with(model, embeds, config, frames=min(frames, 4), first_seed=0, recurrent=recurrent)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    tic = time.perf_counter()
-    with _PeakRSS() as rss:
-        sample_with(model, embeds, config, frames=frames, first_seed=0, recurrent=recurrent)
-    seconds = time.perf_counter() - tic
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else rss.mib
-    return {"frames": frames, "seconds": seconds, "peak_mib": peak}
-
-
 @dataclass
 class DemoSettings(RecipeSettings):
     """The demo's sizes: the recipe's stage sizes (a budget run), plus how many prompts each part scores."""
@@ -129,13 +68,20 @@ class DemoSettings(RecipeSettings):
     # The recurrent form is bound by per-call overhead on a CPU: 24 videos at once sample about 20%
     # faster than 8, while the teacher's full attention is not faster in larger batches.
     student_batch: int = 24
-    scaling_steps: int = 2  # the time/memory-vs-length part: its growth, not its quality, is measured
+    # The time/memory-vs-length part: its growth, not its quality, is measured, so one sampler step (one
+    # denoising call) per video. It reaches 16× the training length: at toy size the recurrent form's
+    # per-chunk loop has a fixed cost that only the teacher's growing attention cost overtakes (about 64
+    # frames on a quiet 2-core CPU); interleaved repeats and medians keep a busy machine from deciding it.
+    memory_frames: tuple[int, ...] = (16, 32, 64, 128, 256)
+    scaling_steps: int = 1
+    scaling_repeats: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("live_prompts", self.live_prompts, 1, self.eval_prompts)
         check_int("long_videos", self.long_videos, 1, self.eval_prompts)
         check_int("scaling_steps", self.scaling_steps, 1)
+        check_int("scaling_repeats", self.scaling_repeats, 1)
         check_int("student_batch", self.student_batch, 1)
 
 
@@ -147,7 +93,9 @@ QUICK_DEMO = DemoSettings(
         "live_prompts": 1,
         "distill_variants": ("rehyat", "untrained"),
         "sample_steps": 2,
-        "scaling_steps": 2,
+        "memory_frames": (2, 4),
+        "scaling_steps": 1,
+        "scaling_repeats": 1,
     }
 )
 
@@ -178,15 +126,53 @@ TARGETS = {
 }
 
 
-def _side_by_side(rows: list[list[torch.Tensor]]) -> np.ndarray:
-    """Videos [3, F, H, W] in a grid (rows of columns) as one uint8 video [F, H', W', 3], 1 px apart."""
+def _text_band(texts: list[str], width: int) -> np.ndarray:
+    """A white band uint8 [h, len(texts)·width + gaps, 3]: each text wrapped into its ``width``-px column
+    (4 px apart, as the videos are), in black."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 2
+    wrapped = []
+    for text in texts:
+        lines: list[str] = []
+        for word in text.split():
+            trial = f"{lines[-1]} {word}" if lines else word
+            if lines and measure.textlength(trial, font=font) <= width - 4:
+                lines[-1] = trial
+            else:
+                lines.append(word)
+        wrapped.append(lines)
+    image = Image.new(
+        "RGB", (len(texts) * (width + 4) - 4, line_height * max(map(len, wrapped)) + 4), "white"
+    )
+    draw = ImageDraw.Draw(image)
+    for column, lines in enumerate(wrapped):
+        for i, line in enumerate(lines):
+            draw.text((column * (width + 4) + 2, 2 + i * line_height), line, fill="black", font=font)
+    return np.asarray(image)
+
+
+def _side_by_side(
+    rows: list[list[torch.Tensor]], columns: list[str], captions: list[str] | None = None
+) -> np.ndarray:
+    """Videos [3, F, H, W] in a grid (rows of columns) as one uint8 video [F, H', W', 3], 4 px apart,
+    labelled: ``columns`` above the columns (what generated them), each row's ``captions`` entry (its
+    prompt) above the row."""
     lines = []
-    for row in rows:
-        frames = [_to_uint8(v) for v in row]
+    for r, row in enumerate(rows):
+        frames = [video_uint8(v) for v in row]
         gap = np.full_like(frames[0][:, :, :4], 255)
-        lines.append(np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=2))
+        line = np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=2)
+        if captions is not None:
+            band = _text_band([captions[r]], line.shape[2])
+            line = np.concatenate([np.broadcast_to(band, (line.shape[0], *band.shape)), line], axis=1)
+        lines.append(line)
+    header = _text_band(columns, frames[0].shape[2])
     gap = np.full_like(lines[0][:, :4], 255)
-    return np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=1)
+    grid = np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=1)
+    return np.concatenate([np.broadcast_to(header, (grid.shape[0], *header.shape)), grid], axis=1)
 
 
 def _strip(
@@ -201,19 +187,23 @@ def _strip(
     names = list(videos)
     frames = range(0, videos[names[0]][0].shape[1], every)
     fig, axes = plt.subplots(
-        count * len(names), len(frames), figsize=(1.1 * len(frames), 1.2 * count * len(names)), squeeze=False
+        count * len(names),
+        len(frames),
+        figsize=(1.1 * len(frames) + 1.5, 1.2 * count * len(names)),
+        squeeze=False,
     )
     for p in range(count):
         for m, name in enumerate(names):
             row = p * len(names) + m
-            video = _to_uint8(videos[name][p])
+            video = video_uint8(videos[name][p])
             for c, f in enumerate(frames):
                 ax = axes[row][c]
                 ax.imshow(video[f])
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if c == 0:
-                    ax.set_ylabel(f"{name}\n{prompts[p].text[:28]}" if m == 0 else name, fontsize=6)
+                    label = f"{textwrap.fill(prompts[p].text, 22)}\n\n{name}" if m == 0 else name
+                    ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
                 if row == 0:
                     ax.set_title(f"frame {f}", fontsize=7)
     fig.tight_layout()
@@ -221,12 +211,16 @@ def _strip(
     plt.close(fig)
 
 
-def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = None) -> dict:
+def run_demo(
+    out: Path, device: str = "cpu", settings: DemoSettings | None = None, *, smoke: bool = False
+) -> dict:
+    """The demo into ``out``; ``smoke``: a smoke run (``--quick``), which its report says."""
     from rich.console import Console
 
     from rehyat.generation.video import write_video
 
     start = time.perf_counter()
+    load_start = os.getloadavg()
     settings = settings or DemoSettings()
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +259,11 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     }
     shown = min(4, settings.eval_prompts)
     write_video(
-        _side_by_side([[videos["teacher"][i], videos["rehyat"][i]] for i in range(shown)]),
+        _side_by_side(
+            [[videos["teacher"][i], videos["rehyat"][i]] for i in range(shown)],
+            ["teacher (softmax)", "ReHyAt (shipped, recurrent)"],
+            [p.text for p in prompts[:shown]],
+        ),
         out / "teacher_vs_rehyat.gif",
         fps=8,
     )
@@ -275,7 +273,13 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
         shipped, embeds[: settings.long_videos], settings, frames=long_frames, first_seed=2000, recurrent=True
     )
     long_metrics = evaluate_videos(long_videos, prompts[: settings.long_videos])
-    write_video(_side_by_side([long_videos]), out / "rehyat_long.gif", fps=8)
+    write_video(
+        _side_by_side(
+            [long_videos], [f"{p.text} ({long_frames} frames)" for p in prompts[: settings.long_videos]]
+        ),
+        out / "rehyat_long.gif",
+        fps=8,
+    )
     timings["shipped_s"] = time.perf_counter() - tic
 
     console.rule("2. the live recipe (a budget run on this machine)")
@@ -307,12 +311,12 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
     metrics["live"] = evaluate_videos(
         videos["live"], prompts[: settings.live_prompts], reference=videos["teacher"][: settings.live_prompts]
     )
+    live_shown = min(shown, settings.live_prompts)
     write_video(
         _side_by_side(
-            [
-                [videos[k][i] for k in ("teacher", "rehyat", "live")]
-                for i in range(min(shown, settings.live_prompts))
-            ]
+            [[videos[k][i] for k in ("teacher", "rehyat", "live")] for i in range(live_shown)],
+            ["teacher (softmax)", "ReHyAt (shipped)", "live budget student"],
+            [p.text for p in prompts[:live_shown]],
         ),
         out / "live.gif",
         fps=8,
@@ -321,26 +325,30 @@ def run_demo(out: Path, device: str = "cpu", settings: DemoSettings | None = Non
 
     console.rule("3. time and memory as the video grows")
     tic = time.perf_counter()
-    scaling = _scaling(teacher, student, settings, device)
+    scaling = measure_scaling(
+        teacher,
+        student,
+        settings.memory_frames,
+        repeats=settings.scaling_repeats,
+        steps=settings.scaling_steps,
+        device=device,
+    )
     timings["scaling_s"] = time.perf_counter() - tic
     timings["total_s"] = time.perf_counter() - start
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
+    }
     report = _report(settings, distill, metrics, long_metrics, long_frames, scaling, timings, finite)
+    report["machine"] = machine
+    report["live"]["rehyat"] = read_rehyat_config(live).to_dict()
+    report["smoke"] = smoke
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)
     console.print(f"[bold]report:[/bold] {out / 'report.md'}")
     return report
-
-
-def _scaling(teacher: Path, student: Path, settings: DemoSettings, device: str) -> dict[str, list[dict]]:
-    """Each generation in a fresh process, so that its peak memory is its own."""
-    context = multiprocessing.get_context("spawn")
-    rows: dict[str, list[dict]] = {"teacher (parallel, softmax)": [], "rehyat (recurrent)": []}
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        for frames in settings.memory_frames:
-            for name, folder in (("teacher (parallel, softmax)", None), ("rehyat (recurrent)", str(student))):
-                args = (str(teacher), folder, frames, asdict(settings), device)
-                rows[name].append(pool.apply(_measure_generation, args))
-    return rows
 
 
 def _chunking(config: dict) -> str:
@@ -354,11 +362,20 @@ def _chunking(config: dict) -> str:
     return f"exact softmax inside {tc}-frame chunks and {to} frame(s) before them, linear attention beyond"
 
 
+def _live_chunking(live: dict, shipped: dict) -> str:
+    """The live student's attention beside the shipped student's, in words."""
+    if (live["chunk_frames"], live["overlap_frames"]) == (shipped["chunk_frames"], shipped["overlap_frames"]):
+        return f"Its attention is the shipped student's: {_chunking(live)}."
+    return (
+        f"Its attention is the recipe's default, {_chunking(live)}, not the shipped student's ({_chunking(shipped)}): "
+        "the library's default stays the paper's chunking until the sliding window is compared on Wan "
+        "(README, `toybench_sliding_window`)."
+    )
+
+
 def _report(settings, distill, metrics, long_metrics, long_frames, scaling, timings, finite) -> dict:
     drop = ("per_clip",)
-    recurrent_long = next(
-        r for r in scaling["rehyat (recurrent)"] if r["frames"] == max(settings.memory_frames)
-    )
+    recurrent_long = next(r for r in scaling["rows"][STUDENT] if r["frames"] == max(settings.memory_frames))
     report = {
         "settings": asdict(settings),
         "shipped": read_rehyat_config(bundled_student()).to_dict(),
@@ -412,18 +429,30 @@ def _write_markdown(report: dict, out: Path) -> None:
     fig.savefig(out / "toybench.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, rows in report["scaling"].items():
+    scaling = report["scaling"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, rows in scaling["rows"].items():
         frames = [r["frames"] for r in rows]
-        axes[0].plot(frames, [r["seconds"] for r in rows], "o-", label=name)
-        axes[1].plot(frames, [r["peak_mib"] for r in rows], "o-", label=name)
+        seconds = np.array([r["seconds"] for r in rows])
+        spread = [seconds - [r["seconds_min"] for r in rows], [r["seconds_max"] for r in rows] - seconds]
+        axes[0].errorbar(frames, seconds, yerr=spread, fmt="o-", capsize=3, label=name)
+        axes[1].plot(frames, [r["ms_per_frame"] for r in rows], "o-", label=name)
+        axes[2].plot(frames, [r["peak_mib"] for r in rows], "o-", label=name)
     for ax, label in zip(
-        axes, ("seconds per video", "peak memory (MiB above the loaded model)"), strict=True
+        axes,
+        (
+            f"seconds per video (median of {scaling['repeats']}, range)",
+            "ms per frame and sampler step",
+            "peak memory (MiB above the loaded model)",
+        ),
+        strict=True,
     ):
+        ax.set_xscale("log", base=2)
         ax.set_xlabel("frames")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(out / "scaling.png", dpi=110)
     plt.close(fig)
@@ -439,12 +468,34 @@ def _write_markdown(report: dict, out: Path) -> None:
             [block, trained, held["untrained"]["rel_error"], selection.get("kept", "trained")]
         )
     scaling_rows = [
-        [name, r["frames"], r["seconds"], r["peak_mib"]] for name, rs in report["scaling"].items() for r in rs
+        [
+            name,
+            r["frames"],
+            r["seconds"],
+            f"{r['seconds_min']:.3g}–{r['seconds_max']:.3g}",
+            r["ms_per_frame"],
+            r["peak_mib"],
+        ]
+        for name, rs in scaling["rows"].items()
+        for r in rs
     ]
+    shipped, live = report["shipped"], report["live"]["rehyat"]
+    smoke = report["smoke"]
+    machine = report["machine"]
     target_rows = [[name, "met" if met else "**not met**"] for name, met in report["targets"].items()]
     text = "\n\n".join(
         [
             "# rehyat demo: ReHyAt on the toy world",
+            *(
+                [
+                    "**Smoke run (`rehyat demo --quick`):** tiny settings (a couple of prompts, 2 sampler "
+                    "steps, a few training steps) that check every stage runs. Its scores, timings and "
+                    "targets below say nothing about ReHyAt's quality or speed; `rehyat demo` without "
+                    "`--quick` is the real run."
+                ]
+                if smoke
+                else []
+            ),
             "## 1. The shipped student beside the teacher",
             f"{settings['eval_prompts']} random prompts, {CLIP['num_frames']} frames, the same noise for every "
             f"model, UniPC {settings['sample_steps']} steps, guidance {settings['guidance_scale']:g}. The "
@@ -480,19 +531,37 @@ def _write_markdown(report: dict, out: Path) -> None:
             f"Stage 1: {settings['distill_prompts']} prompts, {settings['distill_inner_steps']} AdamW steps "
             f"per capture at lr {settings['distill_lr']:g}; stage 2: {settings['finetune_steps']} steps × "
             f"{settings['finetune_batch']} clips at lr {settings['finetune_lr']:g} — about 1/500 of the shipped "
-            "student's budget, to show the pipeline run, not its quality (`live.gif`: teacher, shipped, live).",
+            "student's budget, to show the pipeline run, not its quality (`live.gif`: teacher, shipped, live). "
+            + _live_chunking(live, shipped),
             "Stage 1, held-out relative error of each block's attention output. A block whose trained φ ends "
             "worse than the φ it started from keeps that one (`kept`), so stage 2 never starts from a block "
             "worse than untrained φ.",
             markdown_table(["block", "trained φ", "untrained φ", "kept"], distill_rows),
             "## 3. Time and memory as the video grows",
-            f"One video per row, {settings['scaling_steps']} sampler steps without guidance, each in a "
-            "fresh process (peak memory above the loaded model).",
-            markdown_table(["model", "frames", "seconds", "peak MiB"], scaling_rows),
+            f"One video per measurement, {settings['scaling_steps']} sampler step(s) without guidance, each "
+            "in a fresh process (peak memory above the loaded model). " + load_text(scaling),
+            markdown_table(
+                ["model", "frames", "seconds (median)", "range", "ms / frame / step", "peak MiB"],
+                scaling_rows,
+            ),
             "![scaling](scaling.png)",
-            "## Targets (this run)",
+            crossover_text(
+                scaling,
+                shipped["chunk_frames"],
+                shipped["overlap_frames"],
+                (CLIP["height"] // 2) * (CLIP["width"] // 2),
+            ),
+            "## Targets (smoke run: not meaningful)" if smoke else "## Targets (this run)",
             markdown_table(["target", "verdict"], target_rows),
-            "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items()),
+            "Timings (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items())
+            + f". Machine: {machine['cpu_count']} cores, {machine['threads']} torch threads, load average "
+            "(1, 5, 15 min) "
+            + " at the start, ".join(
+                ", ".join(f"{v:.1f}" for v in machine[key])
+                for key in ("load_average_start", "load_average_end")
+            )
+            + " at the end.",
         ]
     )
     (out / "report.md").write_text(text + "\n")
@@ -503,5 +572,5 @@ def run(*, device, out, quick) -> int:
         raise ValueError("--device cuda but no CUDA GPU is available")
     if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-    run_demo(Path(out), device, QUICK_DEMO if quick else DemoSettings())
+    run_demo(Path(out), device, QUICK_DEMO if quick else DemoSettings(), smoke=quick)
     return 0
