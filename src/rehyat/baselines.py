@@ -23,7 +23,6 @@ from rehyat.attention.hybrid.common import (
     check_bool,
     combine,
     resolve_scale,
-    validate_geometry,
     validate_inputs,
 )
 from rehyat.attention.hybrid.geometry import Geometry
@@ -94,7 +93,7 @@ def linear_attention(
     ``DENOMINATOR_EPS`` are guarded like the hybrid op's (with nS taken as 1)."""
     del chunk_frames, overlap_frames, scale
     check_bool("causal", causal)
-    validate_geometry(frame_tokens, None, 0)
+    Geometry(frame_tokens, None, 0)  # only frame_tokens matters here
     frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
     acc = accumulation_dtype(q.dtype)
     batch, n_tokens, heads, _ = q.shape

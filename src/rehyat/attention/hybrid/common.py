@@ -8,14 +8,14 @@ one shared normaliser, guarded denominator — is written exactly once. The stan
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from rehyat.attention.hybrid.geometry import Geometry
+from rehyat.attention.hybrid.geometry import resolve_scale as resolve_scale  # a common helper too
 from rehyat.utils import check_bool as check_bool  # the attention modules import it from here
-from rehyat.utils import check_int
 
 #: The denominator guard: ``den = max(nS + nL, DENOMINATOR_EPS * nS)``. ``nS >= 1`` (the row-max key
 #: contributes ``exp(0) = 1``), so a guarded row divides by at least ``DENOMINATOR_EPS`` and its
@@ -46,14 +46,6 @@ class AttentionStats:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """States and normalisers are fp32 for half inputs (docs/method.md §3), fp64 stays fp64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def resolve_scale(scale: float | None, head_dim: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
-    return float(scale)
 
 
 def combine(
@@ -106,10 +98,8 @@ def states_from_frame_sums(
 
 
 def validate_geometry(frame_tokens: object, chunk_frames: object | None, overlap_frames: object) -> None:
-    check_int("frame_tokens", frame_tokens, 1)
-    if chunk_frames is not None:
-        check_int("chunk_frames", chunk_frames, 1)
-    check_int("overlap_frames", overlap_frames, 0)
+    """``ValueError`` unless these are a :class:`Geometry`'s (kept for callers that hold no Geometry)."""
+    Geometry(frame_tokens, chunk_frames, overlap_frames)
 
 
 def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, frame_tokens: int) -> int:

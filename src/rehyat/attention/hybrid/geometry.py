@@ -16,6 +16,16 @@ from torch import Tensor
 from rehyat.utils import check_bool, check_int
 
 
+def resolve_scale(scale: float | None, head_dim: int) -> float:
+    """The softmax scale: ``scale`` as a float, or 1/sqrt(head_dim) for None; ``ValueError`` unless it
+    is a positive finite number."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    return float(scale)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where each query's softmax keys and linear keys lie, in whole frames (docs/method.md §2).
@@ -44,14 +54,11 @@ class Geometry:
         check_int("overlap_frames", self.overlap_frames, 0)
         check_bool("causal", self.causal)
         if self.scale is not None:
-            scale = self.scale
-            if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-                raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
-            object.__setattr__(self, "scale", float(scale))
+            object.__setattr__(self, "scale", resolve_scale(self.scale, head_dim=1))
 
     def softmax_scale(self, head_dim: int) -> float:
         """The scale the softmax part uses at head dim ``head_dim``: ``scale``, or 1/sqrt(head_dim)."""
-        return 1.0 / math.sqrt(head_dim) if self.scale is None else self.scale
+        return resolve_scale(self.scale, head_dim)
 
     def chunk_tokens(self, frames: int) -> int:
         """Query rows per chunk on a video of ``frames`` frames: Tc·S, at most the whole video (one

@@ -176,19 +176,9 @@ def hybrid_attention_step(
 
 
 def _step(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    fq: Tensor | FeatureMap,
-    fk: Tensor | FeatureMap,
-    state: HybridAttentionState | None,
-    geometry: Geometry,
-    *,
-    stats: AttentionStats | None,
-    backend: Backend,
-    out: Tensor | None,
+    q, k, v, fq, fk, state, geometry: Geometry, *, stats, backend, out
 ) -> tuple[Tensor, HybridAttentionState]:
-    """:func:`hybrid_attention_step` on a streaming ``geometry`` (``chunk_frames=None``)."""
+    """:func:`hybrid_attention_step` (the same arguments) on a streaming ``geometry`` (``chunk_frames=None``)."""
     frame_tokens, overlap_frames = geometry.frame_tokens, geometry.overlap_frames
     if state is not None and not isinstance(state, HybridAttentionState):
         raise ValueError(
