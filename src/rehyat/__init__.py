@@ -11,6 +11,7 @@ from rehyat.attention import (
 )
 from rehyat.models import (
     ReHyAtConfig,
+    convert,
     convert_wan,
     load_rehyat,
     recurrent_forward,
@@ -26,6 +27,7 @@ __all__ = [
     "PolynomialFeatureMap",
     "ReHyAtConfig",
     "__version__",
+    "convert",
     "convert_wan",
     "hybrid_attention",
     "hybrid_attention_step",

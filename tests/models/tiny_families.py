@@ -11,6 +11,7 @@ import torch
 from diffusers import LTXVideoTransformer3DModel, SkyReelsV2Transformer3DModel, WanTransformer3DModel
 from torch import Tensor
 
+from rehyat.models.architectures import tiny_ltx_video_config
 from rehyat.models.wan_configs import tiny_wan_config
 
 FRAMES, TEXT_TOKENS, SIZE = 7, 6, 4  # 7 post-patch frames of 4×4 = 16 tokens
@@ -29,15 +30,7 @@ def _skyreels_v2(seed: int) -> SkyReelsV2Transformer3DModel:
 
 def _ltx_video(seed: int) -> LTXVideoTransformer3DModel:
     torch.manual_seed(seed)
-    return LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        num_layers=2,
-        caption_channels=16,
-    ).eval()
+    return LTXVideoTransformer3DModel(**tiny_ltx_video_config()).eval()
 
 
 def _video_inputs(

@@ -66,6 +66,9 @@ class FamilyAdapter:
             positions itself.
         per_frame_timesteps: whether ``timestep`` [B, T] (one per latent frame, diffusion forcing) is
             accepted beside [B] and [B, N] (one per token).
+        pipeline_class, text_encoder_class: the family's diffusers text-to-video pipeline and the
+            transformers class of its text encoder (stage 1 samples with them, ``rehyat generate`` loads
+            them).
     """
 
     name: str
@@ -77,6 +80,8 @@ class FamilyAdapter:
     ffn_attr: str = "ffn"
     rope_attr: str | None = None
     per_frame_timesteps: bool = False
+    pipeline_class: str = "WanPipeline"
+    text_encoder_class: str = "UMT5EncoderModel"
 
     # Where things are.
     def matches(self, transformer: nn.Module) -> bool:
@@ -138,6 +143,37 @@ class FamilyAdapter:
         """The output of a call with an empty batch (diffusers' forward cannot take B = 0)."""
         raise NotImplementedError
 
+    # Training and sampling: one denoiser call on an unpacked latent [B, C, F, H, W].
+    def text_dim(self, transformer: nn.Module) -> int:
+        """The width D of the prompt embeddings [B, L, D] the model takes."""
+        return transformer.config.text_dim
+
+    def latent_channels(self, transformer: nn.Module) -> int:
+        """The channels C of the VAE latent [B, C, F, H, W] the model denoises."""
+        return transformer.config.in_channels
+
+    def denoiser_inputs(
+        self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
+    ) -> dict:
+        """The forward arguments (by name) that predict the velocity of ``latents`` [B, C, F, H, W] at
+        ``timestep`` [B] (σ·1000) for ``prompt_embeds`` [B, L, D], as the family's pipeline calls it."""
+        return dict(hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds)
+
+    def denoiser_output(self, transformer: nn.Module, output: Tensor, latents: Tensor) -> Tensor:
+        """The forward's output as a latent shaped like ``latents`` [B, C, F, H, W]."""
+        return output
+
+    def pipeline_prompt_arguments(
+        self,
+        prompt_embeds: Tensor,
+        negative_prompt_embeds: Tensor | None,
+        prompt_mask: Tensor | None = None,
+        negative_prompt_mask: Tensor | None = None,
+    ) -> dict:
+        """The pipeline's keyword arguments that pass precomputed prompt embeddings [B, L, D] (and, where
+        the family's pipeline takes them, their attention masks [B, L]; Wan's takes none)."""
+        return dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds)
+
     # The recurrent mode.
     def check_sweep(self, transformer: nn.Module, call: dict, grid: Grid) -> None:
         """ValueError, before any work, if the call cannot be run chunk by chunk."""
@@ -152,6 +188,15 @@ class FamilyAdapter:
         )
         chunk["timestep"] = cut_timestep(self, call["timestep"], start, stop, grid)
         return chunk
+
+
+def vae_compression(pipe) -> tuple[int, int]:
+    """(video frames, pixels) per latent frame and latent pixel of a family pipeline's VAE (its defaults
+    without a VAE): Wan's and SkyReels-V2's pipelines name them ``vae_scale_factor_*``, LTX-Video's
+    ``vae_*_compression_ratio``."""
+    if hasattr(pipe, "vae_temporal_compression_ratio"):
+        return pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
+    return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
 
 
 _SIGNATURES: dict[type, inspect.Signature] = {}
@@ -240,9 +285,20 @@ class ReHyAtAttnProcessor:
         self.state: HybridAttentionState | None = None
 
     def project(self, attn: nn.Module, hidden_states: Tensor, rotary_emb) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [B, N, H, D] of ``hidden_states`` [B, N, C]: the family's projections, then
+        :meth:`rotate` of the QK-normed q and k."""
         raise NotImplementedError
 
-    def feature_input(self, config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
+    @staticmethod
+    def rotate(x: Tensor, heads: int, rotary_emb) -> Tensor:
+        """Normed q or k [B, N, H·D] → [B, N, H, D] with the family's RoPE applied where it applies it
+        (shared with stage 1's capture, which reads q and k at the QK norm's output)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
+        """What φ reads of q or k [B, N, H, D] (``config.feature_rotary``; shared with the stage-1
+        students, so φ is trained on what it will be fed)."""
         raise NotImplementedError
 
     def __call__(

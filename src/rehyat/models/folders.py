@@ -56,8 +56,8 @@ def rehyat_folder(value: str | os.PathLike) -> Path:
 
 
 def transformer_folder(value: str | os.PathLike, what: str = "model folder") -> Path:
-    """The folder of a Wan transformer's ``config.json``: ``value``'s ``transformer/`` (a diffusers Wan
-    folder) or ``value`` itself (a transformer folder)."""
+    """The folder of a video transformer's ``config.json``: ``value``'s ``transformer/`` (a diffusers
+    pipeline folder, e.g. Wan's) or ``value`` itself (a transformer folder)."""
     folder = model_folder(value, what)
     for candidate in (folder / "transformer", folder):
         if (candidate / "config.json").is_file():
@@ -69,13 +69,26 @@ def transformer_folder(value: str | os.PathLike, what: str = "model folder") -> 
 
 
 def load_transformer(value: str | os.PathLike, what: str = "model folder", **kwargs):
-    """``WanTransformer3DModel.from_pretrained`` of :func:`transformer_folder`, from local files only; a
-    file that diffusers cannot read (a damaged config or weights) is a ValueError naming the folder."""
-    from diffusers import WanTransformer3DModel
+    """``from_pretrained`` of :func:`transformer_folder`, from local files only, as the diffusers class
+    its ``config.json`` names (one of the classes :func:`rehyat.models.convert` converts; Wan's where it
+    names none); a file that diffusers cannot read (a damaged config or weights) is a ValueError naming
+    the folder."""
+    import json
+
+    import diffusers
+
+    from rehyat.models.families import supported_classes
 
     folder = transformer_folder(value, what)
     try:
-        return WanTransformer3DModel.from_pretrained(folder, local_files_only=True, **kwargs)
+        name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None  # diffusers says what is wrong with the file below
+    if name is not None and name not in supported_classes():
+        raise ValueError(f"{what} {folder} holds a {name}; ReHyAt converts {', '.join(supported_classes())}")
+    cls = getattr(diffusers, name or "WanTransformer3DModel")
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         message = " ".join(str(error).split())
-        raise ValueError(f"cannot load the Wan transformer in {folder}: {message}") from error
+        raise ValueError(f"cannot load the {cls.__name__} in {folder}: {message}") from error

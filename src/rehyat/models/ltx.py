@@ -51,15 +51,17 @@ class ReHyAtLTXAttnProcessor(ReHyAtAttnProcessor):
     computes them for self-attention (projections, QK RMSNorm across heads, RoPE on [B, N, H·D])."""
 
     def project(self, attn: nn.Module, hidden_states: Tensor, rotary_emb) -> tuple[Tensor, Tensor, Tensor]:
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(hidden_states))
-        value = attn.to_v(hidden_states)
-        if rotary_emb is not None:
-            query = _apply_rotary(query, rotary_emb)
-            key = _apply_rotary(key, rotary_emb)
-        return tuple(x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        query = self.rotate(attn.norm_q(attn.to_q(hidden_states)), attn.heads, rotary_emb)
+        key = self.rotate(attn.norm_k(attn.to_k(hidden_states)), attn.heads, rotary_emb)
+        return query, key, attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
 
-    def feature_input(self, config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
+    @staticmethod
+    def rotate(x: Tensor, heads: int, rotary_emb) -> Tensor:
+        """LTX-Video applies its RoPE over all heads at once, before they are split."""
+        return (x if rotary_emb is None else _apply_rotary(x, rotary_emb)).unflatten(2, (heads, -1))
+
+    @staticmethod
+    def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
         """``"full"``: x itself; ``"spatial"``: x [B, N, H, D] with the frame rotation undone."""
         if config.feature_rotary == "full":
             return x
@@ -107,6 +109,71 @@ class LTXVideoAdapter(FamilyAdapter):
         hidden_states = call["hidden_states"]
         return hidden_states.new_empty(0, hidden_states.shape[1], transformer.proj_out.out_features)
 
+    #: LTXPipeline's defaults: its RoPE positions are scaled by (8 / frame rate, 32, 32), the VAE's
+    #: compression over the frame rate.
+    frame_rate: int = 25
+    spatial_compression: int = 32
+
+    def text_dim(self, transformer: nn.Module) -> int:
+        return transformer.config.caption_channels
+
+    def latent_channels(self, transformer: nn.Module) -> int:
+        config = transformer.config
+        return config.in_channels // (config.patch_size_t * config.patch_size**2)
+
+    def denoiser_inputs(
+        self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
+    ) -> dict:
+        """The latent packed as ``LTXPipeline`` packs it ([B, C, F, H, W] → [B, N, C·p_t·p·p], tokens in
+        (frame, row, column) order), every prompt token attended, RoPE scaled as the pipeline scales it."""
+        p_t, p_h, p_w = self.patch_size(transformer)
+        batch, channels, frames, height, width = latents.shape
+        packed = latents.reshape(batch, channels, frames // p_t, p_t, height // p_h, p_h, width // p_w, p_w)
+        packed = packed.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4, 7).flatten(1, 3)
+        return dict(
+            hidden_states=packed,
+            encoder_hidden_states=prompt_embeds,
+            timestep=timestep,
+            encoder_attention_mask=prompt_embeds.new_ones(prompt_embeds.shape[:2]),
+            num_frames=frames // p_t,
+            height=height // p_h,
+            width=width // p_w,
+            rope_interpolation_scale=(
+                self.temporal_compression / self.frame_rate,
+                self.spatial_compression,
+                self.spatial_compression,
+            ),
+        )
+
+    def denoiser_output(self, transformer: nn.Module, output: Tensor, latents: Tensor) -> Tensor:
+        p_t, p_h, p_w = self.patch_size(transformer)
+        batch, _, frames, height, width = latents.shape
+        unpacked = output.reshape(batch, frames // p_t, height // p_h, width // p_w, -1, p_t, p_h, p_w)
+        return unpacked.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def pipeline_prompt_arguments(
+        self,
+        prompt_embeds: Tensor,
+        negative_prompt_embeds: Tensor | None,
+        prompt_mask: Tensor | None = None,
+        negative_prompt_mask: Tensor | None = None,
+    ) -> dict:
+        """LTXPipeline needs the prompts' attention masks beside precomputed embeddings (every token
+        where none is given)."""
+        ones = lambda embeds: embeds.new_ones(embeds.shape[:2])  # noqa: E731
+        arguments = dict(
+            prompt_embeds=prompt_embeds,
+            prompt_attention_mask=ones(prompt_embeds) if prompt_mask is None else prompt_mask,
+        )
+        if negative_prompt_embeds is not None:
+            arguments.update(
+                negative_prompt_embeds=negative_prompt_embeds,
+                negative_prompt_attention_mask=(
+                    ones(negative_prompt_embeds) if negative_prompt_mask is None else negative_prompt_mask
+                ),
+            )
+        return arguments
+
     def chunk_call(self, transformer: nn.Module, call: dict, start: int, stop: int, grid: Grid) -> dict:
         chunk = super().chunk_call(transformer, call, start, stop, grid)
         tokens = grid[1] * grid[2]
@@ -147,4 +214,6 @@ LTX_VIDEO = LTXVideoAdapter(
     temporal_compression=8,
     blocks_attr="transformer_blocks",
     ffn_attr="ff",
+    pipeline_class="LTXPipeline",
+    text_encoder_class="T5EncoderModel",
 )

@@ -33,4 +33,5 @@ SKYREELS_V2 = SkyReelsV2Adapter(
     temporal_compression=4,
     rope_attr="rope",
     per_frame_timesteps=True,
+    pipeline_class="SkyReelsV2Pipeline",
 )

@@ -141,16 +141,17 @@ class ReHyAtWanAttnProcessor(ReHyAtAttnProcessor):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = apply_rotary(query, *rotary_emb)
-            key = apply_rotary(key, *rotary_emb)
-        return query, key, value
+        query = self.rotate(attn.norm_q(query), attn.heads, rotary_emb)
+        key = self.rotate(attn.norm_k(key), attn.heads, rotary_emb)
+        return query, key, value.unflatten(2, (attn.heads, -1))
 
-    def feature_input(self, config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
-        return feature_input(config, x, rotary_emb)
+    @staticmethod
+    def rotate(x: Tensor, heads: int, rotary_emb) -> Tensor:
+        """Wan applies its 3D RoPE per head, after the heads are split."""
+        x = x.unflatten(2, (heads, -1))
+        return x if rotary_emb is None else apply_rotary(x, *rotary_emb)
+
+    feature_input = staticmethod(feature_input)
 
 
 @dataclass(frozen=True)

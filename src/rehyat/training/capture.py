@@ -1,10 +1,12 @@
-"""Record a teacher Wan transformer's self-attention inputs and outputs (stage-1 distillation data).
+"""Record a teacher video transformer's self-attention inputs and outputs (stage-1 distillation data).
 
-:class:`AttentionRecorder` wraps the ``attn1`` processor of chosen blocks of an unconverted
-``WanTransformer3DModel``. While ``active``, each self-attention call also records, per block:
-q and k exactly as attention sees them (after the QK RMSNorm and 3D RoPE), v, and the teacher's
-per-head softmax output before the output projection (the input of ``to_out[0]``). The teacher's own
-processor still computes the attention, so the recorded output is the teacher's, bit for bit.
+:class:`AttentionRecorder` wraps the self-attention processor of chosen blocks of an unconverted model of
+any family :func:`rehyat.models.convert` converts (found through the family's adapter). While
+``active``, each self-attention call also records, per block: q and k exactly as attention sees them
+(after the QK RMSNorm and the family's RoPE, applied as the family's ReHyAt processor applies it), v,
+and the teacher's per-head softmax output before the output projection (the input of ``to_out[0]``).
+The teacher's own processor still computes the attention, so the recorded output is the teacher's, bit
+for bit.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rehyat.models.wan import apply_rotary
+from rehyat.models.families import family_of
 
 
 @dataclass
 class AttentionCapture:
     """One self-attention call of one block: q, k, v, y as [B, N, H, D], frame-major tokens, and the
-    rotary (cos, sin) [1, N, 1, D] that q and k got (for φ inputs other than q and k themselves)."""
+    rotary (cos, sin) that q and k got, in the family's layout (Wan: [1, N, 1, D]; LTX-Video: [B, N, H·D];
+    for φ inputs other than q and k themselves)."""
 
     q: Tensor
     k: Tensor
@@ -79,9 +82,8 @@ class _RecordingProcessor:
             for hook in hooks:
                 hook.remove()
         heads = attn.heads
-        q, k = (seen[name].unflatten(2, (heads, -1)) for name in ("q", "k"))
-        if rotary_emb is not None:
-            q, k = apply_rotary(q, *rotary_emb), apply_rotary(k, *rotary_emb)
+        rotate = self.recorder.family.processor.rotate
+        q, k = (rotate(seen[name], heads, rotary_emb) for name in ("q", "k"))
         capture = AttentionCapture(
             q=q,
             k=k,
@@ -109,7 +111,8 @@ class AttentionRecorder:
         store_device: str | torch.device = "cpu",
         store_dtype: torch.dtype | None = None,
     ) -> None:
-        num_blocks = len(transformer.blocks)
+        self.family = family_of(transformer)
+        num_blocks = len(self.family.blocks(transformer))
         bad = [b for b in blocks if not 0 <= b < num_blocks]
         if bad:
             raise ValueError(f"blocks {bad} are out of range for a model with {num_blocks} blocks")
@@ -121,9 +124,8 @@ class AttentionRecorder:
         self.captures: dict[int, list[AttentionCapture]] = {b: [] for b in self.blocks}
 
     def _capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden_states = args[0] if args else kwargs["hidden_states"]
-        _, p_h, p_w = module.config.patch_size
-        self.frame_tokens = (hidden_states.shape[-2] // p_h) * (hidden_states.shape[-1] // p_w)
+        _, height, width = self.family.grid(module, self.family.bind(module, args, kwargs))
+        self.frame_tokens = height * width
 
     def record(self, block: int, capture: AttentionCapture) -> None:
         with torch.no_grad():
@@ -143,15 +145,16 @@ class AttentionRecorder:
     @contextmanager
     def installed(self) -> Iterator[AttentionRecorder]:
         """Wrap the blocks' processors (and restore them on exit)."""
-        originals = {b: self.transformer.blocks[b].attn1.processor for b in self.blocks}
+        attention = {b: self.family.attention(self.transformer, b) for b in self.blocks}
+        originals = {b: attn.processor for b, attn in attention.items()}
         hook = self.transformer.register_forward_pre_hook(self._capture_grid, with_kwargs=True)
         try:
             for b, processor in originals.items():
                 if isinstance(processor, _RecordingProcessor):
-                    raise ValueError(f"blocks[{b}].attn1 is already being recorded")
-                self.transformer.blocks[b].attn1.set_processor(_RecordingProcessor(processor, b, self))
+                    raise ValueError(f"{self.family.attention_path(b)} is already being recorded")
+                attention[b].set_processor(_RecordingProcessor(processor, b, self))
             yield self
         finally:
             hook.remove()
             for b, processor in originals.items():
-                self.transformer.blocks[b].attn1.set_processor(processor)
+                attention[b].set_processor(processor)

@@ -1,7 +1,7 @@
 """Stage 1 — attention distillation (docs/method.md §7), ``rehyat distill``.
 
-The frozen teacher runs its real sampler (diffusers' ``WanPipeline``: its scheduler, CFG, both
-branches) on the given prompts with fresh seeds. At the chosen denoising steps an
+The frozen teacher runs its real sampler (its family's diffusers pipeline — ``WanPipeline``,
+``SkyReelsV2Pipeline`` or ``LTXPipeline``: its scheduler, CFG, both branches) on the given prompts with fresh seeds. At the chosen denoising steps an
 :class:`~rehyat.training.capture.AttentionRecorder` records every distilled block's q, k, v and softmax
 output, and each block's students train on them right away ("capture and train on the fly"): nothing
 is written to disk and memory stays at one step's captures of this process's blocks, which is what
@@ -33,8 +33,10 @@ import torch
 from safetensors.torch import load_file
 
 from rehyat.config import write_config
+from rehyat.models.adapter import vae_compression
 from rehyat.models.checkpoint import read_json_object
 from rehyat.models.config import ReHyAtConfig
+from rehyat.models.families import family_of
 from rehyat.models.folders import load_transformer, model_folder
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
@@ -57,7 +59,7 @@ from rehyat.utils import (
 class DistillConfig:
     """Everything a stage-1 run needs; written to ``<out>/config.json``."""
 
-    model: str = ""  # local diffusers Wan folder (transformer/, scheduler/, and text_encoder/, tokenizer/ for text prompts)
+    model: str = ""  # local diffusers folder of a convertible family (transformer/, scheduler/, and text_encoder/, tokenizer/ for text prompts)
     prompts: str = ""  # a .txt file (one prompt a line) or .safetensors with prompt_embeds [P, L, D]
     out: str = "runs/distill"
     rehyat: ReHyAtConfig = field(default_factory=ReHyAtConfig)
@@ -164,10 +166,13 @@ def _check(config: DistillConfig) -> None:
 
 
 def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.device, need_text: bool):
-    """A ``WanPipeline`` from a local folder: transformer and scheduler, and the text encoder when needed.
-    No VAE: the sampler stops at latents."""
+    """The teacher's family pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``) from a local
+    folder: transformer and scheduler, and the text encoder when needed. No VAE: the sampler stops at
+    latents."""
     import diffusers
-    from diffusers import WanPipeline
+    import transformers
+
+    from rehyat.models.families import family_of
 
     folder = model_folder(folder)
     for sub in ("transformer", "scheduler"):
@@ -176,6 +181,7 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
                 f"model folder {folder} has no {sub}/ subfolder (expected a diffusers Wan folder)"
             )
     transformer = load_transformer(folder / "transformer", torch_dtype=dtype).to(device)
+    family = family_of(transformer)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise ValueError(f"model folder {folder} has no scheduler/scheduler_config.json")
@@ -185,18 +191,18 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
     scheduler = scheduler_class.from_pretrained(folder / "scheduler", local_files_only=True)
     tokenizer = text_encoder = None
     if need_text:
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
         if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
             raise ValueError(
                 f"text prompts need {folder}/text_encoder and {folder}/tokenizer; "
                 "or pass prompt embeddings as .safetensors"
             )
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        text_encoder = UMT5EncoderModel.from_pretrained(
-            folder / "text_encoder", torch_dtype=dtype, local_files_only=True
-        ).to(device)
-    pipe = WanPipeline(
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        text_encoder = (
+            getattr(transformers, family.text_encoder_class)
+            .from_pretrained(folder / "text_encoder", torch_dtype=dtype, local_files_only=True)
+            .to(device)
+        )
+    pipe = getattr(diffusers, family.pipeline_class)(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=scheduler, transformer=transformer
     )
     pipe.set_progress_bar_config(disable=True)
@@ -205,8 +211,11 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
 
 
 def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device: torch.device):
-    """(prompt_embeds [P, L, D], negative_prompt_embeds [P, L, D]) from a .txt or .safetensors file."""
+    """(prompt_embeds [P, L, D], negative_prompt_embeds [P, L, D], their attention masks [P, L] or None)
+    from a .txt or .safetensors file. Masks come from a pipeline whose ``encode_prompt`` returns them
+    (LTX-Video's); embeddings from a file attend every token."""
     path = Path(path)
+    masks = None
     if path.suffix == ".safetensors":
         tensors = load_file(path)
         if "prompt_embeds" not in tensors:
@@ -218,7 +227,12 @@ def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device:
         negative = negative.expand(positive.shape[0], -1, -1)
     else:
         prompts = _read_prompts(path)
-        positive, negative = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+        encoded = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+        if len(encoded) == 4:  # (embeds, mask, negative embeds, negative mask)
+            positive, positive_mask, negative, negative_mask = encoded
+            masks = (positive_mask.to(device), negative_mask.to(device))
+        else:
+            positive, negative = encoded
     for name, embeds in (("prompt_embeds", positive), ("negative_prompt_embeds", negative)):
         bad = (~torch.isfinite(embeds)).flatten(1).any(1).nonzero().flatten().tolist()
         if bad:
@@ -226,7 +240,7 @@ def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device:
                 f"{path}: {name} of prompt(s) {bad} hold non-finite values (NaN or inf); the teacher "
                 "would sample NaN and every student would train on it"
             )
-    return positive.to(device), negative.to(device)
+    return positive.to(device), negative.to(device), masks
 
 
 def _evaluate_all(
@@ -253,6 +267,7 @@ class _Setup(NamedTuple):
     mine: list[int]
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor
+    prompt_masks: tuple[torch.Tensor, torch.Tensor] | None
     runs: list[tuple[int, int]]
 
 
@@ -276,12 +291,13 @@ def _setup(config: DistillConfig) -> _Setup:
         config.model, dtype, device, need_text=not config.prompts.endswith(".safetensors")
     )
     transformer = pipe.transformer
-    num_blocks = len(transformer.blocks)
+    _check_video(config, pipe)
+    num_blocks = len(family_of(transformer).blocks(transformer))
     blocks = list(range(num_blocks)) if config.blocks is None else sorted(config.blocks)
     if any(not 0 <= b < num_blocks for b in blocks):
         raise ValueError(f"blocks {blocks} out of range for a model with {num_blocks} blocks")
     mine = blocks[env.rank :: env.world]
-    prompt_embeds, negative_embeds = load_prompt_embeddings(
+    prompt_embeds, negative_embeds, prompt_masks = load_prompt_embeddings(
         pipe, config.prompts, config.negative_prompt, device
     )
     runs = [(p, s) for s in range(config.seeds_per_prompt) for p in range(prompt_embeds.shape[0])]
@@ -289,26 +305,46 @@ def _setup(config: DistillConfig) -> _Setup:
         raise ValueError(
             f"heldout={config.heldout} leaves no training run out of {len(runs)} (prompts × seeds)"
         )
-    return _Setup(env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, runs)
+    return _Setup(env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, prompt_masks, runs)
+
+
+def _check_video(config: DistillConfig, pipe) -> None:
+    """ValueError unless the video's size fits the teacher's VAE (LTX-Video: 8k + 1 frames, multiples of
+    32 pixels; the config already checked Wan's 4k + 1 and 16)."""
+    transformer = pipe.transformer
+    temporal, spatial = vae_compression(pipe)
+    spatial *= family_of(transformer).patch_size(transformer)[1]
+    if (config.num_frames - 1) % temporal:
+        raise ValueError(
+            f"num_frames must be {temporal}k + 1 for {type(transformer).__name__} (its VAE's frame "
+            f"stride is {temporal}), got {config.num_frames}"
+        )
+    for name in ("height", "width"):
+        if getattr(config, name) % spatial:
+            raise ValueError(
+                f"{name} must be a multiple of {spatial} for {type(transformer).__name__}, got "
+                f"{getattr(config, name)}"
+            )
 
 
 def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
     """The run itself, writing into ``out`` (the staging folder of the run folder)."""
     from tqdm.auto import tqdm
 
-    env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, runs = setup
+    env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, prompt_masks, runs = setup
     transformer = pipe.transformer
+    family = family_of(transformer)
     train_runs, heldout_runs = runs[: len(runs) - config.heldout], runs[len(runs) - config.heldout :]
     (out / "blocks").mkdir(parents=True, exist_ok=True)
     if env.is_main:
         write_config(config, out / "config.json")
 
-    attn = transformer.blocks[0].attn1
+    attn = family.attention(transformer, 0)
     heads, head_dim = attn.heads, attn.inner_dim // attn.heads
     torch.manual_seed(config.seed)
     students = {
         b: {
-            v: BlockStudent(v, config.rehyat, heads, head_dim, lr=config.lr, device=device)
+            v: BlockStudent(v, config.rehyat, heads, head_dim, lr=config.lr, device=device, family=family)
             for v in config.variants
         }
         for b in mine
@@ -329,9 +365,10 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
             return kwargs
 
         recorder.active = 0 in capture_steps
+        one = slice(prompt, prompt + 1)
+        masks = (None, None) if prompt_masks is None else (prompt_masks[0][one], prompt_masks[1][one])
         pipe(
-            prompt_embeds=prompt_embeds[prompt : prompt + 1],
-            negative_prompt_embeds=negative_embeds[prompt : prompt + 1],
+            **family.pipeline_prompt_arguments(prompt_embeds[one], negative_embeds[one], *masks),
             num_frames=config.num_frames,
             height=config.height,
             width=config.width,
@@ -489,7 +526,7 @@ def _check_finite_results(
 
 def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> dict:
     """Combine per-block results into the report, the ranking and a ReHyAt checkpoint."""
-    from rehyat.models import convert_wan, save_rehyat
+    from rehyat.models import convert, save_rehyat
 
     results = {b: json.loads((out / "blocks" / f"block-{b:03d}.json").read_text()) for b in blocks}
     for block, result in results.items():
@@ -507,11 +544,13 @@ def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> 
     rehyat_config = ReHyAtConfig.from_dict(
         {**config.rehyat.to_dict(), "blocks": blocks, "block_ranking": None}
     )
-    student_model = convert_wan(transformer, rehyat_config)
+    student_model = convert(transformer, rehyat_config)
+    family = family_of(student_model)
     for b in blocks:
-        student_model.blocks[b].attn1.load_state_dict(
+        attn = family.attention(student_model, b)
+        attn.load_state_dict(
             {
-                **student_model.blocks[b].attn1.state_dict(),
+                **attn.state_dict(),
                 **load_file(out / "blocks" / f"block-{b:03d}.safetensors"),
             }
         )

@@ -23,6 +23,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from rehyat.models.families import family_of
+
 Strategy = Literal["ddp", "fsdp"]
 
 
@@ -64,7 +66,7 @@ def wrap_model(model: nn.Module, strategy: Strategy, env: DistEnv) -> nn.Module:
         return DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
-    for block in model.blocks:
+    for block in family_of(model).blocks(model):
         fully_shard(block)
     fully_shard(model)
     return model

@@ -1,4 +1,6 @@
-"""Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted Wan DiT (docs/method.md §7).
+"""Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted DiT (docs/method.md §7) —
+any family :func:`rehyat.models.convert` converts (Wan2.1/2.2, SkyReels-V2, LTX-Video; the family's
+adapter says how its forward is called on a latent [B, C, F, H, W], e.g. LTX-Video's packed tokens).
 
 The loss is Wan's rectified flow: x_t = (1 − σ)·x0 + σ·ε, the model predicts v = ε − x0 at timestep
 σ·1000, with σ drawn by Wan's shifted sampling σ = shift·u / (1 + (shift − 1)·u), u ~ U(0, 1). Every
@@ -39,7 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rehyat.config import config_to_dict, write_config
-from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat, rehyat_runtime, save_rehyat
+from rehyat.models import ReHyAtConfig, convert, family_of, load_rehyat, rehyat_runtime, save_rehyat
+from rehyat.models.adapter import FamilyAdapter
+from rehyat.models.architectures import ARCHITECTURES as _ARCHITECTURES
 from rehyat.training import distributed
 from rehyat.training.checkpoint import (
     Checkpoint,
@@ -59,16 +63,18 @@ from rehyat.training.ema import EMA
 from rehyat.training.metrics import MetricsLogger
 from rehyat.utils import check_bool, check_int, check_number
 
-ARCHITECTURES = ("tiny", "wan2.1-t2v-1.3b")
+ARCHITECTURES = tuple(_ARCHITECTURES)
 
 
 @dataclass
 class ModelSection:
     path: str | None = None
-    """A diffusers Wan folder (with ``transformer/``) or a transformer folder; ``toy``: the bundled toy
-    teacher."""
+    """A diffusers folder (with ``transformer/``) or a transformer folder of any convertible family;
+    ``toy``: the bundled toy teacher."""
     architecture: str | None = None
-    """Instead of ``path``: random weights of ``tiny`` or ``wan2.1-t2v-1.3b`` (smoke tests, benchmarks)."""
+    """Instead of ``path``: random weights of one of :data:`rehyat.models.architectures.ARCHITECTURES`
+    (``tiny``, ``tiny-skyreels-v2``, ``tiny-ltx-video``, ``wan2.1-t2v-1.3b``, ``ltx-video-2b``, ...;
+    smoke tests, benchmarks)."""
     rehyat_checkpoint: str | None = None
     """A ReHyAt checkpoint (e.g. stage 1's) to start from, ``bundled`` for the toy student; else the model
     is converted fresh."""
@@ -245,8 +251,12 @@ def flow_matching_loss(
     shift: float,
     teacher: nn.Module | None = None,
     teacher_weight: float = 0.0,
+    family: FamilyAdapter | None = None,
 ) -> Tensor:
     """MSE between the model's velocity and v = ε − x0 at x_t = (1 − σ)·x0 + σ·ε, σ shifted-uniform.
+
+    ``latents`` [B, C, F, H, W]; ``family`` the models' adapter, which says how the forward is called on
+    them (None: Wan's call, ``model(x_t, t, prompt_embeds)``).
 
     With a ``teacher`` the target is (1 − λ)·(ε − x0) + λ·teacher(x_t), λ = ``teacher_weight``: the same
     gradient as (1 − λ)·flow matching + λ·MSE to the teacher's prediction (output distillation).
@@ -258,13 +268,25 @@ def flow_matching_loss(
     noise = noise.to(latents.device)
     s = sigma.view(batch, 1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
-    prediction = model(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0]
+    prediction = predict_velocity(model, noisy, sigma * 1000, prompt_embeds, family)
     target = (noise - latents).float()
     if teacher is not None and teacher_weight > 0:
         with torch.no_grad():
-            taught = teacher(noisy, sigma * 1000, prompt_embeds, return_dict=False)[0].float()
+            taught = predict_velocity(teacher, noisy, sigma * 1000, prompt_embeds, family).float()
         target = torch.lerp(target, taught, teacher_weight)
     return F.mse_loss(prediction.float(), target)
+
+
+def predict_velocity(
+    model: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor, family: FamilyAdapter | None
+) -> Tensor:
+    """The velocity [B, C, F, H, W] ``model`` (a transformer, or its DDP/FSDP wrapper, called as such)
+    predicts, called the way ``family``'s pipeline calls it (None: Wan's positional call)."""
+    if family is None:
+        return model(latents, timestep, prompt_embeds, return_dict=False)[0]
+    transformer = distributed.unwrap(model)
+    inputs = family.denoiser_inputs(transformer, latents, timestep, prompt_embeds)
+    return family.denoiser_output(transformer, model(**inputs, return_dict=False)[0], latents)
 
 
 def drop_prompts(prompt_embeds: Tensor, probability: float, generator: torch.Generator) -> Tensor:
@@ -286,26 +308,24 @@ def noise_generator(seed: int, step: int, slot: int) -> torch.Generator:
 
 
 def load_base_transformer(section: ModelSection) -> nn.Module:
-    """The base ``WanTransformer3DModel`` in fp32: from a local folder, or random for ``architecture``."""
-    from diffusers import WanTransformer3DModel
-
+    """The base transformer in fp32: from a local folder (any convertible family, by its config's
+    class), or random for ``architecture``."""
+    from rehyat.models.architectures import architecture
     from rehyat.models.folders import load_transformer
-    from rehyat.models.wan_configs import WAN21_T2V_1_3B, tiny_wan_config
 
     if (section.path is None) == (section.architecture is None):
         raise ValueError("set exactly one of model.path (a local Wan folder) and model.architecture")
     if section.architecture is not None:
-        configs = {"tiny": tiny_wan_config(), "wan2.1-t2v-1.3b": WAN21_T2V_1_3B}
-        if section.architecture not in configs:
+        if section.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"model.architecture must be one of {ARCHITECTURES}, got {section.architecture!r}"
             )
-        return WanTransformer3DModel(**configs[section.architecture])
+        return architecture(section.architecture).build().train()
     return load_transformer(section.path, torch_dtype=torch.float32)
 
 
 def build_model(section: ModelSection, seed: int) -> nn.Module:
-    """Base Wan transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``
+    """Base transformer converted to ReHyAt, from a ReHyAt checkpoint or freshly with ``section.rehyat``
     (or left as it is with ``convert=False``)."""
     from rehyat.models.folders import rehyat_folder
 
@@ -319,7 +339,7 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
         if section.rehyat is not None:
             raise ValueError("set model.rehyat_checkpoint or model.rehyat, not both")
         return load_rehyat(model, rehyat_folder(section.rehyat_checkpoint))
-    return convert_wan(model, section.rehyat or ReHyAtConfig())
+    return convert(model, section.rehyat or ReHyAtConfig())
 
 
 def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
@@ -331,12 +351,13 @@ def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
 
 
 def _check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
-    config = model.config
+    family = family_of(model)
+    takes = family.latent_channels(model), family.text_dim(model)
     channels, text_dim = dataset.latent_shape[0], dataset.prompt_shape[1]
-    if channels != config.in_channels or text_dim != config.text_dim:
+    if (channels, text_dim) != takes:
         raise ValueError(
             f"dataset {dataset.path} has {channels}-channel latents and {text_dim}-dim prompt embeddings; "
-            f"the model takes {config.in_channels} and {config.text_dim}"
+            f"the model takes {takes[0]} and {takes[1]}"
         )
 
 
@@ -529,6 +550,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     dataset = LatentDataset(cfg.data.path)
     model = build_model(cfg.model, cfg.seed)
+    family = family_of(model)
     _check_data_fits(dataset, model)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -592,6 +614,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                             cfg.flow_shift,
                             teacher,
                             cfg.teacher_weight,
+                            family,
                         )
                     (loss / cfg.grad_accumulation).backward()
                 loss_sum += loss.detach()

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from rehyat.attention import AttentionStats
 from rehyat.baselines import linear_attention, local_attention
+from rehyat.models.adapter import FamilyAdapter, configured_attention
 from rehyat.models.config import ReHyAtConfig
-from rehyat.models.wan import configured_attention, feature_input
+from rehyat.models.wan import WAN
 from rehyat.training.capture import AttentionCapture
 from rehyat.training.checkpoint import NonFiniteError
 
@@ -38,7 +39,10 @@ class Evaluation:
 
 
 class BlockStudent:
-    """One block, one variant: φq, φk (if any), an AdamW optimiser, and the variant's attention op."""
+    """One block, one variant: φq, φk (if any), an AdamW optimiser, and the variant's attention op.
+
+    ``family``: the teacher's :class:`~rehyat.models.adapter.FamilyAdapter` (default Wan), whose processor
+    says what φ reads of the captured q and k (its ``feature_input``: the RoPE layout it undoes)."""
 
     def __init__(
         self,
@@ -50,10 +54,12 @@ class BlockStudent:
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         device: torch.device | str = "cpu",
+        family: FamilyAdapter = WAN,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.config = variant, config
+        self.feature_input = family.processor.feature_input
         device = torch.device(device)
         self.phi_q = self.phi_k = None
         self.optimizer = None
@@ -82,8 +88,8 @@ class BlockStudent:
         )
         if self.variant == "local":
             return local_attention(q, k, v, **geometry)
-        fq = self.phi_q(feature_input(self.config, q, capture.rotary))
-        fk = self.phi_k(feature_input(self.config, k, capture.rotary))
+        fq = self.phi_q(self.feature_input(self.config, q, capture.rotary))
+        fk = self.phi_k(self.feature_input(self.config, k, capture.rotary))
         if self.variant == "linear":
             return linear_attention(q, k, v, fq, fk, **geometry)
         # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
