@@ -74,7 +74,25 @@ def register(commands) -> None:
     parser.add_argument("--render-only", action="store_true", help="re-render markdown/PNG from the JSON")
     parser.set_defaults(handler=_runner("bench_distill"))
 
-    parser = targets.add_parser("model", help="whole Wan2.1-1.3B DiT forward: original vs ReHyAt (GPU)")
+    parser = targets.add_parser(
+        "model",
+        help="whole DiT forward (Wan2.1-1.3B, SkyReels-V2-1.3B, LTX-Video 2B): original vs ReHyAt (GPU)",
+    )
+    parser.add_argument(
+        "--family",
+        choices=("wan", "skyreels-v2", "ltx-video"),
+        default="wan",
+        help="which model (default wan)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=("published", "tiny"),
+        default="published",
+        help="the family's published size (random weights) or its tiny config (a smoke run)",
+    )
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), help="default cuda; cpu times with the wall clock"
+    )
     parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81)")
     parser.add_argument(
         "--rows",
@@ -85,9 +103,11 @@ def register(commands) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="7 and 21 frames, fewer timed calls")
     parser.add_argument("--skip-parity", action="store_true", help="skip the recurrent-vs-parallel check")
-    parser.add_argument("--out", default="bench/results", help="folder for model.json/.md/.png")
     parser.add_argument(
-        "--render-only", action="store_true", help="re-render model.md/.png from model.json (no GPU)"
+        "--out", default="bench/results", help="folder for model.json/.md/.png (model_<family>.* beside Wan)"
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render model*.md/.png from its JSON (no GPU)"
     )
     parser.set_defaults(handler=_runner("bench_model"))
 

@@ -1,6 +1,7 @@
-"""``rehyat generate``: text-to-video from a local Wan2.1 diffusers folder with the recurrent forward.
+"""``rehyat generate``: text-to-video from a local diffusers folder with the recurrent forward, through the
+family's own pipeline: ``WanPipeline`` (Wan2.1/2.2), ``SkyReelsV2Pipeline`` or ``LTXPipeline``.
 
-The folder is what ``WanPipeline.save_pretrained`` writes (nothing is downloaded). The transformer gets a ReHyAt
+The folder is what the pipeline's ``save_pretrained`` writes (nothing is downloaded). The transformer gets a ReHyAt
 checkpoint (``--rehyat``) or, without one, a fresh conversion whose feature maps are untrained (useful
 for smoke runs and timing only). Every argument — sizes, frame count, steps, guidance, fps, output path,
 device, the model folder's layout and the checkpoint's JSON — is checked before anything is loaded, so
@@ -17,8 +18,6 @@ import torch
 
 from rehyat.utils import DTYPES, check_int, check_number, dtype_from_name
 
-#: Wan2.1's VAE: 4 video frames per latent frame after the first, spatial stride 8, then patch 2.
-WAN_TEMPORAL, WAN_SIZE_MULTIPLE = 4, 16
 _DEFAULT_CHUNK_FRAMES, _DEFAULT_OVERLAP_FRAMES = 3, 1
 
 
@@ -27,7 +26,7 @@ def _check_args(args: argparse.Namespace):
 
     Returns the device and the ReHyAt config to convert with (None with ``--rehyat``, whose JSON is read
     and checked here too)."""
-    from rehyat.generation.pipeline import check_device, check_pipeline_folder
+    from rehyat.generation.pipeline import check_device, check_pipeline_folder, pipeline_geometry
     from rehyat.generation.video import check_video_path
     from rehyat.models import ReHyAtConfig, read_rehyat_config
     from rehyat.models.folders import TOY_TEACHER, rehyat_folder
@@ -38,15 +37,9 @@ def _check_args(args: argparse.Namespace):
     check_int("--seed", args.seed, -(2**63), 2**64 - 1)
     if args.shift is not None:
         check_number("--shift", args.shift, minimum=0.0, exclusive_minimum=True)
-    frames = check_int("--frames", args.frames, 1)
-    if (frames - 1) % WAN_TEMPORAL:
-        raise ValueError(f"--frames must be {WAN_TEMPORAL}k + 1 (1, 5, …, 81, …), got {frames}")
+    check_int("--frames", args.frames, 1)
     for flag, size in (("--height", args.height), ("--width", args.width)):
-        if check_int(flag, size, 1) % WAN_SIZE_MULTIPLE:
-            raise ValueError(
-                f"{flag} must be a positive multiple of {WAN_SIZE_MULTIPLE} (Wan's VAE stride 8 × patch 2), "
-                f"got {size}"
-            )
+        check_int(flag, size, 1)
     try:
         check_video_path(args.output)
     except ValueError as error:
@@ -62,6 +55,14 @@ def _check_args(args: argparse.Namespace):
             "Wan pipeline; sample it with rehyat toy generate (one video) or rehyat toy eval (ToyBench)"
         )
     check_pipeline_folder(args.model, text_encoder=True)
+    temporal, multiple = pipeline_geometry(args.model)
+    if (args.frames - 1) % temporal:
+        raise ValueError(f"--frames must be {temporal}k + 1 (1, {temporal + 1}, …), got {args.frames}")
+    for flag, size in (("--height", args.height), ("--width", args.width)):
+        if size % multiple:
+            raise ValueError(
+                f"{flag} must be a positive multiple of {multiple} (the VAE's stride × the patch), got {size}"
+            )
     if args.rehyat is not None:
         args.rehyat = str(rehyat_folder(args.rehyat))  # 'bundled': the toy student
         if args.chunk_frames is not None or args.overlap_frames is not None:
@@ -124,11 +125,17 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(commands) -> None:
     parser = commands.add_parser("generate", help="text-to-video with the recurrent ReHyAt forward")
-    parser.add_argument("--model", required=True, help="local Wan2.1 diffusers folder (model_index.json)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="local diffusers folder (model_index.json) of a WanPipeline, SkyReelsV2Pipeline or LTXPipeline",
+    )
     parser.add_argument("--rehyat", help="ReHyAt checkpoint folder (rehyat_config.json + rehyat.safetensors)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--frames", type=int, default=81, help="video frames, 4k+1 (81 = 5 s at 16 fps)")
+    parser.add_argument(
+        "--frames", type=int, default=81, help="video frames, 4k+1 (81 = 5 s at 16 fps; LTX-Video 8k+1)"
+    )
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")

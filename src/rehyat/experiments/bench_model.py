@@ -1,23 +1,30 @@
-"""``rehyat bench model``: one whole Wan2.1-1.3B DiT forward on a GPU — original vs ReHyAt.
+"""``rehyat bench model``: one whole DiT forward — original vs ReHyAt — for each convertible family.
 
-The model is the real Wan2.1-T2V-1.3B architecture (:data:`rehyat.models.wan_configs.WAN21_T2V_1_3B`)
-with random weights in bf16 (norms, time embedder and modulation tables kept in fp32 and RoPE tables in
-float64, as ``from_pretrained(torch_dtype=bfloat16)`` leaves them); 480×832 video → 60×104 latent →
-30×52 = 1560 tokens per latent frame; 512 text tokens; batch 1 (one CFG branch). Latent frame counts
-21, 41, 81 are 81, 161, 321 video frames (5, 10, 20 s at 16 fps). Rows, each one forward under
-``torch.inference_mode``:
+``--family`` picks the model (``wan``, ``skyreels-v2``, ``ltx-video``; :mod:`rehyat.models.architectures`):
+Wan2.1-T2V-1.3B at 480×832 (60×104 latent → 30×52 = 1560 tokens per latent frame, 512 text tokens),
+SkyReels-V2-T2V-1.3B (Wan2.1-1.3B's layout) at 544×960 (34×60 = 2040 tokens), or LTX-Video 2B
+(diffusers' defaults of ``LTXVideoTransformer3DModel``) at 512×704 (16×22 = 352 tokens per latent frame
+of 8 video frames, 128 text tokens). Random weights in bf16 (norms, time embedder and modulation tables
+kept in fp32 and RoPE tables in float64, as ``from_pretrained(torch_dtype=bfloat16)`` leaves them);
+batch 1 (one CFG branch); each family called as its pipeline calls it. ``--size tiny`` runs the family's
+tiny config instead, and ``--device cpu`` times with the wall clock (no memory column): a smoke run of
+the whole benchmark without a GPU. Rows, each one forward under ``torch.inference_mode``:
 
-- ``original``: the unconverted model, diffusers' ``WanAttnProcessor`` (torch SDPA).
+- ``original``: the unconverted model, diffusers' own attention processor (torch SDPA).
 - ``parallel``: every block converted (Tc=3, To=1, causal; φ with P=2, two layers), parallel form.
-- ``recurrent``: the same converted model through :func:`rehyat.recurrent_forward`.
+- ``recurrent``: the same converted model in the recurrent mode (:func:`rehyat.models.hooks.recurrent_mode`).
 
 Median ms over CUDA-event-timed calls; peak MiB = ``torch.cuda.max_memory_allocated`` during the call
-minus what was allocated before it (weights, φ, latents, text embeddings), i.e. activation memory.
+minus what was allocated before it (weights, φ, latents, text embeddings), i.e. activation memory. Wan
+writes ``model.json/.md/.png``, another family ``model_<family>.*``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,19 +45,37 @@ from rehyat.experiments.common import (
 ROWS = ("original", "parallel", "recurrent")
 SHAPE = dict(height=480, width=832, latent_height=60, latent_width=104, text_tokens=512)
 REHYAT = dict(chunk_frames=3, overlap_frames=1)
+FAMILIES = ("wan", "skyreels-v2", "ltx-video")
+SIZES = ("published", "tiny")
+_TINY = {"wan": "tiny", "skyreels-v2": "tiny-skyreels-v2", "ltx-video": "tiny-ltx-video"}
 
 
-def build_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, config: dict | None = None):
-    """Wan2.1-T2V-1.3B (or the Wan ``config``) with random weights on ``device``; parameters outside the
-    model's ``_keep_in_fp32_modules`` cast to ``dtype``, buffers (RoPE tables) untouched."""
-    from diffusers import WanTransformer3DModel
+def _architecture(family: str, size: str):
+    from rehyat.models.architectures import PUBLISHED, architecture
+
+    if family not in FAMILIES:
+        raise ValueError(f"--family must be one of {list(FAMILIES)}, got {family!r}")
+    if size not in SIZES:
+        raise ValueError(f"--size must be one of {list(SIZES)}, got {size!r}")
+    return architecture(PUBLISHED[family] if size == "published" else _TINY[family])
+
+
+def build_model(
+    device: str = "cuda", dtype: torch.dtype = torch.bfloat16, config: dict | None = None, arch=None
+):
+    """Wan2.1-T2V-1.3B (or the Wan ``config``, or the :class:`~rehyat.models.architectures.Architecture`
+    ``arch`` of any family) with random weights on ``device``; parameters outside the model's
+    ``_keep_in_fp32_modules`` cast to ``dtype``, buffers (RoPE tables) untouched."""
+    import diffusers
 
     from rehyat.models.wan_configs import WAN21_T2V_1_3B
 
     torch.manual_seed(0)
+    cls = getattr(diffusers, "WanTransformer3DModel" if arch is None else arch.class_name)
+    kwargs = (WAN21_T2V_1_3B if config is None else config) if arch is None else arch.config
     with torch.device(device):
-        model = WanTransformer3DModel(**(WAN21_T2V_1_3B if config is None else config)).eval()
-    keep = set(model._keep_in_fp32_modules)
+        model = cls(**kwargs).eval()
+    keep = set(model._keep_in_fp32_modules or ())
     for name, module in model.named_modules():
         if keep.isdisjoint(name.split(".")):
             for param in module.parameters(recurse=False):
@@ -58,100 +83,156 @@ def build_model(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, confi
     return model
 
 
-def _inputs(frames: int, device: str, dtype: torch.dtype):
+def _shape(arch) -> dict:
+    """The video of the benchmark: the family's default pixel size, as latent and tokens per frame."""
+    latent_height, latent_width = (n // arch.spatial_compression for n in (arch.height, arch.width))
+    patch = arch.config.get("patch_size", 1)
+    patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+    return dict(
+        height=arch.height,
+        width=arch.width,
+        latent_height=latent_height,
+        latent_width=latent_width,
+        frame_tokens=(latent_height // patch) * (latent_width // patch),
+        text_tokens=arch.text_tokens,
+        temporal_compression=arch.temporal_compression,
+    )
+
+
+def _inputs(model, arch, frames: int, device: str, dtype: torch.dtype) -> dict:
+    """One forward call's arguments at ``frames`` latent frames, as the family's pipeline makes them."""
+    from rehyat.models import family_of
+
+    shape = _shape(arch)
     gen = torch.Generator(device).manual_seed(frames)
     latents = torch.randn(
         1,
-        16,
+        arch.latent_channels,
         frames,
-        SHAPE["latent_height"],
-        SHAPE["latent_width"],
+        shape["latent_height"],
+        shape["latent_width"],
         generator=gen,
         device=device,
         dtype=dtype,
     )
-    context = torch.randn(1, SHAPE["text_tokens"], 4096, generator=gen, device=device, dtype=dtype)
-    return latents, torch.tensor([999.0], device=device), context
+    context = torch.randn(1, arch.text_tokens, arch.text_dim, generator=gen, device=device, dtype=dtype)
+    timestep = torch.tensor([999.0], device=device)
+    return family_of(model).denoiser_inputs(model, latents, timestep, context)
 
 
-def _measure(fn: Callable[[], object], rep_ms: float, max_reps: int) -> dict[str, float | str]:
+def _wall_ms(fn: Callable[[], object], rep_ms: float, max_reps: int) -> float:
+    """Median wall time in ms (one warm-up call): the CPU's clock, where no CUDA events are."""
+    fn()
+    times = []
+    while len(times) < 3 or (sum(times) < rep_ms and len(times) < max_reps):
+        tic = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - tic) * 1e3)
+    return statistics.median(times)
+
+
+def _measure(fn: Callable[[], object], rep_ms: float, max_reps: int, cuda: bool) -> dict[str, float | str]:
     try:
         with torch.inference_mode():
-            result: dict[str, float | str] = {
-                "ms": time_ms(fn, rep_ms=rep_ms, max_reps=max_reps),
-                "peak_mib": peak_memory_mib(fn),
-            }
+            if cuda:
+                result: dict[str, float | str] = {
+                    "ms": time_ms(fn, rep_ms=rep_ms, max_reps=max_reps),
+                    "peak_mib": peak_memory_mib(fn),
+                }
+            else:
+                result = {"ms": _wall_ms(fn, rep_ms, max_reps)}
     except RuntimeError as error:  # out of memory or a kernel that refuses: record it and go on
         result = {"error": "OOM" if is_oom(error) else f"{type(error).__name__}: {str(error)[:160]}"}
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return result
 
 
-def run_benchmark(frames: list[int], rows: list[str], rep_ms: float, max_reps: int) -> list[dict]:
-    """Measure each row at each frame count; the original first, then the model is converted in place."""
-    from rehyat import ReHyAtConfig, convert_wan, recurrent_forward
-    from rehyat.models import rehyat_runtime
+def _forward(model, inputs: dict, recurrent: bool) -> torch.Tensor:
+    from rehyat.models.hooks import recurrent_mode
 
-    model = build_model()
+    with recurrent_mode(model) if recurrent else contextlib.nullcontext():
+        return model(**inputs, return_dict=False)[0]
+
+
+def run_benchmark(
+    frames: list[int],
+    rows: list[str],
+    rep_ms: float,
+    max_reps: int,
+    *,
+    arch=None,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[dict]:
+    """Measure each row at each frame count; the original first, then the model is converted in place."""
+    from rehyat import ReHyAtConfig, convert
+    from rehyat.models import rehyat_runtime
+    from rehyat.models.architectures import PUBLISHED, architecture
+
+    arch = arch or architecture(PUBLISHED["wan"])
+    model = build_model(device, dtype, arch=arch)
+    shape = _shape(arch)
     results = []
     for row in ROWS:
         if row not in rows:
             continue
         if row != "original" and rehyat_runtime(model) is None:
-            convert_wan(model, ReHyAtConfig(**REHYAT))
+            convert(model, ReHyAtConfig(**REHYAT))
         for count in frames:
-            latents, timestep, context = _inputs(count, "cuda", torch.bfloat16)
-            if row == "recurrent":
+            inputs = _inputs(model, arch, count, device, dtype)
 
-                def call(latents=latents, timestep=timestep, context=context):
-                    return recurrent_forward(model, latents, timestep, context)
-            else:
-
-                def call(latents=latents, timestep=timestep, context=context):
-                    return model(latents, timestep, context, return_dict=False)[0]
+            def call(inputs=inputs, recurrent=row == "recurrent"):
+                return _forward(model, inputs, recurrent)
 
             record = {
                 "row": row,
                 "latent_frames": count,
-                "video_frames": 4 * (count - 1) + 1,
-                "tokens": count * (SHAPE["latent_height"] // 2) * (SHAPE["latent_width"] // 2),
-                **_measure(call, rep_ms, max_reps),
+                "video_frames": shape["temporal_compression"] * (count - 1) + 1,
+                "tokens": count * shape["frame_tokens"],
+                **_measure(call, rep_ms, max_reps, cuda=device != "cpu"),
             }
             print(record, flush=True)
             results.append(record)
-            del latents, context
+            del inputs
     return results
 
 
-def run_parity(frames: int = 7) -> list[dict]:
-    """Recurrent vs parallel forward of the converted model at Wan size, float32 and bf16 weights, each
-    attention backend; plus Tc ≥ T (one chunk) vs the original, which must agree to rounding.
+def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict]:
+    """Recurrent vs parallel forward of the converted model at the family's size, float32 and bf16
+    weights, each attention backend (on a CPU: float32, the PyTorch backend); plus Tc ≥ T (one chunk)
+    vs the original, which must agree to rounding.
 
     Random weights and untrained φ make the network ill-conditioned (denominators near the guard), so
-    rounding differences grow through 30 blocks; two valid parallel backends differ by as much in bf16.
+    rounding differences grow through the blocks; two valid parallel backends differ by as much in bf16.
     """
     import dataclasses
 
-    from rehyat import ReHyAtConfig, convert_wan, recurrent_forward
+    from rehyat import ReHyAtConfig, convert
     from rehyat.models import rehyat_runtime
+    from rehyat.models.architectures import PUBLISHED, architecture
+
+    arch = arch or architecture(PUBLISHED["wan"])
+    cuda = device != "cpu"
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        model = build_model(dtype=dtype)
-        latents, timestep, context = _inputs(frames, "cuda", dtype)
+    for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
+        model = build_model(device, dtype, arch=arch)
+        inputs = _inputs(model, arch, frames, device, dtype)
+        name = str(dtype).removeprefix("torch.")
         with torch.inference_mode():
-            original = model(latents, timestep, context, return_dict=False)[0]
-            runtime = rehyat_runtime(convert_wan(model, ReHyAtConfig(**REHYAT)))
-            for backend in ("torch", "triton"):
+            original = _forward(model, inputs, False)
+            runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
+            for backend in ("torch", "triton") if cuda else ("torch",):
                 runtime.backend = backend
-                parallel = model(latents, timestep, context, return_dict=False)[0]
-                recurrent = recurrent_forward(model, latents, timestep, context)
+                parallel = _forward(model, inputs, False)
+                recurrent = _forward(model, inputs, True)
                 rows.append(
                     {
-                        "dtype": str(dtype).removeprefix("torch."),
+                        "dtype": name,
                         "backend": backend,
                         "recurrent_vs_parallel": rel(recurrent, parallel),
                         "parallel_vs_original": rel(parallel, original),
@@ -159,17 +240,11 @@ def run_parity(frames: int = 7) -> list[dict]:
                 )
             runtime.config = dataclasses.replace(runtime.config, chunk_frames=frames)
             runtime.backend = "torch"
-            rows.append(
-                {
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "backend": "torch",
-                    "one_chunk_vs_original": rel(
-                        model(latents, timestep, context, return_dict=False)[0], original
-                    ),
-                }
-            )
+            one_chunk = rel(_forward(model, inputs, False), original)
+            rows.append({"dtype": name, "backend": "torch", "one_chunk_vs_original": one_chunk})
         del model, original, parallel, recurrent
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -204,9 +279,22 @@ def check_targets(results: list[dict]) -> list[tuple[str, str, bool | None]]:
     return checks
 
 
+_TITLES = {"wan": "Wan2.1-1.3B", "skyreels-v2": "SkyReels-V2-1.3B", "ltx-video": "LTX-Video 2B"}
+
+
+def stem(family: str) -> str:
+    """The results' file name stem: ``model`` for Wan (the first family), ``model_<family>`` otherwise."""
+    return "model" if family == "wan" else f"model_{family.replace('-', '_')}"
+
+
 def render(payload: dict, out_dir: Path) -> None:
-    """Write model.md, model_ms.png and model_memory.png from the JSON payload."""
+    """Write <stem>.md, <stem>_ms.png and <stem>_memory.png from the JSON payload."""
     results = payload["results"]
+    family = payload.get("family", "wan")
+    size = payload.get("size", "published")
+    title = _TITLES[family] + ("" if size == "published" else f" ({size} config)")
+    shape = {"frame_tokens": 1560, "temporal_compression": 4, **payload.get("shape", SHAPE)}
+    dtype = payload.get("dtype", "bf16")
     by_key = {(r["row"], r["latent_frames"]): r for r in results}
     frames = sorted({r["latent_frames"] for r in results})
     table = []
@@ -230,14 +318,17 @@ def render(payload: dict, out_dir: Path) -> None:
                     mib / original_mib,
                 ]
             )
+    blocks = payload.get("blocks", 30)
     sections = [
-        "# Model benchmark: one Wan2.1-1.3B DiT forward (random weights), original vs ReHyAt",
+        f"# Model benchmark: one {title} DiT forward (random weights), original vs ReHyAt",
         environment_markdown(payload["environment"]),
-        "480×832 → latent 60×104 → 1560 tokens per latent frame, 512 text tokens, batch 1, bf16; ReHyAt on "
-        f"all 30 blocks, Tc={REHYAT['chunk_frames']}, To={REHYAT['overlap_frames']}, causal. Median ms "
-        "(CUDA events); peak MiB = max_memory_allocated during the forward minus what was allocated before "
-        "it (weights, latents, text embeddings): activation memory. Speedup and memory ratio vs the "
-        "original at the same frame count.",
+        f"{shape['height']}×{shape['width']} → latent {shape['latent_height']}×{shape['latent_width']} → "
+        f"{shape['frame_tokens']} tokens per latent frame ({shape['temporal_compression']} video frames "
+        f"each), {shape['text_tokens']} text tokens, batch 1, {dtype}; ReHyAt on all {blocks} blocks, "
+        f"Tc={REHYAT['chunk_frames']}, To={REHYAT['overlap_frames']}, causal. Median ms "
+        "(CUDA events; on a CPU the wall clock, and no memory column); peak MiB = max_memory_allocated "
+        "during the forward minus what was allocated before it (weights, latents, text embeddings): "
+        "activation memory. Speedup and memory ratio vs the original at the same frame count.",
         markdown_table(
             ["latent frames", "video frames", "tokens", "row", "ms", "peak MiB", "speedup", "memory ratio"],
             table,
@@ -253,8 +344,8 @@ def render(payload: dict, out_dir: Path) -> None:
         sections.append(
             "## Parity at 7 latent frames (rel. error of the DiT output)\n\n"
             "Random weights and untrained φ: the network is ill-conditioned, so rounding differences grow "
-            "through the 30 blocks (compare the two backends' parallel outputs); one chunk (Tc ≥ T) must "
-            "match the original to rounding. Exactness in float32 is covered by the CPU tests.\n\n"
+            f"through the {blocks} blocks (compare the two backends' parallel outputs); one chunk (Tc ≥ T) "
+            "must match the original to rounding. Exactness in float32 is covered by the CPU tests.\n\n"
             + markdown_table(
                 ["dtype", "backend", *keys],
                 [[r["dtype"], r["backend"], *(r.get(k, math.nan) for k in keys)] for r in payload["parity"]],
@@ -263,17 +354,18 @@ def render(payload: dict, out_dir: Path) -> None:
     if payload.get("note"):
         sections.append(payload["note"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model.md").write_text("\n\n".join(sections) + "\n")
-    for key, name, label in (
-        ("ms", "model_ms.png", "ms per forward"),
-        ("peak_mib", "model_memory.png", "peak activation MiB"),
+    name = stem(family)
+    (out_dir / f"{name}.md").write_text("\n\n".join(sections) + "\n")
+    for key, suffix, label in (
+        ("ms", "ms", "ms per forward"),
+        ("peak_mib", "memory", "peak activation MiB"),
     ):
         plot_loglog(
             {row: (frames, [_value(by_key, row, f, key) for f in frames]) for row in ROWS},
-            out_dir / name,
-            xlabel="latent frames (×1560 tokens)",
+            out_dir / f"{name}_{suffix}.png",
+            xlabel=f"latent frames (×{shape['frame_tokens']} tokens)",
             ylabel=label,
-            title=f"Wan2.1-1.3B DiT forward, bf16: {label}",
+            title=f"{title} DiT forward, {dtype}: {label}",
         )
 
 
@@ -284,10 +376,10 @@ def _note(results: list[dict]) -> str:
     if longest is None:
         return ""
     original, recurrent = by_key.get(("original", longest), {}), by_key.get(("recurrent", longest), {})
-    video = 4 * (longest - 1) + 1
+    video = next(r["video_frames"] for r in results if r["latent_frames"] == longest)
     if "peak_mib" in original and "peak_mib" in recurrent:
         return (
-            f"At {longest} latent frames ({video} video frames, {video / 16:.0f} s at 16 fps) the original "
+            f"At {longest} latent frames ({video} video frames) the original "
             f"needs {original['peak_mib'] / 1024:.1f} GiB of activations and {original['ms'] / 1e3:.2f} s per "
             f"forward; the recurrent form {recurrent['peak_mib'] / 1024:.2f} GiB and {recurrent['ms'] / 1e3:.2f} s."
         )
@@ -296,24 +388,48 @@ def _note(results: list[dict]) -> str:
     return ""
 
 
-def run(*, frames, out, quick, render_only, rows, skip_parity) -> int:
+def run(
+    *, frames, out, quick, render_only, rows, skip_parity, family="wan", size="published", device=None
+) -> int:
     out_dir = Path(out)
+    arch = _architecture(family, size)
     if render_only:
-        render(read_json(out_dir / "model.json"), out_dir)
+        render(read_json(out_dir / f"{stem(family)}.json"), out_dir)
         return 0
-    if not torch.cuda.is_available():
-        raise ValueError("the model benchmark needs a CUDA GPU (use --render-only to re-render results)")
+    device = device or ("cuda" if torch.cuda.is_available() else None)
+    if device is None:
+        raise ValueError(
+            "the model benchmark needs a CUDA GPU (--device cpu for a smoke run at --size tiny; "
+            "--render-only to re-render results)"
+        )
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
     frames = frames or ([7, 21] if quick else [21, 41, 81])
     if any(f < 1 for f in frames):
         raise ValueError(f"--frames must all be >= 1, got {frames}")
-    payload = {"environment": environment(), "shape": SHAPE, "rehyat": REHYAT, "parity": None, "results": []}
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    payload = {
+        "environment": environment(),
+        "family": family,
+        "size": size,
+        "dtype": "bf16" if device == "cuda" else "fp32",
+        "blocks": arch.config["num_layers"],
+        "shape": _shape(arch),
+        "rehyat": REHYAT,
+        "parity": None,
+        "results": [],
+    }
     if not skip_parity:
-        payload["parity"] = run_parity()
+        payload["parity"] = run_parity(arch=arch, device=device)
         print("parity", payload["parity"], flush=True)
     rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
-    payload["results"] = run_benchmark(sorted(frames), rows, rep_ms, max_reps)
+    payload["results"] = run_benchmark(
+        sorted(frames), rows, rep_ms, max_reps, arch=arch, device=device, dtype=dtype
+    )
     payload["note"] = _note(payload["results"])
-    write_json(payload, out_dir / "model.json")
+    write_json(payload, out_dir / f"{stem(family)}.json")
     render(payload, out_dir)
-    print((out_dir / "model.md").read_text())
+    print((out_dir / f"{stem(family)}.md").read_text())
     return 0

@@ -1,6 +1,7 @@
-"""Loading a local Wan2.1 diffusers pipeline with its transformer converted to ReHyAt.
+"""Loading a local diffusers video pipeline with its transformer converted to ReHyAt: ``WanPipeline``
+(Wan2.1/2.2), ``SkyReelsV2Pipeline`` or ``LTXPipeline``, each family's own pipeline.
 
-The folder is what ``WanPipeline.save_pretrained`` writes (model_index.json with transformer, vae,
+The folder is what the pipeline's ``save_pretrained`` writes (model_index.json with transformer, vae,
 text_encoder, tokenizer and scheduler subfolders); nothing is downloaded. A folder that is not one
 (no or malformed ``model_index.json``, a missing or damaged component) and a device torch cannot use
 raise a ``ValueError`` that names the file or the device, before anything is loaded wherever the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rehyat.models import ReHyAtConfig, convert_wan, load_rehyat
+from rehyat.models import FAMILIES, ReHyAtConfig, convert, load_rehyat
 from rehyat.models.checkpoint import read_json_object
 from rehyat.utils import check_number
 
@@ -28,6 +29,11 @@ _COMPONENT_FILES = {
     "tokenizer": None,
 }
 _TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+#: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline.
+PIPELINES = tuple(dict.fromkeys(family.pipeline_class for family in FAMILIES))
+#: (video frames per latent frame, pixel multiple of height and width) of each pipeline: its VAE's
+#: temporal compression, and its spatial compression times the transformer's patch.
+PIPELINE_GEOMETRY = {"WanPipeline": (4, 16), "SkyReelsV2Pipeline": (4, 16), "LTXPipeline": (8, 32)}
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -54,8 +60,8 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = False) -> Path:
-    """``model`` as a Path if it looks like a saved ``WanPipeline`` folder: a ``model_index.json`` holding a
-    JSON object for ``WanPipeline`` and, for transformer, vae and scheduler (and text_encoder and tokenizer
+    """``model`` as a Path if it looks like a saved pipeline folder of a convertible family: a
+    ``model_index.json`` holding a JSON object for one of :data:`PIPELINES` and, for transformer, vae and scheduler (and text_encoder and tokenizer
     when ``text_encoder`` is true, or when the index lists them), a subfolder with its config file.
     Reads only the index; ValueError naming the file or folder otherwise."""
     folder = Path(model)
@@ -65,8 +71,11 @@ def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = Fals
     if not index_path.is_file():
         raise ValueError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     index = read_json_object(index_path)
-    if index.get("_class_name") != "WanPipeline":
-        raise ValueError(f"{index_path} is for {index.get('_class_name')!r}, not a WanPipeline")
+    if index.get("_class_name") not in PIPELINES:
+        raise ValueError(
+            f"{index_path} is for {index.get('_class_name')!r}, not a {', '.join(PIPELINES[:-1])} "
+            f"or {PIPELINES[-1]}"
+        )
     for name, config_file in _COMPONENT_FILES.items():
         entry = index.get(name)
         listed = isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
@@ -88,6 +97,12 @@ def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = Fals
     return folder
 
 
+def pipeline_geometry(folder: str | os.PathLike) -> tuple[int, int]:
+    """(video frames per latent frame, pixel multiple) of the checked pipeline folder's family: a video
+    has k·frames + 1 frames and its height and width are multiples of the pixel multiple."""
+    return PIPELINE_GEOMETRY[read_json_object(Path(folder) / "model_index.json")["_class_name"]]
+
+
 def load_pipeline(
     model: str | os.PathLike,
     rehyat: str | os.PathLike | None = None,
@@ -98,7 +113,8 @@ def load_pipeline(
     flow_shift: float | None = None,
     scheduler: str | None = None,
 ):
-    """A ``WanPipeline`` from a local folder with its transformer converted to ReHyAt.
+    """The family's pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``, as the folder's
+    index names it) from a local folder with its transformer converted to ReHyAt.
 
     ``rehyat``: a checkpoint folder from :func:`rehyat.save_rehyat`; otherwise the transformer is
     converted with ``config`` (default ``ReHyAtConfig()``). The VAE stays float32, as diffusers
@@ -107,7 +123,7 @@ def load_pipeline(
     (:func:`check_device`) are checked before anything is loaded; a component that diffusers then cannot
     read (a damaged config or weights file) is a ValueError naming the folder too.
     """
-    from diffusers import AutoencoderKLWan, WanPipeline
+    import diffusers
 
     from rehyat.generation.sampler import make_scheduler
 
@@ -117,18 +133,26 @@ def load_pipeline(
         raise ValueError(f"scheduler must be 'unipc', 'euler' or None, got {scheduler!r}")
     if flow_shift is not None:
         check_number("flow_shift", flow_shift, minimum=0.0, exclusive_minimum=True)
+    index = read_json_object(folder / "model_index.json")
+    pipeline_class, vae_class = (
+        getattr(diffusers, index["_class_name"]),
+        getattr(diffusers, index["vae"][1], None),
+    )
+    if vae_class is None:
+        raise ValueError(f"{folder / 'model_index.json'}: vae {index['vae']} is no diffusers class")
+    what = "Wan pipeline" if index["_class_name"] == "WanPipeline" else index["_class_name"]
     try:
-        vae = AutoencoderKLWan.from_pretrained(
+        vae = vae_class.from_pretrained(
             folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
         )
-        pipe = WanPipeline.from_pretrained(folder, vae=vae, torch_dtype=dtype, local_files_only=True)
+        pipe = pipeline_class.from_pretrained(folder, vae=vae, torch_dtype=dtype, local_files_only=True)
     except OSError as error:  # how diffusers and transformers report missing or unreadable files
         message = " ".join(str(error).split())  # one line, however diffusers wrapped it
-        raise ValueError(f"cannot load the Wan pipeline in {folder}: {message}") from error
+        raise ValueError(f"cannot load the {what} in {folder}: {message}") from error
     if rehyat is not None:
         load_rehyat(pipe.transformer, rehyat)
     else:
-        convert_wan(pipe.transformer, config)
+        convert(pipe.transformer, config)
     if scheduler is not None or flow_shift is not None:
         shift = flow_shift if flow_shift is not None else pipe.scheduler.config.get("flow_shift", 3.0)
         pipe.scheduler = make_scheduler(scheduler or "unipc", shift)

@@ -52,15 +52,17 @@ def latent_shape(
     *,
     temporal: int = 4,
     spatial: int = 8,
+    patch: int = 2,
 ) -> tuple[int, int, int, int, int]:
-    """Latent shape of a video; Wan's VAE needs ``num_frames = 4k + 1`` and sizes divisible by ``spatial``."""
+    """Latent shape of a video; Wan's VAE needs ``num_frames = 4k + 1``, and its transformer sizes that
+    are multiples of ``spatial`` × ``patch`` (LTX-Video: ``temporal=8, spatial=32, patch=1``)."""
     for name, value in (("num_frames", num_frames), ("height", height), ("width", width)):
         check_int(name, value)
     if num_frames < 1 or (num_frames - 1) % temporal:
         raise ValueError(f"num_frames must be {temporal}·k + 1 (1, 5, …, 81, …), got {num_frames}")
-    if height % (2 * spatial) or width % (2 * spatial) or height < 1 or width < 1:
+    if height % (patch * spatial) or width % (patch * spatial) or height < 1 or width < 1:
         raise ValueError(
-            f"height and width must be positive multiples of {2 * spatial}, got {height}×{width}"
+            f"height and width must be positive multiples of {patch * spatial}, got {height}×{width}"
         )
     return batch, channels, (num_frames - 1) // temporal + 1, height // spatial, width // spatial
 
@@ -157,25 +159,38 @@ def generate_video(
     num_inference_steps: int = 50,
     guidance_scale: float = 5.0,
     generator: torch.Generator | None = None,
-    max_sequence_length: int = 512,
+    max_sequence_length: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Text-to-video with a ``WanPipeline`` whose transformer is converted (all blocks, causal).
+    """Text-to-video with a family's own pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``,
+    ``LTXPipeline``) whose transformer is converted (all blocks, causal).
 
     Every argument is checked first; then the pipeline's own ``__call__`` runs (text encoding, its
     scheduler, the VAE, post-processing) with the transformer in the recurrent mode
-    (:func:`rehyat.models.hooks.recurrent_mode`). Returns uint8 frames [B, F, H, W, 3].
+    (:func:`rehyat.models.hooks.recurrent_mode`). ``max_sequence_length``: the text tokens (None: the
+    pipeline's default, Wan's 512, LTX-Video's 128). Returns uint8 frames [B, F, H, W, 3].
     """
+    from rehyat.models import family_of
+    from rehyat.models.adapter import vae_compression
+
     check_sampling(num_inference_steps, guidance_scale)
+    family = family_of(pipe.transformer)
+    temporal, spatial = vae_compression(pipe)
     latent_shape(
         1,
-        pipe.transformer.config.in_channels,
+        family.latent_channels(pipe.transformer),
         num_frames,
         height,
         width,
-        temporal=pipe.vae_scale_factor_temporal,
-        spatial=pipe.vae_scale_factor_spatial,
+        temporal=temporal,
+        spatial=spatial,
+        patch=family.patch_size(pipe.transformer)[1],
     )
+    if prompt_embeds is None:  # text prompts: the pipeline encodes them (and makes their masks)
+        prompts = dict(prompt_embeds=None, negative_prompt_embeds=negative_prompt_embeds)
+    else:
+        prompts = family.pipeline_prompt_arguments(prompt_embeds, negative_prompt_embeds)
+    text = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
     progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(**{**progress_config, "disable": not progress})
     try:
@@ -183,15 +198,14 @@ def generate_video(
             video = pipe(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
+                **prompts,
                 num_frames=num_frames,
                 height=height,
                 width=width,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 generator=generator,
-                max_sequence_length=max_sequence_length,
+                **text,
                 output_type="np",
                 return_dict=False,
             )[0]
