@@ -43,14 +43,16 @@ def test_cli_target_and_render_only(tmp_path):
 
 
 def test_parity_only_merges_into_a_runs_results(tmp_path, monkeypatch):
-    """``--parity-only`` replaces the parity of an existing attention.json, keeps its timings, records
+    """``--set parity_only=true`` replaces the parity of an existing attention.json, keeps its timings, records
     its own environment and re-renders; without a run's JSON it says what is missing."""
     run = _payload()  # before CUDA is faked below
     monkeypatch.setattr(attention.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(attention, "run_parity", lambda: {"triton_bf16.out": 2e-3})
     monkeypatch.setattr(attention, "feature_map_parity", lambda: {"phi_triton_bf16.phi": 1e-4})
     monkeypatch.setattr(attention, "environment", lambda: {"gpu": "Test GPU", "date": "2026-11-26"})
-    args = build_parser().parse_args(["bench", "attention", "--parity-only", "--out", str(tmp_path)])
+    args = build_parser().parse_args(
+        ["bench", "attention", "--set", "parity_only=true", "--out", str(tmp_path)]
+    )
     with pytest.raises(ValueError, match=r"attention\.json does not exist"):
         args.handler(args)
     write_json(run, tmp_path / "attention.json")
@@ -59,7 +61,7 @@ def test_parity_only_merges_into_a_runs_results(tmp_path, monkeypatch):
     assert merged["parity"] == {"triton_bf16.out": 2e-3, "phi_triton_bf16.phi": 1e-4}
     assert merged["results"] == run["results"] and merged["parity_environment"]["gpu"] == "Test GPU"
     table = (tmp_path / "attention.md").read_text()
-    assert "Measured in a separate run (`--parity-only`): Test GPU, 2026-11-26." in table
+    assert "Measured in a separate run (`--set parity_only=true`): Test GPU, 2026-11-26." in table
     assert "| triton_bf16.out | 0.002 |" in table
 
 

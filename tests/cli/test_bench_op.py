@@ -17,12 +17,10 @@ def test_demo_writes_rows(tmp_path, capsys):
                 "--frames",
                 "4",
                 "7",
-                "--frame-tokens",
-                "16",
-                "--threads",
-                "1",
-                "--json",
-                str(out),
+                "--set",
+                "frame_tokens=16",
+                "threads=1",
+                f"json_out={out}",
             ]
         )
         == 0

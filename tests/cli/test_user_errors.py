@@ -232,7 +232,9 @@ def test_outputs_in_a_file_or_under_one(tmp_path, capsys):
     file.write_text("keep me")
     fails(capsys, ["toy", "teacher", "--out", file / "run", "--steps", "1"], f"under {file}, which is a file")
     fails(
-        capsys, ["bench", "op", "--frames", "1", "--json", file / "x.json"], f"under {file}, which is a file"
+        capsys,
+        ["bench", "op", "--frames", "1", "--set", f"json_out={file / 'x.json'}"],
+        f"under {file}, which is a file",
     )
     fails(capsys, ["demo", "--out", file, "--quick"], f"{file} is a file")
     assert file.read_text() == "keep me"

@@ -1,4 +1,4 @@
-"""``rehyat bench comm`` without processes (--skip-measure): the analytic table at Wan's geometry."""
+"""``rehyat bench comm`` without processes (``--set skip_measure=true``): the analytic table at Wan's geometry."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ def test_comm_benchmark_analytic_table(tmp_path):
                 "--frames",
                 "21",
                 "81",
-                "--ranks",
-                "2",
-                "8",
-                "--skip-measure",
+                "--set",
+                "ranks=[2,8]",
+                "skip_measure=true",
                 "--out",
                 str(tmp_path),
             ]

@@ -1,19 +1,82 @@
-"""``rehyat bench op|attention|distill|model|comm|toy``: the experiment harness's benchmarks.
+"""``rehyat bench op|attention|distill|model|comm|device|stage1|toy``: the experiment harness's benchmarks.
 
-Each target's parser lives here; the measuring code is in :mod:`rehyat.experiments`, imported only
-when the target runs.
+Each benchmark is a settings dataclass in its module of :mod:`rehyat.experiments` (``OpBenchSettings``,
+``AttentionBenchSettings``, ...), set with the one syntax, ``--config FILE`` and ``--set key=value``; the
+flags that scripts and the README use (``--out``, ``--render-only``, ``--quick``, ``--frames``,
+``--device``, ``--family``, ``--size``) are kept as aliases of their fields. ``stage1`` and ``toy`` take
+their stage sizes (``RecipeSettings``, ``QualitySettings``) through ``--set`` and their run's folders and
+choices as flags. The measuring code is imported only when the target runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from typing import Any
 
 from rehyat.cli._common import add_config_arguments, call_with_args, check_output_path
-from rehyat.cli.export import add_bench_device
+from rehyat.config import load_config
 
-#: Output arguments of the targets, checked before any run: (flag, its attribute, a folder).
+#: Output arguments of the targets, checked before any run: (flag or field, its attribute, a folder).
 _OUTPUTS = (("--out", "out", True), ("--work", "work", True), ("--json", "json_out", False))
+
+#: Flags kept beside ``--set`` for the fields of the same name: flag → argparse keywords.
+_ALIASES: dict[str, dict[str, Any]] = {
+    "--out": {"help": "output folder (= --set out=DIR)"},
+    "--render-only": {
+        "action": "store_true",
+        "help": "re-render from the results JSON (= --set render_only=true)",
+    },
+    "--quick": {"action": "store_true", "help": "a smaller, faster run (= --set quick=true)"},
+    "--frames": {"type": int, "nargs": "+", "help": "latent frame counts (= --set frames=[...])"},
+    "--device": {"help": "cuda or cpu (= --set device=...)"},
+    "--family": {"help": "wan, skyreels-v2 or ltx-video (= --set family=...)"},
+    "--size": {"help": "published or tiny (= --set size=...)"},
+}
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _alias_overrides(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    """The aliases given on the command line as ``field=value`` overrides (read by the field's type)."""
+    overrides = []
+    for flag in flags:
+        value = getattr(args, f"alias_{_field(flag)}")
+        if value is None or value is False:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        overrides.append(f"{_field(flag)}={text}")
+    return overrides
+
+
+def _render_only_errors(run, settings: Any, target: str) -> int:
+    """Run; with ``render_only`` only an earlier run's JSON is read, so a part of it missing or of another
+    type is its fault (a ValueError naming the folder)."""
+    if not getattr(settings, "render_only", False):
+        return run()
+    try:
+        return run()
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"--render-only: the results JSON in {settings.out} is not one of rehyat bench {target} "
+            f"({type(error).__name__}: {error})"
+        ) from error
+
+
+def _settings_runner(module: str, settings_name: str, flags: tuple[str, ...]):
+    def handler(args: argparse.Namespace) -> int:
+        experiment = importlib.import_module(f"rehyat.experiments.{module}")
+        overrides = [*_alias_overrides(args, flags), *args.overrides]
+        settings = load_config(getattr(experiment, settings_name), args.config, overrides)
+        for _, name, folder in _OUTPUTS:
+            if getattr(settings, name, None) is not None:
+                check_output_path(getattr(settings, name), name, folder=folder)
+        return _render_only_errors(lambda: experiment.run(settings), settings, args.target)
+
+    return handler
 
 
 def _runner(module: str):
@@ -22,106 +85,79 @@ def _runner(module: str):
             if getattr(args, name, None) is not None:
                 check_output_path(getattr(args, name), flag, folder=folder)
         run = importlib.import_module(f"rehyat.experiments.{module}").run
-        if not getattr(args, "render_only", False):
-            return call_with_args(run, args)
-        try:  # only an earlier run's JSON is read: a part of it missing or of another type is its fault
-            return call_with_args(run, args)
-        except (KeyError, IndexError, TypeError, AttributeError) as error:
-            raise ValueError(
-                f"--render-only: the results JSON in {args.out} is not one of rehyat bench {args.target} "
-                f"({type(error).__name__}: {error})"
-            ) from error
+        return _render_only_errors(lambda: call_with_args(run, args), args, args.target)
 
     return handler
 
 
+def _add_target(
+    targets, name: str, module: str, settings: str, help: str, flags: tuple[str, ...] = ()
+) -> None:
+    parser = targets.add_parser(name, help=help, description=f"{help}. Fields: {settings}.")
+    add_config_arguments(parser, settings)
+    for flag in flags:
+        keywords = _ALIASES[flag]
+        if keywords.get("action") != "store_true":
+            keywords = {"metavar": _field(flag).upper(), **keywords}
+        parser.add_argument(flag, dest=f"alias_{_field(flag)}", default=None, **keywords)
+    parser.set_defaults(handler=_settings_runner(module, settings, flags))
+
+
 def register(commands) -> None:
     bench = commands.add_parser(
-        "bench", help="benchmarks (op: CPU; the others: GPU, results under bench/results/)"
+        "bench", help="benchmarks (op, comm, device: CPU; the others: GPU, results under bench/results/)"
     )
     targets = bench.add_subparsers(dest="target", required=True)
 
-    parser = targets.add_parser("op", help="CPU: full softmax vs parallel vs recurrent ReHyAt as frames grow")
-    parser.add_argument(
-        "--frames", type=int, nargs="+", default=[6, 12, 24, 48, 96], help="latent frame counts"
+    _add_target(
+        targets,
+        "op",
+        "bench_op",
+        "OpBenchSettings",
+        "CPU: full softmax vs parallel vs recurrent ReHyAt as frames grow",
+        ("--frames",),
     )
-    parser.add_argument("--frame-tokens", type=int, default=256, help="tokens per latent frame")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
-    parser.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
-    parser.set_defaults(handler=_runner("bench_op"))
 
-    parser = targets.add_parser("attention", help="one self-attention layer: SDPA backends vs ReHyAt (GPU)")
-    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81 161)")
-    parser.add_argument("--out", default="bench/results", help="folder for attention.json/.md/.png")
-    parser.add_argument("--quick", action="store_true", help="21 and 41 frames, fewer timed calls")
-    parser.add_argument("--skip-parity", action="store_true", help="skip the parity check at Wan frame size")
-    parser.add_argument(
-        "--parity-only",
-        action="store_true",
-        help="run only the parity check and merge it into OUT/attention.json (a run's results; GPU)",
+    _add_target(
+        targets,
+        "attention",
+        "bench_attention",
+        "AttentionBenchSettings",
+        "one self-attention layer: SDPA backends vs ReHyAt (GPU)",
+        ("--out", "--render-only", "--quick", "--frames"),
     )
-    parser.add_argument(
-        "--render-only", action="store_true", help="re-render attention.md/.png from attention.json (no GPU)"
+    _add_target(
+        targets,
+        "distill",
+        "bench_distill",
+        "DistillBenchSettings",
+        "stage-1 student step speed and memory at Wan2.1-1.3B shapes",
+        ("--out", "--render-only", "--frames"),
     )
-    parser.set_defaults(handler=_runner("bench_attention"))
-
-    parser = targets.add_parser("distill", help="stage-1 student step speed and memory at Wan2.1-1.3B shapes")
-    parser.add_argument(
-        "--frames", type=int, nargs="+", default=[21, 41], help="latent frames (21 = 81 video frames)"
-    )
-    parser.add_argument("--rep-ms", type=float, default=2000.0, help="time budget per measurement")
-    parser.add_argument("--out", default="bench/results", help="output folder")
-    parser.add_argument("--render-only", action="store_true", help="re-render markdown/PNG from the JSON")
-    parser.set_defaults(handler=_runner("bench_distill"))
-
-    parser = targets.add_parser(
+    _add_target(
+        targets,
         "model",
-        help="whole DiT forward (Wan2.1-1.3B, SkyReels-V2-1.3B, LTX-Video 2B): original vs ReHyAt (GPU)",
+        "bench_model",
+        "ModelBenchSettings",
+        "whole DiT forward (Wan2.1-1.3B, SkyReels-V2-1.3B, LTX-Video 2B): original vs ReHyAt (GPU)",
+        ("--out", "--render-only", "--family", "--size", "--device", "--frames", "--quick"),
     )
-    parser.add_argument(
-        "--family",
-        choices=("wan", "skyreels-v2", "ltx-video"),
-        default="wan",
-        help="which model (default wan)",
+    _add_target(
+        targets,
+        "comm",
+        "bench_comm",
+        "CommBenchSettings",
+        "chunk parallelism vs ring attention: bytes per layer per rank (CPU, gloo)",
+        ("--out", "--render-only", "--frames"),
     )
-    parser.add_argument(
-        "--size",
-        choices=("published", "tiny"),
-        default="published",
-        help="the family's published size (random weights) or its tiny config (a smoke run)",
+    _add_target(
+        targets,
+        "device",
+        "bench_device",
+        "DeviceBenchSettings",
+        "CPU runtime: exported recurrent step vs full-attention block (Wan2.1-1.3B), and a long toy video",
+        ("--out", "--render-only", "--frames"),
     )
-    parser.add_argument(
-        "--device", choices=("cuda", "cpu"), help="default cuda; cpu times with the wall clock"
-    )
-    parser.add_argument("--frames", type=int, nargs="+", help="latent frame counts (default 21 41 81)")
-    parser.add_argument(
-        "--rows",
-        nargs="+",
-        choices=("original", "parallel", "recurrent"),
-        default=["original", "parallel", "recurrent"],
-        help="which forms to run",
-    )
-    parser.add_argument("--quick", action="store_true", help="7 and 21 frames, fewer timed calls")
-    parser.add_argument("--skip-parity", action="store_true", help="skip the recurrent-vs-parallel check")
-    parser.add_argument(
-        "--out", default="bench/results", help="folder for model.json/.md/.png (model_<family>.* beside Wan)"
-    )
-    parser.add_argument(
-        "--render-only", action="store_true", help="re-render model*.md/.png from its JSON (no GPU)"
-    )
-    parser.set_defaults(handler=_runner("bench_model"))
-
-    parser = targets.add_parser(
-        "comm", help="chunk parallelism vs ring attention: bytes per layer per rank (CPU, gloo)"
-    )
-    parser.add_argument("--frames", type=int, nargs="+", default=[21, 81, 161], help="latent frame counts")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8], help="rank counts")
-    parser.add_argument("--chunk-frames", type=int, default=3, help="Tc")
-    parser.add_argument("--overlap-frames", type=int, default=1, help="To")
-    parser.add_argument("--out", default="bench/results", help="folder for chunk_parallel_comm.json/.md/.png")
-    parser.add_argument("--skip-measure", action="store_true", help="analytic only (no gloo processes)")
-    parser.add_argument("--render-only", action="store_true", help="re-render the markdown/PNG from the JSON")
-    parser.set_defaults(handler=_runner("bench_comm"))
 
     parser = targets.add_parser(
         "stage1", help="stage-1 robustness on the toy teacher: φ variants × learning rates × seeds"
@@ -168,5 +204,3 @@ def register(commands) -> None:
         help="take the students of an earlier table made with the same settings; train only the rest",
     )
     parser.set_defaults(handler=_runner("toy_quality"))
-
-    add_bench_device(targets, _runner("bench_device"))

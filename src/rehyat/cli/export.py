@@ -124,28 +124,3 @@ def register(commands) -> None:
         "--block", type=int, help="export only this block's step (inputs: tokens, modulation, text)"
     )
     parser.set_defaults(handler=_export)
-
-
-def add_bench_device(targets, handler) -> None:
-    """The ``rehyat bench device`` parser (its handler runs :mod:`rehyat.experiments.bench_device`)."""
-    parser = targets.add_parser(
-        "device",
-        help="CPU runtime: exported recurrent step vs full-attention block (Wan2.1-1.3B), and a long toy video",
-    )
-    parser.add_argument("--out", default="bench/results", help="where device.{json,md,png} go")
-    parser.add_argument("--work", help="keep the exported graphs here (default: a temporary folder)")
-    parser.add_argument(
-        "--frames", type=int, nargs="+", help="latent frames (default 16 31 41 = 61/121/161 frames)"
-    )
-    parser.add_argument("--parts", nargs="+", choices=("block", "video"), help="what to run (default both)")
-    parser.add_argument("--threads", type=int, default=2, help="runtime threads")
-    parser.add_argument("--reps", type=int, default=2, help="timed full chunks per length and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the lengths (step)")
-    parser.add_argument(
-        "--student", help="toy ReHyAt checkpoint for the video part (default: bundled, else untrained)"
-    )
-    parser.add_argument("--toy-prompts", type=int, default=6)
-    parser.add_argument("--toy-steps", type=int, default=20)
-    parser.add_argument("--toy-weights", nargs="+", choices=WEIGHTS, help="weight types of the video part")
-    parser.add_argument("--render-only", action="store_true", help="rewrite device.md/.png from device.json")
-    parser.set_defaults(handler=handler)

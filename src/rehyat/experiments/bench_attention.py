@@ -420,7 +420,7 @@ def render(payload: dict, out_dir: Path) -> None:
         sections.append(
             "## Parity at Wan frame size (7 frames × 1560 tokens, rel. error vs float64 reference)\n\n"
             + (
-                f"Measured in a separate run (`--parity-only`): {separate['gpu']}, {separate['date']}.\n\n"
+                f"Measured in a separate run (`--set parity_only=true`): {separate['gpu']}, {separate['date']}.\n\n"
                 if separate
                 else ""
             )
@@ -472,9 +472,28 @@ def render(payload: dict, out_dir: Path) -> None:
     )
 
 
-def run(*, frames, out, parity_only, quick, render_only, skip_parity) -> int:
-    out_dir = Path(out)
-    if render_only:
+@dataclass
+class AttentionBenchSettings:
+    """``rehyat bench attention --set KEY=VALUE``: one self-attention layer, SDPA backends vs ReHyAt (GPU)."""
+
+    frames: list[int] | None = None
+    """Latent frame counts (default 21 41 81 161; ``quick``: 21 41)."""
+    out: str = "bench/results"
+    """Folder for attention.json/.md/.png."""
+    quick: bool = False
+    """21 and 41 frames, fewer timed calls."""
+    skip_parity: bool = False
+    """Skip the parity check at Wan frame size."""
+    parity_only: bool = False
+    """Run only the parity check and merge it into ``out``/attention.json (a run's results; GPU)."""
+    render_only: bool = False
+    """Re-render attention.md/.png from attention.json (no GPU)."""
+
+
+def run(settings: AttentionBenchSettings) -> int:
+    frames, quick, parity_only = settings.frames, settings.quick, settings.parity_only
+    out_dir = Path(settings.out)
+    if settings.render_only:
         render(read_json(out_dir / "attention.json"), out_dir)
         return 0
     if not torch.cuda.is_available():
@@ -482,7 +501,7 @@ def run(*, frames, out, parity_only, quick, render_only, skip_parity) -> int:
     if parity_only:  # the parity alone (it compiles fp32 kernels for minutes), merged into a run's JSON
         path = out_dir / "attention.json"
         if not path.is_file():
-            raise ValueError(f"--parity-only merges into a benchmark's results, but {path} does not exist")
+            raise ValueError(f"parity_only merges into a benchmark's results, but {path} does not exist")
         payload = read_json(path)
         payload["parity"] = run_parity() | feature_map_parity()
         payload["parity_environment"] = environment()
@@ -493,7 +512,7 @@ def run(*, frames, out, parity_only, quick, render_only, skip_parity) -> int:
     frames = frames or ([21, 41] if quick else [21, 41, 81, 161])
     rep_ms = 50.0 if quick else 300.0
     payload = {"environment": environment(), "shape": SHAPE, "parity": None, "results": []}
-    if not skip_parity:
+    if not settings.skip_parity:
         payload["parity"] = run_parity() | feature_map_parity()
         print(payload["parity"], flush=True)
     payload["results"], payload["recurrent_pairs"] = run_benchmark(frames, rep_ms)

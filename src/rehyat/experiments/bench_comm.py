@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rehyat.experiments.common import (
@@ -263,15 +264,38 @@ def render(payload: dict, out_dir: Path) -> None:
     )
 
 
-def run(*, frames, ranks, chunk_frames, overlap_frames, out, skip_measure, render_only) -> int:
-    out_dir = Path(out)
+@dataclass
+class CommBenchSettings:
+    """``rehyat bench comm --set KEY=VALUE``: chunk parallelism vs ring attention, bytes per layer per rank
+    (CPU, gloo)."""
+
+    frames: list[int] = field(default_factory=lambda: [21, 81, 161])
+    """Latent frame counts."""
+    ranks: list[int] = field(default_factory=lambda: [2, 4, 8])
+    """Rank counts."""
+    chunk_frames: int = 3
+    """Tc."""
+    overlap_frames: int = 1
+    """To."""
+    out: str = "bench/results"
+    """Folder for chunk_parallel_comm.json/.md/.png."""
+    skip_measure: bool = False
+    """Analytic only (no gloo processes)."""
+    render_only: bool = False
+    """Re-render the markdown/PNG from the JSON."""
+
+
+def run(settings: CommBenchSettings) -> int:
+    frames, ranks = settings.frames, settings.ranks
+    chunk_frames, overlap_frames = settings.chunk_frames, settings.overlap_frames
+    out_dir = Path(settings.out)
     path = out_dir / "chunk_parallel_comm.json"
-    if render_only:
+    if settings.render_only:
         render(json.loads(path.read_text()), out_dir)
         return 0
     if any(f < 1 for f in frames) or any(r < 2 for r in ranks):
-        raise ValueError(f"--frames must be >= 1 and --ranks >= 2, got {frames} and {ranks}")
-    measured = None if skip_measure else measure(frames, ranks, chunk_frames, overlap_frames)
+        raise ValueError(f"frames must be >= 1 and ranks >= 2, got {frames} and {ranks}")
+    measured = None if settings.skip_measure else measure(frames, ranks, chunk_frames, overlap_frames)
     payload = build(frames, ranks, chunk_frames, overlap_frames, measured)
     write_json(payload, path)
     render(payload, out_dir)

@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -602,22 +603,40 @@ def _plot(table: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(
-    out: str = "bench/results",
-    work: str | None = None,
-    frames: list[int] | None = None,
-    parts: list[str] | None = None,
-    threads: int = 2,
-    reps: int = 2,
-    rounds: int = 3,
-    student: str | None = None,
-    toy_prompts: int = 6,
-    toy_steps: int = 20,
-    toy_weights: list[str] | None = None,
-    render_only: bool = False,
-) -> int:
-    out_dir = Path(out)
-    if render_only:
+@dataclass
+class DeviceBenchSettings:
+    """``rehyat bench device --set KEY=VALUE``: the exported recurrent step against the full-attention
+    block (Wan2.1-1.3B) on the CPU runtime, and a long toy video."""
+
+    out: str = "bench/results"
+    """Where device.{json,md,png} go."""
+    work: str | None = None
+    """Keep the exported graphs here (default: a temporary folder)."""
+    frames: list[int] | None = None
+    """Latent frames (default 16 31 41 = 61/121/161 frames)."""
+    parts: list[Literal["block", "video"]] | None = None
+    """What to run (default both)."""
+    threads: int = 2
+    """Runtime threads."""
+    reps: int = 2
+    """Timed full chunks per length and round."""
+    rounds: int = 3
+    """Interleaved rounds over the lengths (step)."""
+    student: str | None = None
+    """Toy ReHyAt checkpoint for the video part (default: bundled, else untrained)."""
+    toy_prompts: int = 6
+    toy_steps: int = 20
+    toy_weights: list[Literal["fp32", "fp16", "int8"]] | None = None
+    """Weight types of the video part (default all three)."""
+    render_only: bool = False
+    """Rewrite device.md/.png from device.json."""
+
+
+def run(settings: DeviceBenchSettings | None = None) -> int:
+    s = settings or DeviceBenchSettings()
+    frames, parts, threads, reps, rounds = s.frames, s.parts, s.threads, s.reps, s.rounds
+    out_dir, work = Path(s.out), s.work
+    if s.render_only:
         payload = read_json(out_dir / "device.json")
         if "blocks" in payload:  # the analysis may have changed since the measurement: redo it from the rows
             payload["blocks"].update(summarize_blocks(payload["blocks"]["rows"]))
@@ -651,10 +670,10 @@ def run(
         if "video" in parts:
             payload["video"] = toy_long_video(
                 folder,
-                student=student,
-                prompts=toy_prompts,
-                steps=toy_steps,
-                weights=toy_weights or ["fp32", "fp16", "int8"],
+                student=s.student,
+                prompts=s.toy_prompts,
+                steps=s.toy_steps,
+                weights=s.toy_weights or ["fp32", "fp16", "int8"],
             )
             payload["video"]["environment"] = payload["environment"]
     write_json(payload, out_dir / "device.json")

@@ -10,6 +10,7 @@ capture, for the ReHyAt student and the linear-only baseline, at each latent fra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -106,9 +107,24 @@ def render(payload: dict, out_dir: Path) -> None:
     )
 
 
-def run(*, frames, out, render_only, rep_ms) -> int:
-    out_dir = Path(out)
-    if render_only:
+@dataclass
+class DistillBenchSettings:
+    """``rehyat bench distill --set KEY=VALUE``: a stage-1 student step at Wan2.1-1.3B shapes (GPU)."""
+
+    frames: list[int] = field(default_factory=lambda: [21, 41])
+    """Latent frames (21 = 81 video frames)."""
+    rep_ms: float = 2000.0
+    """Time budget per measurement."""
+    out: str = "bench/results"
+    """Output folder."""
+    render_only: bool = False
+    """Re-render the markdown/PNG from the JSON."""
+
+
+def run(settings: DistillBenchSettings) -> int:
+    frames, rep_ms = settings.frames, settings.rep_ms
+    out_dir = Path(settings.out)
+    if settings.render_only:
         render(read_json(out_dir / "distill.json"), out_dir)
         return 0
     if not torch.cuda.is_available():

@@ -26,7 +26,9 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -388,12 +390,44 @@ def _note(results: list[dict]) -> str:
     return ""
 
 
-def run(
-    *, frames, out, quick, render_only, rows, skip_parity, family="wan", size="published", device=None
-) -> int:
-    out_dir = Path(out)
+@dataclass
+class ModelBenchSettings:
+    """``rehyat bench model --set KEY=VALUE``: a whole DiT forward, original vs ReHyAt."""
+
+    family: Literal["wan", "skyreels-v2", "ltx-video"] = "wan"
+    """Which model."""
+    size: Literal["published", "tiny"] = "published"
+    """The family's published size (random weights) or its tiny config (a smoke run)."""
+    device: Literal["cuda", "cpu"] | None = None
+    """Default cuda; cpu times with the wall clock."""
+    frames: list[int] | None = None
+    """Latent frame counts (default 21 41 81; ``quick``: 7 21)."""
+    rows: list[Literal["original", "parallel", "recurrent"]] = field(
+        default_factory=lambda: ["original", "parallel", "recurrent"]
+    )
+    """Which forms to run."""
+    quick: bool = False
+    """7 and 21 frames, fewer timed calls."""
+    skip_parity: bool = False
+    """Skip the recurrent-vs-parallel check."""
+    out: str = "bench/results"
+    """Folder for model.json/.md/.png (model_<family>.* beside Wan)."""
+    render_only: bool = False
+    """Re-render model*.md/.png from its JSON (no GPU)."""
+
+
+def run(settings: ModelBenchSettings) -> int:
+    family, size, device, frames, rows = (
+        settings.family,
+        settings.size,
+        settings.device,
+        settings.frames,
+        settings.rows,
+    )
+    quick = settings.quick
+    out_dir = Path(settings.out)
     arch = _architecture(family, size)
-    if render_only:
+    if settings.render_only:
         render(read_json(out_dir / f"{stem(family)}.json"), out_dir)
         return 0
     device = device or ("cuda" if torch.cuda.is_available() else None)
@@ -421,7 +455,7 @@ def run(
         "parity": None,
         "results": [],
     }
-    if not skip_parity:
+    if not settings.skip_parity:
         payload["parity"] = run_parity(arch=arch, device=device)
         print("parity", payload["parity"], flush=True)
     rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)

@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -160,7 +160,27 @@ def _print_table(rows: list[dict], shape: DemoShape) -> None:
     Console(width=max(Console().width, 130)).print(table)
 
 
-def run(*, frame_tokens, frames, json_out, threads) -> int:
+@dataclass
+class OpBenchSettings:
+    """``rehyat bench op --set KEY=VALUE``: full softmax vs parallel vs recurrent ReHyAt on a CPU."""
+
+    frames: list[int] = field(default_factory=lambda: [6, 12, 24, 48, 96])
+    """Latent frame counts."""
+    frame_tokens: int = 256
+    """Tokens per latent frame."""
+    threads: int = 2
+    """torch CPU threads per run."""
+    json_out: str | None = None
+    """Also write the rows to this JSON file."""
+
+
+def run(settings: OpBenchSettings) -> int:
+    frame_tokens, frames, json_out, threads = (
+        settings.frame_tokens,
+        settings.frames,
+        settings.json_out,
+        settings.threads,
+    )
     if any(f < 1 for f in frames):
         raise ValueError(f"--frames must all be >= 1, got {frames}")
     shape = DemoShape(frame_tokens=frame_tokens)
