@@ -264,6 +264,7 @@ def configured_attention(
     Shared by the processor and the stage-1 students, so both train and run the same op."""
     if config.attention == "hybrid":
         return hybrid_attention(q, k, v, fq, fk, backend=backend, **geometry)
+    geometry.pop("anchor_frames", None)  # 0: the config allows an anchor with "hybrid" only
     if config.attention == "uniform_hybrid":
         return uniform_hybrid_attention(q, k, v, fq, fk, stride=config.uniform_stride, **geometry)
     return ATTENTION_VARIANTS[config.attention](q, k, v, fq, fk, **geometry)
@@ -335,6 +336,7 @@ class ReHyAtAttnProcessor:
                 self.state,
                 frame_tokens=frame_tokens,
                 overlap_frames=config.overlap_frames,
+                anchor_frames=config.anchor_frames,
                 stats=self.stats,
                 backend=self.runtime.backend,
             )
@@ -353,6 +355,7 @@ class ReHyAtAttnProcessor:
                 chunk_frames=config.chunk_frames,
                 overlap_frames=config.overlap_frames,
                 causal=config.causal,
+                anchor_frames=config.anchor_frames,
                 stats=self.stats,
             )
             attend = configured_attention if self.runtime.attention is None else self.runtime.attention

@@ -51,6 +51,9 @@ class ReHyAtConfig:
             the RoPE undone, so φ sees where a token is in its frame but not which frame it is in: a
             video longer than the training clips then gives φ no rotation it has not seen (the
             softmax part, which depends only on relative positions, keeps the full RoPE).
+        anchor_frames: A, the first latent frames kept in every chunk's softmax window as an anchor
+            and left out of the linear state (docs/method.md §2.1); 0 (the default) is plain ReHyAt.
+            Only ``attention="hybrid"`` has it.
     """
 
     chunk_frames: int = 3
@@ -68,6 +71,7 @@ class ReHyAtConfig:
     feature_rotary: str = "spatial"
     attention: str = "hybrid"
     uniform_stride: int = 2
+    anchor_frames: int = 0
 
     def __post_init__(self) -> None:
         check_int("chunk_frames", self.chunk_frames, 1)
@@ -75,8 +79,14 @@ class ReHyAtConfig:
         check_int("feature_degree", self.feature_degree, 1)
         check_int("feature_layers", self.feature_layers, 1)
         check_int("uniform_stride", self.uniform_stride, 1)
+        check_int("anchor_frames", self.anchor_frames, 0)
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"attention must be one of {_ATTENTIONS}, got {self.attention!r}")
+        if self.anchor_frames and self.attention != "hybrid":
+            raise ValueError(
+                f"anchor_frames={self.anchor_frames} needs attention='hybrid' (the baselines have no anchor), "
+                f"got attention={self.attention!r}"
+            )
         for name in ("causal", "feature_bias", "feature_nonnegative"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -93,7 +93,9 @@ class BlockStudent:
         if self.variant == "linear":
             return linear_attention(q, k, v, fq, fk, **geometry)
         # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
-        return configured_attention(self.config, q, k, v, fq, fk, **geometry)
+        return configured_attention(
+            self.config, q, k, v, fq, fk, anchor_frames=self.config.anchor_frames, **geometry
+        )
 
     def train_step(self, capture: AttentionCapture) -> float:
         """One AdamW step on mean |y − ŷ|; returns the loss before the step.

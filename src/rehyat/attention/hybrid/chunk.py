@@ -35,11 +35,56 @@ def _pad_frames(x: Tensor, front: int, back: int) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-def linear_states(fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
-    """Per-chunk states (see :func:`states_from_frame_sums`) from fk [B, T, S, H, D'] and v [B, T, S, H, D]."""
-    return states_from_frame_sums(
-        torch.einsum("btshe,btshd->bthed", fk, v), fk.sum(dim=2), starts, ends, causal
-    )
+def linear_states(
+    fk: Tensor, v: Tensor, starts: Tensor, ends: Tensor, causal: bool, anchor_frames: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Per-chunk states (see :func:`states_from_frame_sums`) from fk [B, T, S, H, D'] and v [B, T, S, H, D];
+    the first ``anchor_frames`` frames (softmax keys of every chunk, docs/method.md §2.1) are left out."""
+    kv_frames, z_frames = torch.einsum("btshe,btshd->bthed", fk, v), fk.sum(dim=2)
+    if anchor_frames:
+        keep = (torch.arange(fk.shape[1], device=fk.device) >= anchor_frames).to(kv_frames.dtype)
+        kv_frames, z_frames = kv_frames * keep[:, None, None, None], z_frames * keep[:, None, None]
+    return states_from_frame_sums(kv_frames, z_frames, starts, ends, causal)
+
+
+def _extra_keys(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    geometry: Geometry,
+    global_keys: tuple[Tensor, Tensor, Tensor | None] | None,
+    starts: Tensor,
+    ends: Tensor,
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The keys every chunk adds to its window (docs/method.md §2.1): k, v [B, H, E, D] (global keys,
+    then the anchor frames' tokens) and which of them each chunk attends to, [B or 1, C, E] (the global
+    mask; an anchor frame only outside the chunk's window, and, causal, before the chunk's end)."""
+    frame_tokens = geometry.frame_tokens
+    batch, n_chunks = q.shape[0], starts.shape[0]
+    keys, values, valid = [], [], []
+    if global_keys is not None:
+        global_k, global_v, global_mask = global_keys
+        keys.append(global_k.to(acc).transpose(1, 2))
+        values.append(global_v.to(acc).transpose(1, 2))
+        mask = (
+            global_mask
+            if global_mask is not None
+            else global_k.new_ones(global_k.shape[:2], dtype=torch.bool)
+        )
+        valid.append(mask[:, None, :].expand(batch, n_chunks, -1))
+    anchor = min(geometry.anchor_frames, q.shape[1] // frame_tokens)
+    if anchor:
+        keys.append(k[:, : anchor * frame_tokens].to(acc).transpose(1, 2))
+        values.append(v[:, : anchor * frame_tokens].to(acc).transpose(1, 2))
+        frame = torch.arange(anchor, device=q.device)[None, :]
+        outside = frame < starts[:, None]  # anchor frames in the window are already keys there
+        if not geometry.causal:
+            outside = outside | (frame >= ends[:, None])
+        valid.append(outside.repeat_interleave(frame_tokens, dim=1)[None].expand(batch, -1, -1))
+    if not keys:
+        return None
+    return torch.cat(keys, dim=2), torch.cat(values, dim=2), torch.cat(valid, dim=2)
 
 
 def chunked_attention(
@@ -50,10 +95,16 @@ def chunked_attention(
     fk: Tensor | None,
     geometry: Geometry,
     stats: AttentionStats | None = None,
+    *,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
 ) -> Tensor:
     """Parallel ReHyAt attention in PyTorch, chunk by chunk in one batch. Inputs are assumed validated (see ``hybrid_attention``).
 
-    ``fq``/``fk`` set to ``None`` drops the linear part (the local-only baseline).
+    ``fq``/``fk`` set to ``None`` drops the linear part (the local-only baseline). ``global_k``,
+    ``global_v`` [B, G, H, D] (with ``global_mask`` [B, G]) and ``geometry.anchor_frames`` add keys to
+    every chunk's softmax window (docs/method.md §2.1).
     """
     frame_tokens = geometry.frame_tokens
     batch, n_tokens, heads, head_dim = q.shape
@@ -86,19 +137,36 @@ def chunked_attention(
     key_frame = chunk_index[:, None] * chunk - overlap + torch.arange(window, device=q.device)
     key_valid = ((key_frame >= 0) & (key_frame < frames)).repeat_interleave(frame_tokens, dim=1)
 
+    starts = (chunk_index * chunk - overlap).clamp(min=0)
+    ends = ((chunk_index + 1) * chunk).clamp(max=frames)
+    global_keys = None if global_k is None else (global_k, global_v, global_mask)
+    extra = _extra_keys(q, k, v, geometry, global_keys, starts, ends, acc)
+
     qc = chunk_queries(q)
     scores = torch.einsum("bchid,bchjd->bchij", qc, window_keys(k)) * scale
     scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
-    row_max = torch.amax(scores, dim=-1, keepdim=True)
-    probs = torch.exp(scores - row_max)
-    n_softmax = probs.sum(dim=-1)
-    a_softmax = torch.einsum("bchij,bchjd->bchid", probs, window_keys(v))
+    if extra is None:
+        row_max = torch.amax(scores, dim=-1, keepdim=True)
+        probs = torch.exp(scores - row_max)
+        n_softmax = probs.sum(dim=-1)
+        a_softmax = torch.einsum("bchij,bchjd->bchid", probs, window_keys(v))
+    else:  # one row max over the window and the extra keys (docs/method.md §2.1)
+        extra_k, extra_v, extra_valid = extra
+        extra_scores = torch.einsum("bchid,bhjd->bchij", qc, extra_k) * scale
+        extra_scores = extra_scores.masked_fill(~extra_valid[:, :, None, None, :], float("-inf"))
+        row_max = torch.maximum(
+            torch.amax(scores, dim=-1, keepdim=True), torch.amax(extra_scores, dim=-1, keepdim=True)
+        )
+        probs, extra_probs = torch.exp(scores - row_max), torch.exp(extra_scores - row_max)
+        n_softmax = probs.sum(dim=-1) + extra_probs.sum(dim=-1)
+        a_softmax = torch.einsum("bchij,bchjd->bchid", probs, window_keys(v))
+        a_softmax = a_softmax + torch.einsum("bchij,bhjd->bchid", extra_probs, extra_v)
 
     a_linear = n_linear = None
     if fq is not None and fk is not None:
-        starts = (chunk_index * chunk - overlap).clamp(min=0)
-        ends = ((chunk_index + 1) * chunk).clamp(max=frames)
-        kv, z = linear_states(frames_view(fk), frames_view(v), starts, ends, geometry.causal)
+        kv, z = linear_states(
+            frames_view(fk), frames_view(v), starts, ends, geometry.causal, geometry.anchor_frames
+        )
         fqc = chunk_queries(fq)
         a_linear = torch.einsum("bchie,bched->bchid", fqc, kv)
         n_linear = torch.einsum("bchie,bche->bchi", fqc, z)

@@ -143,6 +143,53 @@ def validate_inputs(q: Tensor, k: Tensor, v: Tensor, fq: Tensor, fk: Tensor, fra
     return n_tokens // frame_tokens
 
 
+def validate_globals(
+    q: Tensor, global_k: object, global_v: object, global_mask: object
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Check the global keys of a call (docs/method.md §2.1) against q [B, N, H, D]: ``global_k`` and
+    ``global_v`` [B, G, H, D] in q's dtype and device, ``global_mask`` None or a bool [B, G] (True =
+    attend). Returns them, or None when there are none (not given, or G = 0). Raises ``ValueError``."""
+    if global_k is None and global_v is None:
+        if global_mask is not None:
+            raise ValueError("global_mask was given without global_k and global_v")
+        return None
+    if global_k is None or global_v is None:
+        raise ValueError("global_k and global_v go together: give both or neither")
+    for name, tensor in (("global_k", global_k), ("global_v", global_v)):
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4 or tensor.shape[0] != q.shape[0] or tensor.shape[2:] != q.shape[2:]:
+            raise ValueError(
+                f"{name} must be [B, G, H, D] with q's B, H, D {(q.shape[0], q.shape[2], q.shape[3])}, "
+                f"got shape {tuple(tensor.shape)}"
+            )
+        if tensor.dtype != q.dtype or tensor.device != q.device:
+            raise ValueError(f"{name} is {tensor.dtype} on {tensor.device} but q is {q.dtype} on {q.device}")
+    if global_v.shape != global_k.shape:
+        raise ValueError(
+            f"global_v has shape {tuple(global_v.shape)} but global_k has {tuple(global_k.shape)}"
+        )
+    if global_mask is not None:
+        if not isinstance(global_mask, Tensor) or global_mask.dtype != torch.bool:
+            raise ValueError(f"global_mask must be a bool tensor [B, G] (True = attend), got {global_mask!r}")
+        if global_mask.shape != global_k.shape[:2] or global_mask.device != q.device:
+            raise ValueError(
+                f"global_mask must be [B, G] = {tuple(global_k.shape[:2])} on {q.device}, got "
+                f"{tuple(global_mask.shape)} on {global_mask.device}"
+            )
+    if global_k.shape[1] == 0:
+        return None
+    return global_k, global_v, global_mask
+
+
+def extras_reason(anchor_frames: int, global_keys: object) -> str | None:
+    """Why the kernels cannot take a call with an anchor or global keys, or None without them."""
+    if global_keys is None and not anchor_frames:
+        return None
+    used = "global keys" if global_keys is not None else f"anchor_frames={anchor_frames}"
+    return f"a call with {used} (the kernels have no anchor or global keys)"
+
+
 def check_output_buffer(out: Tensor, like: Tensor) -> None:
     """``out=`` must match the result's shape, dtype and device and have rows with a unit last stride."""
     if not isinstance(out, Tensor):

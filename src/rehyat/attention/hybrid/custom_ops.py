@@ -190,8 +190,14 @@ def _parallel(
     geometry: Geometry,
     backend: str,
     stats: AttentionStats | None,
+    global_keys: tuple[Tensor, Tensor, Tensor | None] | None = None,
 ) -> Tensor:
-    return IMPLEMENTATIONS[backend].parallel(q, k, v, fq, fk, geometry, stats)
+    if global_keys is None:
+        return IMPLEMENTATIONS[backend].parallel(q, k, v, fq, fk, geometry, stats)
+    global_k, global_v, global_mask = global_keys
+    return IMPLEMENTATIONS[backend].parallel(
+        q, k, v, fq, fk, geometry, stats, global_k=global_k, global_v=global_v, global_mask=global_mask
+    )
 
 
 @torch.library.custom_op("rehyat::hybrid_attention", mutates_args=())
@@ -266,11 +272,13 @@ def parallel_attention(
     *,
     backend: str,
     stats: AttentionStats | None,
+    global_keys: tuple[Tensor, Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """The parallel form on a concrete ``backend``, through ``rehyat::hybrid_attention`` when
-    :func:`use_ops` says so (inputs validated by the caller)."""
-    if not use_ops(q, k, v, fq, fk):
-        return _parallel(q, k, v, fq, fk, geometry, backend, stats)
+    :func:`use_ops` says so (inputs validated by the caller). A call with an anchor or global keys
+    (docs/method.md §2.1; PyTorch only) runs the PyTorch form directly, which the compiler traces."""
+    if global_keys is not None or geometry.anchor_frames or not use_ops(q, k, v, fq, fk):
+        return _parallel(q, k, v, fq, fk, geometry, backend, stats, global_keys)
     fields = (geometry.frame_tokens, geometry.chunk_frames, geometry.overlap_frames, geometry.causal)
     scale = geometry.softmax_scale(q.shape[-1])
     out, counts = hybrid_attention_op(q, k, v, fq, fk, *fields, scale, backend, stats is not None)
@@ -290,11 +298,14 @@ def _torch_step_attention(
     z: Tensor,
     scale: float,
     stats: AttentionStats | None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
-    """The step's attention in PyTorch: softmax over ``keys``, linear through the state (kv, z). What
-    ``rehyat::step_attention`` runs on the PyTorch backend."""
+    """The step's attention in PyTorch: softmax over ``keys`` (where ``key_mask`` [B, keys] is True, if
+    given), linear through the state (kv, z). What ``rehyat::step_attention`` runs on the PyTorch backend."""
     acc = kv.dtype
     scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     probs = torch.exp(scores - torch.amax(scores, dim=-1, keepdim=True))
     n_softmax = probs.sum(dim=-1).transpose(1, 2)  # [B, n, H]
     a_softmax = torch.einsum("bhij,bjhd->bihd", probs, values.to(acc))
@@ -445,9 +456,18 @@ def step_attention(
     backend: str,
     stats: AttentionStats | None,
     out: Tensor | None = None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """One chunk's attention on a concrete ``backend`` (see ``rehyat::step_attention``), through the ops
-    when :func:`use_ops` says so; ``out`` (inference, checked by the caller) receives the result."""
+    when :func:`use_ops` says so; ``out`` (inference, checked by the caller) receives the result.
+    ``key_mask`` [B, M] over the cached keys (True = attend; masked global keys, docs/method.md §2.1;
+    the chunk's own are all attended): PyTorch only, run directly (the compiler traces it)."""
+    if key_mask is not None:
+        keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
+        key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], k.shape[1])], dim=1)
+        scale = geometry.softmax_scale(q.shape[-1])
+        result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats, key_mask)
+        return result if out is None else out.copy_(result)
     tensors = (q, k, v, cached_k, cached_v, fq, kv, z)
     arguments = (geometry.frame_tokens, geometry.softmax_scale(q.shape[-1]), backend)
     if not use_ops(*tensors):

@@ -1,7 +1,7 @@
 """``Geometry``: the one carrier of ReHyAt's chunk geometry, from the public call to the kernel launch.
 
 Every layer of the op — the public functions, the dispatch, the custom ops (whose schemas take its fields
-one by one, in this order), the PyTorch forms and the Triton launchers — reads the same five fields under
+one by one, in this order), the PyTorch forms and the Triton launchers — reads the same fields under
 the same names; token counts are derived from them (:attr:`Geometry.chunk_tokens`), never renamed.
 """
 
@@ -37,6 +37,9 @@ class Geometry:
         overlap_frames: To, frames before a chunk that its queries also attend to with softmax.
         causal: the linear part over past frames only (the recurrent-capable default) or over all others.
         scale: the softmax scale, ``None`` for 1/sqrt(D) (:meth:`softmax_scale`).
+        anchor_frames: A, the first frames of the video kept in every chunk's softmax window (an anchor,
+            docs/method.md §2.1) and left out of the linear sums; causal chunks see only the anchor
+            frames before their own end. 0 (the default) is plain ReHyAt.
 
     Raises ``ValueError`` naming the field for a value out of range (ints and bools must be real ones).
     """
@@ -46,6 +49,7 @@ class Geometry:
     overlap_frames: int
     causal: bool = True
     scale: float | None = None
+    anchor_frames: int = 0
 
     def __post_init__(self) -> None:
         check_int("frame_tokens", self.frame_tokens, 1)
@@ -53,6 +57,7 @@ class Geometry:
             check_int("chunk_frames", self.chunk_frames, 1)
         check_int("overlap_frames", self.overlap_frames, 0)
         check_bool("causal", self.causal)
+        check_int("anchor_frames", self.anchor_frames, 0)
         if self.scale is not None:
             object.__setattr__(self, "scale", resolve_scale(self.scale, head_dim=1))
 
@@ -72,19 +77,25 @@ class Geometry:
         return self.overlap_frames * self.frame_tokens
 
 
+#: The keywords of the global keys (docs/method.md §2.1), after the geometry's in every public call.
+GLOBAL_KEYWORDS = ("global_k", "global_v", "global_mask")
+
 #: A form of the parallel op: (q, k, v, fq, fk, geometry, stats) -> y.
 Form = Callable[..., Tensor]
 
 
 def with_keywords(form: Form) -> Callable[..., Tensor]:
     """``form`` called as :func:`rehyat.hybrid_attention` is, the fields of its :class:`Geometry` as
-    keywords (``frame_tokens``, ``chunk_frames``, ``overlap_frames``, ``causal``, ``scale``): for tests
-    and benchmarks that run one form directly."""
+    keywords (``frame_tokens``, ``chunk_frames``, ``overlap_frames``, ``causal``, ``scale``,
+    ``anchor_frames``) and the global keys ``global_k``, ``global_v``, ``global_mask`` passed on as
+    keywords when given: for tests and benchmarks that run one form directly."""
 
     def call(
         q: Tensor, k: Tensor, v: Tensor, fq: Tensor | None, fk: Tensor | None, *, stats=None, **fields
     ) -> Tensor:
-        return form(q, k, v, fq, fk, Geometry(**fields), stats)
+        given = {name: fields.pop(name, None) for name in GLOBAL_KEYWORDS}
+        extra = {name: value for name, value in given.items() if value is not None}
+        return form(q, k, v, fq, fk, Geometry(**fields), stats, **extra)
 
     call.__name__ = call.__qualname__ = f"{form.__name__}_with_keywords"
     call.__doc__ = f"{form.__name__} with the geometry as keywords.\n\n{form.__doc__ or ''}"

@@ -22,13 +22,15 @@ def chunk_masks(
     overlap_frames: int,
     causal: bool,
     device: torch.device | str | None = None,
+    anchor_frames: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Token-level [N, N] boolean masks (query row, key column) of the softmax keys and the linear keys
-    of every query, written directly from the set definitions of docs/method.md §2.
+    of every query, written directly from the set definitions of docs/method.md §2 and §2.1.
 
     Query frame f lies in chunk t = f // Tc, whose softmax keys are the frames
-    [max(t·Tc − To, 0), min((t+1)·Tc, T)); its linear keys are the frames before that window (causal)
-    or every frame outside it (bidirectional).
+    [max(t·Tc − To, 0), min((t+1)·Tc, T)) and the anchor frames [0, A) (causal: those before the
+    chunk's end only); its linear keys are the frames before the window that are not softmax keys
+    (causal) or every frame that is not a softmax key (bidirectional).
     """
     token_frame = torch.arange(frames * frame_tokens, device=device) // frame_tokens
     chunk = token_frame // chunk_frames
@@ -36,7 +38,9 @@ def chunk_masks(
     high = ((chunk + 1) * chunk_frames).clamp(max=frames)[:, None]
     key_frame = token_frame[None, :]
     softmax_keys = (key_frame >= low) & (key_frame < high)
-    linear_keys = key_frame < low if causal else ~softmax_keys
+    anchor = key_frame < anchor_frames
+    softmax_keys = softmax_keys | (anchor & (key_frame < high) if causal else anchor)
+    linear_keys = (key_frame < low) & ~softmax_keys if causal else ~softmax_keys
     return softmax_keys, linear_keys
 
 
@@ -52,10 +56,17 @@ def naive_hybrid_attention(
     overlap_frames: int,
     causal: bool = True,
     scale: float | None = None,
+    anchor_frames: int = 0,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """docs/method.md §3 evaluated with full N×N score and weight matrices; same call shape and result as
     :func:`rehyat.hybrid_attention`. Inputs are not validated (tests pass well-formed ones).
+
+    Global keys ``global_k``/``global_v`` [B, G, H, D] (§2.1) are appended as G more key columns that
+    are softmax keys of every query (where ``global_mask`` [B, G] is True) and never linear keys.
 
     ``fq = fk = None`` drops the linear part (local-only attention). Computes in float64 for float64
     inputs and float32 otherwise, returns q's dtype. Gradients are plain autograd through the formula,
@@ -67,9 +78,26 @@ def naive_hybrid_attention(
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
     frames = q.shape[1] // frame_tokens
     softmax_keys, linear_keys = chunk_masks(
-        frames, frame_tokens, chunk_frames, overlap_frames, causal, device=q.device
+        frames,
+        frame_tokens,
+        chunk_frames,
+        overlap_frames,
+        causal,
+        device=q.device,
+        anchor_frames=anchor_frames,
     )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    batch, n_tokens = q.shape[:2]
+    softmax_keys = softmax_keys.expand(batch, 1, n_tokens, n_tokens)  # [B, 1, N, keys]
+    linear_keys = linear_keys.expand(batch, 1, n_tokens, n_tokens)
+    if global_k is not None:
+        k, v = torch.cat([k, global_k.to(acc)], dim=1), torch.cat([v, global_v.to(acc)], dim=1)
+        attend = torch.ones(global_k.shape[:2], dtype=torch.bool, device=q.device)
+        attend = attend if global_mask is None else global_mask
+        softmax_keys = torch.cat([softmax_keys, attend[:, None, None, :].expand(-1, 1, n_tokens, -1)], -1)
+        linear_keys = torch.cat([linear_keys, torch.zeros_like(softmax_keys[..., n_tokens:])], -1)
+        if fk is not None:
+            fk = torch.cat([fk, fk.new_zeros(batch, global_k.shape[1], *fk.shape[2:])], dim=1)
 
     s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
     s = s.masked_fill(~softmax_keys, float("-inf"))

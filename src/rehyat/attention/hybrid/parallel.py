@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from rehyat.attention.hybrid.common import AttentionStats, validate_inputs
+from rehyat.attention.hybrid.common import AttentionStats, extras_reason, validate_globals, validate_inputs
 from rehyat.attention.hybrid.custom_ops import parallel_attention
 from rehyat.attention.hybrid.geometry import Geometry
 from rehyat.attention.kernels import Backend, resolve_backend
@@ -24,6 +24,10 @@ def hybrid_attention(
     overlap_frames: int,
     causal: bool = True,
     scale: float | None = None,
+    anchor_frames: int = 0,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
 ) -> Tensor:
@@ -37,16 +41,25 @@ def hybrid_attention(
         overlap_frames: To, frames before a chunk that its queries also attend to with softmax.
         causal: linear part over past frames only (the recurrent-capable default) or over all others.
         scale: softmax scale, default 1/sqrt(D).
+        anchor_frames: A, the first frames of the video kept in every chunk's softmax window and left
+            out of the linear sums (an anchor, docs/method.md §2.1); causal chunks see only the anchor
+            frames before their own end. 0 (the default): none.
+        global_k, global_v: [B, G, H, D], keys in every chunk's softmax window and never in the linear
+            part (e.g. text tokens of a joint text-video attention, docs/method.md §2.1); no query rows.
+        global_mask: optional bool [B, G], True where a global key is attended (e.g. padded text: False).
         stats: optional :class:`AttentionStats` accumulating how many rows the denominator guard hit.
         backend: "torch" (the chunked PyTorch form), "triton" (the fused kernels; on CPU only under
             TRITON_INTERPRET=1), or "auto": the kernels on CUDA when Triton is installed and the
             shapes are supported (fp16/bf16/fp32, head dim a power of two in [16, 256], feature dim a
             multiple of 16), else PyTorch. Both give the same outputs and gradients (to rounding).
+            A call with an anchor or global keys runs in PyTorch ("auto" picks it; "triton" is a
+            ``ValueError``): the kernels have no extra keys.
 
     Returns:
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
-    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames)
     validate_inputs(q, k, v, fq, fk, frame_tokens)
-    chosen = resolve_backend(backend, q, fq)
-    return parallel_attention(q, k, v, fq, fk, geometry, backend=chosen, stats=stats)
+    global_keys = validate_globals(q, global_k, global_v, global_mask)
+    chosen = resolve_backend(backend, q, fq, extras_reason(anchor_frames, global_keys))
+    return parallel_attention(q, k, v, fq, fk, geometry, backend=chosen, stats=stats, global_keys=global_keys)

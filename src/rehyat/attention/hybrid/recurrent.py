@@ -7,6 +7,10 @@ A :class:`HybridAttentionState` carries the past in a fixed size: the linear-att
 φk(K) costs D'·D per head instead of S·D' — at Wan's 1560 tokens per frame about 6× less. :func:`hybrid_attention_step` consumes one chunk of frames and
 returns its output and the next state, so a caller can stream a video of any length holding only one
 chunk and the state. :func:`recurrent_hybrid_attention` drives it over a whole sequence.
+
+With an anchor (``anchor_frames`` = A > 0, docs/method.md §2.1) the state also keeps the K, V of the
+video's first A frames, softmax keys of every later chunk and never added to the sums: still a fixed size.
+Global keys (``global_k``, ``global_v``) are given to every step and never enter the state.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from rehyat.attention.hybrid.common import (
     check_bool,
     check_out_overlap,
     check_output_buffer,
+    extras_reason,
     needs_grad,
+    validate_globals,
     validate_inputs,
 )
 from rehyat.attention.hybrid.custom_ops import frame_sums, retire_frames_op, step_attention
@@ -40,9 +46,13 @@ class HybridAttentionState:
     kv: [B, H, D', D] and z: [B, H, D'] in the accumulation dtype; k, v: [B, M, H, D] hold the last
     ``cached_frames`` frames seen (M = cached_frames · frame_tokens) and pending_kv [B, F, H, D', D],
     pending_z [B, F, H, D'] those F frames' own sums, not yet in kv, z; ``frames_seen`` counts every
-    frame consumed so far.
+    frame consumed so far. With ``anchor_frames`` = A > 0, anchor_k, anchor_v [B, A'·S, H, D] hold the
+    first A' = min(A, frames_seen) frames of the video (None without an anchor) and ``anchor_cached``
+    counts those among the cached frames. The step reads neither ``frames_seen`` nor the absolute frame
+    (the recurrent mode renumbers ``frames_seen`` per chunk).
 
-    The state records the geometry it was made with — ``frame_tokens`` and ``overlap_frames`` as fields,
+    The state records the geometry it was made with — ``frame_tokens``, ``overlap_frames`` and
+    ``anchor_frames`` as fields,
     batch size, heads, head dim, feature dim, dtype and device through its tensors (properties below) —
     and a step with any other geometry is a ``ValueError`` (start a new stream with ``state=None``). The
     recurrent form is causal only, so there is no causal flag to record.
@@ -57,6 +67,10 @@ class HybridAttentionState:
     frame_tokens: int
     overlap_frames: int
     frames_seen: int = 0
+    anchor_frames: int = 0
+    anchor_k: Tensor | None = None
+    anchor_v: Tensor | None = None
+    anchor_cached: int = 0
 
     @property
     def cached_frames(self) -> int:
@@ -89,7 +103,14 @@ class HybridAttentionState:
 
     @classmethod
     def initial(
-        cls, k: Tensor, v: Tensor, fk: Tensor, *, frame_tokens: int, overlap_frames: int
+        cls,
+        k: Tensor,
+        v: Tensor,
+        fk: Tensor,
+        *,
+        frame_tokens: int,
+        overlap_frames: int,
+        anchor_frames: int = 0,
     ) -> HybridAttentionState:
         """The empty state (zero sums, no cached frames) for chunks shaped like ``k``, ``v``, ``fk``."""
         batch, _, heads, _ = k.shape
@@ -99,10 +120,15 @@ class HybridAttentionState:
         no_frames = dict(
             k=k[:, :0], v=v[:, :0], pending_kv=kv.unsqueeze(1)[:, :0], pending_z=z.unsqueeze(1)[:, :0]
         )
-        return cls(kv=kv, z=z, **no_frames, frame_tokens=frame_tokens, overlap_frames=overlap_frames)
+        anchor = (
+            dict(anchor_frames=anchor_frames, anchor_k=k[:, :0], anchor_v=v[:, :0]) if anchor_frames else {}
+        )
+        return cls(
+            kv=kv, z=z, **no_frames, frame_tokens=frame_tokens, overlap_frames=overlap_frames, **anchor
+        )
 
     def check_compatible(
-        self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int, overlap_frames: int
+        self, k: Tensor, v: Tensor, fk: Tensor, frame_tokens: int, overlap_frames: int, anchor_frames: int = 0
     ) -> None:
         """Raise ``ValueError`` unless a chunk k, v, fk [B, n, H, D] / [B, n, H, D'] stepped with this
         ``frame_tokens`` and ``overlap_frames`` has the geometry the state was made with."""
@@ -116,6 +142,11 @@ class HybridAttentionState:
             raise ValueError(
                 f"state was made with overlap_frames = {self.overlap_frames} but this step has "
                 f"overlap_frames = {overlap_frames}{restart}"
+            )
+        if anchor_frames != self.anchor_frames:
+            raise ValueError(
+                f"state was made with anchor_frames = {self.anchor_frames} but this step has "
+                f"anchor_frames = {anchor_frames}{restart}"
             )
         chunk = {
             "batch size": k.shape[0],
@@ -150,6 +181,10 @@ def hybrid_attention_step(
     frame_tokens: int,
     overlap_frames: int,
     scale: float | None = None,
+    anchor_frames: int = 0,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
     out: Tensor | None = None,
@@ -170,16 +205,38 @@ def hybrid_attention_step(
     video's output, that receives the output (the kernels write it in place), returned as the output.
     It may not share memory with q, k, v, fq, fk or the state's cached frames (``ValueError``): k and v
     are read again after the output is written, for the next state.
+
+    ``anchor_frames``, ``global_k``, ``global_v``, ``global_mask`` as in ``hybrid_attention``
+    (docs/method.md §2.1): the state keeps the anchor frames (it records A), the global keys are this
+    step's (give the same ones to every step of a stream); both run in PyTorch.
     """
-    geometry = Geometry(frame_tokens, None, overlap_frames, True, scale)
-    return _step(q, k, v, fq, fk, state, geometry, stats=stats, backend=backend, out=out)
+    geometry = Geometry(frame_tokens, None, overlap_frames, True, scale, anchor_frames)
+    global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
+    return _step(q, k, v, fq, fk, state, geometry, stats=stats, backend=backend, out=out, **global_keys)
 
 
 def _step(
-    q, k, v, fq, fk, state, geometry: Geometry, *, stats, backend, out
+    q,
+    k,
+    v,
+    fq,
+    fk,
+    state,
+    geometry: Geometry,
+    *,
+    stats,
+    backend,
+    out,
+    global_k=None,
+    global_v=None,
+    global_mask=None,
 ) -> tuple[Tensor, HybridAttentionState]:
     """:func:`hybrid_attention_step` (the same arguments) on a streaming ``geometry`` (``chunk_frames=None``)."""
-    frame_tokens, overlap_frames = geometry.frame_tokens, geometry.overlap_frames
+    frame_tokens, overlap_frames, anchor = (
+        geometry.frame_tokens,
+        geometry.overlap_frames,
+        geometry.anchor_frames,
+    )
     if state is not None and not isinstance(state, HybridAttentionState):
         raise ValueError(
             f"state must be a HybridAttentionState or None (a new stream), got {type(state).__name__}"
@@ -191,12 +248,13 @@ def _step(
     if phi_q is not None:
         fq = phi_q(q)
     validate_inputs(q, k, v, fq, fq if phi_k is not None else fk, frame_tokens)
+    global_keys = validate_globals(q, global_k, global_v, global_mask)
     if state is None:
         state = HybridAttentionState.initial(
-            k, v, fq, frame_tokens=frame_tokens, overlap_frames=overlap_frames
+            k, v, fq, frame_tokens=frame_tokens, overlap_frames=overlap_frames, anchor_frames=anchor
         )
     else:
-        state.check_compatible(k, v, fq, frame_tokens, overlap_frames)
+        state.check_compatible(k, v, fq, frame_tokens, overlap_frames, anchor)
     if out is not None:
         if needs_grad(q, k, v, fq, state.k, state.v, state.kv):
             raise ValueError(
@@ -205,18 +263,34 @@ def _step(
             )
         check_output_buffer(out, q)
         given = {"q": q, "k": k, "v": v, "fq": fq, "fk": fk if isinstance(fk, Tensor) else None}
+        given.update(global_k=global_k, global_v=global_v)
         cached = {"the state's cached k": state.k, "the state's cached v": state.v}
         check_out_overlap(out, {**given, **cached})
-    backend = resolve_backend(backend, q, fq)
-    cached = (state.k, state.v)
+    backend = resolve_backend(backend, q, fq, extras_reason(anchor, global_keys))
+    cached, key_mask = _softmax_prefix(state, global_keys)
     out = step_attention(
-        q, k, v, *cached, fq, state.kv, state.z, geometry, backend=backend, stats=stats, out=out
+        q,
+        k,
+        v,
+        *cached,
+        fq,
+        state.kv,
+        state.z,
+        geometry,
+        backend=backend,
+        stats=stats,
+        out=out,
+        key_mask=key_mask,
     )
 
     # Frames of the window [cached ‖ chunk] that the next chunk's window (its last `overlap_frames`
     # frames) drops. The kept ones are copied (a slice would keep the whole chunk alive), and φq(q) is
     # released before φk(k) exists.
     frames = q.shape[1] // frame_tokens  # in this chunk
+    # This chunk's frames that are anchor frames (docs/method.md §2.1): kept in the state, never summed.
+    # Anchor frames are a prefix of the video: the chunk has some only while the state holds fewer than A.
+    held = 0 if state.anchor_k is None else state.anchor_k.shape[1] // frame_tokens
+    anchored = min(anchor - held, frames)
     window_frames = state.cached_frames + frames
     leaving = max(window_frames - overlap_frames, 0)
     kept_tokens = (window_frames - leaving) * frame_tokens
@@ -227,7 +301,7 @@ def _step(
         _check_late_features(fk, q, state.kv.shape[2])
 
     state_tensors = (state.kv, state.z, state.pending_kv, state.pending_z)
-    if backend == "triton" and not needs_grad(fk, v, *state_tensors):
+    if backend == "triton" and not anchored and not needs_grad(fk, v, *state_tensors):
         # Inference: the chunk's frame sums and the retire in two launches (no per-frame tensors).
         kv, z, pending_kv, pending_z = retire_frames_op(
             fk, v, frame_tokens, state.kv, state.z, state.pending_kv, state.pending_z, leaving
@@ -235,6 +309,10 @@ def _step(
     else:
         # Each frame's own sums φk(K)ᵀV, Σ φk(K): [B, F, H, D', D], [B, F, H, D'], cached frames first.
         chunk_kv, chunk_z = frame_sums(fk, v, frame_tokens, backend=backend)
+        if anchored:
+            chunk_kv, chunk_z = (
+                torch.cat([x[:, :anchored] * 0, x[:, anchored:]], dim=1) for x in (chunk_kv, chunk_z)
+            )
         # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
         kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
         z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
@@ -249,8 +327,47 @@ def _step(
         frame_tokens=frame_tokens,
         overlap_frames=overlap_frames,
         frames_seen=state.frames_seen + frames,
+        anchor_frames=state.anchor_frames,
+        anchor_k=_append_rows(state.anchor_k, k, anchored * frame_tokens),
+        anchor_v=_append_rows(state.anchor_v, v, anchored * frame_tokens),
+        # The anchor frames of [cached ‖ chunk] are its first ones; those among the kept frames:
+        anchor_cached=max(state.anchor_cached + anchored - leaving, 0),
     )
     return out, next_state
+
+
+def _softmax_prefix(
+    state: HybridAttentionState, global_keys: tuple[Tensor, Tensor, Tensor | None] | None
+) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+    """The softmax keys before the chunk's own (the step's "cached" keys): the global keys, the anchor
+    frames before the window (those in it are cached frames already), then the cached frames; and the
+    key mask over them when the global keys have one (None: every key attended)."""
+    keys, values = [], []
+    if global_keys is not None:
+        keys.append(global_keys[0])
+        values.append(global_keys[1])
+    before = 0  # tokens of the anchor frames that are not cached frames
+    if state.anchor_k is not None:
+        before = state.anchor_k.shape[1] - state.anchor_cached * state.frame_tokens
+    if before:
+        keys.append(state.anchor_k[:, :before])
+        values.append(state.anchor_v[:, :before])
+    if not keys:
+        return (state.k, state.v), None
+    cached = (torch.cat([*keys, state.k], dim=1), torch.cat([*values, state.v], dim=1))
+    key_mask = None
+    if global_keys is not None and global_keys[2] is not None:
+        mask = global_keys[2]
+        key_mask = mask.new_ones(mask.shape[0], cached[0].shape[1] - mask.shape[1])
+        key_mask = torch.cat([mask, key_mask], dim=1)
+    return cached, key_mask
+
+
+def _append_rows(rows: Tensor | None, new: Tensor, count: int) -> Tensor | None:
+    """``rows`` followed by the first ``count`` rows (dim 1) of ``new``, in their own storage."""
+    if not count:
+        return rows
+    return torch.cat([rows, new[:, :count]], dim=1)
 
 
 def _retire(total: Tensor, pending: Tensor, new: Tensor, leaving: int) -> tuple[Tensor, Tensor]:
@@ -297,6 +414,10 @@ def recurrent_hybrid_attention(
     overlap_frames: int,
     causal: bool = True,
     scale: float | None = None,
+    anchor_frames: int = 0,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
     stats: AttentionStats | None = None,
     backend: Backend = "auto",
     initial_state: HybridAttentionState | None = None,
@@ -313,8 +434,11 @@ def recurrent_hybrid_attention(
     that a long video can be attended in pieces; each piece but the last should be a whole number of
     chunks, so that the chunks go on where they stopped. ``output_final_state=True`` returns
     ``(output, state after the last frame)``, the next piece's ``initial_state``.
+
+    ``anchor_frames``, ``global_k``, ``global_v``, ``global_mask``: as in ``hybrid_attention``; the state
+    keeps the anchor frames' K, V (a fixed size), the global keys join every step's softmax window.
     """
-    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale)
+    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames)
     if not geometry.causal:
         raise ValueError(
             "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
@@ -324,6 +448,7 @@ def recurrent_hybrid_attention(
     frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
     step_tokens = geometry.chunk_tokens(frames)
     stream = replace(geometry, chunk_frames=None)  # each step: one chunk
+    global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
     state = initial_state
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
@@ -334,7 +459,7 @@ def recurrent_hybrid_attention(
         piece = slice(start, start + step_tokens)
         chunk = (x[:, piece] for x in (q, k, v, fq, fk))
         rows = None if output is None else output[:, piece]
-        out, state = _step(*chunk, state, stream, stats=stats, backend=backend, out=rows)
+        out, state = _step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
         outputs.append(out)
     output = output if output is not None else torch.cat(outputs, dim=1)
     return (output, state) if output_final_state else output

@@ -49,11 +49,14 @@ def unsupported_reason(q: Tensor, fq: Tensor | None) -> str | None:
     return None
 
 
-def resolve_backend(backend: str, q: Tensor, fq: Tensor | None) -> Literal["torch", "triton"]:
+def resolve_backend(
+    backend: str, q: Tensor, fq: Tensor | None, unsupported: str | None = None
+) -> Literal["torch", "triton"]:
     """Turn the user's ``backend`` into "torch" or "triton" for the attention op (once per call, in its
     public functions); raise if "triton" cannot run here. An empty batch or no heads takes PyTorch,
-    which returns the empty result: the kernels would have nothing to launch."""
-    chosen = choose_backend(backend, q.device, lambda: unsupported_reason(q, fq))
+    which returns the empty result: the kernels would have nothing to launch. ``unsupported``: the
+    caller's own reason why the kernels cannot take this call (e.g. global keys), or None."""
+    chosen = choose_backend(backend, q.device, lambda: unsupported or unsupported_reason(q, fq))
     return chosen if q.numel() > 0 else "torch"
 
 
