@@ -64,3 +64,25 @@ def test_block_flops_bound_the_block_speedup():
     assert round(f["block_ratio"], 2) == 1.88 and round(f["attention_free_ratio"], 2) == 2.32
     with pytest.raises(ValueError, match="ffn_dim"):
         block_flops(2, 3, 1, 4, ffn_dim=0, text_tokens=5, chunk_frames=1, overlap_frames=0, feature_dim=4)
+
+
+def test_anchor_and_global_keys_count_the_reference_masks():
+    """The softmax part with an anchor and global keys counts the reference's softmax-key pairs."""
+    from rehyat.attention.naive import chunk_masks
+
+    frames, tokens, chunk, overlap, anchor, globals_ = 8, 3, 2, 1, 3, 5
+    softmax_keys, _ = chunk_masks(frames, tokens, chunk, overlap, True, anchor_frames=anchor)
+    pairs = int(softmax_keys.sum()) + frames * tokens * globals_
+    got = attention_flops(
+        frames,
+        tokens,
+        2,
+        4,
+        chunk_frames=chunk,
+        overlap_frames=overlap,
+        feature_dim=8,
+        anchor_frames=anchor,
+        global_tokens=globals_,
+    )
+    assert got.softmax == 4.0 * pairs * 4 * 2
+    assert got.full == 4.0 * frames * tokens * (frames * tokens + globals_) * 4 * 2

@@ -40,12 +40,14 @@ class AttentionFlops:
         }
 
 
-def softmax_pairs(frames: int, chunk_frames: int, overlap_frames: int) -> int:
-    """Σ over chunks of (query frames × softmax-key frames), in frame² units."""
+def softmax_pairs(frames: int, chunk_frames: int, overlap_frames: int, anchor_frames: int = 0) -> int:
+    """Σ over chunks of (query frames × softmax-key frames), in frame² units; with an anchor (causal,
+    docs/method.md §2.1) a chunk also attends to the anchor frames before its window."""
     total = 0
     for start in range(0, frames, chunk_frames):
         end = min(start + chunk_frames, frames)
-        total += (end - start) * (end - max(start - overlap_frames, 0))
+        low = max(start - overlap_frames, 0)
+        total += (end - start) * (end - low + min(anchor_frames, low))
     return total
 
 
@@ -60,8 +62,14 @@ def attention_flops(
     feature_dim: int,
     feature_layers: int = 2,
     batch: int = 1,
+    anchor_frames: int = 0,
+    global_tokens: int = 0,
 ) -> AttentionFlops:
-    """FLOPs of one layer's self-attention for ``batch`` videos of ``frames`` × ``frame_tokens`` tokens."""
+    """FLOPs of one layer's self-attention for ``batch`` videos of ``frames`` × ``frame_tokens`` tokens.
+
+    ``anchor_frames`` and ``global_tokens`` (docs/method.md §2.1, causal): the anchor frames every chunk
+    adds to its window, and G global keys (e.g. text) in every window; the full softmax then attends the
+    video queries to the N + G keys too. The global keys' own query rows are not counted."""
     for name, value in (
         ("frames", frames),
         ("frame_tokens", frame_tokens),
@@ -74,14 +82,18 @@ def attention_flops(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if overlap_frames < 0:
-        raise ValueError(f"overlap_frames must be >= 0, got {overlap_frames}")
+    for name, value in (
+        ("overlap_frames", overlap_frames),
+        ("anchor_frames", anchor_frames),
+        ("global_tokens", global_tokens),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     tokens = frames * frame_tokens
     per_head = batch * heads
-    full = 4.0 * tokens * tokens * head_dim * per_head
-    softmax = (
-        4.0 * softmax_pairs(frames, chunk_frames, overlap_frames) * frame_tokens**2 * head_dim * per_head
-    )
+    full = 4.0 * tokens * (tokens + global_tokens) * head_dim * per_head
+    pairs = softmax_pairs(frames, chunk_frames, overlap_frames, anchor_frames) * frame_tokens**2
+    softmax = 4.0 * (pairs + tokens * global_tokens) * head_dim * per_head
     linear = 2.0 * tokens * per_head * 2 * feature_dim * head_dim  # keys add φk vᵀ, queries read φq·S
     map_macs = head_dim * feature_dim + (feature_layers - 1) * feature_dim * feature_dim
     feature_maps = 2.0 * 2 * tokens * per_head * map_macs  # φq and φk

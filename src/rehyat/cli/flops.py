@@ -19,6 +19,8 @@ def _main(args: argparse.Namespace) -> int:
         feature_dim=args.feature_dim,
         feature_layers=args.feature_layers,
         batch=args.batch,
+        anchor_frames=args.anchor_frames,
+        global_tokens=args.global_tokens,
     ).as_dict()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -42,5 +44,7 @@ def register(commands) -> None:
     flops.add_argument("--feature-dim", type=int, default=256)
     flops.add_argument("--feature-layers", type=int, default=2)
     flops.add_argument("--batch", type=int, default=1)
+    flops.add_argument("--anchor-frames", type=int, default=0, help="anchor frames in every window")
+    flops.add_argument("--global-tokens", type=int, default=0, help="global keys (e.g. text) in every window")
     flops.add_argument("--json", action="store_true", help="print a JSON object")
     flops.set_defaults(handler=_main)
