@@ -3,8 +3,8 @@
 # for STEPS steps or until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run
 # cut off loses at most 250 steps). Then ToyBench it (and INIT, if any) on PROMPTS prompts, with
 # direction accuracy per speed.
-#   WORLD=v2 (default): from the weights in INIT (default: the bundled teacher), on the second world.
-#   WORLD=v3 INIT=none: from random weights, on the third world packed 4 frames to a latent frame.
+#   WORLD=one-frame (default): from the weights in INIT (default: the bundled teacher), one video frame per latent frame.
+#   WORLD=packed INIT=none: from random weights, on the packed world (4 video frames to a latent frame).
 #   RESUME=DIR: a folder holding a checkpoint (step-N/ and latest, as this script returns them) to go
 #   on from, with the same settings (same STEPS: the run's config must not change).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
@@ -13,7 +13,7 @@
 # pieces: cat them | tar -x) — 8 files, what a device call brings back at most.
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
-WORLD=${WORLD:-v2}
+WORLD=${WORLD:-one-frame}
 STEPS=${STEPS:-10000}
 LIMIT=${LIMIT:-420}
 BATCH=${BATCH:-64}

@@ -7,7 +7,7 @@
 # next piece, given RESUME=<that state.tgz, brought back>, skips the finished rows: run pieces until the
 # log says "rows left: none". Extra arguments go to every `rehyat bench toy` (e.g. --set eval_prompts=128);
 # every piece of one table needs the same ones. Needs diffusers: where it is missing, carry wheels in .whl.
-#   TEACHER=runs/teacher_v3/teacher [RESUME=runs/toybench_v3/state.tgz] bash scripts/toybench_world_gpu.sh
+#   TEACHER=runs/teacher_packed/teacher [RESUME=runs/toybench_packed/state.tgz] bash scripts/toybench_world_gpu.sh
 set -uo pipefail
 : "${TEACHER:?set TEACHER to a toy teacher folder}"
 OUT=${OUT:-runs}

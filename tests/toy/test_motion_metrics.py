@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rehyat.toy.toybench import evaluate_videos, read_back
-from rehyat.toy.world import DIRECTIONS, V2, V3, ToyPrompt, render, sample_prompt
+from rehyat.toy.world import DIRECTIONS, ONE_FRAME_WORLD, PACKED_WORLD, ToyPrompt, render, sample_prompt
 
 MOTION = ("direction_accuracy", "speed_accuracy", "motion_smoothness", "size_drift")
 CHUNK = 12  # video frames of a chunk of Tc = 3 latent frames in the third world
@@ -26,14 +26,19 @@ def clips(chosen: list[ToyPrompt], frames: int = 81, offsets=None, scales=None) 
     return torch.stack(
         [
             render(
-                p, frames, seed=i, world=V3, offsets=None if offsets is None else offsets(p), scales=scales
+                p,
+                frames,
+                seed=i,
+                world=PACKED_WORLD,
+                offsets=None if offsets is None else offsets(p),
+                scales=scales,
             )
             for i, p in enumerate(chosen)
         ]
     )
 
 
-def score(videos, chosen, world=V3) -> dict:
+def score(videos, chosen, world=PACKED_WORLD) -> dict:
     return evaluate_videos(videos, chosen, world=world)
 
 
@@ -97,7 +102,7 @@ def test_reversed_clip_flips_direction_only(truth):
         assert vx == pytest.approx(-wx, abs=1e-9) and vy == pytest.approx(-wy, abs=1e-9)
 
 
-@pytest.mark.parametrize("world", [V2, V3])
+@pytest.mark.parametrize("world", [ONE_FRAME_WORLD, PACKED_WORLD])
 def test_frozen_clip_has_no_speed_and_no_smoothness(world):
     chosen = prompts(8, seed=2)
     videos = torch.stack([render(p, seed=i, world=world) for i, p in enumerate(chosen)])
@@ -107,7 +112,7 @@ def test_frozen_clip_has_no_speed_and_no_smoothness(world):
     assert all(clip["readout"]["velocity_deviation"] == 1 for clip in result["per_clip"])
 
 
-@pytest.mark.parametrize("world", [V2, V3])
+@pytest.mark.parametrize("world", [ONE_FRAME_WORLD, PACKED_WORLD])
 @pytest.mark.parametrize("kind", ["gaussian", "faint", "uniform"])
 def test_pure_noise_shows_no_object(world, kind):
     """Noise is no object: no direction, speed or smoothness, the worst size drift, nothing present."""
@@ -147,7 +152,7 @@ def test_per_clip_scores_back_every_mean(truth):
     """Each motion metric (and adherence, consistency, PSNR, SSIM) has one value per clip under its own
     name, whose mean is the reported metric: what a paired-bootstrap interval between two models needs."""
     videos, chosen, _ = truth
-    result = evaluate_videos(videos[:4], chosen[:4], reference=videos[:4].flip(2), world=V3)
+    result = evaluate_videos(videos[:4], chosen[:4], reference=videos[:4].flip(2), world=PACKED_WORLD)
     names = (*MOTION, "adherence", "temporal_consistency", "psnr", "ssim", "shape_accuracy")
     for name in names:
         values = [clip[name] for clip in result["per_clip"]]
@@ -157,10 +162,12 @@ def test_per_clip_scores_back_every_mean(truth):
 def test_readout_at_the_world_speeds():
     """Third-world speeds are a quarter of the second's per frame: the readout uses the world's."""
     prompt = ToyPrompt("red", "circle", "right", "fast", "plain")
-    video = render(prompt, seed=0, world=V3)
-    assert read_back(video, V3).speed == "fast"
-    assert read_back(video, V2).speed == "slow"  # 1 px per frame is under v2's slow 1.33 px
-    assert read_back(render(prompt, seed=0), V2).speed == "fast"
+    video = render(prompt, seed=0, world=PACKED_WORLD)
+    assert read_back(video, PACKED_WORLD).speed == "fast"
+    assert (
+        read_back(video, ONE_FRAME_WORLD).speed == "slow"
+    )  # 1 px per frame is under the one-frame world's slow 1.33 px
+    assert read_back(render(prompt, seed=0), ONE_FRAME_WORLD).speed == "fast"
 
 
 def dissolve(video: torch.Tensor) -> torch.Tensor:
@@ -196,7 +203,7 @@ def fragment(video: torch.Tensor, seed: int) -> torch.Tensor:
     return rgb * 2 - 1
 
 
-@pytest.mark.parametrize("world", [V2, V3])
+@pytest.mark.parametrize("world", [ONE_FRAME_WORLD, PACKED_WORLD])
 def test_dissolving_or_fragmenting_object_loses_consistency(world):
     """An object that dissolves into stripes of its own hue, or falls to pieces, keeps its colour and
     roughly its area, so size and colour drift alone scored it about 70: its shape drift does not let it."""

@@ -20,7 +20,7 @@ from rehyat.toy.latent import (
     video_frames,
 )
 from rehyat.toy.toybench import evaluate_videos, psnr
-from rehyat.toy.world import V2, V3, render, sample_prompt
+from rehyat.toy.world import ONE_FRAME_WORLD, PACKED_WORLD, render, sample_prompt
 
 
 def noise(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -116,7 +116,7 @@ def test_bad_inputs():
 def third_world_clips():
     rng = random.Random(5)
     prompts = [sample_prompt(rng) for _ in range(8)]
-    return torch.stack([render(p, seed=i, world=V3) for i, p in enumerate(prompts)]), prompts
+    return torch.stack([render(p, seed=i, world=PACKED_WORLD) for i, p in enumerate(prompts)]), prompts
 
 
 def test_default_channels_keep_what_toybench_reads(third_world_clips):
@@ -131,7 +131,10 @@ def test_default_channels_keep_what_toybench_reads(third_world_clips):
     assert 30 < quality[12] < 34 < quality[24] < 40 < quality[36] < 47
     packer = ToyLatent()
     restored = packer.decode(packer.encode(videos))
-    truth, packed = evaluate_videos(videos, prompts, world=V3), evaluate_videos(restored, prompts, world=V3)
+    truth, packed = (
+        evaluate_videos(videos, prompts, world=PACKED_WORLD),
+        evaluate_videos(restored, prompts, world=PACKED_WORLD),
+    )
     for name in ("adherence", "speed_accuracy", "background_accuracy", "object_presence"):
         assert truth[name] == packed[name] == 100, name
     assert packed["motion_smoothness"] > truth["motion_smoothness"] - 3
@@ -145,11 +148,11 @@ def test_training_pairs_are_packed_third_world_clips():
     packer = ToyLatent()
     for index, (latent, prompt) in enumerate(pairs):
         assert prompt == sample_prompt(rng)
-        clip = render(prompt, 21, seed=7 * 1_000_003 + index, world=V3)
+        clip = render(prompt, 21, seed=7 * 1_000_003 + index, world=PACKED_WORLD)
         assert torch.equal(latent, packer.encode(clip))
     again = next(latent_training_pairs(1, seed=7, num_latent_frames=6))
     assert torch.equal(again[0], pairs[0][0])
     full = next(latent_training_pairs(1, seed=0, packer=ToyLatent(12)))[0]
     assert full.shape == (12, 21, 16, 16)
-    with pytest.raises(ValueError, match="the v2 world has 1 frame"):
-        next(latent_training_pairs(1, seed=0, world=V2))
+    with pytest.raises(ValueError, match="the one-frame world has 1 frame"):
+        next(latent_training_pairs(1, seed=0, world=ONE_FRAME_WORLD))

@@ -30,7 +30,7 @@ def test_quick_table_on_the_packed_world(tmp_path, packed_teacher):
     args += ["--out", str(out), "--work", str(work), "--set", "eval_prompts=3"]
     assert main([*args, "--only", "rehyat"]) == 0
     report = json.loads((out / "toybench.json").read_text())
-    assert report["teacher"]["world"] == "v3" and report["teacher"]["folder"] == str(packed_teacher)
+    assert report["teacher"]["world"] == "packed" and report["teacher"]["folder"] == str(packed_teacher)
     # 21 latent frames (81 video frames); long videos long_factor (2 when quick) × 21 latent frames.
     assert (report["frames"], report["video_frames"]) == (21, 81)
     assert (report["long_frames"], report["long_video_frames"]) == (42, 165)
@@ -69,7 +69,7 @@ def test_quick_table_on_the_packed_world(tmp_path, packed_teacher):
     ):
         assert text in targets
     text = (out / "toybench.md").read_text()
-    assert "# ToyBench quality table, v3 world" in text and "21 latent frames (81 video frames)" in text
+    assert "# ToyBench quality table, packed world" in text and "21 latent frames (81 video frames)" in text
     assert "| model | sampled | direction | speed | motion smoothness | size drift | shape drift |" in text
     assert "issue" not in text.lower()
 

@@ -7,7 +7,15 @@ import json
 
 from rehyat.cli._common import add_config_arguments, check_output_path
 from rehyat.toy.model import FLOW_SHIFT, SPACES
-from rehyat.toy.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SPEED_WORDS
+from rehyat.toy.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    LEGACY_WORLD_NAMES,
+    SHAPES,
+    SPEED_WORDS,
+    world_name,
+)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -119,7 +127,7 @@ def _teacher(args: argparse.Namespace) -> int:
             clips=args.clips,
             seed=args.seed,
             init_from=None if args.init is None else model_folder(args.init, "--init"),
-            space=SPACES[args.world],
+            space=SPACES[world_name(args.world)],
         )
     finally:
         distributed.shutdown()
@@ -221,10 +229,11 @@ def register(commands) -> None:
     )
     parser.add_argument(
         "--world",
-        choices=sorted(SPACES),
-        default="v2",
-        help="v2: pixel clips of the second world; v3: the third world packed 4 frames to a latent "
-        "frame as Wan's VAE does (ignored with --init, whose world the teacher keeps)",
+        choices=sorted(SPACES) + sorted(LEGACY_WORLD_NAMES),
+        default="one-frame",
+        help="one-frame: pixel clips, one video frame per latent frame; packed: clips packed 4 frames to a "
+        "latent frame as Wan's VAE does (ignored with --init, whose world the teacher keeps; v2 and v3 are "
+        "their former names)",
     )
     parser.add_argument(
         "--assemble-only",

@@ -50,6 +50,7 @@ from rehyat.toy.model import (
 from rehyat.toy.recipe import QUICK as RECIPE_QUICK
 from rehyat.toy.recipe import RecipeSettings, distill_student, finetune_dataset, finetune_student, sample_with
 from rehyat.toy.toybench import evaluate_videos
+from rehyat.toy.world import world_name
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,7 @@ def _reuse_results(
     if identity is None or "teacher" not in earlier:
         bundled = _teacher_identity(bundled_teacher())
     made_from = {k: v for k, v in earlier.get("teacher", bundled).items() if k != "folder"}
+    made_from["world"] = world_name(made_from["world"])  # a table of before the worlds' names
     if made_from != (identity or bundled):
         raise ValueError(
             f"--reuse {path}: made from another teacher ({made_from['world']} world, transformer "
@@ -814,7 +816,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
         ]
     )
     teacher = report.get("teacher", {})
-    world = teacher.get("world", "v2")
+    world = world_name(teacher.get("world", "one-frame"))
     if not teacher or Path(teacher["folder"]).resolve() == bundled_teacher().resolve():
         made_from = f"the bundled teacher ({world} world)"
     else:

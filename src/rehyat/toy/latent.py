@@ -45,7 +45,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from rehyat.toy.world import V3, ToyPrompt, World, render, sample_prompt
+from rehyat.toy.world import PACKED_WORLD, ToyPrompt, World, render, sample_prompt
 
 #: Video frames per latent frame (after the first, which holds frame 0 alone) and pixels per latent
 #: pixel along each spatial axis.
@@ -171,7 +171,7 @@ def latent_training_pairs(
     count: int,
     seed: int,
     *,
-    world: World = V3,
+    world: World = PACKED_WORLD,
     num_latent_frames: int = CLIP_LATENT_FRAMES,
     packer: ToyLatent | None = None,
 ) -> Iterator[tuple[Tensor, ToyPrompt]]:
@@ -183,7 +183,7 @@ def latent_training_pairs(
     if world.frames_per_latent != TEMPORAL_STRIDE:
         raise ValueError(
             f"the {world.name} world has {world.frames_per_latent} frame(s) per latent frame; this latent packs "
-            f"{TEMPORAL_STRIDE} (the third world's)"
+            f"{TEMPORAL_STRIDE} (the packed world's)"
         )
     packer = ToyLatent() if packer is None else packer
     rng = random.Random(seed)

@@ -1,5 +1,5 @@
 """The toy model family: the Wan architecture of the toy teachers, the space their latents live in
-(:class:`ToySpace`: pixels of the second world, or the third world packed four frames to a latent frame),
+(:class:`ToySpace`: pixels of the one-frame world, or the packed world: four frames to a latent frame),
 the sampler shift, the bundled teacher folder, and loading a toy model (optionally with a ReHyAt
 checkpoint).
 """
@@ -22,7 +22,7 @@ from rehyat.models.folders import bundled_student as bundled_student
 from rehyat.models.folders import bundled_teacher as bundled_teacher
 from rehyat.toy.latent import ToyLatent, latent_frames, video_frames
 from rehyat.toy.text import ToyTextEncoder
-from rehyat.toy.world import V2, V3, ToyPrompt, World, render
+from rehyat.toy.world import ONE_FRAME_WORLD, PACKED_WORLD, ToyPrompt, World, render, world_name
 
 #: Pixel-space Wan: 3 channels in and out, 2×2 patches, 4 blocks of 4 heads × 32 (RoPE splits 32 into
 #: 12 + 10 + 10), text width = the toy text encoder's.
@@ -111,11 +111,11 @@ class ToySpace:
         return self.packer.decode(latents) if self.packed else latents
 
 
-#: The bundled teacher's space: second-world clips of 16 frames of 24×24 px, the latent the clip.
-PIXEL = ToySpace("v2", V2, False, 3, CLIP["num_frames"], CLIP["height"], CLIP["width"])
-#: The packed world: third-world clips of 81 frames of 32×32 px, packed to 21 latent frames of 24
+#: The bundled teacher's space: one-frame-world clips of 16 frames of 24×24 px, the latent the clip.
+PIXEL = ToySpace("one-frame", ONE_FRAME_WORLD, False, 3, CLIP["num_frames"], CLIP["height"], CLIP["width"])
+#: The packed world's space: its clips of 81 frames of 32×32 px, packed to 21 latent frames of 24
 #: channels × 16×16 (64 tokens a frame with 2×2 patches), as Wan2.1 packs 81 frames into 21.
-PACKED = ToySpace("v3", V3, True, 24, 21, 32, 32)
+PACKED = ToySpace("packed", PACKED_WORLD, True, 24, 21, 32, 32)
 SPACES = {space.name: space for space in (PIXEL, PACKED)}
 
 
@@ -126,6 +126,7 @@ def toy_space(teacher: str | Path) -> ToySpace:
         return PIXEL
     try:
         name = json.loads(file.read_text()).get("world")
+        name = world_name(name) if isinstance(name, str) else name
     except (OSError, json.JSONDecodeError, AttributeError) as error:
         raise ValueError(f"{file} is not a JSON object with a 'world' name ({error})") from error
     if name not in SPACES:

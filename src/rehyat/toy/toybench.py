@@ -22,7 +22,7 @@ Per clip:
   circular means per axis and displacements are taken modulo the frame extent, so tracking is exact
   across wrap-around for any video length (per-frame motion stays under half a frame). A mean speed
   under a quarter of the world's slow speed reads as "no motion" (wrong direction and speed). Speeds are
-  the world's (``world``: the second world's by default, :data:`rehyat.toy.world.V3` for the third).
+  the world's (``world``: the one-frame world's by default, :data:`rehyat.toy.world.PACKED_WORLD` for the packed one).
 - background: the time-averaged grey of pixels the object does not cover, nearest world background.
 - temporal consistency = 100 · presence · max(0, 1 − size_drift − colour_drift − shape_drift), where
   presence is the fraction of frames with an object, size_drift = mean |A_t − Ā| / Ā of the object's
@@ -39,9 +39,9 @@ Per clip:
   only itself). 1 when frames 0 and s do not both show the object.
 - motion smoothness = 100 · max(0, 1 − velocity_deviation), velocity_deviation = mean ‖D_t − D̄‖ /
   max(‖D̄‖, s · slow speed): how far each displacement D_t = c_{t+s} − c_t over one latent frame (s =
-  the world's frames per latent frame: 1 in the second world, 4 in the third) strays from constant
+  the world's frames per latent frame: 1 in the one-frame world, 4 in the packed one) strays from constant
   velocity (jitter, jumps, freezes, accelerations), relative to the motion itself. Over one latent frame
-  a wobble repeating every latent frame (what truncating the third world's latent to 24 channels leaves,
+  a wobble repeating every latent frame (what truncating the packed world's latent to 24 channels leaves,
   ``rehyat.toy.latent``) cancels, and a jump weighs as much as frame to frame, while sub-pixel tracking
   noise weighs a quarter. Measured on 48 third-world clips packed to 24 channels and back: 99.9 over
   latent frames, 77.6 frame to frame (the clips themselves: 100 and 97.4). A clip that shows no motion
@@ -78,8 +78,8 @@ from rehyat.toy.world import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
+    ONE_FRAME_WORLD,
     SIZE_RANGE,
-    V2,
     ToyPrompt,
     World,
     background_image,
@@ -225,7 +225,7 @@ def _coherence(weights: np.ndarray) -> float:
     return float(sum((centred * other).sum() for other in shifted)) / (2 * energy)
 
 
-def read_back(video: Tensor | np.ndarray, world: World = V2) -> Readout:
+def read_back(video: Tensor | np.ndarray, world: World = ONE_FRAME_WORLD) -> Readout:
     """Read the object's attributes, drift and motion back from one clip [3, F, H, W] in [-1, 1]."""
     rgb = np.clip((_as_numpy(video).astype(np.float64) + 1) / 2, 0, 1)  # [3, F, H, W]
     height, width = rgb.shape[2:]
@@ -419,7 +419,7 @@ def evaluate_videos(
     prompts: Sequence[ToyPrompt | str],
     reference: Tensor | Sequence[Tensor] | None = None,
     *,
-    world: World = V2,
+    world: World = ONE_FRAME_WORLD,
 ) -> dict[str, Any]:
     """ToyBench over clips [B, 3, F, H, W] (or a list of [3, F, H, W]) generated for ``prompts``.
 

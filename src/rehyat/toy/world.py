@@ -22,17 +22,17 @@ Design choices, all resolution-independent:
 Default size: 16 frames of 32×32 px, i.e. 16 latent frames of 16×16 = 256 tokens for a pixel-space Wan
 transformer with patch (1, 2, 2); 16×16 px gives 64 tokens per frame.
 
-Versions (:class:`World`): the second world (:data:`V2`, the default everywhere) is the one above, whose
-videos are the teacher's latents frame for frame. The third (:data:`V3`) has Wan's temporal structure:
+Versions (:class:`World`): the one-frame world (:data:`ONE_FRAME_WORLD`, the default everywhere) is the one
+above, whose videos are the teacher's latents frame for frame. The packed world (:data:`PACKED_WORLD`) has Wan's temporal structure:
 its clips are 81 video frames that :mod:`rehyat.toy.latent` packs four to a latent frame (21 latent
 frames, as Wan2.1's causal VAE makes of a 5 s clip), so it moves slower per video frame: 1/64 and 1/32 of
 the frame (1/2 and 1 px at 32 px; per latent frame 2 and 4 px, one and two latent pixels, close to the
-second world's 1.33 and 2.67 px per frame at 32 px). Its object also leaves a fading achromatic trail,
+one-frame world's 1.33 and 2.67 px per frame at 32 px). Its object also leaves a fading achromatic trail,
 the world's one cue that breaks time symmetry. Both versions share the prompts.
 
 The trail: each frame darkens the grey background wherever the object was in the frames before, by
 ``trail_depth`` × max_k decay^k · coverage(t − k) (k ≥ 1), under the object drawn on top. It is chosen
-over the obvious other cue, a brightness ramp over time, because the second world's teacher fails at the
+over the obvious other cue, a brightness ramp over time, because the one-frame world's teacher fails at the
 sign of the motion, not at the order of frames: its 3D RoPE already tells it which frame comes first, and
 every frame of a symmetric world is distributed alike whichever way the object moves, so a ramp would
 mark time's direction without tying it to the prompt's direction. A trail makes every single frame depend
@@ -116,13 +116,23 @@ class World:
         return {"slow": self.slow, "fast": self.fast}
 
 
-#: The second world: 16 frames, one video frame per latent frame, no trail (the bundled teacher's).
-V2 = World("v2", SPEEDS["slow"], SPEEDS["fast"], 16, 32, 32)
-#: The third world: 81 video frames (21 latent frames of four, :mod:`rehyat.toy.latent`) of 32×32 px,
+#: The one-frame world: 16 frames, one video frame per latent frame, no trail (the bundled teacher's).
+ONE_FRAME_WORLD = World("one-frame", SPEEDS["slow"], SPEEDS["fast"], 16, 32, 32)
+#: The packed world: 81 video frames (21 latent frames of four, :mod:`rehyat.toy.latent`) of 32×32 px,
 #: speeds of 1/2 and 1 px per video frame at 32 px, a trail decaying by 0.85 per frame (half gone after
 #: 4.3 frames, 90 % after 14: 7 and 14 px behind a slow and a fast object, so an object of at most 14 px
 #: and its trail fit in the frame) that darkens the background by up to 60 %.
-V3 = World("v3", 1 / 64, 1 / 32, 81, 32, 32, frames_per_latent=4, trail=0.85, trail_depth=0.6)
+PACKED_WORLD = World("packed", 1 / 64, 1 / 32, 81, 32, 32, frames_per_latent=4, trail=0.85, trail_depth=0.6)
+#: Names of the worlds in folders and tables written before they had descriptive names (``toy_world.json``,
+#: toybench.json's teacher): read as the world they named.
+LEGACY_WORLD_NAMES = {"v2": "one-frame", "v3": "packed"}
+
+
+def world_name(name: str) -> str:
+    """A world's name as saved now, for a saved name (an older one included)."""
+    return LEGACY_WORLD_NAMES.get(name, name)
+
+
 #: Weight below which the trail's history is cut (the renderer's pre-roll).
 TRAIL_CUTOFF = 1e-3
 
@@ -197,7 +207,9 @@ def sample_prompt(rng: random.Random) -> ToyPrompt:
     )
 
 
-def velocity(prompt: ToyPrompt, height: int, width: int, world: World = V2) -> tuple[float, float]:
+def velocity(
+    prompt: ToyPrompt, height: int, width: int, world: World = ONE_FRAME_WORLD
+) -> tuple[float, float]:
     """The object's (dx, dy) in pixels per (video) frame."""
     step_x, step_y = DIRECTIONS[prompt.direction]
     speed = world.speeds[prompt.speed]
@@ -247,13 +259,13 @@ def render(
     width: int | None = None,
     seed: int = 0,
     *,
-    world: World = V2,
+    world: World = ONE_FRAME_WORLD,
     offsets: np.ndarray | None = None,
     scales: np.ndarray | None = None,
 ) -> Tensor:
     """Render a clip [3, F, H, W] float32 in [-1, 1]; the start position and size depend on ``seed``.
 
-    Sizes left out are ``world``'s (16 frames of 32×32 px for the second world, 81 for the third).
+    Sizes left out are ``world``'s (16 frames of 32×32 px for the one-frame world, 81 for the packed one).
     ``offsets`` [F, 2] (px, x and y) and ``scales`` [F] displace and resize the object frame by frame
     (its trail follows): clips the world never shows, for checking that ToyBench sees jumps and size drift.
     Computed in single-threaded numpy: for clips this small it is faster than torch's thread pool
