@@ -110,8 +110,16 @@ def test_dispatch():
         "WanTransformer3DModel",
         "SkyReelsV2Transformer3DModel",
         "LTXVideoTransformer3DModel",
+        "HunyuanVideoTransformer3DModel",
+        "CogVideoXTransformer3DModel",
     ]
-    assert [family.name for family in ADAPTERS] == ["wan", "skyreels-v2", "ltx-video"]
+    assert [family.name for family in ADAPTERS] == [
+        "wan",
+        "skyreels-v2",
+        "ltx-video",
+        "hunyuan-video",
+        "cogvideox",
+    ]
     assert isinstance(convert(wan).blocks[0].attn1.processor, ReHyAtWanAttnProcessor)
     assert isinstance(convert(sky).blocks[1].attn1.processor, ReHyAtWanAttnProcessor)
     assert isinstance(convert(ltx).transformer_blocks[0].attn1.processor, ReHyAtLTXAttnProcessor)
@@ -122,7 +130,7 @@ def test_dispatch():
         convert(torch.nn.Linear(2, 2))
     assert str(error.value) == (
         "cannot convert Linear: ReHyAt converts WanTransformer3DModel, SkyReelsV2Transformer3DModel, "
-        "LTXVideoTransformer3DModel"
+        "LTXVideoTransformer3DModel, HunyuanVideoTransformer3DModel, CogVideoXTransformer3DModel"
     )
     with pytest.raises(ValueError, match="WanTransformer3DModel"):
         convert_wan(torch.nn.Linear(2, 2))  # the Wan entry point keeps its own message

@@ -29,11 +29,14 @@ _COMPONENT_FILES = {
     "tokenizer": None,
 }
 _TEXT_COMPONENTS = ("text_encoder", "tokenizer")
-#: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline.
-PIPELINES = tuple(dict.fromkeys(family.pipeline_class for family in FAMILIES))
 #: (video frames per latent frame, pixel multiple of height and width) of each pipeline: its VAE's
 #: temporal compression, and its spatial compression times the transformer's patch.
 PIPELINE_GEOMETRY = {"WanPipeline": (4, 16), "SkyReelsV2Pipeline": (4, 16), "LTXPipeline": (8, 32)}
+#: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline (not yet
+#: HunyuanVideo's and CogVideoX's, whose joint-attention models convert but are not wired here).
+PIPELINES = tuple(
+    dict.fromkeys(family.pipeline_class for family in FAMILIES if family.pipeline_class in PIPELINE_GEOMETRY)
+)
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -95,8 +95,9 @@ class FamilyAdapter:
         """Block ``index``'s self-attention module."""
         return getattr(self.blocks(transformer)[index], self.attention_attr)
 
-    def attention_path(self, index: int) -> str:
-        """Block ``index``'s self-attention in ``state_dict()`` names."""
+    def attention_path(self, index: int, transformer: nn.Module | None = None) -> str:
+        """Block ``index``'s self-attention in ``state_dict()`` names (``transformer`` where the family's
+        blocks lie in more than one list)."""
         return f"{self.blocks_attr}.{index}.{self.attention_attr}"
 
     def feed_forwards(self, transformer: nn.Module) -> list[nn.Module]:
@@ -111,6 +112,18 @@ class FamilyAdapter:
             raise ValueError(
                 f"expected a diffusers {' or '.join(self.class_names)}, got {type(transformer).__name__}"
             )
+
+    def check_conversion(self, transformer: nn.Module, config: ReHyAtConfig, blocks: list[int]) -> None:
+        """ValueError if ``config`` converting ``blocks`` is not served for this family (before any change)."""
+
+    def check_attention(self, attn: nn.Module, index: int) -> None:
+        """ValueError unless block ``index``'s attention is one this family's processor replaces (a plain
+        self-attention layer: no context of its own)."""
+        if getattr(attn, "is_cross_attention", False) or getattr(attn, "add_k_proj", None) is not None:
+            raise ValueError(f"{self.attention_path(index)} is not a plain self-attention layer")
+
+    def install(self, transformer: nn.Module, runtime: ReHyAtRuntime) -> None:
+        """What the family adds to a converted model beside its processors (the last step of conversion)."""
 
     # How tokens map to frames.
     def patch_size(self, transformer: nn.Module) -> tuple[int, int, int]:
@@ -234,7 +247,8 @@ class ReHyAtRuntime:
     attention ``backend`` ("auto", "torch" or "triton", as in :func:`rehyat.hybrid_attention`), and
     ``attention``: when set, what the parallel mode calls instead of :func:`configured_attention`, with
     the same arguments (:mod:`rehyat.parallel` sets it to exchange halos and states between ranks);
-    ``family``: the model's :class:`FamilyAdapter` (set by conversion)."""
+    ``family``: the model's :class:`FamilyAdapter` (set by conversion); ``joint``: the chunk plan of a
+    joint text-video family (:class:`rehyat.models.joint.JointPlan`, set by its adapter's ``install``)."""
 
     config: ReHyAtConfig
     blocks: list[int]
@@ -243,6 +257,7 @@ class ReHyAtRuntime:
     backend: str = "auto"
     attention: Callable[..., Tensor] | None = None
     family: FamilyAdapter | None = None
+    joint: object | None = None
 
     def capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: record the post-patch (T, H, W) of the transformer's input."""
@@ -409,10 +424,9 @@ def convert_with(family: FamilyAdapter, transformer: nn.Module, config: ReHyAtCo
     if rehyat_runtime(transformer) is not None:
         raise ValueError("this transformer is already converted to ReHyAt")
     blocks = config.resolve_blocks(len(family.blocks(transformer)))
+    family.check_conversion(transformer, config, blocks)
     for index in blocks:
-        attn = family.attention(transformer, index)
-        if getattr(attn, "is_cross_attention", False) or getattr(attn, "add_k_proj", None) is not None:
-            raise ValueError(f"{family.attention_path(index)} is not a plain self-attention layer")
+        family.check_attention(family.attention(transformer, index), index)
     runtime = ReHyAtRuntime(config=config, blocks=blocks, family=family)
     for index in blocks:
         attn = family.attention(transformer, index)
@@ -424,6 +438,7 @@ def convert_with(family: FamilyAdapter, transformer: nn.Module, config: ReHyAtCo
         attn.set_processor(family.processor(runtime))
     transformer.register_forward_pre_hook(runtime.capture_grid, with_kwargs=True)
     setattr(transformer, RUNTIME_ATTR, runtime)
+    family.install(transformer, runtime)
     return transformer
 
 

@@ -7,7 +7,10 @@ by default: the VAE's temporal and spatial compression, the pixel size, the text
 The published configs: Wan2.1-T2V-1.3B (:data:`rehyat.models.wan_configs.WAN21_T2V_1_3B`);
 SkyReels-V2-T2V-1.3B-540P, which has Wan2.1-1.3B's transformer layout in its own class, at 544×960;
 LTX-Video 2B, diffusers' defaults of ``LTXVideoTransformer3DModel`` (28 blocks, 32 heads × 64, 128 latent
-channels, T5-XXL captions), at its pipeline's default 512×704.
+channels, T5-XXL captions), at its pipeline's default 512×704. HunyuanVideo (13B, diffusers' defaults) and
+CogVideoX-5B, with their tiny configs, are here as configs only (:data:`HUNYUAN_VIDEO`, :data:`COGVIDEOX_5B`):
+their joint text–video attention converts (docs/method.md §6.1), but stage 2 and the benchmarks do not
+drive them yet, so they are not in :data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,74 @@ LTX_VIDEO_2B: dict[str, Any] = {
     "num_layers": 28,
     "caption_channels": 4096,
 }
+
+
+#: HunyuanVideo (13B): diffusers' defaults of ``HunyuanVideoTransformer3DModel`` (20 dual- and 40
+#: single-stream blocks, 24 heads × 128, RoPE axes 16/56/56, Llama text of 4096, pooled CLIP of 768).
+HUNYUAN_VIDEO: dict[str, Any] = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_attention_heads": 24,
+    "attention_head_dim": 128,
+    "num_layers": 20,
+    "num_single_layers": 40,
+    "text_embed_dim": 4096,
+    "pooled_projection_dim": 768,
+    "rope_axes_dim": [16, 56, 56],
+}
+
+#: CogVideoX-5B (1.0): 42 blocks, 48 heads × 64, RoPE, T5-XXL text of 4096 (226 tokens).
+COGVIDEOX_5B: dict[str, Any] = {
+    "num_attention_heads": 48,
+    "attention_head_dim": 64,
+    "in_channels": 16,
+    "out_channels": 16,
+    "time_embed_dim": 512,
+    "text_embed_dim": 4096,
+    "num_layers": 42,
+    "use_rotary_positional_embeddings": True,
+}
+
+
+def tiny_hunyuan_video_config(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a tiny ``HunyuanVideoTransformer3DModel``: one dual- and one single-stream block
+    (overrides replace entries)."""
+    config = {
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_attention_heads": 2,
+        "attention_head_dim": 12,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "num_refiner_layers": 1,
+        "mlp_ratio": 2.0,
+        "text_embed_dim": 16,
+        "pooled_projection_dim": 8,
+        "rope_axes_dim": [4, 4, 4],
+    }
+    config.update(overrides)
+    return config
+
+
+def tiny_cogvideox_config(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a tiny ``CogVideoXTransformer3DModel`` in the 5B layout (RoPE; 8×8 latents,
+    6 text tokens); ``use_rotary_positional_embeddings=False`` gives 2B's, ``patch_size_t=2`` 1.5's."""
+    config = {
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "time_embed_dim": 8,
+        "text_embed_dim": 16,
+        "num_layers": 2,
+        "sample_width": 8,
+        "sample_height": 8,
+        "sample_frames": 9,
+        "max_text_seq_length": 6,
+        "use_rotary_positional_embeddings": True,
+    }
+    config.update(overrides)
+    return config
 
 
 def tiny_ltx_video_config(**overrides: Any) -> dict[str, Any]:

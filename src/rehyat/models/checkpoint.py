@@ -99,7 +99,7 @@ def _expected_shapes(transformer: nn.Module, config: ReHyAtConfig, blocks: list[
             phi = config.feature_map(attn.heads, attn.inner_dim // attn.heads)
         for prefix in (PHI_Q, PHI_K):
             for name, tensor in phi.state_dict().items():
-                shapes[f"{family.attention_path(index)}.{prefix}.{name}"] = tuple(tensor.shape)
+                shapes[f"{family.attention_path(index, transformer)}.{prefix}.{name}"] = tuple(tensor.shape)
     return shapes
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from torch import nn
 
 from rehyat.models.adapter import FamilyAdapter, convert_with
+from rehyat.models.cogvideox import COGVIDEOX
 from rehyat.models.config import ReHyAtConfig
+from rehyat.models.hunyuan_video import HUNYUAN_VIDEO
 from rehyat.models.ltx import LTX_VIDEO
 from rehyat.models.skyreels import SKYREELS_V2
 from rehyat.models.wan import WAN
 
 #: Every family :func:`convert` knows, in the order the error message lists them.
-FAMILIES: tuple[FamilyAdapter, ...] = (WAN, SKYREELS_V2, LTX_VIDEO)
+FAMILIES: tuple[FamilyAdapter, ...] = (WAN, SKYREELS_V2, LTX_VIDEO, HUNYUAN_VIDEO, COGVIDEOX)
 
 
 def supported_classes() -> list[str]:
@@ -37,7 +39,8 @@ def convert(transformer: nn.Module, config: ReHyAtConfig | None = None) -> nn.Mo
     """Convert the self-attention of the chosen blocks of a supported diffusers video transformer to
     ReHyAt, in place (docs/method.md §6); returns ``transformer``.
 
-    Dispatches on the model's class to its family's adapter (Wan2.1/Wan2.2, SkyReels-V2, LTX-Video):
+    Dispatches on the model's class to its family's adapter (Wan2.1/Wan2.2, SkyReels-V2, LTX-Video,
+    HunyuanVideo, CogVideoX; the last two with joint text-video attention, docs/method.md §6.1):
     each converted self-attention gets that family's ReHyAt processor and fresh feature maps, and a
     forward pre-hook records every call's latent grid. Cross-attention, feed-forwards, norms and
     unconverted blocks are untouched; nothing changes when a check fails. The converted model saves
