@@ -250,5 +250,8 @@ def test_what_is_not_served_errors():
         run(net, {**inputs, "hidden_states": inputs["hidden_states"][:, :-1]})
     with pytest.raises(ValueError, match="no latent frames"):
         run(net, {**inputs, "hidden_states": inputs["hidden_states"][:, :0]})
+    net.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        net(**inputs, return_dict=False)
     assert HUNYUAN_VIDEO.temporal_compression == COGVIDEOX.temporal_compression == 4
     assert cogvideox_rotary(convert(COG_2B.build()), FRAMES, 8, 8) is None

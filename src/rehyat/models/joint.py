@@ -310,6 +310,11 @@ def folded_forward_hook(runtime: ReHyAtRuntime):
             call = family.bind(module, args, kwargs)
             return_dict = call.pop("return_dict", True)
             grid = family.grid(module, call)
+            if getattr(module, "gradient_checkpointing", False) and torch.is_grad_enabled():
+                raise ValueError(
+                    "gradient checkpointing recomputes the blocks after the call, without its chunk entries: "
+                    "not served for a converted joint-attention model yet (disable_gradient_checkpointing())"
+                )
             if family.batch_size(call) == 0:
                 output = family.empty_output(module, call)
                 return Transformer2DModelOutput(sample=output) if return_dict else (output,)
