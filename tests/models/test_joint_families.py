@@ -235,6 +235,7 @@ def test_what_is_not_served_errors():
         (dict(blocks=[0]), "every block"),
         (dict(attention="local"), "causal ReHyAt only"),
         (dict(causal=False), "causal ReHyAt only"),
+        (dict(anchor_frames=1), "anchor"),
     ):
         model = COG_5B.build()
         with pytest.raises(ValueError, match=message):

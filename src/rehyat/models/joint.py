@@ -16,9 +16,10 @@ the next layer depend on frames up to the end of chunk t only, and the network s
   before it (the exclusive prefix over frames) and attends with :func:`rehyat.hybrid_attention_step` from
   that state. A shorter last chunk is a second call, started from the state after the full chunks.
   ``chunk_frames`` ≥ the video's frames is one entry attending to everything: the original model.
-- **Rows.** A chunk's video and text queries have the same key sets; :func:`window_rows` computes them
-  (the formula of §3 over [text ‖ window] with the chunk's linear state), and the op's step advances the
-  state, which the text never enters.
+- **Rows.** The op attends the video queries, the text keys its global keys (docs/method.md §2.1); the L
+  text queries of a chunk, which have the same key sets and for which the op computes no rows, are
+  computed here by :func:`window_rows` (the formula of §3 over [text ‖ window] with the chunk's linear
+  state; L × window, small).
 """
 
 from __future__ import annotations
@@ -238,9 +239,7 @@ class ReHyAtJointAttnProcessor(ReHyAtAttnProcessor):
     ):
         """One step from ``state`` of chunk entries: (video rows, text rows, the next state)."""
         qt, fqt, kt, vt, mask = text
-        # The op's step gives the next state (the text never enters it); the rows of the video and of the
-        # text queries are the window formula over [text ‖ window] with the state's linear sums.
-        _, next_state = hybrid_attention_step(
+        video, next_state = hybrid_attention_step(
             qv,
             kv,
             vv,
@@ -249,15 +248,18 @@ class ReHyAtJointAttnProcessor(ReHyAtAttnProcessor):
             state,
             frame_tokens=frame_tokens,
             overlap_frames=self.runtime.config.overlap_frames,
+            global_k=kt,
+            global_v=vt,
+            global_mask=mask,
+            stats=self.stats,
             backend=self.runtime.backend,
         )
         keys = torch.cat([kt, state.k, kv], dim=1)
         values = torch.cat([vt, state.v, vv], dim=1)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], keys.shape[1] - mask.shape[1])], dim=1)
-        queries, features = torch.cat([qt, qv], dim=1), torch.cat([fqt, fqv], dim=1)
-        rows = window_rows(queries, features, keys, values, mask, state.kv, state.z, scale, self.stats)
-        return rows[:, qt.shape[1] :], rows[:, : qt.shape[1]], next_state
+        text_out = window_rows(qt, fqt, keys, values, mask, state.kv, state.z, scale, self.stats)
+        return video, text_out, next_state
 
     def _folded(self, qv, kv, vv, fqv, fkv, text, frame_tokens: int, scale: float):
         """The parallel form over chunk entries (chunk-major, ``len(plan.starts)`` per batch element)."""
@@ -370,6 +372,11 @@ class JointAdapter(FamilyAdapter):
             raise ValueError(
                 f"{self.class_names[0]}'s joint text-video attention converts to causal ReHyAt only (got "
                 f"attention={config.attention!r}, causal={config.causal})"
+            )
+        if config.anchor_frames:
+            raise ValueError(
+                f"anchor_frames={config.anchor_frames}: {self.class_names[0]}'s chunk entries do not carry an "
+                "anchor yet (convert with anchor_frames=0)"
             )
 
     def check_attention(self, attn: nn.Module, index: int) -> None:
