@@ -256,3 +256,61 @@ def test_what_is_not_served_errors():
         net(**inputs, return_dict=False)
     assert HUNYUAN_VIDEO.temporal_compression == COGVIDEOX.temporal_compression == 4
     assert cogvideox_rotary(convert(COG_2B.build()), FRAMES, 8, 8) is None
+
+
+def _pipeline(family, model):
+    """The family's diffusers pipeline around ``model``, without text encoders or VAE (prompt embeddings are
+    given, latents come out), and its call's keyword arguments for a 13-frame 64×64 video (4 latent frames
+    of 4×4 tokens; CogVideoX 1.5: 25 frames, 7 latent frames rounded up to 8, 2 per token)."""
+    from diffusers import (
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    video = dict(num_frames=25 if family is COG_15 else 13, height=64, width=64, output_type="latent")
+    if family is HUNYUAN:
+        pipe = HunyuanVideoPipeline(
+            text_encoder=None,
+            tokenizer=None,
+            transformer=model,
+            vae=None,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            text_encoder_2=None,
+            tokenizer_2=None,
+        )
+        mask = torch.ones(1, 6)
+        mask[:, -2:] = 0
+        prompt = dict(
+            prompt_embeds=torch.randn(1, 6, 16, generator=gen),
+            pooled_prompt_embeds=torch.randn(1, 8, generator=gen),
+            prompt_attention_mask=mask,
+        )
+    else:
+        pipe = CogVideoXPipeline(
+            tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=CogVideoXDDIMScheduler()
+        )
+        prompt = dict(
+            prompt_embeds=torch.randn(1, 6, 16, generator=gen),
+            negative_prompt_embeds=torch.randn(1, 6, 16, generator=gen),  # CFG: batch 2
+            max_sequence_length=6,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, {**prompt, **video}
+
+
+@by_name
+def test_recurrent_mode_inside_the_familys_pipeline_equals_the_parallel_form(family):
+    """HunyuanVideoPipeline and CogVideoXPipeline, unmodified (their RoPE tables, guidance, CFG batch)."""
+    model = convert(family.build(), ReHyAtConfig(chunk_frames=2, overlap_frames=1, feature_init="random"))
+    pipe, call = _pipeline(family, model)
+
+    def sample():
+        return pipe(**call, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+
+    parallel = sample()
+    with recurrent_mode(model):
+        recurrent = sample()
+    assert parallel.shape == recurrent.shape and rel_err(recurrent, parallel) <= 1e-4
