@@ -189,6 +189,10 @@ def refusals(rank: int, base) -> dict:
     found["not_converted"] = refusal(
         lambda: enable_chunk_parallel(base if rank == 1 else model, None, ranges)
     )
+    anchored = convert_wan(
+        copy.deepcopy(base), ReHyAtConfig(chunk_frames=2, overlap_frames=1, anchor_frames=1)
+    )
+    found["anchor"] = refusal(lambda: enable_chunk_parallel(anchored, None, ranges))
     with chunk_parallel(model, None, ranges):
         wrong = hidden[:, :, : (3 if rank == 1 else ranges[rank][1] - ranges[rank][0])]
         found["wrong_frames"] = refusal(lambda: model(wrong, timestep, context))

@@ -67,6 +67,7 @@ def test_pipeline_form_matches_the_parallel_forward(results):
         ("off_boundary", "chunk boundary"),
         ("mixed_config", "config.chunk_frames"),
         ("not_converted", "not converted"),
+        ("anchor", "anchor_frames=1"),
         ("wrong_frames", "rank 1 got 3 frames"),
         ("mixed_grid", "disagree on grid"),
         ("local_off_boundary", "chunk boundary"),

@@ -304,6 +304,11 @@ def enable_chunk_parallel(
         )
         if config.attention != "hybrid":
             problems.append(f"attention={config.attention!r}: chunk parallelism runs ReHyAt ('hybrid') only")
+        if config.anchor_frames:
+            problems.append(
+                f"anchor_frames={config.anchor_frames}: chunk parallelism does not send the anchor frames "
+                "to the other ranks yet (convert with anchor_frames=0)"
+            )
         if getattr(transformer, _ATTRIBUTE, None) is not None:
             problems.append("chunk parallelism is already enabled on this transformer")
         if getattr(transformer, "_parallel_config", None) is not None:
