@@ -12,7 +12,7 @@ from rehyat.cli import main
 from rehyat.experiments.bench_model import stem
 
 
-@pytest.mark.parametrize("family", ["wan", "skyreels-v2", "ltx-video"])
+@pytest.mark.parametrize("family", ["wan", "skyreels-v2", "ltx-video", "hunyuan-video", "cogvideox"])
 def test_bench_model_runs_each_family_on_a_cpu(family, tmp_path):
     args = ["bench", "model", "--family", family, "--size", "tiny", "--device", "cpu", "--frames", "2"]
     assert main([*args, "--quick", "--out", str(tmp_path)]) == 0

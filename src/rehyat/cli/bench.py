@@ -31,7 +31,7 @@ _ALIASES: dict[str, dict[str, Any]] = {
     "--quick": {"action": "store_true", "help": "a smaller, faster run (= --set quick=true)"},
     "--frames": {"type": int, "nargs": "+", "help": "latent frame counts (= --set frames=[...])"},
     "--device": {"help": "cuda or cpu (= --set device=...)"},
-    "--family": {"help": "wan, skyreels-v2 or ltx-video (= --set family=...)"},
+    "--family": {"help": "wan, skyreels-v2, ltx-video, hunyuan-video or cogvideox (= --set family=...)"},
     "--size": {"help": "published or tiny (= --set size=...)"},
 }
 

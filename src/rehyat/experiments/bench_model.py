@@ -1,14 +1,21 @@
 """``rehyat bench model``: one whole DiT forward — original vs ReHyAt — for each convertible family.
 
-``--family`` picks the model (``wan``, ``skyreels-v2``, ``ltx-video``; :mod:`rehyat.models.architectures`):
-Wan2.1-T2V-1.3B at 480×832 (60×104 latent → 30×52 = 1560 tokens per latent frame, 512 text tokens),
-SkyReels-V2-T2V-1.3B (Wan2.1-1.3B's layout) at 544×960 (34×60 = 2040 tokens), or LTX-Video 2B
-(diffusers' defaults of ``LTXVideoTransformer3DModel``) at 512×704 (16×22 = 352 tokens per latent frame
-of 8 video frames, 128 text tokens). Random weights in bf16 (norms, time embedder and modulation tables
-kept in fp32 and RoPE tables in float64, as ``from_pretrained(torch_dtype=bfloat16)`` leaves them);
-batch 1 (one CFG branch); each family called as its pipeline calls it. ``--size tiny`` runs the family's
-tiny config instead, and ``--device cpu`` times with the wall clock (no memory column): a smoke run of
-the whole benchmark without a GPU. Rows, each one forward under ``torch.inference_mode``:
+``--family`` picks the model (``wan``, ``skyreels-v2``, ``ltx-video``, ``hunyuan-video``, ``cogvideox``;
+:mod:`rehyat.models.architectures`): Wan2.1-T2V-1.3B at 480×832 (60×104 latent → 30×52 = 1560 tokens per
+latent frame, 512 text tokens), SkyReels-V2-T2V-1.3B (Wan2.1-1.3B's layout) at 544×960 (34×60 = 2040
+tokens), LTX-Video 2B (diffusers' defaults of ``LTXVideoTransformer3DModel``) at 512×704 (16×22 = 352
+tokens per latent frame of 8 video frames, 128 text tokens), HunyuanVideo 13B (diffusers' defaults: 20
+dual- and 40 single-stream blocks) at 720×1280 (45×80 = 3600 tokens, 256 text tokens of which a quarter
+are the prompt and the rest padding, masked as the pipeline masks it; the pooled CLIP projection and the
+guidance embedding's 6.0 · 1000 beside them) or CogVideoX-5B at 480×720 (30×45 = 1350 tokens, 226 text
+tokens, the pipeline's RoPE tables). ``height`` and ``width`` change the pixel size. Random weights in bf16
+(norms, time embedder and modulation tables kept in fp32 and RoPE tables in float64 where the family keeps
+them, as ``from_pretrained(torch_dtype=bfloat16)`` leaves them); batch 1 (one CFG branch); each family
+called as its pipeline calls it. ``--size tiny`` runs the family's tiny config instead, and ``--device cpu``
+times with the wall clock (no memory column): a smoke run of the whole benchmark without a GPU. The two
+joint text–video families attend their text through the op's global keys (docs/method.md §6.1), which
+only the PyTorch backend takes (the Triton kernels do not yet). Rows, each one forward under
+``torch.inference_mode``:
 
 - ``original``: the unconverted model, diffusers' own attention processor (torch SDPA).
 - ``parallel``: every block converted (Tc=3, To=1, causal; φ with P=2, two layers), parallel form.
@@ -47,19 +54,58 @@ from rehyat.experiments.common import (
 ROWS = ("original", "parallel", "recurrent")
 SHAPE = dict(height=480, width=832, latent_height=60, latent_width=104, text_tokens=512)
 REHYAT = dict(chunk_frames=3, overlap_frames=1)
-FAMILIES = ("wan", "skyreels-v2", "ltx-video")
+FAMILIES = ("wan", "skyreels-v2", "ltx-video", "hunyuan-video", "cogvideox")
+#: The families with joint text–video attention: their text keys are the op's global keys, which only the
+#: PyTorch backend takes.
+JOINT = ("hunyuan-video", "cogvideox")
 SIZES = ("published", "tiny")
-_TINY = {"wan": "tiny", "skyreels-v2": "tiny-skyreels-v2", "ltx-video": "tiny-ltx-video"}
+_TINY = {
+    "wan": "tiny",
+    "skyreels-v2": "tiny-skyreels-v2",
+    "ltx-video": "tiny-ltx-video",
+    "hunyuan-video": "tiny-hunyuan-video",
+    "cogvideox": "tiny-cogvideox",
+}
 
 
-def _architecture(family: str, size: str):
-    from rehyat.models.architectures import PUBLISHED, architecture
+def _architecture(family: str, size: str, height: int | None = None, width: int | None = None):
+    """The family's architecture at ``size``, at ``height`` × ``width`` pixels where given."""
+    import dataclasses
+
+    from rehyat.models.architectures import JOINT_ARCHITECTURES, PUBLISHED, architecture
 
     if family not in FAMILIES:
         raise ValueError(f"--family must be one of {list(FAMILIES)}, got {family!r}")
     if size not in SIZES:
         raise ValueError(f"--size must be one of {list(SIZES)}, got {size!r}")
-    return architecture(PUBLISHED[family] if size == "published" else _TINY[family])
+    name = PUBLISHED[family] if size == "published" else _TINY[family]
+    arch = JOINT_ARCHITECTURES[name] if name in JOINT_ARCHITECTURES else architecture(name)
+    arch = dataclasses.replace(arch, height=height or arch.height, width=width or arch.width)
+    step = arch.spatial_compression * _patch(arch)
+    if arch.height % step or arch.width % step:
+        raise ValueError(
+            f"height and width must be multiples of {step} for {family} (VAE × patch), "
+            f"got {arch.height}×{arch.width}"
+        )
+    return arch
+
+
+def _patch(arch) -> int:
+    """Latent pixels per token along a side: the config's ``patch_size``, else the class's default."""
+    import inspect
+
+    import diffusers
+
+    patch = arch.config.get("patch_size")
+    if patch is None:
+        init = inspect.signature(getattr(diffusers, arch.class_name).__init__)
+        patch = init.parameters["patch_size"].default
+    return patch[-1] if isinstance(patch, (tuple, list)) else patch
+
+
+def _blocks(arch) -> int:
+    """Transformer blocks (HunyuanVideo: dual- and single-stream), all converted."""
+    return arch.config["num_layers"] + arch.config.get("num_single_layers", 0)
 
 
 def build_model(
@@ -88,8 +134,7 @@ def build_model(
 def _shape(arch) -> dict:
     """The video of the benchmark: the family's default pixel size, as latent and tokens per frame."""
     latent_height, latent_width = (n // arch.spatial_compression for n in (arch.height, arch.width))
-    patch = arch.config.get("patch_size", 1)
-    patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+    patch = _patch(arch)
     return dict(
         height=arch.height,
         width=arch.width,
@@ -119,7 +164,34 @@ def _inputs(model, arch, frames: int, device: str, dtype: torch.dtype) -> dict:
     )
     context = torch.randn(1, arch.text_tokens, arch.text_dim, generator=gen, device=device, dtype=dtype)
     timestep = torch.tensor([999.0], device=device)
+    if arch.family == "hunyuan-video":
+        return _hunyuan_video_inputs(model, latents, timestep, context, gen)
     return family_of(model).denoiser_inputs(model, latents, timestep, context)
+
+
+def _hunyuan_video_inputs(model, latents, timestep, context, gen: torch.Generator) -> dict:
+    """The arguments HunyuanVideoPipeline passes: the prompt padded to its text length with its mask (a
+    prompt of a quarter of the tokens, the rest padding), the pooled CLIP projection, and the guidance
+    embedding's input (guidance 6.0 · 1000), in the transformer's dtype."""
+    batch, tokens = context.shape[:2]
+    mask = torch.zeros(batch, tokens, device=context.device, dtype=context.dtype)
+    mask[:, : -(-tokens // 4)] = 1
+    pooled = torch.randn(
+        batch,
+        model.config.pooled_projection_dim,
+        generator=gen,
+        device=context.device,
+        dtype=context.dtype,
+    )
+    guidance = torch.tensor([6.0] * batch, device=context.device, dtype=context.dtype) * 1000.0
+    return dict(
+        hidden_states=latents,
+        timestep=timestep,
+        encoder_hidden_states=context,
+        encoder_attention_mask=mask,
+        pooled_projections=pooled,
+        guidance=guidance,
+    )
 
 
 def _wall_ms(fn: Callable[[], object], rep_ms: float, max_reps: int) -> float:
@@ -166,8 +238,10 @@ def run_benchmark(
     arch=None,
     device: str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
+    on_record: Callable[[dict], object] | None = None,
 ) -> list[dict]:
-    """Measure each row at each frame count; the original first, then the model is converted in place."""
+    """Measure each row at each frame count; the original first, then the model is converted in place.
+    ``on_record`` is called with each measurement as it is made (the CLI saves the results so far)."""
     from rehyat import ReHyAtConfig, convert
     from rehyat.models import rehyat_runtime
     from rehyat.models.architectures import PUBLISHED, architecture
@@ -196,6 +270,8 @@ def run_benchmark(
             }
             print(record, flush=True)
             results.append(record)
+            if on_record is not None:
+                on_record(record)
             del inputs
     return results
 
@@ -207,6 +283,7 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
 
     Random weights and untrained φ make the network ill-conditioned (denominators near the guard), so
     rounding differences grow through the blocks; two valid parallel backends differ by as much in bf16.
+    The joint text–video families run the PyTorch backend only (their global keys).
     """
     import dataclasses
 
@@ -228,7 +305,7 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
         with torch.inference_mode():
             original = _forward(model, inputs, False)
             runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
-            for backend in ("torch", "triton") if cuda else ("torch",):
+            for backend in ("torch", "triton") if cuda and arch.family not in JOINT else ("torch",):
                 runtime.backend = backend
                 parallel = _forward(model, inputs, False)
                 recurrent = _forward(model, inputs, True)
@@ -281,7 +358,13 @@ def check_targets(results: list[dict]) -> list[tuple[str, str, bool | None]]:
     return checks
 
 
-_TITLES = {"wan": "Wan2.1-1.3B", "skyreels-v2": "SkyReels-V2-1.3B", "ltx-video": "LTX-Video 2B"}
+_TITLES = {
+    "wan": "Wan2.1-1.3B",
+    "skyreels-v2": "SkyReels-V2-1.3B",
+    "ltx-video": "LTX-Video 2B",
+    "hunyuan-video": "HunyuanVideo 13B",
+    "cogvideox": "CogVideoX-5B",
+}
 
 
 def stem(family: str) -> str:
@@ -341,6 +424,14 @@ def render(payload: dict, out_dir: Path) -> None:
             [(n, v, {True: "yes", False: "no", None: "—"}[m]) for n, v, m in check_targets(results)],
         ),
     ]
+    if family in JOINT:
+        sections.insert(
+            3,
+            "Joint text–video attention (docs/method.md §6.1): every chunk carries its own copy of the text "
+            "through the network and attends to the text keys as global keys of its softmax window; the "
+            "op takes global keys on its PyTorch backend only (the Triton kernels do not yet), so both "
+            "ReHyAt rows run PyTorch attention against the original's SDPA.",
+        )
     if payload.get("parity"):
         keys = ("recurrent_vs_parallel", "parallel_vs_original", "one_chunk_vs_original")
         sections.append(
@@ -394,10 +485,14 @@ def _note(results: list[dict]) -> str:
 class ModelBenchSettings:
     """``rehyat bench model --set KEY=VALUE``: a whole DiT forward, original vs ReHyAt."""
 
-    family: Literal["wan", "skyreels-v2", "ltx-video"] = "wan"
+    family: Literal["wan", "skyreels-v2", "ltx-video", "hunyuan-video", "cogvideox"] = "wan"
     """Which model."""
     size: Literal["published", "tiny"] = "published"
     """The family's published size (random weights) or its tiny config (a smoke run)."""
+    height: int | None = None
+    """Pixel height of the video (default the family's pipeline default)."""
+    width: int | None = None
+    """Pixel width of the video (default the family's pipeline default)."""
     device: Literal["cuda", "cpu"] | None = None
     """Default cuda; cpu times with the wall clock."""
     frames: list[int] | None = None
@@ -426,7 +521,7 @@ def run(settings: ModelBenchSettings) -> int:
     )
     quick = settings.quick
     out_dir = Path(settings.out)
-    arch = _architecture(family, size)
+    arch = _architecture(family, size, settings.height, settings.width)
     if settings.render_only:
         render(read_json(out_dir / f"{stem(family)}.json"), out_dir)
         return 0
@@ -449,21 +544,28 @@ def run(settings: ModelBenchSettings) -> int:
         "family": family,
         "size": size,
         "dtype": "bf16" if device == "cuda" else "fp32",
-        "blocks": arch.config["num_layers"],
+        "blocks": _blocks(arch),
         "shape": _shape(arch),
         "rehyat": REHYAT,
         "parity": None,
         "results": [],
     }
+    results_json = out_dir / f"{stem(family)}.json"
     if not settings.skip_parity:
         payload["parity"] = run_parity(arch=arch, device=device)
         print("parity", payload["parity"], flush=True)
+        write_json(payload, results_json)  # what is measured so far, should the run be cut off
     rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
-    payload["results"] = run_benchmark(
-        sorted(frames), rows, rep_ms, max_reps, arch=arch, device=device, dtype=dtype
+
+    def save(record: dict) -> None:
+        payload["results"].append(record)
+        write_json(payload, results_json)
+
+    run_benchmark(
+        sorted(frames), rows, rep_ms, max_reps, arch=arch, device=device, dtype=dtype, on_record=save
     )
     payload["note"] = _note(payload["results"])
-    write_json(payload, out_dir / f"{stem(family)}.json")
+    write_json(payload, results_json)
     render(payload, out_dir)
     print((out_dir / f"{stem(family)}.md").read_text())
     return 0

@@ -7,10 +7,10 @@ by default: the VAE's temporal and spatial compression, the pixel size, the text
 The published configs: Wan2.1-T2V-1.3B (:data:`rehyat.models.wan_configs.WAN21_T2V_1_3B`);
 SkyReels-V2-T2V-1.3B-540P, which has Wan2.1-1.3B's transformer layout in its own class, at 544×960;
 LTX-Video 2B, diffusers' defaults of ``LTXVideoTransformer3DModel`` (28 blocks, 32 heads × 64, 128 latent
-channels, T5-XXL captions), at its pipeline's default 512×704. HunyuanVideo (13B, diffusers' defaults) and
-CogVideoX-5B, with their tiny configs, are here as configs only (:data:`HUNYUAN_VIDEO`, :data:`COGVIDEOX_5B`):
-their joint text–video attention converts (docs/method.md §6.1), but stage 2 and the benchmarks do not
-drive them yet, so they are not in :data:`ARCHITECTURES`.
+channels, T5-XXL captions), at its pipeline's default 512×704. HunyuanVideo (13B, diffusers' defaults, at
+its pipeline's default 720×1280) and CogVideoX-5B (at 480×720), with their tiny configs, are in
+:data:`JOINT_ARCHITECTURES`, which ``rehyat bench model`` runs: their joint text–video attention converts
+(docs/method.md §6.1), but stage 2 does not drive them yet, so they are not in :data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
@@ -174,8 +174,33 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
 }
 
-#: The published size of each family, by its adapter's name (``rehyat bench model --family``).
-PUBLISHED = {"wan": "wan2.1-t2v-1.3b", "skyreels-v2": "skyreels-v2-t2v-1.3b", "ltx-video": "ltx-video-2b"}
+#: The joint text–video attention families (docs/method.md §6.1), for ``rehyat bench model`` only (stage 2
+#: does not drive them yet). Text: HunyuanVideo's 256 Llama tokens of 4096 (beside a pooled CLIP vector of
+#: ``pooled_projection_dim``), CogVideoX's 226 T5 tokens of 4096.
+JOINT_ARCHITECTURES: dict[str, Architecture] = {
+    "hunyuan-video": Architecture(
+        "hunyuan-video", "HunyuanVideoTransformer3DModel", HUNYUAN_VIDEO, 4, 8, 720, 1280, 256, 4096
+    ),
+    "cogvideox-5b": Architecture(
+        "cogvideox", "CogVideoXTransformer3DModel", COGVIDEOX_5B, 4, 8, 480, 720, 226, 4096
+    ),
+    "tiny-hunyuan-video": Architecture(
+        "hunyuan-video", "HunyuanVideoTransformer3DModel", tiny_hunyuan_video_config(), 4, 8, 64, 64, 6, 16
+    ),
+    "tiny-cogvideox": Architecture(
+        "cogvideox", "CogVideoXTransformer3DModel", tiny_cogvideox_config(), 4, 8, 64, 64, 6, 16
+    ),
+}
+
+#: The published size of each family, by its adapter's name (``rehyat bench model --family``): a name in
+#: :data:`ARCHITECTURES` or :data:`JOINT_ARCHITECTURES`.
+PUBLISHED = {
+    "wan": "wan2.1-t2v-1.3b",
+    "skyreels-v2": "skyreels-v2-t2v-1.3b",
+    "ltx-video": "ltx-video-2b",
+    "hunyuan-video": "hunyuan-video",
+    "cogvideox": "cogvideox-5b",
+}
 
 
 def architecture(name: str) -> Architecture:
