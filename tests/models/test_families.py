@@ -23,7 +23,7 @@ from rehyat.models import (
     supported_classes,
 )
 from rehyat.models.hooks import recurrent_mode
-from rehyat.models.ltx import LTX_VIDEO, ReHyAtLTXAttnProcessor, _apply_rotary
+from rehyat.models.ltx import LTX_VIDEO, ReHyAtLTXAttnProcessor
 
 from conftest import rel_err
 
@@ -175,7 +175,7 @@ def test_ltx_spatial_features_do_not_depend_on_the_frame():
     for frame in (0, 5):
         coords = torch.tensor([[[frame * 8.0], [64.0], [32.0]]])
         cos, sin = model.rope(x, video_coords=coords)
-        q = _apply_rotary(x, (cos, sin)).unflatten(2, (2, 8))  # as LTX-Video rotates q
+        q = ReHyAtLTXAttnProcessor.rotate(x, 2, (cos, sin))  # as LTX-Video rotates q: [B, N, 2 heads, 8]
         features.append(ReHyAtLTXAttnProcessor(None).feature_input(ReHyAtConfig(), q, (cos, sin)).flatten(2))
     assert torch.allclose(features[0], features[1], atol=1e-6)
     assert not torch.allclose(features[0], x, atol=1e-3)  # the row and column rotation stays

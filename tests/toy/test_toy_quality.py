@@ -16,9 +16,9 @@ from rehyat.experiments.toy_quality import (
     LONG_VIDEO_STUDENTS,
     QUICK,
     STUDENTS,
-    _rehyat_fields,
-    _targets,
+    check_targets,
     difference_interval,
+    rehyat_fields,
     run_quality,
 )
 from rehyat.toy.model import PACKED, PIXEL
@@ -122,7 +122,7 @@ def test_targets_read_the_table_rows():
         "linear": row(72),
         "rehyat_to0": row(65, 81),
     }
-    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in _targets(results)}
+    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in check_targets(results)}
     assert targets["ReHyAt adherence within 2 points of the teacher's"] == (1, True)
     assert targets["ReHyAt adherence above local-only"] == (9, True)
     assert targets["ReHyAt adherence above linear-only"] == (-3, False)
@@ -131,7 +131,7 @@ def test_targets_read_the_table_rows():
     assert {s.name for s in STUDENTS} >= {"rehyat", "rehyat_to0", "local", "linear"}
     assert not any("non-negative" in t for t in targets)  # its rows appear only when it was run
     results["rehyat_nonneg"] = row(71, long=70)
-    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in _targets(results)}
+    targets = {t["target"].split(" (")[0]: (t["measured"], t["met"]) for t in check_targets(results)}
     assert targets["ReHyAt non-negative φ adherence within 2 points of the teacher's"] == (-1, True)
     assert targets["ReHyAt non-negative φ adherence above local-only"] == (11, True)
     assert targets["ReHyAt non-negative φ: long videos keep adherence within 5 points of short ones"] == (
@@ -158,7 +158,7 @@ def test_target_intervals_say_when_a_verdict_is_within_noise():
         "local": row([0.0] * clips, [80.0] * clips),
         "rehyat_to0": row([0.0] * clips, [80.0 + (i % 2) for i in range(clips)]),
     }
-    targets = {t["target"].split(" (")[0]: t for t in _targets(results)}
+    targets = {t["target"].split(" (")[0]: t for t in check_targets(results)}
     teacher = targets["ReHyAt adherence within 2 points of the teacher's"]
     assert teacher["measured"] == 2.5 and teacher["met"] is False and teacher["decided"] is False
     low, high = teacher["interval"]
@@ -211,7 +211,7 @@ def test_causal_softmax_control_is_exact_block_causal_softmax(space):
     frames), every chunk's window holds all past frames, so its attention is softmax under a block-causal
     mask and the linear part (any φ) adds nothing."""
     student = next(s for s in STUDENTS if s.name == "causal_softmax")
-    fields = _rehyat_fields(student, space)
+    fields = rehyat_fields(student, space)
     assert fields == {"overlap_frames": space.clip_frames - 1}
     frames, tokens, heads, dim = space.clip_frames, 2, 2, 8
     gen = torch.Generator().manual_seed(0)
@@ -234,7 +234,7 @@ def test_causal_softmax_control_is_exact_block_causal_softmax(space):
 
 def test_reused_rows_keep_the_run_that_trained_them():
     """A table that itself reused rows passes their origin on: each row is named with its own run."""
-    from rehyat.experiments.toy_quality import _provenance, _reused_rows
+    from rehyat.experiments.toy_quality import reused_rows, row_provenance
 
     h200 = {"gpu": "H200", "date": "d1"}
     table = {
@@ -242,31 +242,31 @@ def test_reused_rows_keep_the_run_that_trained_them():
         "models": {"teacher": {}, "rehyat": {}, "local": {}, "rehyat_to2": {}},
         "reused": {"from": "old.json", "date": "d1", "gpu": "H200", "students": ["rehyat"]},
     }
-    made = _provenance(table)
+    made = row_provenance(table)
     assert made["rehyat"] == h200 and made["rehyat_to2"] == made["local"] == {"gpu": "H100", "date": "d2"}
     table["reused"] = {
         "students": ["rehyat", "local"],
         "made": {"rehyat": h200, "local": {"gpu": "A", "date": "d0"}},
     }
-    assert _provenance(table)["local"] == {"gpu": "A", "date": "d0"}
-    assert _provenance({"environment": {}, "models": {"x": {}}})["x"]["gpu"] == "unknown device"
+    assert row_provenance(table)["local"] == {"gpu": "A", "date": "d0"}
+    assert row_provenance({"environment": {}, "models": {"x": {}}})["x"]["gpu"] == "unknown device"
     labels = {name: {"label": name.upper()} for name in table["models"]}
     reused = {"students": ["rehyat", "local", "rehyat_to2"], "made": made}
-    assert _reused_rows(reused, labels) == "REHYAT (H200, d1); LOCAL, REHYAT_TO2 (H100, d2)"
+    assert reused_rows(reused, labels) == "REHYAT (H200, d1); LOCAL, REHYAT_TO2 (H100, d2)"
 
 
 def test_reuse_takes_a_missing_setting_as_its_default(tmp_path):
     """A table made before a setting existed ran as its default does: it can be reused under it."""
-    from rehyat.experiments.toy_quality import QualitySettings, _reuse_results
+    from rehyat.experiments.toy_quality import QualitySettings, reuse_results
 
     settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings())))
     del settings["eval_seed"]
     earlier = tmp_path / "toybench.json"
     earlier.write_text(json.dumps({"settings": settings, "models": {"rehyat": {"label": "x"}}}))
-    taken = _reuse_results(earlier, tmp_path / "w", QualitySettings())
+    taken = reuse_results(earlier, tmp_path / "w", QualitySettings())
     assert taken["students"] == ["rehyat"] and (tmp_path / "w" / "rehyat" / "result.json").is_file()
     with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
-        _reuse_results(earlier, tmp_path / "w2", dataclasses.replace(QualitySettings(), eval_seed=1))
+        reuse_results(earlier, tmp_path / "w2", dataclasses.replace(QualitySettings(), eval_seed=1))
 
 
 def test_long_videos_are_compared_with_the_short_videos_of_their_prompts():
@@ -276,13 +276,13 @@ def test_long_videos_are_compared_with_the_short_videos_of_their_prompts():
         "short": {"adherence": float(np.mean(short)), "per_clip": {"adherence": short}},
         "long": {"adherence": 75.0, "per_clip": {"adherence": [100.0, 100.0, 100.0, 0.0]}},
     }
-    targets = {t["target"].split(" (")[0]: t for t in _targets({"teacher": entry, "rehyat": entry})}
+    targets = {t["target"].split(" (")[0]: t for t in check_targets({"teacher": entry, "rehyat": entry})}
     long = targets["ReHyAt: long videos keep adherence within 5 points of short ones"]
     assert long["measured"] == 25.0  # 100 − 75 on the same four prompts, not 50 − 75 over all eight
     assert long["met"] is False and long["interval"][1] <= 75
     # Without the per-clip scores the pairing is unknown: no verdict rather than one on other prompts.
     del entry["short"]["per_clip"]
-    long = next(t for t in _targets({"teacher": entry, "rehyat": entry}) if "long videos" in t["target"])
+    long = next(t for t in check_targets({"teacher": entry, "rehyat": entry}) if "long videos" in t["target"])
     assert long["measured"] is None and long["met"] is None
 
 
@@ -292,7 +292,7 @@ def test_decided_at_the_threshold_and_finite_scores():
         "teacher": {"short": {"adherence": 3.0, "per_clip": {"adherence": [3.0] * 10}}},
         "rehyat": {"short": {"adherence": 1.0, "per_clip": {"adherence": ones}}},
     }
-    gap = _targets(results)[0]  # teacher − ReHyAt = 2 exactly, every clip: met, and settled
+    gap = check_targets(results)[0]  # teacher − ReHyAt = 2 exactly, every clip: met, and settled
     assert gap["measured"] == 2 and gap["interval"] == pytest.approx((2, 2))
     assert gap["met"] is True and gap["decided"] is True
     with pytest.raises(ValueError, match="per-clip scores must be finite"):
@@ -326,27 +326,27 @@ def test_render_only_recomputes_the_targets_and_keeps_the_notes(tmp_path):
 
 
 def test_teacher_cache_refuses_other_videos(tmp_path):
-    from rehyat.experiments.toy_quality import _cached_videos
+    from rehyat.experiments.toy_quality import cached_videos
 
     path = tmp_path / "teacher" / "short.safetensors"
-    videos = _cached_videos(path, lambda: [torch.zeros(3, 4, 8, 8)] * 2, 2, 4)
+    videos = cached_videos(path, lambda: [torch.zeros(3, 4, 8, 8)] * 2, 2, 4)
     assert len(videos) == 2 and path.is_file()
-    again = _cached_videos(path, lambda: pytest.fail("sampled again"), 2, 4)
+    again = cached_videos(path, lambda: pytest.fail("sampled again"), 2, 4)
     assert torch.equal(torch.stack(again), torch.stack(videos))
     with pytest.raises(ValueError, match="holds 2 videos of 4 frames, this run needs 3 of 4"):
-        _cached_videos(path, lambda: [], 3, 4)
+        cached_videos(path, lambda: [], 3, 4)
 
 
 def test_reuse_takes_an_old_tables_seed_for_its_prompts(tmp_path):
     """Before eval_seed, the evaluation prompts came from the training seed; batching changes nothing."""
-    from rehyat.experiments.toy_quality import QualitySettings, _reuse_results
+    from rehyat.experiments.toy_quality import QualitySettings, reuse_results
 
     settings = json.loads(json.dumps(dataclasses.asdict(QualitySettings(seed=1, sample_batch=4))))
     del settings["eval_seed"]
     earlier = tmp_path / "toybench.json"
     earlier.write_text(json.dumps({"settings": settings, "models": {"rehyat": {"label": "x"}}}))
-    assert _reuse_results(earlier, tmp_path / "w", QualitySettings(seed=1, eval_seed=1))["students"] == [
+    assert reuse_results(earlier, tmp_path / "w", QualitySettings(seed=1, eval_seed=1))["students"] == [
         "rehyat"
     ]
     with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
-        _reuse_results(earlier, tmp_path / "w2", QualitySettings(seed=1))
+        reuse_results(earlier, tmp_path / "w2", QualitySettings(seed=1))

@@ -80,8 +80,10 @@ def _attend(method: str, frames: int, shape: DemoShape, phi) -> tuple[float, lis
         return time.perf_counter() - tic, _fingerprint(out, shape)
 
 
-def _run_one(method: str, frames: int, shape: DemoShape, threads: int) -> dict:
-    """Body of one subprocess: time and peak memory of one method at one length.
+def measure(method: str, frames: int, shape: DemoShape, threads: int) -> dict:
+    """Time and peak memory of one method (``"full"``, ``"parallel"`` or ``"recurrent"``) at one length:
+    the body of one fresh subprocess (run it in one, so the peak is its own). Returns ``{"ms", "peak_mb",
+    "fingerprint"}``, the fingerprint being each chunk's output sum and sum of squares.
 
     A warm-up run over two chunks comes first, so that the baseline already holds the interpreter,
     torch's kernels and the allocator's steady per-chunk working set; ``peak_mb`` is what the real
@@ -100,7 +102,8 @@ def _run_one(method: str, frames: int, shape: DemoShape, threads: int) -> dict:
     return {"ms": elapsed * 1e3, "peak_mb": _peak_rss_mb() - baseline, "fingerprint": fingerprint}
 
 
-def _rel_diff(a: list[list[float]], b: list[list[float]]) -> float:
+def fingerprint_rel_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    """The largest relative difference between two runs' fingerprints (see :func:`measure`), chunk by chunk."""
     worst = 0.0
     for (sa, qa), (sb, qb) in zip(a, b, strict=True):
         worst = max(worst, abs(qa - qb) / max(abs(qb), 1e-30), abs(sa - sb) / max(abs(qb) ** 0.5, 1e-30))
@@ -115,14 +118,14 @@ def run_demo(frame_counts: list[int], shape: DemoShape, threads: int) -> list[di
     results: dict[tuple[int, str], dict] = {}
     with context.Pool(1, maxtasksperchild=1) as pool:
         for frames, method in track(jobs, description="running"):
-            results[frames, method] = pool.apply(_run_one, (method, frames, shape, threads))
+            results[frames, method] = pool.apply(measure, (method, frames, shape, threads))
     rows = []
     for frames in frame_counts:
         row = {"frames": frames, "tokens": frames * shape.frame_tokens}
         for method in ("full", "parallel", "recurrent"):
             row[f"{method}_ms"] = results[frames, method]["ms"]
             row[f"{method}_peak_mb"] = results[frames, method]["peak_mb"]
-        row["recurrent_vs_parallel_rel_diff"] = _rel_diff(
+        row["recurrent_vs_parallel_rel_diff"] = fingerprint_rel_diff(
             results[frames, "recurrent"]["fingerprint"], results[frames, "parallel"]["fingerprint"]
         )
         rows.append(row)

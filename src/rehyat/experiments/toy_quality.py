@@ -194,7 +194,7 @@ TARGET_STUDENTS = {
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
 
 
-def _rehyat_fields(student: Student, space: ToySpace) -> dict[str, Any]:
+def rehyat_fields(student: Student, space: ToySpace) -> dict[str, Any]:
     """The student's ReHyAtConfig fields with :data:`EVERY_PAST_FRAME` resolved for ``space``."""
     every = space.clip_frames - 1
     return {k: every if v == EVERY_PAST_FRAME else v for k, v in student.rehyat.items()}
@@ -203,7 +203,7 @@ def _rehyat_fields(student: Student, space: ToySpace) -> dict[str, Any]:
 def _student_config(student: Student, ranking: list[int] | None, space: ToySpace):
     from rehyat.models import ReHyAtConfig
 
-    fields = _rehyat_fields(student, space)
+    fields = rehyat_fields(student, space)
     if student.half_blocks:
         if ranking is None:
             raise ValueError("the half-blocks student needs the all-blocks student's stage-1 ranking")
@@ -368,7 +368,7 @@ def run_quality(
     identity = _teacher_identity(teacher)
     _claim_work_folder(work, settings)
     _claim_teacher(work, identity)
-    reused = _reuse_results(reuse, work, settings, identity) if reuse is not None else None
+    reused = reuse_results(reuse, work, settings, identity) if reuse is not None else None
 
     def scores(videos, prompts, reference=None) -> dict[str, Any]:
         return _scores(videos, prompts, reference, world=space.world)
@@ -383,7 +383,7 @@ def run_quality(
             )
 
         path = work / "teacher" / f"{name}.safetensors"
-        return _cached_videos(path, sample, len(embeds), space.video_frames(frames))
+        return cached_videos(path, sample, len(embeds), space.video_frames(frames))
 
     reference = teacher_videos("short", embeds, frames, 1000)
     teacher_scores = _cached_scores(work / "teacher" / "short.json", lambda: scores(reference, prompts))
@@ -419,7 +419,7 @@ def run_quality(
         )
         result = {
             "label": student.label,
-            "rehyat": _rehyat_fields(student, space),
+            "rehyat": rehyat_fields(student, space),
             "settings": student.settings,
             "sampled": "recurrent" if recurrent else "parallel",
             "short": scores(videos, prompts, reference),
@@ -452,7 +452,7 @@ def run_quality(
         "video_frames": space.video_frames(frames),
         "long_video_frames": space.video_frames(long_frames),
         "models": results,
-        "targets": _targets(results),
+        "targets": check_targets(results),
         "intervals": _intervals(results),
     }
     if reused is not None:
@@ -500,7 +500,7 @@ def _cached_scores(path: Path, score) -> dict[str, Any]:
     return result
 
 
-def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Tensor]:
+def cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Tensor]:
     """The ``count`` videos of ``frames`` frames saved at ``path`` (safetensors), or ``sample()``'s,
     saved there atomically first.
 
@@ -526,7 +526,7 @@ def _cached_videos(path: Path, sample, count: int, frames: int) -> list[torch.Te
     return videos
 
 
-def _reuse_results(
+def reuse_results(
     path: Path, work: Path, settings: QualitySettings, identity: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Put the students of an earlier table (its toybench.json) into ``work`` as finished results,
@@ -565,10 +565,10 @@ def _reuse_results(
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(result, indent=2) + "\n")
             taken.append(name)
-    return {"from": str(path), "students": taken, "made": _provenance(earlier)}
+    return {"from": str(path), "students": taken, "made": row_provenance(earlier)}
 
 
-def _provenance(table: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+def row_provenance(table: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     """Where each row of a toybench.json was trained ({"gpu", "date"} per student): the table's own run,
     or for rows it reused itself, the run they came from."""
 
@@ -583,7 +583,7 @@ def _provenance(table: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     return made
 
 
-def _reused_rows(reused: dict[str, Any], models: dict[str, Any]) -> str:
+def reused_rows(reused: dict[str, Any], models: dict[str, Any]) -> str:
     """The reused rows by the run that trained them: "A, B (GPU, date); C (GPU, date)"."""
     groups: dict[tuple, list[str]] = {}
     for name in reused["students"]:
@@ -604,7 +604,7 @@ def _claim_work_folder(work: Path, settings: QualitySettings) -> None:
     record.write_text(json.dumps(current, indent=2) + "\n")
 
 
-def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The table's targets for each ReHyAt student that was run, each as measured (None where a row is
     missing), with a 95% bootstrap interval of the measured difference where both rows kept per-clip
     scores. Per student: adherence within 2 points of the teacher's, direction and speed within 5;
@@ -848,7 +848,7 @@ def _write_markdown(report: dict[str, Any], out: Path) -> None:
             *(
                 [
                     f"Rows taken from an earlier table (`--reuse {report['reused']['from']}`), not trained in "
-                    "this run: " + _reused_rows(report["reused"], models) + "."
+                    "this run: " + reused_rows(report["reused"], models) + "."
                 ]
                 if report.get("reused", {}).get("students")
                 else []
@@ -936,7 +936,7 @@ def render_table(out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"--render-only: {path} does not exist (a toybench.json of an earlier run)")
     report = read_json(path)
-    report["targets"] = _targets(report["models"])
+    report["targets"] = check_targets(report["models"])
     report["intervals"] = _intervals(report["models"])
     path.write_text(json.dumps(report, indent=2) + "\n")
     _write_markdown(report, out)
