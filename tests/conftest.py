@@ -1,5 +1,5 @@
 """Shared test helpers: random ReHyAt inputs, the test geometries, and the dense O(N²) masked oracle
-(the library's standalone reference, :func:`rehyat.attention.naive.naive_hybrid_attention`)."""
+(the library's standalone reference, :func:`rehyat.attention.hybrid.naive.naive_hybrid_attention`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import torch
 from torch import Tensor
 
-from rehyat.attention.naive import naive_hybrid_attention
+from rehyat.attention.hybrid.naive import naive_hybrid_attention
 
 # Without a GPU the Triton kernels run in Triton's interpreter, which must be on before Triton is first
 # imported, whichever test module imports it first.

@@ -68,7 +68,7 @@ def test_block_flops_bound_the_block_speedup():
 
 def test_anchor_and_global_keys_count_the_reference_masks():
     """The softmax part with an anchor and global keys counts the reference's softmax-key pairs."""
-    from rehyat.attention.naive import chunk_masks
+    from rehyat.attention.hybrid.naive import chunk_masks
 
     frames, tokens, chunk, overlap, anchor, globals_ = 8, 3, 2, 1, 3, 5
     softmax_keys, _ = chunk_masks(frames, tokens, chunk, overlap, True, anchor_frames=anchor)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rehyat import hybrid_attention_step
-from rehyat.attention._common import shares_memory
+from rehyat.attention.hybrid.common import shares_memory
 
 from conftest import make_inputs
 

@@ -21,8 +21,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from rehyat import AttentionStats, hybrid_attention, recurrent_hybrid_attention
-from rehyat.attention.chunked import chunked_hybrid_attention as naive_hybrid_attention
-from rehyat.attention.kernels.hybrid import triton_hybrid_attention
+from rehyat.attention.hybrid.chunk import chunked_hybrid_attention as naive_hybrid_attention
+from rehyat.attention.hybrid.kernels.launch import triton_hybrid_attention
 
 from conftest import make_inputs, rel_err
 

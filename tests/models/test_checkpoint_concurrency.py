@@ -13,8 +13,7 @@ from diffusers import WanTransformer3DModel
 from tiny_wan import tiny_wan
 
 from rehyat import ReHyAtConfig, convert_wan, load_rehyat, save_rehyat
-from rehyat.models import checkpoint
-from rehyat.models.wan import rehyat_runtime
+from rehyat.models import checkpoint, rehyat_runtime
 
 CONFIG_A = ReHyAtConfig(chunk_frames=2, overlap_frames=1, feature_init="random")
 CONFIG_B = ReHyAtConfig(chunk_frames=3, overlap_frames=1, feature_init="random")

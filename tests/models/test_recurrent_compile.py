@@ -12,8 +12,8 @@ from tiny_wan import converted, run, tiny_inputs, tiny_wan
 from torch._dynamo.utils import counters
 
 from rehyat import recurrent_forward
+from rehyat.models import rehyat_runtime
 from rehyat.models.hooks import compile_recurrent, is_recurrent, remove_recurrent
-from rehyat.models.wan import rehyat_runtime
 
 from conftest import rel_err
 

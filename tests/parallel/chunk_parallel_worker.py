@@ -20,7 +20,7 @@ import torch.distributed as dist
 from diffusers import WanTransformer3DModel
 
 from rehyat import ReHyAtConfig, convert_wan
-from rehyat.attention.chunked import chunked_hybrid_attention
+from rehyat.attention.hybrid.chunk import chunked_hybrid_attention
 from rehyat.models.wan_configs import tiny_wan_config
 from rehyat.parallel import (
     CommCounter,

@@ -43,7 +43,8 @@ from rehyat.export.step import (
     state_outputs,
     state_shapes,
 )
-from rehyat.models.wan import PHI_Q, rehyat_runtime, rotary_at_frames
+from rehyat.models.adapter import PHI_Q, rehyat_runtime
+from rehyat.models.wan import rotary_at_frames
 from rehyat.utils import atomic_write_json, real_folder, replacing_folder
 
 RUNTIMES = ("onnxruntime", "executorch")

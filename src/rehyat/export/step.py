@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from rehyat.attention import HybridAttentionState
 from rehyat.models import wan
-from rehyat.models.wan import ReHyAtWanAttnProcessor, converted_blocks, rehyat_runtime, rotary_at_frames
+from rehyat.models.adapter import converted_blocks, rehyat_runtime
+from rehyat.models.wan import ReHyAtWanAttnProcessor, rotary_at_frames
 
 #: Names of one block's state tensors, in the order the step takes and returns them.
 STATE_FIELDS = ("kv", "z", "k", "v", "pending_kv", "pending_z")

@@ -1,20 +1,19 @@
 """ReHyAt for video DiTs in diffusers: one converter over per-family adapters (Wan2.1/Wan2.2, SkyReels-V2,
 LTX-Video), checkpoints and the recurrent forward."""
 
-from rehyat.models.adapter import FamilyAdapter, ReHyAtAttnProcessor
+from rehyat.models.adapter import (
+    FamilyAdapter,
+    ReHyAtAttnProcessor,
+    ReHyAtRuntime,
+    converted_blocks,
+    feature_maps,
+    rehyat_runtime,
+)
 from rehyat.models.checkpoint import load_rehyat, read_rehyat_config, save_rehyat
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.families import FAMILIES, convert, family_of, supported_classes
 from rehyat.models.recurrent import recurrent_forward
-from rehyat.models.wan import (
-    ReHyAtRuntime,
-    ReHyAtWanAttnProcessor,
-    convert_wan,
-    converted_blocks,
-    feature_maps,
-    rehyat_runtime,
-    rotary_for_frames,
-)
+from rehyat.models.wan import ReHyAtWanAttnProcessor, convert_wan, rotary_for_frames
 
 __all__ = [
     "FAMILIES",

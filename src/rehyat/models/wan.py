@@ -7,8 +7,8 @@ module (``attn1.rehyat_phi_q``, ``attn1.rehyat_phi_k``), so ``parameters()``, ``
 ``.to()`` and FSDP see them. Processors are not told the latent grid, so a forward pre-hook on the
 transformer records the post-patch ``(T, H, W)`` of every call in a :class:`ReHyAtRuntime` that all
 processors of the model share. The same runtime switches the processors into streaming mode for
-:func:`rehyat.recurrent_forward`. What is not Wan's own lives in :mod:`rehyat.models.adapter` (and is
-re-exported here, where it used to be).
+:func:`rehyat.recurrent_forward`. What is not Wan's own lives in :mod:`rehyat.models.adapter` (the runtime,
+the block list, the feature maps; :mod:`rehyat.models` exports them).
 """
 
 from __future__ import annotations
@@ -20,37 +20,23 @@ import torch
 from torch import Tensor, nn
 
 from rehyat.models.adapter import (
-    PHI_K,
-    PHI_Q,
     FamilyAdapter,
     Grid,
     ReHyAtAttnProcessor,
-    ReHyAtRuntime,
-    configured_attention,
     convert_with,
-    converted_blocks,
-    feature_maps,
     no_frames_error,
-    rehyat_runtime,
     temporal_unrotation,
 )
 from rehyat.models.config import ReHyAtConfig
 
 __all__ = [
-    "PHI_K",
-    "PHI_Q",
     "WAN",
-    "ReHyAtRuntime",
     "ReHyAtWanAttnProcessor",
     "WanAdapter",
     "apply_rotary",
     "check_rotary_limit",
-    "configured_attention",
     "convert_wan",
-    "converted_blocks",
     "feature_input",
-    "feature_maps",
-    "rehyat_runtime",
     "rotary_at_frames",
     "rotary_for_frames",
     "temporal_rotary_dims",

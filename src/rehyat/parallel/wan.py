@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rehyat.models import rotary_for_frames
+from rehyat.models.adapter import ReHyAtRuntime, converted_blocks, rehyat_runtime
 from rehyat.models.config import ReHyAtConfig
-from rehyat.models.wan import ReHyAtRuntime, ReHyAtWanAttnProcessor, converted_blocks, rehyat_runtime
+from rehyat.models.wan import ReHyAtWanAttnProcessor
 from rehyat.parallel.attention import chunk_parallel_attention
 from rehyat.parallel.comm import Incoming, Outgoing, exchange
 from rehyat.parallel.layout import FrameLayout, FrameRange
