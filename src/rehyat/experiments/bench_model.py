@@ -68,7 +68,7 @@ _TINY = {
 }
 
 
-def _architecture(family: str, size: str, height: int | None = None, width: int | None = None):
+def bench_architecture(family: str, size: str, height: int | None = None, width: int | None = None):
     """The family's architecture at ``size``, at ``height`` × ``width`` pixels where given."""
     import dataclasses
 
@@ -146,7 +146,7 @@ def _shape(arch) -> dict:
     )
 
 
-def _inputs(model, arch, frames: int, device: str, dtype: torch.dtype) -> dict:
+def forward_inputs(model, arch, frames: int, device: str, dtype: torch.dtype) -> dict:
     """One forward call's arguments at ``frames`` latent frames, as the family's pipeline makes them."""
     from rehyat.models import family_of
 
@@ -256,7 +256,7 @@ def run_benchmark(
         if row != "original" and rehyat_runtime(model) is None:
             convert(model, ReHyAtConfig(**REHYAT))
         for count in frames:
-            inputs = _inputs(model, arch, count, device, dtype)
+            inputs = forward_inputs(model, arch, count, device, dtype)
 
             def call(inputs=inputs, recurrent=row == "recurrent"):
                 return _forward(model, inputs, recurrent)
@@ -300,7 +300,7 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
     rows = []
     for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
         model = build_model(device, dtype, arch=arch)
-        inputs = _inputs(model, arch, frames, device, dtype)
+        inputs = forward_inputs(model, arch, frames, device, dtype)
         name = str(dtype).removeprefix("torch.")
         with torch.inference_mode():
             original = _forward(model, inputs, False)
@@ -521,7 +521,7 @@ def run(settings: ModelBenchSettings) -> int:
     )
     quick = settings.quick
     out_dir = Path(settings.out)
-    arch = _architecture(family, size, settings.height, settings.width)
+    arch = bench_architecture(family, size, settings.height, settings.width)
     if settings.render_only:
         render(read_json(out_dir / f"{stem(family)}.json"), out_dir)
         return 0
