@@ -40,3 +40,31 @@ def test_a_former_path_re_exports_the_folders_objects(path):
     assert target.startswith("rehyat.attention.hybrid.") and former.__all__
     for name in former.__all__:
         assert getattr(former, name) is getattr(current, name), name
+
+
+#: Names that moved from rehyat.models.wan to rehyat.models.adapter; the former path keeps them.
+MOVED_FROM_WAN = (
+    "rehyat_runtime",
+    "ReHyAtRuntime",
+    "converted_blocks",
+    "feature_maps",
+    "configured_attention",
+    "PHI_Q",
+    "PHI_K",
+)
+
+
+@pytest.mark.parametrize("name", MOVED_FROM_WAN)
+def test_the_models_former_wan_path_re_exports_the_adapters_objects(name):
+    from rehyat.models import adapter, wan
+
+    namespace: dict = {}
+    exec(f"from rehyat.models.wan import {name}", namespace)
+    assert namespace[name] is getattr(adapter, name) is getattr(wan, name)
+
+
+def test_the_models_former_wan_path_still_rejects_unknown_names():
+    from rehyat.models import wan
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        wan.no_such_name  # noqa: B018

@@ -8,7 +8,7 @@ module (``attn1.rehyat_phi_q``, ``attn1.rehyat_phi_k``), so ``parameters()``, ``
 transformer records the post-patch ``(T, H, W)`` of every call in a :class:`ReHyAtRuntime` that all
 processors of the model share. The same runtime switches the processors into streaming mode for
 :func:`rehyat.recurrent_forward`. What is not Wan's own lives in :mod:`rehyat.models.adapter` (the runtime,
-the block list, the feature maps; :mod:`rehyat.models` exports them).
+the block list, the feature maps; :mod:`rehyat.models` exports them, and their former names here still import).
 """
 
 from __future__ import annotations
@@ -41,6 +41,29 @@ __all__ = [
     "rotary_for_frames",
     "temporal_rotary_dims",
 ]
+
+#: Names that lived here before they moved to :mod:`rehyat.models.adapter`; ``from rehyat.models.wan
+#: import rehyat_runtime`` keeps working (the adapter's own objects), while new code imports them from
+#: :mod:`rehyat.models` or the adapter.
+_FORMER_NAMES = frozenset(
+    {
+        "PHI_K",
+        "PHI_Q",
+        "ReHyAtRuntime",
+        "configured_attention",
+        "converted_blocks",
+        "feature_maps",
+        "rehyat_runtime",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _FORMER_NAMES:
+        from rehyat.models import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
