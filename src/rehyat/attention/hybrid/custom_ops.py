@@ -288,6 +288,11 @@ def parallel_attention(
 
 # --- one chunk of the streaming form --------------------------------------------------------------
 
+#: Score entries the PyTorch step holds in one temporary (2**28 fp32 = 1 GiB): a chunk whose
+#: [B, H, rows, keys] scores are larger is attended in blocks of query rows (each row's result is the
+#: same), so a large model's chunk, or a batch of chunk entries, never materialises all its scores.
+SCORE_BLOCK_ELEMENTS = 2**28
+
 
 def _torch_step_attention(
     q: Tensor,
@@ -301,7 +306,26 @@ def _torch_step_attention(
     key_mask: Tensor | None = None,
 ) -> Tensor:
     """The step's attention in PyTorch: softmax over ``keys`` (where ``key_mask`` [B, keys] is True, if
-    given), linear through the state (kv, z). What ``rehyat::step_attention`` runs on the PyTorch backend."""
+    given), linear through the state (kv, z). What ``rehyat::step_attention`` runs on the PyTorch backend;
+    in blocks of query rows of at most :data:`SCORE_BLOCK_ELEMENTS` scores."""
+    rows = max(1, SCORE_BLOCK_ELEMENTS // max(q.shape[0] * q.shape[2] * keys.shape[1], 1))
+    if rows >= q.shape[1]:
+        return _torch_step_rows(q, keys, values, fq, kv, z, scale, stats, key_mask)
+    keys, values = keys.to(kv.dtype), values.to(kv.dtype)  # once, not per block
+    blocks = range(0, q.shape[1], rows)
+    return torch.cat(
+        [
+            _torch_step_rows(
+                q[:, i : i + rows], keys, values, fq[:, i : i + rows], kv, z, scale, stats, key_mask
+            )
+            for i in blocks
+        ],
+        dim=1,
+    )
+
+
+def _torch_step_rows(q, keys, values, fq, kv, z, scale: float, stats, key_mask) -> Tensor:
+    """:func:`_torch_step_attention` for the query rows ``q``, ``fq`` at once."""
     acc = kv.dtype
     scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
     if key_mask is not None:
