@@ -198,7 +198,7 @@ def _wall_ms(fn: Callable[[], object], rep_ms: float, max_reps: int) -> float:
     """Median wall time in ms (one warm-up call): the CPU's clock, where no CUDA events are."""
     fn()
     times = []
-    while len(times) < 3 or (sum(times) < rep_ms and len(times) < max_reps):
+    while len(times) < min(3, max_reps) or (sum(times) < rep_ms and len(times) < max_reps):
         tic = time.perf_counter()
         fn()
         times.append((time.perf_counter() - tic) * 1e3)
@@ -210,16 +210,20 @@ def _measure(fn: Callable[[], object], rep_ms: float, max_reps: int, cuda: bool)
         with torch.inference_mode():
             if cuda:
                 result: dict[str, float | str] = {
-                    "ms": time_ms(fn, rep_ms=rep_ms, max_reps=max_reps),
+                    "ms": time_ms(fn, rep_ms=rep_ms, max_reps=max_reps, min_reps=min(3, max_reps)),
                     "peak_mib": peak_memory_mib(fn),
                 }
             else:
                 result = {"ms": _wall_ms(fn, rep_ms, max_reps)}
     except RuntimeError as error:  # out of memory or a kernel that refuses: record it and go on
-        result = {"error": "OOM" if is_oom(error) else f"{type(error).__name__}: {str(error)[:160]}"}
+        result = {"error": _error_text(error)}
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def _error_text(error: RuntimeError) -> str:
+    return "OOM" if is_oom(error) else f"{type(error).__name__}: {str(error)[:160]}"
 
 
 def _forward(model, inputs: dict, recurrent: bool) -> torch.Tensor:
@@ -283,48 +287,59 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
 
     Random weights and untrained φ make the network ill-conditioned (denominators near the guard), so
     rounding differences grow through the blocks; two valid parallel backends differ by as much in bf16.
-    The joint text–video families run the PyTorch backend only (their global keys).
+    The joint text–video families run the PyTorch backend only (their global keys). A dtype that runs
+    out of memory or fails gives a row with its ``error`` and the next dtype runs.
     """
-    import dataclasses
-
-    from rehyat import ReHyAtConfig, convert
-    from rehyat.models import rehyat_runtime
     from rehyat.models.architectures import PUBLISHED, architecture
 
     arch = arch or architecture(PUBLISHED["wan"])
     cuda = device != "cpu"
+    rows: list[dict] = []
+    for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
+        name = str(dtype).removeprefix("torch.")
+        try:
+            _parity_rows(arch, frames, device, dtype, rows)
+        except RuntimeError as error:
+            rows.append({"dtype": name, "backend": "torch", "error": _error_text(error)})
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _parity_rows(arch, frames: int, device: str, dtype: torch.dtype, rows: list[dict]) -> None:
+    """:func:`run_parity` in ``dtype``: its rows appended to ``rows`` as they are measured."""
+    import dataclasses
+
+    from rehyat import ReHyAtConfig, convert
+    from rehyat.models import rehyat_runtime
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
-        model = build_model(device, dtype, arch=arch)
-        inputs = forward_inputs(model, arch, frames, device, dtype)
-        name = str(dtype).removeprefix("torch.")
-        with torch.inference_mode():
-            original = _forward(model, inputs, False)
-            runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
-            for backend in ("torch", "triton") if cuda and arch.family not in JOINT else ("torch",):
-                runtime.backend = backend
-                parallel = _forward(model, inputs, False)
-                recurrent = _forward(model, inputs, True)
-                rows.append(
-                    {
-                        "dtype": name,
-                        "backend": backend,
-                        "recurrent_vs_parallel": rel(recurrent, parallel),
-                        "parallel_vs_original": rel(parallel, original),
-                    }
-                )
-            runtime.config = dataclasses.replace(runtime.config, chunk_frames=frames)
-            runtime.backend = "torch"
-            one_chunk = rel(_forward(model, inputs, False), original)
-            rows.append({"dtype": name, "backend": "torch", "one_chunk_vs_original": one_chunk})
-        del model, original, parallel, recurrent
-        if cuda:
-            torch.cuda.empty_cache()
-    return rows
+    cuda = device != "cpu"
+    model = build_model(device, dtype, arch=arch)
+    inputs = forward_inputs(model, arch, frames, device, dtype)
+    name = str(dtype).removeprefix("torch.")
+    with torch.inference_mode():
+        original = _forward(model, inputs, False)
+        runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
+        for backend in ("torch", "triton") if cuda and arch.family not in JOINT else ("torch",):
+            runtime.backend = backend
+            parallel = _forward(model, inputs, False)
+            recurrent = _forward(model, inputs, True)
+            rows.append(
+                {
+                    "dtype": name,
+                    "backend": backend,
+                    "recurrent_vs_parallel": rel(recurrent, parallel),
+                    "parallel_vs_original": rel(parallel, original),
+                }
+            )
+            del parallel, recurrent
+        runtime.config = dataclasses.replace(runtime.config, chunk_frames=frames)
+        runtime.backend = "torch"
+        one_chunk = rel(_forward(model, inputs, False), original)
+        rows.append({"dtype": name, "backend": "torch", "one_chunk_vs_original": one_chunk})
 
 
 def _value(by_key: dict, row: str, frames: int, key: str) -> float:
@@ -440,8 +455,11 @@ def render(payload: dict, out_dir: Path) -> None:
             f"through the {blocks} blocks (compare the two backends' parallel outputs); one chunk (Tc ≥ T) "
             "must match the original to rounding. Exactness in float32 is covered by the CPU tests.\n\n"
             + markdown_table(
-                ["dtype", "backend", *keys],
-                [[r["dtype"], r["backend"], *(r.get(k, math.nan) for k in keys)] for r in payload["parity"]],
+                ["dtype", "backend", *keys, "error"],
+                [
+                    [r["dtype"], r["backend"], *(r.get(k, math.nan) for k in keys), r.get("error")]
+                    for r in payload["parity"]
+                ],
             )
         )
     if payload.get("note"):
@@ -503,6 +521,8 @@ class ModelBenchSettings:
     """Which forms to run."""
     quick: bool = False
     """7 and 21 frames, fewer timed calls."""
+    reps: int | None = None
+    """Timed calls per row at most (default 10; ``quick``: 3); 1 for a model whose forward takes seconds."""
     skip_parity: bool = False
     """Skip the recurrent-vs-parallel check."""
     out: str = "bench/results"
@@ -538,6 +558,10 @@ def run(settings: ModelBenchSettings) -> int:
     frames = frames or ([7, 21] if quick else [21, 41, 81])
     if any(f < 1 for f in frames):
         raise ValueError(f"--frames must all be >= 1, got {frames}")
+    if settings.reps is not None and settings.reps < 1:
+        raise ValueError(f"reps must be >= 1, got {settings.reps}")
+    rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
+    max_reps = settings.reps or max_reps
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     payload = {
         "environment": environment(),
@@ -555,7 +579,6 @@ def run(settings: ModelBenchSettings) -> int:
         payload["parity"] = run_parity(arch=arch, device=device)
         print("parity", payload["parity"], flush=True)
         write_json(payload, results_json)  # what is measured so far, should the run be cut off
-    rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
 
     def save(record: dict) -> None:
         payload["results"].append(record)
