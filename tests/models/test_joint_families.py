@@ -19,7 +19,7 @@ from rehyat.attention.hybrid.common import DENOMINATOR_EPS
 from rehyat.models import convert, converted_blocks, family_of, feature_maps, read_rehyat_config
 from rehyat.models.adapter import ReHyAtRuntime
 from rehyat.models.cogvideox import COGVIDEOX, cogvideox_rotary
-from rehyat.models.hooks import recurrent_mode
+from rehyat.models.hooks import compile_recurrent, is_recurrent, recurrent_mode
 from rehyat.models.hunyuan_video import HUNYUAN_VIDEO
 from rehyat.models.joint import JointPlan, ReHyAtJointAttnProcessor
 
@@ -256,6 +256,18 @@ def test_what_is_not_served_errors():
         net(**inputs, return_dict=False)
     assert HUNYUAN_VIDEO.temporal_compression == COGVIDEOX.temporal_compression == 4
     assert cogvideox_rotary(convert(COG_2B.build()), FRAMES, 8, 8) is None
+
+
+@pytest.mark.parametrize("family", [HUNYUAN, COG_5B], ids=str)
+def test_compile_recurrent_refuses_the_joint_families(family):
+    """Their chunk calls slice RoPE with Python-int starts: compiled, every chunk position would recompile."""
+    net = convert(family.build())
+    with pytest.raises(ValueError, match="compile_recurrent does not serve joint-attention families yet"):
+        compile_recurrent(net, backend="eager")
+    assert not is_recurrent(net)  # nothing applied
+    inputs = family.inputs_for(net)
+    with recurrent_mode(net):  # the eager recurrent mode does serve them
+        assert run(net, inputs) is not None
 
 
 def _pipeline(family, model):

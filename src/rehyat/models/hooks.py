@@ -226,8 +226,16 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
     ``mode="reduce-overhead"`` (CUDA only)
     replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
     every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
-    :func:`remove_recurrent` undoes both. Returns ``transformer``.
+    :func:`remove_recurrent` undoes both. Returns ``transformer``. Not for the joint-attention families
+    (HunyuanVideo, CogVideoX): their chunk calls slice RoPE at Python-int starts, which would recompile
+    per chunk position (:func:`recurrent_mode` runs them eagerly).
     """
+    runtime = rehyat_runtime(transformer)
+    if runtime is not None and runtime.joint is not None:
+        raise ValueError(
+            "compile_recurrent does not serve joint-attention families yet (HunyuanVideo, CogVideoX: each chunk "
+            "position would recompile); run them with recurrent_mode or apply_recurrent uncompiled"
+        )
     if not is_recurrent(transformer):
         apply_recurrent(transformer)
     hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
