@@ -4,7 +4,8 @@
 # size with random weights, original vs converted parallel vs recurrent, and the parity rows (recurrent vs
 # parallel, one chunk vs original). Families in order, each cut off at its own share of what is left:
 #   ltx-video      LTX-Video 2B at 512x704, 21 41 81 latent frames (Triton and PyTorch backends)
-#   hunyuan-video  HunyuanVideo 13B at 544x960 (its 540p; 720x1280 does not fit the time), 7 13 frames
+#   hunyuan-video  HunyuanVideo 13B at 544x960 (its 540p; 720x1280 does not fit the time), 7 13 frames,
+#                  one timed call per row (its forwards take seconds)
 #   cogvideox      CogVideoX-5B at 480x720, 7 13 frames (13 = the pipeline's 49 video frames), if time is left
 # The joint text-video families (HunyuanVideo, CogVideoX) run the op's PyTorch backend (global keys).
 # A family cut off keeps what it measured: the results JSON is saved after each measurement and rendered.
@@ -41,11 +42,12 @@ LOG=$RUN/bench_families.log
 
 # Each family's arguments and its share of the time (seconds) at most.
 args_for() {
-  if [ "$SIZE" = tiny ]; then echo "--frames 2 3"; return; fi
-  case $1 in
-    ltx-video) echo "--frames 21 41 81" ;;
-    hunyuan-video) echo "--frames 7 13 --set height=544 width=960" ;;
-    cogvideox) echo "--frames 7 13" ;;
+  case $SIZE:$1 in
+    tiny:hunyuan-video) echo "--frames 2 3 --set height=128 width=64 reps=1" ;;  # the same settings, tiny
+    tiny:*) echo "--frames 2 3" ;;
+    *:ltx-video) echo "--frames 21 41 81" ;;
+    *:hunyuan-video) echo "--frames 7 13 --set height=544 width=960 reps=1" ;;
+    *:cogvideox) echo "--frames 7 13" ;;
     *) echo "" ;;
   esac
 }
