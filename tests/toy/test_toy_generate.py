@@ -50,3 +50,33 @@ def test_the_recurrent_and_parallel_forms_give_the_same_video():
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, match):
     assert main(["toy", "generate", *extra]) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def my_teacher(tmp_path_factory):
+    """A toy teacher folder of its own (random weights): the bundled student was not trained on it."""
+    from rehyat.toy.model import init_teacher_folder
+
+    return init_teacher_folder(tmp_path_factory.mktemp("my") / "teacher", seed=1)
+
+
+def test_a_teacher_of_ones_own_is_sampled_alone_not_the_bundled_student(my_teacher):
+    settings = {"frames": 2, "steps": 1, "guidance_scale": 1.0, "seed": 1, "recurrent": False}
+    default = generate_toy_video(PROMPT, teacher=my_teacher, **settings)
+    alone = generate_toy_video(PROMPT, teacher=my_teacher, rehyat=None, **settings)
+    torch.testing.assert_close(default, alone, atol=0, rtol=0)  # its own weights, no student on top
+    # Its recurrent form needs a student of its own: one line saying so, before any model loads.
+    with pytest.raises(ValueError, match="has no bundled student: pass rehyat") as error:
+        generate_toy_video(PROMPT, teacher=my_teacher, frames=2, steps=1)
+    assert "\n" not in str(error.value)
+
+
+def test_the_bundled_student_on_another_teacher_is_refused(my_teacher):
+    from rehyat.toy.model import bundled_student, load_toy_model
+
+    for student in ("bundled", bundled_student()):
+        with pytest.raises(ValueError, match="trained on the bundled teacher") as error:
+            generate_toy_video(PROMPT, teacher=my_teacher, rehyat=student, frames=2, steps=1)
+        assert "\n" not in str(error.value)
+        with pytest.raises(ValueError, match="trained on the bundled teacher"):
+            load_toy_model(my_teacher, student)

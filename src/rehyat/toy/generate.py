@@ -1,8 +1,8 @@
 """One toy video from a prompt (``rehyat toy generate``), and toy videos as uint8 frames for GIF/MP4.
 
 :func:`generate_toy_video` samples a toy teacher folder (default: the bundled teacher), with a ReHyAt
-checkpoint on top (default with the bundled teacher: the shipped student) in its recurrent or parallel
-form, for one prompt of the world's template, from the noise of one seed.
+checkpoint on top (default without a teacher: the shipped student) in its recurrent or parallel form,
+for one prompt of the world's template, from the noise of one seed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from torch import Tensor
 from rehyat.toy.model import (
     FLOW_SHIFT,
     bundled_teacher,
+    check_student,
+    is_bundled_teacher,
     load_text_encoder,
     load_toy_model,
     prompt_embeddings,
@@ -38,7 +40,7 @@ def generate_toy_video(
     frames: int | None = None,
     *,
     teacher: str | Path | None = None,
-    rehyat: str | Path | None = "bundled",
+    rehyat: str | Path | None = None,
     recurrent: bool = True,
     steps: int = 20,
     guidance_scale: float = 4.0,
@@ -50,13 +52,22 @@ def generate_toy_video(
     ``prompt`` (the world's template, e.g. 'a red circle moving left slowly on a striped background').
 
     ``teacher``: a toy teacher folder (default: the bundled one); ``rehyat``: a ReHyAt checkpoint folder
-    on top of it (``"bundled"``: the shipped student, trained on the bundled teacher), or None for the
-    teacher itself (full attention, parallel only). ``recurrent`` picks the student's form: chunk by
-    chunk with a fixed-size state, or all frames at once. Every argument is checked before the model
-    loads (ValueError)."""
+    on top of it (``"bundled"``: the shipped student, of the bundled teacher only), or None: the shipped
+    student if ``teacher`` is None too, else the teacher itself (full attention, parallel only; pass
+    ``teacher=bundled_teacher()`` for the bundled teacher alone). ``recurrent`` picks the student's
+    form: chunk by chunk with a fixed-size state, or all frames at once. Every argument is checked
+    before the model loads (ValueError)."""
     if isinstance(prompt, str):
         prompt = ToyPrompt.parse(prompt)
-    teacher = bundled_teacher() if teacher is None else Path(teacher)
+    if teacher is None:
+        teacher, rehyat = bundled_teacher(), "bundled" if rehyat is None else rehyat
+    teacher = Path(teacher)
+    check_student(teacher, rehyat)
+    if recurrent and rehyat is None and not is_bundled_teacher(teacher):
+        raise ValueError(
+            f"the teacher {teacher} has no bundled student: pass rehyat=DIR (a ReHyAt checkpoint of it), "
+            "or recurrent=False for the teacher alone (full attention)"
+        )
     if recurrent and rehyat is None:
         raise ValueError(
             "the teacher runs full attention, in parallel only: recurrent needs a ReHyAt student"

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 # The bundled folders' paths live below the toy package (every model argument resolves them); re-exported.
 from rehyat.models.folders import BUNDLED_STUDENT as BUNDLED_STUDENT
-from rehyat.models.folders import BUNDLED_TEACHER
+from rehyat.models.folders import BUNDLED_TEACHER, TOY_STUDENT, TOY_TEACHER
 from rehyat.models.folders import bundled_student as bundled_student
 from rehyat.models.folders import bundled_teacher as bundled_teacher
 from rehyat.toy.latent import ToyLatent, latent_frames, video_frames
@@ -183,14 +183,34 @@ def init_teacher_folder(folder: Path, seed: int = 0, space: ToySpace = PIXEL) ->
     return folder
 
 
+def is_bundled_teacher(teacher: str | Path) -> bool:
+    """Whether ``teacher`` (a folder, or ``toy``) is the toy teacher shipped with the package."""
+    return str(teacher) == TOY_TEACHER or Path(teacher).resolve() == BUNDLED_TEACHER.resolve()
+
+
+def check_student(teacher: str | Path, rehyat: str | Path | None) -> None:
+    """ValueError if ``rehyat`` is the shipped student (``"bundled"`` or its folder) and ``teacher`` is
+    not the bundled teacher: its checkpoint holds the fine-tuned base weights of that teacher, so
+    loading it on another folder would run the bundled model's weights, not the teacher's."""
+    if rehyat is None or is_bundled_teacher(teacher):
+        return
+    if str(rehyat) == TOY_STUDENT or Path(rehyat).resolve() == BUNDLED_STUDENT.resolve():
+        raise ValueError(
+            f"the bundled student was trained on the bundled teacher, not on {teacher}: pass a ReHyAt "
+            "checkpoint of that teacher, or none for the teacher alone"
+        )
+
+
 def load_toy_model(
     teacher: str | Path, rehyat: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
     """The teacher folder's transformer in eval mode; with ``rehyat`` (a ReHyAt checkpoint folder, or
-    ``"bundled"`` for the shipped student) converted and loaded from it."""
+    ``"bundled"`` for the shipped student, of the bundled teacher only: :func:`check_student`) converted
+    and loaded from it."""
     from rehyat.models import load_rehyat
     from rehyat.models.folders import load_transformer
 
+    check_student(teacher, rehyat)
     model = load_transformer(teacher, "toy teacher folder")  # local only: never a model-hub lookup
     if rehyat is not None:
         model = load_rehyat(model, bundled_student() if str(rehyat) == "bundled" else Path(rehyat))
