@@ -227,3 +227,45 @@ def test_write_video_checks_before_creating_folders(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         write_video(frames, tmp_path / "file" / "video.gif")
     assert write_video(frames, tmp_path / "a" / "b" / "video.gif").is_file()  # parents are created
+
+
+def _config(folder, component, **changes):
+    path = folder / component / "config.json"
+    config = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+def test_the_size_multiple_comes_from_the_folders_vae_and_patch(wan, tmp_path, capsys, no_work):
+    """Wan2.2-TI2V-5B: a VAE of spatial stride 16 with the patch 2 takes multiples of 32, not the table's 16;
+    the VAE's temporal stride sets the frames; a config without the fields falls back to the table."""
+    assert pipeline_module.pipeline_geometry(wan) == (4, 16)  # the tiny Wan VAE: stride 8, patch 2
+    ti2v = _broken(wan, tmp_path, lambda f: _config(f, "vae", scale_factor_spatial=16))
+    assert pipeline_module.pipeline_geometry(ti2v) == (4, 32)
+    assert main(_argv(ti2v, tmp_path / "video.mp4", "--height", "48")) == 2
+    _one_line_error(capsys, "--height must be a positive multiple of 32")
+    _config(ti2v, "transformer", patch_size=[1, 4, 4])
+    assert pipeline_module.pipeline_geometry(ti2v) == (4, 64)
+    _config(ti2v, "vae", scale_factor_temporal=8)
+    assert pipeline_module.pipeline_geometry(ti2v) == (8, 64)
+    older = tmp_path / "older"
+    shutil.copytree(wan, older)
+    _config(older, "vae", scale_factor_spatial=None, scale_factor_temporal=None)
+    assert pipeline_module.pipeline_geometry(older) == (4, 16)  # the table's WanPipeline row
+    _config(older, "transformer", patch_size=None)
+    _config(older, "vae", scale_factor_spatial=16)
+    assert pipeline_module.pipeline_geometry(older) == (4, 16)  # no patch: the table's multiple
+    _config(older, "vae", scale_factor_spatial="16")
+    with pytest.raises(ValueError, match=r"vae.config\.json: scale_factor_spatial must be a positive int"):
+        pipeline_module.pipeline_geometry(older)
+
+
+def test_the_ltx_size_multiple_comes_from_its_vae_ratios(tmp_path):
+    """LTX's VAE: spatial_compression_ratio / temporal_compression_ratio, or (None, as diffusers saves them
+    when unset) its patch × 2^(scaling stages) as diffusers computes them."""
+    from tiny_pipeline import tiny_family_pipeline
+
+    folder = tmp_path / "ltx"
+    tiny_family_pipeline("ltx-video").save_pretrained(folder)
+    assert pipeline_module.pipeline_geometry(folder) == (8, 8)  # 3 of 4 stages scale, patch 1
+    _config(folder, "vae", spatial_compression_ratio=32, temporal_compression_ratio=8)
+    assert pipeline_module.pipeline_geometry(folder) == (8, 32)  # LTX-Video 2B's

@@ -10,6 +10,7 @@ folder's layout shows the problem.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -30,7 +31,9 @@ _COMPONENT_FILES = {
 }
 _TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 #: (video frames per latent frame, pixel multiple of height and width) of each pipeline: its VAE's
-#: temporal compression, and its spatial compression times the transformer's patch.
+#: temporal compression, and its spatial compression times the transformer's patch. The fallback of
+#: :func:`pipeline_geometry` for a folder whose configs lack the fields (a Wan2.2-TI2V-5B VAE, stride 16,
+#: takes multiples of 32, not this table's 16).
 PIPELINE_GEOMETRY = {"WanPipeline": (4, 16), "SkyReelsV2Pipeline": (4, 16), "LTXPipeline": (8, 32)}
 #: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline (not yet
 #: HunyuanVideo's and CogVideoX's, whose joint-attention models convert but are not wired here).
@@ -101,9 +104,64 @@ def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = Fals
 
 
 def pipeline_geometry(folder: str | os.PathLike) -> tuple[int, int]:
-    """(video frames per latent frame, pixel multiple) of the checked pipeline folder's family: a video
-    has k·frames + 1 frames and its height and width are multiples of the pixel multiple."""
-    return PIPELINE_GEOMETRY[read_json_object(Path(folder) / "model_index.json")["_class_name"]]
+    """(video frames per latent frame, pixel multiple) of the checked pipeline folder: a video has
+    k·frames + 1 frames and its height and width are multiples of the pixel multiple.
+
+    Read from the folder's configs, before anything is loaded: the VAE's strides (Wan's
+    ``scale_factor_temporal``/``scale_factor_spatial``; LTX's ``temporal_compression_ratio``/
+    ``spatial_compression_ratio``, or its ``patch_size_t``/``patch_size`` × 2^(scaling stages) as diffusers
+    computes them when those are null) and the transformer's spatial ``patch_size``. A config without the
+    fields falls back to the family's row of :data:`PIPELINE_GEOMETRY`; a field that is not a positive int
+    is a ValueError naming the file."""
+    folder = Path(folder)
+    temporal, multiple = PIPELINE_GEOMETRY[read_json_object(folder / "model_index.json")["_class_name"]]
+    vae_path, transformer_path = folder / "vae" / "config.json", folder / "transformer" / "config.json"
+    vae_temporal, vae_spatial = _vae_strides(vae_path, read_json_object(vae_path))
+    patch = _spatial_patch(transformer_path, read_json_object(transformer_path))
+    if vae_temporal is not None:
+        temporal = vae_temporal
+    if vae_spatial is not None and patch is not None:
+        multiple = vae_spatial * patch
+    return temporal, multiple
+
+
+def _positive_ints(path: Path, name: str, value) -> list[int]:
+    """``value`` (an int or a list of ints, config field ``name`` of ``path``) as a list; ValueError
+    naming the file unless each is a positive int."""
+    values = value if isinstance(value, list) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{path}: {name} must be a positive int (or a list of them), got {value!r}")
+    return values
+
+
+def _vae_strides(path: Path, config: dict) -> tuple[int | None, int | None]:
+    """(temporal, spatial) stride of a VAE config (None where it does not say)."""
+    strides = []
+    for wan_name, ltx_name, ltx_patch in (
+        ("scale_factor_temporal", "temporal_compression_ratio", "patch_size_t"),
+        ("scale_factor_spatial", "spatial_compression_ratio", "patch_size"),
+    ):
+        name = next((n for n in (wan_name, ltx_name) if config.get(n) is not None), None)
+        stride = None
+        if name is not None:
+            stride = _positive_ints(path, name, config[name])[0]
+        elif config.get("spatio_temporal_scaling") is not None and config.get(ltx_patch) is not None:
+            stages = config["spatio_temporal_scaling"]
+            if not isinstance(stages, list) or not all(isinstance(s, bool) for s in stages):
+                raise ValueError(
+                    f"{path}: spatio_temporal_scaling must be a list of booleans, got {stages!r}"
+                )
+            stride = _positive_ints(path, ltx_patch, config[ltx_patch])[0] * 2 ** sum(stages)
+        strides.append(stride)
+    return strides[0], strides[1]
+
+
+def _spatial_patch(path: Path, config: dict) -> int | None:
+    """The transformer's spatial patch (Wan's [t, h, w]: the lcm of h and w; LTX's one int), None if unsaid."""
+    if config.get("patch_size") is None:
+        return None
+    patch = _positive_ints(path, "patch_size", config["patch_size"])
+    return math.lcm(*patch[-2:]) if len(patch) > 1 else patch[0]
 
 
 def load_pipeline(
