@@ -158,6 +158,19 @@ def uniform_hybrid_attention(
 
 AttentionFn = Callable[..., Tensor]
 
+
+def call_keywords(geometry: Geometry) -> dict[str, object]:
+    """The keywords of a baseline call (the call shape above) for ``geometry``: its fields but the anchor,
+    which no baseline has (a :class:`~rehyat.models.ReHyAtConfig` allows one with ReHyAt only)."""
+    return dict(
+        frame_tokens=geometry.frame_tokens,
+        chunk_frames=geometry.chunk_frames,
+        overlap_frames=geometry.overlap_frames,
+        causal=geometry.causal,
+        scale=geometry.scale,
+    )
+
+
 #: Name → op with ReHyAt's call shape, for ablation tables and the training tools.
 ATTENTION_VARIANTS: dict[str, AttentionFn] = {
     "rehyat": hybrid_attention,

@@ -123,13 +123,13 @@ def test_every_call_sweeps_the_chunks_from_fresh_states(pipe, monkeypatch):
     """Per transformer call (one step of one CFG branch) each block starts one stream (state None) and
     steps once per chunk; diffusers' forward (its patch embedding) only ever sees one chunk."""
     starts, steps, embedded = [], [], []
-    step = adapter.hybrid_attention_step
+    step = adapter.attend_step
 
     def spy(*args, **kwargs):
         (starts if args[5] is None else steps).append(args[0].shape[1])
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(adapter, "hybrid_attention_step", spy)
+    monkeypatch.setattr(adapter, "attend_step", spy)
     handle = pipe.transformer.patch_embedding.register_forward_pre_hook(
         lambda module, args: embedded.append(args[0].shape[2])
     )

@@ -67,3 +67,46 @@ def test_block_resolution_errors():
         ReHyAtConfig(blocks=1, block_ranking=[0, 1]).resolve_blocks(3)
     with pytest.raises(ValueError, match="unknown ReHyAtConfig fields"):
         ReHyAtConfig.from_dict({"chunk_frame": 3})
+
+
+def test_the_config_gives_the_op_one_geometry():
+    """ReHyAtConfig.geometry: the chunk geometry under the op's names, and the op's Geometry entries
+    (attend, attend_step) give what the keyword calls give."""
+    import torch
+
+    from rehyat import hybrid_attention, hybrid_attention_step
+    from rehyat.attention import Geometry
+    from rehyat.attention.hybrid import attend, attend_step
+
+    config = ReHyAtConfig(chunk_frames=2, overlap_frames=1, causal=False)
+    assert config.geometry(6) == Geometry(6, 2, 1, causal=False, scale=None, anchor_frames=0)
+    assert ReHyAtConfig(anchor_frames=1).geometry(4, scale=0.5) == Geometry(4, 3, 1, True, 0.5, 1)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 5 * 3, 2, 8, generator=gen, dtype=torch.float64) for _ in "qkv")
+    fq, fk = (torch.rand(1, 5 * 3, 2, 4, generator=gen, dtype=torch.float64) for _ in "qk")
+    for causal in (True, False):
+        geometry = ReHyAtConfig(chunk_frames=2, overlap_frames=1, causal=causal).geometry(3)
+        want = hybrid_attention(
+            q, k, v, fq, fk, frame_tokens=3, chunk_frames=2, overlap_frames=1, causal=causal
+        )
+        assert torch.equal(attend(q, k, v, fq, fk, geometry), want)
+    rows = slice(0, 2 * 3)
+    want, _ = hybrid_attention_step(
+        q[:, rows], k[:, rows], v[:, rows], fq[:, rows], fk[:, rows], None, frame_tokens=3, overlap_frames=1
+    )
+    got, state = attend_step(
+        q[:, rows],
+        k[:, rows],
+        v[:, rows],
+        fq[:, rows],
+        fk[:, rows],
+        None,
+        ReHyAtConfig(chunk_frames=2).geometry(3),
+    )
+    assert torch.equal(got, want) and state.overlap_frames == 1
+    with pytest.raises(ValueError, match="causal only"):
+        attend_step(q, k, v, fq, fk, None, config.geometry(3))
+    with pytest.raises(ValueError, match="must be a Geometry"):
+        attend(q, k, v, fq, fk, {"frame_tokens": 3})
+    with pytest.raises(ValueError, match="must be a Geometry"):
+        attend_step(q, k, v, fq, fk, None, {"frame_tokens": 3, "overlap_frames": 1})

@@ -114,7 +114,7 @@ def test_streaming_restores_feed_forwards_after_an_error(model, monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(adapter, "hybrid_attention_step", failing)
+    monkeypatch.setattr(adapter, "attend_step", failing)
     hidden, timestep, context = tiny_inputs(frames=7)
     with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
         recurrent_forward(net, hidden, timestep, context)

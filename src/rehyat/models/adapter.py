@@ -29,15 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rehyat.attention import (
-    AttentionStats,
-    HybridAttentionState,
-    PolynomialFeatureMap,
-    hybrid_attention,
-    hybrid_attention_step,
-)
+from rehyat.attention import AttentionStats, Geometry, HybridAttentionState, PolynomialFeatureMap
+from rehyat.attention.hybrid import attend, attend_step
 from rehyat.attention.kernels import Backend
-from rehyat.baselines import ATTENTION_VARIANTS, uniform_hybrid_attention
+from rehyat.baselines import ATTENTION_VARIANTS, call_keywords, uniform_hybrid_attention
 from rehyat.models.config import ReHyAtConfig
 
 PHI_Q = "rehyat_phi_q"
@@ -271,18 +266,21 @@ def configured_attention(
     v: Tensor,
     fq: Tensor | None,
     fk: Tensor | None,
+    geometry: Geometry,
     *,
     backend: Backend = "auto",
-    **geometry,
+    stats: AttentionStats | None = None,
 ) -> Tensor:
-    """The parallel attention ``config.attention`` names: ReHyAt, or a baseline for ablations.
-    Shared by the processor and the stage-1 students, so both train and run the same op."""
+    """The parallel attention ``config.attention`` names on ``geometry`` (``config.geometry(frame_tokens)``):
+    ReHyAt, or a baseline for ablations (the geometry's fields as its keywords; no anchor: the config
+    allows one with "hybrid" only). Shared by the processor and the stage-1 students, so both train and
+    run the same op."""
     if config.attention == "hybrid":
-        return hybrid_attention(q, k, v, fq, fk, backend=backend, **geometry)
-    geometry.pop("anchor_frames", None)  # 0: the config allows an anchor with "hybrid" only
+        return attend(q, k, v, fq, fk, geometry, stats=stats, backend=backend)
+    fields = call_keywords(geometry)
     if config.attention == "uniform_hybrid":
-        return uniform_hybrid_attention(q, k, v, fq, fk, stride=config.uniform_stride, **geometry)
-    return ATTENTION_VARIANTS[config.attention](q, k, v, fq, fk, **geometry)
+        return uniform_hybrid_attention(q, k, v, fq, fk, stride=config.uniform_stride, stats=stats, **fields)
+    return ATTENTION_VARIANTS[config.attention](q, k, v, fq, fk, stats=stats, **fields)
 
 
 class ReHyAtAttnProcessor:
@@ -334,6 +332,7 @@ class ReHyAtAttnProcessor:
         query, key, value = self.project(attn, hidden_states, rotary_emb)
 
         config = self.runtime.config
+        geometry = config.geometry(frame_tokens)
         if self.runtime.streaming:
             # The step applies φq, φk (after the inputs' own transform), each only while it is needed
             # (lower peak memory).
@@ -342,16 +341,14 @@ class ReHyAtAttnProcessor:
                 phi_q, phi_k = fq, fk
                 fq = lambda q: phi_q(self.feature_input(config, q, rotary_emb))  # noqa: E731
                 fk = lambda k: phi_k(self.feature_input(config, k, rotary_emb))  # noqa: E731
-            out, self.state = hybrid_attention_step(
+            out, self.state = attend_step(
                 query,
                 key,
                 value,
                 fq,
                 fk,
                 self.state,
-                frame_tokens=frame_tokens,
-                overlap_frames=config.overlap_frames,
-                anchor_frames=config.anchor_frames,
+                geometry,
                 stats=self.stats,
                 backend=self.runtime.backend,
             )
@@ -365,16 +362,10 @@ class ReHyAtAttnProcessor:
                     f"attention got {query.shape[1]} tokens but the captured grid {grid} has "
                     f"{grid[0] * frame_tokens}"
                 )
-            geometry = dict(
-                frame_tokens=frame_tokens,
-                chunk_frames=config.chunk_frames,
-                overlap_frames=config.overlap_frames,
-                causal=config.causal,
-                anchor_frames=config.anchor_frames,
-                stats=self.stats,
+            attention = configured_attention if self.runtime.attention is None else self.runtime.attention
+            out = attention(
+                config, query, key, value, fq, fk, geometry, backend=self.runtime.backend, stats=self.stats
             )
-            attend = configured_attention if self.runtime.attention is None else self.runtime.attention
-            out = attend(config, query, key, value, fq, fk, backend=self.runtime.backend, **geometry)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from rehyat.attention import PolynomialFeatureMap
+from rehyat.attention import Geometry, PolynomialFeatureMap
 from rehyat.utils import check_int
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
@@ -155,6 +155,15 @@ class ReHyAtConfig:
                 f"block indices {out_of_range} are out of range for a model with {num_blocks} blocks"
             )
         return sorted(self.blocks)
+
+    def geometry(self, frame_tokens: int, scale: float | None = None) -> Geometry:
+        """The chunk geometry of this config on a layer of ``frame_tokens`` tokens per latent frame:
+        ``chunk_frames``, ``overlap_frames``, ``causal`` and ``anchor_frames`` under the same names, as
+        one :class:`~rehyat.attention.Geometry` that the processors pass on to the op's kernels
+        (``scale``: the softmax scale, None for 1/sqrt(head_dim) as the teacher's SDPA uses)."""
+        return Geometry(
+            frame_tokens, self.chunk_frames, self.overlap_frames, self.causal, scale, self.anchor_frames
+        )
 
     def feature_map(self, num_heads: int, head_dim: int) -> PolynomialFeatureMap:
         """A fresh φ (one of φq, φk) of this config for a layer of ``num_heads`` × ``head_dim``: the one

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rehyat.attention import Geometry
 from rehyat.models import rotary_for_frames
 from rehyat.models.adapter import ReHyAtRuntime, converted_blocks, rehyat_runtime
 from rehyat.models.config import ReHyAtConfig
@@ -246,13 +247,21 @@ class ChunkParallel:
         cos, sin = rotary_for_frames(module, start, start + frames, height, width)
         return cos.to(output[0]), sin.to(output[1])
 
-    def _attention(self, config: ReHyAtConfig, q, k, v, fq, fk, *, backend, frame_tokens, stats=None, **_):
+    def _attention(self, config: ReHyAtConfig, q, k, v, fq, fk, geometry: Geometry, *, backend, stats=None):
         return chunk_parallel_attention(
-            q, k, v, fq, fk, layout=self.layout, frame_tokens=frame_tokens, group=self.group, stats=stats
+            q,
+            k,
+            v,
+            fq,
+            fk,
+            layout=self.layout,
+            frame_tokens=geometry.frame_tokens,
+            group=self.group,
+            stats=stats,
         )
 
-    def _softmax(self, config: ReHyAtConfig, q, k, v, fq, fk, *, frame_tokens, **_):
-        sizes = [(b - a) * frame_tokens for a, b in self.layout.ranges]
+    def _softmax(self, config: ReHyAtConfig, q, k, v, fq, fk, geometry: Geometry, *, backend, stats=None):
+        sizes = [(b - a) * geometry.frame_tokens for a, b in self.layout.ranges]
         keys = _ranks_rows(self.group, k, sizes, 1, "kv")
         values = _ranks_rows(self.group, v, sizes, 1, "kv")
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from rehyat.attention import AttentionStats
-from rehyat.baselines import linear_attention, local_attention
+from rehyat.baselines import call_keywords, linear_attention, local_attention
 from rehyat.models.adapter import FamilyAdapter, configured_attention
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import WAN
@@ -79,23 +79,15 @@ class BlockStudent:
 
     def predict(self, capture: AttentionCapture, stats: AttentionStats | None = None) -> Tensor:
         q, k, v = capture.q, capture.k, capture.v
-        geometry = dict(
-            frame_tokens=capture.frame_tokens,
-            chunk_frames=self.config.chunk_frames,
-            overlap_frames=self.config.overlap_frames,
-            causal=self.config.causal,
-            stats=stats,
-        )
+        geometry = self.config.geometry(capture.frame_tokens)
         if self.variant == "local":
-            return local_attention(q, k, v, **geometry)
+            return local_attention(q, k, v, stats=stats, **call_keywords(geometry))
         fq = self.phi_q(self.feature_input(self.config, q, capture.rotary))
         fk = self.phi_k(self.feature_input(self.config, k, capture.rotary))
         if self.variant == "linear":
-            return linear_attention(q, k, v, fq, fk, **geometry)
+            return linear_attention(q, k, v, fq, fk, stats=stats, **call_keywords(geometry))
         # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
-        return configured_attention(
-            self.config, q, k, v, fq, fk, anchor_frames=self.config.anchor_frames, **geometry
-        )
+        return configured_attention(self.config, q, k, v, fq, fk, geometry, stats=stats)
 
     def train_step(self, capture: AttentionCapture) -> float:
         """One AdamW step on mean |y − ŷ|; returns the loss before the step.

@@ -59,7 +59,30 @@ def hybrid_attention(
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
     geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames)
-    validate_inputs(q, k, v, fq, fk, frame_tokens)
+    global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
+    return attend(q, k, v, fq, fk, geometry, stats=stats, backend=backend, **global_keys)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    geometry: Geometry,
+    *,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """:func:`hybrid_attention` with its geometry given as one :class:`Geometry` (e.g.
+    ``ReHyAtConfig.geometry(frame_tokens)``) instead of keywords: the entry of callers that carry a
+    Geometry, so the same fields reach the kernels under the same names."""
+    if not isinstance(geometry, Geometry):
+        raise ValueError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
     global_keys = validate_globals(q, global_k, global_v, global_mask)
-    chosen = resolve_backend(backend, q, fq, extras_reason(anchor_frames, global_keys))
+    chosen = resolve_backend(backend, q, fq, extras_reason(geometry.anchor_frames, global_keys))
     return parallel_attention(q, k, v, fq, fk, geometry, backend=chosen, stats=stats, global_keys=global_keys)

@@ -212,26 +212,35 @@ def hybrid_attention_step(
     """
     geometry = Geometry(frame_tokens, None, overlap_frames, True, scale, anchor_frames)
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
-    return _step(q, k, v, fq, fk, state, geometry, stats=stats, backend=backend, out=out, **global_keys)
+    return attend_step(q, k, v, fq, fk, state, geometry, stats=stats, backend=backend, out=out, **global_keys)
 
 
-def _step(
-    q,
-    k,
-    v,
-    fq,
-    fk,
-    state,
+def attend_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | FeatureMap,
+    fk: Tensor | FeatureMap,
+    state: HybridAttentionState | None,
     geometry: Geometry,
     *,
-    stats,
-    backend,
-    out,
-    global_k=None,
-    global_v=None,
-    global_mask=None,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+    out: Tensor | None = None,
 ) -> tuple[Tensor, HybridAttentionState]:
-    """:func:`hybrid_attention_step` (the same arguments) on a streaming ``geometry`` (``chunk_frames=None``)."""
+    """:func:`hybrid_attention_step` with its geometry given as one :class:`Geometry` (e.g.
+    ``ReHyAtConfig.geometry(frame_tokens)``) instead of keywords. The step is causal (``causal=False``
+    is a ``ValueError``) and its chunk is whatever frames it is given (``chunk_frames`` is not read)."""
+    if not isinstance(geometry, Geometry):
+        raise ValueError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    if not geometry.causal:
+        raise ValueError(
+            "the recurrent form is causal only (docs/method.md §4): a step takes a causal Geometry"
+        )
+    geometry = replace(geometry, chunk_frames=None)
     frame_tokens, overlap_frames, anchor = (
         geometry.frame_tokens,
         geometry.overlap_frames,
@@ -459,7 +468,7 @@ def recurrent_hybrid_attention(
         piece = slice(start, start + step_tokens)
         chunk = (x[:, piece] for x in (q, k, v, fq, fk))
         rows = None if output is None else output[:, piece]
-        out, state = _step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
+        out, state = attend_step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
         outputs.append(out)
     output = output if output is not None else torch.cat(outputs, dim=1)
     return (output, state) if output_final_state else output
