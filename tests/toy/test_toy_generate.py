@@ -80,3 +80,12 @@ def test_the_bundled_student_on_another_teacher_is_refused(my_teacher):
         assert "\n" not in str(error.value)
         with pytest.raises(ValueError, match="trained on the bundled teacher"):
             load_toy_model(my_teacher, student)
+
+
+def test_a_model_of_ones_own_without_a_student_or_teacher_flag_is_an_error(tmp_path, capsys):
+    out = tmp_path / "toy.gif"
+    argv = ["toy", "generate", "--prompt", PROMPT, "--model", str(tmp_path), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--model {tmp_path} has no bundled student: pass --rehyat DIR or --teacher" in err
+    assert "\n" not in err and not out.exists()

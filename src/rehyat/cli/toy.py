@@ -23,8 +23,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     from rehyat.generation.pipeline import check_device
     from rehyat.generation.video import check_video_path, write_video
-    from rehyat.models.folders import TOY_TEACHER, bundled_student, model_folder, rehyat_folder
+    from rehyat.models.folders import TOY_STUDENT, bundled_student, model_folder, rehyat_folder
     from rehyat.toy.generate import generate_toy_video, video_uint8
+    from rehyat.toy.model import is_bundled_teacher
     from rehyat.toy.world import ToyPrompt
     from rehyat.utils import check_int
 
@@ -47,7 +48,10 @@ def _generate(args: argparse.Namespace) -> int:
     teacher = model_folder(args.model, "--model")
     if args.teacher and args.rehyat is not None:
         raise ValueError("--teacher samples the teacher alone; leave out --rehyat")
-    rehyat = args.rehyat if args.rehyat is not None else ("bundled" if args.model == TOY_TEACHER else None)
+    bundled = is_bundled_teacher(teacher)
+    if not (bundled or args.teacher or args.parallel or args.rehyat is not None):
+        raise ValueError(f"--model {args.model} has no bundled student: pass --rehyat DIR or --teacher")
+    rehyat = args.rehyat if args.rehyat is not None else (TOY_STUDENT if bundled else None)
     rehyat = None if args.teacher or rehyat is None else rehyat_folder(rehyat)
     if rehyat is None and not args.parallel:
         args.parallel = True  # the teacher has full attention: parallel is its only form
@@ -169,7 +173,7 @@ def register(commands) -> None:
     parser.add_argument(
         "--rehyat",
         help="a ReHyAt checkpoint folder on top of --model (default with --model toy: 'bundled', the "
-        "shipped student; with another folder: none, the teacher alone)",
+        "shipped student; another folder has none: pass --rehyat DIR, or --teacher for the teacher alone)",
     )
     parser.add_argument("--teacher", action="store_true", help="sample the teacher alone (full attention)")
     parser.add_argument(
