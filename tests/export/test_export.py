@@ -279,6 +279,16 @@ def test_export_refuses_what_has_no_recurrent_step(tmp_path):
     partial = convert_wan(copy.deepcopy(WanTransformer3DModel(**tiny_wan_config())), ReHyAtConfig(blocks=[0]))
     with pytest.raises(ValueError, match="every block converted"):
         export_dit_step(partial, tmp_path, num_frames=3, height=SIZE, width=SIZE, text_tokens=TEXT)
+    with pytest.raises(ValueError, match="anchor_frames=1 is not supported") as error:
+        export_dit_step(
+            tiny_converted(1, anchor_frames=1),
+            tmp_path,
+            num_frames=3,
+            height=SIZE,
+            width=SIZE,
+            text_tokens=TEXT,
+        )
+    assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="runtime must be one of"):
         export_dit_step(
             tiny_converted(1),

@@ -118,6 +118,11 @@ def _check_streamable(transformer: nn.Module) -> list[int]:
             "the recurrent step needs causal ReHyAt attention (attention='hybrid', causal=True), got "
             f"attention={config.attention!r}, causal={config.causal}"
         )
+    if config.anchor_frames:
+        raise ValueError(
+            f"the exported recurrent step has no anchor state: anchor_frames={config.anchor_frames} "
+            "is not supported (convert with anchor_frames=0 to export)"
+        )
     return blocks
 
 
