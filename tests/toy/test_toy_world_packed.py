@@ -100,3 +100,15 @@ def test_a_saved_toy_world_json_loads_by_its_name_or_its_former_name(tmp_path, s
 
     (tmp_path / SPACE_FILE).write_text(json.dumps({"world": saved}) + "\n")
     assert toy_space(tmp_path).name == space
+
+
+@pytest.mark.parametrize(("former", "current"), [("V2", "ONE_FRAME_WORLD"), ("V3", "PACKED_WORLD")])
+def test_the_worlds_former_names_still_import_with_a_deprecation_warning(former, current):
+    from rehyat.toy import world
+
+    namespace: dict = {}
+    with pytest.warns(DeprecationWarning, match=f"rehyat.toy.world.{former} is deprecated: use .*{current}"):
+        exec(f"from rehyat.toy.world import {former}", namespace)
+    assert namespace[former] is getattr(world, current)
+    with pytest.raises(AttributeError, match="no_such_world"):
+        world.no_such_world  # noqa: B018

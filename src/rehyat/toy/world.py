@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +132,23 @@ LEGACY_WORLD_NAMES = {"v2": "one-frame", "v3": "packed"}
 def world_name(name: str) -> str:
     """A world's name as saved now, for a saved name (an older one included)."""
     return LEGACY_WORLD_NAMES.get(name, name)
+
+
+#: The worlds' former module names (``from rehyat.toy.world import V2`` before they were renamed): still
+#: importable, as the same objects, with a DeprecationWarning.
+_FORMER_NAMES = {"V2": "ONE_FRAME_WORLD", "V3": "PACKED_WORLD"}
+
+
+def __getattr__(name: str):
+    if name in _FORMER_NAMES:
+        current = _FORMER_NAMES[name]
+        warnings.warn(
+            f"rehyat.toy.world.{name} is deprecated: use rehyat.toy.world.{current}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[current]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Weight below which the trail's history is cut (the renderer's pre-roll).
