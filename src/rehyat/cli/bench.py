@@ -35,6 +35,47 @@ _ALIASES: dict[str, dict[str, Any]] = {
     "--size": {"help": "published or tiny (= --set size=...)"},
 }
 
+#: The flags each target took before its settings moved to ``--set`` (they became fields of the same
+#: name, ``--json`` became ``json_out``): still parsed, hidden, so a script that passes one is told the
+#: key to set instead of argparse's "unrecognized arguments".
+_REPLACED: dict[str, tuple[str, ...]] = {
+    "op": ("--frame-tokens", "--threads", "--json"),
+    "attention": ("--skip-parity", "--parity-only"),
+    "distill": ("--rep-ms",),
+    "model": ("--rows", "--skip-parity"),
+    "comm": ("--ranks", "--chunk-frames", "--overlap-frames", "--skip-measure"),
+    "device": (
+        "--work",
+        "--parts",
+        "--threads",
+        "--reps",
+        "--rounds",
+        "--student",
+        "--toy-prompts",
+        "--toy-steps",
+        "--toy-weights",
+    ),
+}
+_REPLACED_KEYS = {"--json": "json_out"}
+_REPLACED_SWITCHES = frozenset({"--skip-parity", "--parity-only", "--skip-measure"})
+_REPLACED_LISTS = frozenset({"--rows", "--ranks", "--parts", "--toy-weights"})
+
+
+class _Replaced(argparse.Action):
+    """A flag of :data:`_REPLACED`: takes whatever values follow it and records the first such flag, which
+    the handler refuses (:func:`replaced_message`) before anything runs."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest, None) is None:
+            setattr(namespace, self.dest, option_string)
+
+
+def replaced_message(flag: str) -> str:
+    """The one-line error for a flag of :data:`_REPLACED`, naming the ``--set`` key that replaced it."""
+    key = _REPLACED_KEYS.get(flag, _field(flag))
+    value = "true" if flag in _REPLACED_SWITCHES else "[...]" if flag in _REPLACED_LISTS else "VALUE"
+    return f"{flag} was replaced by --set {key}={value}"
+
 
 def _field(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
@@ -68,6 +109,8 @@ def _render_only_errors(run, settings: Any, target: str) -> int:
 
 def _settings_runner(module: str, settings_name: str, flags: tuple[str, ...]):
     def handler(args: argparse.Namespace) -> int:
+        if getattr(args, "replaced_flag", None) is not None:
+            raise ValueError(replaced_message(args.replaced_flag))
         experiment = importlib.import_module(f"rehyat.experiments.{module}")
         overrides = [*_alias_overrides(args, flags), *args.overrides]
         settings = load_config(getattr(experiment, settings_name), args.config, overrides)
@@ -100,6 +143,8 @@ def _add_target(
         if keywords.get("action") != "store_true":
             keywords = {"metavar": _field(flag).upper(), **keywords}
         parser.add_argument(flag, dest=f"alias_{_field(flag)}", default=None, **keywords)
+    for flag in _REPLACED.get(name, ()):
+        parser.add_argument(flag, dest="replaced_flag", nargs="*", action=_Replaced, help=argparse.SUPPRESS)
     parser.set_defaults(handler=_settings_runner(module, settings, flags))
 
 
