@@ -1,25 +1,29 @@
-"""Stage 1 and stage 2 on every convertible family beside Wan2.1 (SkyReels-V2, LTX-Video; Wan2.2 shares
-Wan's class), on tiny configs: the recorder captures the teacher's attention exactly, a stage-1 run
-samples with the family's own pipeline and writes a checkpoint of that family, and a stage-2 run trains
-and saves a model that loads back."""
+"""Stage 1 and stage 2 on every convertible family beside Wan2.1 (SkyReels-V2, LTX-Video, HunyuanVideo,
+CogVideoX; Wan2.2 shares Wan's class), on tiny configs: the recorder captures the teacher's attention
+exactly (a joint text-video layer's with its text keys), a stage-1 student predicts what the converted
+joint layer computes, a stage-1 run samples with the family's own pipeline and writes a checkpoint of that
+family, and a stage-2 run trains and saves a model that loads back."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+import torch.nn.functional as F
+from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from safetensors.torch import save_file
 
-from rehyat.baselines import full_attention
+from rehyat import ReHyAtConfig
 from rehyat.config import load_config
-from rehyat.models import family_of, load_rehyat
+from rehyat.models import convert, family_of, load_rehyat
 from rehyat.models.architectures import architecture
-from rehyat.training.capture import AttentionRecorder
+from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.data import write_latent_dataset
 from rehyat.training.distill import DistillConfig, run_distillation
 from rehyat.training.finetune import FinetuneConfig, finetune, flow_matching_loss, noise_generator
+from rehyat.training.students import BlockStudent
 
 from conftest import rel_err
 
@@ -37,17 +41,50 @@ FAMILIES = {
         FlowMatchEulerDiscreteScheduler,
         dict(num_frames=25, height=128, width=128),
     ),
+    "hunyuan-video": (
+        "tiny-hunyuan-video",
+        FlowMatchEulerDiscreteScheduler,
+        dict(num_frames=13, height=64, width=64),
+    ),
+    "cogvideox": (
+        "tiny-cogvideox",
+        lambda: CogVideoXDDIMScheduler(prediction_type="v_prediction"),
+        dict(num_frames=13, height=64, width=64),
+    ),
 }
+JOINT = ("hunyuan-video", "cogvideox")
 by_family = pytest.mark.parametrize("name", sorted(FAMILIES))
 TEXT_TOKENS = 6
 
 
-def _latents(name: str, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _latents(name: str, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Latents of 4 frames of 4×4 tokens, prompt embeddings, and the family's other per-sample inputs
+    (HunyuanVideo's pooled CLIP projection, and a mask whose second prompt has 2 padded tokens)."""
     arch = architecture(FAMILIES[name][0])
     gen = torch.Generator().manual_seed(seed)
     size = 4 if arch.family == "ltx-video" else 8  # 4×4 tokens (LTX-Video: patch 1, the others 2×2)
     latents = torch.randn(batch, arch.latent_channels, 4, size, size, generator=gen)
-    return latents, torch.randn(batch, TEXT_TOKENS, arch.text_dim, generator=gen)
+    prompt = torch.randn(batch, TEXT_TOKENS, arch.text_dim, generator=gen)
+    conditioning = {}
+    if name == "hunyuan-video":
+        mask = torch.ones(batch, TEXT_TOKENS)
+        mask[1:, -2:] = 0
+        pooled = torch.randn(batch, arch.config["pooled_projection_dim"], generator=gen)
+        conditioning = dict(pooled_prompt_embeds=pooled, prompt_attention_mask=mask)
+    return latents, prompt, conditioning
+
+
+def _teacher_attention(capture: AttentionCapture) -> torch.Tensor:
+    """Softmax of the captured queries over the captured keys and, for a joint layer, the text keys
+    (padded ones masked): what the teacher's layer computes for those rows."""
+    k, v, mask = capture.k, capture.v, None
+    if capture.global_k is not None:
+        k, v = torch.cat([k, capture.global_k], dim=1), torch.cat([v, capture.global_v], dim=1)
+        if capture.global_mask is not None:
+            video = capture.global_mask.new_ones(capture.k.shape[:2])
+            mask = torch.cat([video, capture.global_mask], dim=1)[:, None, None, :]
+    q, k, v = (x.transpose(1, 2) for x in (capture.q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
 
 
 @by_family
@@ -55,19 +92,55 @@ def test_recorder_captures_the_teachers_attention_exactly(name):
     torch.manual_seed(0)
     model = architecture(FAMILIES[name][0]).build()
     family = family_of(model)
-    latents, prompt = _latents(name)
-    inputs = family.denoiser_inputs(model, latents, torch.tensor([500.0]), prompt)
+    latents, prompt, conditioning = _latents(name, batch=2)
+    inputs = family.denoiser_inputs(model, latents, torch.tensor([500.0, 300.0]), prompt, **conditioning)
     with torch.no_grad():
         reference = model(**inputs, return_dict=False)[0]
-        recorder = AttentionRecorder(model, [1])
+        recorder = AttentionRecorder(model, [0, 1])  # HunyuanVideo: a dual- and a single-stream block
         with recorder.installed():
             recorder.active = True
             out = model(**inputs, return_dict=False)[0]
     assert torch.equal(out, reference)
-    (capture,) = recorder.take()[1]
-    assert capture.frame_tokens == 16 and capture.frames == 4
-    # q and k carry the family's RoPE where it applies it: softmax over them is the teacher's output
-    assert rel_err(full_attention(capture.q, capture.k, capture.v), capture.y) <= 1e-5
+    for (capture,) in recorder.take().values():
+        assert capture.frame_tokens == 16 and capture.frames == 4
+        # q and k carry the family's RoPE where it applies it: softmax over them is the teacher's output
+        assert rel_err(_teacher_attention(capture), capture.y) <= 1e-5
+        assert (capture.global_k is not None) == (name in JOINT)
+        if name == "hunyuan-video":
+            assert capture.global_mask.sum(dim=1).tolist() == [6, 4]  # the padded text keys are out
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_stage1_student_predicts_what_the_converted_joint_layer_computes(name):
+    """Block 0 of the converted model gets the teacher's inputs (every chunk's text copy is still the
+    embedded prompt), so the video rows its processor computes are the student's prediction on the
+    teacher's capture of block 0, with the same φ."""
+    torch.manual_seed(0)
+    model = architecture(FAMILIES[name][0]).build()
+    family = family_of(model)
+    latents, prompt, conditioning = _latents(name, batch=2)
+    inputs = family.denoiser_inputs(model, latents, torch.tensor([500.0, 300.0]), prompt, **conditioning)
+    recorder = AttentionRecorder(model, [0])
+    with torch.no_grad(), recorder.installed():
+        recorder.active = True
+        model(**inputs, return_dict=False)
+    (capture,) = recorder.take()[0]
+    config = ReHyAtConfig(chunk_frames=2, overlap_frames=1, feature_init="random")
+    student = BlockStudent("rehyat", config, 2, capture.q.shape[-1], feature_input=recorder.feature_input)
+    predicted = student.predict(capture).flatten(2)
+    student.train_step(capture)  # a trained φ, not the converted model's own initial one
+
+    converted = convert(copy.deepcopy(model), config)
+    attn = family.attention(converted, 0)
+    attn.load_state_dict({**attn.state_dict(), **student.feature_map_state()})
+    rows = []  # the video rows' input of the output projection, per chunk entry (chunk-major)
+    hook = attn.to_out[0].register_forward_pre_hook(lambda _m, args: rows.append(args[0]))
+    with torch.no_grad():
+        converted(**inputs, return_dict=False)
+    hook.remove()
+    video = rows[0].unflatten(0, (2, 2)).transpose(0, 1).flatten(1, 2)  # 2 chunk entries of 2 frames
+    assert rel_err(student.predict(capture).flatten(2), video) <= 1e-5
+    assert rel_err(predicted, video) > 1e-4  # the step changed φ, and the converted layer follows it
 
 
 @by_family
@@ -78,12 +151,15 @@ def test_stage1_run_samples_with_the_familys_pipeline(name, tmp_path):
     arch.build().save_pretrained(tmp_path / "teacher" / "transformer")
     scheduler().save_pretrained(tmp_path / "teacher" / "scheduler")
     prompts = tmp_path / "prompts.safetensors"
-    save_file({"prompt_embeds": torch.randn(2, TEXT_TOKENS, arch.text_dim)}, prompts)
+    tensors = {"prompt_embeds": torch.randn(2, TEXT_TOKENS, arch.text_dim)}
+    if name == "hunyuan-video":  # HunyuanVideoPipeline takes its pooled CLIP projections beside them
+        tensors["pooled_prompt_embeds"] = torch.randn(2, arch.config["pooled_projection_dim"])
+    save_file(tensors, prompts)
     config = DistillConfig(
         model=str(tmp_path / "teacher"),
         prompts=str(prompts),
         out=str(tmp_path / "run"),
-        variants=["rehyat", "untrained"],
+        variants=None if name in JOINT else ["rehyat", "untrained"],
         dtype="fp32",
         device="cpu",
         num_inference_steps=2,
@@ -95,6 +171,7 @@ def test_stage1_run_samples_with_the_familys_pipeline(name, tmp_path):
     report = run_distillation(config)
     assert sorted(report["ranking"]) == [0, 1]
     assert report["blocks"][0]["captures_heldout"] == 1  # one capture step, no CFG
+    assert sorted(report["blocks"][0]["heldout"]) == ["rehyat", "untrained"]  # joint: every variant served
     saved = json.loads((tmp_path / "run" / "rehyat" / "rehyat_config.json").read_text())
     assert arch.class_name in json.dumps(saved)
     student = load_rehyat(arch.build(), tmp_path / "run" / "rehyat")
@@ -102,11 +179,19 @@ def test_stage1_run_samples_with_the_familys_pipeline(name, tmp_path):
     if name == "ltx-video":  # Wan's 4k + 1 frames is not enough for its VAE's stride of 8
         with pytest.raises(ValueError, match="num_frames must be 8k \\+ 1 for LTXVideoTransformer3DModel"):
             run_distillation(DistillConfig(**{**config.__dict__, "num_frames": 29}))
+    if name in JOINT:  # refused before the teacher samples: nothing is written
+        for change, match in (
+            ({"variants": ["rehyat", "local"]}, "text keys"),
+            ({"blocks": [0]}, "every block"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                run_distillation(DistillConfig(**{**config.__dict__, "out": str(tmp_path / "no"), **change}))
+        assert not (tmp_path / "no").exists()
 
 
-@by_family
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - set(JOINT)))
 def test_stage2_run_trains_and_saves_a_model_of_the_family(name, tmp_path):
-    latents, prompt = _latents(name, batch=2, seed=1)
+    latents, prompt, _ = _latents(name, batch=2, seed=1)
     data = write_latent_dataset(tmp_path / "data", list(zip(latents, prompt, strict=True)))
     overrides = {
         "output_dir": tmp_path / "run",

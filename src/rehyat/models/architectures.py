@@ -9,8 +9,8 @@ SkyReels-V2-T2V-1.3B-540P, which has Wan2.1-1.3B's transformer layout in its own
 LTX-Video 2B, diffusers' defaults of ``LTXVideoTransformer3DModel`` (28 blocks, 32 heads × 64, 128 latent
 channels, T5-XXL captions), at its pipeline's default 512×704. HunyuanVideo (13B, diffusers' defaults, at
 its pipeline's default 720×1280) and CogVideoX-5B (at 480×720), with their tiny configs, are in
-:data:`JOINT_ARCHITECTURES`, which ``rehyat bench model`` runs: their joint text–video attention converts
-(docs/method.md §6.1), but stage 2 does not drive them yet, so they are not in :data:`ARCHITECTURES`.
+:data:`JOINT_ARCHITECTURES` (joint text–video attention, docs/method.md §6.1), which
+:data:`ARCHITECTURES` includes.
 """
 
 from __future__ import annotations
@@ -174,9 +174,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
 }
 
-#: The joint text–video attention families (docs/method.md §6.1), for ``rehyat bench model`` only (stage 2
-#: does not drive them yet). Text: HunyuanVideo's 256 Llama tokens of 4096 (beside a pooled CLIP vector of
-#: ``pooled_projection_dim``), CogVideoX's 226 T5 tokens of 4096.
+#: The joint text–video attention families (docs/method.md §6.1), also in :data:`ARCHITECTURES`. Text:
+#: HunyuanVideo's 256 Llama tokens of 4096 (beside a pooled CLIP vector of ``pooled_projection_dim``),
+#: CogVideoX's 226 T5 tokens of 4096.
 JOINT_ARCHITECTURES: dict[str, Architecture] = {
     "hunyuan-video": Architecture(
         "hunyuan-video", "HunyuanVideoTransformer3DModel", HUNYUAN_VIDEO, 4, 8, 720, 1280, 256, 4096
@@ -191,6 +191,8 @@ JOINT_ARCHITECTURES: dict[str, Architecture] = {
         "cogvideox", "CogVideoXTransformer3DModel", tiny_cogvideox_config(), 4, 8, 64, 64, 6, 16
     ),
 }
+
+ARCHITECTURES.update(JOINT_ARCHITECTURES)
 
 #: The published size of each family, by its adapter's name (``rehyat bench model --family``): a name in
 #: :data:`ARCHITECTURES` or :data:`JOINT_ARCHITECTURES`.

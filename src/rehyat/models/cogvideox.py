@@ -37,9 +37,8 @@ class ReHyAtCogVideoXAttnProcessor(ReHyAtJointAttnProcessor):
     """ReHyAt for CogVideoX's ``attn1``: q, k, v as diffusers' ``CogVideoXAttnProcessor2_0`` computes them
     (one projection over [text ‖ video], QK LayerNorm per head, RoPE on the video tokens)."""
 
-    def project_joint(
-        self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb
-    ):
+    @staticmethod
+    def project_joint(attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb):
         text_tokens = encoder_hidden_states.shape[1]
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         if getattr(attn, "fused_projections", False):

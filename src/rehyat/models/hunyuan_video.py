@@ -18,7 +18,9 @@ What differs from Wan (docs/method.md §6, §6.1):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +37,8 @@ class ReHyAtHunyuanVideoAttnProcessor(ReHyAtJointAttnProcessor):
     """ReHyAt for HunyuanVideo's attention (dual- and single-stream): q, k, v as diffusers'
     ``HunyuanVideoAttnProcessor2_0`` computes them (QK RMSNorm per head, RoPE on the video tokens)."""
 
-    def project_joint(
-        self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb
-    ):
+    @staticmethod
+    def project_joint(attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb):
         heads = attn.heads
         if attn.add_q_proj is None:  # single-stream: one projection over [video ‖ text]
             video_tokens = hidden_states.shape[1]
@@ -61,7 +62,8 @@ class ReHyAtHunyuanVideoAttnProcessor(ReHyAtJointAttnProcessor):
             qv, kv = rotate(qv, rotary_emb), rotate(kv, rotary_emb)
         return qv, kv, vv, qt, kt, vt
 
-    def text_mask(self, attention_mask: Tensor | None, video_tokens: int, text_tokens: int) -> Tensor | None:
+    @staticmethod
+    def text_mask(attention_mask: Tensor | None, video_tokens: int, text_tokens: int) -> Tensor | None:
         """HunyuanVideo's mask [E, 1, 1, N + L] (True = attend): its text columns."""
         if attention_mask is None:
             return None
@@ -83,9 +85,15 @@ class ReHyAtHunyuanVideoAttnProcessor(ReHyAtJointAttnProcessor):
     def feature_input(self, config: ReHyAtConfig, x: Tensor, rotary_emb) -> Tensor:
         """``"full"``: x itself; ``"spatial"``: the frame rotation (the leading ``rope_axes_dim[0]``
         channels of a head) undone."""
-        if config.feature_rotary == "full" or rotary_emb is None:
-            return x
-        return unrotate_leading(x, rotary_emb, self.runtime.joint.temporal_channels)
+        return feature_input(config, x, rotary_emb, self.runtime.joint.temporal_channels)
+
+
+def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb, temporal_channels: int) -> Tensor:
+    """What φ reads of a video q or k [B, N, H, D] of HunyuanVideo whose RoPE rotates the leading
+    ``temporal_channels`` channels of a head by the frame (the processor's and the stage-1 students')."""
+    if config.feature_rotary == "full" or rotary_emb is None:
+        return x
+    return unrotate_leading(x, rotary_emb, temporal_channels)
 
 
 def _rotary_hook(plan: JointPlan):
@@ -160,11 +168,74 @@ class HunyuanVideoAdapter(JointAdapter):
     frame_axis = WanAdapter.frame_axis
     empty_output = WanAdapter.empty_output
 
+    def text_dim(self, transformer: nn.Module) -> int:
+        return transformer.config.text_embed_dim
+
+    def feature_input(self, transformer: nn.Module) -> Callable[[ReHyAtConfig, Tensor, object], Tensor]:
+        return partial(feature_input, temporal_channels=transformer.config.rope_axes_dim[0])
+
+    #: The guidance embedding's input in training (x 1000 as HunyuanVideoPipeline scales it): 1.0, the
+    #: conditional velocity that flow matching on data regresses (the pipeline's default 6.0 asks the
+    #: guidance-distilled model for a CFG-6 velocity, which no data sample has).
+    training_guidance: float = 1.0
+
     def denoiser_inputs(
-        self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
+        self,
+        transformer: nn.Module,
+        latents: Tensor,
+        timestep: Tensor,
+        prompt_embeds: Tensor,
+        pooled_prompt_embeds: Tensor | None = None,
+        prompt_attention_mask: Tensor | None = None,
     ) -> dict:
-        raise ValueError(
-            "training HunyuanVideo needs its pooled CLIP projections beside the prompt embeddings; not wired yet"
+        """The call of HunyuanVideoPipeline: the latent [B, C, F, H, W] as it is, the Llama prompt with its
+        mask (every token where none is given), the pooled CLIP projection [B, P] (required: it conditions
+        every block), the guidance embedding at :attr:`training_guidance`."""
+        width = transformer.config.pooled_projection_dim
+        if pooled_prompt_embeds is None:
+            raise ValueError(
+                f"HunyuanVideo's forward needs pooled_prompt_embeds [B, {width}] (its pooled CLIP projection) "
+                "beside the prompt embeddings: give them with each sample"
+            )
+        if pooled_prompt_embeds.shape != (latents.shape[0], width):
+            raise ValueError(
+                f"pooled_prompt_embeds must be [B, {width}] = [{latents.shape[0]}, {width}], got "
+                f"{list(pooled_prompt_embeds.shape)}"
+            )
+        if prompt_attention_mask is None:
+            prompt_attention_mask = prompt_embeds.new_ones(prompt_embeds.shape[:2])
+        guidance = torch.full_like(timestep, self.training_guidance * 1000.0, dtype=prompt_embeds.dtype)
+        return dict(
+            hidden_states=latents,
+            timestep=timestep,
+            encoder_hidden_states=prompt_embeds,
+            encoder_attention_mask=prompt_attention_mask,
+            pooled_projections=pooled_prompt_embeds,
+            guidance=guidance if transformer.config.guidance_embeds else None,
+        )
+
+    def pipeline_prompt_arguments(
+        self,
+        prompt_embeds: Tensor,
+        negative_prompt_embeds: Tensor | None,
+        prompt_mask: Tensor | None = None,
+        negative_prompt_mask: Tensor | None = None,
+        pooled_prompt_embeds: Tensor | None = None,
+    ) -> dict:
+        """HunyuanVideoPipeline's precomputed prompt: the embeddings, their mask (every token where none is
+        given) and the pooled CLIP projection it needs beside them. No negative prompt: the pipeline
+        samples with its embedded guidance, and its true CFG needs negative pooled projections too."""
+        if pooled_prompt_embeds is None:
+            raise ValueError(
+                "HunyuanVideoPipeline needs pooled_prompt_embeds (its CLIP projection) beside precomputed "
+                "prompt_embeds"
+            )
+        return dict(
+            prompt_embeds=prompt_embeds,
+            prompt_attention_mask=prompt_embeds.new_ones(prompt_embeds.shape[:2])
+            if prompt_mask is None
+            else prompt_mask,
+            pooled_prompt_embeds=pooled_prompt_embeds,
         )
 
 

@@ -25,6 +25,7 @@ the next layer depend on frames up to the end of chunk t only, and the network s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -176,13 +177,15 @@ class ReHyAtJointAttnProcessor(ReHyAtAttnProcessor):
     rotates, as it is.
     """
 
+    @staticmethod
     def project_joint(
-        self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb
+        attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, rotary_emb
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(video q, k, v, text q, k, v) [E, N or L, H, D]."""
+        """(video q, k, v, text q, k, v) [E, N or L, H, D] (shared with stage 1's capture)."""
         raise NotImplementedError
 
-    def text_mask(self, attention_mask: Tensor | None, video_tokens: int, text_tokens: int) -> Tensor | None:
+    @staticmethod
+    def text_mask(attention_mask: Tensor | None, video_tokens: int, text_tokens: int) -> Tensor | None:
         """The text keys attended, [E, L] bool (None: all)."""
         return None
 
@@ -389,6 +392,11 @@ class JointAdapter(FamilyAdapter):
         runtime.joint = JointPlan()
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(folded_forward_hook(runtime), FOLDED_FORWARD_HOOK)
+
+    def feature_input(self, transformer: nn.Module) -> Callable[[ReHyAtConfig, Tensor, object], Tensor]:
+        """What φ reads of ``transformer``'s video q or k, as its converted processors read it (their
+        ``feature_input``), for the stage-1 students."""
+        return self.processor.feature_input
 
     @staticmethod
     def plan(transformer: nn.Module) -> JointPlan:

@@ -7,6 +7,12 @@ any family :func:`rehyat.models.convert` converts (found through the family's ad
 and the teacher's per-head softmax output before the output projection (the input of ``to_out[0]``).
 The teacher's own processor still computes the attention, so the recorded output is the teacher's, bit
 for bit.
+
+In a joint text–video attention layer (HunyuanVideo, CogVideoX; docs/method.md §6.1) the capture holds the
+video tokens' q, k, v and the teacher's output rows of the video queries, and beside them the text keys,
+values and mask: the global keys that every chunk's softmax window of the converted layer includes. q, k, v
+and the text are recomputed from the layer's inputs by the family's ReHyAt processor (``project_joint``,
+which computes them as the teacher does); the output rows are the teacher's own.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from rehyat.models.families import family_of
+from rehyat.models.joint import JointAdapter
 
 
 @dataclass
 class AttentionCapture:
     """One self-attention call of one block: q, k, v, y as [B, N, H, D], frame-major tokens, and the
     rotary (cos, sin) that q and k got, in the family's layout (Wan: [1, N, 1, D]; LTX-Video: [B, N, H·D];
-    for φ inputs other than q and k themselves)."""
+    for φ inputs other than q and k themselves). A joint text–video layer's capture also holds the text
+    keys and values [B, L, H, D] and their mask [B, L] (True = attended; None: all), the op's
+    ``global_k``, ``global_v``, ``global_mask``; q, k, v, y are then the video tokens' only."""
 
     q: Tensor
     k: Tensor
@@ -33,16 +42,43 @@ class AttentionCapture:
     y: Tensor
     frame_tokens: int
     rotary: tuple[Tensor, Tensor] | None = None
+    global_k: Tensor | None = None
+    global_v: Tensor | None = None
+    global_mask: Tensor | None = None
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> AttentionCapture:
-        """Moved to ``device``, q/k/v/y cast to ``dtype``; the rotary keeps its own dtype."""
-        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        """Moved to ``device``, q/k/v/y and the text keys cast to ``dtype``; the rotary keeps its own
+        dtype, the text mask stays bool."""
+        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         rotary = None if self.rotary is None else tuple(t.to(device=device) for t in self.rotary)
+        mask = None if self.global_mask is None else self.global_mask.to(device=device)
         return AttentionCapture(
-            move(self.q), move(self.k), move(self.v), move(self.y), self.frame_tokens, rotary
+            move(self.q),
+            move(self.k),
+            move(self.v),
+            move(self.y),
+            self.frame_tokens,
+            rotary,
+            move(self.global_k),
+            move(self.global_v),
+            mask,
         )
+
+    def detach(self) -> AttentionCapture:
+        """Every tensor detached from the graph."""
+        detach = lambda t: None if t is None else t.detach()  # noqa: E731
+        rotary = None if self.rotary is None else tuple(t.detach() for t in self.rotary)
+        tensors = (self.q, self.k, self.v, self.y)
+        text = (self.global_k, self.global_v, self.global_mask)
+        return AttentionCapture(*map(detach, tensors), self.frame_tokens, rotary, *map(detach, text))
+
+    def global_keys(self) -> dict[str, Tensor | None]:
+        """The op's global-key arguments of a joint layer's capture ({} for a self-attention layer's)."""
+        if self.global_k is None:
+            return {}
+        return dict(global_k=self.global_k, global_v=self.global_v, global_mask=self.global_mask)
 
     @property
     def frames(self) -> int:
@@ -96,6 +132,55 @@ class _RecordingProcessor:
         return out
 
 
+class _JointRecordingProcessor(_RecordingProcessor):
+    """A joint text–video attention layer's recording processor (the module docstring): diffusers calls it
+    with ``image_rotary_emb`` and the text as ``encoder_hidden_states``."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        image_rotary_emb: tuple[Tensor, Tensor] | None = None,
+    ):
+        if not self.recorder.active:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        seen: list[Tensor] = []
+        to_out = getattr(attn, "to_out", None)
+        hook = None
+        if to_out is not None:
+            hook = to_out[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        finally:
+            if hook is not None:
+                hook.remove()
+        processor = self.recorder.family.processor
+        q, k, v, _, text_k, text_v = processor.project_joint(
+            attn, hidden_states, encoder_hidden_states, image_rotary_emb
+        )
+        video_tokens = q.shape[1]
+        # The teacher's rows of the video queries: the input of the output projection (CogVideoX projects
+        # [text ‖ video], HunyuanVideo's dual-stream blocks the video rows alone), or the layer's video
+        # output where it has none (HunyuanVideo's single-stream blocks).
+        rows = seen[0][:, -video_tokens:] if seen else out[0]
+        mask = processor.text_mask(attention_mask, video_tokens, text_k.shape[1])
+        capture = AttentionCapture(
+            q=q,
+            k=k,
+            v=v,
+            y=rows.unflatten(2, (attn.heads, -1)),
+            frame_tokens=self.recorder.frame_tokens,
+            rotary=image_rotary_emb,
+            global_k=text_k,
+            global_v=text_v,
+            global_mask=mask,
+        )
+        self.recorder.record(self.block, capture)
+        return out
+
+
 class AttentionRecorder:
     """Records self-attention captures of ``blocks`` of a teacher transformer while :attr:`active`.
 
@@ -112,6 +197,11 @@ class AttentionRecorder:
         store_dtype: torch.dtype | None = None,
     ) -> None:
         self.family = family_of(transformer)
+        self.joint = isinstance(self.family, JointAdapter)
+        #: What φ reads of the captured q and k (the family processor's ``feature_input``), for the students.
+        self.feature_input = (
+            self.family.feature_input(transformer) if self.joint else self.family.processor.feature_input
+        )
         num_blocks = len(self.family.blocks(transformer))
         bad = [b for b in blocks if not 0 <= b < num_blocks]
         if bad:
@@ -130,12 +220,7 @@ class AttentionRecorder:
     def record(self, block: int, capture: AttentionCapture) -> None:
         with torch.no_grad():
             moved = capture.to(self.store_device, self.store_dtype)
-        rotary = None if moved.rotary is None else tuple(t.detach() for t in moved.rotary)
-        self.captures[block].append(
-            AttentionCapture(
-                *(t.detach() for t in (moved.q, moved.k, moved.v, moved.y)), moved.frame_tokens, rotary
-            )
-        )
+        self.captures[block].append(moved.detach())
 
     def take(self) -> dict[int, list[AttentionCapture]]:
         """Return the captures recorded so far and start empty."""
@@ -152,7 +237,8 @@ class AttentionRecorder:
             for b, processor in originals.items():
                 if isinstance(processor, _RecordingProcessor):
                     raise ValueError(f"{self.family.attention_path(b)} is already being recorded")
-                attention[b].set_processor(_RecordingProcessor(processor, b, self))
+                recording = _JointRecordingProcessor if self.joint else _RecordingProcessor
+                attention[b].set_processor(recording(processor, b, self))
             yield self
         finally:
             hook.remove()

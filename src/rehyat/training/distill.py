@@ -1,9 +1,11 @@
 """Stage 1 — attention distillation (docs/method.md §7), ``rehyat distill``.
 
 The frozen teacher runs its real sampler (its family's diffusers pipeline — ``WanPipeline``,
-``SkyReelsV2Pipeline`` or ``LTXPipeline``: its scheduler, CFG, both branches) on the given prompts with fresh seeds. At the chosen denoising steps an
+``SkyReelsV2Pipeline``, ``LTXPipeline``, ``HunyuanVideoPipeline`` or ``CogVideoXPipeline``: its
+scheduler, CFG, both branches) on the given prompts with fresh seeds. At the chosen denoising steps an
 :class:`~rehyat.training.capture.AttentionRecorder` records every distilled block's q, k, v and softmax
-output, and each block's students train on them right away ("capture and train on the fly"): nothing
+output (a joint text–video block's video rows, with the text keys the converted block's windows include;
+docs/method.md §6.1), and each block's students train on them right away ("capture and train on the fly"): nothing
 is written to disk and memory stays at one step's captures of this process's blocks, which is what
 makes Wan2.1 at 480×832×81 (≈100 MB per tensor per block in bf16) practical. The last ``heldout``
 sampler runs are kept (on CPU) for evaluation instead of training.
@@ -18,6 +20,7 @@ ReHyAt checkpoint of the teacher converted with the distilled feature maps (``re
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -38,6 +41,7 @@ from rehyat.models.checkpoint import read_json_object
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.families import family_of
 from rehyat.models.folders import load_transformer, model_folder
+from rehyat.models.joint import JointAdapter
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import DistEnv, init_distributed
@@ -64,7 +68,9 @@ class DistillConfig:
     out: str = "runs/distill"
     rehyat: ReHyAtConfig = field(default_factory=ReHyAtConfig)
     blocks: list[int] | None = None  # None: every block (a full ranking needs every block)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] | None = (
+        None  # None: every variant the family serves (joint text-video: rehyat, untrained)
+    )
     num_frames: int = 81
     height: int = 480
     width: int = 832
@@ -100,13 +106,14 @@ class DistillConfig:
                 if self.blocks.index(block) != i:
                     raise ValueError(f"blocks lists block {block} twice: {self.blocks}")
         variants = list(self.variants) if isinstance(self.variants, (list, tuple)) else [self.variants]
-        if (
+        if self.variants is not None and (
             "rehyat" not in variants
             or not set(variants) <= set(VARIANTS)
             or len(set(variants)) < len(variants)
         ):
             raise ValueError(
-                f"variants must include 'rehyat' and come from {VARIANTS}, each once, got {self.variants}"
+                f"variants must include 'rehyat' and come from {VARIANTS}, each once (or be null: every "
+                f"variant the family serves), got {self.variants}"
             )
         check_int("num_frames", self.num_frames, minimum=1)
         if (self.num_frames - 1) % 4:
@@ -166,9 +173,10 @@ def _check(config: DistillConfig) -> None:
 
 
 def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.device, need_text: bool):
-    """The teacher's family pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``) from a local
-    folder: transformer and scheduler, and the text encoder when needed. No VAE: the sampler stops at
-    latents."""
+    """The teacher's family pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``,
+    ``HunyuanVideoPipeline``, ``CogVideoXPipeline``) from a local folder: transformer and scheduler, and the
+    text encoder(s) when needed (HunyuanVideo's second, CLIP, as its ``text_encoder_2/config.json`` names
+    it). No VAE: the sampler stops at latents."""
     import diffusers
     import transformers
 
@@ -189,33 +197,55 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
     if not isinstance(scheduler_class, type) or not issubclass(scheduler_class, diffusers.SchedulerMixin):
         raise ValueError(f"{scheduler_file} names no diffusers scheduler class (_class_name)")
     scheduler = scheduler_class.from_pretrained(folder / "scheduler", local_files_only=True)
-    tokenizer = text_encoder = None
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    suffixes = ["", "_2"] if "text_encoder_2" in inspect.signature(pipeline_class).parameters else [""]
+    text: dict[str, Any] = {
+        f"{kind}{suffix}": None for kind in ("tokenizer", "text_encoder") for suffix in suffixes
+    }
     if need_text:
-        if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
-            raise ValueError(
-                f"text prompts need {folder}/text_encoder and {folder}/tokenizer; "
-                "or pass prompt embeddings as .safetensors"
+        for suffix in suffixes:
+            encoder, tokenizer = folder / f"text_encoder{suffix}", folder / f"tokenizer{suffix}"
+            if not encoder.is_dir() or not tokenizer.is_dir():
+                raise ValueError(
+                    f"text prompts need {encoder} and {tokenizer}; or pass prompt embeddings as .safetensors"
+                )
+            encoder_class = family.text_encoder_class if not suffix else _architecture(encoder)
+            text[f"tokenizer{suffix}"] = transformers.AutoTokenizer.from_pretrained(
+                tokenizer, local_files_only=True
             )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        text_encoder = (
-            getattr(transformers, family.text_encoder_class)
-            .from_pretrained(folder / "text_encoder", torch_dtype=dtype, local_files_only=True)
-            .to(device)
-        )
-    pipe = getattr(diffusers, family.pipeline_class)(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=None, scheduler=scheduler, transformer=transformer
-    )
+            text[f"text_encoder{suffix}"] = (
+                getattr(transformers, encoder_class)
+                .from_pretrained(encoder, torch_dtype=dtype, local_files_only=True)
+                .to(device)
+            )
+    pipe = pipeline_class(**text, vae=None, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     transformer.requires_grad_(False).eval()
     return pipe
 
 
-def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device: torch.device):
-    """(prompt_embeds [P, L, D], negative_prompt_embeds [P, L, D], their attention masks [P, L] or None)
-    from a .txt or .safetensors file. Masks come from a pipeline whose ``encode_prompt`` returns them
-    (LTX-Video's); embeddings from a file attend every token."""
+def _architecture(encoder: Path) -> str:
+    """The transformers class a text encoder folder's ``config.json`` names (its ``architectures``)."""
+    import transformers
+
+    names = read_json_object(encoder / "config.json").get("architectures")
+    if not isinstance(names, list) or not names or not hasattr(transformers, str(names[0])):
+        raise ValueError(f"{encoder / 'config.json'} names no transformers class in 'architectures'")
+    return names[0]
+
+
+def load_prompt_embeddings(
+    pipe, path: str | Path, negative_prompt: str, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The pipeline's precomputed prompt arguments for the prompts of a .txt or .safetensors file, each
+    [P, ...] with row p for prompt p (the family's ``pipeline_prompt_arguments``): prompt_embeds and
+    negative_prompt_embeds [P, L, D]; their attention masks [P, L] where the pipeline takes them, from an
+    ``encode_prompt`` that returns them (LTX-Video's, HunyuanVideo's; embeddings from a file attend every
+    token); HunyuanVideo's pooled CLIP projections [P, D'] (``encode_prompt``'s, or the file's
+    ``pooled_prompt_embeds``)."""
     path = Path(path)
-    masks = None
+    family = family_of(pipe.transformer)
+    masks, extra = (None, None), {}
     if path.suffix == ".safetensors":
         tensors = load_file(path)
         if "prompt_embeds" not in tensors:
@@ -225,22 +255,40 @@ def load_prompt_embeddings(pipe, path: str | Path, negative_prompt: str, device:
         if positive.dim() != 3 or negative.dim() != 3 or negative.shape[1:] != positive.shape[1:]:
             raise ValueError(f"{path}: prompt embeddings must be [P, L, D] with matching L, D")
         negative = negative.expand(positive.shape[0], -1, -1)
+        pooled = tensors.get("pooled_prompt_embeds")
+        if (
+            pooled is not None
+            and "pooled_prompt_embeds" in inspect.signature(family.pipeline_prompt_arguments).parameters
+        ):
+            if pooled.dim() != 2 or pooled.shape[0] != positive.shape[0]:
+                raise ValueError(f"{path}: pooled_prompt_embeds must be [P, D'] with P = {positive.shape[0]}")
+            extra["pooled_prompt_embeds"] = pooled
     else:
         prompts = _read_prompts(path)
-        encoded = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+        if "negative_prompt" in inspect.signature(pipe.encode_prompt).parameters:
+            encoded = pipe.encode_prompt(prompts, [negative_prompt] * len(prompts), device=device)
+        else:  # HunyuanVideoPipeline: no negative prompt (it samples with its embedded guidance)
+            encoded = pipe.encode_prompt(prompts, device=device)
         if len(encoded) == 4:  # (embeds, mask, negative embeds, negative mask)
             positive, positive_mask, negative, negative_mask = encoded
-            masks = (positive_mask.to(device), negative_mask.to(device))
+            masks = (positive_mask, negative_mask)
+        elif len(encoded) == 3:  # HunyuanVideo: (embeds, pooled CLIP projections, mask)
+            positive, pooled, positive_mask = encoded
+            negative, masks, extra = None, (positive_mask, None), {"pooled_prompt_embeds": pooled}
         else:
             positive, negative = encoded
-    for name, embeds in (("prompt_embeds", positive), ("negative_prompt_embeds", negative)):
-        bad = (~torch.isfinite(embeds)).flatten(1).any(1).nonzero().flatten().tolist()
+    named = (("prompt_embeds", positive), ("negative_prompt_embeds", negative), *extra.items())
+    for name, embeds in named:
+        bad = (
+            [] if embeds is None else (~torch.isfinite(embeds)).flatten(1).any(1).nonzero().flatten().tolist()
+        )
         if bad:
             raise NonFiniteError(
                 f"{path}: {name} of prompt(s) {bad} hold non-finite values (NaN or inf); the teacher "
                 "would sample NaN and every student would train on it"
             )
-    return positive.to(device), negative.to(device), masks
+    arguments = family.pipeline_prompt_arguments(positive, negative, *masks, **extra)
+    return {name: value.to(device) for name, value in arguments.items() if value is not None}
 
 
 def _evaluate_all(
@@ -265,9 +313,8 @@ class _Setup(NamedTuple):
     pipe: Any
     blocks: list[int]
     mine: list[int]
-    prompt_embeds: torch.Tensor
-    negative_embeds: torch.Tensor
-    prompt_masks: tuple[torch.Tensor, torch.Tensor] | None
+    variants: list[str]
+    prompts: dict[str, torch.Tensor]  # the pipeline's prompt arguments, [P, ...] each
     runs: list[tuple[int, int]]
 
 
@@ -292,20 +339,42 @@ def _setup(config: DistillConfig) -> _Setup:
     )
     transformer = pipe.transformer
     _check_video(config, pipe)
-    num_blocks = len(family_of(transformer).blocks(transformer))
+    family = family_of(transformer)
+    num_blocks = len(family.blocks(transformer))
     blocks = list(range(num_blocks)) if config.blocks is None else sorted(config.blocks)
     if any(not 0 <= b < num_blocks for b in blocks):
         raise ValueError(f"blocks {blocks} out of range for a model with {num_blocks} blocks")
+    # The checkpoint _merge writes converts these blocks with this config: refused now, not after the run.
+    family.check_conversion(transformer, _student_config(config, blocks), blocks)
+    variants = _variants(config, family)
     mine = blocks[env.rank :: env.world]
-    prompt_embeds, negative_embeds, prompt_masks = load_prompt_embeddings(
-        pipe, config.prompts, config.negative_prompt, device
-    )
-    runs = [(p, s) for s in range(config.seeds_per_prompt) for p in range(prompt_embeds.shape[0])]
+    prompts = load_prompt_embeddings(pipe, config.prompts, config.negative_prompt, device)
+    runs = [(p, s) for s in range(config.seeds_per_prompt) for p in range(prompts["prompt_embeds"].shape[0])]
     if config.heldout >= len(runs):
         raise ValueError(
             f"heldout={config.heldout} leaves no training run out of {len(runs)} (prompts × seeds)"
         )
-    return _Setup(env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, prompt_masks, runs)
+    return _Setup(env, device, pipe, blocks, mine, variants, prompts, runs)
+
+
+def _variants(config: DistillConfig, family) -> list[str]:
+    """The variants to train: ``config.variants``, or every one the family serves. A joint text-video
+    family's captures carry text keys, which only ReHyAt takes (the linear and local baselines do not)."""
+    served = ["rehyat", "untrained"] if isinstance(family, JointAdapter) else list(VARIANTS)
+    if config.variants is None:
+        return served
+    refused = [v for v in config.variants if v not in served]
+    if refused:
+        raise ValueError(
+            f"variants {refused}: {family.class_names[0]}'s joint text-video attention is distilled with "
+            f"its text keys, which the linear and local baselines do not take; use {served} (or null)"
+        )
+    return list(config.variants)
+
+
+def _student_config(config: DistillConfig, blocks: list[int]) -> ReHyAtConfig:
+    """The ReHyAt config of the checkpoint a run writes: ``config.rehyat`` on the distilled blocks."""
+    return ReHyAtConfig.from_dict({**config.rehyat.to_dict(), "blocks": blocks, "block_ranking": None})
 
 
 def _check_video(config: DistillConfig, pipe) -> None:
@@ -331,7 +400,7 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
     """The run itself, writing into ``out`` (the staging folder of the run folder)."""
     from tqdm.auto import tqdm
 
-    env, device, pipe, blocks, mine, prompt_embeds, negative_embeds, prompt_masks, runs = setup
+    env, device, pipe, blocks, mine, variants, prompts, runs = setup
     transformer = pipe.transformer
     family = family_of(transformer)
     train_runs, heldout_runs = runs[: len(runs) - config.heldout], runs[len(runs) - config.heldout :]
@@ -341,15 +410,24 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
 
     attn = family.attention(transformer, 0)
     heads, head_dim = attn.heads, attn.inner_dim // attn.heads
+    recorder = AttentionRecorder(transformer, mine, store_device=device)
     torch.manual_seed(config.seed)
     students = {
         b: {
-            v: BlockStudent(v, config.rehyat, heads, head_dim, lr=config.lr, device=device, family=family)
-            for v in config.variants
+            v: BlockStudent(
+                v,
+                config.rehyat,
+                heads,
+                head_dim,
+                lr=config.lr,
+                device=device,
+                family=family,
+                feature_input=recorder.feature_input,
+            )
+            for v in variants
         }
         for b in mine
     }
-    recorder = AttentionRecorder(transformer, mine, store_device=device)
     log = MetricsLogger(out / "logs" / f"rank-{env.rank}")
     capture_steps = set(config.capture_steps)
     heldout: dict[int, list[AttentionCapture]] = {b: [] for b in mine}
@@ -365,10 +443,8 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
             return kwargs
 
         recorder.active = 0 in capture_steps
-        one = slice(prompt, prompt + 1)
-        masks = (None, None) if prompt_masks is None else (prompt_masks[0][one], prompt_masks[1][one])
         pipe(
-            **family.pipeline_prompt_arguments(prompt_embeds[one], negative_embeds[one], *masks),
+            **{name: value[prompt : prompt + 1] for name, value in prompts.items()},
             num_frames=config.num_frames,
             height=config.height,
             width=config.width,
@@ -449,7 +525,7 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
         torch.distributed.barrier()
     if not env.is_main:
         return {}
-    return _merge(config, out, transformer, blocks)
+    return _merge(config, out, transformer, blocks, variants)
 
 
 @contextmanager
@@ -524,7 +600,7 @@ def _check_finite_results(
         raise NonFiniteError(f"block {block}: φ weight {bad} is not finite; no φ or ranking is written")
 
 
-def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> dict:
+def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int], variants: list[str]) -> dict:
     """Combine per-block results into the report, the ranking and a ReHyAt checkpoint."""
     from rehyat.models import convert, save_rehyat
 
@@ -539,12 +615,9 @@ def _merge(config: DistillConfig, out: Path, transformer, blocks: list[int]) -> 
         out / "ranking.json",
         json.dumps({"block_ranking": ranking, "metric": "heldout L1 of ReHyAt"}, indent=2),
     )
-    atomic_write_text(out / "report.md", _markdown(results, ranking, config.variants))
+    atomic_write_text(out / "report.md", _markdown(results, ranking, variants))
 
-    rehyat_config = ReHyAtConfig.from_dict(
-        {**config.rehyat.to_dict(), "blocks": blocks, "block_ranking": None}
-    )
-    student_model = convert(transformer, rehyat_config)
+    student_model = convert(transformer, _student_config(config, blocks))
     family = family_of(student_model)
     for b in blocks:
         attn = family.attention(student_model, b)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rehyat.attention import AttentionStats
+from rehyat.attention.hybrid import attend
 from rehyat.baselines import call_keywords, linear_attention, local_attention
 from rehyat.models.adapter import FamilyAdapter, configured_attention
 from rehyat.models.config import ReHyAtConfig
@@ -42,7 +43,13 @@ class BlockStudent:
     """One block, one variant: φq, φk (if any), an AdamW optimiser, and the variant's attention op.
 
     ``family``: the teacher's :class:`~rehyat.models.adapter.FamilyAdapter` (default Wan), whose processor
-    says what φ reads of the captured q and k (its ``feature_input``: the RoPE layout it undoes)."""
+    says what φ reads of the captured q and k (its ``feature_input``: the RoPE layout it undoes);
+    ``feature_input`` in its place where that depends on the model (the recorder's, for HunyuanVideo).
+
+    A joint text–video layer's capture carries the text keys: the student's ReHyAt predicts the video rows
+    with them as the op's global keys, as the converted processor computes its video rows (docs/method.md
+    §6.1); the linear and local baselines take no text keys and refuse such a capture, as does a config
+    whose ``attention`` is another baseline."""
 
     def __init__(
         self,
@@ -55,11 +62,12 @@ class BlockStudent:
         weight_decay: float = 0.0,
         device: torch.device | str = "cpu",
         family: FamilyAdapter = WAN,
+        feature_input=None,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.config = variant, config
-        self.feature_input = family.processor.feature_input
+        self.feature_input = family.processor.feature_input if feature_input is None else feature_input
         device = torch.device(device)
         self.phi_q = self.phi_k = None
         self.optimizer = None
@@ -80,13 +88,22 @@ class BlockStudent:
     def predict(self, capture: AttentionCapture, stats: AttentionStats | None = None) -> Tensor:
         q, k, v = capture.q, capture.k, capture.v
         geometry = self.config.geometry(capture.frame_tokens)
+        text = capture.global_keys()
+        if text and (self.variant in ("local", "linear") or self.config.attention != "hybrid"):
+            raise ValueError(
+                "a joint text-video layer's capture (text keys) is predicted by ReHyAt only (variants 'rehyat', "
+                f"'untrained' with attention='hybrid'), got {self.variant!r} with {self.config.attention!r}"
+            )
         if self.variant == "local":
             return local_attention(q, k, v, stats=stats, **call_keywords(geometry))
         fq = self.phi_q(self.feature_input(self.config, q, capture.rotary))
         fk = self.phi_k(self.feature_input(self.config, k, capture.rotary))
         if self.variant == "linear":
             return linear_attention(q, k, v, fq, fk, stats=stats, **call_keywords(geometry))
-        # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid).
+        # "rehyat" and "untrained": the op the converted model will run (ReHyAt or a baseline hybrid; a
+        # joint layer's ReHyAt with the text as global keys).
+        if text:
+            return attend(q, k, v, fq, fk, geometry, stats=stats, **text)
         return configured_attention(self.config, q, k, v, fq, fk, geometry, stats=stats)
 
     def train_step(self, capture: AttentionCapture) -> float:
