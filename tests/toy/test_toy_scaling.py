@@ -61,14 +61,11 @@ def test_the_crossover_is_where_the_student_stays_faster():
     assert found["first_faster"] == 128 and 64 < found["estimate"] < 128
     assert found["ratio"]["16"] == pytest.approx(2.5)
     text = crossover_text({"rows": rows, "crossover": found}, 1, 3, 144)
-    assert "between 64 and 128 frames" in text and "fixed cost of the per-chunk loop" in text
-    assert (
-        "1.8× at 128 frames" in text
-        and "31 ms (median over the lengths; 31–31: about the same at every length)" in text
-    )
-    assert "at 16 frames the student takes 31 ms per frame against the teacher's 12" in text
-    assert "costs more per frame the longer the video (12 ms at 16 frames, 55 ms at 128)" in text
-    assert "teacher 4 → 32 MiB" in text
+    assert "between 64 and 128 frames" in text and "1.8× at 128 frames" in text
+    assert "31 ms (median over the lengths; 31–31: about the same at every length, a cost per chunk" in text
+    assert "At 16 frames the student took 31 ms per frame against the teacher's 12" in text
+    assert "cost more per frame the longer the video (12 ms at 16 frames, 55 ms at 128): it overtook" in text
+    assert text.endswith("teacher 4 → 32 MiB, student 4 → 32 MiB.")
     # Faster at one length but slower again after it: not a crossover yet.
     assert crossover(_rows([1, 2, 3, 4], [2, 1, 4, 3]))["first_faster"] == 128
     assert crossover(_rows([1, 1, 1, 1], [2, 2, 2, 2]))["first_faster"] is None
@@ -77,6 +74,43 @@ def test_the_crossover_is_where_the_student_stays_faster():
         "estimate": None,
         "ratio": {"16": 0.5, "32": 0.5, "64": 0.5, "128": 0.5},
     }
+
+
+def _text(teacher: list[float], student: list[float]) -> str:
+    rows = _rows(teacher, student)
+    return crossover_text({"rows": rows, "crossover": crossover(rows)}, 1, 3, 144)
+
+
+def test_the_crossover_text_states_only_what_the_run_measured():
+    # Never faster: the teacher's cost per frame grows, but no crossover is claimed.
+    never = _text([0.2, 0.6, 1.9, 5.0], [1.0, 2.0, 4.0, 8.0])
+    assert never.startswith("The student is not faster than the teacher at any measured length (up to 128")
+    assert "at 128 frames, the longest measured, that was still no more than the student's 62 ms" in never
+    assert "the student was not faster at any measured length." in never
+    assert "crossover" not in never and "overt" not in never
+    # Faster from the shortest length on: no crossover between lengths either.
+    always = _text([2.0, 4.0, 9.0, 20.0], [1.0, 2.0, 4.0, 8.0])
+    assert always.startswith("The student is faster than the teacher from the shortest measured length (16")
+    assert "the student was faster at every measured length." in always and "crossover" not in always
+    # A teacher whose cost per frame does not grow, a student whose does: no claim of a fixed cost.
+    flat = _text([1.0, 2.0, 4.0, 8.0], [0.5, 2.0, 8.0, 32.0])
+    assert "did not grow (62 ms at 16 frames, 62 ms at 128)." in flat and "cost per chunk" not in flat
+    # Nothing but the run: no sentence about another model, size or results file.
+    crossing = _text([0.2, 0.6, 1.9, 7.0], [0.5, 1.0, 2.0, 4.0])
+    for text in (never, always, flat, crossing):
+        assert "Wan" not in text and "bench/results" not in text and "GPU" not in text
+
+
+def test_the_peak_is_that_of_the_measured_call(monkeypatch):
+    """The warm-up generates the measured length, and the memory it freed is returned before the peak
+    is taken (so a short video's peak is not hidden in memory its warm-up left behind)."""
+    from rehyat.experiments import toy_scaling
+
+    calls = []
+    monkeypatch.setattr(toy_scaling, "sample_videos", lambda model, embeds, frames, **_: calls.append(frames))
+    monkeypatch.setattr(toy_scaling, "release_free_memory", lambda: calls.append("release"))
+    row = toy_scaling._measure(str(bundled_teacher()), None, 3, 1, "cpu", 1)
+    assert calls == [3, "release", 3] and row["frames"] == 3 and row["peak_mib"] >= 0
 
 
 def test_a_busy_machine_is_said_to_be_busy():

@@ -12,6 +12,8 @@ against a ReHyAt student (recurrent) — ``rehyat demo``'s part 3, made to survi
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import multiprocessing
 import os
@@ -70,10 +72,26 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
+def release_free_memory() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``; nothing where the C
+    library has none), so that resident memory measured next counts what a call holds, not what an
+    earlier call freed but the allocator kept."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def _measure(teacher: str, rehyat: str | None, frames: int, steps: int, device: str, threads: int) -> dict:
     """Worker body: time and peak memory (above the loaded model) of generating one video of ``frames``
     latent frames in ``steps`` sampler steps without guidance (one branch: the cost per denoising call
-    is what grows with the length); the student (``rehyat`` given) runs recurrently."""
+    is what grows with the length); the student (``rehyat`` given) runs recurrently.
+
+    A warm-up generates the same video first, so the timed call pays no first-call costs of its shapes;
+    then the memory it freed is returned (:func:`release_free_memory`; on CUDA the peak statistics are
+    reset), so the peak is that of the measured call alone."""
     torch.set_num_threads(threads)
     model = load_toy_model(Path(teacher), None if rehyat is None else Path(rehyat), torch.device(device))
     embeds = prompt_embeddings(load_text_encoder(teacher), toy_prompts(1, 99)).to(device)
@@ -84,7 +102,8 @@ def _measure(teacher: str, rehyat: str | None, frames: int, steps: int, device: 
         "recurrent": rehyat is not None,
         "space": toy_space(teacher),
     }
-    sample_videos(model, embeds, frames=min(frames, 4), **settings)  # warm-up
+    sample_videos(model, embeds, frames=frames, **settings)  # warm-up at the measured length
+    release_free_memory()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -203,9 +222,9 @@ def crossover(rows: dict[str, list[dict]]) -> dict:
 
 
 def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_tokens: int) -> str:
-    """The crossover and why, in words, from :func:`measure_scaling`'s result for a student of chunks of
+    """The crossover in words, from :func:`measure_scaling`'s result for a student of chunks of
     ``chunk_frames`` latent frames of ``frame_tokens`` tokens and ``overlap_frames`` frames before them.
-    Every claim about the run is the run's own numbers."""
+    It states only what the run measured (its own numbers), and nothing measured elsewhere."""
     rows, cross = result["rows"], result["crossover"]
     teacher, student = rows[TEACHER], rows[STUDENT]
     lengths = [r["frames"] for r in teacher]
@@ -225,18 +244,19 @@ def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_t
         )
     per_frame = [r["ms_per_frame"] for r in student]
     text = (
-        f"{where} Why: the recurrent form calls the model once per chunk of {chunk_frames} latent frame(s) "
-        f"({chunk_frames * frame_tokens} tokens), and its time per frame is {statistics.median(per_frame):.0f} "
-        f"ms (median over the lengths; {min(per_frame):.0f}–{max(per_frame):.0f}"
-        + ("", ": about the same at every length")[max(per_frame) <= 1.5 * min(per_frame)]
-        + "). At toy size a chunk holds little arithmetic, so that "
-        "time is mostly the fixed cost of the per-chunk loop (Python, operator dispatch and every block's "
-        "state update, once per chunk)"
+        f"{where} The recurrent form calls the model once per chunk of {chunk_frames} latent frame(s) "
+        f"({chunk_frames * frame_tokens} tokens), and its time per frame was "
+        f"{statistics.median(per_frame):.0f} ms (median over the lengths; "
+        f"{min(per_frame):.0f}–{max(per_frame):.0f}"
+        + ("", ": about the same at every length, a cost per chunk that did not grow with the video")[
+            max(per_frame) <= 1.5 * min(per_frame)
+        ]
+        + ")"
     )
     shortest = lengths[0]
     if shortest > window and student[0]["ms_per_frame"] > teacher[0]["ms_per_frame"]:
         text += (
-            f": at {shortest} frames the student takes {student[0]['ms_per_frame']:.0f} ms per frame "
+            f". At {shortest} frames the student took {student[0]['ms_per_frame']:.0f} ms per frame "
             f"against the teacher's {teacher[0]['ms_per_frame']:.0f}, though it attends to {window} frames "
             f"with softmax where the teacher attends to all {shortest}"
         )
@@ -244,23 +264,28 @@ def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_t
     first, last = cheapest["ms_per_frame"], teacher[-1]["ms_per_frame"]
     if last > first:
         text += (
-            f". The teacher's full attention costs more per frame the longer the video ({first:.0f} ms at "
-            f"{cheapest['frames']} frames, {last:.0f} ms at {lengths[-1]}): it overtakes the student's fixed "
-            "cost at the crossover, and linear cost wins by more at every doubling after it."
+            f". The teacher's full attention cost more per frame the longer the video ({first:.0f} ms at "
+            f"{cheapest['frames']} frames, {last:.0f} ms at {lengths[-1]})"
         )
+        if cross["first_faster"] is None:
+            text += (
+                f", but at {lengths[-1]} frames, the longest measured, that was still no more than the "
+                f"student's {student[-1]['ms_per_frame']:.0f} ms: the student was not faster at any "
+                "measured length."
+            )
+        elif cross["estimate"] is None:
+            text += "; the student was faster at every measured length."
+        else:
+            text += ": it overtook the student's cost per frame at the crossover."
     else:
         text += (
             f". Over these lengths the teacher's cost per frame did not grow ({first:.0f} ms at "
-            f"{cheapest['frames']} frames, {last:.0f} ms at {lengths[-1]}): they are too short for full "
-            "attention to dominate."
+            f"{cheapest['frames']} frames, {last:.0f} ms at {lengths[-1]})."
         )
     memory = {name: (rows[name][0]["peak_mib"], rows[name][-1]["peak_mib"]) for name in (TEACHER, STUDENT)}
     return text + (
         f" Peak memory from {lengths[0]} to {lengths[-1]} frames: teacher {memory[TEACHER][0]:.0f} → "
-        f"{memory[TEACHER][1]:.0f} MiB, student {memory[STUDENT][0]:.0f} → {memory[STUDENT][1]:.0f} MiB. At "
-        "Wan2.1 size (1,560 tokens per latent frame, 30 blocks) a chunk's arithmetic outweighs the loop's "
-        "fixed cost, and the recurrent form is ahead of full attention from 21 latent frames on "
-        "(`bench/results/model.md`, GPU)."
+        f"{memory[TEACHER][1]:.0f} MiB, student {memory[STUDENT][0]:.0f} → {memory[STUDENT][1]:.0f} MiB."
     )
 
 
