@@ -512,8 +512,8 @@ def _write_markdown(report: dict, out: Path) -> None:
             f"time), the object itself (temporal consistency {models['rehyat']['temporal_consistency']:.0f}) "
             f"and part of the teacher's motion (smoothness {models['rehyat']['motion_smoothness']:.0f} against "
             f"{models['teacher']['motion_smoothness']:.0f}). Its attention: {_chunking(report['shipped'])}. "
-            "With the paper's 3-frame chunks (Tc=3, To=1) the object lagged inside each chunk and jumped "
-            "where the next one starts (smoothness 2.8 against 62.5 in `bench/results/toybench.md`).",
+            "The paper's 3-frame chunks (Tc=3, To=1) and the other chunkings are rows of "
+            "`bench/results/toybench.md`, motion columns first.",
             "![ToyBench](toybench.png)",
             "Teacher (left) and shipped student (right) from the same noise: `teacher_vs_rehyat.gif`, and "
             "every third frame in `teacher_vs_rehyat.png`:",
