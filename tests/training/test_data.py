@@ -32,6 +32,26 @@ def test_round_trip_across_shards(tmp_path):
     assert latents.shape == (2, *LATENT_SHAPE) and torch.equal(prompts[0], pairs[4][1])
 
 
+def test_conditioning_tensors_round_trip_beside_the_pairs(tmp_path):
+    """A family's other per-sample inputs (HunyuanVideo's pooled CLIP projection) are named tensors."""
+    gen = torch.Generator().manual_seed(0)
+    samples = [
+        (torch.randn(*LATENT_SHAPE, generator=gen), torch.randn(*PROMPT_SHAPE, generator=gen), {"pooled": p})
+        for p in torch.randn(5, 3, generator=gen)
+    ]
+    write_latent_dataset(tmp_path / "d", samples, shard_size=2)
+    dataset = LatentDataset(tmp_path / "d")
+    assert dataset.conditioning_shapes == {"pooled": (3,)}
+    assert torch.equal(
+        dataset.conditioning([4, 0])["pooled"],
+        torch.stack([samples[4][2]["pooled"], samples[0][2]["pooled"]]),
+    )
+    assert torch.equal(dataset[1][1], samples[1][1])  # the pairs read as before
+    assert tiny_dataset(tmp_path / "plain") and LatentDataset(tmp_path / "plain").conditioning([0]) == {}
+    with pytest.raises(ValueError, match="share one shape"):  # every sample has the same conditioning
+        write_latent_dataset(tmp_path / "mixed", [samples[0], samples[1][:2]])
+
+
 def test_sample_order_is_disjoint_across_ranks_and_covers_each_epoch():
     order = SampleOrder(12, seed=3, micro_batch=2, accumulation=3, world=2)  # 12 samples per step
     for step in range(3):

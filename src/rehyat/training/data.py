@@ -4,11 +4,17 @@ Layout::
 
     index.json              {"format": "rehyat-latents", "version": 1, "latent_shape": [C, T, H, W],
                              "prompt_shape": [L, D], "samples": N,
+                             "conditioning": {"pooled_prompt_embeds": [P], ...},   (optional)
                              "shards": [{"file": "shard-00000.safetensors", "samples": n}, ...]}
-    shard-00000.safetensors "latents" [n, C, T, H, W], "prompt_embeds" [n, L, D]
+    shard-00000.safetensors "latents" [n, C, T, H, W], "prompt_embeds" [n, L, D] (and each
+                            conditioning tensor, [n, ...])
 
 Latents are the Wan VAE's, normalised as WanPipeline does ((z − latents_mean) / latents_std); prompt
 embeddings are the UMT5 encoder's last hidden state, zero-padded to L tokens as WanPipeline pads them.
+Another family's samples are its own VAE's latents and text encoder's embeddings, with the other inputs
+its forward takes per prompt as named conditioning tensors (HunyuanVideo: ``pooled_prompt_embeds`` [P],
+its CLIP projection, and optionally ``prompt_attention_mask`` [L]), passed to the family's
+``denoiser_inputs`` by name.
 All samples share one shape, so batches are plain stacks. Shards are written first and ``index.json``
 last, so a folder with an index is complete. Shards are read from the folder only: a name that
 resolves outside it (``../x``, an absolute path, a link to a file elsewhere) or a shard listed twice is
@@ -59,6 +65,13 @@ class LatentDataset:
             raise ValueError(f"{index_path} is not a {FORMAT} index of version {VERSION}")
         self.latent_shape = tuple(index["latent_shape"])
         self.prompt_shape = tuple(index["prompt_shape"])
+        conditioning = index.get("conditioning", {})
+        if not isinstance(conditioning, dict) or not all(
+            isinstance(shape, list) and name not in KEYS for name, shape in conditioning.items()
+        ):
+            raise ValueError(f"{index_path}: conditioning must map tensor names to per-sample shapes")
+        #: The per-sample conditioning tensors beside the prompt embedding: name → shape (no batch axis).
+        self.conditioning_shapes = {name: tuple(shape) for name, shape in conditioning.items()}
         if not index["shards"] or index["samples"] < 1:
             raise ValueError(f"dataset {self.path} holds no samples")
         self._handles: list[Any] = []
@@ -99,6 +112,7 @@ class LatentDataset:
         except (SafetensorError, OSError) as error:
             raise ValueError(f"dataset shard {file} is damaged or truncated ({error})") from error
         expected = {"latents": (samples, *self.latent_shape), "prompt_embeds": (samples, *self.prompt_shape)}
+        expected.update({name: (samples, *shape) for name, shape in self.conditioning_shapes.items()})
         for key, shape in expected.items():
             if key not in handle.keys():  # noqa: SIM118 - safe_open handles have no __contains__
                 raise ValueError(f"dataset shard {file} has no tensor {key!r}")
@@ -110,19 +124,31 @@ class LatentDataset:
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """(latent [C, T, H, W], prompt embedding [L, D]) of sample ``index``."""
+    def _read(self, index: int, keys: Iterable[str]) -> tuple[Tensor, ...]:
+        """The tensors ``keys`` of sample ``index``."""
         if not 0 <= index < self._len:
             raise IndexError(f"sample {index} is out of range for {self._len} samples")
         shard = max(i for i, start in enumerate(self._starts) if start <= index)
         row = index - self._starts[shard]
         handle = self._handles[shard]
-        return tuple(handle.get_slice(key)[row : row + 1][0] for key in KEYS)
+        return tuple(handle.get_slice(key)[row : row + 1][0] for key in keys)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        """(latent [C, T, H, W], prompt embedding [L, D]) of sample ``index``."""
+        return self._read(index, KEYS)
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """Stacked (latents [B, C, T, H, W], prompt embeddings [B, L, D]) of the given samples."""
         latents, prompts = zip(*(self[i] for i in indices), strict=True)
         return torch.stack(latents), torch.stack(prompts)
+
+    def conditioning(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The given samples' conditioning tensors, stacked ([B, ...] by name; {} for a dataset without)."""
+        names = list(self.conditioning_shapes)
+        if not names:
+            return {}
+        columns = zip(*(self._read(index, names) for index in indices), strict=True)
+        return {name: torch.stack(column) for name, column in zip(names, columns, strict=True)}
 
 
 class SampleOrder:
@@ -152,9 +178,12 @@ class SampleOrder:
 
 
 def write_latent_dataset(
-    out_dir: str | os.PathLike, samples: Iterable[tuple[Tensor, Tensor]], shard_size: int = 64
+    out_dir: str | os.PathLike,
+    samples: Iterable[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]]],
+    shard_size: int = 64,
 ) -> Path:
-    """Write (latent [C, T, H, W], prompt embedding [L, D]) pairs as a dataset folder; returns it.
+    """Write (latent [C, T, H, W], prompt embedding [L, D]) pairs as a dataset folder; returns it. A sample
+    may add a dict of conditioning tensors (the module docstring), the same names and shapes in every one.
 
     Samples are streamed into shards of ``shard_size``; the index is written last. Refuses a folder
     that already holds a dataset, so an existing one is never overwritten.
@@ -165,30 +194,37 @@ def write_latent_dataset(
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
     shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    pending: list[tuple[Tensor, Tensor]] = []
+    conditioning_shapes: dict[str, tuple[int, ...]] = {}
+    pending: list[dict[str, Tensor]] = []
 
     def flush() -> None:
         name = f"shard-{len(shards):05d}.safetensors"
-        tensors = {key: torch.stack([s[i] for s in pending]).contiguous() for i, key in enumerate(KEYS)}
+        tensors = {key: torch.stack([s[key] for s in pending]).contiguous() for key in pending[0]}
         save_file(tensors, str(out / name))
         shards.append({"file": name, "samples": len(pending)})
         pending.clear()
 
-    for number, (latent, prompt) in enumerate(samples):
+    for number, (latent, prompt, *rest) in enumerate(samples):
         if latent.dim() != 4 or prompt.dim() != 2:
             raise ValueError(
                 f"sample {number}: expected latent [C, T, H, W] and prompt embedding [L, D], "
                 f"got {tuple(latent.shape)} and {tuple(prompt.shape)}"
             )
+        conditioning = dict(rest[0]) if rest else {}
+        if set(conditioning) & set(KEYS):
+            raise ValueError(f"sample {number}: conditioning tensors cannot be named {list(KEYS)}")
         shape = (tuple(latent.shape), tuple(prompt.shape))
+        extra = {key: tuple(value.shape) for key, value in conditioning.items()}
         if shapes is None:
-            shapes = shape
-        elif shape != shapes:
+            shapes, conditioning_shapes = shape, extra
+        elif shape != shapes or extra != conditioning_shapes:
             raise ValueError(
-                f"sample {number} has latent {shape[0]} and prompt {shape[1]}, but sample 0 has "
-                f"{shapes[0]} and {shapes[1]}: all samples of a dataset share one shape"
+                f"sample {number} has latent {shape[0]}, prompt {shape[1]} and conditioning {extra}, but "
+                f"sample 0 has {shapes[0]}, {shapes[1]} and {conditioning_shapes}: all samples of a dataset "
+                "share one shape"
             )
-        pending.append((latent.detach().cpu(), prompt.detach().cpu()))
+        tensors = {"latents": latent, "prompt_embeds": prompt, **conditioning}
+        pending.append({key: value.detach().cpu() for key, value in tensors.items()})
         if len(pending) == shard_size:
             flush()
     if pending:
@@ -200,6 +236,11 @@ def write_latent_dataset(
         "version": VERSION,
         "latent_shape": list(shapes[0]),
         "prompt_shape": list(shapes[1]),
+        **(
+            {"conditioning": {k: list(v) for k, v in conditioning_shapes.items()}}
+            if conditioning_shapes
+            else {}
+        ),
         "samples": sum(s["samples"] for s in shards),
         "shards": shards,
     }

@@ -1,6 +1,10 @@
 """Stage 2, ``rehyat finetune``: flow-matching fine-tuning of the whole converted DiT (docs/method.md §7) —
-any family :func:`rehyat.models.convert` converts (Wan2.1/2.2, SkyReels-V2, LTX-Video; the family's
-adapter says how its forward is called on a latent [B, C, F, H, W], e.g. LTX-Video's packed tokens).
+any family :func:`rehyat.models.convert` converts (Wan2.1/2.2, SkyReels-V2, LTX-Video, HunyuanVideo,
+CogVideoX; the family's adapter says how its forward is called on a latent [B, C, F, H, W], e.g.
+LTX-Video's packed tokens, HunyuanVideo's pooled CLIP projections from the dataset's conditioning).
+CogVideoX, whose pipeline samples with a v-prediction DDPM scheduler, trains on that scheduler's
+objective instead (:func:`v_prediction_loss`). The joint text-video models train without gradient
+checkpointing (``model.gradient_checkpointing=false``; it is refused for them).
 
 The loss is Wan's rectified flow: x_t = (1 − σ)·x0 + σ·ε, the model predicts v = ε − x0 at timestep
 σ·1000, with σ drawn by Wan's shifted sampling σ = shift·u / (1 + (shift − 1)·u), u ~ U(0, 1). Every
@@ -38,12 +42,14 @@ from rehyat.training.finetune.loss import (
     noise_generator,
     predict_velocity,
     shifted_sigmas,
+    v_prediction_loss,
 )
 from rehyat.training.finetune.model import (
     ARCHITECTURES,
     build_model,
     build_teacher,
     load_base_transformer,
+    noise_schedule,
     save_final_weights,
 )
 from rehyat.training.finetune.run_config import DataSection, FinetuneConfig, ModelSection, OptimSection
@@ -64,7 +70,9 @@ __all__ = [
     "flow_matching_loss",
     "load_base_transformer",
     "noise_generator",
+    "noise_schedule",
     "predict_velocity",
     "save_final_weights",
     "shifted_sigmas",
+    "v_prediction_loss",
 ]

@@ -1,6 +1,7 @@
 """Building the stage-2 models: the base transformer (a folder of any convertible family, or a named
-architecture with random weights), the converted student, the frozen teacher for ``teacher_weight``, and
-the final weights saved through a fresh CPU model."""
+architecture with random weights), the converted student, the frozen teacher for ``teacher_weight``, the
+noise schedule of a family that does not sample by flow matching (CogVideoX), and the final weights saved
+through a fresh CPU model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from rehyat.models import ReHyAtConfig, convert, family_of, load_rehyat, rehyat_runtime, save_rehyat
 from rehyat.models.architectures import ARCHITECTURES as _ARCHITECTURES
+from rehyat.models.checkpoint import read_json_object
 from rehyat.training import distributed
 from rehyat.training.data import LatentDataset
 from rehyat.training.finetune.run_config import FinetuneConfig, ModelSection
@@ -63,7 +65,9 @@ def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
 
 
 def check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
-    """A ValueError unless the dataset's latent channels and prompt width are what ``model`` takes."""
+    """A ValueError unless the dataset's latent channels and prompt width are what ``model`` takes, and
+    its conditioning tensors are the other inputs its family's forward takes (HunyuanVideo's pooled CLIP
+    projections; none for the other families): the first sample's forward arguments are built once."""
     family = family_of(model)
     takes = family.latent_channels(model), family.text_dim(model)
     channels, text_dim = dataset.latent_shape[0], dataset.prompt_shape[1]
@@ -72,6 +76,52 @@ def check_data_fits(dataset: LatentDataset, model: nn.Module) -> None:
             f"dataset {dataset.path} has {channels}-channel latents and {text_dim}-dim prompt embeddings; "
             f"the model takes {takes[0]} and {takes[1]}"
         )
+    latents, prompt_embeds = dataset.batch([0])
+    conditioning = dataset.conditioning([0])
+    try:
+        family.denoiser_inputs(model, latents, torch.zeros(1), prompt_embeds, **conditioning)
+    except TypeError as error:
+        raise ValueError(
+            f"dataset {dataset.path} holds conditioning {sorted(conditioning)}, which "
+            f"{type(model).__name__}'s forward does not take ({error})"
+        ) from None
+    except ValueError as error:
+        raise ValueError(f"dataset {dataset.path}: {error}") from None
+
+
+def noise_schedule(section: ModelSection, model: nn.Module) -> Tensor | None:
+    """ᾱ_t [T] of the v-prediction DDPM scheduler a CogVideoX model samples with, which stage 2 trains it
+    on (:func:`~rehyat.training.finetune.loss.v_prediction_loss`): the scheduler of the pipeline folder
+    ``model.path`` (or of the pipeline folder around it, for its ``transformer/``); for a random
+    ``model.architecture``, ``CogVideoXDDIMScheduler``'s with v-prediction. None for the families that
+    sample by flow matching."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from rehyat.models.cogvideox import CogVideoXAdapter
+    from rehyat.models.folders import transformer_folder
+
+    if not isinstance(family_of(model), CogVideoXAdapter):
+        return None
+    if section.path is None:
+        return CogVideoXDDIMScheduler(prediction_type="v_prediction").alphas_cumprod
+    scheduler = transformer_folder(section.path, "model.path").parent / "scheduler"
+    config_file = scheduler / "scheduler_config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"{config_file} does not exist: CogVideoX trains on its scheduler's noise schedule "
+            "(v-prediction), so give model.path as its pipeline folder (or that folder's transformer/)"
+        )
+    config = read_json_object(config_file)
+    if config.get("prediction_type") != "v_prediction" or config.get("_class_name") not in (
+        "CogVideoXDDIMScheduler",
+        "CogVideoXDPMScheduler",
+    ):
+        raise ValueError(
+            f"{config_file}: CogVideoX trains on a CogVideoXDDIMScheduler or CogVideoXDPMScheduler with "
+            f"prediction_type 'v_prediction', got {config.get('_class_name')} with "
+            f"{config.get('prediction_type')!r}"
+        )
+    return CogVideoXDDIMScheduler.from_pretrained(scheduler, local_files_only=True).alphas_cumprod
 
 
 def save_final_weights(section: ModelSection, seed: int, state: dict[str, Tensor], folder: Path) -> None:

@@ -14,11 +14,12 @@ from rehyat.utils import check_bool, check_int, check_number
 class ModelSection:
     path: str | None = None
     """A diffusers folder (with ``transformer/``) or a transformer folder of any convertible family;
-    ``toy``: the bundled toy teacher."""
+    ``toy``: the bundled toy teacher. CogVideoX: its pipeline folder (or that folder's ``transformer/``),
+    whose ``scheduler/`` gives the v-prediction noise schedule it trains on."""
     architecture: str | None = None
     """Instead of ``path``: random weights of one of :data:`rehyat.models.architectures.ARCHITECTURES`
-    (``tiny``, ``tiny-skyreels-v2``, ``tiny-ltx-video``, ``wan2.1-t2v-1.3b``, ``ltx-video-2b``, ...;
-    smoke tests, benchmarks)."""
+    (``tiny``, ``tiny-skyreels-v2``, ``tiny-ltx-video``, ``tiny-hunyuan-video``, ``tiny-cogvideox``,
+    ``wan2.1-t2v-1.3b``, ``ltx-video-2b``, ...; smoke tests, benchmarks)."""
     rehyat_checkpoint: str | None = None
     """A ReHyAt checkpoint (e.g. stage 1's) to start from, ``bundled`` for the toy student; else the model
     is converted fresh."""
@@ -28,6 +29,8 @@ class ModelSection:
     convert: bool = True
     """False trains the plain softmax model (e.g. pretraining the toy teacher) with this same loop."""
     gradient_checkpointing: bool = True
+    """diffusers' gradient checkpointing of the blocks; a converted HunyuanVideo or CogVideoX refuses it (its
+    folded chunk entries would not be recomputed): set false for those."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from rehyat.config import config_to_dict
-from rehyat.models import family_of
+from rehyat.models import family_of, rehyat_runtime
 from rehyat.models.adapter import FamilyAdapter
+from rehyat.models.joint import JointAdapter
 from rehyat.training import distributed
 from rehyat.training.checkpoint import clean_staging
 from rehyat.training.data import LatentDataset, SampleOrder
@@ -27,8 +28,19 @@ from rehyat.training.finetune.checkpointing import (
     save_final,
     save_training_checkpoint,
 )
-from rehyat.training.finetune.loss import drop_prompts, flow_matching_loss, noise_generator
-from rehyat.training.finetune.model import build_model, build_teacher, check_data_fits, rehyat_config_of
+from rehyat.training.finetune.loss import (
+    drop_prompts,
+    flow_matching_loss,
+    noise_generator,
+    v_prediction_loss,
+)
+from rehyat.training.finetune.model import (
+    build_model,
+    build_teacher,
+    check_data_fits,
+    noise_schedule,
+    rehyat_config_of,
+)
 from rehyat.training.finetune.nonfinite import handle_non_finite_step
 from rehyat.training.finetune.run_config import FinetuneConfig, OptimSection
 from rehyat.training.metrics import MetricsLogger
@@ -56,6 +68,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     model = build_model(cfg.model, cfg.seed)
     family = family_of(model)
     check_data_fits(dataset, model)
+    check_options(cfg, dataset, model)
+    schedule = noise_schedule(cfg.model, model)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model = distributed.wrap_model(model.to(env.device).train(), cfg.strategy, env)
@@ -94,7 +108,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                 group["lr"] = lr
 
             micro_losses = forward_backward(
-                cfg, env, step, model, dataset, order, autocast, teacher, family, samples_seen
+                cfg, env, step, model, dataset, order, autocast, teacher, family, samples_seen, schedule
             )
             loss_value, grad_norm = clip_and_reduce(cfg, model, micro_losses)
             # Both are the same on every rank (mean loss, norm of the synchronised gradients), so every
@@ -152,6 +166,25 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(output_dir=out, model=model, samples_seen=samples_seen)
 
 
+def check_options(cfg: FinetuneConfig, dataset: LatentDataset, model: nn.Module) -> None:
+    """A ValueError for options the model or data cannot take, before anything is written:
+    ``model.gradient_checkpointing`` on a converted joint text-video model, ``prompt_dropout`` with
+    conditioning tensors beside the prompt (an all-zero prompt has no such tensors)."""
+    family = family_of(model)
+    if cfg.model.gradient_checkpointing and isinstance(family, JointAdapter) and rehyat_runtime(model):
+        raise ValueError(
+            f"model.gradient_checkpointing=true is not served for {type(model).__name__}: its converted "
+            "joint text-video attention runs the chunks folded into the batch, which diffusers' checkpointing "
+            "recomputes without them; set model.gradient_checkpointing=false"
+        )
+    if cfg.prompt_dropout > 0 and dataset.conditioning_shapes:
+        raise ValueError(
+            f"prompt_dropout={cfg.prompt_dropout} zeroes the prompt embedding, but dataset {dataset.path} "
+            f"also conditions on {sorted(dataset.conditioning_shapes)}, which no empty prompt defines; set "
+            "prompt_dropout=0"
+        )
+
+
 def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.AdamW:
     """AdamW over every parameter (φ included) with the ``optim`` section's hyperparameters."""
     return torch.optim.AdamW(
@@ -179,29 +212,31 @@ def forward_backward(
     teacher: nn.Module | None,
     family: FamilyAdapter,
     samples_seen: list[int],
+    schedule: Tensor | None = None,
 ) -> list[tuple[list[int], Tensor]]:
     """Accumulate the gradients of one step's micro-batches (synchronised across ranks on the last);
-    return each micro-batch's (dataset indices, loss). Appends the indices to ``samples_seen``."""
+    return each micro-batch's (dataset indices, loss). Appends the indices to ``samples_seen``. The loss is
+    flow matching, or with a ``schedule`` (ᾱ of CogVideoX's scheduler) v-prediction on it."""
     micro_losses = []
     for micro in range(cfg.grad_accumulation):
         indices = order.indices(step, micro, env.rank)
         samples_seen += indices
         latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
+        conditioning = {name: t.to(env.device) for name, t in dataset.conditioning(indices).items()}
+        objective = dict(
+            teacher=teacher, teacher_weight=cfg.teacher_weight, family=family, conditioning=conditioning
+        )
         generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
         if cfg.prompt_dropout > 0:
             prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
         with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
             with autocast:
-                loss = flow_matching_loss(
-                    model,
-                    latents,
-                    prompt_embeds,
-                    generator,
-                    cfg.flow_shift,
-                    teacher,
-                    cfg.teacher_weight,
-                    family,
-                )
+                if schedule is None:
+                    loss = flow_matching_loss(
+                        model, latents, prompt_embeds, generator, cfg.flow_shift, **objective
+                    )
+                else:
+                    loss = v_prediction_loss(model, latents, prompt_embeds, generator, schedule, **objective)
             (loss / cfg.grad_accumulation).backward()
         micro_losses.append((indices, loss.detach()))
     return micro_losses
