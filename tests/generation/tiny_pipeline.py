@@ -58,18 +58,20 @@ def prompt_embeds(batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 def tiny_family_pipeline(family: str):
     """A tiny pipeline of another family, built as ``tiny_pipeline`` builds Wan's: ``SkyReelsV2Pipeline``
-    (Wan's VAE and UMT5) or ``LTXPipeline`` (a tiny LTX VAE with 8× spatial and temporal compression,
-    a tiny T5, 4×4 tokens per latent frame at 32×32 pixels)."""
+    (Wan's VAE and UMT5), ``LTXPipeline`` (a tiny LTX VAE with 8× spatial and temporal compression,
+    a tiny T5, 4×4 tokens per latent frame at 32×32 pixels), ``HunyuanVideoPipeline`` or
+    ``CogVideoXPipeline`` (:func:`tiny_joint_pipeline`)."""
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
         LTXPipeline,
         SkyReelsV2Pipeline,
     )
-    from transformers import T5Config, T5EncoderModel
 
     from rehyat.models.architectures import architecture
 
+    if family in ("hunyuan-video", "cogvideox"):
+        return tiny_joint_pipeline(family)
     if family == "skyreels-v2":
         wan = tiny_pipeline()
         torch.manual_seed(0)
@@ -102,6 +104,19 @@ def tiny_family_pipeline(family: str):
     )
     torch.manual_seed(0)
     transformer = architecture("tiny-ltx-video").build()
+    return LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_t5(),
+        tokenizer=tiny_tokenizer(),
+        transformer=transformer,
+    )
+
+
+def tiny_t5():
+    """A one-layer T5 encoder of width 16 on the offline tokenizer's words (seeded)."""
+    from transformers import T5Config, T5EncoderModel
+
     torch.manual_seed(0)
     config = T5Config(
         vocab_size=len(WORDS),
@@ -112,10 +127,67 @@ def tiny_family_pipeline(family: str):
         num_heads=2,
         relative_attention_num_buckets=8,
     )
-    return LTXPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=T5EncoderModel(config).eval(),
+    return T5EncoderModel(config).eval()
+
+
+def tiny_joint_pipeline(family: str):
+    """``HunyuanVideoPipeline`` (a tiny HunyuanVideo VAE, a 2-layer Llama, as its pipeline reads the third
+    hidden state from the end, and a CLIP text model, each with the offline tokenizer; the pipeline's
+    prompt template puts the prompt's words after its 95 cropped tokens) or ``CogVideoXPipeline`` (a tiny
+    CogVideoX VAE, a tiny T5, its v-prediction DDIM scheduler): 4×4 tokens per latent frame at 64×64."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        AutoencoderKLHunyuanVideo,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from rehyat.models.architectures import architecture
+
+    torch.manual_seed(0)
+    transformer = architecture(f"tiny-{family}").build()
+    torch.manual_seed(0)
+    blocks = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, temporal_compression_ratio=4)
+    if family == "cogvideox":
+        vae = AutoencoderKLCogVideoX(
+            latent_channels=4,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            norm_num_groups=2,
+            **blocks,
+        )
+        return CogVideoXPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=tiny_t5(),
+            vae=vae,
+            transformer=transformer,
+            scheduler=CogVideoXDDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing"),
+        )
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        norm_num_groups=4,
+        spatial_compression_ratio=8,
+        mid_block_add_attention=False,
+        **blocks,
+    )
+    small = dict(vocab_size=len(WORDS), num_attention_heads=2, pad_token_id=0)
+    llama = LlamaConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_key_value_heads=2, **small
+    )
+    clip = CLIPTextConfig(
+        hidden_size=8, intermediate_size=8, num_hidden_layers=1, bos_token_id=2, eos_token_id=1, **small
+    )
+    return HunyuanVideoPipeline(
+        text_encoder=LlamaModel(llama).eval(),
         tokenizer=tiny_tokenizer(),
         transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=CLIPTextModel(clip).eval(),
+        tokenizer_2=tiny_tokenizer(),
     )

@@ -21,7 +21,12 @@ from rehyat.models import convert, family_of, load_rehyat
 from rehyat.models.architectures import architecture
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.data import write_latent_dataset
-from rehyat.training.distill import DistillConfig, run_distillation
+from rehyat.training.distill import (
+    DistillConfig,
+    load_prompt_embeddings,
+    load_teacher_pipeline,
+    run_distillation,
+)
 from rehyat.training.finetune import (
     FinetuneConfig,
     finetune,
@@ -194,6 +199,44 @@ def test_stage1_run_samples_with_the_familys_pipeline(name, tmp_path):
             with pytest.raises(ValueError, match=match):
                 run_distillation(DistillConfig(**{**config.__dict__, "out": str(tmp_path / "no"), **change}))
         assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_stage1_encodes_text_prompts_with_the_familys_encoders(name, tmp_path):
+    """A saved pipeline folder's text encoders (HunyuanVideo's Llama and CLIP, CogVideoX's T5) encode a
+    prompt file into the arguments the pipeline takes, and a run samples with them."""
+    from generation.tiny_pipeline import tiny_family_pipeline
+
+    tiny_family_pipeline(name).save_pretrained(tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("a cat on the moon\na dog\n")
+    pipe = load_teacher_pipeline(tmp_path / "model", torch.float32, torch.device("cpu"), need_text=True)
+    arguments = load_prompt_embeddings(pipe, tmp_path / "prompts.txt", "blurry", torch.device("cpu"))
+    shapes = {key: tuple(value.shape) for key, value in arguments.items()}
+    if name == "hunyuan-video":  # 256 tokens after the template's 95, the mask, the pooled CLIP output
+        assert shapes == {
+            "prompt_embeds": (2, 256, 16),
+            "prompt_attention_mask": (2, 256),
+            "pooled_prompt_embeds": (2, 8),
+        }
+        tokens = arguments["prompt_attention_mask"].sum(dim=1)
+        assert 0 < tokens[1] < tokens[0]  # the shorter prompt attends fewer tokens, and some
+    else:
+        assert shapes == {"prompt_embeds": (2, 226, 16), "negative_prompt_embeds": (2, 226, 16)}
+    config = DistillConfig(
+        model=str(tmp_path / "model"),
+        prompts=str(tmp_path / "prompts.txt"),
+        out=str(tmp_path / "run"),
+        dtype="fp32",
+        device="cpu",
+        num_inference_steps=1,
+        capture_steps=[0],
+        guidance_scale=1.0,
+        heldout=1,
+        num_frames=9,
+        height=64,
+        width=64,
+    )
+    assert run_distillation(config)["blocks"][0]["captures_heldout"] == 1
 
 
 @by_family

@@ -1,5 +1,6 @@
 """``rehyat generate``: text-to-video from a local diffusers folder with the recurrent forward, through the
-family's own pipeline: ``WanPipeline`` (Wan2.1/2.2), ``SkyReelsV2Pipeline`` or ``LTXPipeline``.
+family's own pipeline: ``WanPipeline`` (Wan2.1/2.2), ``SkyReelsV2Pipeline``, ``LTXPipeline``,
+``HunyuanVideoPipeline`` or ``CogVideoXPipeline``.
 
 The folder is what the pipeline's ``save_pretrained`` writes (nothing is downloaded). The transformer gets a ReHyAt
 checkpoint (``--rehyat``) or, without one, a fresh conversion whose feature maps are untrained (useful
@@ -128,7 +129,8 @@ def register(commands) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="local diffusers folder (model_index.json) of a WanPipeline, SkyReelsV2Pipeline or LTXPipeline",
+        help="local diffusers folder (model_index.json) of a WanPipeline, SkyReelsV2Pipeline, LTXPipeline, "
+        "HunyuanVideoPipeline or CogVideoXPipeline",
     )
     parser.add_argument("--rehyat", help="ReHyAt checkpoint folder (rehyat_config.json + rehyat.safetensors)")
     parser.add_argument("--prompt", required=True)
@@ -139,8 +141,17 @@ def register(commands) -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=5.0, help="CFG scale (<= 1 turns CFG off)")
-    parser.add_argument("--scheduler", choices=["unipc", "euler"], help="replace the folder's scheduler")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=5.0,
+        help="CFG scale (<= 1 turns CFG off); HunyuanVideo: its embedded guidance, no negative prompt",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=["unipc", "euler"],
+        help="replace the folder's scheduler (a flow-matching one: not for CogVideoX)",
+    )
     parser.add_argument("--shift", type=float, help="flow shift (Wan2.1: 3.0 at 480p, 5.0 at 720p)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

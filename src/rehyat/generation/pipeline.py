@@ -1,8 +1,10 @@
 """Loading a local diffusers video pipeline with its transformer converted to ReHyAt: ``WanPipeline``
-(Wan2.1/2.2), ``SkyReelsV2Pipeline`` or ``LTXPipeline``, each family's own pipeline.
+(Wan2.1/2.2), ``SkyReelsV2Pipeline``, ``LTXPipeline``, ``HunyuanVideoPipeline`` or ``CogVideoXPipeline``,
+each family's own pipeline.
 
 The folder is what the pipeline's ``save_pretrained`` writes (model_index.json with transformer, vae,
-text_encoder, tokenizer and scheduler subfolders); nothing is downloaded. A folder that is not one
+text_encoder, tokenizer and scheduler subfolders, and HunyuanVideo's text_encoder_2 and tokenizer_2);
+nothing is downloaded. A folder that is not one
 (no or malformed ``model_index.json``, a missing or damaged component) and a device torch cannot use
 raise a ``ValueError`` that names the file or the device, before anything is loaded wherever the
 folder's layout shows the problem.
@@ -28,18 +30,26 @@ _COMPONENT_FILES = {
     "scheduler": "scheduler_config.json",
     "text_encoder": "config.json",
     "tokenizer": None,
+    "text_encoder_2": "config.json",  # checked where the index lists them (HunyuanVideo's CLIP)
+    "tokenizer_2": None,
 }
-_TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+_TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: (video frames per latent frame, pixel multiple of height and width) of each pipeline: its VAE's
 #: temporal compression, and its spatial compression times the transformer's patch. The fallback of
 #: :func:`pipeline_geometry` for a folder whose configs lack the fields (a Wan2.2-TI2V-5B VAE, stride 16,
 #: takes multiples of 32, not this table's 16).
-PIPELINE_GEOMETRY = {"WanPipeline": (4, 16), "SkyReelsV2Pipeline": (4, 16), "LTXPipeline": (8, 32)}
-#: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline (not yet
-#: HunyuanVideo's and CogVideoX's, whose joint-attention models convert but are not wired here).
-PIPELINES = tuple(
-    dict.fromkeys(family.pipeline_class for family in FAMILIES if family.pipeline_class in PIPELINE_GEOMETRY)
-)
+PIPELINE_GEOMETRY = {
+    "WanPipeline": (4, 16),
+    "SkyReelsV2Pipeline": (4, 16),
+    "LTXPipeline": (8, 32),
+    "HunyuanVideoPipeline": (4, 16),
+    "CogVideoXPipeline": (4, 16),
+}
+#: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline.
+PIPELINES = tuple(dict.fromkeys(family.pipeline_class for family in FAMILIES))
+#: Pipelines whose scheduler is not a flow-matching one (CogVideoX's v-prediction DDIM/DPM): ``scheduler``
+#: and ``flow_shift`` cannot replace it.
+_NOT_FLOW = ("CogVideoXPipeline",)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -83,6 +93,8 @@ def check_pipeline_folder(model: str | os.PathLike, *, text_encoder: bool = Fals
             f"or {PIPELINES[-1]}"
         )
     for name, config_file in _COMPONENT_FILES.items():
+        if name.endswith("_2") and name not in index:
+            continue  # a pipeline with one text encoder
         entry = index.get(name)
         listed = isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
         absent = entry is None or entry == [None, None]
@@ -110,7 +122,9 @@ def pipeline_geometry(folder: str | os.PathLike) -> tuple[int, int]:
     Read from the folder's configs, before anything is loaded: the VAE's strides (Wan's
     ``scale_factor_temporal``/``scale_factor_spatial``; LTX's ``temporal_compression_ratio``/
     ``spatial_compression_ratio``, or its ``patch_size_t``/``patch_size`` × 2^(scaling stages) as diffusers
-    computes them when those are null) and the transformer's spatial ``patch_size``. A config without the
+    computes them when those are null; HunyuanVideo's the same names; CogVideoX's
+    ``temporal_compression_ratio`` and 2^(``len(block_out_channels)`` − 1), as its pipeline computes it)
+    and the transformer's spatial ``patch_size``. A config without the
     fields falls back to the family's row of :data:`PIPELINE_GEOMETRY`; a field that is not a positive int
     is a ValueError naming the file."""
     folder = Path(folder)
@@ -153,6 +167,11 @@ def _vae_strides(path: Path, config: dict) -> tuple[int | None, int | None]:
                 )
             stride = _positive_ints(path, ltx_patch, config[ltx_patch])[0] * 2 ** sum(stages)
         strides.append(stride)
+    if strides[1] is None and config.get("_class_name") == "AutoencoderKLCogVideoX":
+        stages = config.get("block_out_channels")
+        if not isinstance(stages, list) or not stages:
+            raise ValueError(f"{path}: block_out_channels must be a non-empty list, got {stages!r}")
+        strides[1] = 2 ** (len(stages) - 1)  # CogVideoXPipeline's vae_scale_factor_spatial
     return strides[0], strides[1]
 
 
@@ -174,13 +193,14 @@ def load_pipeline(
     flow_shift: float | None = None,
     scheduler: str | None = None,
 ):
-    """The family's pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``, as the folder's
-    index names it) from a local folder with its transformer converted to ReHyAt.
+    """The family's pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``, ``LTXPipeline``,
+    ``HunyuanVideoPipeline``, ``CogVideoXPipeline``, as the folder's index names it) from a local folder
+    with its transformer converted to ReHyAt.
 
     ``rehyat``: a checkpoint folder from :func:`rehyat.save_rehyat`; otherwise the transformer is
     converted with ``config`` (default ``ReHyAtConfig()``). The VAE stays float32, as diffusers
     recommends for Wan. ``scheduler`` ("unipc"/"euler") and ``flow_shift`` replace the folder's
-    scheduler when given. The folder's layout (:func:`check_pipeline_folder`) and ``device``
+    scheduler when given (not CogVideoX's: it samples with v-prediction, not flow matching). The folder's layout (:func:`check_pipeline_folder`) and ``device``
     (:func:`check_device`) are checked before anything is loaded; a component that diffusers then cannot
     read (a damaged config or weights file) is a ValueError naming the folder too.
     """
@@ -195,6 +215,11 @@ def load_pipeline(
     if flow_shift is not None:
         check_number("flow_shift", flow_shift, minimum=0.0, exclusive_minimum=True)
     index = read_json_object(folder / "model_index.json")
+    if index["_class_name"] in _NOT_FLOW and (scheduler is not None or flow_shift is not None):
+        raise ValueError(
+            f"{index['_class_name']} samples with its v-prediction scheduler, which a flow-matching "
+            "scheduler or flow shift cannot replace: leave the scheduler and shift unset"
+        )
     pipeline_class, vae_class = (
         getattr(diffusers, index["_class_name"]),
         getattr(diffusers, index["vae"][1], None),

@@ -163,12 +163,17 @@ def generate_video(
     progress: bool = True,
 ) -> np.ndarray:
     """Text-to-video with a family's own pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``,
-    ``LTXPipeline``) whose transformer is converted (all blocks, causal).
+    ``LTXPipeline``, ``HunyuanVideoPipeline``, ``CogVideoXPipeline``) whose transformer is converted (all
+    blocks, causal).
 
     Every argument is checked first; then the pipeline's own ``__call__`` runs (text encoding, its
     scheduler, the VAE, post-processing) with the transformer in the recurrent mode
     (:func:`rehyat.models.hooks.recurrent_mode`). ``max_sequence_length``: the text tokens (None: the
-    pipeline's default, Wan's 512, LTX-Video's 128). Returns uint8 frames [B, F, H, W, 3].
+    pipeline's default, Wan's 512, LTX-Video's 128, HunyuanVideo's 256, CogVideoX's 226).
+    ``guidance_scale`` is HunyuanVideoPipeline's embedded guidance (its model is guidance-distilled; it
+    samples without a negative prompt), the other pipelines' CFG scale. Precomputed ``prompt_embeds``
+    do not serve HunyuanVideo, whose pipeline also needs pooled CLIP projections: give it text.
+    Returns uint8 frames [B, F, H, W, 3].
     """
     from rehyat.models import family_of
     from rehyat.models.adapter import vae_compression
