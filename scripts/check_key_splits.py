@@ -39,8 +39,8 @@ RETIRE = fused.retire_frames
 def _retire_in_torch(fk, v, frame_tokens, kv, z, pending_kv, pending_z, leaving, min_programs=512):
     """The state update as before the retire kernel: per-frame sums, then torch adds and copies."""
     chunk_kv, chunk_z = fused.frame_sums(fk, v, frame_tokens, min_programs)
-    kv, pending_kv = recurrent._retire(kv, pending_kv, chunk_kv, leaving)
-    z, pending_z = recurrent._retire(z, pending_z, chunk_z, leaving)
+    kv, pending_kv = recurrent.retire(kv, pending_kv, chunk_kv, leaving)
+    z, pending_z = recurrent.retire(z, pending_z, chunk_z, leaving)
     return kv, z, pending_kv, pending_z
 
 

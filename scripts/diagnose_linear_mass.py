@@ -27,7 +27,7 @@ def main(checkpoint: str, frames: int, sigma: float) -> None:
     teacher = bundled_teacher()
     model = load_toy_model(teacher, checkpoint, torch.device("cpu"))
     blocks = len(model.blocks)
-    step_attention = custom_ops._torch_step_attention
+    step_attention = custom_ops.torch_step_attention
     past_keys: dict[int, list[torch.Tensor]] = {}
     rows: list[tuple[int, float, float]] = []  # (block, student, true) per call, chunk-major
 
@@ -50,7 +50,7 @@ def main(checkpoint: str, frames: int, sigma: float) -> None:
     prompt = sample_prompt(random.Random(5))
     clip = render(prompt, frames, CLIP["height"], CLIP["width"], seed=3)[None]
     noise = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0))
-    custom_ops._torch_step_attention = spy
+    custom_ops.torch_step_attention = spy
     try:
         with torch.no_grad():
             recurrent_forward(
@@ -60,7 +60,7 @@ def main(checkpoint: str, frames: int, sigma: float) -> None:
                 prompt_embeddings(load_text_encoder(teacher), [prompt]),
             )
     finally:
-        custom_ops._torch_step_attention = step_attention
+        custom_ops.torch_step_attention = step_attention
     print(f"{checkpoint}: {frames} frames, σ={sigma}, '{prompt.text}'; per chunk, median nL/nS")
     for block in range(blocks):
         mine = [r for r in rows if r[0] == block]

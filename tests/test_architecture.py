@@ -1,6 +1,6 @@
 """The layering of docs/architecture.md, kept true: the library never imports the command line or the
-experiment harness, no library file names an issue, and no imports form a cycle (function-local ones
-included)."""
+experiment harness, no library file names an issue, no imports form a cycle (function-local ones
+included), and no module imports another's private names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
 PACKAGE = SRC / "rehyat"
 OUTSIDE_LIBRARY = ("rehyat.cli", "rehyat.experiments")
 
@@ -141,3 +142,62 @@ def test_the_documented_import_graph_is_the_codes():
     doc = (root / "docs" / "architecture.md").read_text()
     block = doc.split("## Import graph", 1)[1].split("```", 2)[1]
     assert block.strip() == done.stdout.strip()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_uses(path: Path, attributes: bool) -> list[str]:
+    """``from rehyat... import _name`` in ``path`` and, with ``attributes``, ``module._name`` of a rehyat
+    module it imported (``import rehyat.x as module``, ``from rehyat import x``)."""
+    tree = ast.parse(path.read_text())
+    in_package = path.is_relative_to(PACKAGE)
+    package = (
+        ""
+        if not in_package
+        else _module_name(path)
+        if path.name == "__init__.py"
+        else _module_name(path).rpartition(".")[0]
+    )
+    modules = _modules()
+    bound: dict[str, str] = {}  # a name (or dotted expression) in this file -> the rehyat module it is
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            if module != "rehyat" and not module.startswith("rehyat."):
+                continue
+            for alias in node.names:
+                if _private(alias.name):
+                    found.append(f"line {node.lineno}: from {module} import {alias.name}")
+                elif f"{module}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("rehyat"):
+                    bound[alias.asname or alias.name] = alias.name
+    if attributes:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr) and ast.unparse(node.value) in bound:
+                found.append(f"line {node.lineno}: {bound[ast.unparse(node.value)]}.{node.attr}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name another module needs is public where it is defined: the library, the tests and the scripts
+    import only public names, and the library and the scripts read no private attribute of a rehyat
+    module. (White-box tests of a kernel's internals, such as its autotune pruning, still reach them as
+    attributes.)"""
+    files = [
+        *((path, True) for path in sorted(PACKAGE.rglob("*.py"))),
+        *((path, True) for path in sorted((ROOT / "scripts").rglob("*.py"))),
+        *((path, False) for path in sorted((ROOT / "tests").rglob("*.py"))),
+    ]
+    offenders = [
+        f"{path.relative_to(ROOT)} {use}"
+        for path, attributes in files
+        for use in _private_uses(path, attributes)
+    ]
+    assert not offenders, offenders

@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 from rehyat.cli import main
-from rehyat.cli.bench import _REPLACED, _REPLACED_KEYS, _field
+from rehyat.cli.bench import REPLACED_FLAGS, replaced_key
 
 MODULES = {
     "op": ("bench_op", "OpBenchSettings"),
@@ -41,14 +41,14 @@ def test_a_replaced_flag_names_its_key(argv, message, tmp_path, capsys, monkeypa
     assert not captured.out and not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("target", sorted(_REPLACED))
+@pytest.mark.parametrize("target", sorted(REPLACED_FLAGS))
 def test_every_replaced_flag_names_a_field_of_its_target_and_stays_hidden(target, capsys):
     module, settings = MODULES[target]
     cls = getattr(importlib.import_module(f"rehyat.experiments.{module}"), settings)
     names = {field.name for field in dataclasses.fields(cls)}
-    for flag in _REPLACED[target]:
-        assert _REPLACED_KEYS.get(flag, _field(flag)) in names, flag
+    for flag in REPLACED_FLAGS[target]:
+        assert replaced_key(flag) in names, flag
     with pytest.raises(SystemExit):
         main(["bench", target, "--help"])
     words = capsys.readouterr().out.split()
-    assert not set(_REPLACED[target]) & set(words)
+    assert not set(REPLACED_FLAGS[target]) & set(words)

@@ -38,7 +38,7 @@ _ALIASES: dict[str, dict[str, Any]] = {
 #: The flags each target took before its settings moved to ``--set`` (they became fields of the same
 #: name, ``--json`` became ``json_out``): still parsed, hidden, so a script that passes one is told the
 #: key to set instead of argparse's "unrecognized arguments".
-_REPLACED: dict[str, tuple[str, ...]] = {
+REPLACED_FLAGS: dict[str, tuple[str, ...]] = {
     "op": ("--frame-tokens", "--threads", "--json"),
     "attention": ("--skip-parity", "--parity-only"),
     "distill": ("--rep-ms",),
@@ -62,7 +62,7 @@ _REPLACED_LISTS = frozenset({"--rows", "--ranks", "--parts", "--toy-weights"})
 
 
 class _Replaced(argparse.Action):
-    """A flag of :data:`_REPLACED`: takes whatever values follow it and records the first such flag, which
+    """A flag of :data:`REPLACED_FLAGS`: takes whatever values follow it and records the first such flag, which
     the handler refuses (:func:`replaced_message`) before anything runs."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
@@ -71,10 +71,15 @@ class _Replaced(argparse.Action):
 
 
 def replaced_message(flag: str) -> str:
-    """The one-line error for a flag of :data:`_REPLACED`, naming the ``--set`` key that replaced it."""
-    key = _REPLACED_KEYS.get(flag, _field(flag))
+    """The one-line error for a flag of :data:`REPLACED_FLAGS`, naming the ``--set`` key that replaced it."""
+    key = replaced_key(flag)
     value = "true" if flag in _REPLACED_SWITCHES else "[...]" if flag in _REPLACED_LISTS else "VALUE"
     return f"{flag} was replaced by --set {key}={value}"
+
+
+def replaced_key(flag: str) -> str:
+    """The ``--set`` key that replaced a flag of :data:`REPLACED_FLAGS`."""
+    return _REPLACED_KEYS.get(flag, _field(flag))
 
 
 def _field(flag: str) -> str:
@@ -143,7 +148,7 @@ def _add_target(
         if keywords.get("action") != "store_true":
             keywords = {"metavar": _field(flag).upper(), **keywords}
         parser.add_argument(flag, dest=f"alias_{_field(flag)}", default=None, **keywords)
-    for flag in _REPLACED.get(name, ()):
+    for flag in REPLACED_FLAGS.get(name, ()):
         parser.add_argument(flag, dest="replaced_flag", nargs="*", action=_Replaced, help=argparse.SUPPRESS)
     parser.set_defaults(handler=_settings_runner(module, settings, flags))
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rehyat.attention.hybrid.chunk import _pad_frames
+from rehyat.attention.hybrid.chunk import pad_frames
 from rehyat.attention.hybrid.common import (
     AttentionStats,
     accumulation_dtype,
@@ -68,10 +68,10 @@ def _softmax_part(
     window = chunk + reach
 
     def tiles(x: Tensor) -> Tensor:  # [B, T', S, H, D] -> [B, C, H, window·S, D]
-        x = _pad_frames(x, front, back).unfold(1, window, chunk).permute(0, 1, 3, 5, 2, 4)
+        x = pad_frames(x, front, back).unfold(1, window, chunk).permute(0, 1, 3, 5, 2, 4)
         return x.reshape(batch, n_chunks, heads, window * frame_tokens, x.shape[-1])
 
-    queries = _pad_frames(q, 0, back).reshape(batch, n_chunks, chunk * frame_tokens, heads, -1)
+    queries = pad_frames(q, 0, back).reshape(batch, n_chunks, chunk * frame_tokens, heads, -1)
     queries = queries.permute(0, 1, 3, 2, 4)
     slot = torch.arange(n_chunks, device=q.device)[:, None] * chunk + torch.arange(window, device=q.device)
     real = ((slot >= front) & (slot < front + keys.shape[1])).repeat_interleave(frame_tokens, dim=1)
@@ -201,7 +201,7 @@ def chunk_parallel_attention(
         scale=resolve_scale(scale, head_dim),
     )
 
-    fq_chunks = _pad_frames(frames_of(fq), 0, len(chunks) * chunk - frames)
+    fq_chunks = pad_frames(frames_of(fq), 0, len(chunks) * chunk - frames)
     fq_chunks = fq_chunks.reshape(batch, len(chunks), chunk * frame_tokens, heads, feature_dim).permute(
         0, 1, 3, 2, 4
     )

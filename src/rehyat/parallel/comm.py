@@ -65,7 +65,9 @@ class CommCounter:
         return dict(sums)
 
 
-def _count(op: str, label: str, phase: str, peer: int | None, nbytes: int) -> None:
+def record_message(op: str, label: str, phase: str, peer: int | None, nbytes: int) -> None:
+    """Record one message (a :class:`CommRecord`) in every active :class:`CommCounter`; for sends made
+    outside :func:`exchange`, such as the pipeline form's state handoff."""
     for counter in _ACTIVE:
         counter.records.append(CommRecord(op, label, phase, peer, nbytes))
 
@@ -115,7 +117,7 @@ def point_to_point(
         tensor = tensor.contiguous()
         if tensor.numel():
             ops.append(dist.P2POp(dist.isend, tensor, _global(group, message.dst), group, message.tag))
-            _count("send", message.label, phase, message.dst, tensor.numel() * tensor.element_size())
+            record_message("send", message.label, phase, message.dst, tensor.numel() * tensor.element_size())
     if ops:
         for work in dist.batch_isend_irecv(ops):
             work.wait()
@@ -128,7 +130,7 @@ def all_gather(group: dist.ProcessGroup | None, payload: Tensor, label: str, pha
     payload = payload.contiguous()
     parts = [torch.empty_like(payload) for _ in range(world)]
     dist.all_gather(parts, payload, group=group)
-    _count("all_gather", label, phase, None, (world - 1) * payload.numel() * payload.element_size())
+    record_message("all_gather", label, phase, None, (world - 1) * payload.numel() * payload.element_size())
     return torch.stack(parts)
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from rehyat.attention import HybridAttentionState
-from rehyat.parallel.comm import _count
+from rehyat.parallel.comm import record_message
 from rehyat.parallel.wan import ChunkParallel, chunk_parallel_of
 
 _TENSORS = ("kv", "z", "k", "v", "pending_kv", "pending_z")
@@ -32,7 +32,7 @@ def _send_states(states: list[HybridAttentionState], dst: int, group) -> None:
         for s in states
     ]
     nbytes = sum(t.numel() * t.element_size() for tensors, *_ in payload for t in tensors.values())
-    _count("send", "state", "forward", dst, nbytes)
+    record_message("send", "state", "forward", dst, nbytes)
     dist.send_object_list(
         [payload], dst=dist.get_global_rank(group, dst) if group is not None else dst, group=group
     )
@@ -91,10 +91,10 @@ def chunk_parallel_recurrent_forward(
         raise ValueError(
             "enable_chunk_parallel first: the pipeline form runs on a chunk-parallel transformer"
         )
-    if handle._processors or not handle.runtime.config.causal:
+    if handle.softmax_blocks or not handle.runtime.config.causal:
         raise ValueError(
             "the pipeline form streams chunks in order: it needs every block converted (blocks left "
-            f"softmax: {sorted(handle._processors)}) and the causal variant (causal="
+            f"softmax: {handle.softmax_blocks}) and the causal variant (causal="
             f"{handle.runtime.config.causal})"
         )
     if torch.is_grad_enabled():

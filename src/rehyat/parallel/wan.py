@@ -156,6 +156,11 @@ class ChunkParallel:
         setattr(transformer, _ATTRIBUTE, self)
 
     @property
+    def softmax_blocks(self) -> list[int]:
+        """The blocks left with full softmax attention (their K, V are gathered from every rank)."""
+        return sorted(self._processors)
+
+    @property
     def frame_offset(self) -> int:
         """This rank's first global frame in the latest forward."""
         if self.layout is None:

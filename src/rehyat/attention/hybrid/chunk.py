@@ -21,7 +21,7 @@ from rehyat.attention.hybrid.common import (
 from rehyat.attention.hybrid.geometry import Geometry, with_keywords
 
 
-def _pad_frames(x: Tensor, front: int, back: int) -> Tensor:
+def pad_frames(x: Tensor, front: int, back: int) -> Tensor:
     """Zero-pad dim 1 (frames) of ``x`` ([B, T, ...]) by ``front`` and ``back`` frames."""
     if front == 0 and back == 0:
         return x
@@ -122,12 +122,12 @@ def chunked_attention(
         return x.to(acc).reshape(batch, frames, frame_tokens, heads, x.shape[-1])
 
     def chunk_queries(x: Tensor) -> Tensor:  # -> [B, C, H, Tc*S, D]
-        x = _pad_frames(frames_view(x), 0, padded_frames - frames)
+        x = pad_frames(frames_view(x), 0, padded_frames - frames)
         x = x.reshape(batch, n_chunks, chunk * frame_tokens, heads, x.shape[-1])
         return x.permute(0, 1, 3, 2, 4)
 
     def window_keys(x: Tensor) -> Tensor:  # -> [B, C, H, W*S, D]
-        x = _pad_frames(frames_view(x), overlap, padded_frames - frames)
+        x = pad_frames(frames_view(x), overlap, padded_frames - frames)
         x = x.unfold(1, window, chunk)  # [B, C, S, H, D, W]
         x = x.permute(0, 1, 3, 5, 2, 4)  # [B, C, H, W, S, D]
         return x.reshape(batch, n_chunks, heads, window * frame_tokens, x.shape[-1])

@@ -294,7 +294,7 @@ def parallel_attention(
 SCORE_BLOCK_ELEMENTS = 2**28
 
 
-def _torch_step_attention(
+def torch_step_attention(
     q: Tensor,
     keys: Tensor,
     values: Tensor,
@@ -325,7 +325,7 @@ def _torch_step_attention(
 
 
 def _torch_step_rows(q, keys, values, fq, kv, z, scale: float, stats, key_mask) -> Tensor:
-    """:func:`_torch_step_attention` for the query rows ``q``, ``fq`` at once."""
+    """:func:`torch_step_attention` for the query rows ``q``, ``fq`` at once."""
     acc = kv.dtype
     scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), keys.to(acc)) * scale
     if key_mask is not None:
@@ -343,7 +343,7 @@ def _torch_step(q, k, v, cached_k, cached_v, fq, kv, z, geometry: Geometry, stat
     """The PyTorch backend's step (the tensors as in ``rehyat::step_attention``)."""
     keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
     scale = geometry.softmax_scale(q.shape[-1])
-    result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
+    result = torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
     return result if out is None else out.copy_(result)
 
 
@@ -490,7 +490,7 @@ def step_attention(
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
         key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], k.shape[1])], dim=1)
         scale = geometry.softmax_scale(q.shape[-1])
-        result = _torch_step_attention(q, keys, values, fq, kv, z, scale, stats, key_mask)
+        result = torch_step_attention(q, keys, values, fq, kv, z, scale, stats, key_mask)
         return result if out is None else out.copy_(result)
     tensors = (q, k, v, cached_k, cached_v, fq, kv, z)
     arguments = (geometry.frame_tokens, geometry.softmax_scale(q.shape[-1]), backend)

@@ -323,8 +323,8 @@ def attend_step(
                 torch.cat([x[:, :anchored] * 0, x[:, anchored:]], dim=1) for x in (chunk_kv, chunk_z)
             )
         # The leaving frames of [pending ‖ chunk] join the sums; the kept ones stay pending.
-        kv, pending_kv = _retire(state.kv, state.pending_kv, chunk_kv, leaving)
-        z, pending_z = _retire(state.z, state.pending_z, chunk_z, leaving)
+        kv, pending_kv = retire(state.kv, state.pending_kv, chunk_kv, leaving)
+        z, pending_z = retire(state.z, state.pending_z, chunk_z, leaving)
 
     next_state = HybridAttentionState(
         kv=kv,
@@ -379,7 +379,7 @@ def _append_rows(rows: Tensor | None, new: Tensor, count: int) -> Tensor | None:
     return torch.cat([rows, new[:, :count]], dim=1)
 
 
-def _retire(total: Tensor, pending: Tensor, new: Tensor, leaving: int) -> tuple[Tensor, Tensor]:
+def retire(total: Tensor, pending: Tensor, new: Tensor, leaving: int) -> tuple[Tensor, Tensor]:
     """Add the first ``leaving`` frames (dim 1) of [pending ‖ new] to ``total``; return it and the rest,
     without concatenating the two."""
     from_pending = min(leaving, pending.shape[1])
