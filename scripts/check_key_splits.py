@@ -22,7 +22,7 @@ from rehyat import hybrid_attention
 from rehyat.attention.hybrid import recurrent
 from rehyat.attention.hybrid.kernels import launch as fused
 from rehyat.attention.hybrid.kernels import windowed_attention as windowed
-from rehyat.attention.kernels.config import attention_config, key_splits
+from rehyat.attention.kernels.tuning import attention_config, key_splits
 from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
 AUTO = windowed.key_splits

@@ -2,7 +2,7 @@
 
 Usage: ``PYTHONPATH=src python3 scripts/tune_attention_blocks.py [KERNEL [SKIP]] > tune.jsonl`` with
 KERNEL one of fwd, bwd_dq, bwd_dkdv (default: all). Each candidate replaces that kernel's head-dim-128
-entry of ``rehyat.attention.kernels.config.ATTENTION_CONFIGS`` (the others keep theirs), is checked
+entry of ``rehyat.attention.kernels.tuning.ATTENTION_CONFIGS`` (the others keep theirs), is checked
 against the current config's output and gradients (max relative error, 21 frames), and timed with
 ``triton.testing.do_bench`` (median ms): the forward candidates on the softmax part, the whole op and
 the recurrent pass; the backward ones on the softmax part and the whole op, forward + backward.
@@ -19,10 +19,10 @@ import triton
 
 from rehyat import hybrid_attention
 from rehyat.attention.hybrid.kernels.launch import triton_hybrid_attention
-from rehyat.attention.kernels import config
+from rehyat.attention.kernels import tuning
 from rehyat.experiments.bench_attention import SHAPE, layer_inputs, stream_steps
 
-C = config.AttentionConfig
+C = tuning.AttentionConfig
 CANDIDATES = {
     "fwd": [C(128, 64, 8, 3), C(128, 128, 8, 2), C(128, 64, 4, 3), C(128, 128, 8, 3),
             C(64, 64, 4, 3), C(128, 32, 4, 4), C(64, 128, 4, 2), C(128, 64, 8, 4)],
@@ -102,9 +102,9 @@ def main(only: str | None, skip: int) -> None:
     for kernel, candidates in CANDIDATES.items():
         if only and kernel != only:
             continue
-        default = config.ATTENTION_CONFIGS[kernel][128]
+        default = tuning.ATTENTION_CONFIGS[kernel][128]
         for candidate in candidates[skip:]:
-            config.ATTENTION_CONFIGS[kernel][128] = candidate
+            tuning.ATTENTION_CONFIGS[kernel][128] = candidate
             row: dict = {"kernel": kernel, "config": list(candidate.__dict__.values())}
             try:
                 row["max_rel_vs_current"] = max_rel(outputs_and_grads(), reference)
@@ -115,7 +115,7 @@ def main(only: str | None, skip: int) -> None:
             except (RuntimeError, triton.runtime.errors.OutOfResources) as error:
                 row["error"] = f"{type(error).__name__}: {str(error)[:80]}"
             print(json.dumps(row), flush=True)
-        config.ATTENTION_CONFIGS[kernel][128] = default
+        tuning.ATTENTION_CONFIGS[kernel][128] = default
 
 
 if __name__ == "__main__":

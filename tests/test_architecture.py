@@ -126,8 +126,14 @@ def test_importing_the_library_loads_neither_the_cli_nor_the_experiments():
         "rehyat.toy.recipe, rehyat.toy.teacher, rehyat.generation.pipeline; "
         "print([m for m in sys.modules if m.startswith(('rehyat.cli', 'rehyat.experiments'))])"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert _python(code) == "[]"
+
+
+def _python(code: str) -> str:
+    """What a fresh interpreter prints running ``code``, stripped."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_the_documented_import_graph_is_the_codes():
@@ -201,3 +207,84 @@ def test_no_module_imports_another_modules_private_names():
         for use in _private_uses(path, attributes)
     ]
     assert not offenders, offenders
+
+
+#: Old paths kept so that imports of them keep working: each re-exports the module it was moved or
+#: renamed to (its docstring says which), so it shares that module's name or another module's.
+SHIMS = {
+    "rehyat/config.py",  # renamed rehyat/settings.py
+    "rehyat/models/recurrent.py",  # recurrent_forward moved into rehyat/models/hooks.py
+    "rehyat/parallel/recurrent.py",  # renamed rehyat/parallel/pipeline_form.py
+    "rehyat/attention/_common.py",  # the op's folder: attention/hybrid/common.py
+    "rehyat/attention/custom_ops.py",
+    "rehyat/attention/naive.py",
+    "rehyat/attention/recurrent.py",
+    "rehyat/attention/kernels/config.py",  # renamed attention/kernels/tuning.py
+    "rehyat/attention/kernels/layout.py",  # renamed attention/kernels/memory_layout.py
+    "rehyat/attention/kernels/state_sums.py",
+    "rehyat/attention/kernels/windowed_attention.py",
+}
+
+#: Names that mean the same thing in each package that has one: a command's module in ``rehyat.cli`` is
+#: named after what it runs, ``common.py`` holds the helpers its package shares, ``wan.py`` the
+#: package's part for Wan, ``sampler.py`` a denoising loop (PyTorch or ONNX Runtime), ``checkpoint.py``
+#: saved weights (a converted model's folder, a training run's resumable state), ``model.py`` the
+#: package's model (the toy teacher, the stage-2 student).
+SAME_MEANING = {
+    "checkpoint.py": {"rehyat/models/checkpoint.py", "rehyat/training/checkpoint.py"},
+    "common.py": {"rehyat/attention/hybrid/common.py", "rehyat/experiments/common.py"},
+    "demo.py": {"rehyat/cli/demo.py", "rehyat/experiments/demo.py"},
+    "flops.py": {"rehyat/cli/flops.py", "rehyat/flops.py"},
+    "generate.py": {"rehyat/cli/generate.py", "rehyat/toy/generate.py"},
+    "model.py": {"rehyat/toy/model.py", "rehyat/training/finetune/model.py"},
+    "sampler.py": {"rehyat/export/sampler.py", "rehyat/generation/sampler.py"},
+    "wan.py": {"rehyat/models/wan.py", "rehyat/parallel/wan.py"},
+}
+
+
+def test_one_meaning_per_module_name():
+    """No two modules share a file name (``config.py``, ``recurrent.py`` once meant three things each)
+    but package ``__init__`` s, the old paths kept as shims and the names of :data:`SAME_MEANING`."""
+    by_name: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(SRC).as_posix()
+        if path.name != "__init__.py" and relative not in SHIMS:
+            by_name.setdefault(path.name, set()).add(relative)
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert {name: paths for name, paths in shared.items() if SAME_MEANING.get(name) != paths} == {}
+    for relative in SHIMS:
+        assert re.match(r'"""(Moved|Renamed) to :mod:`rehyat\.', (SRC / relative).read_text()), relative
+
+
+def test_a_renamed_module_keeps_its_old_path_with_a_deprecation_warning():
+    import importlib
+
+    import pytest
+
+    for old, new, name in (
+        ("rehyat.config", "rehyat.settings", "load_config"),
+        ("rehyat.models.recurrent", "rehyat.models.hooks", "recurrent_forward"),
+        ("rehyat.parallel.recurrent", "rehyat.parallel.pipeline_form", "chunk_parallel_recurrent_forward"),
+        ("rehyat.attention.kernels.config", "rehyat.attention.kernels.tuning", "attention_config"),
+        ("rehyat.attention.kernels.layout", "rehyat.attention.kernels.memory_layout", "strides"),
+    ):
+        module = importlib.import_module(old)
+        with pytest.warns(DeprecationWarning, match=f"{old} was renamed {new}"):
+            assert getattr(module, name) is getattr(importlib.import_module(new), name)
+        with pytest.raises(AttributeError):
+            module.no_such_name  # noqa: B018
+        assert name in module.__all__
+
+
+def test_importing_the_library_does_not_import_diffusers_or_a_renamed_path():
+    """``rehyat.recurrent_forward`` runs diffusers' hooks: it is imported when first used, not with the
+    package; and the library reaches no old path of a renamed module (which would warn)."""
+    code = (
+        "import sys, warnings; "
+        "warnings.filterwarnings('error', 'rehyat[.a-z_]* was renamed', DeprecationWarning); "
+        "import rehyat, rehyat.attention, rehyat.models, rehyat.parallel; "
+        "print('diffusers' in sys.modules); "
+        "import rehyat.training, rehyat.toy.recipe, rehyat.generation.pipeline, rehyat.export; "
+        "print(rehyat.recurrent_forward is rehyat.models.hooks.recurrent_forward)"
+    )
+    assert _python(code).split() == ["False", "True"]

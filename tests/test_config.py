@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from rehyat.config import load_config, write_config
+from rehyat.settings import load_config, write_config
 
 
 @dataclass

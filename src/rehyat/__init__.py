@@ -1,4 +1,9 @@
-"""rehyat: recurrent hybrid attention (ReHyAt) for video diffusion transformers."""
+"""rehyat: recurrent hybrid attention (ReHyAt) for video diffusion transformers.
+
+``recurrent_forward`` runs diffusers' hooks: it is imported when first asked for, so ``import rehyat``
+does not import diffusers."""
+
+from typing import TYPE_CHECKING
 
 from rehyat.attention import (
     DENOMINATOR_EPS,
@@ -14,9 +19,11 @@ from rehyat.models import (
     convert,
     convert_wan,
     load_rehyat,
-    recurrent_forward,
     save_rehyat,
 )
+
+if TYPE_CHECKING:
+    from rehyat.models.hooks import recurrent_forward
 
 __version__ = "0.1.0"
 
@@ -36,3 +43,11 @@ __all__ = [
     "recurrent_hybrid_attention",
     "save_rehyat",
 ]
+
+
+def __getattr__(name: str):
+    if name == "recurrent_forward":
+        from rehyat.models.hooks import recurrent_forward
+
+        return recurrent_forward
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,11 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -24,6 +26,24 @@ from torch import Tensor
 
 #: The dtype names configs and command lines accept.
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def renamed_module(old: str, new: ModuleType) -> Callable[[str], Any]:
+    """The module ``__getattr__`` of ``old``, the path a module had before it was renamed ``new``: each
+    name is ``new``'s, read with a DeprecationWarning that names the new path; ``__all__`` is ``new``'s
+    (its public names if it has none), so ``from old import *`` works too."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "__all__":
+            return getattr(new, "__all__", [key for key in vars(new) if not key.startswith("_")])
+        if name.startswith("__") or not hasattr(new, name):
+            raise AttributeError(f"module {old!r} has no attribute {name!r}")
+        warnings.warn(
+            f"{old} was renamed {new.__name__}: import {name} from there", DeprecationWarning, stacklevel=2
+        )
+        return getattr(new, name)
+
+    return __getattr__
 
 
 def dtype_from_name(name: str) -> torch.dtype:

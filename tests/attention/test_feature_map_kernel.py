@@ -202,7 +202,7 @@ def test_bias_partials_are_rewritten_by_every_block_size():
     """Autotuning runs configs of different BLOCK_N on one partials buffer: a program of R minimum
     blocks writes its sums to its first row and zeros to the other R - 1, so no stale row survives."""
     from rehyat.attention.kernels import feature_map_kernel
-    from rehyat.attention.kernels.layout import strides
+    from rehyat.attention.kernels.memory_layout import strides
 
     phi, ref = _maps(2, 16, 2, 2, "relu", True)
     x = torch.randn(1, 40, 2, 16, dtype=torch.float64)

@@ -36,7 +36,7 @@ from rehyat import hybrid_attention, hybrid_attention_step, recurrent_hybrid_att
 from rehyat.attention.hybrid.geometry import Geometry
 from rehyat.attention.hybrid.kernels import state_sums, windowed_attention
 from rehyat.attention.kernels import feature_map_kernel
-from rehyat.attention.kernels.config import MIN_BLOCK, interpreting
+from rehyat.attention.kernels.tuning import MIN_BLOCK, interpreting
 
 from conftest import make_inputs
 

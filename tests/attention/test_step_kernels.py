@@ -24,7 +24,7 @@ from rehyat.attention.hybrid.kernels.windowed_attention import (
     windowed_attention_forward,
 )
 from rehyat.attention.hybrid.naive import naive_hybrid_attention
-from rehyat.attention.kernels.config import best_key_splits
+from rehyat.attention.kernels.tuning import best_key_splits
 
 from conftest import make_inputs, rel_err
 

@@ -11,7 +11,6 @@ import torch
 
 from rehyat import hybrid_attention, recurrent_hybrid_attention
 from rehyat.cli import main
-from rehyat.config import replace_config
 from rehyat.experiments.toy_quality import (
     LONG_VIDEO_STUDENTS,
     QUICK,
@@ -21,6 +20,7 @@ from rehyat.experiments.toy_quality import (
     rehyat_fields,
     run_quality,
 )
+from rehyat.settings import replace_config
 from rehyat.toy.model import PACKED, PIXEL
 
 
@@ -183,7 +183,7 @@ def test_difference_interval_pairs_the_same_prompts():
 
 
 def test_settings_overrides_keep_the_field_types():
-    """``--set`` on the quality settings goes through the one config mechanism (rehyat.config)."""
+    """``--set`` on the quality settings goes through the one config mechanism (rehyat.settings)."""
     changed = replace_config(QUICK, ["distill_lr=1e-4", "capture_steps=[0, 1]", "finetune_ema=0.99"])
     assert changed.distill_lr == 1e-4 and changed.capture_steps == (0, 1) and changed.finetune_ema == 0.99
     assert replace_config(changed, ["finetune_ema=null"]).finetune_ema is None

@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
-from rehyat.config import load_config
+from rehyat.settings import load_config
 from rehyat.training import distributed
 from rehyat.training.finetune import FinetuneConfig, finetune
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rehyat.config import load_config
+from rehyat.settings import load_config
 from rehyat.training.data import write_latent_dataset
 from rehyat.training.finetune import FinetuneConfig
 

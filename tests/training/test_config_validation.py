@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rehyat.config import load_config
+from rehyat.settings import load_config
 from rehyat.training.distill import DistillConfig
 from rehyat.training.finetune import DataSection, FinetuneConfig, OptimSection
 

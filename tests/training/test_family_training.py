@@ -16,9 +16,9 @@ from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler, U
 from safetensors.torch import save_file
 
 from rehyat import ReHyAtConfig
-from rehyat.config import load_config
 from rehyat.models import convert, family_of, load_rehyat
 from rehyat.models.architectures import architecture
+from rehyat.settings import load_config
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.data import write_latent_dataset
 from rehyat.training.distill import (

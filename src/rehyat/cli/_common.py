@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rehyat.config import load_config
+from rehyat.settings import load_config
 
 T = TypeVar("T")
 

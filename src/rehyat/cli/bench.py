@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from rehyat.cli._common import add_config_arguments, call_with_args, check_output_path
-from rehyat.config import load_config
+from rehyat.settings import load_config
 
 #: Output arguments of the targets, checked before any run: (flag or field, its attribute, a folder).
 _OUTPUTS = (("--out", "out", True), ("--work", "work", True), ("--json", "json_out", False))
@@ -62,8 +62,8 @@ _REPLACED_LISTS = frozenset({"--rows", "--ranks", "--parts", "--toy-weights"})
 
 
 class _Replaced(argparse.Action):
-    """A flag of :data:`REPLACED_FLAGS`: takes whatever values follow it and records the first such flag, which
-    the handler refuses (:func:`replaced_message`) before anything runs."""
+    """A flag of :data:`REPLACED_FLAGS`: takes whatever values follow it and records the first such flag,
+    which the handler refuses (:func:`replaced_message`) before anything runs."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if getattr(namespace, self.dest, None) is None:

@@ -113,8 +113,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _teacher(args: argparse.Namespace) -> int:
-    from rehyat.config import replace_config
     from rehyat.models.folders import model_folder
+    from rehyat.settings import replace_config
     from rehyat.toy.teacher import assemble_teacher, teacher_finetune_config, train_teacher
     from rehyat.training import distributed
 

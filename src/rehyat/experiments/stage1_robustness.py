@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rehyat.config import replace_config
 from rehyat.experiments.common import (
     environment,
     environment_markdown,
@@ -25,6 +24,7 @@ from rehyat.experiments.common import (
     write_markdown_keeping_notes,
 )
 from rehyat.models import ReHyAtConfig
+from rehyat.settings import replace_config
 from rehyat.toy.recipe import RecipeSettings
 
 #: The φ variants compared: name → ReHyAtConfig fields over the paper's configuration.
@@ -203,7 +203,7 @@ def run(
     jobs = [(v, lr, seed, settings, work, device) for v in VARIANTS for lr in lrs for seed in seeds]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         rows = pool.map(_one, jobs, chunksize=1)
-    from rehyat.config import config_to_dict
+    from rehyat.settings import config_to_dict
 
     payload = {
         "environment": environment(),

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rehyat.config import replace_config
 from rehyat.experiments.common import read_json, write_markdown_keeping_notes
+from rehyat.settings import replace_config
 from rehyat.toy.evaluate import toy_prompts
 from rehyat.toy.model import (
     ToySpace,

@@ -19,8 +19,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from torch import Tensor, nn
 
-from rehyat.models.hooks import recurrent_mode
-from rehyat.models.recurrent import recurrent_forward
+from rehyat.models.hooks import recurrent_forward, recurrent_mode
 from rehyat.utils import check_int, check_number
 
 

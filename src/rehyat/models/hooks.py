@@ -30,6 +30,8 @@ across calls (diffusers' ``cache_context``/``StateManager`` is not needed). An u
     video = pipe(prompt, ...).frames
     remove_recurrent(pipe.transformer)
 
+and :func:`recurrent_forward` is one call of a Wan model in that mode.
+
 :func:`compile_recurrent` compiles the forward of one chunk (``torch.compile``, optionally CUDA graphs) while
 the sweep stays in Python: a chunk's forward sees only what is the same for every chunk of its shape (its
 grid, its position as a tensor, its state numbered from 0), so there is one graph per chunk shape
@@ -275,6 +277,31 @@ def recurrent_mode(transformer: nn.Module) -> Iterator[nn.Module]:
         yield transformer
     finally:
         remove_recurrent(transformer)
+
+
+def recurrent_forward(
+    transformer: nn.Module,
+    hidden_states: Tensor,
+    timestep: Tensor,
+    encoder_hidden_states: Tensor,
+    encoder_hidden_states_image: Tensor | None = None,
+) -> Tensor:
+    """The whole-model recurrent forward of a fully converted, causal Wan DiT (docs/method.md §4, §8):
+    diffusers' own ``WanTransformer3DModel.forward`` run chunk by chunk inside :func:`recurrent_mode`;
+    same arguments and result as ``transformer(hidden_states, timestep, encoder_hidden_states,
+    encoder_hidden_states_image, return_dict=False)[0]``.
+
+    Activations exist for one chunk at a time, so peak memory does not grow with the number of frames,
+    and the result equals the parallel forward of the same converted model. Needs every block converted
+    with ``causal=True``. ``timestep`` is one value per batch element, or one per token ([B, N],
+    Wan2.2-TI2V). Each call starts from fresh states, so a call is one denoising step of one CFG branch.
+    Run it under ``torch.no_grad()``/``torch.inference_mode()`` for constant memory: with autograd on,
+    the graph keeps every chunk's activations.
+    """
+    with recurrent_mode(transformer):
+        return transformer(
+            hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict=False
+        )[0]
 
 
 def _drop_plain_forward(module: nn.Module) -> None:

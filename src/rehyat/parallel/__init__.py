@@ -8,7 +8,7 @@ ranks (an all-gather of fixed-size sums); nothing else crosses ranks. See docs/c
 from rehyat.parallel.attention import chunk_parallel_attention
 from rehyat.parallel.comm import CommCounter, CommRecord
 from rehyat.parallel.layout import FrameLayout, balanced_frame_ranges
-from rehyat.parallel.recurrent import chunk_parallel_recurrent_forward
+from rehyat.parallel.pipeline_form import chunk_parallel_recurrent_forward
 from rehyat.parallel.wan import (
     ChunkParallel,
     chunk_parallel,

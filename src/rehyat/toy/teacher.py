@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import Tensor
 
-from rehyat.config import load_config
+from rehyat.settings import load_config
 from rehyat.toy.model import (
     FLOW_SHIFT,
     PIXEL,
@@ -50,9 +52,17 @@ from rehyat.training.finetune import (
 _PARALLEL_FROM = 256
 
 
-def _render_clip(job: tuple[ToySpace, ToyPrompt, int]) -> Tensor:
+def _single_thread() -> None:
+    """Worker initialiser: one torch thread per worker process (the pool already uses every core)."""
+    torch.set_num_threads(1)
+
+
+def _render_clip(job: tuple[ToySpace, ToyPrompt, int]) -> np.ndarray:
+    """One clip's latent as a numpy array: it crosses the process boundary by value through the pool's
+    pipe, where a tensor would go through shared-memory file descriptors that a container's small
+    ``/dev/shm`` cannot hold for thousands of clips."""
     space, prompt, seed = job
-    return space.clip(prompt, space.clip_frames, seed)
+    return space.clip(prompt, space.clip_frames, seed).numpy()
 
 
 def toy_clips(
@@ -71,13 +81,14 @@ def toy_clips(
         latents = map(_render_clip, jobs)
         pool = None
     else:  # spawn: the caller may hold CUDA or a process group, which a fork must not copy
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        latents = pool.map(_render_clip, jobs, chunksize=64)
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread)
+        latents = pool.map(_render_clip, jobs, chunksize=16)
     try:
         for (_, prompt, _), latent in zip(jobs, latents, strict=True):
             if prompt.text not in embeddings:
                 embeddings[prompt.text] = prompt_embeddings(encoder, [prompt])[0]
-            yield latent, embeddings[prompt.text]
+            yield torch.from_numpy(latent), embeddings[prompt.text]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -150,8 +161,17 @@ def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int, space
     dataset = out / "dataset"
     if not (dataset / "index.json").exists():
         tic = time.perf_counter()
-        write_latent_dataset(dataset, toy_clips(load_text_encoder(init), clips, seed, space), shard_size=512)
+        pairs = toy_clips(load_text_encoder(init), clips, seed, space)
+        write_latent_dataset(dataset, _progress(pairs, clips, tic), shard_size=512)
         print(f"dataset: {clips} {space.name} clips in {time.perf_counter() - tic:.0f} s", flush=True)
+
+
+def _progress(pairs: Iterator, total: int, tic: float, every: int = 4096) -> Iterator:
+    """``pairs`` unchanged, printing how many are done every ``every`` (a long render shows its pace)."""
+    for index, pair in enumerate(pairs, 1):
+        yield pair
+        if index % every == 0 and index < total:
+            print(f"dataset: {index}/{total} clips after {time.perf_counter() - tic:.0f} s", flush=True)
 
 
 def assemble_teacher(out: Path) -> Path:

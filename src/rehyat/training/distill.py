@@ -35,13 +35,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 from safetensors.torch import load_file
 
-from rehyat.config import write_config
 from rehyat.models.adapter import vae_compression
 from rehyat.models.checkpoint import read_json_object
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.families import family_of
 from rehyat.models.folders import load_transformer, model_folder
 from rehyat.models.joint import JointAdapter
+from rehyat.settings import write_config
 from rehyat.training.capture import AttentionCapture, AttentionRecorder
 from rehyat.training.checkpoint import NonFiniteError, first_nonfinite
 from rehyat.training.distributed import DistEnv, init_distributed

@@ -1,6 +1,6 @@
-"""The Triton side shared by the hybrid op and φ: the backend choice, block sizes (:mod:`.config`), row
-layouts (:mod:`.layout`) and φ's fused kernel (:mod:`.feature_map_kernel`); the op's own kernels are in
-:mod:`rehyat.attention.hybrid.kernels`.
+"""The Triton side shared by the hybrid op and φ: the backend choice, block sizes (:mod:`.tuning`),
+row layouts (:mod:`.memory_layout`) and φ's fused kernel (:mod:`.feature_map_kernel`); the op's own
+kernels are in :mod:`rehyat.attention.hybrid.kernels`.
 
 This package imports Triton only when a kernel is actually used, so ``import rehyat`` works without
 it. :func:`resolve_backend` picks the implementation for ``backend="auto" | "torch" | "triton"``:
@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rehyat.attention.kernels.config import interpreting
+from rehyat.attention.kernels.tuning import interpreting
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS = ("auto", "torch", "triton")

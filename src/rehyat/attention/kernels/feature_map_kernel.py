@@ -33,8 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rehyat.attention.kernels.config import MIN_BLOCK, dot_precision, interpreting
-from rehyat.attention.kernels.layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.memory_layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.tuning import MIN_BLOCK, dot_precision, interpreting
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 MAX_DEGREE = 4

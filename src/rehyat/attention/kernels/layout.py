@@ -1,16 +1,8 @@
-"""Memory-layout helpers shared by the kernel launchers: rows with a unit stride, strides as keywords."""
+"""Renamed to :mod:`rehyat.attention.kernels.memory_layout` (the kernels' memory-layout helpers).
 
-from __future__ import annotations
+This path keeps importing its names, each with a DeprecationWarning."""
 
-from torch import Tensor
+from rehyat.attention.kernels import memory_layout
+from rehyat.utils import renamed_module
 
-
-def last_dim_contiguous(x: Tensor) -> Tensor:
-    """x itself if its last dim has unit stride (the kernels read rows in place), else a contiguous copy."""
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def strides(name: str, x: Tensor) -> dict[str, int]:
-    """The batch, token and head strides of a [B, N, H, ·] tensor as the kernels' keyword arguments
-    ``stride_{name}b``, ``stride_{name}n``, ``stride_{name}h``."""
-    return {f"stride_{name}b": x.stride(0), f"stride_{name}n": x.stride(1), f"stride_{name}h": x.stride(2)}
+__getattr__ = renamed_module(__name__, memory_layout)

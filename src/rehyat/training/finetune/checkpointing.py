@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rehyat.config import config_to_dict, write_config
+from rehyat.settings import config_to_dict, write_config
 from rehyat.training import distributed
 from rehyat.training.checkpoint import (
     Checkpoint,

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rehyat.config import config_to_dict
 from rehyat.models import family_of, rehyat_runtime
 from rehyat.models.adapter import FamilyAdapter
 from rehyat.models.joint import JointAdapter
+from rehyat.settings import config_to_dict
 from rehyat.training import distributed
 from rehyat.training.checkpoint import clean_staging
 from rehyat.training.data import LatentDataset, SampleOrder

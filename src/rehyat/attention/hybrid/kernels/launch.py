@@ -17,7 +17,7 @@ from rehyat.attention.hybrid.kernels.windowed_attention import (
     WindowedHybridAttention,
     windowed_attention_forward,
 )
-from rehyat.attention.kernels.config import feature_block
+from rehyat.attention.kernels.tuning import feature_block
 
 
 def _frame_splits(fk: Tensor, frame_tokens: int, min_programs: int) -> int:

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rehyat.attention.kernels.config import dot_precision, segment_config
-from rehyat.attention.kernels.layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.memory_layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.tuning import dot_precision, segment_config
 
 
 @triton.jit

@@ -36,8 +36,8 @@ from torch import Tensor
 from rehyat.attention.hybrid.common import DENOMINATOR_EPS, AttentionStats, check_output_buffer
 from rehyat.attention.hybrid.geometry import Geometry
 from rehyat.attention.hybrid.kernels.state_sums import segment_sums
-from rehyat.attention.kernels.config import attention_config, dot_precision, feature_block, key_splits
-from rehyat.attention.kernels.layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.memory_layout import last_dim_contiguous, strides
+from rehyat.attention.kernels.tuning import attention_config, dot_precision, feature_block, key_splits
 
 LOG2E = 1.4426950408889634
 #: Query rows per program of the split merge, a memory-bound pass: small blocks, many programs.
