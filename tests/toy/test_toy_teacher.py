@@ -103,3 +103,22 @@ def test_torchrun_trains_the_teacher_on_two_ranks(tmp_path):
     assert load_file(tmp_path / "teacher" / WEIGHTS).keys() == load_file(tmp_path / "init" / WEIGHTS).keys()
     latest = latest_checkpoint(tmp_path / "train" / "checkpoints")
     assert load_checkpoint(latest).metadata["world_size"] == 2  # both ranks trained, as one DDP job
+
+
+def test_clips_rendered_in_worker_processes_equal_the_serial_ones(monkeypatch, tmp_path):
+    """The spawn pool (one single-threaded worker per core, latents back as numpy arrays by value)
+    yields the same pairs, in order, as rendering in this process."""
+    import rehyat.toy.teacher as teacher
+    from rehyat.toy.model import PACKED, init_teacher_folder
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the pool needs two cores")
+    init_teacher_folder(tmp_path / "init", 0, PACKED)
+    encoder = load_text_encoder(tmp_path / "init")
+    serial = list(teacher.toy_clips(encoder, 6, 3, PACKED))
+    monkeypatch.setattr(teacher, "_PARALLEL_FROM", 2)
+    pooled = list(teacher.toy_clips(encoder, 6, 3, PACKED))
+    assert len(pooled) == len(serial) == 6
+    for (latent, embedding), (want, want_embedding) in zip(pooled, serial, strict=True):
+        assert isinstance(latent, torch.Tensor) and latent.dtype == want.dtype == torch.float32
+        assert torch.equal(latent, want) and torch.equal(embedding, want_embedding)
