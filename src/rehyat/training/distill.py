@@ -75,7 +75,7 @@ class DistillConfig:
     height: int = 480
     width: int = 832
     num_inference_steps: int = 50
-    guidance_scale: float = 5.0
+    guidance_scale: float = 5.0  # the pipeline's CFG scale; HunyuanVideo's embedded guidance
     capture_steps: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40])
     seeds_per_prompt: int = 1
     heldout: int = 1  # the last `heldout` sampler runs are held out for evaluation
@@ -157,7 +157,7 @@ def _read_prompts(path: Path) -> list[str]:
 def _check(config: DistillConfig) -> None:
     config.validate()  # again: fields may have changed since the config was built
     if not config.model:
-        raise ValueError("model is required: a local diffusers Wan folder")
+        raise ValueError("model is required: a local diffusers folder of a convertible family")
     model_folder(config.model)  # a local folder or "toy": never looked up on a model hub
     if not config.prompts:
         raise ValueError("prompts is required: a .txt file or a .safetensors file of prompt embeddings")
@@ -186,7 +186,7 @@ def load_teacher_pipeline(folder: str | Path, dtype: torch.dtype, device: torch.
     for sub in ("transformer", "scheduler"):
         if not (folder / sub).is_dir():
             raise ValueError(
-                f"model folder {folder} has no {sub}/ subfolder (expected a diffusers Wan folder)"
+                f"model folder {folder} has no {sub}/ subfolder (expected a diffusers pipeline folder)"
             )
     transformer = load_transformer(folder / "transformer", torch_dtype=dtype).to(device)
     family = family_of(transformer)
