@@ -226,8 +226,8 @@ SHIMS = {
 }
 
 #: Names that mean the same thing in each package that has one: a command's module in ``rehyat.cli`` is
-#: named after what it runs, ``common.py`` holds the helpers its package shares, ``wan.py`` the
-#: package's part for Wan, ``sampler.py`` a denoising loop (PyTorch or ONNX Runtime), ``checkpoint.py``
+#: named after what it runs, ``common.py`` holds the helpers its package shares, ``hooks.py`` the
+#: package's diffusers ``ModelHook`` s, ``wan.py`` the package's part for Wan, ``sampler.py`` a denoising loop (PyTorch or ONNX Runtime), ``checkpoint.py``
 #: saved weights (a converted model's folder, a training run's resumable state), ``model.py`` the
 #: package's model (the toy teacher, the stage-2 student).
 SAME_MEANING = {
@@ -236,6 +236,7 @@ SAME_MEANING = {
     "demo.py": {"rehyat/cli/demo.py", "rehyat/experiments/demo.py"},
     "flops.py": {"rehyat/cli/flops.py", "rehyat/flops.py"},
     "generate.py": {"rehyat/cli/generate.py", "rehyat/toy/generate.py"},
+    "hooks.py": {"rehyat/models/hooks.py", "rehyat/parallel/hooks.py"},
     "model.py": {"rehyat/toy/model.py", "rehyat/training/finetune/model.py"},
     "sampler.py": {"rehyat/export/sampler.py", "rehyat/generation/sampler.py"},
     "wan.py": {"rehyat/models/wan.py", "rehyat/parallel/wan.py"},

@@ -21,12 +21,14 @@ from diffusers import WanTransformer3DModel
 
 from rehyat import ReHyAtConfig, convert_wan
 from rehyat.attention.hybrid.chunk import chunked_hybrid_attention
+from rehyat.models import rehyat_runtime
 from rehyat.models.wan_configs import tiny_wan_config
 from rehyat.parallel import (
     CommCounter,
     FrameLayout,
     chunk_parallel,
     chunk_parallel_attention,
+    chunk_parallel_of,
     chunk_parallel_recurrent_forward,
     enable_chunk_parallel,
     gather_frames,
@@ -132,11 +134,15 @@ def model_case(rank: int, group, base, ranges, config: dict, given: bool) -> dic
     start, stop = ranges[rank]
     mine = shard_frames(hidden, ranges, rank).clone().requires_grad_()
     processors = [type(block.attn1.processor) for block in model.blocks]
+    before = hook_state(model)
     with chunk_parallel(model, group, ranges if given else None) as handle:
+        hooked = hooks_of(model) == {"": ["rehyat_chunk_parallel"], "rope": ["rehyat_chunk_parallel_rotary"]}
         out = model(mine, timestep, context, return_dict=False)[0]
         (out * shard_frames(weight, ranges, rank)).sum().backward()
         gathered = gather_frames(out.detach(), ranges, group)
         layout = handle.layout
+    with torch.no_grad():
+        same_after = torch.equal(model(whole, timestep, context, return_dict=False)[0], reference)
     worst_param = 0.0
     for name, param in model.named_parameters():
         summed = param.grad.clone()
@@ -150,7 +156,31 @@ def model_case(rank: int, group, base, ranges, config: dict, given: bool) -> dic
         "grad_input": rel(mine.grad, whole.grad[:, :, start:stop]),
         "grad_params": worst_param,
         "restored": processors == [type(block.attn1.processor) for block in model.blocks],
+        "hooked": hooked,
+        "clean": chunk_parallel_of(model) is None
+        and hook_state(model) == before
+        and rehyat_runtime(model).attention is None,
+        "same_after": same_after,
     }
+
+
+def hooks_of(model: torch.nn.Module) -> dict[str, list[str]]:
+    """The diffusers hooks on the model and its submodules, by module name (those with any)."""
+    found = {}
+    for name, module in model.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.hooks:
+            found[name] = list(registry.hooks)
+    return found
+
+
+def hook_state(model: torch.nn.Module) -> tuple:
+    """Every hook on the model (diffusers' and torch's) and every forward set on a module instance."""
+    torch_hooks = [
+        (name, list(m._forward_pre_hooks.values()), list(m._forward_hooks.values()), vars(m).get("forward"))
+        for name, m in model.named_modules()
+    ]
+    return hooks_of(model), torch_hooks
 
 
 def pipeline_case(rank: int, group, base, ranges, config: dict) -> dict:

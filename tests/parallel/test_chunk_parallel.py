@@ -1,6 +1,7 @@
 """Chunk parallelism on 2 and 3 CPU processes (gloo) against one process: the attention op (fp64) and
-the tiny Wan (fp32, outputs and gradients), the pipeline form, the bytes sent, and refusals that raise
-the same ValueError on every rank instead of hanging. One spawn runs every case (see the worker)."""
+the tiny Wan (fp32, outputs and gradients; enabled through diffusers hooks that leave nothing behind),
+the pipeline form, the bytes sent, and refusals that raise the same ValueError on every rank instead of
+hanging. One spawn runs every case (see the worker)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def test_wan_forward_and_backward_match_one_process(results):
             assert row[key] <= 1e-5, (key, row)
         assert row["restored"], row
         assert row["layout"] == row["case"][0]
+        # diffusers hooks while enabled; afterwards none left, and the model computes what it did before
+        assert row["hooked"] and row["clean"] and row["same_after"], row
 
 
 def test_pipeline_form_matches_the_parallel_forward(results):

@@ -46,7 +46,7 @@ sizes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -198,19 +198,19 @@ def apply_recurrent(transformer: nn.Module) -> nn.Module:
     if is_recurrent(transformer):
         raise ValueError("the recurrent mode is already applied to this transformer")
     family = runtime.family
-    rotary = None
-    if family.rope(transformer) is not None:
-        rotary = AbsoluteFramesRotaryHook()
-        HookRegistry.check_if_exists_or_initialize(family.rope(transformer)).register_hook(
-            rotary, ROTARY_HOOK
-        )
-    for ffn in family.feed_forwards(transformer):
-        HookRegistry.check_if_exists_or_initialize(ffn).register_hook(
-            FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK
-        )
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(ChunkedForwardHook(runtime, rotary), CHUNKED_FORWARD_HOOK)
-    _invalidate_registry_caches(registry)
+    rope = family.rope(transformer)
+    rotary = None if rope is None else AbsoluteFramesRotaryHook()
+    register_hooks(
+        transformer,
+        [
+            *([(rope, rotary, ROTARY_HOOK)] if rope is not None else []),
+            *(
+                (ffn, FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK)
+                for ffn in family.feed_forwards(transformer)
+            ),
+            (transformer, ChunkedForwardHook(runtime, rotary), CHUNKED_FORWARD_HOOK),
+        ],
+    )
     return transformer
 
 
@@ -255,14 +255,13 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
 
 def remove_recurrent(transformer: nn.Module) -> nn.Module:
     """Remove :func:`apply_recurrent`'s hooks: calls run the parallel form again. Returns ``transformer``."""
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    for name in _HOOKS:
-        registry.remove_hook(name, recurse=True)
     family = rehyat_runtime(transformer).family
     rope = family.rope(transformer)
-    for module in (transformer, *([rope] if rope is not None else []), *family.feed_forwards(transformer)):
-        _drop_plain_forward(module)
-    _invalidate_registry_caches(registry)
+    remove_hooks(
+        transformer,
+        _HOOKS,
+        (transformer, *([rope] if rope is not None else []), *family.feed_forwards(transformer)),
+    )
     return transformer
 
 
@@ -302,6 +301,25 @@ def recurrent_forward(
         return transformer(
             hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict=False
         )[0]
+
+
+def register_hooks(transformer: nn.Module, hooks: Iterable[tuple[nn.Module, ModelHook, str]]) -> None:
+    """Register each ``(module, hook, name)``, ``module`` being ``transformer`` or one of its submodules,
+    with that module's ``HookRegistry``, in order; undo with :func:`remove_hooks`."""
+    for module, hook, name in hooks:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    _invalidate_registry_caches(HookRegistry.check_if_exists_or_initialize(transformer))
+
+
+def remove_hooks(transformer: nn.Module, names: Iterable[str], modules: Iterable[nn.Module]) -> None:
+    """Remove the hooks called ``names`` from ``transformer`` and its submodules, and leave ``modules``
+    (those that carried them) as they were: no ``forward`` left set on the instance."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    for name in names:
+        registry.remove_hook(name, recurse=True)
+    for module in modules:
+        _drop_plain_forward(module)
+    _invalidate_registry_caches(registry)
 
 
 def _drop_plain_forward(module: nn.Module) -> None:

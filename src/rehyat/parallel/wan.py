@@ -1,18 +1,20 @@
 """Chunk parallelism for a converted Wan transformer: each rank runs the transformer on its own frames.
 
-:func:`enable_chunk_parallel` installs, on a model converted with :func:`rehyat.convert_wan`:
+:func:`enable_chunk_parallel` installs, on a model converted with :func:`rehyat.convert_wan`, through
+diffusers' ``HookRegistry`` (the hooks of :mod:`rehyat.parallel.hooks`, which hold the call's state):
 
-- a forward pre-hook that checks, on every call, that all ranks agree on the geometry (one small
-  all-gather of Python objects) and fixes the frame ranges of that call;
-- a forward hook on ``transformer.rope`` that replaces the RoPE of frames ``0..F_r`` by that of the
-  rank's global frames (diffusers computes it from the input's shape, i.e. from frame 0);
+- a hook on the transformer that checks, before every call, that all ranks agree on the geometry (one
+  small all-gather of Python objects) and fixes the frame ranges of that call;
+- a hook on ``transformer.rope`` that replaces the RoPE of frames ``0..F_r`` by that of the rank's
+  global frames (diffusers computes it from the input's shape, i.e. from frame 0);
 - the ReHyAt processors' attention (``ReHyAtRuntime.attention``) by
   :func:`~rehyat.parallel.chunk_parallel_attention`: a halo and a state exchange per layer;
 - for blocks left with full softmax attention, a processor that gathers every rank's K and V (the
   bytes ring attention would move) and attends over the whole video.
 
 Token-wise layers (patch embedding, norms, FFN, cross-attention, output head) need nothing: each rank
-feeds its latent frames ``[B, C, F_r, H, W]`` and gets its frames of the output back.
+feeds its latent frames ``[B, C, F_r, H, W]`` and gets its frames of the output back. Disabling removes
+the hooks and puts the processors back: the model is as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rehyat.attention import Geometry
-from rehyat.models import rotary_for_frames
 from rehyat.models.adapter import ReHyAtRuntime, converted_blocks, rehyat_runtime
 from rehyat.models.config import ReHyAtConfig
 from rehyat.models.wan import ReHyAtWanAttnProcessor
@@ -36,7 +37,8 @@ from rehyat.parallel.attention import chunk_parallel_attention
 from rehyat.parallel.comm import Incoming, Outgoing, exchange
 from rehyat.parallel.layout import FrameLayout, FrameRange
 
-_ATTRIBUTE = "_rehyat_chunk_parallel"
+#: The names of the hooks in the transformer's and its rope's ``HookRegistry``.
+CALL_HOOK, ROTARY_HOOK = "rehyat_chunk_parallel", "rehyat_chunk_parallel_rotary"
 TAG_GATHER_K, TAG_GATHER_V, TAG_GATHER = 11, 12, 13
 
 
@@ -130,16 +132,18 @@ class ChunkParallel:
         group, rank, world: the process group and this process's place in it.
         frame_ranges: the configured ranges, or None (taken from each call's local frame counts).
         layout: the :class:`FrameLayout` of the latest forward (None before the first).
+        stream_start: first global frame of the chunk the pipeline form is streaming (None in the
+            parallel form).
     """
 
     def __init__(self, transformer: nn.Module, group, frame_ranges, runtime: ReHyAtRuntime) -> None:
+        from rehyat.models.hooks import register_hooks  # diffusers' hooks: imported once it is enabled
+        from rehyat.parallel.hooks import ChunkParallelCallHook, GlobalFramesRotaryHook
+
         self.transformer, self.group, self.runtime = transformer, group, runtime
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.frame_ranges = None if frame_ranges is None else tuple((int(a), int(b)) for a, b in frame_ranges)
-        self.layout: FrameLayout | None = None
-        #: First global frame of the chunk the pipeline form is streaming (None in the parallel form).
-        self.stream_start: int | None = None
-        self._grid: tuple[int, int, int] | None = None
+        self._call = ChunkParallelCallHook(self)
         self._softmax_runtime = ReHyAtRuntime(config=runtime.config, blocks=[], attention=self._softmax)
         #: Original processors of the blocks left with softmax attention, by block index.
         self._processors: dict[int, object] = {}
@@ -149,11 +153,25 @@ class ChunkParallel:
                 self._processors[index] = block.attn1.processor
                 block.attn1.set_processor(_SoftmaxProcessor(self._softmax_runtime, block.attn1.processor))
         runtime.attention = self._attention
-        self._hooks = [
-            transformer.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            transformer.rope.register_forward_hook(self._global_rope),
-        ]
-        setattr(transformer, _ATTRIBUTE, self)
+        register_hooks(
+            transformer,
+            [
+                (transformer, self._call, CALL_HOOK),
+                (transformer.rope, GlobalFramesRotaryHook(self._call, self.rank), ROTARY_HOOK),
+            ],
+        )
+
+    @property
+    def layout(self) -> FrameLayout | None:
+        return self._call.layout
+
+    @property
+    def stream_start(self) -> int | None:
+        return self._call.stream_start
+
+    @stream_start.setter
+    def stream_start(self, start: int | None) -> None:
+        self._call.stream_start = start
 
     @property
     def softmax_blocks(self) -> list[int]:
@@ -166,17 +184,6 @@ class ChunkParallel:
         if self.layout is None:
             raise ValueError("no forward yet: the frame offset is fixed by each call")
         return self.layout.ranges[self.rank][0]
-
-    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        if self.stream_start is not None:  # one chunk of the pipeline form, checked as a whole before
-            p_t, p_h, p_w = module.config.patch_size
-            _, _, frames, height, width = hidden.shape
-            self._grid = (frames // p_t, height // p_h, width // p_w)
-            return
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-        self.prepare(hidden, timestep, context)
 
     def prepare(self, hidden: Tensor, timestep: Tensor | None, context: Tensor | None) -> FrameLayout:
         """The check every forward starts with (collective): all ranks agree on the config, grid, batch,
@@ -226,31 +233,22 @@ class ChunkParallel:
                 ],
             )
         try:
-            self.layout = FrameLayout.checked(
-                ranges, config.chunk_frames, config.overlap_frames, config.causal
-            )
+            layout = FrameLayout.checked(ranges, config.chunk_frames, config.overlap_frames, config.causal)
         except ValueError as error:
             _refuse("forward", [str(error)])
+        self._call.layout = layout
         limit, (height, width) = signature["rope_positions"], signature["grid"]
-        if max(self.layout.total_frames, height, width) > limit:
+        if max(layout.total_frames, height, width) > limit:
             _refuse(
                 "forward",
                 [
                     f"the RoPE table has {limit} positions (rope_max_seq_len) but the video has "
-                    f"{self.layout.total_frames} frames of {height}×{width}"
+                    f"{layout.total_frames} frames of {height}×{width}"
                 ],
             )
-        self._grid = (frames, *signature["grid"])
-        self._softmax_runtime.grid = self._grid
-        return self.layout
-
-    def _global_rope(self, module: nn.Module, args: tuple, output: tuple[Tensor, Tensor]):
-        if self.layout is None or self._grid is None:
-            return output
-        start = self.frame_offset if self.stream_start is None else self.stream_start
-        frames, height, width = self._grid
-        cos, sin = rotary_for_frames(module, start, start + frames, height, width)
-        return cos.to(output[0]), sin.to(output[1])
+        self._call.grid = (frames, *signature["grid"])
+        self._softmax_runtime.grid = self._call.grid
+        return layout
 
     def _attention(self, config: ReHyAtConfig, q, k, v, fq, fk, geometry: Geometry, *, backend, stats=None):
         return chunk_parallel_attention(
@@ -274,13 +272,13 @@ class ChunkParallel:
 
     def disable(self) -> None:
         """Remove the hooks and put back the original processors and attention."""
-        for hook in self._hooks:
-            hook.remove()
+        from rehyat.models.hooks import remove_hooks
+
+        transformer = self.transformer
+        remove_hooks(transformer, (CALL_HOOK, ROTARY_HOOK), (transformer, transformer.rope))
         for index, processor in self._processors.items():
-            self.transformer.blocks[index].attn1.set_processor(processor)
+            transformer.blocks[index].attn1.set_processor(processor)
         self.runtime.attention = None
-        if getattr(self.transformer, _ATTRIBUTE, None) is self:
-            delattr(self.transformer, _ATTRIBUTE)
 
 
 def enable_chunk_parallel(
@@ -324,7 +322,7 @@ def enable_chunk_parallel(
                 f"anchor_frames={config.anchor_frames}: chunk parallelism does not send the anchor frames "
                 "to the other ranks yet (convert with anchor_frames=0)"
             )
-        if getattr(transformer, _ATTRIBUTE, None) is not None:
+        if chunk_parallel_of(transformer) is not None:
             problems.append("chunk parallelism is already enabled on this transformer")
         if getattr(transformer, "_parallel_config", None) is not None:
             problems.append("diffusers' own parallelism (enable_parallelism) is enabled on this transformer")
@@ -343,8 +341,9 @@ def enable_chunk_parallel(
 
 def chunk_parallel_of(transformer: nn.Module) -> ChunkParallel | None:
     """The active :class:`ChunkParallel` of a transformer, or None."""
-    found = getattr(transformer, _ATTRIBUTE, None)
-    return found if isinstance(found, ChunkParallel) else None
+    registry = getattr(transformer, "_diffusers_hook", None)  # diffusers' HookRegistry, if it has one
+    hook = None if registry is None else registry.get_hook(CALL_HOOK)
+    return None if hook is None else hook.owner
 
 
 def disable_chunk_parallel(transformer: nn.Module) -> None:
