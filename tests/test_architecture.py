@@ -289,3 +289,91 @@ def test_importing_the_library_does_not_import_diffusers_or_a_renamed_path():
         "print(rehyat.recurrent_forward is rehyat.models.hooks.recurrent_forward)"
     )
     assert _python(code).split() == ["False", "True"]
+
+
+def _is_runtime(node: ast.expr, bound: set[str]) -> bool:
+    """Whether ``node`` is a ReHyAtRuntime by its name: ``runtime``, ``*_runtime`` (a name or an
+    attribute), a name bound to one in the file, or a call of ``rehyat_runtime``."""
+    if isinstance(node, ast.Name):
+        return node.id in bound or node.id == "runtime" or node.id.endswith("_runtime")
+    if isinstance(node, ast.Attribute):
+        return node.attr == "runtime" or node.attr.endswith("_runtime")
+    if isinstance(node, ast.Call):
+        function = node.func
+        return getattr(function, "id", getattr(function, "attr", None)) == "rehyat_runtime"
+    return False
+
+
+def _runtime_writes(source: str) -> list[int]:
+    """The lines of ``source`` that assign a ReHyAtRuntime's mode field (``runtime.grid = ...``, also in
+    a tuple target or an augmented assignment, or ``setattr(runtime, "grid", ...)``)."""
+    from rehyat.models.adapter import MODE_FIELDS
+
+    tree = ast.parse(source)
+    bound = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and _is_runtime(node.value, set())
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    bound |= {
+        node.arg
+        for node in ast.walk(tree)
+        if isinstance(node, ast.arg)
+        and node.annotation is not None
+        and "ReHyAtRuntime" in ast.unparse(node.annotation)
+    }
+
+    def flat(target: ast.expr) -> list[ast.expr]:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            return [leaf for element in target.elts for leaf in flat(element)]
+        return [target.value] if isinstance(target, ast.Starred) else [target]
+
+    lines = []
+    for node in ast.walk(tree):
+        assigned = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            assigned = [node.target]
+        for target in assigned:
+            lines += [
+                node.lineno
+                for leaf in flat(target)
+                if isinstance(leaf, ast.Attribute)
+                and leaf.attr in MODE_FIELDS
+                and _is_runtime(leaf.value, bound)
+            ]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and len(node.args) > 1:
+            field_name = node.args[1]
+            if isinstance(field_name, ast.Constant) and field_name.value in MODE_FIELDS:
+                lines += [node.lineno] if _is_runtime(node.args[0], bound) else []
+    return sorted(lines)
+
+
+def test_only_the_runtimes_mode_writes_its_mode_fields():
+    """``ReHyAtRuntime.mode`` is the one writer of streaming, grid, backend and attention: no module of
+    the library, the harness or the command line assigns them but models/adapter.py, which defines it."""
+    offenders = {
+        str(path.relative_to(SRC)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "models" / "adapter.py" and (lines := _runtime_writes(path.read_text()))
+    }
+    assert offenders == {}
+
+
+def test_the_runtime_write_check_sees_each_form_of_write():
+    source = """
+runtime.streaming, runtime.grid = True, (1, 2, 3)
+self.runtime.backend = "torch"
+rehyat_runtime(model).attention = None
+self._softmax_runtime.grid = grid
+state = rehyat_runtime(model)
+state.grid += ()
+setattr(runtime, "backend", "torch")
+def f(r: ReHyAtRuntime):
+    r.streaming = False
+self.grid = grid
+self._call.grid = grid
+runtime.config = config
+"""
+    assert _runtime_writes(source) == [2, 2, 3, 4, 5, 7, 8, 10]

@@ -324,9 +324,9 @@ def _parity_rows(arch, frames: int, device: str, dtype: torch.dtype, rows: list[
         original = _forward(model, inputs, False)
         runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
         for backend in ("torch", "triton") if cuda and arch.family not in JOINT else ("torch",):
-            runtime.backend = backend
-            parallel = _forward(model, inputs, False)
-            recurrent = _forward(model, inputs, True)
+            with runtime.mode(backend=backend):
+                parallel = _forward(model, inputs, False)
+                recurrent = _forward(model, inputs, True)
             rows.append(
                 {
                     "dtype": name,
@@ -337,8 +337,8 @@ def _parity_rows(arch, frames: int, device: str, dtype: torch.dtype, rows: list[
             )
             del parallel, recurrent
         runtime.config = dataclasses.replace(runtime.config, chunk_frames=frames)
-        runtime.backend = "torch"
-        one_chunk = rel(_forward(model, inputs, False), original)
+        with runtime.mode(backend="torch"):
+            one_chunk = rel(_forward(model, inputs, False), original)
         rows.append({"dtype": name, "backend": "torch", "one_chunk_vs_original": one_chunk})
 
 

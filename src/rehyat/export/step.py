@@ -132,15 +132,14 @@ def _stepping(transformer: nn.Module, grid: tuple[int, int, int]) -> Iterator[li
     everything is put back afterwards."""
     runtime = rehyat_runtime(transformer)
     processors = [block.attn1.processor for block in transformer.blocks]
-    saved = (runtime.streaming, runtime.grid, runtime.backend, [p.stats for p in processors])
+    saved = [p.stats for p in processors]
     try:
-        runtime.streaming, runtime.grid, runtime.backend = True, grid, "torch"
-        for processor in processors:
-            processor.stats, processor.state = None, None
-        yield processors
+        with runtime.mode(streaming=True, grid=grid, backend="torch"):
+            for processor in processors:
+                processor.stats, processor.state = None, None
+            yield processors
     finally:
-        runtime.streaming, runtime.grid, runtime.backend = saved[:3]
-        for processor, stats in zip(processors, saved[3], strict=True):
+        for processor, stats in zip(processors, saved, strict=True):
             processor.stats, processor.state = stats, None
 
 

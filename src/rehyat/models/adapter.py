@@ -23,15 +23,18 @@ here, against this interface. :mod:`rehyat.models.families` lists the families a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from rehyat.attention import AttentionStats, Geometry, HybridAttentionState, PolynomialFeatureMap
 from rehyat.attention.hybrid import attend, attend_step
-from rehyat.attention.kernels import Backend
+from rehyat.attention.kernels import BACKENDS, Backend
 from rehyat.baselines import ATTENTION_VARIANTS, call_keywords, uniform_hybrid_attention
 from rehyat.models.config import ReHyAtConfig
 
@@ -236,6 +239,11 @@ def cut_timestep(family: FamilyAdapter, timestep: Tensor, start: int, stop: int,
     )
 
 
+#: The fields of :class:`ReHyAtRuntime` that say how the model runs now; code outside this module sets
+#: them only through :meth:`ReHyAtRuntime.mode`.
+MODE_FIELDS = ("streaming", "grid", "backend", "attention")
+
+
 @dataclass
 class ReHyAtRuntime:
     """Per-model state shared by the processors: config, the current latent grid, streaming mode, the
@@ -243,7 +251,11 @@ class ReHyAtRuntime:
     ``attention``: when set, what the parallel mode calls instead of :func:`configured_attention`, with
     the same arguments (:mod:`rehyat.parallel` sets it to exchange halos and states between ranks);
     ``family``: the model's :class:`FamilyAdapter` (set by conversion); ``joint``: the chunk plan of a
-    joint text-video family (:class:`rehyat.models.joint.JointPlan`, set by its adapter's ``install``)."""
+    joint text-video family (:class:`rehyat.models.joint.JointPlan`, set by its adapter's ``install``).
+
+    The mode fields (:data:`MODE_FIELDS`: ``streaming``, ``grid``, ``backend``, ``attention``) have one
+    writer, :meth:`mode`, scoped to a ``with`` block; ``grid`` is also recorded before every call of the
+    transformer (:meth:`capture_grid`)."""
 
     config: ReHyAtConfig
     blocks: list[int]
@@ -254,9 +266,55 @@ class ReHyAtRuntime:
     family: FamilyAdapter | None = None
     joint: object | None = None
 
+    @contextmanager
+    def mode(self, **fields: Any) -> Iterator[ReHyAtRuntime]:
+        """Set mode fields for the duration of a ``with`` block and put their previous values back on exit,
+        on an error too; nested blocks each restore what they found. ``streaming``: a bool; ``grid``: None
+        or the post-patch (frames, height, width) as ints; ``backend``: "auto", "torch" or "triton";
+        ``attention``: None or a callable with :func:`configured_attention`'s arguments. Any other name,
+        or a value of the wrong kind, is a ValueError before anything is set."""
+        unknown = sorted(set(fields) - set(MODE_FIELDS))
+        if unknown:
+            raise ValueError(f"ReHyAtRuntime.mode sets {', '.join(MODE_FIELDS)}; not {', '.join(unknown)}")
+        fields = {name: _mode_value(name, value) for name, value in fields.items()}
+        previous = {name: getattr(self, name) for name in fields}
+        for name, value in fields.items():
+            setattr(self, name, value)
+        try:
+            yield self
+        finally:
+            for name, value in previous.items():
+                setattr(self, name, value)
+
     def capture_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: record the post-patch (T, H, W) of the transformer's input."""
         self.grid = self.family.grid(module, self.family.bind(module, args, kwargs))
+
+
+def _mode_value(name: str, value: Any) -> Any:
+    """``value`` checked for mode field ``name`` (a grid as a tuple of ints); ValueError otherwise."""
+    if name == "streaming" and isinstance(value, bool):
+        return value
+    if name == "backend" and value in BACKENDS:
+        return value
+    if name == "attention" and (value is None or callable(value)):
+        return value
+    if name == "grid" and value is None:
+        return None
+    if name == "grid" and isinstance(value, (tuple, list)) and len(value) == 3:
+        try:
+            grid = tuple(operator.index(n) for n in value if not isinstance(n, bool))
+        except TypeError:
+            grid = ()
+        if len(grid) == 3 and min(grid) >= 0:
+            return grid
+    kinds = {
+        "streaming": "a bool",
+        "grid": "None or (frames, height, width) as ints >= 0",
+        "backend": f"one of {BACKENDS}",
+        "attention": "None or a callable",
+    }
+    raise ValueError(f"ReHyAtRuntime.mode: {name} must be {kinds[name]}, got {value!r}")
 
 
 def configured_attention(

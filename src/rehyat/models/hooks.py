@@ -152,12 +152,8 @@ class ChunkedForwardHook(ModelHook):
         try:
             for processor in processors:
                 processor.state = None
-            self.runtime.streaming = True
             for start in range(0, frames, chunk_frames):
                 stop = min(start + chunk_frames, frames)
-                # What the chunk's forward sees depends on the chunk only (not on the video's length or
-                # the chunk's place in it): its grid, its position as a tensor, contiguous inputs.
-                self.runtime.grid = (stop - start, rows, cols)
                 if self.rotary is not None:
                     self.rotary.start = torch.full((), start, dtype=torch.int64, device=rope.freqs_cos.device)
                 chunk = family.chunk_call(module, call, start, stop, grid)
@@ -166,7 +162,10 @@ class ChunkedForwardHook(ModelHook):
                 _renumber(processors, 0)
                 if self.graphed:
                     torch.compiler.cudagraph_mark_step_begin()
-                x = forward(**chunk, return_dict=False)[0]
+                # What the chunk's forward sees depends on the chunk only (not on the video's length or
+                # the chunk's place in it): its grid, its position as a tensor, contiguous inputs.
+                with self.runtime.mode(streaming=True, grid=(stop - start, rows, cols)):
+                    x = forward(**chunk, return_dict=False)[0]
                 if output is None:
                     shape = list(x.shape)
                     shape[axis] = frames * per_frame
@@ -177,7 +176,6 @@ class ChunkedForwardHook(ModelHook):
         finally:
             if self.rotary is not None:
                 self.rotary.start = None
-            self.runtime.streaming, self.runtime.grid = False, None
             for processor in processors:
                 processor.state = None
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)

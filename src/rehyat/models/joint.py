@@ -332,17 +332,16 @@ def folded_forward_hook(runtime: ReHyAtRuntime):
                 entries = family.fold_call(module, call, chunks, chunk_frames, grid)
                 plan.starts = [t * chunk_frames for t in range(chunks)]
                 plan.frames, plan.keep_state = frames, chunks * chunk_frames < frames
-                runtime.grid = (chunk_frames, grid[1], grid[2])
-                folded = self.fn_ref.original_forward(**entries, return_dict=False)[0]
+                with runtime.mode(grid=(chunk_frames, grid[1], grid[2])):
+                    folded = self.fn_ref.original_forward(**entries, return_dict=False)[0]
                 parts = list(folded.unflatten(0, (chunks, -1)).unbind(0))
                 if plan.keep_state:  # the shorter last chunk, from the state after the full ones
                     start = chunks * chunk_frames
                     last = family.chunk_call(module, call, start, frames, grid)
-                    runtime.grid, runtime.streaming = (frames - start, grid[1], grid[2]), True
-                    parts.append(self.fn_ref.original_forward(**last, return_dict=False)[0])
+                    with runtime.mode(grid=(frames - start, grid[1], grid[2]), streaming=True):
+                        parts.append(self.fn_ref.original_forward(**last, return_dict=False)[0])
                 output = torch.cat(parts, dim=axis) if len(parts) > 1 else parts[0]
             finally:
-                runtime.streaming, runtime.grid = False, grid
                 plan.starts, plan.keep_state = None, False
                 for processor in processors:
                     processor.state = None

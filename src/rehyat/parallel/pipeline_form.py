@@ -56,15 +56,13 @@ def _receive_states(src: int, group, device: torch.device) -> list[HybridAttenti
 
 @contextmanager
 def _streaming_chunks(handle: ChunkParallel, transformer: nn.Module, states):
-    runtime = handle.runtime
     processors = [block.attn1.processor for block in transformer.blocks]
     try:
         for processor, state in zip(processors, states, strict=True):
             processor.state = state
-        runtime.streaming = True
-        yield processors
+        with handle.runtime.mode(streaming=True):
+            yield processors
     finally:
-        runtime.streaming = False
         handle.stream_start = None
         for processor in processors:
             processor.state = None

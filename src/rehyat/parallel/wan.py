@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,9 @@ from rehyat.models.wan import ReHyAtWanAttnProcessor
 from rehyat.parallel.attention import chunk_parallel_attention
 from rehyat.parallel.comm import Incoming, Outgoing, exchange
 from rehyat.parallel.layout import FrameLayout, FrameRange
+
+if TYPE_CHECKING:
+    from rehyat.parallel.hooks import ChunkParallelCallHook
 
 #: The names of the hooks in the transformer's and its rope's ``HookRegistry``.
 CALL_HOOK, ROTARY_HOOK = "rehyat_chunk_parallel", "rehyat_chunk_parallel_rotary"
@@ -117,12 +121,14 @@ class _SoftmaxProcessor:
     """Processor of a block left with full softmax attention: ReHyAt's projections (the same as
     diffusers' ``WanAttnProcessor`` for self-attention) with the attention over every rank's K, V."""
 
-    def __init__(self, runtime: ReHyAtRuntime, original) -> None:
+    def __init__(self, runtime: ReHyAtRuntime, original, call: ChunkParallelCallHook) -> None:
+        self.runtime, self.call = runtime, call
         self.inner = ReHyAtWanAttnProcessor(runtime)
         self.original = original
 
     def __call__(self, *args, **kwargs) -> Tensor:
-        return self.inner(*args, **kwargs)
+        with self.runtime.mode(grid=self.call.grid):  # this rank's grid in the call being run
+            return self.inner(*args, **kwargs)
 
 
 class ChunkParallel:
@@ -151,8 +157,12 @@ class ChunkParallel:
         for index, block in enumerate(transformer.blocks):
             if index not in converted:
                 self._processors[index] = block.attn1.processor
-                block.attn1.set_processor(_SoftmaxProcessor(self._softmax_runtime, block.attn1.processor))
-        runtime.attention = self._attention
+                block.attn1.set_processor(
+                    _SoftmaxProcessor(self._softmax_runtime, block.attn1.processor, self._call)
+                )
+        # The converted blocks attend across ranks until disable() leaves this mode.
+        self._mode = ExitStack()
+        self._mode.enter_context(runtime.mode(attention=self._attention))
         register_hooks(
             transformer,
             [
@@ -247,7 +257,6 @@ class ChunkParallel:
                 ],
             )
         self._call.grid = (frames, *signature["grid"])
-        self._softmax_runtime.grid = self._call.grid
         return layout
 
     def _attention(self, config: ReHyAtConfig, q, k, v, fq, fk, geometry: Geometry, *, backend, stats=None):
@@ -278,7 +287,7 @@ class ChunkParallel:
         remove_hooks(transformer, (CALL_HOOK, ROTARY_HOOK), (transformer, transformer.rope))
         for index, processor in self._processors.items():
             transformer.blocks[index].attn1.set_processor(processor)
-        self.runtime.attention = None
+        self._mode.close()
 
 
 def enable_chunk_parallel(
