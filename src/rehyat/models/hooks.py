@@ -312,12 +312,36 @@ def register_hooks(transformer: nn.Module, hooks: Iterable[tuple[nn.Module, Mode
 def remove_hooks(transformer: nn.Module, names: Iterable[str], modules: Iterable[nn.Module]) -> None:
     """Remove the hooks called ``names`` from ``transformer`` and its submodules, and leave ``modules``
     (those that carried them) as they were: no ``forward`` left set on the instance."""
+    names = set(names)
+    check_last_in(transformer, names)
+    for _, module in transformer.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if isinstance(registry, HookRegistry):
+            for name in reversed(list(registry.hooks)):  # last in, first out (see check_last_in)
+                if name in names:
+                    registry.remove_hook(name, recurse=False)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    for name in names:
-        registry.remove_hook(name, recurse=True)
     for module in modules:
         _drop_plain_forward(module)
     _invalidate_registry_caches(registry)
+
+
+def check_last_in(transformer: nn.Module, names: Iterable[str]) -> None:
+    """ValueError unless every hook called one of ``names`` is the last on its module but for others of
+    ``names``: diffusers hooks come off last-in, first-out; one taken from under a later hook would leave
+    that hook's replaced forward skipped (e.g. the recurrent mode silently running the parallel form)."""
+    names = set(names)
+    for path, module in transformer.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        order = list(registry.hooks) if isinstance(registry, HookRegistry) else []
+        for position, name in enumerate(order):
+            later = [other for other in order[position + 1 :] if other not in names]
+            if name in names and later:
+                where = path or type(transformer).__name__
+                raise ValueError(
+                    f"cannot remove hook {name!r} from {where}: {later} were registered after it; remove "
+                    "those first (hooks come off in the reverse order they were applied)"
+                )
 
 
 def _drop_plain_forward(module: nn.Module) -> None:
