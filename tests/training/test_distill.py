@@ -86,6 +86,13 @@ def test_student_variants_and_errors():
         BlockStudent("sparse", ReHyAtConfig(), 2, 4)
 
 
+def test_a_student_of_a_family_whose_phi_input_needs_the_model_asks_for_it():
+    from rehyat.models.families import HUNYUAN_VIDEO
+
+    with pytest.raises(ValueError, match="BlockStudent on hunyuan-video needs feature_input="):
+        BlockStudent("rehyat", ReHyAtConfig(chunk_frames=1), 2, 8, family=HUNYUAN_VIDEO)
+
+
 @pytest.mark.parametrize(
     "changes,message",
     [

@@ -10,6 +10,7 @@ attention accumulates in fp32 as always, and the loss is taken in fp32.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -67,6 +68,13 @@ class BlockStudent:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.config = variant, config
+        if feature_input is None and not isinstance(
+            inspect.getattr_static(family.processor, "feature_input"), staticmethod
+        ):
+            raise ValueError(
+                f"BlockStudent on {family.name} needs feature_input= (its φ input depends on the model: "
+                "pass the family adapter's feature_input(transformer), as rehyat distill does)"
+            )
         self.feature_input = family.processor.feature_input if feature_input is None else feature_input
         device = torch.device(device)
         self.phi_q = self.phi_k = None
