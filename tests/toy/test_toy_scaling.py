@@ -95,9 +95,14 @@ def test_the_crossover_text_states_only_what_the_run_measured():
     # A teacher whose cost per frame does not grow, a student whose does: no claim of a fixed cost.
     flat = _text([1.0, 2.0, 4.0, 8.0], [0.5, 2.0, 8.0, 32.0])
     assert "did not grow (62 ms at 16 frames, 62 ms at 128)." in flat and "cost per chunk" not in flat
+    assert flat.startswith("The student was faster than the teacher at 16 frames but not at 128, the longest")
+    # Faster at some length but not at the longest: said as measured, never "not faster at any length".
+    between = _text([0.2, 0.6, 1.9, 5.0], [1.0, 0.5, 1.5, 8.0])
+    assert between.startswith("The student was faster than the teacher at 32 and 64 frames but not at 128")
+    assert "still no more than the student's 62 ms." in between and "any measured length" not in between
     # Nothing but the run: no sentence about another model, size or results file.
     crossing = _text([0.2, 0.6, 1.9, 7.0], [0.5, 1.0, 2.0, 4.0])
-    for text in (never, always, flat, crossing):
+    for text in (never, always, flat, between, crossing):
         assert "Wan" not in text and "bench/results" not in text and "GPU" not in text
 
 

@@ -221,6 +221,12 @@ def crossover(rows: dict[str, list[dict]]) -> dict:
     }
 
 
+def _frames_list(lengths: list[int]) -> str:
+    """``[8]`` → "8", ``[8, 16]`` → "8 and 16", ``[4, 8, 16]`` → "4, 8 and 16"."""
+    words = [str(f) for f in lengths]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_tokens: int) -> str:
     """The crossover in words, from :func:`measure_scaling`'s result for a student of chunks of
     ``chunk_frames`` latent frames of ``frame_tokens`` tokens and ``overlap_frames`` frames before them.
@@ -229,9 +235,15 @@ def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_t
     teacher, student = rows[TEACHER], rows[STUDENT]
     lengths = [r["frames"] for r in teacher]
     window = chunk_frames + overlap_frames
-    if cross["first_faster"] is None:
+    faster = [f for f in lengths if cross["ratio"][str(f)] < 1]
+    if cross["first_faster"] is None and not faster:
         where = (
             f"The student is not faster than the teacher at any measured length (up to {lengths[-1]} frames)."
+        )
+    elif cross["first_faster"] is None:
+        where = (
+            f"The student was faster than the teacher at {_frames_list(faster)} frames but not at "
+            f"{lengths[-1]}, the longest measured: no crossover holds over these lengths."
         )
     elif cross["estimate"] is None:
         where = f"The student is faster than the teacher from the shortest measured length ({lengths[0]} frames) on."
@@ -270,8 +282,8 @@ def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_t
         if cross["first_faster"] is None:
             text += (
                 f", but at {lengths[-1]} frames, the longest measured, that was still no more than the "
-                f"student's {student[-1]['ms_per_frame']:.0f} ms: the student was not faster at any "
-                "measured length."
+                f"student's {student[-1]['ms_per_frame']:.0f} ms"
+                + (": the student was not faster at any measured length." if not faster else ".")
             )
         elif cross["estimate"] is None:
             text += "; the student was faster at every measured length."
