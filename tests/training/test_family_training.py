@@ -294,11 +294,8 @@ def test_stage2_run_trains_and_saves_a_model_of_the_family(name, tmp_path):
 
 def test_v_prediction_loss_builds_the_ddpm_inputs_and_velocity_target():
     """CogVideoX's objective: x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε at an integer t, target v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0."""
-    latents, prompts, alphas = (
-        torch.randn(2, 4, 3, 2, 2),
-        torch.randn(2, 5, 8),
-        torch.linspace(0.99, 0.01, 1000),
-    )
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction")
+    latents, prompts, alphas = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 5, 8), scheduler.alphas_cumprod
     seen = {}
 
     def model(noisy, timestep, context, return_dict):
@@ -309,10 +306,14 @@ def test_v_prediction_loss_builds_the_ddpm_inputs_and_velocity_target():
     gen = noise_generator(0, 1, 0)
     t = (torch.rand(2, generator=gen) * 1000).long()
     noise = torch.randn(latents.shape, generator=gen)
-    a = alphas[t].view(2, 1, 1, 1, 1)
+    a = alphas[t].float().view(2, 1, 1, 1, 1)
     assert torch.equal(seen["timestep"], t) and seen["context"] is prompts
     assert torch.allclose(seen["noisy"], a.sqrt() * latents + (1 - a).sqrt() * noise)
     assert torch.isclose(loss, (a.sqrt() * noise - (1 - a).sqrt() * latents).square().mean())
+    # The same as diffusers' own scheduler makes them (its add_noise and get_velocity).
+    assert torch.allclose(seen["noisy"], scheduler.add_noise(latents, noise, t), atol=1e-6)
+    velocity = scheduler.get_velocity(latents, noise, t)
+    assert torch.allclose(loss, velocity.square().mean(), rtol=1e-5)
 
 
 def test_cogvideox_trains_on_its_pipeline_folders_scheduler(tmp_path):
