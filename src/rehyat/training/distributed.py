@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,7 +55,12 @@ def init_distributed() -> DistEnv:
 
 
 def shutdown() -> None:
+    """Leave the process group. Ranks that got here normally first wait for each other: a gloo rank that
+    destroys its group while a peer is still finishing a collective can abort that peer. A rank that
+    leaves on an exception does not wait (its peers may never arrive)."""
     if dist.is_initialized():
+        if sys.exc_info()[1] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
