@@ -67,6 +67,31 @@ def test_a_save_between_reading_the_json_and_the_weights_is_never_mixed(two_save
     assert raced and _which(model, nets) == "b"
 
 
+def test_a_swap_after_the_json_was_seen_but_before_it_was_read_is_read_again(two_saves, monkeypatch):
+    """The JSON exists when the load checks it, then a save swaps the folder (old aside, new in) before
+    the load opens it: the load reads the new folder whole instead of failing on the vanished file."""
+    root, nets = two_saves
+    folder = save_rehyat(nets["a"], root / "ckpt")
+    staged = save_rehyat(nets["b"], root / "staged")
+    real = checkpoint.read_json_object
+    swaps = []
+
+    def swap_while_reading(path, *args, **kwargs):
+        if swaps:
+            return real(path, *args, **kwargs)
+        swaps.append(True)
+        folder.rename(root / "aside")
+        try:
+            return real(path, *args, **kwargs)
+        finally:
+            staged.rename(folder)
+            shutil.rmtree(root / "aside")
+
+    monkeypatch.setattr(checkpoint, "read_json_object", swap_while_reading)
+    model = load_rehyat(_fresh(root), folder)
+    assert swaps and _which(model, nets) == "b"
+
+
 def test_a_second_save_waits_for_the_first(two_saves, monkeypatch):
     """A save that starts while another is writing the same folder waits for it, then replaces it:
     the folder ends as the second save, whole, with nothing left beside it."""

@@ -200,10 +200,15 @@ def read_rehyat_config(path: str | os.PathLike) -> ReHyAtConfig:
 
 
 def read_json_object(path: Path, error: type[ValueError] = ValueError) -> dict:
-    """The JSON object in the file ``path``; ``error`` naming the file if it is not UTF-8 JSON (a
-    truncated file, say) or holds something else than an object."""
+    """The JSON object in the file ``path``; ``error`` naming the file if it cannot be read (gone, say,
+    when a save swapped its folder after the caller saw it), is not UTF-8 JSON (a truncated file) or
+    holds something else than an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as problem:
+        raise error(f"{path} cannot be read ({problem.strerror or problem})") from problem
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as problem:
         raise error(f"{path} is not valid JSON, the file is damaged ({problem})") from problem
     if not isinstance(data, dict):
