@@ -7,6 +7,8 @@
 #   WORLD=packed INIT=none: from random weights, on the packed world (4 video frames to a latent frame).
 #   RESUME=DIR: a folder holding a checkpoint (step-N/ and latest, as this script returns them) to go
 #   on from, with the same settings (same STEPS: the run's config must not change).
+#   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
+#   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
 # Writes to $OUT (or ./runs)/toy_teacher: train.log, training_config.json, training_metrics.jsonl,
 # eval.jsonl, teacher.tgz (the teacher folder) and the newest checkpoint as ckpt.tar.part-* (15 MB
@@ -22,6 +24,8 @@ CLIPS=${CLIPS:-32768}
 PROMPTS=${PROMPTS:-256}
 INIT=${INIT:-src/rehyat/toy/assets/teacher}
 RESUME=${RESUME:-}
+EXTRA=("$@")
+COMPILE=${COMPILE:-1}  # torch.compile the blocks (model.compile); a failed compiled run goes on eagerly
 RUN=${OUT:-runs}/toy_teacher
 WORK=${WORK:-/tmp/toy_teacher}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script on one CPU process
@@ -38,9 +42,21 @@ INIT_ARGS=(--world "$WORLD")
 if [ "$INIT" != none ]; then INIT_ARGS+=(--init "$INIT"); fi
 START=$(date +%s)
 status=0
-timeout "$LIMIT" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
-  toy teacher "${INIT_ARGS[@]}" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" \
-  --lr "$LR" --set progress=false checkpoint_every=250 "$@" > "$RUN/train.log" 2>&1 || status=$?
+train() {  # $1: model.compile; the time left of LIMIT
+  local left=$(( LIMIT - ($(date +%s) - START) ))
+  timeout "$left" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
+    toy teacher "${INIT_ARGS[@]}" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" \
+    --lr "$LR" --set progress=false checkpoint_every=250 model.compile="$1" "${EXTRA[@]}" >> "$RUN/train.log" 2>&1
+}
+: > "$RUN/train.log"
+if [ "$COMPILE" = 1 ]; then train true || status=$?; else train false || status=$?; fi
+if [ "$COMPILE" = 1 ] && [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then
+  # A compile failure must not cost the call: go on eagerly from the last checkpoint, if any.
+  tail -n 30 "$RUN/train.log"
+  echo "compiled training failed (exit $status): continuing eagerly" | tee -a "$RUN/train.log"
+  status=0
+  train false || status=$?
+fi
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
 python3 -m rehyat.cli toy teacher --out "$WORK" --assemble-only

@@ -75,6 +75,7 @@ RESUMABLE_CHANGES = frozenset(
         "log_every",
         "max_nonfinite_steps",
         "strategy",
+        "model.compile",
     }
 )
 

@@ -56,6 +56,17 @@ def build_model(section: ModelSection, seed: int) -> nn.Module:
     return convert(model, section.rehyat or ReHyAtConfig())
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """``torch.compile`` the transformer blocks in place (their state-dict names stay): diffusers'
+    ``compile_repeated_blocks`` where the class lists its ``_repeated_blocks``, else each block of the
+    model's family (CogVideoX lists none)."""
+    if getattr(model, "_repeated_blocks", None):
+        model.compile_repeated_blocks()
+        return
+    for block in family_of(model).blocks(model):
+        block.compile()
+
+
 def build_teacher(cfg: FinetuneConfig, device: torch.device) -> nn.Module:
     """The original, unconverted model for ``teacher_weight``, frozen. It stays in fp32 (autocast runs
     it in bf16 where the student runs in bf16): casting it would also cast the modules diffusers keeps

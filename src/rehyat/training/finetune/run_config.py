@@ -31,6 +31,11 @@ class ModelSection:
     gradient_checkpointing: bool = True
     """diffusers' gradient checkpointing of the blocks; a converted HunyuanVideo or CogVideoX refuses it (its
     folded chunk entries would not be recomputed): set false for those."""
+    compile: bool = False
+    """``torch.compile`` each transformer block (diffusers' regional compilation,
+    ``compile_repeated_blocks``; the family's blocks for a class that names none): the first step
+    compiles, later steps run fused kernels. Weights, checkpoints and results are those of eager training
+    up to rounding, so a resumed run may turn it on or off."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -44,6 +49,7 @@ class ModelSection:
             raise ValueError(f"model.rehyat must be a ReHyAtConfig or null, got {self.rehyat!r}")
         check_bool("model.convert", self.convert)
         check_bool("model.gradient_checkpointing", self.gradient_checkpointing)
+        check_bool("model.compile", self.compile)
 
 
 @dataclass

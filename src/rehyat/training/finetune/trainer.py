@@ -1,7 +1,8 @@
-"""The stage-2 trainer, read top to bottom: build the data, the model (wrapped for DDP or FSDP2), the
-optimizer, EMA and teacher; resume or start; then each step runs forward and backward over its
-micro-batches, makes one optimizer step (none when the loss or gradient norm is not finite), logs its
-metrics and saves a checkpoint when due; at the end the final weights are written."""
+"""The stage-2 trainer, read top to bottom: build the data, the model (its blocks compiled if asked,
+wrapped for DDP or FSDP2), the optimizer, EMA and teacher; resume or start; then each step (its batches
+read while the step before trained) runs forward and backward over its micro-batches, makes one
+optimizer step (none when the loss or gradient norm is not finite), logs its metrics and saves a
+checkpoint when due; at the end the final weights are written."""
 
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ from rehyat.training.finetune.model import (
     build_model,
     build_teacher,
     check_data_fits,
+    compile_blocks,
     noise_schedule,
     rehyat_config_of,
 )
 from rehyat.training.finetune.nonfinite import handle_non_finite_step
 from rehyat.training.finetune.run_config import FinetuneConfig, OptimSection
 from rehyat.training.metrics import MetricsLogger
+from rehyat.training.prefetch import MicroBatch, StepBatches
 
 
 @dataclass
@@ -72,6 +75,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     schedule = noise_schedule(cfg.model, model)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if cfg.model.compile:
+        compile_blocks(model)
     model = distributed.wrap_model(model.to(env.device).train(), cfg.strategy, env)
     optimizer = build_optimizer(model, cfg.optim)
     ema = EMA(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -100,15 +105,24 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     progress = tqdm(
         total=cfg.steps, initial=start, disable=not (env.is_main and cfg.progress), desc="finetune"
     )
+    batches = StepBatches(
+        dataset,
+        order,
+        rank=env.rank,
+        accumulation=cfg.grad_accumulation,
+        device=env.device,
+        start=start,
+        stop=cfg.steps,
+    )
     try:
-        for step in range(start, cfg.steps):
+        for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
             tic = time.perf_counter()
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
             micro_losses = forward_backward(
-                cfg, env, step, model, dataset, order, autocast, teacher, family, samples_seen, schedule
+                cfg, env, step, model, micro_batches, autocast, teacher, family, samples_seen, schedule
             )
             loss_value, grad_norm = clip_and_reduce(cfg, model, micro_losses)
             # Both are the same on every rank (mean loss, norm of the synchronised gradients), so every
@@ -156,6 +170,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                 }
                 save_training_checkpoint(cfg, env, checkpoints, done, model, optimizer, ema, metadata)
     finally:
+        batches.close()
         progress.close()
         if logger is not None:
             logger.close()
@@ -206,8 +221,7 @@ def forward_backward(
     env: distributed.DistEnv,
     step: int,
     model: nn.Module,
-    dataset: LatentDataset,
-    order: SampleOrder,
+    micro_batches: list[MicroBatch],
     autocast: AbstractContextManager,
     teacher: nn.Module | None,
     family: FamilyAdapter,
@@ -218,11 +232,10 @@ def forward_backward(
     return each micro-batch's (dataset indices, loss). Appends the indices to ``samples_seen``. The loss is
     flow matching, or with a ``schedule`` (ᾱ of CogVideoX's scheduler) v-prediction on it."""
     micro_losses = []
-    for micro in range(cfg.grad_accumulation):
-        indices = order.indices(step, micro, env.rank)
+    for micro, batch in enumerate(micro_batches):
+        indices, latents, prompt_embeds = batch.indices, batch.latents, batch.prompt_embeds
         samples_seen += indices
-        latents, prompt_embeds = (t.to(env.device) for t in dataset.batch(indices))
-        conditioning = {name: t.to(env.device) for name, t in dataset.conditioning(indices).items()}
+        conditioning = batch.conditioning
         objective = dict(
             teacher=teacher, teacher_weight=cfg.teacher_weight, family=family, conditioning=conditioning
         )

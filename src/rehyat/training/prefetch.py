@@ -1,0 +1,96 @@
+"""Stage-2 batches read one step ahead: while a step trains, a background thread reads the next step's
+micro-batches from the latent dataset (and pins them, on CUDA), so the accelerator does not wait for
+the disk. The order is :class:`~rehyat.training.data.SampleOrder`'s, exactly as without prefetching;
+a read that fails raises in the training loop at the step that needed it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rehyat.training.data import LatentDataset, SampleOrder
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a rank: its dataset indices and tensors, on the training device."""
+
+    indices: list[int]
+    latents: Tensor
+    prompt_embeds: Tensor
+    conditioning: dict[str, Tensor]
+
+
+class StepBatches:
+    """The micro-batches of steps ``start``, ``start + 1``, … of one rank, each step's read in a background
+    thread while the previous step trains. Iterate it once per step; :meth:`close` (or ``with``) stops the
+    thread."""
+
+    def __init__(
+        self,
+        dataset: LatentDataset,
+        order: SampleOrder,
+        *,
+        rank: int,
+        accumulation: int,
+        device: torch.device,
+        start: int,
+        stop: int,
+    ) -> None:
+        self.dataset, self.order = dataset, order
+        self.rank, self.accumulation, self.device = rank, accumulation, torch.device(device)
+        self._steps = iter(range(start, stop))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rehyat-batches")
+        self._pending: Future | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        step = next(self._steps, None)
+        self._pending = None if step is None else self._pool.submit(self._read, step)
+
+    def _read(self, step: int) -> list[MicroBatch]:
+        pin = self.device.type == "cuda"
+        batches = []
+        for micro in range(self.accumulation):
+            indices = self.order.indices(step, micro, self.rank)
+            latents, prompt_embeds = self.dataset.batch(indices)
+            conditioning = self.dataset.conditioning(indices)
+            if pin:
+                latents, prompt_embeds = latents.pin_memory(), prompt_embeds.pin_memory()
+                conditioning = {name: t.pin_memory() for name, t in conditioning.items()}
+            batches.append(MicroBatch(indices, latents, prompt_embeds, conditioning))
+        return batches
+
+    def __iter__(self) -> Iterator[list[MicroBatch]]:
+        return self
+
+    def __next__(self) -> list[MicroBatch]:
+        if self._pending is None:
+            raise StopIteration
+        batches = self._pending.result()
+        self._submit()
+        move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        return [
+            MicroBatch(
+                b.indices,
+                move(b.latents),
+                move(b.prompt_embeds),
+                {name: move(t) for name, t in b.conditioning.items()},
+            )
+            for b in batches
+        ]
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> StepBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
