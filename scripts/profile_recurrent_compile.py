@@ -9,6 +9,9 @@ block converted (causal ReHyAt), batch 1, 480×832. Rows, one forward each under
 - ``recurrent compiled`` / ``recurrent graphed``: :func:`rehyat.models.hooks.compile_recurrent`, one
   graph per chunk shape; graphed adds ``mode="reduce-overhead"`` (CUDA graphs, CUDA only).
 
+Each recurrent row runs once per ``--chunks-per-call`` value k (diffusers' forward on k chunks at a time:
+1/k of the calls, k× the activation memory).
+
 Each row records median ms, the first call's seconds (compilation), peak activation MiB (CUDA), the
 graphs Dynamo made (which must not grow with the frame count), its graph breaks (the JSON's
 ``graph_breaks``; none in the recurrent rows, compiled with ``fullgraph=True``) and the relative error
@@ -17,7 +20,7 @@ frame count. Writes ``OUT.json`` and ``OUT.md``.
 
 GPU run::
 
-    PYTHONPATH=src python scripts/profile_recurrent_compile.py --frames 21 81 --profile
+    PYTHONPATH=src python scripts/profile_recurrent_compile.py --frames 21 81 --chunks-per-call 1 3 --profile
 
 CPU dry run (tiny Wan, compiler backend "eager")::
 
@@ -117,18 +120,23 @@ def main(args: argparse.Namespace) -> None:
         "profiles": profiles,
     }
     out = Path(args.out)
-    for row in rows:
+    runs = [
+        (row, k) for row in rows for k in (args.chunks_per_call if row.startswith("recurrent") else [None])
+    ]
+    for row, per_call in runs:
         torch._dynamo.reset()
         counters.clear()
         remove_recurrent(model)
         if row == "parallel compiled":
             target = torch.compile(model, **compile_kwargs)
         elif row == "recurrent eager":
-            target = apply_recurrent(model)
+            target = apply_recurrent(model, chunks_per_call=per_call)
         elif row == "recurrent compiled":
-            target = compile_recurrent(model, **compile_kwargs)
+            target = compile_recurrent(model, chunks_per_call=per_call, **compile_kwargs)
         elif row == "recurrent graphed":
-            target = compile_recurrent(model, mode="reduce-overhead", **compile_kwargs)
+            target = compile_recurrent(
+                model, chunks_per_call=per_call, mode="reduce-overhead", **compile_kwargs
+            )
         else:
             target = model
         for frames in args.frames:
@@ -138,7 +146,7 @@ def main(args: argparse.Namespace) -> None:
             def call(target=target, latents=latents, timestep=timestep, context=context) -> torch.Tensor:
                 return target(latents, timestep, context, return_dict=False)[0]
 
-            record = {"row": row, "latent_frames": frames}
+            record = {"row": row, "chunks_per_call": per_call, "latent_frames": frames}
             try:
                 record.update(measure(call, cuda, args.reps))
                 output = call().float()
@@ -159,14 +167,29 @@ def main(args: argparse.Namespace) -> None:
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
+HEADER = [
+    "row",
+    "chunks/call",
+    "latent frames",
+    "ms",
+    "× parallel",
+    "peak MiB",
+    "graphs",
+    "first call s",
+    "rel err",
+]
+
+
 def render(payload: dict) -> str:
     results = payload["results"]
     by_key = {(r["row"], r["latent_frames"]): r for r in results}
-    frames = sorted({r["latent_frames"] for r in results})
     table = []
     for r in results:
+        per_call = r.get("chunks_per_call")
         if "error" in r:
-            table.append([r["row"], r["latent_frames"], r["error"], None, None, r["graphs"], None, None])
+            table.append(
+                [r["row"], per_call, r["latent_frames"], r["error"], None, None, r["graphs"], None, None]
+            )
             continue
         mode = r["row"].split()[1]
         parallel = by_key.get(
@@ -174,20 +197,22 @@ def render(payload: dict) -> str:
         )
         ratio = r["ms"] / parallel["ms"] if parallel and "ms" in parallel else float("nan")
         table.append(
-            [r["row"], r["latent_frames"], r["ms"], ratio, r.get("peak_mib"), r["graphs"], r["first_call_s"],
+            [r["row"], per_call, r["latent_frames"], r["ms"], ratio, r.get("peak_mib"), r["graphs"], r["first_call_s"],
              f"{r.get('rel_err', float('nan')):.1e}"]
         )  # fmt: skip
     targets = []
-    for count in frames:
-        for mode in ("eager", "compiled", "graphed"):
-            recurrent = by_key.get((f"recurrent {mode}", count))
-            parallel = by_key.get((f"parallel {'eager' if mode == 'eager' else 'compiled'}", count))
-            if recurrent and parallel and "ms" in recurrent and "ms" in parallel:
-                ratio = recurrent["ms"] / parallel["ms"]
-                met = "met" if ratio <= 1.1 else "not met"
-                targets.append(
-                    f"- recurrent {mode} ≤ 1.1× parallel at {count} latent frames: {ratio:.2f}× ({met})"
-                )
+    for recurrent in results:
+        if not recurrent["row"].startswith("recurrent") or "ms" not in recurrent:
+            continue
+        mode, count = recurrent["row"].split()[1], recurrent["latent_frames"]
+        parallel = by_key.get((f"parallel {'eager' if mode == 'eager' else 'compiled'}", count))
+        if parallel and "ms" in parallel:
+            ratio = recurrent["ms"] / parallel["ms"]
+            met = "met" if ratio <= 1.1 else "not met"
+            targets.append(
+                f"- recurrent {mode}, {recurrent.get('chunks_per_call', 1)} chunk(s) per call, ≤ 1.1× parallel "
+                f"at {count} latent frames: {ratio:.2f}× ({met})"
+            )
     rehyat = payload["rehyat"]
     text = [
         "# Recurrent form: eager, compiled, CUDA-graphed, beside the parallel form",
@@ -199,7 +224,7 @@ def render(payload: dict) -> str:
         "compilation included; rel err: against the first row.",
         "",
         markdown_table(
-            ["row", "latent frames", "ms", "× parallel", "peak MiB", "graphs", "first call s", "rel err"],
+            HEADER,
             table,
         ),
         "",
@@ -220,6 +245,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, metavar="ROW")
     parser.add_argument("--chunk-frames", type=int, default=3)
     parser.add_argument("--overlap-frames", type=int, default=1)
+    parser.add_argument(
+        "--chunks-per-call",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="the recurrent rows' chunks per forward call",
+    )
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--reps", type=int, default=10, help="timed calls at most")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the compiled rows")

@@ -85,3 +85,10 @@ def test_bench_model_needs_a_device_it_can_use(tmp_path, capsys):
         pytest.skip("has a GPU")
     assert main(["bench", "model", "--family", "ltx-video", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_model_checks_chunks_per_call_before_it_measures(tmp_path, capsys):
+    args = ["bench", "model", "--size", "tiny", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*args, "--set", "chunks_per_call=0"]) == 2
+    assert "chunks_per_call" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured or written

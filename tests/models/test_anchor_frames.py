@@ -34,3 +34,17 @@ def test_the_processor_runs_the_anchor_in_both_modes():
     assert rel_err(parallel, plain) > 1e-4  # the anchor reaches the op
     with torch.no_grad():
         assert rel_err(recurrent_forward(net, hidden, timestep, context), parallel) <= 1e-4
+
+
+def test_the_anchor_holds_across_calls_of_several_chunks():
+    """With chunks_per_call > 1 the anchor frames arrive inside a call of several chunks and stay in the
+    state for the calls after it."""
+    net = converted(
+        tiny_wan(num_layers=2), chunk_frames=1, overlap_frames=1, feature_init="random", anchor_frames=2
+    )
+    hidden, timestep, context = tiny_inputs(batch=1)
+    parallel = run(net, hidden, timestep, context)
+    with torch.no_grad():
+        for per_call in (2, 3):
+            recurrent = recurrent_forward(net, hidden, timestep, context, chunks_per_call=per_call)
+            assert rel_err(recurrent, parallel) <= 1e-4

@@ -74,6 +74,32 @@ def test_recurrent_equals_parallel(family, chunk, overlap):
     assert rel_err(run(net, inputs), parallel) == 0  # the parallel form is back
 
 
+# Several chunks per forward call: a whole number of calls, a shorter last call, the sliding window.
+PER_CALL = [(f, c, o, k) for f in FAMILIES for c, o, k in ((2, 1, 2), (1, 3, 3))] + [
+    (f, 2, 3, 3) for f in MAIN
+]
+
+
+@pytest.mark.parametrize("family,chunk,overlap,per_call", PER_CALL, ids=str)
+def test_several_chunks_per_call_equal_the_parallel_form(family, chunk, overlap, per_call):
+    """apply_recurrent(chunks_per_call=k): diffusers' forward runs on k chunks at a time (fewer calls, the
+    last one shorter), the attention still attends chunk by chunk, and the result is the parallel form's."""
+    net = converted(family.build(), chunk_frames=chunk, overlap_frames=overlap, feature_init="random")
+    inputs = family.inputs(batch=2)
+    parallel = run(net, inputs)
+    seen = []
+    handle = family.blocks(net)[0].attn1.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+        with_kwargs=True,
+    )
+    with recurrent_mode(net, chunks_per_call=per_call):
+        recurrent = run(net, inputs)
+    handle.remove()
+    frames = [min(per_call * chunk, FRAMES - start) for start in range(0, FRAMES, per_call * chunk)]
+    assert seen == [f * SIZE * SIZE for f in frames]
+    assert rel_err(recurrent, parallel) <= 1e-4
+
+
 @by_name
 def test_checkpoint_round_trip(family, tmp_path):
     config = ReHyAtConfig(chunk_frames=2, overlap_frames=1, blocks=[1], feature_init="random")

@@ -19,7 +19,7 @@ from rehyat.attention.hybrid.common import DENOMINATOR_EPS
 from rehyat.models import convert, converted_blocks, family_of, feature_maps, read_rehyat_config
 from rehyat.models.adapter import ReHyAtRuntime
 from rehyat.models.cogvideox import COGVIDEOX, cogvideox_rotary
-from rehyat.models.hooks import compile_recurrent, is_recurrent, recurrent_mode
+from rehyat.models.hooks import apply_recurrent, compile_recurrent, is_recurrent, recurrent_mode
 from rehyat.models.hunyuan_video import HUNYUAN_VIDEO
 from rehyat.models.joint import JointPlan, ReHyAtJointAttnProcessor
 
@@ -268,6 +268,9 @@ def test_compile_recurrent_refuses_the_joint_families(family):
     inputs = family.inputs_for(net)
     with recurrent_mode(net):  # the eager recurrent mode does serve them
         assert run(net, inputs) is not None
+    with pytest.raises(ValueError, match=r"joint-attention families .* one chunk per call"):
+        apply_recurrent(net, chunks_per_call=2)
+    assert not is_recurrent(net)
 
 
 def _pipeline(family, model):

@@ -49,6 +49,26 @@ def test_graphs_do_not_grow_with_chunks(chunk, overlap, extra, batch, graphs):
     assert not is_recurrent(net)
 
 
+def test_several_chunks_per_call_make_one_graph_per_call_shape():
+    """compile_recurrent(chunks_per_call=2): the first call and the steady call, whatever the length."""
+    model = tiny_wan(num_layers=1)
+    reference = converted(model, chunk_frames=2, overlap_frames=1)
+    net = compile_recurrent(
+        converted(model, chunk_frames=2, overlap_frames=1), chunks_per_call=2, backend="eager"
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    for frames in (8, 12, 16):
+        hidden, timestep, context = tiny_inputs(frames=frames)
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=frames > 8):
+            compiled = run(net, hidden, timestep, context)
+        assert counters["stats"]["unique_graphs"] == 2
+        assert rel_err(compiled, run(reference, hidden, timestep, context)) <= 1e-4  # the parallel form
+    with pytest.raises(ValueError, match="applied with 2"):
+        compile_recurrent(net, chunks_per_call=3)
+    remove_recurrent(net)
+
+
 @pytest.mark.parametrize("blocks", [1, 4])
 def test_graphs_do_not_grow_with_blocks_on_the_kernels(blocks, monkeypatch):
     """The backend (kernels or PyTorch) is resolved inside the compiled chunk forward, in every block. Dynamo

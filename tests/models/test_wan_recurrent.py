@@ -145,6 +145,9 @@ def test_recurrent_errors(model):
         recurrent_forward(net, hidden, timestep[:, None].expand(1, 16 * FRAMES - 1), context)
     with pytest.raises(ValueError, match=r"\[B, C, F, H, W\]"):
         recurrent_forward(net, hidden[0], timestep, context)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="chunks_per_call"):
+            recurrent_forward(net, hidden, timestep, context, chunks_per_call=bad)
 
 
 def test_an_empty_batch_gives_an_empty_result(model):

@@ -50,6 +50,7 @@ from rehyat.experiments.common import (
     time_ms,
     write_json,
 )
+from rehyat.utils import check_int
 
 ROWS = ("original", "parallel", "recurrent")
 SHAPE = dict(height=480, width=832, latent_height=60, latent_width=104, text_tokens=512)
@@ -226,10 +227,11 @@ def _error_text(error: RuntimeError) -> str:
     return "OOM" if is_oom(error) else f"{type(error).__name__}: {str(error)[:160]}"
 
 
-def _forward(model, inputs: dict, recurrent: bool) -> torch.Tensor:
+def _forward(model, inputs: dict, recurrent: bool, chunks_per_call: int = 1) -> torch.Tensor:
     from rehyat.models.hooks import recurrent_mode
 
-    with recurrent_mode(model) if recurrent else contextlib.nullcontext():
+    mode = recurrent_mode(model, chunks_per_call=chunks_per_call) if recurrent else contextlib.nullcontext()
+    with mode:
         return model(**inputs, return_dict=False)[0]
 
 
@@ -243,9 +245,11 @@ def run_benchmark(
     device: str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
     on_record: Callable[[dict], object] | None = None,
+    chunks_per_call: int = 1,
 ) -> list[dict]:
     """Measure each row at each frame count; the original first, then the model is converted in place.
-    ``on_record`` is called with each measurement as it is made (the CLI saves the results so far)."""
+    ``on_record`` is called with each measurement as it is made (the CLI saves the results so far);
+    ``chunks_per_call``: the recurrent row's (:func:`rehyat.models.hooks.apply_recurrent`)."""
     from rehyat import ReHyAtConfig, convert
     from rehyat.models import rehyat_runtime
     from rehyat.models.architectures import PUBLISHED, architecture
@@ -263,7 +267,7 @@ def run_benchmark(
             inputs = forward_inputs(model, arch, count, device, dtype)
 
             def call(inputs=inputs, recurrent=row == "recurrent"):
-                return _forward(model, inputs, recurrent)
+                return _forward(model, inputs, recurrent, chunks_per_call)
 
             record = {
                 "row": row,
@@ -425,7 +429,8 @@ def render(payload: dict, out_dir: Path) -> None:
         f"{shape['height']}×{shape['width']} → latent {shape['latent_height']}×{shape['latent_width']} → "
         f"{shape['frame_tokens']} tokens per latent frame ({shape['temporal_compression']} video frames "
         f"each), {shape['text_tokens']} text tokens, batch 1, {dtype}; ReHyAt on all {blocks} blocks, "
-        f"Tc={REHYAT['chunk_frames']}, To={REHYAT['overlap_frames']}, causal. Median ms "
+        f"Tc={REHYAT['chunk_frames']}, To={REHYAT['overlap_frames']}, causal; the recurrent row runs "
+        f"{payload.get('chunks_per_call', 1)} chunk(s) per forward call. Median ms "
         "(CUDA events; on a CPU the wall clock, and no memory column); peak MiB = max_memory_allocated "
         "during the forward minus what was allocated before it (weights, latents, text embeddings): "
         "activation memory. Speedup and memory ratio vs the original at the same frame count.",
@@ -525,6 +530,9 @@ class ModelBenchSettings:
     """Timed calls per row at most (default 10; ``quick``: 3); 1 for a model whose forward takes seconds."""
     skip_parity: bool = False
     """Skip the recurrent-vs-parallel check."""
+    chunks_per_call: int = 1
+    """Chunks per forward call of the recurrent row (:func:`rehyat.models.hooks.apply_recurrent`): more is
+    fewer calls at more activation memory."""
     out: str = "bench/results"
     """Folder for model.json/.md/.png (model_<family>.* beside Wan)."""
     render_only: bool = False
@@ -560,6 +568,7 @@ def run(settings: ModelBenchSettings) -> int:
         raise ValueError(f"--frames must all be >= 1, got {frames}")
     if settings.reps is not None and settings.reps < 1:
         raise ValueError(f"reps must be >= 1, got {settings.reps}")
+    check_int("chunks_per_call", settings.chunks_per_call, minimum=1)
     rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
     max_reps = settings.reps or max_reps
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -571,6 +580,7 @@ def run(settings: ModelBenchSettings) -> int:
         "blocks": _blocks(arch),
         "shape": _shape(arch),
         "rehyat": REHYAT,
+        "chunks_per_call": settings.chunks_per_call,
         "parity": None,
         "results": [],
     }
@@ -585,7 +595,15 @@ def run(settings: ModelBenchSettings) -> int:
         write_json(payload, results_json)
 
     run_benchmark(
-        sorted(frames), rows, rep_ms, max_reps, arch=arch, device=device, dtype=dtype, on_record=save
+        sorted(frames),
+        rows,
+        rep_ms,
+        max_reps,
+        arch=arch,
+        device=device,
+        dtype=dtype,
+        on_record=save,
+        chunks_per_call=settings.chunks_per_call,
     )
     payload["note"] = _note(payload["results"])
     write_json(payload, results_json)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from rehyat.attention import AttentionStats, Geometry, HybridAttentionState, PolynomialFeatureMap
-from rehyat.attention.hybrid import attend, attend_step
+from rehyat.attention.hybrid import attend, attend_recurrent, attend_step
 from rehyat.attention.kernels import BACKENDS, Backend
 from rehyat.baselines import ATTENTION_VARIANTS, call_keywords, uniform_hybrid_attention
 from rehyat.models.config import ReHyAtConfig
@@ -348,7 +348,8 @@ class ReHyAtAttnProcessor:
     computes them: projections, QK norm, RoPE) and :meth:`feature_input` (what φ reads of them). The
     attention is :func:`rehyat.hybrid_attention` with the teacher's scale (1/sqrt(head_dim), as SDPA uses),
     with φq, φk read from the attention module. In streaming mode each call is one chunk of whole frames
-    and :func:`rehyat.hybrid_attention_step` carries ``state`` to the next call.
+    (or several, attended chunk by chunk) and :func:`rehyat.hybrid_attention_step` carries ``state`` to
+    the next call.
     """
 
     def __init__(self, runtime: ReHyAtRuntime, stats: AttentionStats | None = None) -> None:
@@ -399,17 +400,30 @@ class ReHyAtAttnProcessor:
                 phi_q, phi_k = fq, fk
                 fq = lambda q: phi_q(self.feature_input(config, q, rotary_emb))  # noqa: E731
                 fk = lambda k: phi_k(self.feature_input(config, k, rotary_emb))  # noqa: E731
-            out, self.state = attend_step(
-                query,
-                key,
-                value,
-                fq,
-                fk,
-                self.state,
-                geometry,
-                stats=self.stats,
-                backend=self.runtime.backend,
-            )
+            if grid[0] > config.chunk_frames:  # a call of several chunks (apply_recurrent's chunks_per_call)
+                out, self.state = attend_recurrent(
+                    query,
+                    key,
+                    value,
+                    fq(query),
+                    fk(key),
+                    self.state,
+                    geometry,
+                    stats=self.stats,
+                    backend=self.runtime.backend,
+                )
+            else:
+                out, self.state = attend_step(
+                    query,
+                    key,
+                    value,
+                    fq,
+                    fk,
+                    self.state,
+                    geometry,
+                    stats=self.stats,
+                    backend=self.runtime.backend,
+                )
         else:
             fq = fk = None
             if hasattr(attn, PHI_Q):  # every variant but "local"

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from rehyat.attention import HybridAttentionState
 from rehyat.models.adapter import ReHyAtRuntime, converted_blocks, rehyat_runtime
 from rehyat.models.wan import rotary_at_frames
+from rehyat.utils import check_int
 
 CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
 ROTARY_HOOK = "rehyat_absolute_frames_rotary"
@@ -125,10 +126,13 @@ class ChunkedForwardHook(ModelHook):
     """On the transformer: one call = one sweep over the chunks through diffusers' own forward (see the
     module docstring)."""
 
-    def __init__(self, runtime: ReHyAtRuntime, rotary: AbsoluteFramesRotaryHook | None) -> None:
+    def __init__(
+        self, runtime: ReHyAtRuntime, rotary: AbsoluteFramesRotaryHook | None, chunks_per_call: int = 1
+    ) -> None:
         super().__init__()
         self.runtime = runtime
         self.rotary = rotary
+        self.chunks_per_call = chunks_per_call
         # What runs one chunk: diffusers' forward, or its compiled form (compile_recurrent).
         self.chunk_forward: Callable | None = None
         self.graphed = False
@@ -144,7 +148,7 @@ class ChunkedForwardHook(ModelHook):
             return Transformer2DModelOutput(sample=output) if return_dict else (output,)
         frames, rows, cols = grid
         axis, per_frame = family.frame_axis(module, grid)
-        chunk_frames = self.runtime.config.chunk_frames
+        call_frames = self.runtime.config.chunk_frames * self.chunks_per_call
         forward = self.fn_ref.original_forward if self.chunk_forward is None else self.chunk_forward
         rope = family.rope(module)
         processors = [family.attention(module, i).processor for i in range(len(family.blocks(module)))]
@@ -152,8 +156,8 @@ class ChunkedForwardHook(ModelHook):
         try:
             for processor in processors:
                 processor.state = None
-            for start in range(0, frames, chunk_frames):
-                stop = min(start + chunk_frames, frames)
+            for start in range(0, frames, call_frames):
+                stop = min(start + call_frames, frames)
                 if self.rotary is not None:
                     self.rotary.start = torch.full((), start, dtype=torch.int64, device=rope.freqs_cos.device)
                 chunk = family.chunk_call(module, call, start, stop, grid)
@@ -187,12 +191,24 @@ def is_recurrent(transformer: nn.Module) -> bool:
     return registry is not None and registry.get_hook(CHUNKED_FORWARD_HOOK) is not None
 
 
-def apply_recurrent(transformer: nn.Module) -> nn.Module:
+def apply_recurrent(transformer: nn.Module, *, chunks_per_call: int = 1) -> nn.Module:
     """Make every call of a converted transformer (all blocks, causal) run recurrently, chunk by chunk,
     through diffusers' hooks — e.g. inside an unmodified ``WanPipeline.__call__`` or ``LTXPipeline.__call__``.
     Undo with :func:`remove_recurrent`. Run it under ``torch.no_grad()`` for constant memory (the
-    pipeline does): with autograd on, the graph keeps every chunk's activations. Returns ``transformer``."""
+    pipeline does): with autograd on, the graph keeps every chunk's activations. Returns ``transformer``.
+
+    ``chunks_per_call`` = k runs diffusers' forward on k chunks at a time (the attention still attends
+    them one by one, from the state): the same result, k× the activation memory (still independent of
+    the video's length), and 1/k of the forward calls, whose per-call cost (kernel launches, small
+    matrix products) is what makes the one-chunk sweep slower than the parallel form. Not for the
+    joint-attention families (HunyuanVideo, CogVideoX), whose calls are one chunk."""
     runtime = check_recurrent(transformer)
+    check_int("chunks_per_call", chunks_per_call, minimum=1)
+    if chunks_per_call > 1 and runtime.joint is not None:
+        raise ValueError(
+            f"chunks_per_call={chunks_per_call}: the joint-attention families (HunyuanVideo, CogVideoX) run "
+            "one chunk per call; use chunks_per_call=1"
+        )
     if is_recurrent(transformer):
         raise ValueError("the recurrent mode is already applied to this transformer")
     family = runtime.family
@@ -206,13 +222,15 @@ def apply_recurrent(transformer: nn.Module) -> nn.Module:
                 (ffn, FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK)
                 for ffn in family.feed_forwards(transformer)
             ),
-            (transformer, ChunkedForwardHook(runtime, rotary), CHUNKED_FORWARD_HOOK),
+            (transformer, ChunkedForwardHook(runtime, rotary, chunks_per_call), CHUNKED_FORWARD_HOOK),
         ],
     )
     return transformer
 
 
-def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
+def compile_recurrent(
+    transformer: nn.Module, *, chunks_per_call: int | None = None, **compile_kwargs
+) -> nn.Module:
     """Run each chunk of the recurrent mode through ``torch.compile`` of diffusers' forward.
 
     The sweep over chunks stays in Python and each chunk is one call of the compiled forward, its position
@@ -226,7 +244,8 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
     ``mode="reduce-overhead"`` (CUDA only)
     replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
     every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
-    :func:`remove_recurrent` undoes both. Returns ``transformer``. Not for the joint-attention families
+    :func:`remove_recurrent` undoes both (``chunks_per_call`` goes to it; None: 1, or what an earlier
+    :func:`apply_recurrent` set). Returns ``transformer``. Not for the joint-attention families
     (HunyuanVideo, CogVideoX): their chunk calls slice RoPE at Python-int starts, which would recompile
     per chunk position (:func:`recurrent_mode` runs them eagerly).
     """
@@ -237,8 +256,13 @@ def compile_recurrent(transformer: nn.Module, **compile_kwargs) -> nn.Module:
             "position would recompile); run them with recurrent_mode or apply_recurrent uncompiled"
         )
     if not is_recurrent(transformer):
-        apply_recurrent(transformer)
+        apply_recurrent(transformer, chunks_per_call=chunks_per_call or 1)
     hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
+    if chunks_per_call is not None and chunks_per_call != hook.chunks_per_call:
+        raise ValueError(
+            f"chunks_per_call={chunks_per_call}, but the recurrent mode was applied with "
+            f"{hook.chunks_per_call}: remove_recurrent first"
+        )
     compile_kwargs.setdefault("dynamic", False)
     family = rehyat_runtime(transformer).family
     counting = any(
@@ -264,12 +288,12 @@ def remove_recurrent(transformer: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def recurrent_mode(transformer: nn.Module) -> Iterator[nn.Module]:
+def recurrent_mode(transformer: nn.Module, *, chunks_per_call: int = 1) -> Iterator[nn.Module]:
     """:func:`apply_recurrent` for the duration of a ``with`` block (nothing to do if already applied)."""
     if is_recurrent(transformer):
         yield transformer
         return
-    apply_recurrent(transformer)
+    apply_recurrent(transformer, chunks_per_call=chunks_per_call)
     try:
         yield transformer
     finally:
@@ -282,6 +306,8 @@ def recurrent_forward(
     timestep: Tensor,
     encoder_hidden_states: Tensor,
     encoder_hidden_states_image: Tensor | None = None,
+    *,
+    chunks_per_call: int = 1,
 ) -> Tensor:
     """The whole-model recurrent forward of a fully converted, causal Wan DiT (docs/method.md §4, §8):
     diffusers' own ``WanTransformer3DModel.forward`` run chunk by chunk inside :func:`recurrent_mode`;
@@ -293,9 +319,9 @@ def recurrent_forward(
     with ``causal=True``. ``timestep`` is one value per batch element, or one per token ([B, N],
     Wan2.2-TI2V). Each call starts from fresh states, so a call is one denoising step of one CFG branch.
     Run it under ``torch.no_grad()``/``torch.inference_mode()`` for constant memory: with autograd on,
-    the graph keeps every chunk's activations.
+    the graph keeps every chunk's activations. ``chunks_per_call``: as in :func:`apply_recurrent`.
     """
-    with recurrent_mode(transformer):
+    with recurrent_mode(transformer, chunks_per_call=chunks_per_call):
         return transformer(
             hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict=False
         )[0]

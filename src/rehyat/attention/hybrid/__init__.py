@@ -7,7 +7,8 @@
 - :mod:`.parallel` — :func:`hybrid_attention`, the public parallel form, and :func:`attend`, the same
   with a :class:`Geometry` in place of the geometry's keywords;
 - :mod:`.recurrent` — :func:`hybrid_attention_step` / :func:`recurrent_hybrid_attention`, the chunk-wise
-  RNN form, its :class:`HybridAttentionState`, and :func:`attend_step` (the step given a :class:`Geometry`);
+  RNN form, its :class:`HybridAttentionState`, and :func:`attend_step` / :func:`attend_recurrent` (a step,
+  or several chunks from a state, given a :class:`Geometry`);
 - :mod:`.custom_ops` — the ops registered with ``torch.library`` and the registry of backends
   (:data:`~.custom_ops.IMPLEMENTATIONS`) that every call dispatches through;
 - :mod:`.kernels` — the fused Triton kernels and their launchers.
@@ -21,6 +22,7 @@ from rehyat.attention.hybrid.geometry import Geometry
 from rehyat.attention.hybrid.parallel import attend, hybrid_attention
 from rehyat.attention.hybrid.recurrent import (
     HybridAttentionState,
+    attend_recurrent,
     attend_step,
     hybrid_attention_step,
     recurrent_hybrid_attention,
@@ -32,6 +34,7 @@ __all__ = [
     "Geometry",
     "HybridAttentionState",
     "attend",
+    "attend_recurrent",
     "attend_step",
     "hybrid_attention",
     "hybrid_attention_step",

@@ -454,11 +454,39 @@ def recurrent_hybrid_attention(
             "for the bidirectional variant"
         )
     check_bool("output_final_state", output_final_state)
-    frames = validate_inputs(q, k, v, fq, fk, frame_tokens)
+    global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
+    output, state = attend_recurrent(
+        q, k, v, fq, fk, initial_state, geometry, stats=stats, backend=backend, **global_keys
+    )
+    return (output, state) if output_final_state else output
+
+
+def attend_recurrent(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor,
+    fk: Tensor,
+    state: HybridAttentionState | None,
+    geometry: Geometry,
+    *,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+) -> tuple[Tensor, HybridAttentionState]:
+    """:func:`recurrent_hybrid_attention` given one causal :class:`Geometry`, from ``state`` (None: the
+    video's first frames) to (output, state after the last frame): the frames are attended in chunks of
+    ``geometry.chunk_frames``, one :func:`attend_step` each."""
+    if not isinstance(geometry, Geometry):
+        raise ValueError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    if not geometry.causal:
+        raise ValueError("the recurrent form is causal only (docs/method.md §4): it takes a causal Geometry")
+    frames = validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
     step_tokens = geometry.chunk_tokens(frames)
     stream = replace(geometry, chunk_frames=None)  # each step: one chunk
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
-    state = initial_state
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
     inference = not needs_grad(q, k, v, fq, fk) and not torch.compiler.is_compiling()
@@ -470,5 +498,4 @@ def recurrent_hybrid_attention(
         rows = None if output is None else output[:, piece]
         out, state = attend_step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
         outputs.append(out)
-    output = output if output is not None else torch.cat(outputs, dim=1)
-    return (output, state) if output_final_state else output
+    return (output if output is not None else torch.cat(outputs, dim=1)), state
