@@ -97,6 +97,7 @@ def _one_line_error(capsys, match: str, *, alone: bool = True) -> str:
         (lambda tmp: ["--seed", str(2**64)], "--seed must be <="),
         (lambda tmp: ["--chunk-frames", "0"], "chunk_frames must be >= 1"),
         (lambda tmp: ["--overlap-frames", "-1"], "overlap_frames must be >= 0"),
+        (lambda tmp: ["--chunks-per-call", "0"], "--chunks-per-call must be >= 1"),
         (lambda tmp: ["--device", "cudax"], r"--device: device 'cudax' is not a device torch knows"),
         (lambda tmp: ["--device", "cuda:99"], r"--device: device 'cuda:99': "),
         (lambda tmp: ["--device", "meta"], "--device: device must be cpu, cuda"),

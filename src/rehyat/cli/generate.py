@@ -55,6 +55,8 @@ def _check_args(args: argparse.Namespace):
             "--model toy is the toy teacher, a pixel-space model with no VAE or UMT5 text encoder, not a "
             "Wan pipeline; sample it with rehyat toy generate (one video) or rehyat toy eval (ToyBench)"
         )
+    if args.chunks_per_call < 1:
+        raise ValueError(f"--chunks-per-call must be >= 1, got {args.chunks_per_call}")
     check_pipeline_folder(args.model, text_encoder=True)
     temporal, multiple = pipeline_geometry(args.model)
     if (args.frames - 1) % temporal:
@@ -116,6 +118,7 @@ def _main(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         generator=torch.Generator(device=device).manual_seed(args.seed),
+        chunks_per_call=args.chunks_per_call,
     )
     path = write_video(frames[0], args.output, fps=args.fps)
     print(
@@ -163,6 +166,13 @@ def register(commands) -> None:
         "--overlap-frames",
         type=int,
         help=f"To when converting without --rehyat (default {_DEFAULT_OVERLAP_FRAMES})",
+    )
+    parser.add_argument(
+        "--chunks-per-call",
+        type=int,
+        default=1,
+        help="chunks per transformer call in the recurrent sweep: fewer calls (faster) for more activation "
+        "memory, the same video",
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (default bf16 on GPU)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")

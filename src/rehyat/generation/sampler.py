@@ -160,6 +160,7 @@ def generate_video(
     generator: torch.Generator | None = None,
     max_sequence_length: int | None = None,
     progress: bool = True,
+    chunks_per_call: int = 1,
 ) -> np.ndarray:
     """Text-to-video with a family's own pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``,
     ``LTXPipeline``, ``HunyuanVideoPipeline``, ``CogVideoXPipeline``) whose transformer is converted (all
@@ -167,7 +168,8 @@ def generate_video(
 
     Every argument is checked first; then the pipeline's own ``__call__`` runs (text encoding, its
     scheduler, the VAE, post-processing) with the transformer in the recurrent mode
-    (:func:`rehyat.models.hooks.recurrent_mode`). ``max_sequence_length``: the text tokens (None: the
+    (:func:`rehyat.models.hooks.recurrent_mode`, ``chunks_per_call`` chunks per transformer call).
+    ``max_sequence_length``: the text tokens (None: the
     pipeline's default, Wan's 512, LTX-Video's 128, HunyuanVideo's 256, CogVideoX's 226).
     ``guidance_scale`` is HunyuanVideoPipeline's embedded guidance (its model is guidance-distilled; it
     samples without a negative prompt), the other pipelines' CFG scale. Precomputed ``prompt_embeds``
@@ -178,6 +180,7 @@ def generate_video(
     from rehyat.models.adapter import vae_compression
 
     check_sampling(num_inference_steps, guidance_scale)
+    check_int("chunks_per_call", chunks_per_call, minimum=1)
     family = family_of(pipe.transformer)
     temporal, spatial = vae_compression(pipe)
     latent_shape(
@@ -198,7 +201,7 @@ def generate_video(
     progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(**{**progress_config, "disable": not progress})
     try:
-        with recurrent_mode(pipe.transformer):
+        with recurrent_mode(pipe.transformer, chunks_per_call=chunks_per_call):
             video = pipe(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
