@@ -300,7 +300,6 @@ def encode_video(vae: torch.nn.Module, video: Tensor, family: FamilyAdapter | No
     return (family or WAN).normalize_latents(vae, z)[0].cpu()
 
 
-@torch.no_grad()
 def encode_prompt(
     pipeline: Any, prompt: str, max_sequence_length: int | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -308,7 +307,8 @@ def encode_prompt(
     (default: what the pipeline's ``__call__`` pads to): its embedding [L, D] and the other outputs the
     family's transformer takes, by their conditioning names (LTX-Video's T5 mask
     ``prompt_attention_mask`` [L]; HunyuanVideo's Llama mask and pooled CLIP projection
-    ``pooled_prompt_embeds`` [P]). Masks are stored as float."""
+    ``pooled_prompt_embeds`` [P]). Masks are stored as float. Called with grad mode as it is (as build-dataset
+    always called Wan's, whose bytes stay the same: no_grad changes the last bit of some kernels)."""
     if max_sequence_length is None:
         max_sequence_length = inspect.signature(pipeline.__call__).parameters["max_sequence_length"].default
     options = {"max_sequence_length": max_sequence_length}
