@@ -67,25 +67,23 @@ def _read_manifest(manifest: Path) -> list[dict]:
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
-    from rehyat.training.data import build_latent_dataset, load_encoders
+    from rehyat.training.data import build_dataset_from_folder
 
     manifest = Path(args.manifest)
     rows = _read_manifest(manifest)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vae, pipe = load_encoders(args.model, device)
-    videos = [manifest.parent / row["video"] for row in rows]
-    out = build_latent_dataset(
+    out = build_dataset_from_folder(
+        args.model,
         args.out,
-        videos,
-        vae,
-        prompts=[row["prompt"] for row in rows],
-        pipeline=pipe,
+        [manifest.parent / row["video"] for row in rows],
+        [row["prompt"] for row in rows],
         num_frames=args.frames,
         height=args.height,
         width=args.width,
         shard_size=args.shard_size,
+        device=device,
     )
     print(f"wrote {len(rows)} samples to {out}")
     return 0
@@ -112,14 +110,23 @@ def register(commands) -> None:
     finetune.set_defaults(handler=_finetune)
 
     build = commands.add_parser(
-        "build-dataset", help="encode videos + prompts with a local Wan folder into a finetune dataset"
+        "build-dataset",
+        help="encode videos + prompts with a local pipeline folder (Wan2.1/2.2, SkyReels-V2, LTX-Video, "
+        "HunyuanVideo, CogVideoX) into a finetune dataset",
     )
-    build.add_argument("--model", required=True, help="local diffusers Wan folder (vae, text_encoder)")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="local diffusers pipeline folder of any family (its model_index.json names the pipeline; "
+        "vae and text encoders are read)",
+    )
     build.add_argument(
         "--manifest", required=True, help='JSON lines {"video": path relative to the file, "prompt": text}'
     )
     build.add_argument("--out", required=True, help="new dataset folder")
-    build.add_argument("--frames", type=int, default=81)
+    build.add_argument(
+        "--frames", type=int, default=81, help="tk + 1 for the VAE's temporal compression t (LTX-Video: 8)"
+    )
     build.add_argument("--height", type=int, default=480)
     build.add_argument("--width", type=int, default=832)
     build.add_argument("--shard-size", type=int, default=64)

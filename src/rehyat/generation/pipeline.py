@@ -124,14 +124,16 @@ def pipeline_geometry(folder: str | os.PathLike) -> tuple[int, int]:
     ``spatial_compression_ratio``, or its ``patch_size_t``/``patch_size`` × 2^(scaling stages) as diffusers
     computes them when those are null; HunyuanVideo's the same names; CogVideoX's
     ``temporal_compression_ratio`` and 2^(``len(block_out_channels)`` − 1), as its pipeline computes it)
-    and the transformer's spatial ``patch_size``. A config without the
+    and the transformer's spatial ``patch_size``. A config (or transformer) without the
     fields falls back to the family's row of :data:`PIPELINE_GEOMETRY`; a field that is not a positive int
     is a ValueError naming the file."""
     folder = Path(folder)
     temporal, multiple = PIPELINE_GEOMETRY[read_json_object(folder / "model_index.json")["_class_name"]]
     vae_path, transformer_path = folder / "vae" / "config.json", folder / "transformer" / "config.json"
     vae_temporal, vae_spatial = _vae_strides(vae_path, read_json_object(vae_path))
-    patch = _spatial_patch(transformer_path, read_json_object(transformer_path))
+    patch = None  # a folder without a transformer (one for build-dataset) takes the table's multiple
+    if transformer_path.is_file():
+        patch = _spatial_patch(transformer_path, read_json_object(transformer_path))
     if vae_temporal is not None:
         temporal = vae_temporal
     if vae_spatial is not None and patch is not None:

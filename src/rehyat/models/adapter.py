@@ -163,6 +163,14 @@ class FamilyAdapter:
         """The channels C of the VAE latent [B, C, F, H, W] the model denoises."""
         return transformer.config.in_channels
 
+    def normalize_latents(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        """The VAE's latent [B, C, F, H, W] as the model denoises it: normalised as the family's pipeline
+        un-normalises it before decoding (Wan's: (z − latents_mean) / latents_std, from the VAE config)."""
+        shape = (1, -1, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(latents)
+        return (latents - mean) / std
+
     def denoiser_inputs(
         self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
     ) -> dict:

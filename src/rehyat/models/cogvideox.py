@@ -206,6 +206,12 @@ class CogVideoXAdapter(JointAdapter):
     def text_dim(self, transformer: nn.Module) -> int:
         return transformer.config.text_embed_dim
 
+    def normalize_latents(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        """z · scaling_factor, as CogVideoXVideoToVideoPipeline scales encoded videos (CogVideoXPipeline
+        divides by it before decoding); the latent stays [B, C, F, H, W], :meth:`denoiser_inputs` puts
+        the frames first."""
+        return latents * vae.config.scaling_factor
+
     def denoiser_inputs(
         self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
     ) -> dict:

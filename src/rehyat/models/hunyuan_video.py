@@ -171,6 +171,10 @@ class HunyuanVideoAdapter(JointAdapter):
     def text_dim(self, transformer: nn.Module) -> int:
         return transformer.config.text_embed_dim
 
+    def normalize_latents(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        """z · scaling_factor: HunyuanVideoPipeline divides by the VAE's ``scaling_factor`` before decoding."""
+        return latents * vae.config.scaling_factor
+
     def feature_input(self, transformer: nn.Module) -> Callable[[ReHyAtConfig, Tensor, object], Tensor]:
         return partial(feature_input, temporal_channels=transformer.config.rope_axes_dim[0])
 

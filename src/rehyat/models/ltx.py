@@ -121,11 +121,27 @@ class LTXVideoAdapter(FamilyAdapter):
         config = transformer.config
         return config.in_channels // (config.patch_size_t * config.patch_size**2)
 
+    def normalize_latents(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        """``LTXPipeline._normalize_latents``: (z − latents_mean) · scaling_factor / latents_std, with the
+        VAE's ``latents_mean``/``latents_std`` buffers."""
+        mean, std = (
+            buffer.view(1, -1, 1, 1, 1).to(latents) for buffer in (vae.latents_mean, vae.latents_std)
+        )
+        return (latents - mean) * vae.config.scaling_factor / std
+
     def denoiser_inputs(
-        self, transformer: nn.Module, latents: Tensor, timestep: Tensor, prompt_embeds: Tensor
+        self,
+        transformer: nn.Module,
+        latents: Tensor,
+        timestep: Tensor,
+        prompt_embeds: Tensor,
+        prompt_attention_mask: Tensor | None = None,
     ) -> dict:
         """The latent packed as ``LTXPipeline`` packs it ([B, C, F, H, W] → [B, N, C·p_t·p·p], tokens in
-        (frame, row, column) order), every prompt token attended, RoPE scaled as the pipeline scales it."""
+        (frame, row, column) order), the prompt's T5 padding masked by ``prompt_attention_mask`` [B, L]
+        (every token attended where none is given), RoPE scaled as the pipeline scales it."""
+        if prompt_attention_mask is None:
+            prompt_attention_mask = prompt_embeds.new_ones(prompt_embeds.shape[:2])
         p_t, p_h, p_w = self.patch_size(transformer)
         batch, channels, frames, height, width = latents.shape
         packed = latents.reshape(batch, channels, frames // p_t, p_t, height // p_h, p_h, width // p_w, p_w)
@@ -134,7 +150,7 @@ class LTXVideoAdapter(FamilyAdapter):
             hidden_states=packed,
             encoder_hidden_states=prompt_embeds,
             timestep=timestep,
-            encoder_attention_mask=prompt_embeds.new_ones(prompt_embeds.shape[:2]),
+            encoder_attention_mask=prompt_attention_mask,
             num_frames=frames // p_t,
             height=height // p_h,
             width=width // p_w,

@@ -9,12 +9,14 @@ Layout::
     shard-00000.safetensors "latents" [n, C, T, H, W], "prompt_embeds" [n, L, D] (and each
                             conditioning tensor, [n, ...])
 
-Latents are the Wan VAE's, normalised as WanPipeline does ((z − latents_mean) / latents_std); prompt
-embeddings are the UMT5 encoder's last hidden state, zero-padded to L tokens as WanPipeline pads them.
-Another family's samples are its own VAE's latents and text encoder's embeddings, with the other inputs
-its forward takes per prompt as named conditioning tensors (HunyuanVideo: ``pooled_prompt_embeds`` [P],
-its CLIP projection, and optionally ``prompt_attention_mask`` [L]), passed to the family's
-``denoiser_inputs`` by name.
+Latents are [C, T, H, W] (LTX-Video's unpacked, CogVideoX's channels first: the family's adapter lays
+them out for its transformer), the family's VAE posterior mean normalised as its pipeline un-normalises
+it before decoding (Wan, SkyReels-V2: (z − latents_mean) / latents_std; LTX-Video: its
+``_normalize_latents``; HunyuanVideo, CogVideoX: z · scaling_factor). Prompt embeddings are the family's
+text encoder output as its pipeline's ``encode_prompt`` pads it (Wan's UMT5, zero-padded to L tokens),
+with the other inputs its forward takes per prompt as named conditioning tensors (LTX-Video:
+``prompt_attention_mask`` [L]; HunyuanVideo: ``pooled_prompt_embeds`` [P], its CLIP projection, and
+``prompt_attention_mask`` [L]), passed to the family's ``denoiser_inputs`` by name.
 All samples share one shape, so batches are plain stacks. Shards are written first and ``index.json``
 last, so a folder with an index is complete. Shards are read from the folder only: a name that
 resolves outside it (``../x``, an absolute path, a link to a file elsewhere) or a shard listed twice is
@@ -24,6 +26,7 @@ each rank reads, as a pure function of (seed, step): a resumed run needs no data
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -36,6 +39,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from rehyat.models.adapter import FamilyAdapter
+from rehyat.models.wan import WAN
 from rehyat.utils import atomic_write_text, check_int
 
 INDEX = "index.json"
@@ -261,11 +266,17 @@ def read_video(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(frames[..., :3].copy())
 
 
-def prepare_video(frames: Tensor, num_frames: int, height: int, width: int) -> Tensor:
+def prepare_video(
+    frames: Tensor, num_frames: int, height: int, width: int, frames_per_latent: int = 4
+) -> Tensor:
     """uint8 [F, H, W, 3] → float [1, 3, num_frames, height, width] in [−1, 1]: the first frames,
-    resized to cover height × width (aspect kept) and centre-cropped."""
-    if (num_frames - 1) % 4:
-        raise ValueError(f"num_frames must be 4k + 1 for the Wan VAE, got {num_frames}")
+    resized to cover height × width (aspect kept) and centre-cropped. ``num_frames`` is
+    ``frames_per_latent``·k + 1, the VAE's temporal compression (Wan's 4, LTX-Video's 8)."""
+    if (num_frames - 1) % frames_per_latent or num_frames < 1:
+        raise ValueError(
+            f"num_frames must be {frames_per_latent}k + 1 for this VAE (the first frame alone, then "
+            f"{frames_per_latent} per latent frame), got {num_frames}"
+        )
     if frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] < num_frames:
         raise ValueError(
             f"expected at least {num_frames} RGB frames [F, H, W, 3], got shape {tuple(frames.shape)}"
@@ -280,29 +291,98 @@ def prepare_video(frames: Tensor, num_frames: int, height: int, width: int) -> T
 
 
 @torch.no_grad()
-def encode_video(vae: torch.nn.Module, video: Tensor) -> Tensor:
-    """Wan VAE latent [C, T, H, W] of a prepared video, normalised as WanPipeline un-normalises it
-    before decoding: (z − latents_mean) / latents_std, z the posterior mean."""
+def encode_video(vae: torch.nn.Module, video: Tensor, family: FamilyAdapter | None = None) -> Tensor:
+    """The VAE latent [C, T, H, W] of a prepared video (z the posterior mean), normalised as the
+    ``family``'s pipeline un-normalises it before decoding (:meth:`FamilyAdapter.normalize_latents`;
+    default Wan's, (z − latents_mean) / latents_std)."""
     param = next(vae.parameters())
-    z = vae.encode(video.to(param)).latent_dist.mode()[0].float()
-    shape = (-1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape).to(z)
-    std = torch.tensor(vae.config.latents_std).view(shape).to(z)
-    return ((z - mean) / std).cpu()
+    z = vae.encode(video.to(param)).latent_dist.mode().float()
+    return (family or WAN).normalize_latents(vae, z)[0].cpu()
+
+
+def encode_prompt(
+    pipeline: Any, prompt: str, max_sequence_length: int | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One prompt through the pipeline's own ``encode_prompt``, padded to ``max_sequence_length`` tokens
+    (default: what the pipeline's ``__call__`` pads to): its embedding [L, D] and the other outputs the
+    family's transformer takes, by their conditioning names (LTX-Video's T5 mask
+    ``prompt_attention_mask`` [L]; HunyuanVideo's Llama mask and pooled CLIP projection
+    ``pooled_prompt_embeds`` [P]). Masks are stored as float. Called with grad mode as it is (as build-dataset
+    always called Wan's, whose bytes stay the same: no_grad changes the last bit of some kernels)."""
+    if max_sequence_length is None:
+        max_sequence_length = inspect.signature(pipeline.__call__).parameters["max_sequence_length"].default
+    options = {"max_sequence_length": max_sequence_length}
+    if "do_classifier_free_guidance" in inspect.signature(pipeline.encode_prompt).parameters:
+        options["do_classifier_free_guidance"] = False  # HunyuanVideo's has no negative prompt
+    encoded = pipeline.encode_prompt(prompt, **options)
+    conditioning = {}
+    if len(encoded) == 4:  # LTX-Video: (embeds, mask, negative embeds, negative mask)
+        conditioning = {"prompt_attention_mask": encoded[1]}
+    elif len(encoded) == 3:  # HunyuanVideo: (embeds, pooled CLIP projection, mask)
+        conditioning = {"pooled_prompt_embeds": encoded[1], "prompt_attention_mask": encoded[2]}
+    return encoded[0][0].float().cpu(), {name: t[0].float().cpu() for name, t in conditioning.items()}
+
+
+def pipeline_family(model_folder: str | os.PathLike) -> FamilyAdapter:
+    """The family whose text-to-video pipeline the folder's ``model_index.json`` names (``_class_name``);
+    a ValueError naming the file for a folder without one or another pipeline."""
+    from rehyat.models.checkpoint import read_json_object
+
+    index_path = Path(model_folder) / "model_index.json"
+    if not index_path.is_file():
+        raise ValueError(
+            f"{model_folder} is not a local diffusers pipeline folder (model_index.json is missing)"
+        )
+    name = read_json_object(index_path).get("_class_name")
+    return _family_of_pipeline(name, f"{index_path} is for {name!r}")
+
+
+def _family_of_pipeline(name: object, what: str) -> FamilyAdapter:
+    """The family whose text-to-video pipeline class is called ``name``; a ValueError starting with
+    ``what`` that lists the pipelines otherwise."""
+    from rehyat.generation.pipeline import PIPELINES
+    from rehyat.models import FAMILIES
+
+    for family in FAMILIES:
+        if family.pipeline_class == name:
+            return family
+    raise ValueError(f"{what}; build-dataset reads a {', '.join(PIPELINES[:-1])} or {PIPELINES[-1]} folder")
+
+
+def check_video_size(model_folder: str | os.PathLike, num_frames: int, height: int, width: int) -> None:
+    """A one-line ValueError naming the folder unless its VAE and transformer take videos of ``num_frames``
+    frames of height × width (:func:`rehyat.generation.pipeline.pipeline_geometry`: t·k + 1 frames for
+    the VAE's temporal compression t; sides a multiple of its spatial compression × the patch)."""
+    from rehyat.generation.pipeline import pipeline_geometry
+
+    temporal, multiple = pipeline_geometry(model_folder)
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        raise ValueError(
+            f"{model_folder}: its VAE takes {temporal}k + 1 frames (the first alone, then {temporal} per "
+            f"latent frame), got {num_frames}"
+        )
+    if height < 1 or width < 1 or height % multiple or width % multiple:
+        raise ValueError(
+            f"{model_folder}: height and width must be positive multiples of {multiple} (the VAE's spatial "
+            f"compression × the transformer's patch), got {height}×{width}"
+        )
 
 
 def load_encoders(model_folder: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
-    """The VAE (fp32) and a transformer-less ``WanPipeline`` (for ``encode_prompt``) of a local Wan folder."""
-    from diffusers import AutoencoderKLWan, WanPipeline
+    """The VAE (fp32) and the transformer-less family pipeline (for ``encode_prompt``) of a local
+    diffusers folder of any family (:func:`pipeline_family`), each as diffusers' own classes."""
+    import diffusers
 
     folder = Path(model_folder)
-    if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a local diffusers Wan folder (model_index.json is missing)")
+    family = pipeline_family(folder)
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    vae_class = inspect.signature(pipeline_class).parameters["vae"].annotation
+    vae_class = getattr(diffusers, vae_class) if isinstance(vae_class, str) else vae_class
     try:
-        vae = AutoencoderKLWan.from_pretrained(
+        vae = vae_class.from_pretrained(
             folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True
         ).to(device)
-        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=vae, local_files_only=True).to(
+        pipe = pipeline_class.from_pretrained(folder, transformer=None, vae=vae, local_files_only=True).to(
             device
         )
     except OSError as error:  # how diffusers reports missing or unreadable files
@@ -319,33 +399,72 @@ def build_latent_dataset(
     prompts: Sequence[str] | None = None,
     pipeline: Any = None,
     prompt_embeds: Sequence[Tensor] | None = None,
+    family: FamilyAdapter | None = None,
     num_frames: int = 81,
     height: int = 480,
     width: int = 832,
-    max_sequence_length: int = 512,
+    max_sequence_length: int | None = None,
     shard_size: int = 64,
 ) -> Path:
-    """Encode videos (files or uint8 [F, H, W, 3] tensors) with the Wan VAE and pair them with prompt
-    embeddings: given precomputed ([L, D] each), or ``prompts`` encoded by ``pipeline.encode_prompt``
-    (WanPipeline's UMT5, padded to ``max_sequence_length`` as at inference). Writes a dataset folder."""
+    """Encode videos (files or uint8 [F, H, W, 3] tensors) with the family's VAE (:func:`encode_video`)
+    and pair them with prompt embeddings: given precomputed ([L, D] each), or ``prompts`` encoded by
+    ``pipeline.encode_prompt`` with the conditioning the family's transformer takes (:func:`encode_prompt`,
+    padded to ``max_sequence_length``, default the pipeline's inference length). ``family``: default the
+    pipeline's (by its class), or Wan's without one. Writes a dataset folder."""
     if (prompt_embeds is None) == (prompts is None):
         raise ValueError("pass exactly one of prompts (with pipeline) and prompt_embeds")
     if len(prompt_embeds if prompt_embeds is not None else prompts) != len(videos):
         raise ValueError("need one prompt per video")
     if prompts is not None and pipeline is None:
         raise ValueError("encoding prompts needs the pipeline (load_encoders)")
-
-    def embed(index: int) -> Tensor:
-        if prompt_embeds is not None:
-            return prompt_embeds[index]
-        encoded, _ = pipeline.encode_prompt(
-            prompts[index], do_classifier_free_guidance=False, max_sequence_length=max_sequence_length
+    if family is None:
+        family = (
+            WAN
+            if pipeline is None
+            else _family_of_pipeline(type(pipeline).__name__, f"pipeline {type(pipeline).__name__}")
         )
-        return encoded[0].float().cpu()
 
-    def samples() -> Iterable[tuple[Tensor, Tensor]]:
+    def embed(index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if prompt_embeds is not None:
+            return prompt_embeds[index], {}
+        return encode_prompt(pipeline, prompts[index], max_sequence_length)
+
+    def samples() -> Iterable[tuple[Tensor, Tensor, dict[str, Tensor]]]:
         for index, video in enumerate(videos):
             frames = video if isinstance(video, Tensor) else read_video(video)
-            yield encode_video(vae, prepare_video(frames, num_frames, height, width)), embed(index)
+            prepared = prepare_video(frames, num_frames, height, width, family.temporal_compression)
+            yield encode_video(vae, prepared, family), *embed(index)
 
     return write_latent_dataset(out_dir, samples(), shard_size)
+
+
+def build_dataset_from_folder(
+    model_folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    videos: Sequence[str | os.PathLike | Tensor],
+    prompts: Sequence[str],
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    shard_size: int = 64,
+    device: str = "cpu",
+) -> Path:
+    """``rehyat build-dataset``: the videos and prompts encoded with a local pipeline folder of any family
+    (:func:`load_encoders`) into a dataset folder that stage 2 trains that family on. The folder's
+    family and the video size its VAE and transformer take are checked before anything is loaded."""
+    family = pipeline_family(model_folder)
+    check_video_size(model_folder, num_frames, height, width)
+    vae, pipe = load_encoders(model_folder, device)
+    return build_latent_dataset(
+        out_dir,
+        videos,
+        vae,
+        prompts=prompts,
+        pipeline=pipe,
+        family=family,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        shard_size=shard_size,
+    )

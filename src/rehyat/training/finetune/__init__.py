@@ -32,7 +32,8 @@ here.
 
 CLI: ``rehyat finetune [--config run.toml] [--set key=value ...]``, e.g.
 ``rehyat finetune --config run.toml --set optim.lr=2e-5 steps=500 model.rehyat.chunk_frames=3``;
-``rehyat build-dataset --model WAN_FOLDER --manifest videos.jsonl --out DATASET`` makes the dataset.
+``rehyat build-dataset --model PIPELINE_FOLDER --manifest videos.jsonl --out DATASET`` makes the dataset
+(a local pipeline folder of any family).
 """
 
 from rehyat.training.finetune.checkpointing import RESUMABLE_CHANGES
