@@ -18,7 +18,10 @@ from rehyat.toy.model import bundled_student, bundled_teacher
 
 
 def test_measurements_are_interleaved_and_summarised_by_medians():
-    result = measure_scaling(bundled_teacher(), bundled_student(), (2, 3), repeats=2, steps=1)
+    result = measure_scaling(
+        bundled_teacher(), bundled_student(), (2, 3), repeats=2, steps=1, chunks_per_call=2
+    )
+    assert result["chunks_per_call"] == 2
     # Every repeat measures every length, the two models back to back, the first alternating by repeat.
     order = [(r["repeat"], r["frames"], r["model"]) for r in result["raw"]]
     assert order == [
@@ -66,6 +69,9 @@ def test_the_crossover_is_where_the_student_stays_faster():
     assert "At 16 frames the student took 31 ms per frame against the teacher's 12" in text
     assert "cost more per frame the longer the video (12 ms at 16 frames, 55 ms at 128): it overtook" in text
     assert text.endswith("teacher 4 → 32 MiB, student 4 → 32 MiB.")
+    per_call = crossover_text({"rows": rows, "crossover": found, "chunks_per_call": 4}, 1, 3, 144)
+    assert "calls the model once per 4 chunks of 1 latent frame(s) (576 tokens)" in per_call
+    assert "calls the model once per chunk of 1 latent frame(s) (144 tokens)" in text
     # Faster at one length but slower again after it: not a crossover yet.
     assert crossover(_rows([1, 2, 3, 4], [2, 1, 4, 3]))["first_faster"] == 128
     assert crossover(_rows([1, 1, 1, 1], [2, 2, 2, 2]))["first_faster"] is None
@@ -114,7 +120,7 @@ def test_the_peak_is_that_of_the_measured_call(monkeypatch):
     calls = []
     monkeypatch.setattr(toy_scaling, "sample_videos", lambda model, embeds, frames, **_: calls.append(frames))
     monkeypatch.setattr(toy_scaling, "release_free_memory", lambda: calls.append("release"))
-    row = toy_scaling._measure(str(bundled_teacher()), None, 3, 1, "cpu", 1)
+    row = toy_scaling._measure(str(bundled_teacher()), None, 3, 1, "cpu", 1, 1)
     assert calls == [3, "release", 3] and row["frames"] == 3 and row["peak_mib"] >= 0
 
 

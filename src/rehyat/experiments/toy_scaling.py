@@ -84,10 +84,13 @@ def release_free_memory() -> None:
     trim(0)
 
 
-def _measure(teacher: str, rehyat: str | None, frames: int, steps: int, device: str, threads: int) -> dict:
+def _measure(
+    teacher: str, rehyat: str | None, frames: int, steps: int, device: str, threads: int, chunks_per_call: int
+) -> dict:
     """Worker body: time and peak memory (above the loaded model) of generating one video of ``frames``
     latent frames in ``steps`` sampler steps without guidance (one branch: the cost per denoising call
-    is what grows with the length); the student (``rehyat`` given) runs recurrently.
+    is what grows with the length); the student (``rehyat`` given) runs recurrently, ``chunks_per_call``
+    chunks per model call.
 
     A warm-up generates the same video first, so the timed call pays no first-call costs of its shapes;
     then the memory it freed is returned (:func:`release_free_memory`; on CUDA the peak statistics are
@@ -101,6 +104,7 @@ def _measure(teacher: str, rehyat: str | None, frames: int, steps: int, device: 
         "first_seed": 0,
         "recurrent": rehyat is not None,
         "space": toy_space(teacher),
+        "chunks_per_call": chunks_per_call,
     }
     sample_videos(model, embeds, frames=frames, **settings)  # warm-up at the measured length
     release_free_memory()
@@ -137,10 +141,12 @@ def measure_scaling(
     steps: int = 1,
     device: str = "cpu",
     threads: int = 2,
+    chunks_per_call: int = 1,
 ) -> dict:
     """Generation time and peak memory of the teacher (parallel) and ``student`` (a ReHyAt checkpoint
     on ``teacher``, recurrent) at each length in ``frames`` (latent frames), ``repeats`` interleaved
     rounds: per round and length the two models back to back, the first of them alternating by round.
+    The student runs ``chunks_per_call`` chunks per model call (:func:`rehyat.models.hooks.apply_recurrent`).
 
     Returns ``rows`` (per model, per length: the median seconds, their range, the median peak MiB and
     ms per frame per step), ``raw`` (every measurement, in the order run), the load averages and
@@ -148,6 +154,7 @@ def measure_scaling(
     check_int("repeats", repeats, 1)
     check_int("steps", steps, 1)
     check_int("threads", threads, 1)
+    check_int("chunks_per_call", chunks_per_call, 1)
     if not frames:
         raise ValueError("frames must name at least one length")
     for length in frames:
@@ -160,7 +167,7 @@ def measure_scaling(
             for length in frames:
                 order = (TEACHER, STUDENT) if repeat % 2 == 0 else (STUDENT, TEACHER)
                 for name in order:
-                    args = (str(teacher), folders[name], length, steps, device, threads)
+                    args = (str(teacher), folders[name], length, steps, device, threads, chunks_per_call)
                     raw.append({"model": name, "repeat": repeat, **pool.apply(_measure, args)})
             load.append(os.getloadavg())
     rows = {
@@ -173,6 +180,7 @@ def measure_scaling(
         "repeats": repeats,
         "steps": steps,
         "threads": threads,
+        "chunks_per_call": chunks_per_call,
         "device": device,
         "cpu_count": os.cpu_count(),
         "load_average": [list(values) for values in load],
@@ -255,9 +263,15 @@ def crossover_text(result: dict, chunk_frames: int, overlap_frames: int, frame_t
             f"faster, {1 / cross['ratio'][str(lengths[-1])]:.1f}× at {lengths[-1]} frames."
         )
     per_frame = [r["ms_per_frame"] for r in student]
+    per_call = result.get("chunks_per_call", 1)
+    calls = (
+        f"once per chunk of {chunk_frames} latent frame(s) ({chunk_frames * frame_tokens} tokens)"
+        if per_call == 1
+        else f"once per {per_call} chunks of {chunk_frames} latent frame(s) "
+        f"({per_call * chunk_frames * frame_tokens} tokens)"
+    )
     text = (
-        f"{where} The recurrent form calls the model once per chunk of {chunk_frames} latent frame(s) "
-        f"({chunk_frames * frame_tokens} tokens), and its time per frame was "
+        f"{where} The recurrent form calls the model {calls}, and its time per frame was "
         f"{statistics.median(per_frame):.0f} ms (median over the lengths; "
         f"{min(per_frame):.0f}–{max(per_frame):.0f}"
         + ("", ": about the same at every length, a cost per chunk that did not grow with the video")[

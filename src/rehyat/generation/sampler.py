@@ -87,6 +87,7 @@ def generate_latents(
     latents: Tensor | None = None,
     progress: bool = True,
     forward: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] = recurrent_forward,
+    chunks_per_call: int = 1,
 ) -> Tensor:
     """Denoise from noise to clean latents [B, C, F, H, W] with a bare ``WanTransformer3DModel``.
 
@@ -94,8 +95,8 @@ def generate_latents(
     ``guidance_scale > 1``), run on a pipeline made of ``transformer`` and a copy of ``scheduler`` only
     (``output_type="latent"``: no text encoder, no VAE), so with the same generator it reproduces the
     pipeline's latents. ``forward``: :func:`rehyat.recurrent_forward` (default: the recurrent mode's
-    hooks are on for the call) or :func:`parallel_forward` (the model as it is, e.g. an unconverted
-    teacher).
+    hooks are on for the call, ``chunks_per_call`` chunks per transformer call) or
+    :func:`parallel_forward` (the model as it is, e.g. an unconverted teacher).
     """
     from diffusers import WanPipeline
 
@@ -115,7 +116,13 @@ def generate_latents(
     pipe.set_progress_bar_config(disable=not progress, desc="denoising")
     _, _, frames, height, width = latent_shape
     device = transformer.device
-    mode = recurrent_mode(transformer) if forward is recurrent_forward else contextlib.nullcontext()
+    check_int("chunks_per_call", chunks_per_call, minimum=1)
+    recurrent = forward is recurrent_forward
+    mode = (
+        recurrent_mode(transformer, chunks_per_call=chunks_per_call)
+        if recurrent
+        else contextlib.nullcontext()
+    )
     with mode:
         return pipe(
             prompt_embeds=prompt_embeds.to(device),

@@ -43,9 +43,11 @@ def sample_videos(
     recurrent: bool,
     batch_size: int = 1,
     space: ToySpace = PIXEL,
+    chunks_per_call: int = 1,
 ) -> list[Tensor]:
     """One video [3, F, H, W] per prompt embedding in ``embeds`` [P, L, D], ``batch_size`` at a time:
-    ``frames`` latent frames of ``space`` (the model's), decoded to video frames.
+    ``frames`` latent frames of ``space`` (the model's), decoded to video frames. ``recurrent``: the
+    recurrent form, ``chunks_per_call`` chunks per model call (:func:`rehyat.models.hooks.apply_recurrent`).
 
     Prompt i gets the noise of seed ``first_seed + i`` whatever the batch size, so batching changes a
     video only by float rounding (the denoising loop and the scheduler act per batch element).
@@ -82,6 +84,7 @@ def sample_videos(
             latents=noise,
             progress=False,
             forward=recurrent_forward if recurrent else parallel_forward,
+            chunks_per_call=chunks_per_call,
         )
         videos.extend(space.decode(latents.float().cpu()).unbind(0))
     return videos

@@ -54,6 +54,7 @@ class RecipeSettings:
     eval_prompts: int = 6
     sample_steps: int = 12
     sample_batch: int = 8  # videos denoised at once (each keeps its own seed's noise)
+    chunks_per_call: int = 1  # recurrent sampling: chunks per model call (the same videos, fewer calls)
     guidance_scale: float = 4.0  # when sampling for evaluation (the bundled teacher needs it)
     distill_guidance_scale: float = 1.0  # while capturing: one branch, half the cost
     long_factor: int = 4
@@ -73,6 +74,7 @@ class RecipeSettings:
             "eval_prompts",
             "sample_steps",
             "sample_batch",
+            "chunks_per_call",
             "long_factor",
         ):
             check_int(name, getattr(self, name), 1)
@@ -141,6 +143,7 @@ def sample_with(
         recurrent=recurrent,
         batch_size=settings.sample_batch,
         space=space,
+        chunks_per_call=settings.chunks_per_call,
     )
 
 
