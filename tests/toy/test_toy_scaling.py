@@ -127,5 +127,7 @@ def test_the_peak_is_that_of_the_measured_call(monkeypatch):
 def test_a_busy_machine_is_said_to_be_busy():
     quiet = {"repeats": 3, "threads": 2, "cpu_count": 2, "load_average": [[1.0, 1, 1], [1.9, 1, 1]]}
     busy = {**quiet, "load_average": [[1.0, 1, 1], [5.0, 1, 1]]}
+    own_threads = {**quiet, "load_average": [[2.0, 1, 1], [2.1, 1, 1]]}  # the measurement's own 2 threads
     assert "busier than its cores" not in load_text(quiet)
+    assert "busier than its cores" not in load_text(own_threads)
     assert "busier than its cores" in load_text(busy)
