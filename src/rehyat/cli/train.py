@@ -98,7 +98,7 @@ def register(commands) -> None:
 
     finetune = commands.add_parser(
         "finetune",
-        help="stage 2: flow-matching fine-tune of a converted Wan DiT (torchrun for several processes)",
+        help="stage 2: fine-tune a converted video DiT of any family (torchrun for several processes)",
     )
     add_config_arguments(finetune, "FinetuneConfig")
     finetune.add_argument(
