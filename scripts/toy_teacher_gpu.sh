@@ -42,11 +42,12 @@ INIT_ARGS=(--world "$WORLD")
 if [ "$INIT" != none ]; then INIT_ARGS+=(--init "$INIT"); fi
 START=$(date +%s)
 status=0
-train() {  # $1: model.compile; the time left of LIMIT
+train() {  # $1: model.compile; the time left of LIMIT (none left: 124, as if cut off)
   local left=$(( LIMIT - ($(date +%s) - START) ))
+  if [ "$left" -le 0 ]; then return 124; fi
   timeout "$left" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
     toy teacher "${INIT_ARGS[@]}" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" \
-    --lr "$LR" --set progress=false checkpoint_every=250 model.compile="$1" "${EXTRA[@]}" >> "$RUN/train.log" 2>&1
+    --lr "$LR" --set progress=false checkpoint_every=250 model.compile="$1" ${EXTRA[@]+"${EXTRA[@]}"} >> "$RUN/train.log" 2>&1
 }
 : > "$RUN/train.log"
 if [ "$COMPILE" = 1 ]; then train true || status=$?; else train false || status=$?; fi

@@ -92,3 +92,6 @@ def test_bench_model_checks_chunks_per_call_before_it_measures(tmp_path, capsys)
     assert main([*args, "--set", "chunks_per_call=0"]) == 2
     assert "chunks_per_call" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing measured or written
+    assert main([*args, "--family", "hunyuan-video", "--set", "chunks_per_call=2"]) == 2
+    assert "runs one chunk per call in the recurrent row" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -79,3 +79,6 @@ def test_generate_cli_drives_the_familys_pipeline(family, tmp_path, capsys):
     flag, value, match = wrong[family]
     assert main([*args, flag, value]) == 2
     assert match.replace("\\", "") in capsys.readouterr().err
+    if family in JOINT:  # one chunk per call: refused before the pipeline loads
+        assert main([*args, "--chunks-per-call", "2"]) == 2
+        assert "joint text–video attention runs one chunk per call" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from tiny_wan import FRAMES, converted, run, tiny_inputs, tiny_wan
 
 from rehyat import recurrent_forward
 from rehyat.models import rotary_for_frames
+from rehyat.models.hooks import apply_recurrent, remove_recurrent
 
 from conftest import rel_err
 
@@ -148,6 +149,13 @@ def test_recurrent_errors(model):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="chunks_per_call"):
             recurrent_forward(net, hidden, timestep, context, chunks_per_call=bad)
+    apply_recurrent(net, chunks_per_call=2)  # applied already: another count is refused, not ignored
+    with torch.no_grad(), pytest.raises(ValueError, match="applied with 2: remove_recurrent first"):
+        recurrent_forward(net, hidden, timestep, context, chunks_per_call=3)
+    with torch.no_grad():
+        assert recurrent_forward(net, hidden, timestep, context).shape == hidden.shape
+        assert recurrent_forward(net, hidden, timestep, context, chunks_per_call=2).shape == hidden.shape
+    remove_recurrent(net)
 
 
 def test_an_empty_batch_gives_an_empty_result(model):

@@ -143,3 +143,24 @@ def test_build_dataset_names_the_supported_pipelines(tmp_path, capsys):
         "CogVideoXPipeline",
     )
     assert all(pipeline in lines[0] for pipeline in pipelines)
+
+
+def test_a_temporal_patch_needs_a_multiple_of_it_in_latent_frames(tmp_path):
+    """CogVideoX 1.5 patches 2 latent frames per token: a frame count that gives an odd number of latent
+    frames is refused before anything loads, naming the transformer's config."""
+    from rehyat.training.data import check_video_size
+
+    folder = tmp_path / "cogvideox-1.5"
+    for name, config in (
+        ("model_index.json", {"_class_name": "CogVideoXPipeline"}),
+        ("vae/config.json", {"temporal_compression_ratio": 4, "block_out_channels": [8, 8, 8, 8]}),
+        ("transformer/config.json", {"patch_size": 2, "patch_size_t": 2}),
+    ):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(config))
+    check_video_size(folder, 5, 32, 32)  # 2 latent frames
+    with pytest.raises(
+        ValueError,
+        match=r"transformer.config\.json: the transformer patches 2 latent frames.* 9 frames give 3",
+    ):
+        check_video_size(folder, 9, 32, 32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,8 +30,10 @@ def _check_args(args: argparse.Namespace):
     and checked here too)."""
     from rehyat.generation.pipeline import check_device, check_pipeline_folder, pipeline_geometry
     from rehyat.generation.video import check_video_path
-    from rehyat.models import ReHyAtConfig, read_rehyat_config
+    from rehyat.models import FAMILIES, ReHyAtConfig, read_rehyat_config
+    from rehyat.models.checkpoint import read_json_object
     from rehyat.models.folders import TOY_TEACHER, rehyat_folder
+    from rehyat.models.joint import JointAdapter
 
     check_int("--steps", args.steps, 1)
     check_number("--guidance", args.guidance, minimum=0.0)
@@ -58,6 +61,13 @@ def _check_args(args: argparse.Namespace):
     if args.chunks_per_call < 1:
         raise ValueError(f"--chunks-per-call must be >= 1, got {args.chunks_per_call}")
     check_pipeline_folder(args.model, text_encoder=True)
+    pipeline = read_json_object(Path(args.model) / "model_index.json").get("_class_name")
+    family = next((f for f in FAMILIES if f.pipeline_class == pipeline), None)
+    if args.chunks_per_call > 1 and isinstance(family, JointAdapter):
+        raise ValueError(
+            f"--chunks-per-call {args.chunks_per_call}: {pipeline}'s joint text–video attention runs one chunk "
+            "per call; use 1"
+        )
     temporal, multiple = pipeline_geometry(args.model)
     if (args.frames - 1) % temporal:
         raise ValueError(f"--frames must be {temporal}k + 1 (1, {temporal + 1}, …), got {args.frames}")

@@ -569,6 +569,11 @@ def run(settings: ModelBenchSettings) -> int:
     if settings.reps is not None and settings.reps < 1:
         raise ValueError(f"reps must be >= 1, got {settings.reps}")
     check_int("chunks_per_call", settings.chunks_per_call, minimum=1)
+    if settings.chunks_per_call > 1 and family in JOINT and "recurrent" in rows:
+        raise ValueError(
+            f"chunks_per_call={settings.chunks_per_call}: {family} (joint text–video attention) runs one chunk "
+            "per call in the recurrent row; use chunks_per_call=1"
+        )
     rep_ms, max_reps = (200.0, 3) if quick else (1000.0, 10)
     max_reps = settings.reps or max_reps
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -87,7 +87,7 @@ def generate_latents(
     latents: Tensor | None = None,
     progress: bool = True,
     forward: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] = recurrent_forward,
-    chunks_per_call: int = 1,
+    chunks_per_call: int | None = None,
 ) -> Tensor:
     """Denoise from noise to clean latents [B, C, F, H, W] with a bare ``WanTransformer3DModel``.
 
@@ -116,7 +116,8 @@ def generate_latents(
     pipe.set_progress_bar_config(disable=not progress, desc="denoising")
     _, _, frames, height, width = latent_shape
     device = transformer.device
-    check_int("chunks_per_call", chunks_per_call, minimum=1)
+    if chunks_per_call is not None:
+        check_int("chunks_per_call", chunks_per_call, minimum=1)
     recurrent = forward is recurrent_forward
     mode = (
         recurrent_mode(transformer, chunks_per_call=chunks_per_call)
@@ -167,7 +168,7 @@ def generate_video(
     generator: torch.Generator | None = None,
     max_sequence_length: int | None = None,
     progress: bool = True,
-    chunks_per_call: int = 1,
+    chunks_per_call: int | None = None,
 ) -> np.ndarray:
     """Text-to-video with a family's own pipeline (``WanPipeline``, ``SkyReelsV2Pipeline``,
     ``LTXPipeline``, ``HunyuanVideoPipeline``, ``CogVideoXPipeline``) whose transformer is converted (all
@@ -175,7 +176,8 @@ def generate_video(
 
     Every argument is checked first; then the pipeline's own ``__call__`` runs (text encoding, its
     scheduler, the VAE, post-processing) with the transformer in the recurrent mode
-    (:func:`rehyat.models.hooks.recurrent_mode`, ``chunks_per_call`` chunks per transformer call).
+    (:func:`rehyat.models.hooks.recurrent_mode`, ``chunks_per_call`` chunks per transformer call; None:
+    as applied already, else 1).
     ``max_sequence_length``: the text tokens (None: the
     pipeline's default, Wan's 512, LTX-Video's 128, HunyuanVideo's 256, CogVideoX's 226).
     ``guidance_scale`` is HunyuanVideoPipeline's embedded guidance (its model is guidance-distilled; it
@@ -187,7 +189,8 @@ def generate_video(
     from rehyat.models.adapter import vae_compression
 
     check_sampling(num_inference_steps, guidance_scale)
-    check_int("chunks_per_call", chunks_per_call, minimum=1)
+    if chunks_per_call is not None:
+        check_int("chunks_per_call", chunks_per_call, minimum=1)
     family = family_of(pipe.transformer)
     temporal, spatial = vae_compression(pipe)
     latent_shape(

@@ -257,12 +257,7 @@ def compile_recurrent(
         )
     if not is_recurrent(transformer):
         apply_recurrent(transformer, chunks_per_call=chunks_per_call or 1)
-    hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
-    if chunks_per_call is not None and chunks_per_call != hook.chunks_per_call:
-        raise ValueError(
-            f"chunks_per_call={chunks_per_call}, but the recurrent mode was applied with "
-            f"{hook.chunks_per_call}: remove_recurrent first"
-        )
+    hook = _check_chunks_per_call(transformer, chunks_per_call)
     compile_kwargs.setdefault("dynamic", False)
     family = rehyat_runtime(transformer).family
     counting = any(
@@ -273,6 +268,17 @@ def compile_recurrent(
     hook.chunk_forward = torch.compile(hook.fn_ref.original_forward, **compile_kwargs)
     hook.graphed = compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune")
     return transformer
+
+
+def _check_chunks_per_call(transformer: nn.Module, chunks_per_call: int | None) -> ChunkedForwardHook:
+    """The applied sweep's hook; a ValueError if ``chunks_per_call`` (None: any) is not what it was applied with."""
+    hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(CHUNKED_FORWARD_HOOK)
+    if chunks_per_call is not None and chunks_per_call != hook.chunks_per_call:
+        raise ValueError(
+            f"chunks_per_call={chunks_per_call}, but the recurrent mode was applied with "
+            f"{hook.chunks_per_call}: remove_recurrent first"
+        )
+    return hook
 
 
 def remove_recurrent(transformer: nn.Module) -> nn.Module:
@@ -288,12 +294,15 @@ def remove_recurrent(transformer: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def recurrent_mode(transformer: nn.Module, *, chunks_per_call: int = 1) -> Iterator[nn.Module]:
-    """:func:`apply_recurrent` for the duration of a ``with`` block (nothing to do if already applied)."""
+def recurrent_mode(transformer: nn.Module, *, chunks_per_call: int | None = None) -> Iterator[nn.Module]:
+    """:func:`apply_recurrent` for the duration of a ``with`` block (``chunks_per_call`` None: 1). Already
+    applied, nothing is done, unless ``chunks_per_call`` asks for another count than it was applied with:
+    a ValueError."""
     if is_recurrent(transformer):
+        _check_chunks_per_call(transformer, chunks_per_call)
         yield transformer
         return
-    apply_recurrent(transformer, chunks_per_call=chunks_per_call)
+    apply_recurrent(transformer, chunks_per_call=1 if chunks_per_call is None else chunks_per_call)
     try:
         yield transformer
     finally:
@@ -307,7 +316,7 @@ def recurrent_forward(
     encoder_hidden_states: Tensor,
     encoder_hidden_states_image: Tensor | None = None,
     *,
-    chunks_per_call: int = 1,
+    chunks_per_call: int | None = None,
 ) -> Tensor:
     """The whole-model recurrent forward of a fully converted, causal Wan DiT (docs/method.md §4, §8):
     diffusers' own ``WanTransformer3DModel.forward`` run chunk by chunk inside :func:`recurrent_mode`;

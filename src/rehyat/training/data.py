@@ -307,8 +307,8 @@ def encode_prompt(
     (default: what the pipeline's ``__call__`` pads to): its embedding [L, D] and the other outputs the
     family's transformer takes, by their conditioning names (LTX-Video's T5 mask
     ``prompt_attention_mask`` [L]; HunyuanVideo's Llama mask and pooled CLIP projection
-    ``pooled_prompt_embeds`` [P]). Masks are stored as float. Called with grad mode as it is (as build-dataset
-    always called Wan's, whose bytes stay the same: no_grad changes the last bit of some kernels)."""
+    ``pooled_prompt_embeds`` [P]). Masks are stored as float. Runs in the caller's grad mode, as the
+    pipeline's own call would."""
     if max_sequence_length is None:
         max_sequence_length = inspect.signature(pipeline.__call__).parameters["max_sequence_length"].default
     options = {"max_sequence_length": max_sequence_length}
@@ -352,7 +352,8 @@ def _family_of_pipeline(name: object, what: str) -> FamilyAdapter:
 def check_video_size(model_folder: str | os.PathLike, num_frames: int, height: int, width: int) -> None:
     """A one-line ValueError naming the folder unless its VAE and transformer take videos of ``num_frames``
     frames of height × width (:func:`rehyat.generation.pipeline.pipeline_geometry`: t·k + 1 frames for
-    the VAE's temporal compression t; sides a multiple of its spatial compression × the patch)."""
+    the VAE's temporal compression t, whose latent frames are a multiple of the transformer's temporal
+    patch (CogVideoX 1.5's 2); sides a multiple of its spatial compression × the patch)."""
     from rehyat.generation.pipeline import pipeline_geometry
 
     temporal, multiple = pipeline_geometry(model_folder)
@@ -366,6 +367,17 @@ def check_video_size(model_folder: str | os.PathLike, num_frames: int, height: i
             f"{model_folder}: height and width must be positive multiples of {multiple} (the VAE's spatial "
             f"compression × the transformer's patch), got {height}×{width}"
         )
+    transformer_config = Path(model_folder) / "transformer" / "config.json"
+    if transformer_config.is_file():
+        from rehyat.models.checkpoint import read_json_object
+
+        patch_t = read_json_object(transformer_config).get("patch_size_t")
+        latent_frames = (num_frames - 1) // temporal + 1
+        if isinstance(patch_t, int) and patch_t > 1 and latent_frames % patch_t:
+            raise ValueError(
+                f"{transformer_config}: the transformer patches {patch_t} latent frames per token, but "
+                f"{num_frames} frames give {latent_frames} latent frames; take a multiple of {patch_t}"
+            )
 
 
 def load_encoders(model_folder: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, Any]:

@@ -17,18 +17,25 @@ from rehyat.training.data import LatentDataset, SampleOrder
 
 @dataclass
 class MicroBatch:
-    """One micro-batch of a rank: its dataset indices and tensors, on the training device."""
+    """One micro-batch of a rank: its dataset indices and tensors (on the host, pinned on CUDA)."""
 
     indices: list[int]
     latents: Tensor
     prompt_embeds: Tensor
     conditioning: dict[str, Tensor]
 
+    def to(self, device: torch.device) -> MicroBatch:
+        """This micro-batch on ``device`` (a non-blocking copy from pinned memory), when its turn comes:
+        one micro-batch on the device at a time, however many a step accumulates."""
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        conditioning = {name: move(t) for name, t in self.conditioning.items()}
+        return MicroBatch(self.indices, move(self.latents), move(self.prompt_embeds), conditioning)
+
 
 class StepBatches:
     """The micro-batches of steps ``start``, ``start + 1``, … of one rank, each step's read in a background
-    thread while the previous step trains. Iterate it once per step; :meth:`close` (or ``with``) stops the
-    thread."""
+    thread while the previous step trains; each goes to the device with :meth:`MicroBatch.to`. Iterate it
+    once per step; :meth:`close` (or ``with``) stops the thread."""
 
     def __init__(
         self,
@@ -54,6 +61,8 @@ class StepBatches:
 
     def _read(self, step: int) -> list[MicroBatch]:
         pin = self.device.type == "cuda"
+        if pin and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # this thread's context: the rank's GPU, not GPU 0
         batches = []
         for micro in range(self.accumulation):
             indices = self.order.indices(step, micro, self.rank)
@@ -73,16 +82,7 @@ class StepBatches:
             raise StopIteration
         batches = self._pending.result()
         self._submit()
-        move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
-        return [
-            MicroBatch(
-                b.indices,
-                move(b.latents),
-                move(b.prompt_embeds),
-                {name: move(t) for name, t in b.conditioning.items()},
-            )
-            for b in batches
-        ]
+        return batches
 
     def close(self) -> None:
         if self._pending is not None:

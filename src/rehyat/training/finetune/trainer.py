@@ -233,6 +233,7 @@ def forward_backward(
     flow matching, or with a ``schedule`` (ᾱ of CogVideoX's scheduler) v-prediction on it."""
     micro_losses = []
     for micro, batch in enumerate(micro_batches):
+        batch = batch.to(env.device)
         indices, latents, prompt_embeds = batch.indices, batch.latents, batch.prompt_embeds
         samples_seen += indices
         conditioning = batch.conditioning
