@@ -171,3 +171,27 @@ def test_recurrent_output_is_contiguous_for_any_input_layout():
     got = recurrent_hybrid_attention(q, k, v, *inputs[3:], **kwargs, backend="torch")
     assert got.is_contiguous()
     torch.testing.assert_close(got, hybrid_attention(q, k, v, *inputs[3:], **kwargs, backend="torch"))
+
+
+def test_chunks_from_a_state_take_the_feature_maps_themselves():
+    """attend_recurrent given φq, φk as callables (applied chunk by chunk) equals it given their
+    features, from a state and to a state, with and without gradients."""
+    from rehyat import PolynomialFeatureMap
+    from rehyat.attention.hybrid import Geometry, attend_recurrent
+
+    q, k, v, _, _ = make_inputs(1, 8, 4, 2, 8, 16, seed=6)
+    phi_q, phi_k = (PolynomialFeatureMap(2, 8, init="random").double() for _ in range(2))
+    geometry = Geometry(frame_tokens=4, chunk_frames=2, overlap_frames=1)
+    first = slice(0, 8)  # one chunk, to start from a state
+    _, state = attend_recurrent(q[:, first], k[:, first], v[:, first], phi_q, phi_k, None, geometry)
+    rest = slice(8, None)
+    qs, ks, vs = q[:, rest], k[:, rest], v[:, rest]
+    with torch.no_grad():
+        a, a_state = attend_recurrent(qs, ks, vs, phi_q(qs), phi_k(ks), state, geometry)
+        b, b_state = attend_recurrent(qs, ks, vs, phi_q, phi_k, state, geometry)
+    assert rel_err(a, b) <= 1e-12 and torch.equal(a_state.kv, b_state.kv) and a_state.frames_seen == 8
+    trained, _ = attend_recurrent(qs, ks, vs, phi_q, phi_k, state, geometry)  # φ's weights need grad
+    trained.sum().backward()
+    assert rel_err(trained.detach(), a) <= 1e-12 and next(phi_q.parameters()).grad is not None
+    with pytest.raises(ValueError, match="fk must be a tensor or a feature map, got int"):
+        attend_recurrent(qs, ks, vs, phi_q, 3, state, geometry)

@@ -409,6 +409,7 @@ class ReHyAtAttnProcessor:
                 fq = lambda q: phi_q(self.feature_input(config, q, rotary_emb))  # noqa: E731
                 fk = lambda k: phi_k(self.feature_input(config, k, rotary_emb))  # noqa: E731
             if grid[0] > config.chunk_frames:  # a call of several chunks (apply_recurrent's chunks_per_call)
+                # φ on the whole call: its inputs' transform reads the call's RoPE tables, not a chunk's.
                 out, self.state = attend_recurrent(
                     query,
                     key,

@@ -465,8 +465,8 @@ def attend_recurrent(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    fq: Tensor,
-    fk: Tensor,
+    fq: Tensor | FeatureMap,
+    fk: Tensor | FeatureMap,
     state: HybridAttentionState | None,
     geometry: Geometry,
     *,
@@ -478,23 +478,33 @@ def attend_recurrent(
 ) -> tuple[Tensor, HybridAttentionState]:
     """:func:`recurrent_hybrid_attention` given one causal :class:`Geometry`, from ``state`` (None: the
     video's first frames) to (output, state after the last frame): the frames are attended in chunks of
-    ``geometry.chunk_frames``, one :func:`attend_step` each."""
+    ``geometry.chunk_frames``, one :func:`attend_step` each. ``fq``/``fk`` may be the feature maps, as in
+    :func:`hybrid_attention_step`: then each chunk's features exist only while that chunk is attended."""
     if not isinstance(geometry, Geometry):
         raise ValueError(f"geometry must be a Geometry, got {type(geometry).__name__}")
     if not geometry.causal:
         raise ValueError("the recurrent form is causal only (docs/method.md §4): it takes a causal Geometry")
-    frames = validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
+    maps = [f for f in (fq, fk) if not isinstance(f, Tensor)]
+    if maps:  # each step checks its chunk once φ has made its features
+        for name, given in (("fq", fq), ("fk", fk)):
+            if not isinstance(given, Tensor) and not callable(given):
+                raise ValueError(f"{name} must be a tensor or a feature map, got {type(given).__name__}")
+        frames = validate_inputs(q, k, v, q, q, geometry.frame_tokens)
+    else:
+        frames = validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
     step_tokens = geometry.chunk_tokens(frames)
     stream = replace(geometry, chunk_frames=None)  # each step: one chunk
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
-    inference = not needs_grad(q, k, v, fq, fk) and not torch.compiler.is_compiling()
+    tensors = [x for x in (q, k, v, fq, fk) if isinstance(x, Tensor)]
+    grad = needs_grad(*tensors) or (bool(maps) and torch.is_grad_enabled())  # φ's weights may need grad
+    inference = not grad and not torch.compiler.is_compiling()
     output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
     outputs = []
     for start in range(0, q.shape[1], step_tokens):
         piece = slice(start, start + step_tokens)
-        chunk = (x[:, piece] for x in (q, k, v, fq, fk))
+        chunk = (x[:, piece] if isinstance(x, Tensor) else x for x in (q, k, v, fq, fk))
         rows = None if output is None else output[:, piece]
         out, state = attend_step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
         outputs.append(out)
