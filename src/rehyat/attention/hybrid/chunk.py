@@ -9,6 +9,8 @@ It is tested, like the Triton kernels, against the standalone dense reference
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -56,10 +58,12 @@ def _extra_keys(
     starts: Tensor,
     ends: Tensor,
     acc: torch.dtype,
+    front: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """The keys every chunk adds to its window (docs/method.md §2.1): k, v [B, H, E, D] (global keys,
     then the anchor frames' tokens) and which of them each chunk attends to, [B or 1, C, E] (the global
-    mask; an anchor frame only outside the chunk's window, and, causal, before the chunk's end)."""
+    mask; an anchor frame only outside the chunk's window, and, causal, before the chunk's end).
+    ``starts``/``ends`` count ``front`` empty frames before the video."""
     frame_tokens = geometry.frame_tokens
     batch, n_chunks = q.shape[0], starts.shape[0]
     keys, values, valid = [], [], []
@@ -77,7 +81,7 @@ def _extra_keys(
     if anchor:
         keys.append(k[:, : anchor * frame_tokens].to(acc).transpose(1, 2))
         values.append(v[:, : anchor * frame_tokens].to(acc).transpose(1, 2))
-        frame = torch.arange(anchor, device=q.device)[None, :]
+        frame = front + torch.arange(anchor, device=q.device)[None, :]
         outside = frame < starts[:, None]  # anchor frames in the window are already keys there
         if not geometry.causal:
             outside = outside | (frame >= ends[:, None])
@@ -104,13 +108,51 @@ def chunked_attention(
 
     ``fq``/``fk`` set to ``None`` drops the linear part (the local-only baseline). ``global_k``,
     ``global_v`` [B, G, H, D] (with ``global_mask`` [B, G]) and ``geometry.anchor_frames`` add keys to
-    every chunk's softmax window (docs/method.md §2.1).
+    every chunk's softmax window (docs/method.md §2.1). A first chunk of its own size
+    (``geometry.first_chunk_frames`` = F0) is attended on its own; the later chunks as uniform chunks of a
+    video that starts with empty frames, so many that F0 falls on a chunk boundary.
     """
+    global_keys = None if global_k is None else (global_k, global_v, global_mask)
+    first, frame_tokens = geometry.first_chunk_frames, geometry.frame_tokens
+    uniform = replace(geometry, first_chunk_frames=0)
+    frames = q.shape[1] // frame_tokens
+    if not first or geometry.chunk_frames is None:
+        return _uniform_chunks(q, k, v, fq, fk, uniform, stats, global_keys)
+    if first >= frames:  # the whole video is the first chunk
+        return _uniform_chunks(q, k, v, fq, fk, replace(uniform, chunk_frames=first), stats, global_keys)
+    tokens = first * frame_tokens
+    head = _uniform_chunks(
+        *(None if x is None else x[:, :tokens] for x in (q, k, v, fq, fk)),
+        replace(uniform, chunk_frames=first, overlap_frames=0),
+        stats,
+        global_keys,
+    )
+    front = -first % geometry.chunk_frames
+    rest = _uniform_chunks(q, k, v, fq, fk, uniform, stats, global_keys, front=front, skip=first)
+    return torch.cat([head, rest[:, tokens:]], dim=1)
+
+
+def _uniform_chunks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    fq: Tensor | None,
+    fk: Tensor | None,
+    geometry: Geometry,
+    stats: AttentionStats | None,
+    global_keys: tuple[Tensor, Tensor, Tensor | None] | None,
+    *,
+    front: int = 0,
+    skip: int = 0,
+) -> Tensor:
+    """:func:`chunked_attention` with chunks of Tc frames counted from ``front`` empty frames before the
+    video (never keys, no query rows); the rows of the first ``skip`` frames are left to another call
+    (their values are dropped by the caller and not counted in ``stats``)."""
     frame_tokens = geometry.frame_tokens
     batch, n_tokens, heads, head_dim = q.shape
     frames = n_tokens // frame_tokens
-    chunk = geometry.chunk_tokens(frames) // frame_tokens
-    n_chunks = -(-frames // chunk)
+    chunk = geometry.chunk_tokens(frames + front) // frame_tokens
+    n_chunks = -(-(frames + front) // chunk)
     # Frames further back than the first chunk's start never enter a window: clamp the overlap.
     overlap = min(geometry.overlap_frames, (n_chunks - 1) * chunk)
     window = chunk + overlap
@@ -122,25 +164,25 @@ def chunked_attention(
         return x.to(acc).reshape(batch, frames, frame_tokens, heads, x.shape[-1])
 
     def chunk_queries(x: Tensor) -> Tensor:  # -> [B, C, H, Tc*S, D]
-        x = pad_frames(frames_view(x), 0, padded_frames - frames)
+        x = pad_frames(frames_view(x), front, padded_frames - frames - front)
         x = x.reshape(batch, n_chunks, chunk * frame_tokens, heads, x.shape[-1])
         return x.permute(0, 1, 3, 2, 4)
 
     def window_keys(x: Tensor) -> Tensor:  # -> [B, C, H, W*S, D]
-        x = pad_frames(frames_view(x), overlap, padded_frames - frames)
+        x = pad_frames(frames_view(x), overlap + front, padded_frames - frames - front)
         x = x.unfold(1, window, chunk)  # [B, C, S, H, D, W]
         x = x.permute(0, 1, 3, 5, 2, 4)  # [B, C, H, W, S, D]
         return x.reshape(batch, n_chunks, heads, window * frame_tokens, x.shape[-1])
 
     chunk_index = torch.arange(n_chunks, device=q.device)
-    # Absolute frame of each window slot; slots before frame 0 or past the end are padding.
+    # Frame of each window slot counting the empty front frames; slots before the video or past its end
+    # are padding.
     key_frame = chunk_index[:, None] * chunk - overlap + torch.arange(window, device=q.device)
-    key_valid = ((key_frame >= 0) & (key_frame < frames)).repeat_interleave(frame_tokens, dim=1)
+    key_valid = ((key_frame >= front) & (key_frame < frames + front)).repeat_interleave(frame_tokens, dim=1)
 
     starts = (chunk_index * chunk - overlap).clamp(min=0)
-    ends = ((chunk_index + 1) * chunk).clamp(max=frames)
-    global_keys = None if global_k is None else (global_k, global_v, global_mask)
-    extra = _extra_keys(q, k, v, geometry, global_keys, starts, ends, acc)
+    ends = ((chunk_index + 1) * chunk).clamp(max=frames + front)
+    extra = _extra_keys(q, k, v, geometry, global_keys, starts, ends, acc, front)
 
     qc = chunk_queries(q)
     scores = torch.einsum("bchid,bchjd->bchij", qc, window_keys(k)) * scale
@@ -164,18 +206,25 @@ def chunked_attention(
 
     a_linear = n_linear = None
     if fq is not None and fk is not None:
+        anchor = geometry.anchor_frames and front + geometry.anchor_frames
         kv, z = linear_states(
-            frames_view(fk), frames_view(v), starts, ends, geometry.causal, geometry.anchor_frames
+            pad_frames(frames_view(fk), front, 0),
+            pad_frames(frames_view(v), front, 0),
+            starts,
+            ends,
+            geometry.causal,
+            anchor,
         )
         fqc = chunk_queries(fq)
         a_linear = torch.einsum("bchie,bched->bchid", fqc, kv)
         n_linear = torch.einsum("bchie,bche->bchi", fqc, z)
 
     query_frame = chunk_index[:, None] * chunk + torch.arange(chunk, device=q.device)
-    query_valid = (query_frame < frames).repeat_interleave(frame_tokens, dim=1)[None, :, None, :]
+    query_valid = (query_frame >= front + skip) & (query_frame < frames + front)
+    query_valid = query_valid.repeat_interleave(frame_tokens, dim=1)[None, :, None, :]
     out = combine(a_softmax, n_softmax, a_linear, n_linear, stats, valid_rows=query_valid)
     out = out.permute(0, 1, 3, 2, 4).reshape(batch, padded_frames * frame_tokens, heads, head_dim)
-    return out[:, :n_tokens].to(q.dtype)
+    return out[:, front * frame_tokens : front * frame_tokens + n_tokens].to(q.dtype)
 
 
 #: :func:`chunked_attention` with :func:`rehyat.hybrid_attention`'s keywords (tests, benchmarks).

@@ -182,8 +182,11 @@ def validate_globals(
     return global_k, global_v, global_mask
 
 
-def extras_reason(anchor_frames: int, global_keys: object) -> str | None:
-    """Why the kernels cannot take a call with an anchor or global keys, or None without them."""
+def extras_reason(anchor_frames: int, global_keys: object, first_chunk_frames: int = 0) -> str | None:
+    """Why the kernels cannot take a call with an anchor, global keys or a first chunk of its own size,
+    or None without them."""
+    if first_chunk_frames:
+        return f"a call with first_chunk_frames={first_chunk_frames} (the kernels chunk uniformly)"
     if global_keys is None and not anchor_frames:
         return None
     used = "global keys" if global_keys is not None else f"anchor_frames={anchor_frames}"

@@ -277,7 +277,8 @@ def parallel_attention(
     """The parallel form on a concrete ``backend``, through ``rehyat::hybrid_attention`` when
     :func:`use_ops` says so (inputs validated by the caller). A call with an anchor or global keys
     (docs/method.md §2.1; PyTorch only) runs the PyTorch form directly, which the compiler traces."""
-    if global_keys is not None or geometry.anchor_frames or not use_ops(q, k, v, fq, fk):
+    extras = global_keys is not None or geometry.anchor_frames or geometry.first_chunk_frames
+    if extras or not use_ops(q, k, v, fq, fk):
         return _parallel(q, k, v, fq, fk, geometry, backend, stats, global_keys)
     fields = (geometry.frame_tokens, geometry.chunk_frames, geometry.overlap_frames, geometry.causal)
     scale = geometry.softmax_scale(q.shape[-1])

@@ -40,6 +40,9 @@ class Geometry:
         anchor_frames: A, the first frames of the video kept in every chunk's softmax window (an anchor,
             docs/method.md §2.1) and left out of the linear sums; causal chunks see only the anchor
             frames before their own end. 0 (the default) is plain ReHyAt.
+        first_chunk_frames: F0, the frames of the video's first chunk when it differs from Tc (causal
+            only): the chunks are [0, F0), then Tc frames at a time from F0, so the first frames are
+            attended jointly (docs/method.md §2.1). 0 (the default): every chunk Tc frames.
 
     Raises ``ValueError`` naming the field for a value out of range (ints and bools must be real ones).
     """
@@ -50,6 +53,7 @@ class Geometry:
     causal: bool = True
     scale: float | None = None
     anchor_frames: int = 0
+    first_chunk_frames: int = 0
 
     def __post_init__(self) -> None:
         check_int("frame_tokens", self.frame_tokens, 1)
@@ -58,6 +62,12 @@ class Geometry:
         check_int("overlap_frames", self.overlap_frames, 0)
         check_bool("causal", self.causal)
         check_int("anchor_frames", self.anchor_frames, 0)
+        check_int("first_chunk_frames", self.first_chunk_frames, 0)
+        if self.first_chunk_frames and not self.causal:
+            raise ValueError(
+                f"first_chunk_frames={self.first_chunk_frames} needs causal=True (the bidirectional variant "
+                "keeps uniform chunks)"
+            )
         if self.scale is not None:
             object.__setattr__(self, "scale", resolve_scale(self.scale, head_dim=1))
 
@@ -87,7 +97,7 @@ Form = Callable[..., Tensor]
 def with_keywords(form: Form) -> Callable[..., Tensor]:
     """``form`` called as :func:`rehyat.hybrid_attention` is, the fields of its :class:`Geometry` as
     keywords (``frame_tokens``, ``chunk_frames``, ``overlap_frames``, ``causal``, ``scale``,
-    ``anchor_frames``) and the global keys ``global_k``, ``global_v``, ``global_mask`` passed on as
+    ``anchor_frames``, ``first_chunk_frames``) and the global keys ``global_k``, ``global_v``, ``global_mask`` passed on as
     keywords when given: for tests and benchmarks that run one form directly."""
 
     def call(

@@ -23,6 +23,7 @@ def chunk_masks(
     causal: bool,
     device: torch.device | str | None = None,
     anchor_frames: int = 0,
+    first_chunk_frames: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Token-level [N, N] boolean masks (query row, key column) of the softmax keys and the linear keys
     of every query, written directly from the set definitions of docs/method.md §2 and §2.1.
@@ -30,12 +31,24 @@ def chunk_masks(
     Query frame f lies in chunk t = f // Tc, whose softmax keys are the frames
     [max(t·Tc − To, 0), min((t+1)·Tc, T)) and the anchor frames [0, A) (causal: those before the
     chunk's end only); its linear keys are the frames before the window that are not softmax keys
-    (causal) or every frame that is not a softmax key (bidirectional).
+    (causal) or every frame that is not a softmax key (bidirectional). With a first chunk of F0 =
+    ``first_chunk_frames`` > 0 frames, frame f < F0 lies in the chunk [0, F0) (no overlap before it)
+    and frame f >= F0 in [F0 + j·Tc, F0 + (j+1)·Tc) with j = (f − F0) // Tc.
     """
     token_frame = torch.arange(frames * frame_tokens, device=device) // frame_tokens
-    chunk = token_frame // chunk_frames
-    low = (chunk * chunk_frames - overlap_frames).clamp(min=0)[:, None]
-    high = ((chunk + 1) * chunk_frames).clamp(max=frames)[:, None]
+    if first_chunk_frames:
+        later = token_frame >= first_chunk_frames
+        start = (
+            first_chunk_frames
+            + (token_frame - first_chunk_frames).div(chunk_frames, rounding_mode="floor") * chunk_frames
+        )
+        start = torch.where(later, start, torch.zeros_like(start))
+        end = torch.where(later, start + chunk_frames, torch.full_like(start, first_chunk_frames))
+    else:
+        start = token_frame // chunk_frames * chunk_frames
+        end = start + chunk_frames
+    low = (start - overlap_frames).clamp(min=0)[:, None]
+    high = end.clamp(max=frames)[:, None]
     key_frame = token_frame[None, :]
     softmax_keys = (key_frame >= low) & (key_frame < high)
     anchor = key_frame < anchor_frames
@@ -57,6 +70,7 @@ def naive_hybrid_attention(
     causal: bool = True,
     scale: float | None = None,
     anchor_frames: int = 0,
+    first_chunk_frames: int = 0,
     global_k: Tensor | None = None,
     global_v: Tensor | None = None,
     global_mask: Tensor | None = None,
@@ -85,6 +99,7 @@ def naive_hybrid_attention(
         causal,
         device=q.device,
         anchor_frames=anchor_frames,
+        first_chunk_frames=first_chunk_frames,
     )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     batch, n_tokens = q.shape[:2]

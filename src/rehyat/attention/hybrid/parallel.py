@@ -25,6 +25,7 @@ def hybrid_attention(
     causal: bool = True,
     scale: float | None = None,
     anchor_frames: int = 0,
+    first_chunk_frames: int = 0,
     global_k: Tensor | None = None,
     global_v: Tensor | None = None,
     global_mask: Tensor | None = None,
@@ -44,6 +45,8 @@ def hybrid_attention(
         anchor_frames: A, the first frames of the video kept in every chunk's softmax window and left
             out of the linear sums (an anchor, docs/method.md §2.1); causal chunks see only the anchor
             frames before their own end. 0 (the default): none.
+        first_chunk_frames: F0, the first chunk's frames when it differs from Tc (causal only): chunks
+            [0, F0), then Tc frames at a time (the first frames attended jointly). 0: uniform chunks.
         global_k, global_v: [B, G, H, D], keys in every chunk's softmax window and never in the linear
             part (e.g. text tokens of a joint text-video attention, docs/method.md §2.1); no query rows.
         global_mask: optional bool [B, G], True where a global key is attended (e.g. padded text: False).
@@ -52,13 +55,15 @@ def hybrid_attention(
             TRITON_INTERPRET=1), or "auto": the kernels on CUDA when Triton is installed and the
             shapes are supported (fp16/bf16/fp32, head dim a power of two in [16, 256], feature dim a
             multiple of 16), else PyTorch. Both give the same outputs and gradients (to rounding).
-            A call with an anchor or global keys runs in PyTorch ("auto" picks it; "triton" is a
-            ``ValueError``): the kernels have no extra keys.
+            A call with an anchor, global keys or a first chunk of its own size runs in PyTorch ("auto"
+            picks it; "triton" is a ``ValueError``).
 
     Returns:
         [B, N, H, D] in q's dtype; states and normalisers are accumulated in fp32 (fp64 for fp64).
     """
-    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames)
+    geometry = Geometry(
+        frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames, first_chunk_frames
+    )
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
     return attend(q, k, v, fq, fk, geometry, stats=stats, backend=backend, **global_keys)
 
@@ -84,5 +89,6 @@ def attend(
         raise ValueError(f"geometry must be a Geometry, got {type(geometry).__name__}")
     validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
     global_keys = validate_globals(q, global_k, global_v, global_mask)
-    chosen = resolve_backend(backend, q, fq, extras_reason(geometry.anchor_frames, global_keys))
+    reason = extras_reason(geometry.anchor_frames, global_keys, geometry.first_chunk_frames)
+    chosen = resolve_backend(backend, q, fq, reason)
     return parallel_attention(q, k, v, fq, fk, geometry, backend=chosen, stats=stats, global_keys=global_keys)

@@ -424,6 +424,7 @@ def recurrent_hybrid_attention(
     causal: bool = True,
     scale: float | None = None,
     anchor_frames: int = 0,
+    first_chunk_frames: int = 0,
     global_k: Tensor | None = None,
     global_v: Tensor | None = None,
     global_mask: Tensor | None = None,
@@ -444,10 +445,13 @@ def recurrent_hybrid_attention(
     chunks, so that the chunks go on where they stopped. ``output_final_state=True`` returns
     ``(output, state after the last frame)``, the next piece's ``initial_state``.
 
-    ``anchor_frames``, ``global_k``, ``global_v``, ``global_mask``: as in ``hybrid_attention``; the state
-    keeps the anchor frames' K, V (a fixed size), the global keys join every step's softmax window.
+    ``anchor_frames``, ``first_chunk_frames``, ``global_k``, ``global_v``, ``global_mask``: as in
+    ``hybrid_attention``; the state keeps the anchor frames' K, V (a fixed size), the first step of a
+    video takes its first chunk, the global keys join every step's softmax window.
     """
-    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames)
+    geometry = Geometry(
+        frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames, first_chunk_frames
+    )
     if not geometry.causal:
         raise ValueError(
             "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
@@ -493,7 +497,13 @@ def attend_recurrent(
     else:
         frames = validate_inputs(q, k, v, fq, fk, geometry.frame_tokens)
     step_tokens = geometry.chunk_tokens(frames)
-    stream = replace(geometry, chunk_frames=None)  # each step: one chunk
+    starts = list(range(0, q.shape[1], step_tokens))
+    first = geometry.first_chunk_frames
+    if first and (state is None or state.frames_seen == 0):  # the video's first chunk: F0 frames
+        first_tokens = min(first, frames) * geometry.frame_tokens
+        starts = [0, *range(first_tokens, q.shape[1], geometry.chunk_frames * geometry.frame_tokens)]
+    ends = [*starts[1:], q.shape[1]]
+    stream = replace(geometry, chunk_frames=None, first_chunk_frames=0)  # each step: one chunk
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
     # Without gradients each chunk's output goes straight into its rows of one buffer (no concatenation);
     # under torch.compile (whose out= checks compare addresses) the compiler plans the concatenation.
@@ -502,8 +512,8 @@ def attend_recurrent(
     inference = not grad and not torch.compiler.is_compiling()
     output = torch.empty(q.shape, dtype=q.dtype, device=q.device) if inference else None  # contiguous
     outputs = []
-    for start in range(0, q.shape[1], step_tokens):
-        piece = slice(start, start + step_tokens)
+    for start, end in zip(starts, ends, strict=True):
+        piece = slice(start, end)
         chunk = (x[:, piece] if isinstance(x, Tensor) else x for x in (q, k, v, fq, fk))
         rows = None if output is None else output[:, piece]
         out, state = attend_step(*chunk, state, stream, stats=stats, backend=backend, out=rows, **global_keys)
