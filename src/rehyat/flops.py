@@ -40,12 +40,18 @@ class AttentionFlops:
         }
 
 
-def softmax_pairs(frames: int, chunk_frames: int, overlap_frames: int, anchor_frames: int = 0) -> int:
+def softmax_pairs(
+    frames: int, chunk_frames: int, overlap_frames: int, anchor_frames: int = 0, first_chunk_frames: int = 0
+) -> int:
     """Σ over chunks of (query frames × softmax-key frames), in frame² units; with an anchor (causal,
-    docs/method.md §2.1) a chunk also attends to the anchor frames before its window."""
+    docs/method.md §2.1) a chunk also attends to the anchor frames before its window; with a first chunk
+    of F0 frames the chunks start at 0, F0, F0 + Tc, …"""
     total = 0
-    for start in range(0, frames, chunk_frames):
-        end = min(start + chunk_frames, frames)
+    starts = list(range(0, frames, chunk_frames))
+    if first_chunk_frames:
+        starts = [0, *range(first_chunk_frames, frames, chunk_frames)]
+    for start, stop in zip(starts, [*starts[1:], frames], strict=True):
+        end = min(stop, frames)
         low = max(start - overlap_frames, 0)
         total += (end - start) * (end - low + min(anchor_frames, low))
     return total
@@ -64,12 +70,14 @@ def attention_flops(
     batch: int = 1,
     anchor_frames: int = 0,
     global_tokens: int = 0,
+    first_chunk_frames: int = 0,
 ) -> AttentionFlops:
     """FLOPs of one layer's self-attention for ``batch`` videos of ``frames`` × ``frame_tokens`` tokens.
 
     ``anchor_frames`` and ``global_tokens`` (docs/method.md §2.1, causal): the anchor frames every chunk
     adds to its window, and G global keys (e.g. text) in every window; the full softmax then attends the
-    video queries to the N + G keys too. The global keys' own query rows are not counted."""
+    video queries to the N + G keys too. The global keys' own query rows are not counted.
+    ``first_chunk_frames``: the first chunk's frames when it differs from ``chunk_frames``."""
     for name, value in (
         ("frames", frames),
         ("frame_tokens", frame_tokens),
@@ -86,13 +94,15 @@ def attention_flops(
         ("overlap_frames", overlap_frames),
         ("anchor_frames", anchor_frames),
         ("global_tokens", global_tokens),
+        ("first_chunk_frames", first_chunk_frames),
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     tokens = frames * frame_tokens
     per_head = batch * heads
     full = 4.0 * tokens * (tokens + global_tokens) * head_dim * per_head
-    pairs = softmax_pairs(frames, chunk_frames, overlap_frames, anchor_frames) * frame_tokens**2
+    pairs = softmax_pairs(frames, chunk_frames, overlap_frames, anchor_frames, first_chunk_frames)
+    pairs *= frame_tokens**2
     softmax = 4.0 * (pairs + tokens * global_tokens) * head_dim * per_head
     linear = 2.0 * tokens * per_head * 2 * feature_dim * head_dim  # keys add φk vᵀ, queries read φq·S
     map_macs = head_dim * feature_dim + (feature_layers - 1) * feature_dim * feature_dim

@@ -289,6 +289,9 @@ def test_export_refuses_what_has_no_recurrent_step(tmp_path):
             text_tokens=TEXT,
         )
     assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="first_chunk_frames=2 is not supported"):
+        first = tiny_converted(1, chunk_frames=1, overlap_frames=1, first_chunk_frames=2)
+        export_dit_step(first, tmp_path, num_frames=3, height=SIZE, width=SIZE, text_tokens=TEXT)
     with pytest.raises(ValueError, match="runtime must be one of"):
         export_dit_step(
             tiny_converted(1),

@@ -21,6 +21,7 @@ def _main(args: argparse.Namespace) -> int:
         batch=args.batch,
         anchor_frames=args.anchor_frames,
         global_tokens=args.global_tokens,
+        first_chunk_frames=args.first_chunk_frames,
     ).as_dict()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -46,5 +47,8 @@ def register(commands) -> None:
     flops.add_argument("--batch", type=int, default=1)
     flops.add_argument("--anchor-frames", type=int, default=0, help="anchor frames in every window")
     flops.add_argument("--global-tokens", type=int, default=0, help="global keys (e.g. text) in every window")
+    flops.add_argument(
+        "--first-chunk-frames", type=int, default=0, help="frames of the first chunk (0: chunk-frames)"
+    )
     flops.add_argument("--json", action="store_true", help="print a JSON object")
     flops.set_defaults(handler=_main)

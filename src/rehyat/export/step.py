@@ -123,6 +123,11 @@ def _check_streamable(transformer: nn.Module) -> list[int]:
             f"the exported recurrent step has no anchor state: anchor_frames={config.anchor_frames} "
             "is not supported (convert with anchor_frames=0 to export)"
         )
+    if config.first_chunk_frames:
+        raise ValueError(
+            f"the exported recurrent step has one chunk shape per chunk size: first_chunk_frames="
+            f"{config.first_chunk_frames} is not supported (convert with first_chunk_frames=0 to export)"
+        )
     return blocks
 
 

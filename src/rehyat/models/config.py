@@ -54,6 +54,10 @@ class ReHyAtConfig:
         anchor_frames: A, the first latent frames kept in every chunk's softmax window as an anchor
             and left out of the linear state (docs/method.md §2.1); 0 (the default) is plain ReHyAt.
             Only ``attention="hybrid"`` has it.
+        first_chunk_frames: F0, the latent frames of the video's first chunk when it differs from
+            ``chunk_frames`` (causal, ``attention="hybrid"`` only): chunks [0, F0), then ``chunk_frames``
+            at a time, so the first frames are attended jointly (docs/method.md §2.1); 0 (the default):
+            every chunk ``chunk_frames``.
     """
 
     chunk_frames: int = 3
@@ -72,6 +76,7 @@ class ReHyAtConfig:
     attention: str = "hybrid"
     uniform_stride: int = 2
     anchor_frames: int = 0
+    first_chunk_frames: int = 0
 
     def __post_init__(self) -> None:
         check_int("chunk_frames", self.chunk_frames, 1)
@@ -80,6 +85,7 @@ class ReHyAtConfig:
         check_int("feature_layers", self.feature_layers, 1)
         check_int("uniform_stride", self.uniform_stride, 1)
         check_int("anchor_frames", self.anchor_frames, 0)
+        check_int("first_chunk_frames", self.first_chunk_frames, 0)
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"attention must be one of {_ATTENTIONS}, got {self.attention!r}")
         if self.anchor_frames and self.attention != "hybrid":
@@ -90,6 +96,11 @@ class ReHyAtConfig:
         for name in ("causal", "feature_bias", "feature_nonnegative"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.first_chunk_frames and (self.attention != "hybrid" or not self.causal):
+            raise ValueError(
+                f"first_chunk_frames={self.first_chunk_frames} needs attention='hybrid' and causal=True, got "
+                f"attention={self.attention!r}, causal={self.causal}"
+            )
         if self.feature_activation not in _ACTIVATIONS:
             raise ValueError(
                 f"feature_activation must be one of {_ACTIVATIONS}, got {self.feature_activation!r}"
@@ -158,11 +169,18 @@ class ReHyAtConfig:
 
     def geometry(self, frame_tokens: int, scale: float | None = None) -> Geometry:
         """The chunk geometry of this config on a layer of ``frame_tokens`` tokens per latent frame:
-        ``chunk_frames``, ``overlap_frames``, ``causal`` and ``anchor_frames`` under the same names, as
+        ``chunk_frames``, ``overlap_frames``, ``causal``, ``anchor_frames`` and ``first_chunk_frames`` under
+        the same names, as
         one :class:`~rehyat.attention.Geometry` that the processors pass on to the op's kernels
         (``scale``: the softmax scale, None for 1/sqrt(head_dim) as the teacher's SDPA uses)."""
         return Geometry(
-            frame_tokens, self.chunk_frames, self.overlap_frames, self.causal, scale, self.anchor_frames
+            frame_tokens,
+            self.chunk_frames,
+            self.overlap_frames,
+            self.causal,
+            scale,
+            self.anchor_frames,
+            self.first_chunk_frames,
         )
 
     def feature_map(self, num_heads: int, head_dim: int) -> PolynomialFeatureMap:

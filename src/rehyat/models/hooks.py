@@ -148,7 +148,11 @@ class ChunkedForwardHook(ModelHook):
             return Transformer2DModelOutput(sample=output) if return_dict else (output,)
         frames, rows, cols = grid
         axis, per_frame = family.frame_axis(module, grid)
-        call_frames = self.runtime.config.chunk_frames * self.chunks_per_call
+        config = self.runtime.config
+        call_frames = config.chunk_frames * self.chunks_per_call
+        starts = list(range(0, frames, call_frames))
+        if config.first_chunk_frames:  # the first call is the video's first chunk
+            starts = [0, *range(config.first_chunk_frames, frames, call_frames)]
         forward = self.fn_ref.original_forward if self.chunk_forward is None else self.chunk_forward
         rope = family.rope(module)
         processors = [family.attention(module, i).processor for i in range(len(family.blocks(module)))]
@@ -156,8 +160,7 @@ class ChunkedForwardHook(ModelHook):
         try:
             for processor in processors:
                 processor.state = None
-            for start in range(0, frames, call_frames):
-                stop = min(start + call_frames, frames)
+            for start, stop in zip(starts, [*starts[1:], frames], strict=True):
                 if self.rotary is not None:
                     self.rotary.start = torch.full((), start, dtype=torch.int64, device=rope.freqs_cos.device)
                 chunk = family.chunk_call(module, call, start, stop, grid)

@@ -380,6 +380,11 @@ class JointAdapter(FamilyAdapter):
                 f"anchor_frames={config.anchor_frames}: {self.class_names[0]}'s chunk entries do not carry an "
                 "anchor yet (convert with anchor_frames=0)"
             )
+        if config.first_chunk_frames:
+            raise ValueError(
+                f"first_chunk_frames={config.first_chunk_frames}: {self.class_names[0]}'s chunk entries are "
+                "uniform chunks (convert with first_chunk_frames=0)"
+            )
 
     def check_attention(self, attn: nn.Module, index: int) -> None:
         if getattr(attn, "is_cross_attention", False):

@@ -331,6 +331,11 @@ def enable_chunk_parallel(
                 f"anchor_frames={config.anchor_frames}: chunk parallelism does not send the anchor frames "
                 "to the other ranks yet (convert with anchor_frames=0)"
             )
+        if config.first_chunk_frames:
+            problems.append(
+                f"first_chunk_frames={config.first_chunk_frames}: chunk parallelism splits the video into "
+                "uniform chunks (convert with first_chunk_frames=0)"
+            )
         if chunk_parallel_of(transformer) is not None:
             problems.append("chunk parallelism is already enabled on this transformer")
         if getattr(transformer, "_parallel_config", None) is not None:

@@ -499,7 +499,7 @@ def attend_recurrent(
     step_tokens = geometry.chunk_tokens(frames)
     starts = list(range(0, q.shape[1], step_tokens))
     first = geometry.first_chunk_frames
-    if first and (state is None or state.frames_seen == 0):  # the video's first chunk: F0 frames
+    if first and state is None:  # the video's first chunk: F0 frames (a state: the video goes on)
         first_tokens = min(first, frames) * geometry.frame_tokens
         starts = [0, *range(first_tokens, q.shape[1], geometry.chunk_frames * geometry.frame_tokens)]
     ends = [*starts[1:], q.shape[1]]
