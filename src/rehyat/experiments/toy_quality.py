@@ -115,6 +115,31 @@ STUDENTS = (
         "ReHyAt default φ, Tc=1 To=3 (sliding window)",
         {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
     ),
+    # The start of a video in the sliding window, where frame 0 sees only itself: the first frame kept in
+    # every window (an anchor, as streaming models keep a sink), or a first chunk of 3 frames attended
+    # jointly (docs/method.md §2.1, §2.2).
+    Student(
+        "rehyat_ns_tc1_to3_anchor1",
+        "ReHyAt default φ, Tc=1 To=3 + anchor frame",
+        {
+            "feature_nonnegative": True,
+            "feature_rotary": "spatial",
+            "chunk_frames": 1,
+            "overlap_frames": 3,
+            "anchor_frames": 1,
+        },
+    ),
+    Student(
+        "rehyat_ns_tc1_to3_first3",
+        "ReHyAt default φ, Tc=1 To=3, first chunk of 3",
+        {
+            "feature_nonnegative": True,
+            "feature_rotary": "spatial",
+            "chunk_frames": 1,
+            "overlap_frames": 3,
+            "first_chunk_frames": 3,
+        },
+    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -176,6 +201,8 @@ LONG_VIDEO_STUDENTS = (
     "rehyat_ns_tc5_to2",
     "rehyat_ns_tc1_to2",
     "rehyat_ns_tc1_to3",
+    "rehyat_ns_tc1_to3_anchor1",
+    "rehyat_ns_tc1_to3_first3",
 )
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
@@ -189,6 +216,8 @@ TARGET_STUDENTS = {
     "rehyat_ns_tc5_to2": "ReHyAt default φ, Tc=5 To=2",
     "rehyat_ns_tc1_to2": "ReHyAt default φ, Tc=1 To=2",
     "rehyat_ns_tc1_to3": "ReHyAt default φ, Tc=1 To=3",
+    "rehyat_ns_tc1_to3_anchor1": "ReHyAt default φ, Tc=1 To=3 + anchor frame",
+    "rehyat_ns_tc1_to3_first3": "ReHyAt default φ, Tc=1 To=3, first chunk of 3",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
