@@ -64,11 +64,15 @@ def local_attention(
     causal: bool = True,
     scale: float | None = None,
     stats: AttentionStats | None = None,
+    first_chunk_frames: int = 0,
 ) -> Tensor:
-    """Local-only: each chunk's softmax over its window (chunk + overlap), no linear part; ignores φ."""
+    """Local-only: each chunk's softmax over its window (chunk + overlap), no linear part; ignores φ.
+    ``first_chunk_frames``: the first chunk's frames when it differs from ``chunk_frames``."""
     check_bool("causal", causal)
     # The linear part's direction is all causal changes, and there is none: the causal geometry.
-    geometry = Geometry(frame_tokens, chunk_frames, overlap_frames, scale=scale)
+    geometry = Geometry(
+        frame_tokens, chunk_frames, overlap_frames, scale=scale, first_chunk_frames=first_chunk_frames
+    )
     validate_inputs(q, k, v, q, k, frame_tokens)
     return chunked_attention(q, k, v, None, None, geometry, stats)
 

@@ -115,3 +115,42 @@ def test_only_the_causal_form_and_the_pytorch_path_take_it():
             first_chunk_frames=2,
             backend="triton",
         )
+
+
+def test_a_video_streamed_in_pieces_must_start_with_the_first_chunk():
+    """From a state that has seen fewer frames than F0 the first chunk cannot be completed: refused, not
+    silently chunked uniformly; a first piece of F0 + j·Tc frames goes on exactly."""
+    inputs = make_inputs(1, 6, 2, 2, 4, 6, seed=2)
+    geometry = dict(frame_tokens=2, chunk_frames=1, overlap_frames=3, first_chunk_frames=3)
+    whole = hybrid_attention(*inputs, **geometry)
+    for cut, ok in ((2, False), (3, True), (4, True)):
+        first, state = recurrent_hybrid_attention(
+            *(x[:, : cut * 2] for x in inputs), **geometry, output_final_state=True
+        )
+        rest = (x[:, cut * 2 :] for x in inputs)
+        if not ok:
+            with pytest.raises(ValueError, match="seen 2 frames, fewer than first_chunk_frames=3"):
+                recurrent_hybrid_attention(*rest, **geometry, initial_state=state)
+            continue
+        second = recurrent_hybrid_attention(*rest, **geometry, initial_state=state)
+        assert rel_err(torch.cat([first, second], dim=1), whole) <= 1e-10
+
+
+def test_the_kernel_entry_refuses_what_it_cannot_chunk():
+    from rehyat.attention.hybrid.kernels.launch import triton_hybrid_attention
+
+    q, k, v, fq, fk = make_inputs(1, 4, 2, 2, 16, 16, dtype=torch.float32, seed=1)
+    for extra in (dict(first_chunk_frames=2), dict(anchor_frames=1)):
+        with pytest.raises(ValueError, match="the kernels cannot take a call with"):
+            triton_hybrid_attention(
+                q, k, v, fq, fk, frame_tokens=2, chunk_frames=1, overlap_frames=1, **extra
+            )
+
+
+def test_the_local_only_baseline_keeps_the_first_chunk():
+    from rehyat.baselines import local_attention
+
+    q, k, v, _, _ = make_inputs(1, 7, 2, 2, 4, 6, seed=5)
+    geometry = dict(frame_tokens=2, chunk_frames=1, overlap_frames=2, first_chunk_frames=3)
+    want = naive_hybrid_attention(q, k, v, None, None, **geometry)
+    assert rel_err(local_attention(q, k, v, **geometry), want) <= 1e-10

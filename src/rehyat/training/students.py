@@ -103,7 +103,8 @@ class BlockStudent:
                 f"'untrained' with attention='hybrid'), got {self.variant!r} with {self.config.attention!r}"
             )
         if self.variant == "local":
-            return local_attention(q, k, v, stats=stats, **call_keywords(geometry))
+            first = geometry.first_chunk_frames  # the same windows as the student's
+            return local_attention(q, k, v, stats=stats, first_chunk_frames=first, **call_keywords(geometry))
         fq = self.phi_q(self.feature_input(self.config, q, capture.rotary))
         fk = self.phi_k(self.feature_input(self.config, k, capture.rotary))
         if self.variant == "linear":

@@ -194,7 +194,8 @@ def hybrid_attention_step(
     The chunk's softmax keys are the cached overlap frames followed by the chunk; its linear keys are
     the state's sums. Afterwards exactly the frames that leave the next chunk's softmax window are
     added to the sums (docs/method.md §4), so driving this with chunks of ``chunk_frames`` frames reproduces
-    the parallel causal form for any overlap. ``state=None`` starts a new sequence. ``backend`` as in
+    the parallel causal form for any overlap (with ``first_chunk_frames`` = F0, the first step takes the
+    first F0 frames). ``state=None`` starts a new sequence. ``backend`` as in
     ``hybrid_attention``: "triton" runs the chunk's attention and the state update on the kernels.
 
     ``fq``/``fk`` may be the feature maps themselves instead of φq(q)/φk(k): then each is computed
@@ -447,7 +448,8 @@ def recurrent_hybrid_attention(
 
     ``anchor_frames``, ``first_chunk_frames``, ``global_k``, ``global_v``, ``global_mask``: as in
     ``hybrid_attention``; the state keeps the anchor frames' K, V (a fixed size), the first step of a
-    video takes its first chunk, the global keys join every step's softmax window.
+    video takes its first chunk (so a video's first piece must hold F0 + j·Tc frames), the global keys
+    join every step's softmax window.
     """
     geometry = Geometry(
         frame_tokens, chunk_frames, overlap_frames, causal, scale, anchor_frames, first_chunk_frames
@@ -456,6 +458,12 @@ def recurrent_hybrid_attention(
         raise ValueError(
             "the recurrent form is causal only (docs/method.md §4): use hybrid_attention(..., causal=False) "
             "for the bidirectional variant"
+        )
+    seen = None if initial_state is None else getattr(initial_state, "frames_seen", None)
+    if first_chunk_frames and isinstance(seen, int) and seen < first_chunk_frames:
+        raise ValueError(
+            f"initial_state has seen {seen} frames, fewer than first_chunk_frames={first_chunk_frames}: the "
+            f"first piece of a video must hold the first chunk (F0 + j·Tc frames)"
         )
     check_bool("output_final_state", output_final_state)
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rehyat.attention.hybrid.common import AttentionStats, needs_grad, states_from_frame_sums
+from rehyat.attention.hybrid.common import AttentionStats, extras_reason, needs_grad, states_from_frame_sums
 from rehyat.attention.hybrid.geometry import Geometry, with_keywords
 from rehyat.attention.hybrid.kernels.state_sums import SegmentSums, retire_sums, segment_sums
 from rehyat.attention.hybrid.kernels.windowed_attention import (
@@ -91,7 +91,11 @@ def kernel_attention(
     stats: AttentionStats | None = None,
 ) -> Tensor:
     """Parallel ReHyAt attention on the kernels; inputs validated by the caller. ``fq = fk = None``
-    drops the linear part (the local-only baseline, and the softmax part alone in the benchmark)."""
+    drops the linear part (the local-only baseline, and the softmax part alone in the benchmark). A
+    geometry with an anchor or a first chunk of its own size is a ValueError: the kernels chunk uniformly."""
+    reason = extras_reason(geometry.anchor_frames, None, geometry.first_chunk_frames)
+    if reason is not None:
+        raise ValueError(f"the kernels cannot take {reason}; use the PyTorch form (backend='torch')")
     kv = z = None
     if fq is not None and fk is not None:
         kv, z = chunk_states(fk, v, geometry)
