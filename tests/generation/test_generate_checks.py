@@ -248,6 +248,10 @@ def test_the_size_multiple_comes_from_the_folders_vae_and_patch(wan, tmp_path, c
     assert pipeline_module.pipeline_geometry(ti2v) == (4, 64)
     _config(ti2v, "vae", scale_factor_temporal=8)
     assert pipeline_module.pipeline_geometry(ti2v) == (8, 64)
+    no_transformer = tmp_path / "no_transformer"  # a folder for build-dataset: the published patch, 2
+    shutil.copytree(ti2v, no_transformer)
+    shutil.rmtree(no_transformer / "transformer")
+    assert pipeline_module.pipeline_geometry(no_transformer) == (8, 32)
     older = tmp_path / "older"
     shutil.copytree(wan, older)
     _config(older, "vae", scale_factor_spatial=None, scale_factor_temporal=None)

@@ -45,6 +45,9 @@ PIPELINE_GEOMETRY = {
     "HunyuanVideoPipeline": (4, 16),
     "CogVideoXPipeline": (4, 16),
 }
+#: The transformer's spatial patch of each pipeline's published models, for a folder without a
+#: ``transformer/`` (one for build-dataset): its multiple is then the VAE's stride times this.
+DEFAULT_SPATIAL_PATCH = {"LTXPipeline": 1}  # the others: 2
 #: The pipelines ``rehyat generate`` drives: each convertible family's text-to-video pipeline.
 PIPELINES = tuple(dict.fromkeys(family.pipeline_class for family in FAMILIES))
 #: Pipelines whose scheduler is not a flow-matching one (CogVideoX's v-prediction DDIM/DPM): ``scheduler``
@@ -124,14 +127,15 @@ def pipeline_geometry(folder: str | os.PathLike) -> tuple[int, int]:
     ``spatial_compression_ratio``, or its ``patch_size_t``/``patch_size`` × 2^(scaling stages) as diffusers
     computes them when those are null; HunyuanVideo's the same names; CogVideoX's
     ``temporal_compression_ratio`` and 2^(``len(block_out_channels)`` − 1), as its pipeline computes it)
-    and the transformer's spatial ``patch_size``. A config (or transformer) without the
-    fields falls back to the family's row of :data:`PIPELINE_GEOMETRY`; a field that is not a positive int
-    is a ValueError naming the file."""
+    and the transformer's spatial ``patch_size`` (a folder without ``transformer/``: the published one,
+    :data:`DEFAULT_SPATIAL_PATCH`). A config without the fields falls back to the family's row of
+    :data:`PIPELINE_GEOMETRY`; a field that is not a positive int is a ValueError naming the file."""
     folder = Path(folder)
-    temporal, multiple = PIPELINE_GEOMETRY[read_json_object(folder / "model_index.json")["_class_name"]]
+    pipeline = read_json_object(folder / "model_index.json")["_class_name"]
+    temporal, multiple = PIPELINE_GEOMETRY[pipeline]
     vae_path, transformer_path = folder / "vae" / "config.json", folder / "transformer" / "config.json"
     vae_temporal, vae_spatial = _vae_strides(vae_path, read_json_object(vae_path))
-    patch = None  # a folder without a transformer (one for build-dataset) takes the table's multiple
+    patch = DEFAULT_SPATIAL_PATCH.get(pipeline, 2)  # a folder without a transformer (build-dataset)
     if transformer_path.is_file():
         patch = _spatial_patch(transformer_path, read_json_object(transformer_path))
     if vae_temporal is not None:
