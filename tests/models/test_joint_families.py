@@ -19,7 +19,13 @@ from rehyat.attention.hybrid.common import DENOMINATOR_EPS
 from rehyat.models import convert, converted_blocks, family_of, feature_maps, read_rehyat_config
 from rehyat.models.adapter import ReHyAtRuntime
 from rehyat.models.cogvideox import COGVIDEOX, cogvideox_rotary
-from rehyat.models.hooks import apply_recurrent, compile_recurrent, is_recurrent, recurrent_mode
+from rehyat.models.hooks import (
+    apply_recurrent,
+    compile_recurrent,
+    is_recurrent,
+    recurrent_mode,
+    remove_recurrent,
+)
 from rehyat.models.hunyuan_video import HUNYUAN_VIDEO
 from rehyat.models.joint import JointPlan, ReHyAtJointAttnProcessor
 
@@ -258,11 +264,34 @@ def test_what_is_not_served_errors():
     assert cogvideox_rotary(convert(COG_2B.build()), FRAMES, 8, 8) is None
 
 
-@pytest.mark.parametrize("family", [HUNYUAN, COG_5B], ids=str)
-def test_compile_recurrent_refuses_the_joint_families(family):
-    """Their chunk calls slice RoPE with Python-int starts: compiled, every chunk position would recompile."""
+@pytest.mark.parametrize("family", [COG_5B, COG_15], ids=str)
+def test_compile_recurrent_serves_cogvideox_with_rope_tables(family):
+    """CogVideoX 5B and 1.5 take their RoPE tables as inputs, cut per chunk outside the compiled forward:
+    one graph per chunk shape however long the video, equal to the parallel form."""
+    from torch._dynamo.utils import counters
+
+    config = ReHyAtConfig(chunk_frames=1, overlap_frames=1)
+    reference = convert(family.build(), config)
+    net = compile_recurrent(convert(family.build(), config), backend="eager")
+    torch._dynamo.reset()
+    counters.clear()
+    for frames in (3, 5):  # post-patch frames
+        inputs = family.inputs_for(net, frames=frames)
+        with torch._dynamo.config.patch(error_on_recompile=frames > 3):
+            compiled = run(net, inputs)
+        assert rel_err(compiled, run(reference, inputs)) <= 1e-5
+    assert counters["stats"]["unique_graphs"] == 2  # the first chunk, the steady chunk
+    remove_recurrent(net)
+
+
+@pytest.mark.parametrize("family", [HUNYUAN, COG_2B], ids=str)
+def test_compile_recurrent_refuses_positions_computed_inside_the_forward(family):
+    """HunyuanVideo's RoPE and CogVideoX-2B's position embeddings are computed inside the forward from
+    Python-int frames: compiled, every chunk position would recompile."""
     net = convert(family.build())
-    with pytest.raises(ValueError, match="compile_recurrent does not serve joint-attention families yet"):
+    with pytest.raises(
+        ValueError, match=r"compile_recurrent does not serve .* each chunk position would recompile"
+    ):
         compile_recurrent(net, backend="eager")
     assert not is_recurrent(net)  # nothing applied
     inputs = family.inputs_for(net)

@@ -202,8 +202,12 @@ class FamilyAdapter:
         """The forward arguments that run post-patch frames [start, stop) of the call ``call``."""
         axis, per_frame = self.frame_axis(transformer, grid)
         chunk = dict(call)
+        # A copy with the strides of its own shape: ``contiguous()`` keeps a size-1 batch dimension's
+        # stride, which is the whole video's, and a compiled chunk forward would guard on it.
         chunk["hidden_states"] = (
-            call["hidden_states"].narrow(axis, start * per_frame, (stop - start) * per_frame).contiguous()
+            call["hidden_states"]
+            .narrow(axis, start * per_frame, (stop - start) * per_frame)
+            .clone(memory_format=torch.contiguous_format)
         )
         chunk["timestep"] = cut_timestep(self, call["timestep"], start, stop, grid)
         return chunk

@@ -166,6 +166,13 @@ class CogVideoXAdapter(JointAdapter):
         if not config.use_rotary_positional_embeddings and config.patch_size_t is not None:
             raise ValueError("CogVideoX with position embeddings and a temporal patch is not converted")
 
+    def compile_reason(self, transformer: nn.Module) -> str | None:
+        """5B and 1.5 take their RoPE tables as inputs, cut per chunk outside the compiled forward (one
+        graph per chunk shape); 2B adds the whole video's position embeddings at each chunk's frames."""
+        if transformer.config.use_rotary_positional_embeddings:
+            return None
+        return "the 2B layout adds the whole video's position embeddings at each chunk's frames"
+
     def install(self, transformer: nn.Module, runtime: ReHyAtRuntime) -> None:
         super().install(transformer, runtime)
         embed = transformer.patch_embed

@@ -248,15 +248,17 @@ def compile_recurrent(
     replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
     every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
     :func:`remove_recurrent` undoes both (``chunks_per_call`` goes to it; None: 1, or what an earlier
-    :func:`apply_recurrent` set). Returns ``transformer``. Not for the joint-attention families
-    (HunyuanVideo, CogVideoX): their chunk calls slice RoPE at Python-int starts, which would recompile
-    per chunk position (:func:`recurrent_mode` runs them eagerly).
+    :func:`apply_recurrent` set). Returns ``transformer``. Not for HunyuanVideo and CogVideoX's 2B layout,
+    whose chunk calls compute positions from Python-int frames inside the forward and would recompile per
+    chunk position (``compile_reason`` of their adapters; :func:`recurrent_mode` runs them eagerly);
+    CogVideoX 5B and 1.5 take their RoPE tables as inputs and compile.
     """
     runtime = rehyat_runtime(transformer)
-    if runtime is not None and runtime.joint is not None:
+    reason = None if runtime is None or runtime.joint is None else runtime.family.compile_reason(transformer)
+    if reason is not None:
         raise ValueError(
-            "compile_recurrent does not serve joint-attention families yet (HunyuanVideo, CogVideoX: each chunk "
-            "position would recompile); run them with recurrent_mode or apply_recurrent uncompiled"
+            f"compile_recurrent does not serve {type(transformer).__name__} yet ({reason}: each chunk "
+            "position would recompile); run it with recurrent_mode or apply_recurrent uncompiled"
         )
     if not is_recurrent(transformer):
         apply_recurrent(transformer, chunks_per_call=chunks_per_call or 1)

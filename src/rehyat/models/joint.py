@@ -362,6 +362,11 @@ class JointAdapter(FamilyAdapter):
 
     batch_arguments: tuple[str, ...] = ()
 
+    def compile_reason(self, transformer: nn.Module) -> str | None:
+        """Why :func:`~rehyat.models.hooks.compile_recurrent` would recompile chunk after chunk on
+        ``transformer`` (its chunk calls compute positions from Python ints inside the forward), or None."""
+        return "its chunk calls compute RoPE tables at Python-int frames inside the forward"
+
     def check_conversion(self, transformer: nn.Module, config: ReHyAtConfig, blocks: list[int]) -> None:
         total = len(self.blocks(transformer))
         if blocks != list(range(total)):
