@@ -264,10 +264,11 @@ def test_what_is_not_served_errors():
     assert cogvideox_rotary(convert(COG_2B.build()), FRAMES, 8, 8) is None
 
 
-@pytest.mark.parametrize("family", [COG_5B, COG_15], ids=str)
-def test_compile_recurrent_serves_cogvideox_with_rope_tables(family):
-    """CogVideoX 5B and 1.5 take their RoPE tables as inputs, cut per chunk outside the compiled forward:
-    one graph per chunk shape however long the video, equal to the parallel form."""
+@pytest.mark.parametrize("family", [HUNYUAN, COG_5B, COG_15], ids=str)
+def test_compile_recurrent_serves_positions_given_as_tensors(family):
+    """CogVideoX 5B and 1.5 take their RoPE tables as inputs, cut per chunk outside the compiled forward;
+    HunyuanVideo's are made at the chunk's position given as a tensor: one graph per chunk shape however
+    long the video, equal to the parallel form."""
     from torch._dynamo.utils import counters
 
     config = ReHyAtConfig(chunk_frames=1, overlap_frames=1)
@@ -284,10 +285,10 @@ def test_compile_recurrent_serves_cogvideox_with_rope_tables(family):
     remove_recurrent(net)
 
 
-@pytest.mark.parametrize("family", [HUNYUAN, COG_2B], ids=str)
+@pytest.mark.parametrize("family", [COG_2B], ids=str)
 def test_compile_recurrent_refuses_positions_computed_inside_the_forward(family):
-    """HunyuanVideo's RoPE and CogVideoX-2B's position embeddings are computed inside the forward from
-    Python-int frames: compiled, every chunk position would recompile."""
+    """CogVideoX-2B's position embeddings of the whole video are added at each chunk's Python-int frames
+    inside the forward: compiled, every chunk position would recompile."""
     net = convert(family.build())
     with pytest.raises(
         ValueError, match=r"compile_recurrent does not serve .* each chunk position would recompile"

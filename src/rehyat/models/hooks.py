@@ -248,10 +248,9 @@ def compile_recurrent(
     replays each chunk shape as a CUDA graph; the states are then copied out of the graph's memory after
     every chunk, since the next replay overwrites it. Applies :func:`apply_recurrent` first if needed;
     :func:`remove_recurrent` undoes both (``chunks_per_call`` goes to it; None: 1, or what an earlier
-    :func:`apply_recurrent` set). Returns ``transformer``. Not for HunyuanVideo and CogVideoX's 2B layout,
-    whose chunk calls compute positions from Python-int frames inside the forward and would recompile per
-    chunk position (``compile_reason`` of their adapters; :func:`recurrent_mode` runs them eagerly);
-    CogVideoX 5B and 1.5 take their RoPE tables as inputs and compile.
+    :func:`apply_recurrent` set). Returns ``transformer``. Not for CogVideoX's 2B layout, whose chunk
+    calls add position embeddings at Python-int frames inside the forward and would recompile per chunk
+    position (its adapter's ``compile_reason``; :func:`recurrent_mode` runs it eagerly).
     """
     runtime = rehyat_runtime(transformer)
     reason = None if runtime is None or runtime.joint is None else runtime.family.compile_reason(transformer)

@@ -96,6 +96,24 @@ def feature_input(config: ReHyAtConfig, x: Tensor, rotary_emb, temporal_channels
     return unrotate_leading(x, rotary_emb, temporal_channels)
 
 
+def rotary_at_frames(
+    module: nn.Module, start: Tensor, frames: int, rows: int, cols: int
+) -> tuple[Tensor, Tensor]:
+    """The (cos, sin) tables ``HunyuanVideoRotaryPosEmbed`` makes for post-patch frames
+    [start, start + frames) of a rows × cols grid, ``start`` a 0-d tensor: diffusers' computation with
+    the frame positions offset (its ``get_1d_rotary_pos_embed`` per axis)."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    axes = [start.float() + torch.arange(frames, device=start.device, dtype=torch.float32)]
+    axes += [torch.arange(size, device=start.device, dtype=torch.float32) for size in (rows, cols)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+    freqs = [
+        get_1d_rotary_pos_embed(module.rope_dim[i], grid[i].reshape(-1), module.theta, use_real=True)
+        for i in range(3)
+    ]
+    return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+
 def _rotary_hook(plan: JointPlan):
     """On ``transformer.rope``: while a converted call runs, the tables of each chunk entry's absolute
     frames ([n·B, Tc·S, D] for n entries, [Tc·S, D] for one), the rows of the whole video's tables."""
@@ -107,6 +125,9 @@ def _rotary_hook(plan: JointPlan):
                 return self.fn_ref.original_forward(hidden_states)
             entries, _, frames, height, width = hidden_states.shape
             chunk = frames // module.patch_size_t
+            if len(plan.starts) == 1 and plan.start is not None:  # one chunk, its position a tensor
+                rows, cols = height // module.patch_size, width // module.patch_size
+                return rotary_at_frames(module, plan.start, chunk, rows, cols)
             total = max(plan.starts) + chunk
             shape = (1, 0, total * module.patch_size_t, height, width)  # the rope reads only the shape
             tables = self.fn_ref.original_forward(hidden_states.new_empty(shape))
@@ -137,6 +158,10 @@ class HunyuanVideoAdapter(JointAdapter):
                 "HunyuanVideo with image_condition_type='token_replace' modulates the first frame's tokens "
                 "apart; ReHyAt converts the text-to-video and latent_concat models"
             )
+
+    def compile_reason(self, transformer: nn.Module) -> str | None:
+        """None: a chunk call's RoPE tables come from its position as a tensor (:func:`rotary_at_frames`)."""
+        return None
 
     def install(self, transformer: nn.Module, runtime: ReHyAtRuntime) -> None:
         from diffusers.hooks import HookRegistry

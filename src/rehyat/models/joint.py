@@ -56,10 +56,13 @@ class JointPlan:
         ``len(starts)`` per batch element), or None outside a converted call; frames: the post-patch
         frames of the whole video; keep_state: whether the processors keep the state after the call's
         last entry (a shorter last chunk follows); temporal_channels: the leading channels of a head that
-        the family's RoPE rotates by the frame (HunyuanVideo's ``rope_axes_dim[0]``).
+        the family's RoPE rotates by the frame (HunyuanVideo's ``rope_axes_dim[0]``); start: the latest
+        chunk call's first frame as a 0-d int64 tensor on the model's device (a compiled chunk forward
+        reads its position from it without specialising on the number).
     """
 
     starts: list[int] | None = None
+    start: Tensor | None = None
     frames: int = 0
     keep_state: bool = False
     temporal_channels: int = 0
@@ -418,6 +421,7 @@ class JointAdapter(FamilyAdapter):
         chunk = super().chunk_call(transformer, call, start, stop, grid)
         plan = self.plan(transformer)
         plan.starts, plan.frames = [start], grid[0]
+        plan.start = torch.full((), start, dtype=torch.int64, device=call["hidden_states"].device)
         return chunk
 
     def fold_argument(self, name: str, values: list, batch: int):
