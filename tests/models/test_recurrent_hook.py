@@ -18,7 +18,7 @@ from rehyat import ReHyAtConfig, convert_wan
 from rehyat.models import rehyat_runtime, rotary_for_frames
 from rehyat.models.hooks import (
     CHUNKED_FORWARD_HOOK,
-    FRAME_BY_FRAME_HOOK,
+    CHUNKWISE_FFN_HOOK,
     ROTARY_HOOK,
     apply_recurrent,
     is_recurrent,
@@ -152,7 +152,7 @@ def test_hooks_are_diffusers_hooks_and_come_off_cleanly():
     assert HookRegistry.check_if_exists_or_initialize(net).get_hook(CHUNKED_FORWARD_HOOK) is not None
     assert HookRegistry.check_if_exists_or_initialize(net.rope).get_hook(ROTARY_HOOK) is not None
     for block in net.blocks:
-        assert HookRegistry.check_if_exists_or_initialize(block.ffn).get_hook(FRAME_BY_FRAME_HOOK) is not None
+        assert HookRegistry.check_if_exists_or_initialize(block.ffn).get_hook(CHUNKWISE_FFN_HOOK) is not None
     with pytest.raises(ValueError, match="already applied"):
         apply_recurrent(net)
     output = net(hidden, timestep, context)  # return_dict=True, as diffusers returns it

@@ -80,18 +80,20 @@ def test_blocks_only_ever_see_one_chunk(model):
         assert len(sizes) == 3 * -(-frames // 2)
 
 
-def test_feed_forward_runs_frame_by_frame_only_while_streaming(model):
-    """Inside a chunk each block's FFN (the widest activation) sees one frame of 16 tokens at a time."""
+@pytest.mark.parametrize("chunks_per_call", [1, 3])
+def test_feed_forward_runs_chunk_by_chunk_only_while_streaming(model, chunks_per_call):
+    """Inside a sweep each block's FFN (the widest activation) sees one chunk (3 frames of 16 tokens) at a
+    time, however many chunks a call holds; outside it, the whole input."""
     net = converted(model, chunk_frames=3, overlap_frames=1)
     sizes = []
-    handles = [  # on the FFN's first projection: the per-frame calls run inside the FFN's forward
+    handles = [  # on the FFN's first projection: the per-chunk calls run inside the FFN's forward
         block.ffn.net[0].register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[1]))
         for block in net.blocks
     ]
     hidden, timestep, context = tiny_inputs(frames=7)
     with torch.no_grad():
-        recurrent_forward(net, hidden, timestep, context)
-    assert set(sizes) == {16} and len(sizes) == 3 * 7
+        recurrent_forward(net, hidden, timestep, context, chunks_per_call=chunks_per_call)
+    assert sorted(sizes) == sorted([3 * 16, 3 * 16, 16] * len(net.blocks))
     assert all("forward" not in vars(block.ffn) for block in net.blocks)  # the patch is gone afterwards
     sizes.clear()
     run(net, hidden, timestep, context)

@@ -15,8 +15,9 @@ come from) is asked of the model's :class:`~rehyat.models.adapter.FamilyAdapter`
 - on ``transformer.rope`` (Wan, SkyReels-V2), :class:`AbsoluteFramesRotaryHook`: diffusers' RoPE numbers
   frames from 0 within its input, so inside a sweep the hook returns the tables of the chunk's absolute
   frames (LTX-Video's chunk calls pass the absolute positions as ``video_coords`` instead);
-- on each block's ``ffn``, :class:`FrameByFrameHook`: inside a sweep the feed-forward (token-wise) runs
-  one frame at a time, which bounds its 4×-wide hidden activation, the largest tensor of a chunk.
+- on each block's ``ffn``, :class:`ChunkwiseFeedForwardHook`: inside a sweep the feed-forward (token-wise)
+  runs one chunk's tokens at a time, which bounds its 4×-wide hidden activation, the largest tensor of a
+  call, to one chunk's whatever ``chunks_per_call`` is.
 
 Everything inside diffusers' forward (patch embedding, condition embedding, blocks, output head,
 unpatchify) therefore sees one chunk at a time: activations are chunk-sized whatever the video length,
@@ -61,8 +62,8 @@ from rehyat.utils import check_int
 
 CHUNKED_FORWARD_HOOK = "rehyat_chunked_forward"
 ROTARY_HOOK = "rehyat_absolute_frames_rotary"
-FRAME_BY_FRAME_HOOK = "rehyat_frame_by_frame_ffn"
-_HOOKS = (CHUNKED_FORWARD_HOOK, ROTARY_HOOK, FRAME_BY_FRAME_HOOK)
+CHUNKWISE_FFN_HOOK = "rehyat_chunkwise_ffn"
+_HOOKS = (CHUNKED_FORWARD_HOOK, ROTARY_HOOK, CHUNKWISE_FFN_HOOK)
 
 
 def check_recurrent(transformer: nn.Module) -> ReHyAtRuntime:
@@ -106,9 +107,10 @@ class AbsoluteFramesRotaryHook(ModelHook):
         return rotary_at_frames(module, frames, hidden_states.shape[3] // p_h, hidden_states.shape[4] // p_w)
 
 
-class FrameByFrameHook(ModelHook):
+class ChunkwiseFeedForwardHook(ModelHook):
     """On a block's ``ffn``: inside a sweep (``runtime.streaming``), the token-wise feed-forward applied to
-    one frame's tokens at a time; otherwise diffusers' own forward."""
+    one chunk's tokens (``chunk_frames`` frames) at a time; otherwise diffusers' own forward. One frame at
+    a time would bound memory no better in order (a chunk is a few frames) and cost a call per frame."""
 
     def __init__(self, runtime: ReHyAtRuntime) -> None:
         super().__init__()
@@ -118,7 +120,7 @@ class FrameByFrameHook(ModelHook):
         grid = self.runtime.grid
         if not self.runtime.streaming or grid is None:
             return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
-        parts = hidden_states.split(grid[1] * grid[2], dim=1)
+        parts = hidden_states.split(self.runtime.config.chunk_frames * grid[1] * grid[2], dim=1)
         return torch.cat([self.fn_ref.original_forward(part, *args, **kwargs) for part in parts], dim=1)
 
 
@@ -222,7 +224,7 @@ def apply_recurrent(transformer: nn.Module, *, chunks_per_call: int = 1) -> nn.M
         [
             *([(rope, rotary, ROTARY_HOOK)] if rope is not None else []),
             *(
-                (ffn, FrameByFrameHook(runtime), FRAME_BY_FRAME_HOOK)
+                (ffn, ChunkwiseFeedForwardHook(runtime), CHUNKWISE_FFN_HOOK)
                 for ffn in family.feed_forwards(transformer)
             ),
             (transformer, ChunkedForwardHook(runtime, rotary, chunks_per_call), CHUNKED_FORWARD_HOOK),
