@@ -123,6 +123,43 @@ def test_build_latent_dataset_encodes_videos_with_the_wan_vae(tmp_path):
         prepare_video(clip, num_frames=4, height=16, width=16)
 
 
+def test_build_latent_dataset_stores_precomputed_conditioning(tmp_path):
+    """Precomputed embeddings carry the family's other prompt tensors (HunyuanVideo's pooled projection
+    and mask) into the dataset, as encoded prompts do; malformed conditioning fails before any write."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    gen = torch.Generator().manual_seed(0)
+    clips = [torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8, generator=gen) for _ in range(2)]
+    embeds = [torch.randn(*PROMPT_SHAPE, generator=gen) for _ in range(2)]
+    extra = [
+        {
+            "pooled_prompt_embeds": torch.randn(6, generator=gen),
+            "prompt_attention_mask": torch.ones(PROMPT_SHAPE[0]),
+        }
+        for _ in range(2)
+    ]
+    kwargs = dict(num_frames=5, height=16, width=16)
+    folder = build_latent_dataset(
+        tmp_path / "d", clips, vae, prompt_embeds=embeds, conditioning=extra, **kwargs
+    )
+    dataset = LatentDataset(folder)
+    stored = dataset.conditioning([0, 1])
+    assert set(stored) == {"pooled_prompt_embeds", "prompt_attention_mask"}
+    assert torch.equal(
+        stored["pooled_prompt_embeds"], torch.stack([e["pooled_prompt_embeds"] for e in extra])
+    )
+    with pytest.raises(ValueError, match="one conditioning mapping per video: 1 for 2"):
+        build_latent_dataset(
+            tmp_path / "e", clips, vae, prompt_embeds=embeds, conditioning=extra[:1], **kwargs
+        )
+    with pytest.raises(ValueError, match=r"conditioning\[1\]\['pooled_prompt_embeds'\] must be a tensor"):
+        bad = [extra[0], {"pooled_prompt_embeds": [1.0]}]
+        build_latent_dataset(tmp_path / "e", clips, vae, prompt_embeds=embeds, conditioning=bad, **kwargs)
+    assert not (tmp_path / "e").exists()
+
+
 def test_shards_must_lie_inside_the_dataset_folder_and_be_listed_once(tmp_path):
     elsewhere = tiny_dataset(tmp_path / "elsewhere", samples=2, shard_size=2)
     folder = tiny_dataset(tmp_path / "d", samples=2, shard_size=2)

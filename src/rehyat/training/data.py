@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -411,6 +411,7 @@ def build_latent_dataset(
     prompts: Sequence[str] | None = None,
     pipeline: Any = None,
     prompt_embeds: Sequence[Tensor] | None = None,
+    conditioning: Sequence[Mapping[str, Tensor]] | None = None,
     family: FamilyAdapter | None = None,
     num_frames: int = 81,
     height: int = 480,
@@ -419,14 +420,29 @@ def build_latent_dataset(
     shard_size: int = 64,
 ) -> Path:
     """Encode videos (files or uint8 [F, H, W, 3] tensors) with the family's VAE (:func:`encode_video`)
-    and pair them with prompt embeddings: given precomputed ([L, D] each), or ``prompts`` encoded by
-    ``pipeline.encode_prompt`` with the conditioning the family's transformer takes (:func:`encode_prompt`,
-    padded to ``max_sequence_length``, default the pipeline's inference length). ``family``: default the
-    pipeline's (by its class), or Wan's without one. Writes a dataset folder."""
+    and pair them with prompt embeddings: given precomputed ([L, D] each, with ``conditioning``, one
+    mapping per video of the other tensors the family's transformer takes, as :func:`encode_prompt` names
+    them: HunyuanVideo needs ``pooled_prompt_embeds``), or ``prompts`` encoded by ``pipeline.encode_prompt``
+    with that conditioning (:func:`encode_prompt`, padded to ``max_sequence_length``, default the
+    pipeline's inference length). ``family``: default the pipeline's (by its class), or Wan's without one.
+    Writes a dataset folder."""
     if (prompt_embeds is None) == (prompts is None):
         raise ValueError("pass exactly one of prompts (with pipeline) and prompt_embeds")
     if len(prompt_embeds if prompt_embeds is not None else prompts) != len(videos):
         raise ValueError("need one prompt per video")
+    if conditioning is not None:
+        if prompt_embeds is None:
+            raise ValueError("conditioning goes with prompt_embeds; prompts are encoded with their own")
+        if len(conditioning) != len(videos):
+            raise ValueError(
+                f"need one conditioning mapping per video: {len(conditioning)} for {len(videos)}"
+            )
+        for index, mapping in enumerate(conditioning):
+            for name, value in mapping.items():
+                if not isinstance(value, Tensor):
+                    raise ValueError(
+                        f"conditioning[{index}][{name!r}] must be a tensor, not {type(value).__name__}"
+                    )
     if prompts is not None and pipeline is None:
         raise ValueError("encoding prompts needs the pipeline (load_encoders)")
     if family is None:
@@ -438,7 +454,7 @@ def build_latent_dataset(
 
     def embed(index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if prompt_embeds is not None:
-            return prompt_embeds[index], {}
+            return prompt_embeds[index], dict(conditioning[index]) if conditioning is not None else {}
         return encode_prompt(pipeline, prompts[index], max_sequence_length)
 
     def samples() -> Iterable[tuple[Tensor, Tensor, dict[str, Tensor]]]:
