@@ -207,6 +207,34 @@ def refusal(run) -> str:
     return "no error"
 
 
+def failed_enable_leaves_nothing(base, ranges) -> bool:
+    """Fault injection: registering the hooks fails after the first one is on (and block 0's processor
+    swapped for softmax across ranks); the transformer is then as it was before the call."""
+    import rehyat.models.hooks as hooks
+
+    model = convert_wan(copy.deepcopy(base), ReHyAtConfig(chunk_frames=2, overlap_frames=1, blocks=[1]))
+    before, processors = hook_state(model), [block.attn1.processor for block in model.blocks]
+    register = hooks.register_hooks
+
+    def failing(transformer, pairs):
+        register(transformer, list(pairs)[:1])
+        raise RuntimeError("injected")
+
+    hooks.register_hooks = failing
+    try:
+        enable_chunk_parallel(model, None, ranges)
+    except RuntimeError:
+        pass
+    finally:
+        hooks.register_hooks = register
+    return (
+        chunk_parallel_of(model) is None
+        and hook_state(model) == before
+        and [block.attn1.processor for block in model.blocks] == processors
+        and rehyat_runtime(model).attention is None
+    )
+
+
 def refusals(rank: int, base) -> dict:
     model = convert_wan(copy.deepcopy(base), ReHyAtConfig(chunk_frames=2, overlap_frames=1))
     hidden, timestep, context, _ = tiny_inputs(7)
@@ -223,6 +251,7 @@ def refusals(rank: int, base) -> dict:
         copy.deepcopy(base), ReHyAtConfig(chunk_frames=2, overlap_frames=1, anchor_frames=1)
     )
     found["anchor"] = refusal(lambda: enable_chunk_parallel(anchored, None, ranges))
+    found["partial_failure"] = failed_enable_leaves_nothing(base, ranges)
     with chunk_parallel(model, None, ranges):
         wrong = hidden[:, :, : (3 if rank == 1 else ranges[rank][1] - ranges[rank][0])]
         found["wrong_frames"] = refusal(lambda: model(wrong, timestep, context))

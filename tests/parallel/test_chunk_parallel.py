@@ -80,3 +80,7 @@ def test_refusals_raise_on_every_rank(results, case, words):
     messages = [rank["refusals"][case] for rank in results]
     assert all(m.startswith("ValueError") and "every rank" in m and words in m for m in messages), messages
     assert len(set(messages)) == 1, messages
+
+
+def test_a_failed_enable_leaves_the_transformer_as_it_was(results):
+    assert all(rank["refusals"]["partial_failure"] is True for rank in results)

@@ -153,23 +153,27 @@ class ChunkParallel:
         self._softmax_runtime = ReHyAtRuntime(config=runtime.config, blocks=[], attention=self._softmax)
         #: Original processors of the blocks left with softmax attention, by block index.
         self._processors: dict[int, object] = {}
-        converted = set(converted_blocks(transformer))
-        for index, block in enumerate(transformer.blocks):
-            if index not in converted:
-                self._processors[index] = block.attn1.processor
-                block.attn1.set_processor(
-                    _SoftmaxProcessor(self._softmax_runtime, block.attn1.processor, self._call)
-                )
-        # The converted blocks attend across ranks until disable() leaves this mode.
         self._mode = ExitStack()
-        self._mode.enter_context(runtime.mode(attention=self._attention))
-        register_hooks(
-            transformer,
-            [
-                (transformer, self._call, CALL_HOOK),
-                (transformer.rope, GlobalFramesRotaryHook(self._call, self.rank), ROTARY_HOOK),
-            ],
-        )
+        try:  # all or nothing: a failure part-way leaves the transformer as it was
+            converted = set(converted_blocks(transformer))
+            for index, block in enumerate(transformer.blocks):
+                if index not in converted:
+                    self._processors[index] = block.attn1.processor
+                    block.attn1.set_processor(
+                        _SoftmaxProcessor(self._softmax_runtime, block.attn1.processor, self._call)
+                    )
+            # The converted blocks attend across ranks until disable() leaves this mode.
+            self._mode.enter_context(runtime.mode(attention=self._attention))
+            register_hooks(
+                transformer,
+                [
+                    (transformer, self._call, CALL_HOOK),
+                    (transformer.rope, GlobalFramesRotaryHook(self._call, self.rank), ROTARY_HOOK),
+                ],
+            )
+        except BaseException:
+            self.disable()
+            raise
 
     @property
     def layout(self) -> FrameLayout | None:
