@@ -140,6 +140,20 @@ STUDENTS = (
             "first_chunk_frames": 3,
         },
     ),
+    # Stage 1 that also matches the share of attention the teacher puts outside the window (the linear
+    # part's mass; L1 on outputs alone leaves it near 0: docs/method.md §7.1).
+    Student(
+        "rehyat_ns_mass",
+        "ReHyAt default φ + stage-1 mass matching (λ=1)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial"},
+        settings={"distill_mass_weight": 1.0},
+    ),
+    Student(
+        "rehyat_ns_tc1_to3_mass",
+        "ReHyAt default φ, Tc=1 To=3 + stage-1 mass matching (λ=1)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
+        settings={"distill_mass_weight": 1.0},
+    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -203,6 +217,8 @@ LONG_VIDEO_STUDENTS = (
     "rehyat_ns_tc1_to3",
     "rehyat_ns_tc1_to3_anchor1",
     "rehyat_ns_tc1_to3_first3",
+    "rehyat_ns_mass",
+    "rehyat_ns_tc1_to3_mass",
 )
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
@@ -218,6 +234,8 @@ TARGET_STUDENTS = {
     "rehyat_ns_tc1_to3": "ReHyAt default φ, Tc=1 To=3",
     "rehyat_ns_tc1_to3_anchor1": "ReHyAt default φ, Tc=1 To=3 + anchor frame",
     "rehyat_ns_tc1_to3_first3": "ReHyAt default φ, Tc=1 To=3, first chunk of 3",
+    "rehyat_ns_mass": "ReHyAt default φ + stage-1 mass matching",
+    "rehyat_ns_tc1_to3_mass": "ReHyAt default φ, Tc=1 To=3 + stage-1 mass matching",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})
@@ -288,12 +306,13 @@ def _make_stage1(
 
 
 def _heldout(report: dict) -> dict:
-    """Stage 1 in brief, per block: held-out relative error of the attention output and the fraction
-    of rows whose denominator hit the guard."""
+    """Stage 1 in brief, per block: held-out relative error of the attention output, the fraction of
+    rows whose denominator hit the guard, and the out-of-window mass error (rehyat.training.mass)."""
     blocks = report["blocks"].items()
     return {
         "heldout_rel_error": {str(b): r["heldout"]["rehyat"]["rel_error"] for b, r in blocks},
         "heldout_guarded_fraction": {str(b): r["heldout"]["rehyat"]["guarded_fraction"] for b, r in blocks},
+        "heldout_mass_error": {str(b): r["heldout"]["rehyat"].get("mass_error") for b, r in blocks},
     }
 
 

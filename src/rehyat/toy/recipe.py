@@ -44,6 +44,7 @@ class RecipeSettings:
     distill_inner_steps: int = 6
     distill_lr: float = 3e-4
     distill_variants: tuple[str, ...] = ("rehyat", "untrained", "linear", "local")  # stage-1 comparisons
+    distill_mass_weight: float = 0.0  # λ of stage 1's out-of-window mass error (rehyat.training.mass)
     finetune_clips: int = 64
     finetune_steps: int = 20
     finetune_batch: int = 2
@@ -96,6 +97,7 @@ class RecipeSettings:
         check_number("finetune_prompt_dropout", self.finetune_prompt_dropout, minimum=0, maximum=1)
         check_number("guidance_scale", self.guidance_scale, minimum=0)
         check_number("distill_guidance_scale", self.distill_guidance_scale, minimum=0)
+        check_number("distill_mass_weight", self.distill_mass_weight, minimum=0)
         check_bool("progress", self.progress)
 
 
@@ -170,6 +172,7 @@ def distill_student(
             guidance_scale=settings.distill_guidance_scale,
             inner_steps=settings.distill_inner_steps,
             lr=settings.distill_lr,
+            mass_weight=settings.distill_mass_weight,
             dtype="fp32",
             device=device,
             seed=settings.seed,

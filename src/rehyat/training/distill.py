@@ -80,6 +80,8 @@ class DistillConfig:
     seeds_per_prompt: int = 1
     heldout: int = 1  # the last `heldout` sampler runs are held out for evaluation
     inner_steps: int = 1  # optimiser steps per captured call
+    mass_weight: float = 0.0  # λ of the out-of-window mass error beside L1 (rehyat.training.mass); 0: L1 only
+    mass_rows: int = 256  # query rows per capture the mass error is taken on
     lr: float = 1e-3
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     device: str = "auto"
@@ -128,6 +130,13 @@ class DistillConfig:
                     f"{name} must be a multiple of 16 (Wan's pixel stride), got {getattr(self, name)}"
                 )
         check_int("num_inference_steps", self.num_inference_steps, minimum=1)
+        self.mass_weight = check_number("mass_weight", self.mass_weight, minimum=0.0)
+        check_int("mass_rows", self.mass_rows, minimum=1)
+        if self.mass_weight and self.rehyat.attention != "hybrid":
+            raise ValueError(
+                f"mass_weight={self.mass_weight} matches ReHyAt's linear share: it needs rehyat.attention="
+                f"'hybrid', got {self.rehyat.attention!r}"
+            )
         self.guidance_scale = check_number("guidance_scale", self.guidance_scale, minimum=0.0)
         if not isinstance(self.capture_steps, (list, tuple)) or not self.capture_steps:
             raise ValueError(f"capture_steps must be non-empty, got {self.capture_steps!r}")
@@ -423,6 +432,9 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
                 device=device,
                 family=family,
                 feature_input=recorder.feature_input,
+                mass_weight=config.mass_weight if v == "rehyat" else 0.0,
+                mass_rows=config.mass_rows,
+                seed=config.seed * 1_000_003 + b,
             )
             for v in variants
         }
@@ -636,16 +648,24 @@ def _markdown(results: dict[int, dict], ranking: list[int], variants: list[str])
         "# Stage-1 distillation report",
         "",
         "Held-out L1 / relative error per block and variant (train values in the JSON). "
-        "`guarded` = fraction of query rows where the denominator guard fired (ReHyAt student).",
+        "`guarded` = fraction of query rows where the denominator guard fired (ReHyAt student); `mass` = its "
+        "out-of-window mass error, mean |log(1 + nL/nS) − log(1 + the teacher's)| on sampled rows "
+        "(0: the linear part carries the share of attention the teacher puts outside the window).",
         "",
-        "| block | rank | " + " | ".join(f"{v} L1 | {v} rel" for v in variants) + " | guarded |",
-        "|---|---|" + "---|---|" * len(variants) + "---|",
+        "| block | rank | " + " | ".join(f"{v} L1 | {v} rel" for v in variants) + " | guarded | mass |",
+        "|---|---|" + "---|---|" * len(variants) + "---|---|",
     ]
     for block, result in sorted(results.items()):
         cells = [
             f"{result['heldout'][v]['l1']:.4g} | {result['heldout'][v]['rel_error']:.3f}" for v in variants
         ]
         guarded = result["heldout"]["rehyat"]["guarded_fraction"]
-        lines.append(f"| {block} | {ranking.index(block) + 1} | " + " | ".join(cells) + f" | {guarded:.2%} |")
+        mass = result["heldout"]["rehyat"].get("mass_error")
+        mass_cell = "–" if mass is None else f"{mass:.3f}"
+        lines.append(
+            f"| {block} | {ranking.index(block) + 1} | "
+            + " | ".join(cells)
+            + f" | {guarded:.2%} | {mass_cell} |"
+        )
     lines += ["", f"Ranking (lowest held-out ReHyAt L1 first): {ranking}", ""]
     return "\n".join(lines)
