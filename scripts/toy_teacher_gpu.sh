@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train a toy teacher on every GPU of this machine (DDP through torchrun, BATCH clips per GPU and step)
 # for STEPS steps or until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run
-# cut off loses at most 250 steps). Then ToyBench it (and INIT, if any) on PROMPTS prompts, with
+# cut off loses at most CKPT_EVERY steps, default 100: about 20 s of the packed world's on one H100).
+# Then ToyBench it (and INIT, if any) on PROMPTS prompts, with
 # direction accuracy per speed.
 #   WORLD=one-frame (default): from the weights in INIT (default: the bundled teacher), one video frame per latent frame.
 #   WORLD=packed INIT=none: from random weights, on the packed world (4 video frames to a latent frame).
@@ -24,6 +25,7 @@ CLIPS=${CLIPS:-32768}
 PROMPTS=${PROMPTS:-256}
 INIT=${INIT:-src/rehyat/toy/assets/teacher}
 RESUME=${RESUME:-}
+CKPT_EVERY=${CKPT_EVERY:-100}
 EXTRA=("$@")
 COMPILE=${COMPILE:-1}  # torch.compile the blocks (model.compile); a failed compiled run goes on eagerly
 RUN=${OUT:-runs}/toy_teacher
@@ -47,7 +49,7 @@ train() {  # $1: model.compile; the time left of LIMIT (none left: 124, as if cu
   if [ "$left" -le 0 ]; then return 124; fi
   timeout "$left" python3 -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m rehyat.cli \
     toy teacher "${INIT_ARGS[@]}" --out "$WORK" --clips "$CLIPS" --steps "$STEPS" --batch "$BATCH" \
-    --lr "$LR" --set progress=false checkpoint_every=250 model.compile="$1" ${EXTRA[@]+"${EXTRA[@]}"} >> "$RUN/train.log" 2>&1
+    --lr "$LR" --set progress=false checkpoint_every="$CKPT_EVERY" model.compile="$1" ${EXTRA[@]+"${EXTRA[@]}"} >> "$RUN/train.log" 2>&1
 }
 : > "$RUN/train.log"
 if [ "$COMPILE" = 1 ]; then train true || status=$?; else train false || status=$?; fi
