@@ -4,7 +4,8 @@ One student step (φq, φk forward, the attention variant, L1 against the teache
 AdamW) on a capture shaped like Wan2.1-T2V-1.3B self-attention at 480×832 (1560 tokens per latent
 frame, 12 heads × 128, bf16): q and k are RMS-normalised like Wan's QK norm, y is the teacher's softmax
 output of the same q, k, v (torch SDPA). Reports median ms per step, steps/s and peak memory above the
-capture, for the ReHyAt student and the linear-only baseline, at each latent frame count.
+capture, for the ReHyAt student (L1 alone, and with the out-of-window mass error at λ = 1 on 256 rows,
+``DistillConfig.mass_weight``) and the linear-only baseline, at each latent frame count.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from rehyat.training.capture import AttentionCapture
 from rehyat.training.students import BlockStudent
 
 HEADS, HEAD_DIM, FRAME_TOKENS = 12, 128, 1560
-VARIANTS = ("rehyat", "linear")
+#: Row name → (student variant, mass_weight).
+VARIANTS = {"rehyat": ("rehyat", 0.0), "rehyat + mass": ("rehyat", 1.0), "linear": ("linear", 0.0)}
 
 
 def _capture(frames: int, device: str) -> AttentionCapture:
@@ -51,8 +53,10 @@ def run_benchmark(frames: list[int], rep_ms: float) -> list[dict]:
     rows = []
     for count in frames:
         capture = _capture(count, "cuda")
-        for variant in VARIANTS:
-            student = BlockStudent(variant, ReHyAtConfig(), HEADS, HEAD_DIM, device="cuda")
+        for variant, (kind, mass_weight) in VARIANTS.items():
+            student = BlockStudent(
+                kind, ReHyAtConfig(), HEADS, HEAD_DIM, device="cuda", mass_weight=mass_weight
+            )
             row = {
                 "frames": count,
                 "variant": variant,
@@ -87,7 +91,8 @@ def render(payload: dict, out_dir: Path) -> None:
     (out_dir / "distill.md").write_text(
         "# Stage-1 distillation step, one block, Wan2.1-1.3B shapes\n\n"
         + environment_markdown(payload["environment"])
-        + "\n\nOne student step = φq, φk forward, attention, L1 vs the teacher output, backward, AdamW; "
+        + "\n\nOne student step = φq, φk forward, attention, L1 vs the teacher output (`rehyat + mass`: plus "
+        "the out-of-window mass error on 256 rows), backward, AdamW; "
         "bf16 capture, Tc=3, To=1, D'=256. Capture sizes (q, k, v, y): "
         + ", ".join(f"{f} frames {m:,.0f} MiB" for f, m in capture_mib.items())
         + ".\n\n"
@@ -97,6 +102,7 @@ def render(payload: dict, out_dir: Path) -> None:
     series = {
         v: ([r["frames"] for r in rows if r["variant"] == v], [r["ms"] for r in rows if r["variant"] == v])
         for v in VARIANTS
+        if any(r["variant"] == v for r in rows)
     }
     plot_loglog(
         series,
