@@ -11,6 +11,7 @@ attention accumulates in fp32 as always, and the loss is taken in fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class BlockStudent:
         mass_weight: float = 0.0,
         mass_rows: int = 256,
         seed: int = 0,
+        calibrate_mass: bool = False,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -87,6 +89,12 @@ class BlockStudent:
                 f"mass_weight={mass_weight} matches ReHyAt's linear share (attention='hybrid'), got "
                 f"attention={config.attention!r}"
             )
+        if calibrate_mass and (config.attention != "hybrid" or config.feature_init != "taylor"):
+            raise ValueError(
+                "calibrate_mass scales the 'taylor' initialisation's κ to ReHyAt's linear share "
+                f"(attention='hybrid', feature_init='taylor'), got attention={config.attention!r}, "
+                f"feature_init={config.feature_init!r}"
+            )
         if feature_input is None and not isinstance(
             inspect.getattr_static(family.processor, "feature_input"), staticmethod
         ):
@@ -95,19 +103,56 @@ class BlockStudent:
                 "pass the family adapter's feature_input(transformer), as rehyat distill does)"
             )
         self.feature_input = family.processor.feature_input if feature_input is None else feature_input
-        device = torch.device(device)
+        self.heads, self.head_dim, self.device = heads, head_dim, torch.device(device)
+        self.lr, self.weight_decay = lr, weight_decay
         self.phi_q = self.phi_k = None
         self.optimizer = None
-        if variant != "local":
-            self.phi_q = config.feature_map(heads, head_dim).to(device)
-            self.phi_k = config.feature_map(heads, head_dim).to(device)
-            self.phi_q.requires_grad_(variant in _TRAINABLE)
-            self.phi_k.requires_grad_(variant in _TRAINABLE)
-        if variant in _TRAINABLE:
-            params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        self.initial_state = {k: v.clone() for k, v in self.feature_map_state().items()}
+        self._build(config)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)  # the mass rows of each step
+        #: Set by the first train_step with calibrate_mass: {"factor": ..., "kernel_scale": ...}.
+        self.calibration: dict[str, float] | None = None
+        self.calibrate_mass = calibrate_mass and variant in _TRAINABLE and self.measures_mass
+
+    def _build(self, config: ReHyAtConfig) -> None:
+        """Fresh φq, φk (none for ``local``) from ``config``, their optimiser, and the starting state."""
+        if self.variant != "local":
+            self.phi_q = config.feature_map(self.heads, self.head_dim).to(self.device)
+            self.phi_k = config.feature_map(self.heads, self.head_dim).to(self.device)
+            self.phi_q.requires_grad_(self.variant in _TRAINABLE)
+            self.phi_k.requires_grad_(self.variant in _TRAINABLE)
+        if self.variant in _TRAINABLE:
+            params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
+            self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.initial_state = {k: v.clone() for k, v in self.feature_map_state().items()}
+
+    @torch.no_grad()
+    def calibrate(self, capture: AttentionCapture) -> None:
+        """Start over from the 'taylor' φ whose κ makes the linear part's median share of attention on
+        this capture the teacher's (the share is proportional to κ at initialisation: docs/method.md
+        §7.1), instead of the config's κ. Nothing changes where no row has linear keys."""
+        geometry = self.config.geometry(capture.frame_tokens)
+        rows = sample_rows(
+            geometry, capture.frames, EVALUATION_ROWS, torch.Generator().manual_seed(0), capture.q.device
+        )
+        if rows.numel() == 0:
+            return
+        fq, fk = self.features(capture)
+        student, teacher = linear_mass(
+            capture.q,
+            capture.k,
+            fq,
+            fk,
+            geometry,
+            rows,
+            global_k=capture.global_k,
+            global_mask=capture.global_mask,
+        )
+        factor = float(teacher.median() / student.median())
+        if not (math.isfinite(factor) and factor > 0):
+            return
+        kernel_scale = self.config.feature_kernel_scale * factor
+        self._build(dataclasses.replace(self.config, feature_kernel_scale=kernel_scale))
+        self.calibration = {"factor": factor, "kernel_scale": kernel_scale}
 
     @property
     def measures_mass(self) -> bool:
@@ -168,11 +213,15 @@ class BlockStudent:
 
     def train_step(self, capture: AttentionCapture) -> float:
         """One AdamW step on mean |y − ŷ| (+ ``mass_weight`` × the mass error on rows drawn from the
-        student's generator); returns the loss before the step.
+        student's generator); returns the loss before the step. With ``calibrate_mass`` the first step
+        first calls :meth:`calibrate` on its capture.
 
         A non-finite loss or gradient raises :class:`NonFiniteError` before the step: φ stays as it was."""
         if not self.trainable:
             raise ValueError(f"variant {self.variant!r} has nothing to train")
+        if self.calibrate_mass:
+            self.calibrate_mass = False
+            self.calibrate(capture)
         loss = (self.predict(capture).float() - capture.y.float()).abs().mean()
         if self.mass_weight and self.measures_mass:
             mass = self.mass(capture, self.generator, self.mass_rows)
