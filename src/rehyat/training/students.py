@@ -130,23 +130,10 @@ class BlockStudent:
         """Start over from the 'taylor' φ whose κ makes the linear part's median share of attention on
         this capture the teacher's (the share is proportional to κ at initialisation: docs/method.md
         §7.1), instead of the config's κ. Nothing changes where no row has linear keys."""
-        geometry = self.config.geometry(capture.frame_tokens)
-        rows = sample_rows(
-            geometry, capture.frames, EVALUATION_ROWS, torch.Generator().manual_seed(0), capture.q.device
-        )
-        if rows.numel() == 0:
+        shares = self.shares(capture, torch.Generator().manual_seed(0), EVALUATION_ROWS)
+        if shares is None:
             return
-        fq, fk = self.features(capture)
-        student, teacher = linear_mass(
-            capture.q,
-            capture.k,
-            fq,
-            fk,
-            geometry,
-            rows,
-            global_k=capture.global_k,
-            global_mask=capture.global_mask,
-        )
+        student, teacher = shares
         factor = float(teacher.median() / student.median())
         if not (math.isfinite(factor) and factor > 0):
             return
@@ -169,26 +156,24 @@ class BlockStudent:
         fk = self.phi_k(self.feature_input(self.config, capture.k, capture.rotary))
         return fq, fk
 
-    def mass(self, capture: AttentionCapture, generator: torch.Generator, rows: int) -> Tensor | None:
-        """The mass error (rehyat.training.mass) on ``rows`` rows drawn with ``generator``; None when no
-        row has linear keys (a clip within one window)."""
+    def shares(
+        self, capture: AttentionCapture, generator: torch.Generator, rows: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """(student, teacher) out-of-window shares (rehyat.training.mass.linear_mass) of ``rows`` rows
+        drawn with ``generator``; None when no row has linear keys (a clip within one window)."""
         geometry = self.config.geometry(capture.frame_tokens)
-        frames = capture.q.shape[1] // capture.frame_tokens
-        rows = sample_rows(geometry, frames, rows, generator, capture.q.device)
-        if rows.numel() == 0:
+        picked = sample_rows(geometry, capture.frames, rows, generator, capture.q.device)
+        if picked.numel() == 0:
             return None
         fq, fk = self.features(capture)
-        student, teacher = linear_mass(
-            capture.q,
-            capture.k,
-            fq,
-            fk,
-            geometry,
-            rows,
-            global_k=capture.global_k,
-            global_mask=capture.global_mask,
-        )
-        return mass_error(student, teacher)
+        keys = dict(global_k=capture.global_k, global_mask=capture.global_mask)
+        return linear_mass(capture.q, capture.k, fq, fk, geometry, picked, **keys)
+
+    def mass(self, capture: AttentionCapture, generator: torch.Generator, rows: int) -> Tensor | None:
+        """The mass error (rehyat.training.mass) on ``rows`` rows drawn with ``generator``; None when no
+        row has linear keys."""
+        shares = self.shares(capture, generator, rows)
+        return None if shares is None else mass_error(*shares)
 
     def predict(self, capture: AttentionCapture, stats: AttentionStats | None = None) -> Tensor:
         q, k, v = capture.q, capture.k, capture.v
