@@ -127,16 +127,20 @@ class BlockStudent:
 
     @torch.no_grad()
     def calibrate(self, capture: AttentionCapture) -> None:
-        """Start over from the 'taylor' φ whose κ makes the linear part's median share of attention on
-        this capture the teacher's (the share is proportional to κ at initialisation: docs/method.md
-        §7.1), instead of the config's κ. Nothing changes where no row has linear keys."""
+        """Start over from the 'taylor' φ whose κ gives the least mass error on this capture's 256 rows
+        (the share is proportional to κ at initialisation: docs/method.md §7.1), instead of the config's
+        κ. Nothing changes where no row has linear keys."""
         shares = self.shares(capture, torch.Generator().manual_seed(0), EVALUATION_ROWS)
         if shares is None:
             return
         student, teacher = shares
-        factor = float(teacher.median() / student.median())
-        if not (math.isfinite(factor) and factor > 0):
+        # The share is κ-linear, so the mass error of every κ·c is that of c·student: take the c of
+        # least error on a log grid over 10^-3 .. 10^4 (20 points a decade).
+        grid = torch.logspace(-3, 4, 141, dtype=student.dtype, device=student.device)
+        errors = torch.stack([mass_error(c * student, teacher) for c in grid])
+        if not torch.isfinite(errors).all():
             return
+        factor = float(grid[errors.argmin()])
         kernel_scale = self.config.feature_kernel_scale * factor
         self._build(dataclasses.replace(self.config, feature_kernel_scale=kernel_scale))
         self.calibration = {"factor": factor, "kernel_scale": kernel_scale}
