@@ -95,32 +95,3 @@ def test_mass_weight_needs_hybrid_attention():
         DistillConfig(mass_weight=0.5, rehyat=ReHyAtConfig(attention="linear"))
     with pytest.raises(ValueError, match="mass_weight"):
         DistillConfig(mass_weight=-1.0)
-
-
-def test_calibration_starts_at_the_kappa_of_least_mass_error():
-    config = ReHyAtConfig(chunk_frames=2, overlap_frames=1, feature_rotary="full")
-    capture = _capture(0)
-    student = BlockStudent("rehyat", config, 2, 8, lr=1e-3, calibrate_mass=True)
-    before = student.evaluate([capture]).mass_error
-    student.train_step(capture)  # calibrates on this capture first, then steps
-    factor, kernel_scale = student.calibration["factor"], student.calibration["kernel_scale"]
-    assert factor > 1 and kernel_scale == pytest.approx(config.feature_kernel_scale * factor)
-    calibrated = BlockStudent("rehyat", config, 2, 8, lr=1e-3)
-    calibrated.load_feature_map_state(student.initial_state)
-    geometry = config.geometry(capture.frame_tokens)
-    rows = sample_rows(geometry, capture.frames, 256, torch.Generator().manual_seed(0), "cpu")
-    with torch.no_grad():
-        share, teacher = linear_mass(capture.q, capture.k, *calibrated.features(capture), geometry, rows)
-        best = mass_error(share, teacher)
-        for other in (0.7, 1.4):  # the error is least at the chosen scale (to the grid's step, 12%)
-            assert mass_error(other * share, teacher) > best
-    assert calibrated.evaluate([capture]).mass_error < before
-    student.train_step(capture)
-    assert student.calibration["factor"] == factor  # once, at the first step
-
-
-def test_calibration_needs_the_taylor_initialisation():
-    with pytest.raises(ValueError, match=r"calibrate_mass .* feature_init='random'"):
-        BlockStudent("rehyat", ReHyAtConfig(feature_init="random"), 2, 8, calibrate_mass=True)
-    with pytest.raises(ValueError, match=r"calibrate_mass .* 'local' and 'taylor'"):
-        DistillConfig(calibrate_mass=True, rehyat=ReHyAtConfig(attention="local"))

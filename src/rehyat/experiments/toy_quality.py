@@ -154,12 +154,6 @@ STUDENTS = (
         {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
         settings={"distill_mass_weight": 1.0},
     ),
-    Student(
-        "rehyat_ns_tc1_to3_mass_calibrated",
-        "ReHyAt default φ, Tc=1 To=3 + stage-1 mass matching from a calibrated κ",
-        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
-        settings={"distill_mass_weight": 1.0, "distill_calibrate_mass": True},
-    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -225,7 +219,6 @@ LONG_VIDEO_STUDENTS = (
     "rehyat_ns_tc1_to3_first3",
     "rehyat_ns_mass",
     "rehyat_ns_tc1_to3_mass",
-    "rehyat_ns_tc1_to3_mass_calibrated",
 )
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
@@ -243,7 +236,6 @@ TARGET_STUDENTS = {
     "rehyat_ns_tc1_to3_first3": "ReHyAt default φ, Tc=1 To=3, first chunk of 3",
     "rehyat_ns_mass": "ReHyAt default φ + stage-1 mass matching",
     "rehyat_ns_tc1_to3_mass": "ReHyAt default φ, Tc=1 To=3 + stage-1 mass matching",
-    "rehyat_ns_tc1_to3_mass_calibrated": "ReHyAt default φ, Tc=1 To=3 + mass matching from a calibrated κ",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})

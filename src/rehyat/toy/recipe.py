@@ -45,7 +45,6 @@ class RecipeSettings:
     distill_lr: float = 3e-4
     distill_variants: tuple[str, ...] = ("rehyat", "untrained", "linear", "local")  # stage-1 comparisons
     distill_mass_weight: float = 0.0  # λ of stage 1's out-of-window mass error (rehyat.training.mass)
-    distill_calibrate_mass: bool = False  # stage 1 starts φ at the κ giving the teacher's linear share
     finetune_clips: int = 64
     finetune_steps: int = 20
     finetune_batch: int = 2
@@ -100,7 +99,6 @@ class RecipeSettings:
         check_number("distill_guidance_scale", self.distill_guidance_scale, minimum=0)
         check_number("distill_mass_weight", self.distill_mass_weight, minimum=0)
         check_bool("progress", self.progress)
-        check_bool("distill_calibrate_mass", self.distill_calibrate_mass)
 
 
 QUICK = RecipeSettings(
@@ -175,7 +173,6 @@ def distill_student(
             inner_steps=settings.distill_inner_steps,
             lr=settings.distill_lr,
             mass_weight=settings.distill_mass_weight,
-            calibrate_mass=settings.distill_calibrate_mass,
             dtype="fp32",
             device=device,
             seed=settings.seed,

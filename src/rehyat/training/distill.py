@@ -82,7 +82,6 @@ class DistillConfig:
     inner_steps: int = 1  # optimiser steps per captured call
     mass_weight: float = 0.0  # λ of the out-of-window mass error beside L1 (rehyat.training.mass); 0: L1 only
     mass_rows: int = 256  # query rows per capture the mass error is taken on
-    calibrate_mass: bool = False  # start each block's φ at the κ that gives the teacher's linear share
     lr: float = 1e-3
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     device: str = "auto"
@@ -133,14 +132,6 @@ class DistillConfig:
         check_int("num_inference_steps", self.num_inference_steps, minimum=1)
         self.mass_weight = check_number("mass_weight", self.mass_weight, minimum=0.0)
         check_int("mass_rows", self.mass_rows, minimum=1)
-        check_bool("calibrate_mass", self.calibrate_mass)
-        if self.calibrate_mass and (
-            self.rehyat.attention != "hybrid" or self.rehyat.feature_init != "taylor"
-        ):
-            raise ValueError(
-                "calibrate_mass scales the 'taylor' initialisation's κ: it needs rehyat.attention='hybrid' and "
-                f"rehyat.feature_init='taylor', got {self.rehyat.attention!r} and {self.rehyat.feature_init!r}"
-            )
         if self.mass_weight and self.rehyat.attention != "hybrid":
             raise ValueError(
                 f"mass_weight={self.mass_weight} matches ReHyAt's linear share: it needs rehyat.attention="
@@ -444,7 +435,6 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
                 mass_weight=config.mass_weight if v == "rehyat" else 0.0,
                 mass_rows=config.mass_rows,
                 seed=config.seed * 1_000_003 + b,
-                calibrate_mass=config.calibrate_mass and v == "rehyat",
             )
             for v in variants
         }
@@ -538,7 +528,6 @@ def _distill(config: DistillConfig, setup: _Setup, out: Path) -> dict:
             "train_steps": step_count,
             "captures_heldout": len(heldout[block]),
             "selection": selection.get(block, {}),
-            **({"calibration": c} if (c := students[block]["rehyat"].calibration) else {}),
         }
         atomic_write_text(out / "blocks" / f"block-{block:03d}.json", json.dumps(result, indent=2))
         atomic_write_tensors(

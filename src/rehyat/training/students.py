@@ -11,7 +11,6 @@ attention accumulates in fp32 as always, and the loss is taken in fp32.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -78,7 +77,6 @@ class BlockStudent:
         mass_weight: float = 0.0,
         mass_rows: int = 256,
         seed: int = 0,
-        calibrate_mass: bool = False,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -88,12 +86,6 @@ class BlockStudent:
             raise ValueError(
                 f"mass_weight={mass_weight} matches ReHyAt's linear share (attention='hybrid'), got "
                 f"attention={config.attention!r}"
-            )
-        if calibrate_mass and (config.attention != "hybrid" or config.feature_init != "taylor"):
-            raise ValueError(
-                "calibrate_mass scales the 'taylor' initialisation's κ to ReHyAt's linear share "
-                f"(attention='hybrid', feature_init='taylor'), got attention={config.attention!r}, "
-                f"feature_init={config.feature_init!r}"
             )
         if feature_input is None and not isinstance(
             inspect.getattr_static(family.processor, "feature_input"), staticmethod
@@ -109,9 +101,6 @@ class BlockStudent:
         self.optimizer = None
         self._build(config)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)  # the mass rows of each step
-        #: Set by the first train_step with calibrate_mass: {"factor": ..., "kernel_scale": ...}.
-        self.calibration: dict[str, float] | None = None
-        self.calibrate_mass = calibrate_mass and variant in _TRAINABLE and self.measures_mass
 
     def _build(self, config: ReHyAtConfig) -> None:
         """Fresh φq, φk (none for ``local``) from ``config``, their optimiser, and the starting state."""
@@ -124,26 +113,6 @@ class BlockStudent:
             params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
             self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         self.initial_state = {k: v.clone() for k, v in self.feature_map_state().items()}
-
-    @torch.no_grad()
-    def calibrate(self, capture: AttentionCapture) -> None:
-        """Start over from the 'taylor' φ whose κ gives the least mass error on this capture's 256 rows
-        (the share is proportional to κ at initialisation: docs/method.md §7.1), instead of the config's
-        κ. Nothing changes where no row has linear keys."""
-        shares = self.shares(capture, torch.Generator().manual_seed(0), EVALUATION_ROWS)
-        if shares is None:
-            return
-        student, teacher = shares
-        # The share is κ-linear, so the mass error of every κ·c is that of c·student: take the c of
-        # least error on a log grid over 10^-3 .. 10^4 (20 points a decade).
-        grid = torch.logspace(-3, 4, 141, dtype=student.dtype, device=student.device)
-        errors = torch.stack([mass_error(c * student, teacher) for c in grid])
-        if not torch.isfinite(errors).all():
-            return
-        factor = float(grid[errors.argmin()])
-        kernel_scale = self.config.feature_kernel_scale * factor
-        self._build(dataclasses.replace(self.config, feature_kernel_scale=kernel_scale))
-        self.calibration = {"factor": factor, "kernel_scale": kernel_scale}
 
     @property
     def measures_mass(self) -> bool:
@@ -202,15 +171,11 @@ class BlockStudent:
 
     def train_step(self, capture: AttentionCapture) -> float:
         """One AdamW step on mean |y − ŷ| (+ ``mass_weight`` × the mass error on rows drawn from the
-        student's generator); returns the loss before the step. With ``calibrate_mass`` the first step
-        first calls :meth:`calibrate` on its capture.
+        student's generator); returns the loss before the step.
 
         A non-finite loss or gradient raises :class:`NonFiniteError` before the step: φ stays as it was."""
         if not self.trainable:
             raise ValueError(f"variant {self.variant!r} has nothing to train")
-        if self.calibrate_mass:
-            self.calibrate_mass = False
-            self.calibrate(capture)
         loss = (self.predict(capture).float() - capture.y.float()).abs().mean()
         if self.mass_weight and self.measures_mass:
             mass = self.mass(capture, self.generator, self.mass_rows)
