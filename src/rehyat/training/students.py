@@ -95,24 +95,19 @@ class BlockStudent:
                 "pass the family adapter's feature_input(transformer), as rehyat distill does)"
             )
         self.feature_input = family.processor.feature_input if feature_input is None else feature_input
-        self.heads, self.head_dim, self.device = heads, head_dim, torch.device(device)
-        self.lr, self.weight_decay = lr, weight_decay
+        device = torch.device(device)
         self.phi_q = self.phi_k = None
         self.optimizer = None
-        self._build(config)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)  # the mass rows of each step
-
-    def _build(self, config: ReHyAtConfig) -> None:
-        """Fresh φq, φk (none for ``local``) from ``config``, their optimiser, and the starting state."""
-        if self.variant != "local":
-            self.phi_q = config.feature_map(self.heads, self.head_dim).to(self.device)
-            self.phi_k = config.feature_map(self.heads, self.head_dim).to(self.device)
-            self.phi_q.requires_grad_(self.variant in _TRAINABLE)
-            self.phi_k.requires_grad_(self.variant in _TRAINABLE)
-        if self.variant in _TRAINABLE:
+        if variant != "local":
+            self.phi_q = config.feature_map(heads, head_dim).to(device)
+            self.phi_k = config.feature_map(heads, head_dim).to(device)
+            self.phi_q.requires_grad_(variant in _TRAINABLE)
+            self.phi_k.requires_grad_(variant in _TRAINABLE)
+        if variant in _TRAINABLE:
             params = [*self.phi_q.parameters(), *self.phi_k.parameters()]
-            self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.initial_state = {k: v.clone() for k, v in self.feature_map_state().items()}
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)  # the mass rows of each step
 
     @property
     def measures_mass(self) -> bool:
