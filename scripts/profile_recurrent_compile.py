@@ -15,8 +15,8 @@ Each recurrent row runs once per ``--chunks-per-call`` value k (diffusers' forwa
 Each row records median ms, the first call's seconds (compilation), peak activation MiB (CUDA), the
 graphs Dynamo made (which must not grow with the frame count), its graph breaks (the JSON's
 ``graph_breaks``; none in the recurrent rows, compiled with ``fullgraph=True``) and the relative error
-against the first row's output (parallel eager unless ``--rows`` leaves it out). ``--profile`` adds a ``torch.profiler`` table of the compiled rows at the first
-frame count. Writes ``OUT.json`` and ``OUT.md``.
+against the first row's output (parallel eager unless ``--rows`` leaves it out). ``--profile`` adds a ``torch.profiler`` table of every row at the first frame count
+(kernel time by op: where the recurrent form's extra time goes). Writes ``OUT.json`` and ``OUT.md``.
 
 GPU run::
 
@@ -152,8 +152,8 @@ def main(args: argparse.Namespace) -> None:
                 output = call().float()
                 reference = references.setdefault(frames, output)
                 record["rel_err"] = ((output - reference).norm() / reference.norm()).item()
-                if args.profile and "compiled" in row and frames == args.frames[0]:
-                    profiles[f"{row}, {frames} latent frames"] = profile_table(call, cuda)
+                if args.profile and frames == args.frames[0]:
+                    profiles[f"{row}, {per_call or 1} chunk(s) per call, {frames} latent frames"] = profile_table(call, cuda)
             except (RuntimeError, AssertionError) as error:  # OOM, a compiler failure: recorded, next row
                 record["error"] = f"{type(error).__name__}: {str(error)[:300]}"
             record["graphs"] = counters["stats"]["unique_graphs"]
@@ -254,7 +254,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--reps", type=int, default=10, help="timed calls at most")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the compiled rows")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of every row")
     parser.add_argument("--tiny", action="store_true", help="a tiny Wan on the CPU (a dry run)")
     parser.add_argument("--out", default="bench/results/recurrent_compile", help="OUT.json and OUT.md")
     return parser.parse_args()

@@ -8,6 +8,7 @@
 # Writes to $OUT (or ./runs/recurrent_speed): recurrent_speed.log, recurrent_compile.{json,md},
 # model.{json,md,png} when the bench ran.
 #   FRAMES="21 81" CHUNKS_PER_CALL="1 3" CHUNK=3 OVERLAP=1 LIMIT=540
+#   PROFILER=1: a torch.profiler table of every row at the first frame count (in recurrent_compile.md).
 #   TINY=1: a dry run on a CPU (tiny Wan, compiler backend "eager", 6 and 9 latent frames).
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
@@ -18,6 +19,7 @@ CHUNK=${CHUNK:-3}
 OVERLAP=${OVERLAP:-1}
 LIMIT=${LIMIT:-540}
 TINY=${TINY:-0}
+PROFILER=${PROFILER:-0}
 RUN=${OUT:-runs/recurrent_speed}
 if ! python3 -c "import diffusers" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -34,6 +36,7 @@ LOG="$RUN/recurrent_speed.log"
 left() { echo $(( LIMIT - ($(date +%s) - START) )); }
 PROFILE=(--frames $FRAMES --chunks-per-call $CHUNKS_PER_CALL --chunk-frames "$CHUNK" --overlap-frames "$OVERLAP")
 if [ "$TINY" = 1 ]; then PROFILE=(--tiny --frames 6 9 --backend eager --reps 2 --chunks-per-call $CHUNKS_PER_CALL); fi
+if [ "$PROFILER" = 1 ]; then PROFILE+=(--profile); fi
 status=0
 timeout "$(left)" python3 scripts/profile_recurrent_compile.py "${PROFILE[@]}" --out "$RUN/recurrent_compile" \
   >> "$LOG" 2>&1 || status=$?
