@@ -153,7 +153,9 @@ def main(args: argparse.Namespace) -> None:
                 reference = references.setdefault(frames, output)
                 record["rel_err"] = ((output - reference).norm() / reference.norm()).item()
                 if args.profile and frames == args.frames[0]:
-                    profiles[f"{row}, {per_call or 1} chunk(s) per call, {frames} latent frames"] = profile_table(call, cuda)
+                    profiles[f"{row}, {per_call or 1} chunk(s) per call, {frames} latent frames"] = (
+                        profile_table(call, cuda)
+                    )
             except (RuntimeError, AssertionError) as error:  # OOM, a compiler failure: recorded, next row
                 record["error"] = f"{type(error).__name__}: {str(error)[:300]}"
             record["graphs"] = counters["stats"]["unique_graphs"]

@@ -154,6 +154,14 @@ STUDENTS = (
         {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
         settings={"distill_mass_weight": 1.0},
     ),
+    # Stage 2 alone halves the linear part's share again; its mass term holds it at the share the
+    # student's own softmax scores put outside the window (docs/method.md §7.1).
+    Student(
+        "rehyat_ns_tc1_to3_mass2",
+        "ReHyAt default φ, Tc=1 To=3 + mass matching in stages 1 and 2 (λ=1)",
+        {"feature_nonnegative": True, "feature_rotary": "spatial", "chunk_frames": 1, "overlap_frames": 3},
+        settings={"distill_mass_weight": 1.0, "finetune_mass_weight": 1.0},
+    ),
     # The toy's latent frame is one pixel frame (Wan's holds four), so one overlap frame shows where an
     # object is but not where it moves; two show its velocity across the chunk boundary.
     Student("rehyat_to2", "ReHyAt To=2", {"overlap_frames": 2}),
@@ -219,6 +227,7 @@ LONG_VIDEO_STUDENTS = (
     "rehyat_ns_tc1_to3_first3",
     "rehyat_ns_mass",
     "rehyat_ns_tc1_to3_mass",
+    "rehyat_ns_tc1_to3_mass2",
 )
 #: The ReHyAt students the targets are checked for (each where it was run), with their names there.
 TARGET_STUDENTS = {
@@ -236,6 +245,7 @@ TARGET_STUDENTS = {
     "rehyat_ns_tc1_to3_first3": "ReHyAt default φ, Tc=1 To=3, first chunk of 3",
     "rehyat_ns_mass": "ReHyAt default φ + stage-1 mass matching",
     "rehyat_ns_tc1_to3_mass": "ReHyAt default φ, Tc=1 To=3 + stage-1 mass matching",
+    "rehyat_ns_tc1_to3_mass2": "ReHyAt default φ, Tc=1 To=3 + stage-1 and stage-2 mass matching",
 }
 
 QUICK = QualitySettings(**{**asdict(RECIPE_QUICK), "distill_variants": ("rehyat",), "progress": False})

@@ -52,6 +52,7 @@ class RecipeSettings:
     finetune_ema: float | None = None  # EMA decay of stage 2; set, the EMA weights are the result
     finetune_teacher_weight: float = 0.0  # λ of stage 2's teacher output distillation (0: docs/method.md §7)
     finetune_prompt_dropout: float = 0.1  # keeps the empty-prompt branch that guidance needs
+    finetune_mass_weight: float = 0.0  # λ of stage 2's out-of-window mass term (FinetuneConfig.mass_weight)
     eval_prompts: int = 6
     sample_steps: int = 12
     sample_batch: int = 8  # videos denoised at once (each keeps its own seed's noise)
@@ -98,6 +99,7 @@ class RecipeSettings:
         check_number("guidance_scale", self.guidance_scale, minimum=0)
         check_number("distill_guidance_scale", self.distill_guidance_scale, minimum=0)
         check_number("distill_mass_weight", self.distill_mass_weight, minimum=0)
+        check_number("finetune_mass_weight", self.finetune_mass_weight, minimum=0)
         check_bool("progress", self.progress)
 
 
@@ -215,6 +217,7 @@ def finetune_student(
             flow_shift=FLOW_SHIFT,
             prompt_dropout=settings.finetune_prompt_dropout,
             teacher_weight=settings.finetune_teacher_weight,
+            mass_weight=settings.finetune_mass_weight if checkpoint is not None else 0.0,
             mixed_precision="bf16" if device == "cuda" else "no",
             checkpoint_every=min(settings.finetune_steps, 250),  # a run cut off resumes
             resume=(out / "checkpoints").exists(),

@@ -100,3 +100,53 @@ def mass_error(student: Tensor, teacher: Tensor) -> Tensor:
     window's, in log space (a factor 2 too little or too much counts alike at any scale); the student's
     floored as the op floors its denominator."""
     return (torch.log((1 + student).clamp(min=DENOMINATOR_EPS)) - torch.log1p(teacher)).abs().mean()
+
+
+class OwnMassPenalty:
+    """Stage 2's mass term (docs/method.md §7.1): set as ``runtime.attention`` (through
+    ``ReHyAtRuntime.mode``) it runs :func:`~rehyat.models.adapter.configured_attention` unchanged and, while
+    gradients are on, records per call the :func:`mass_error` of the student's linear share against its own
+    softmax's share over the same keys, on ``rows`` query rows. No teacher forward: the student's q, k are
+    the target, detached, so the term moves φ (what carries the out-of-window attention) and not the
+    softmax window. Rows are drawn once per :meth:`start` and frame geometry, so a recomputation under
+    gradient checkpointing sees the same rows (and a recorded error joins the graph like any activation)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.errors: list[Tensor] = []
+        self._generator = torch.Generator()
+        self._rows: dict[tuple, Tensor] = {}
+
+    def start(self, seed: int) -> None:
+        """A new forward: drop the recorded errors and draw rows from ``seed`` (per step and micro-batch)."""
+        self.errors = []
+        self._rows = {}
+        self._generator.manual_seed(seed)
+
+    def __call__(
+        self, config, q: Tensor, k: Tensor, v: Tensor, fq, fk, geometry: Geometry, **kwargs
+    ) -> Tensor:
+        from rehyat.models.adapter import configured_attention
+
+        out = configured_attention(config, q, k, v, fq, fk, geometry, **kwargs)
+        if fq is not None and torch.is_grad_enabled():
+            frames = q.shape[1] // geometry.frame_tokens
+            key = (geometry, frames)
+            if key not in self._rows:
+                self._rows[key] = sample_rows(geometry, frames, self.rows, self._generator, q.device)
+            rows = self._rows[key]
+            if rows.numel():
+                student, target = linear_mass(q.detach(), k.detach(), fq, fk, geometry, rows)
+                self.errors.append(mass_error(student, target))
+        return out
+
+    def loss(self) -> Tensor:
+        """Mean of the errors recorded since :meth:`start` (one per converted layer with linear keys)."""
+        if not self.errors:
+            raise ValueError(
+                "mass_weight > 0 but no converted self-attention recorded a mass error in this forward: the "
+                "model has no linear keys at this length (a video within one softmax window), runs a joint "
+                "text-video family (whose processors do not take runtime.attention), or checkpoints its blocks "
+                "reentrantly (the forward then runs without gradients)"
+            )
+        return torch.stack(self.errors).mean()

@@ -113,6 +113,14 @@ class FinetuneConfig:
     matching (docs/method.md §7); 1 is output distillation from the model in ``model.path`` (or the random
     ``model.architecture``) — never the fine-tuned base weights a ReHyAt checkpoint may carry — which
     each rank holds as a frozen, unsharded fp32 copy run under the same autocast as the student."""
+    mass_weight: float = 0.0
+    """λ ≥ 0 of the out-of-window mass term (docs/method.md §7.1): adds λ × the mean, over converted layers,
+    of |log(1 + nL/nS) − log(1 + the student's own softmax share over the linear keys)| on ``mass_rows``
+    sampled query rows per layer. Stage 2 alone shrinks the linear part's share of attention; this keeps it
+    at what the model's own scores put outside the window. Needs a converted ReHyAt model (not a joint
+    text-video family), ``model.compile=false``."""
+    mass_rows: int = 256
+    """Query rows per layer and micro-batch the mass term samples (R × N scores each)."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     ema_decay: float | None = None
@@ -163,6 +171,8 @@ class FinetuneConfig:
         self.teacher_weight = check_number("teacher_weight", self.teacher_weight)
         if not 0.0 <= self.teacher_weight <= 1.0:
             raise ValueError(f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
+        self.mass_weight = check_number("mass_weight", self.mass_weight, minimum=0.0)
+        check_int("mass_rows", self.mass_rows, minimum=1)
         if self.ema_decay is not None:
             self.ema_decay = check_number(
                 "ema_decay",

@@ -45,6 +45,7 @@ from rehyat.training.finetune.model import (
 )
 from rehyat.training.finetune.nonfinite import handle_non_finite_step
 from rehyat.training.finetune.run_config import FinetuneConfig, OptimSection
+from rehyat.training.mass import OwnMassPenalty
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.prefetch import MicroBatch, StepBatches
 
@@ -82,6 +83,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     ema = EMA(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
     teacher = build_teacher(cfg, env.device) if cfg.teacher_weight > 0 else None
     rehyat_config = rehyat_config_of(model)
+    mass = OwnMassPenalty(cfg.mass_rows) if cfg.mass_weight > 0 else None
+    attention_mode = (
+        rehyat_runtime(distributed.unwrap(model)).mode(attention=mass) if mass is not None else nullcontext()
+    )
 
     if env.is_main:  # what a killed save or config write left behind
         clean_staging(checkpoints)
@@ -115,60 +120,71 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         stop=cfg.steps,
     )
     try:
-        for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
-            tic = time.perf_counter()
-            lr = learning_rate(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        with attention_mode:  # stage 2's mass term, if any, records through the processors
+            for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
+                tic = time.perf_counter()
+                lr = learning_rate(cfg, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-            micro_losses = forward_backward(
-                cfg, env, step, model, micro_batches, autocast, teacher, family, samples_seen, schedule
-            )
-            loss_value, grad_norm = clip_and_reduce(cfg, model, micro_losses)
-            # Both are the same on every rank (mean loss, norm of the synchronised gradients), so every
-            # rank takes the same decision.
-            finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-            if finite:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if finite and ema is not None:
-                ema.update(distributed.unwrap(model))
-            nonfinite += not finite
+                micro_losses = forward_backward(
+                    cfg,
+                    env,
+                    step,
+                    model,
+                    micro_batches,
+                    autocast,
+                    teacher,
+                    family,
+                    samples_seen,
+                    schedule,
+                    mass,
+                )
+                loss_value, grad_norm = clip_and_reduce(cfg, model, micro_losses)
+                # Both are the same on every rank (mean loss, norm of the synchronised gradients), so every
+                # rank takes the same decision.
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                if finite:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if finite and ema is not None:
+                    ema.update(distributed.unwrap(model))
+                nonfinite += not finite
 
-            throughput = samples_per_step / (time.perf_counter() - tic)
-            done = step + 1
-            progress.update()
-            progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
-            if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or not finite):
-                memory = (
-                    {"peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-                    if env.device.type == "cuda"
-                    else {}
-                )
-                skipped = {} if finite else {"skipped": "non-finite"}
-                logger.log(
-                    done,
-                    loss=loss_value,
-                    lr=lr,
-                    grad_norm=grad_norm,
-                    samples_per_s=throughput,
-                    nonfinite_steps=nonfinite,
-                    **skipped,
-                    **memory,
-                )
-            if not finite:
-                handle_non_finite_step(
-                    cfg, env, done, loss_value, grad_norm, nonfinite, micro_losses, checkpoints
-                )
+                throughput = samples_per_step / (time.perf_counter() - tic)
+                done = step + 1
+                progress.update()
+                progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
+                if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or not finite):
+                    memory = (
+                        {"peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+                        if env.device.type == "cuda"
+                        else {}
+                    )
+                    skipped = {} if finite else {"skipped": "non-finite"}
+                    logger.log(
+                        done,
+                        loss=loss_value,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        samples_per_s=throughput,
+                        nonfinite_steps=nonfinite,
+                        **skipped,
+                        **memory,
+                    )
+                if not finite:
+                    handle_non_finite_step(
+                        cfg, env, done, loss_value, grad_norm, nonfinite, micro_losses, checkpoints
+                    )
 
-            if cfg.save and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                metadata = {
-                    "world_size": env.world,
-                    "rehyat": rehyat_config,
-                    "config": config_to_dict(cfg),
-                    "nonfinite_steps": nonfinite,
-                }
-                save_training_checkpoint(cfg, env, checkpoints, done, model, optimizer, ema, metadata)
+                if cfg.save and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                    metadata = {
+                        "world_size": env.world,
+                        "rehyat": rehyat_config,
+                        "config": config_to_dict(cfg),
+                        "nonfinite_steps": nonfinite,
+                    }
+                    save_training_checkpoint(cfg, env, checkpoints, done, model, optimizer, ema, metadata)
     finally:
         batches.close()
         progress.close()
@@ -184,8 +200,25 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 def check_options(cfg: FinetuneConfig, dataset: LatentDataset, model: nn.Module) -> None:
     """A ValueError for options the model or data cannot take, before anything is written:
     ``model.gradient_checkpointing`` on a converted joint text-video model, ``prompt_dropout`` with
-    conditioning tensors beside the prompt (an all-zero prompt has no such tensors)."""
+    conditioning tensors beside the prompt (an all-zero prompt has no such tensors), ``mass_weight`` on a
+    model without ReHyAt's linear part in every processor it runs through, or compiled."""
     family = family_of(model)
+    runtime = rehyat_runtime(model)
+    if cfg.mass_weight > 0:
+        attention = runtime.config.attention if runtime is not None else None
+        why = (
+            "the model is not converted (model.convert=false)"
+            if runtime is None
+            else f"its attention is {attention!r}, not 'hybrid'"
+            if attention != "hybrid"
+            else f"{type(model).__name__}'s joint text-video processors do not record it"
+            if isinstance(family, JointAdapter)
+            else "model.compile=true compiles the row sampling into the blocks (set model.compile=false)"
+            if cfg.model.compile
+            else None
+        )
+        if why:
+            raise ValueError(f"mass_weight={cfg.mass_weight} cannot be served: {why}")
     if cfg.model.gradient_checkpointing and isinstance(family, JointAdapter) and rehyat_runtime(model):
         raise ValueError(
             f"model.gradient_checkpointing=true is not served for {type(model).__name__}: its converted "
@@ -227,10 +260,12 @@ def forward_backward(
     family: FamilyAdapter,
     samples_seen: list[int],
     schedule: Tensor | None = None,
+    mass: OwnMassPenalty | None = None,
 ) -> list[tuple[list[int], Tensor]]:
     """Accumulate the gradients of one step's micro-batches (synchronised across ranks on the last);
     return each micro-batch's (dataset indices, loss). Appends the indices to ``samples_seen``. The loss is
-    flow matching, or with a ``schedule`` (ᾱ of CogVideoX's scheduler) v-prediction on it."""
+    flow matching, or with a ``schedule`` (ᾱ of CogVideoX's scheduler) v-prediction on it, plus
+    ``cfg.mass_weight`` × the ``mass`` term when given."""
     micro_losses = []
     for micro, batch in enumerate(micro_batches):
         batch = batch.to(env.device)
@@ -243,6 +278,8 @@ def forward_backward(
         generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
         if cfg.prompt_dropout > 0:
             prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
+        if mass is not None:  # rows drawn per slot of the global batch, as the noise is
+            mass.start(generator.initial_seed())
         with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
             with autocast:
                 if schedule is None:
@@ -251,6 +288,8 @@ def forward_backward(
                     )
                 else:
                     loss = v_prediction_loss(model, latents, prompt_embeds, generator, schedule, **objective)
+                if mass is not None:
+                    loss = loss + cfg.mass_weight * mass.loss()
             (loss / cfg.grad_accumulation).backward()
         micro_losses.append((indices, loss.detach()))
     return micro_losses
