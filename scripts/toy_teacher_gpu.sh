@@ -7,7 +7,9 @@
 #   WORLD=one-frame (default): from the weights in INIT (default: the bundled teacher), one video frame per latent frame.
 #   WORLD=packed INIT=none: from random weights, on the packed world (4 video frames to a latent frame).
 #   RESUME=DIR: a folder holding a checkpoint (step-N/ and latest, as this script returns them) to go
-#   on from, with the same settings (same STEPS: the run's config must not change).
+#   on from, with the same settings (same STEPS: the run's config must not change); or RESUME=FILE.tar.xz,
+#   that folder's contents packed (tar -cJf FILE.tar.xz -C DIR .: 40 of its 44 MB, what keeps the working
+#   tree, the wheels and the packed world's checkpoint under a device call's 64 MiB).
 #   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
 #   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
@@ -39,7 +41,8 @@ export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 GPUS=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
 rm -rf "$WORK"
 mkdir -p "$RUN" "$WORK/train/checkpoints"
-if [ -n "$RESUME" ]; then cp -r "$RESUME"/. "$WORK/train/checkpoints/"; fi
+if [ -f "$RESUME" ]; then tar -xJf "$RESUME" -C "$WORK/train/checkpoints"
+elif [ -n "$RESUME" ]; then cp -r "$RESUME"/. "$WORK/train/checkpoints/"; fi
 INIT_ARGS=(--world "$WORLD")
 if [ "$INIT" != none ]; then INIT_ARGS+=(--init "$INIT"); fi
 START=$(date +%s)
