@@ -95,3 +95,32 @@ def test_bench_model_checks_chunks_per_call_before_it_measures(tmp_path, capsys)
     assert main([*args, "--family", "hunyuan-video", "--set", "chunks_per_call=2"]) == 2
     assert "runs one chunk per call in the recurrent row" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan-video"])
+def test_parity_frees_each_model_before_the_next(family, monkeypatch):
+    """A converted model is kept alive by reference cycles (hooks, runtime), not by refcounts: the
+    float32 model must be gone before the bfloat16 one is built, or a 13B family cannot fit both."""
+    import gc
+    import weakref
+
+    from rehyat.experiments import bench_model
+    from rehyat.models.architectures import architecture
+
+    built = []
+
+    def tracked(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(bench_model, "build_model", tracked)
+    gc.collect()
+    gc.disable()  # only the benchmark's own collection may free them
+    try:
+        rows = bench_model.run_parity(
+            2, arch=architecture({"wan": "tiny"}.get(family, f"tiny-{family}")), device="cpu"
+        )
+        assert built and all(ref() is None for ref in built) and "error" not in rows[0]
+    finally:
+        gc.enable()

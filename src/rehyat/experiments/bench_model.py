@@ -29,6 +29,7 @@ writes ``model.json/.md/.png``, another family ``model_<family>.*``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import statistics
 import time
@@ -305,6 +306,9 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
             _parity_rows(arch, frames, device, dtype, rows)
         except RuntimeError as error:
             rows.append({"dtype": name, "backend": "torch", "error": _error_text(error)})
+        # The converted model is held by reference cycles (its hooks and runtime): collect it before the
+        # next is built (a 13B family does not fit twice).
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
     return rows
