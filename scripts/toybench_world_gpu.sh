@@ -19,7 +19,8 @@ PARALLEL=${PARALLEL:-6}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run (with --quick)
 RESUME=${RESUME:-}
 read -r -a ROWS <<< "${ROWS:-rehyat uniform_hybrid local half_blocks rehyat_nonneg_spatial \
-  rehyat_ns_tc1_to3 causal_softmax teacher_finetuned rehyat_to0 rehyat_to2 bidirectional linear}"
+  rehyat_ns_tc1_to3 causal_softmax teacher_finetuned rehyat_to0 rehyat_to2 bidirectional linear \
+  rehyat_ns_tc1_to3_mass rehyat_ns_tc1_to3_mass2}"
 GPUS=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}; GPUS=$(( GPUS > 0 ? GPUS : 1 ))
 THREADS=$(( $(nproc) / PARALLEL )); THREADS=$(( THREADS > 0 ? THREADS : 1 ))
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
