@@ -350,3 +350,23 @@ def test_reuse_takes_an_old_tables_seed_for_its_prompts(tmp_path):
     ]
     with pytest.raises(ValueError, match=r"they differ in \['eval_seed'\]"):
         reuse_results(earlier, tmp_path / "w2", QualitySettings(seed=1))
+
+
+def test_the_recipe_passes_stage_2_mass_weight_to_converted_students_only(monkeypatch, tmp_path):
+    """``finetune_mass_weight`` reaches FinetuneConfig.mass_weight for a ReHyAt student; the softmax teacher's
+    control run (no checkpoint, nothing converted) trains without it."""
+    from rehyat.toy import recipe
+
+    seen = []
+    monkeypatch.setattr(recipe, "finetune", lambda cfg: seen.append(cfg))
+    settings = recipe.RecipeSettings(finetune_mass_weight=1.5, progress=False)
+    recipe.finetune_student(
+        tmp_path / "t", tmp_path / "ckpt", tmp_path / "a", tmp_path / "d", settings, "cpu"
+    )
+    recipe.finetune_student(tmp_path / "t", None, tmp_path / "b", tmp_path / "d", settings, "cpu")
+    assert [cfg.mass_weight for cfg in seen] == [1.5, 0.0]
+    assert (
+        next(s for s in STUDENTS if s.name == "rehyat_ns_tc1_to3_mass2").settings["finetune_mass_weight"] == 1
+    )
+    with pytest.raises(ValueError, match="finetune_mass_weight"):
+        recipe.RecipeSettings(finetune_mass_weight=-1)
