@@ -106,7 +106,8 @@ def test_stage2_with_the_mass_term_trains_and_refuses_what_it_cannot_serve(tmp_p
         tiny_config(tmp_path / "mass", data, base, mass_weight=1.0, **{"model.rehyat": '{"chunk_frames": 1}'})
     )
     plain, mass = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "mass")
-    assert [r["step"] for r in mass] == [1, 2, 3, 4]
+    assert [r["step"] for r in mass] == [1, 2, 3, 4] and all(r["mass_error"] > 0 for r in mass)
+    assert "mass_error" not in plain[0]
     assert mass[0]["loss"] > plain[0]["loss"]  # the same noise and rows, plus the term
     assert rehyat_runtime(run.model).attention is None  # the mode ends with the run
     for overrides, why in [

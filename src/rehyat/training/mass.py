@@ -114,6 +114,7 @@ class OwnMassPenalty:
     def __init__(self, rows: int) -> None:
         self.rows = rows
         self.errors: list[Tensor] = []
+        self.terms: list[Tensor] = []  # each micro-batch's loss(), detached, for the step's metrics
         self._generator = torch.Generator()
         self._rows: dict[tuple, Tensor] = {}
 
@@ -149,4 +150,11 @@ class OwnMassPenalty:
                 "text-video family (whose processors do not take runtime.attention), or checkpoints its blocks "
                 "reentrantly (the forward then runs without gradients)"
             )
-        return torch.stack(self.errors).mean()
+        term = torch.stack(self.errors).mean()
+        self.terms.append(term.detach())
+        return term
+
+    def step_mean(self) -> Tensor:
+        """The mean of the terms since the last call (a step's micro-batches), and forget them."""
+        terms, self.terms = self.terms, []
+        return torch.stack(terms).mean()

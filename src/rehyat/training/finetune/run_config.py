@@ -118,7 +118,8 @@ class FinetuneConfig:
     of |log(1 + nL/nS) − log(1 + the student's own softmax share over the linear keys)| on ``mass_rows``
     sampled query rows per layer. Stage 2 alone shrinks the linear part's share of attention; this keeps it
     at what the model's own scores put outside the window. Needs a converted ReHyAt model (not a joint
-    text-video family), ``model.compile=false``."""
+    text-video family), ``model.compile=false``. The logged ``loss`` includes λ × the term; ``metrics.jsonl``
+    also logs the term itself as ``mass_error``."""
     mass_rows: int = 256
     """Query rows per layer and micro-batch the mass term samples (R × N scores each)."""
     mixed_precision: Literal["no", "bf16"] = "bf16"

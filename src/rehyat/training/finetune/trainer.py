@@ -151,6 +151,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                     ema.update(distributed.unwrap(model))
                 nonfinite += not finite
 
+                mass_metric = (
+                    {} if mass is None else {"mass_error": distributed.mean_over_ranks(mass.step_mean())}
+                )
                 throughput = samples_per_step / (time.perf_counter() - tic)
                 done = step + 1
                 progress.update()
@@ -169,6 +172,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                         grad_norm=grad_norm,
                         samples_per_s=throughput,
                         nonfinite_steps=nonfinite,
+                        **mass_metric,
                         **skipped,
                         **memory,
                     )
