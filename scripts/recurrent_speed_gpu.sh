@@ -8,6 +8,8 @@
 # Writes to $OUT (or ./runs/recurrent_speed): recurrent_speed.log, recurrent_compile.{json,md},
 # model.{json,md,png} when the bench ran.
 #   FRAMES="21 81" CHUNKS_PER_CALL="1 3" CHUNK=3 OVERLAP=1 LIMIT=540
+#   ROWS="parallel_compiled recurrent_graphed": only these rows of the profile (underscores for spaces;
+#   default all five), e.g. to reach the graphed row's profile within LIMIT.
 #   PROFILER=1: a torch.profiler table of every row at the first frame count (in recurrent_compile.md).
 #   TINY=1: a dry run on a CPU (tiny Wan, compiler backend "eager", 6 and 9 latent frames).
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
@@ -37,6 +39,7 @@ left() { echo $(( LIMIT - ($(date +%s) - START) )); }
 PROFILE=(--frames $FRAMES --chunks-per-call $CHUNKS_PER_CALL --chunk-frames "$CHUNK" --overlap-frames "$OVERLAP")
 if [ "$TINY" = 1 ]; then PROFILE=(--tiny --frames 6 9 --backend eager --reps 2 --chunks-per-call $CHUNKS_PER_CALL); fi
 if [ "$PROFILER" = 1 ]; then PROFILE+=(--profile); fi
+if [ -n "${ROWS:-}" ]; then PROFILE+=(--rows); for row in $ROWS; do PROFILE+=("${row//_/ }"); done; fi
 status=0
 timeout "$(left)" python3 scripts/profile_recurrent_compile.py "${PROFILE[@]}" --out "$RUN/recurrent_compile" \
   >> "$LOG" 2>&1 || status=$?
