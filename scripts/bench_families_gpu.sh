@@ -12,7 +12,7 @@
 # Writes to $OUT (or ./runs/bench_families): bench_families.log (versions, GPU, each family's exit), and per
 # family model_<family>.md and model_<family>.tgz (its .json/.md/.png and the run's log; tar -xzf it
 # into bench/results) -- 7 files at most.
-#   FAMILIES="ltx-video hunyuan-video cogvideox" (default), LIMIT=530
+#   FAMILIES="ltx-video hunyuan-video cogvideox" (default), LIMIT=530; one family alone gets all of LIMIT
 #   SIZE=tiny DEVICE=cpu: a dry run of the whole script on a CPU (tiny configs, 2 and 3 latent frames).
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
@@ -65,6 +65,7 @@ for family in $FAMILIES; do
   mkdir -p "$out"
   left=$(( LIMIT - ($(date +%s) - START) - 15 ))  # 15 s kept for rendering and packing
   share=$(share_for "$family")
+  if [ "$(wc -w <<< "$FAMILIES")" -eq 1 ]; then share=$left; fi  # one family: all the time there is
   budget=$(( left < share ? left : share ))
   if [ "$budget" -lt 45 ]; then
     echo "$family: skipped, ${left} s left" | tee -a "$LOG"
