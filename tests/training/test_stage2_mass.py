@@ -42,13 +42,27 @@ def test_records_the_students_own_mass_error_with_the_target_detached():
     rows = sample_rows(GEOMETRY, 5, 7, torch.Generator().manual_seed(3), "cpu")
     assert rows.numel() == 7 and (rows >= 8).all()  # frames 0 and 1 have no linear keys at Tc=1, To=1
     expected = mass_error(*linear_mass(q, k, fq, fk, GEOMETRY, rows))
-    assert len(penalty.errors) == 1 and torch.allclose(penalty.loss(), expected)
-    penalty.loss().backward()
-    assert q.grad is None and k.grad is None  # the softmax window and the target are not pulled
+    assert len(penalty.errors) == 1
+    term = penalty.loss()
+    assert torch.allclose(term, expected)
+    term.backward()
+    assert q.grad is None and k.grad is None  # the target (the student's own scores) is a constant
     assert fq.grad.abs().sum() > 0 and fk.grad.abs().sum() > 0
+    penalty.start(3)
     with torch.no_grad():  # sampling (no gradients): nothing recorded
         penalty(config, q, k, v, fq, fk, GEOMETRY, backend="torch")
-    assert len(penalty.errors) == 1
+    assert penalty.errors == []
+
+
+def test_the_mass_is_fp32_inside_a_bf16_autocast_step():
+    q, k, _, fq, fk = _inputs()
+    q, k = q * 3, k * 3  # scores of a few units, where bf16 products lose the target's digits
+    rows = torch.arange(8, 20)
+    plain = linear_mass(q, k, fq, fk, GEOMETRY, rows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = linear_mass(q, k, fq, fk, GEOMETRY, rows)
+    for a, b in zip(plain, autocast, strict=True):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-6)
 
 
 def test_rows_are_fixed_per_start_and_drawn_anew_by_the_next():
@@ -93,8 +107,11 @@ def test_one_error_per_layer_and_the_same_gradients_under_gradient_checkpointing
             m(latents, torch.tensor([500.0]), context, return_dict=False)[0].square().mean()
             assert len(penalty.errors) == len(m.blocks)
             penalty.loss().backward()
+            assert penalty.errors == []  # a checkpointed block's recomputation records nothing
         grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and any("rehyat_phi" in n for n in grads[0])
+    # φ's inputs are not detached: the term also reaches the projections that make q and k (docs §7.1).
+    assert grads[0]["blocks.0.attn1.to_q.weight"].abs().sum() > 0
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name
 

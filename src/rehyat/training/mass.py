@@ -72,7 +72,12 @@ def linear_mass(
 ) -> tuple[Tensor, Tensor]:
     """(student, teacher) out-of-window mass relative to the window's, [B, H, R], of query rows ``rows``
     of q, k [B, N, H, D] and φ features fq, fk [B, N, H, E]; text keys ``global_k`` (joint layers) are
-    window keys of every row. fp32 (fp64 stays fp64); differentiable in fq and fk."""
+    window keys of every row. fp32 (fp64 stays fp64), autocast or not; differentiable in fq and fk."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _linear_mass(q, k, fq, fk, geometry, rows, global_k, global_mask)
+
+
+def _linear_mass(q, k, fq, fk, geometry, rows, global_k, global_mask) -> tuple[Tensor, Tensor]:
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     tokens = geometry.frame_tokens
     frames = q.shape[1] // tokens
@@ -106,10 +111,11 @@ class OwnMassPenalty:
     """Stage 2's mass term (docs/method.md §7.1): set as ``runtime.attention`` (through
     ``ReHyAtRuntime.mode``) it runs :func:`~rehyat.models.adapter.configured_attention` unchanged and, while
     gradients are on, records per call the :func:`mass_error` of the student's linear share against its own
-    softmax's share over the same keys, on ``rows`` query rows. No teacher forward: the student's q, k are
-    the target, detached, so the term moves φ (what carries the out-of-window attention) and not the
-    softmax window. Rows are drawn once per :meth:`start` and frame geometry, so a recomputation under
-    gradient checkpointing sees the same rows (and a recorded error joins the graph like any activation)."""
+    softmax's share over the same keys, on ``rows`` query rows. No teacher forward: the target is the
+    student's own scores, taken as a constant of the step (q, k detached in the scores); the gradient reaches
+    φ and, through φ's inputs, the layers that produce q and k. Rows are drawn once per :meth:`start` and
+    frame geometry, so a recomputation under gradient checkpointing sees the same rows; what a
+    recomputation (after :meth:`loss`) records is dropped."""
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
@@ -117,11 +123,13 @@ class OwnMassPenalty:
         self.terms: list[Tensor] = []  # each micro-batch's loss(), detached, for the step's metrics
         self._generator = torch.Generator()
         self._rows: dict[tuple, Tensor] = {}
+        self._taken = False  # loss() was called: later calls are recomputations in the backward
 
     def start(self, seed: int) -> None:
         """A new forward: drop the recorded errors and draw rows from ``seed`` (per step and micro-batch)."""
         self.errors = []
         self._rows = {}
+        self._taken = False
         self._generator.manual_seed(seed)
 
     def __call__(
@@ -137,12 +145,15 @@ class OwnMassPenalty:
                 self._rows[key] = sample_rows(geometry, frames, self.rows, self._generator, q.device)
             rows = self._rows[key]
             if rows.numel():
-                student, target = linear_mass(q.detach(), k.detach(), fq, fk, geometry, rows)
-                self.errors.append(mass_error(student, target))
+                # Computed on recomputation too, so a checkpointed block saves what its forward saved.
+                error = mass_error(*linear_mass(q.detach(), k.detach(), fq, fk, geometry, rows))
+                if not self._taken:
+                    self.errors.append(error)
         return out
 
     def loss(self) -> Tensor:
-        """Mean of the errors recorded since :meth:`start` (one per converted layer with linear keys)."""
+        """Mean of the errors recorded since :meth:`start` (one per converted layer with linear keys); the
+        forward is then over: what is recorded before the next :meth:`start` (a recomputation) is dropped."""
         if not self.errors:
             raise ValueError(
                 "mass_weight > 0 but no converted self-attention recorded a mass error in this forward: the "
@@ -151,6 +162,7 @@ class OwnMassPenalty:
                 "reentrantly (the forward then runs without gradients)"
             )
         term = torch.stack(self.errors).mean()
+        self.errors, self._taken = [], True
         self.terms.append(term.detach())
         return term
 

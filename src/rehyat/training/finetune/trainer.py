@@ -282,8 +282,8 @@ def forward_backward(
         generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
         if cfg.prompt_dropout > 0:
             prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
-        if mass is not None:  # rows drawn per slot of the global batch, as the noise is
-            mass.start(generator.initial_seed())
+        if mass is not None:  # rows drawn per slot of the global batch, as the noise is, from another stream
+            mass.start(generator.initial_seed() ^ 0x6D617373)
         with distributed.gradient_sync(model, enabled=micro == cfg.grad_accumulation - 1):
             with autocast:
                 if schedule is None:
