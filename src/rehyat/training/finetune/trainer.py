@@ -209,18 +209,15 @@ def check_options(cfg: FinetuneConfig, dataset: LatentDataset, model: nn.Module)
     family = family_of(model)
     runtime = rehyat_runtime(model)
     if cfg.mass_weight > 0:
-        attention = runtime.config.attention if runtime is not None else None
-        why = (
-            "the model is not converted (model.convert=false)"
-            if runtime is None
-            else f"its attention is {attention!r}, not 'hybrid'"
-            if attention != "hybrid"
-            else f"{type(model).__name__}'s joint text-video processors do not record it"
-            if isinstance(family, JointAdapter)
-            else "model.compile=true compiles the row sampling into the blocks (set model.compile=false)"
-            if cfg.model.compile
-            else None
-        )
+        why = None
+        if runtime is None:
+            why = "the model is not converted (model.convert=false)"
+        elif runtime.config.attention != "hybrid":
+            why = f"its attention is {runtime.config.attention!r}, not 'hybrid'"
+        elif isinstance(family, JointAdapter):
+            why = f"{type(model).__name__}'s joint text-video processors do not record it"
+        elif cfg.model.compile:
+            why = "model.compile=true compiles the row sampling into the blocks (set model.compile=false)"
         if why:
             raise ValueError(f"mass_weight={cfg.mass_weight} cannot be served: {why}")
     if cfg.model.gradient_checkpointing and isinstance(family, JointAdapter) and rehyat_runtime(model):
