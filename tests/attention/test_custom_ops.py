@@ -81,10 +81,18 @@ def test_opcheck_parallel(backend):
 def test_opcheck_step(backend):
     q, k, v, fq, _ = _inputs(**_sizes(backend))
     cached_k, cached_v, kv, z = _state(**_sizes(backend))
-    _check(custom_ops.step_attention_op, (q, k, v, cached_k, cached_v, fq, kv, z, 4, 0.25, backend, True))
+    _check(
+        custom_ops.step_attention_op, (q, k, v, cached_k, cached_v, fq, kv, z, None, 4, 0.25, backend, True)
+    )
     plain = [t.detach() for t in (q, k, v, cached_k, cached_v, fq, kv, z)]
     out = torch.empty_like(plain[0])
-    _check(custom_ops.step_attention_out_op, (*plain, out, 4, 0.25, backend, True))
+    _check(custom_ops.step_attention_out_op, (*plain, out, None, 4, 0.25, backend, True))
+    # A key mask over the cached keys (masked global keys): gradients on the PyTorch backend only.
+    mask = torch.arange(cached_k.shape[1], device=cached_k.device).remainder(3).ne(0)
+    mask = mask.expand(cached_k.shape[0], -1).contiguous()
+    masked = (q, k, v, cached_k, cached_v, fq, kv, z) if backend == "torch" else plain
+    _check(custom_ops.step_attention_op, (*masked, mask, 4, 0.25, backend, True))
+    _check(custom_ops.step_attention_out_op, (*plain, out, mask, 4, 0.25, backend, True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,10 +121,12 @@ def test_op_gradients_equal_the_direct_path():
     q, k, v, fq, _ = tensors
     cached_k, cached_v, kv, z = _state(dtype=torch.float64)
     step_in = (q, k, v, cached_k, cached_v, fq, kv, z)
-    direct = custom_ops._step(*step_in, 4, 0.25, "torch", None)
-    via_op, _ = custom_ops.step_attention_op(*step_in, 4, 0.25, "torch", False)
-    for got, want in zip(_grads(via_op, step_in), _grads(direct, step_in), strict=True):
-        assert rel_err(got, want) <= 1e-10
+    mask = torch.arange(cached_k.shape[1], device=cached_k.device).remainder(3).ne(0)
+    for key_mask in (None, mask.expand(cached_k.shape[0], -1)):
+        direct = custom_ops._step(*step_in, key_mask, 4, 0.25, "torch", None)
+        via_op, _ = custom_ops.step_attention_op(*step_in, key_mask, 4, 0.25, "torch", False)
+        for got, want in zip(_grads(via_op, step_in), _grads(direct, step_in), strict=True):
+            assert rel_err(got, want) <= 1e-10
 
     phi = PolynomialFeatureMap(2, 16, init="random").double().to(DEVICE)
     params = [q, *phi.weights, *phi.biases]

@@ -225,13 +225,15 @@ def test_fully_masked_globals_are_no_globals():
 
 
 def test_triton_refuses_and_auto_takes_pytorch():
+    """The parallel form's kernels chunk uniformly and take no extra keys (the recurrent form's do:
+    tests/attention/test_step_kernel_globals.py)."""
     q, k, v, fq, fk = make_inputs(1, 4, 16, 1, 16, 16, dtype=torch.float32)
     gk = q.new_zeros(1, 2, 1, 16)
     kwargs = dict(frame_tokens=16, chunk_frames=2, overlap_frames=1)
     with pytest.raises(ValueError, match="anchor_frames=1"):
         hybrid_attention(q, k, v, fq, fk, **kwargs, anchor_frames=1, backend="triton")
     with pytest.raises(ValueError, match="global keys"):
-        recurrent_hybrid_attention(q, k, v, fq, fk, **kwargs, global_k=gk, global_v=gk, backend="triton")
+        hybrid_attention(q, k, v, fq, fk, **kwargs, global_k=gk, global_v=gk, backend="triton")
     auto = hybrid_attention(q, k, v, fq, fk, **kwargs, anchor_frames=1)
     assert torch.equal(auto, hybrid_attention(q, k, v, fq, fk, **kwargs, anchor_frames=1, backend="torch"))
 

@@ -13,8 +13,8 @@ tokens, the pipeline's RoPE tables). ``height`` and ``width`` change the pixel s
 them, as ``from_pretrained(torch_dtype=bfloat16)`` leaves them); batch 1 (one CFG branch); each family
 called as its pipeline calls it. ``--size tiny`` runs the family's tiny config instead, and ``--device cpu``
 times with the wall clock (no memory column): a smoke run of the whole benchmark without a GPU. The two
-joint text–video families attend their text through the op's global keys (docs/method.md §6.1), which
-only the PyTorch backend takes (the Triton kernels do not yet). Rows, each one forward under
+joint text–video families attend their text through the op's global keys (docs/method.md §6.1), the
+streaming step's cached keys on the Triton kernels. Rows, each one forward under
 ``torch.inference_mode``:
 
 - ``original``: the unconverted model, diffusers' own attention processor (torch SDPA).
@@ -292,7 +292,7 @@ def run_parity(frames: int = 7, *, arch=None, device: str = "cuda") -> list[dict
 
     Random weights and untrained φ make the network ill-conditioned (denominators near the guard), so
     rounding differences grow through the blocks; two valid parallel backends differ by as much in bf16.
-    The joint text–video families run the PyTorch backend only (their global keys). A dtype that runs
+    A dtype that runs
     out of memory or fails gives a row with its ``error`` and the next dtype runs.
     """
     from rehyat.models.architectures import PUBLISHED, architecture
@@ -331,7 +331,7 @@ def _parity_rows(arch, frames: int, device: str, dtype: torch.dtype, rows: list[
     with torch.inference_mode():
         original = _forward(model, inputs, False)
         runtime = rehyat_runtime(convert(model, ReHyAtConfig(**REHYAT)))
-        for backend in ("torch", "triton") if cuda and arch.family not in JOINT else ("torch",):
+        for backend in ("torch", "triton") if cuda else ("torch",):
             with runtime.mode(backend=backend):
                 parallel = _forward(model, inputs, False)
                 recurrent = _forward(model, inputs, True)
@@ -452,9 +452,8 @@ def render(payload: dict, out_dir: Path) -> None:
         sections.insert(
             3,
             "Joint text–video attention (docs/method.md §6.1): every chunk carries its own copy of the text "
-            "through the network and attends to the text keys as global keys of its softmax window; the "
-            "op takes global keys on its PyTorch backend only (the Triton kernels do not yet), so both "
-            "ReHyAt rows run PyTorch attention against the original's SDPA.",
+            "through the network and attends to the text keys as global keys of its softmax window (the "
+            "streaming step's cached keys on the Triton kernels, a padded prompt's masked keys left out).",
         )
     if payload.get("parity"):
         keys = ("recurrent_vs_parallel", "parallel_vs_original", "one_chunk_vs_original")

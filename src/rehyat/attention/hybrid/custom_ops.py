@@ -340,11 +340,15 @@ def _torch_step_rows(q, keys, values, fq, kv, z, scale: float, stats, key_mask) 
     return combine(a_softmax, n_softmax, a_linear, n_linear, stats).to(q.dtype)
 
 
-def _torch_step(q, k, v, cached_k, cached_v, fq, kv, z, geometry: Geometry, stats, out=None) -> Tensor:
+def _torch_step(
+    q, k, v, cached_k, cached_v, fq, kv, z, geometry: Geometry, stats, out=None, key_mask=None
+) -> Tensor:
     """The PyTorch backend's step (the tensors as in ``rehyat::step_attention``)."""
     keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
+    if key_mask is not None:  # the chunk's own keys are all attended
+        key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], k.shape[1])], dim=1)
     scale = geometry.softmax_scale(q.shape[-1])
-    result = torch_step_attention(q, keys, values, fq, kv, z, scale, stats)
+    result = torch_step_attention(q, keys, values, fq, kv, z, scale, stats, key_mask)
     return result if out is None else out.copy_(result)
 
 
@@ -366,6 +370,7 @@ def _step(
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
+    key_mask: Tensor | None,
     frame_tokens: int,
     scale: float,
     backend: str,
@@ -373,9 +378,10 @@ def _step(
     out: Tensor | None = None,
 ) -> Tensor:
     """The step's attention needs only ``frame_tokens`` and the scale of its geometry: its window is
-    every key it is given, the cached frames and then the chunk's own (one chunk, ``chunk_frames=None``)."""
+    every key it is given, the cached keys and then the chunk's own (one chunk, ``chunk_frames=None``)."""
     geometry = Geometry(frame_tokens, None, 0, True, scale)
-    return IMPLEMENTATIONS[backend].step(q, k, v, cached_k, cached_v, fq, kv, z, geometry, stats, out)
+    step = IMPLEMENTATIONS[backend].step
+    return step(q, k, v, cached_k, cached_v, fq, kv, z, geometry, stats, out, key_mask)
 
 
 @torch.library.custom_op("rehyat::step_attention", mutates_args=())
@@ -388,21 +394,23 @@ def step_attention_op(
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
+    key_mask: Tensor | None,
     frame_tokens: int,
     scale: float,
     backend: str,
     count_guarded: bool,
 ) -> tuple[Tensor, Tensor]:
     """(y [B, n, H, D] contiguous, counts): q, k, v, fq [B, n, H, ·] of the chunk, cached_k/v [B, M, H, D]
-    the cached frames (softmax keys before the chunk's), kv [B, H, D', D], z [B, H, D'] the state."""
+    the cached keys (softmax keys before the chunk's), kv [B, H, D', D], z [B, H, D'] the state,
+    key_mask [B, M] bool over the cached keys (True = attend) or None (all)."""
     stats = AttentionStats() if count_guarded else None
     with torch.no_grad():
-        out = _step(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, stats)
+        out = _step(q, k, v, cached_k, cached_v, fq, kv, z, key_mask, frame_tokens, scale, backend, stats)
     return out.contiguous(), _counts(stats, q)
 
 
 @step_attention_op.register_fake
-def _(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, count_guarded):
+def _(q, k, v, cached_k, cached_v, fq, kv, z, key_mask, frame_tokens, scale, backend, count_guarded):
     return q.new_empty(q.shape), _fake_counts(count_guarded, q)
 
 
@@ -417,6 +425,7 @@ def step_attention_out_op(
     kv: Tensor,
     z: Tensor,
     out: Tensor,
+    key_mask: Tensor | None,
     frame_tokens: int,
     scale: float,
     backend: str,
@@ -426,12 +435,12 @@ def step_attention_out_op(
     returns the counts."""
     stats = AttentionStats() if count_guarded else None
     with torch.no_grad():
-        _step(q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, stats, out=out)
+        _step(q, k, v, cached_k, cached_v, fq, kv, z, key_mask, frame_tokens, scale, backend, stats, out=out)
     return _counts(stats, q)
 
 
 @step_attention_out_op.register_fake
-def _(q, k, v, cached_k, cached_v, fq, kv, z, out, frame_tokens, scale, backend, count_guarded):
+def _(q, k, v, cached_k, cached_v, fq, kv, z, out, key_mask, frame_tokens, scale, backend, count_guarded):
     return _fake_counts(count_guarded, q)
 
 
@@ -446,25 +455,27 @@ def step_attention_backward_op(
     fq: Tensor,
     kv: Tensor,
     z: Tensor,
+    key_mask: Tensor | None,
     frame_tokens: int,
     scale: float,
     backend: str,
     needs: list[bool],
 ) -> list[Tensor]:
-    """Gradients of the 8 tensor inputs of ``rehyat::step_attention`` (empty where not needed)."""
+    """Gradients of the 8 float tensor inputs of ``rehyat::step_attention`` (empty where not needed)."""
 
     def forward(*inputs: Tensor) -> Tensor:
-        return _step(*inputs, frame_tokens, scale, backend, None)
+        return _step(*inputs, key_mask, frame_tokens, scale, backend, None)
 
     return _recompute_grads(forward, (q, k, v, cached_k, cached_v, fq, kv, z), needs, grad)
 
 
 @step_attention_backward_op.register_fake
-def _(grad, q, k, v, cached_k, cached_v, fq, kv, z, frame_tokens, scale, backend, needs):
+def _(grad, q, k, v, cached_k, cached_v, fq, kv, z, key_mask, frame_tokens, scale, backend, needs):
     return _fake_grads((q, k, v, cached_k, cached_v, fq, kv, z), needs)
 
 
-_register_autograd(step_attention_op, step_attention_backward_op, tensors=8, arguments=3)
+# key_mask (a bool tensor, no gradient) travels with the arguments.
+_register_autograd(step_attention_op, step_attention_backward_op, tensors=8, arguments=4)
 
 
 def step_attention(
@@ -486,21 +497,15 @@ def step_attention(
     """One chunk's attention on a concrete ``backend`` (see ``rehyat::step_attention``), through the ops
     when :func:`use_ops` says so; ``out`` (inference, checked by the caller) receives the result.
     ``key_mask`` [B, M] over the cached keys (True = attend; masked global keys, docs/method.md §2.1;
-    the chunk's own are all attended): PyTorch only, run directly (the compiler traces it)."""
-    if key_mask is not None:
-        keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
-        key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], k.shape[1])], dim=1)
-        scale = geometry.softmax_scale(q.shape[-1])
-        result = torch_step_attention(q, keys, values, fq, kv, z, scale, stats, key_mask)
-        return result if out is None else out.copy_(result)
+    the chunk's own are all attended); the kernels take it without gradients only."""
     tensors = (q, k, v, cached_k, cached_v, fq, kv, z)
     arguments = (geometry.frame_tokens, geometry.softmax_scale(q.shape[-1]), backend)
     if not use_ops(*tensors):
-        return _step(*tensors, *arguments, stats, out=out)
+        return _step(*tensors, key_mask, *arguments, stats, out=out)
     if out is not None:
-        add_counts(stats, step_attention_out_op(*tensors, out, *arguments, stats is not None))
+        add_counts(stats, step_attention_out_op(*tensors, out, key_mask, *arguments, stats is not None))
         return out
-    result, counts = step_attention_op(*tensors, *arguments, stats is not None)
+    result, counts = step_attention_op(*tensors, key_mask, *arguments, stats is not None)
     add_counts(stats, counts)
     return result
 

@@ -27,7 +27,6 @@ from rehyat.attention.hybrid.common import (
     check_bool,
     check_out_overlap,
     check_output_buffer,
-    extras_reason,
     needs_grad,
     validate_globals,
     validate_inputs,
@@ -209,7 +208,9 @@ def hybrid_attention_step(
 
     ``anchor_frames``, ``global_k``, ``global_v``, ``global_mask`` as in ``hybrid_attention``
     (docs/method.md §2.1): the state keeps the anchor frames (it records A), the global keys are this
-    step's (give the same ones to every step of a stream); both run in PyTorch.
+    step's (give the same ones to every step of a stream). On the kernels both are cached keys of the
+    step; masked global keys with gradients to track run in PyTorch (``backend="auto"``) or are a
+    ``ValueError`` (``backend="triton"``).
     """
     geometry = Geometry(frame_tokens, None, overlap_frames, True, scale, anchor_frames)
     global_keys = dict(global_k=global_k, global_v=global_v, global_mask=global_mask)
@@ -276,8 +277,12 @@ def attend_step(
         given.update(global_k=global_k, global_v=global_v)
         cached = {"the state's cached k": state.k, "the state's cached v": state.v}
         check_out_overlap(out, {**given, **cached})
-    backend = resolve_backend(backend, q, fq, extras_reason(anchor, global_keys))
     cached, key_mask = _softmax_prefix(state, global_keys)
+    # The kernels take the global keys and anchor frames as cached keys (masked ones left out), but
+    # their backward has no key mask.
+    masked_grad = key_mask is not None and needs_grad(q, k, v, fq, *cached, state.kv, state.z)
+    reason = "a step with masked global keys that needs gradients (the kernels' backward takes no key mask)"
+    backend = resolve_backend(backend, q, fq, reason if masked_grad else None)
     out = step_attention(
         q,
         k,

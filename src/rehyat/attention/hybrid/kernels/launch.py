@@ -120,20 +120,31 @@ def triton_step_attention(
     geometry: Geometry,
     stats: AttentionStats | None = None,
     out: Tensor | None = None,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
-    """One chunk of the streaming form: q [B, n, H, D] attends with softmax to the cached frames
-    ``cached_k``/``cached_v`` [B, M, H, D] followed by the chunk's k, v [B, n, H, D], and linearly
-    through the state kv [B, H, D', D], z [B, H, D'].
+    """One chunk of the streaming form: q [B, n, H, D] attends with softmax to the cached keys
+    ``cached_k``/``cached_v`` [B, M, H, D] (global keys, anchor frames, overlap frames) followed by the
+    chunk's k, v [B, n, H, D], and linearly through the state kv [B, H, D', D], z [B, H, D'].
 
-    Without gradients to track, the kernel reads the cached frames and the chunk in place; otherwise
+    Without gradients to track, the kernel reads the cached keys and the chunk in place; otherwise
     the keys are concatenated for the autograd function, whose backward needs them as one tensor.
-    ``out`` (no-grad only, checked by the caller) receives the output in place.
+    ``out`` (no-grad only, checked by the caller) receives the output in place. ``key_mask`` [B, M] bool
+    (True = attend) over the cached keys: no-grad only (the backward kernels take no mask).
     """
     kv, z = kv[:, None], z[:, None]
     if needs_grad(q, k, v, cached_k, cached_v, fq, kv, z):
         if out is not None:
             raise ValueError("out= is for inference (run it under torch.no_grad()), but inputs require grad")
+        if key_mask is not None:
+            raise ValueError(
+                "the kernels' backward takes no key mask: a step with masked global keys that needs "
+                "gradients runs on backend='torch'"
+            )
         keys, values = torch.cat([cached_k, k], dim=1), torch.cat([cached_v, v], dim=1)
         return WindowedHybridAttention.apply(q, keys, values, fq, kv, z, geometry, stats)
     prefix = (cached_k, cached_v) if cached_k.shape[1] else None
-    return windowed_attention_forward(q, k, v, fq, kv, z, geometry, stats, prefix=prefix, out=out)
+    if prefix is None:
+        key_mask = None  # no cached keys to mask
+    return windowed_attention_forward(
+        q, k, v, fq, kv, z, geometry, stats, prefix=prefix, out=out, prefix_mask=key_mask
+    )

@@ -5,9 +5,10 @@ token counts: queries of chunk t are rows [t·L, min((t+1)·L, NQ)) of q; their 
 [max(t·L − O, 0), min((t+1)·L + K0, NK)) of k and v, where L = ``chunk_tokens``, O = ``overlap_tokens``
 and K0 = ``key_offset`` = NK − NQ: the queries are the last NQ key rows. The parallel form has K0 = 0
 (k, v indexed like q); the streaming step is one chunk (``chunk_frames=None``) whose keys are [cached
-overlap frames ‖ chunk] (K0 = cached tokens, at most O, so its window is every key). Without gradients the
-forward can read such keys from two sources in place (HAS_PREFIX: keys j < M from the cached frames,
-the rest from the chunk's k, v at j − M) instead of from a concatenated copy. The linear part enters
+keys ‖ chunk] (K0 = cached tokens: global keys, anchor frames and overlap frames, so its window is every
+key). Without gradients the forward can read such keys from two sources in place (HAS_PREFIX: keys
+j < M from the cached keys, the rest from the chunk's k, v at j − M) instead of from a concatenated
+copy, and leave out masked cached keys (PREFIX_MASK: a padded prompt's global keys). The linear part enters
 through each chunk's state KV_t [D', D] and z_t [D'] (fp32).
 
 Forward (per query block, all rows in one chunk): online softmax over the window in the log2 domain,
@@ -90,7 +91,9 @@ def _fwd_inner(
     offs_n,
     offs_d,
     qk_scale,
+    keep_base,
     MASK: tl.constexpr,
+    KEY_MASK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -99,9 +102,19 @@ def _fwd_inner(
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         if MASK:
             s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        if KEY_MASK:
+            # Masked keys (a padded prompt's global keys) score -inf; a row that has seen only masked
+            # keys keeps m = -inf, so its exponents are taken from 0 instead (no -inf - -inf).
+            keep = tl.load(keep_base + start + offs_n, mask=valid, other=0)
+            s = tl.where(keep[None, :] != 0, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_use)
+            p = tl.math.exp2(s - m_use[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
@@ -123,10 +136,13 @@ def _fwd_range(
     offs_n,
     offs_d,
     qk_scale,
+    keep_base,
+    KEY_MASK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Keys [lo, hi) of one source: its whole blocks unmasked, then the masked tail."""
+    """Keys [lo, hi) of one source: its whole blocks unmasked, then the masked tail. With KEY_MASK the
+    keys j whose ``keep_base[j]`` is 0 are left out."""
     full = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
     for masked in tl.static_range(2):  # the whole blocks, then the masked tail
         acc, l_i, m_i = _fwd_inner(
@@ -143,7 +159,9 @@ def _fwd_range(
             offs_n=offs_n,
             offs_d=offs_d,
             qk_scale=qk_scale,
+            keep_base=keep_base,
             MASK=masked == 1,
+            KEY_MASK=KEY_MASK,
             BLOCK_N=BLOCK_N,
             PREC=PREC,
         )
@@ -157,6 +175,7 @@ def _fwd_kernel(
     v_ptr,
     pk_ptr,
     pv_ptr,
+    pmask_ptr,
     fq_ptr,
     kv_ptr,
     z_ptr,
@@ -182,6 +201,7 @@ def _fwd_kernel(
     stride_pvb,
     stride_pvn,
     stride_pvh,
+    stride_pmb,
     stride_fb,
     stride_fn,
     stride_fh,
@@ -206,6 +226,7 @@ def _fwd_kernel(
     BLOCK_E: tl.constexpr,
     HAS_LINEAR: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    PREFIX_MASK: tl.constexpr,
     SPLITS: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -246,6 +267,8 @@ def _fwd_kernel(
             offs_n=offs_n,
             offs_d=offs_d,
             qk_scale=qk_scale,
+            keep_base=pmask_ptr + batch * stride_pmb,
+            KEY_MASK=PREFIX_MASK,
             BLOCK_N=BLOCK_N,
             PREC=PREC,
         )
@@ -265,6 +288,8 @@ def _fwd_kernel(
         offs_n=offs_n,
         offs_d=offs_d,
         qk_scale=qk_scale,
+        keep_base=pmask_ptr,
+        KEY_MASK=False,
         BLOCK_N=BLOCK_N,
         PREC=PREC,
     )
@@ -788,11 +813,13 @@ def _launch_forward(
     stats: AttentionStats | None,
     splits: int | None = 1,
     out: Tensor | None = None,
+    prefix_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``_fwd_kernel`` on prepared inputs and count ``stats``; returns (y, m, nS, nL).
 
     With ``prefix`` = (pk, pv) [B, M, H, D] the keys are [pk ‖ k] (values [pv ‖ v]) without being
-    concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v. With ``splits`` > 1
+    concatenated: key j < M is row j of the prefix, key j ≥ M row j − M of k, v; ``prefix_mask`` [B, M]
+    (int8, contiguous rows; 0 = left out) masks prefix keys. With ``splits`` > 1
     (None: :func:`key_splits` picks) each window's keys are cut into that many parts, one program
     each, and ``_combine_kernel`` merges them: more programs when one chunk alone leaves SMs idle, for
     splits × [B·H, n_q, D] fp32 partials of extra memory. ``out``: where y goes (any strides with a
@@ -855,11 +882,13 @@ def _launch_forward(
         v_ptr=v,
         pk_ptr=pk,
         pv_ptr=pv,
+        pmask_ptr=prefix_mask if prefix_mask is not None else q,
         **strides("q", q),
         **strides("k", k),
         **strides("v", v),
         **strides("pk", pk),
         **strides("pv", pv),
+        stride_pmb=prefix_mask.stride(0) if prefix_mask is not None else 0,
         n_k=n_k,
         n_prefix=n_prefix,
         overlap_tokens=overlap_tokens,
@@ -869,6 +898,7 @@ def _launch_forward(
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         HAS_PREFIX=prefix is not None,
+        PREFIX_MASK=prefix_mask is not None,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **epilogue,
@@ -898,24 +928,46 @@ def windowed_attention_forward(
     prefix: tuple[Tensor, Tensor] | None = None,
     splits: int | None = None,
     out: Tensor | None = None,
+    prefix_mask: Tensor | None = None,
 ) -> Tensor:
     """The forward of :class:`WindowedHybridAttention` alone: no autograd graph, nothing saved.
 
     ``prefix`` = (pk, pv) [B, M, H, D] gives the same result as passing k, v = [pk ‖ k], [pv ‖ v]
     (key indices count the prefix rows first) without building those
-    concatenations — for the streaming step, whose cached frames come first. ``splits``: parts per
+    concatenations — for the streaming step, whose cached frames come first. ``prefix_mask`` [B, M]
+    bool (True = attend; a prefix is needed) leaves masked prefix keys out, as a padded prompt's global
+    keys are left out. ``splits``: parts per
     key window (None: :func:`key_splits` decides from the grid and the GPU; 1 on CPU). ``out``: a
     tensor shaped and typed like q (e.g. a slice of a larger buffer) that receives y, which is returned.
     """
     q, k, v, fq, kv, z = _prepared(q, k, v, fq, kv, z)
     if prefix is not None:
         prefix = (last_dim_contiguous(prefix[0]), last_dim_contiguous(prefix[1]))
+    if prefix_mask is not None:
+        if prefix is None or prefix_mask.dtype != torch.bool or prefix_mask.shape != prefix[0].shape[:2]:
+            shape = None if prefix is None else tuple(prefix[0].shape[:2])
+            raise ValueError(
+                f"prefix_mask must be a bool tensor [B, M] = {shape} over the prefix keys, got "
+                f"{prefix_mask.dtype} {tuple(prefix_mask.shape)}"
+            )
+        prefix_mask = prefix_mask.to(torch.int8).contiguous()
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1 or None, got {splits}")
     if out is not None:
         check_output_buffer(out, q)
     out, *_ = _launch_forward(
-        q, k, v, fq, kv, z, prefix=prefix, geometry=geometry, stats=stats, splits=splits, out=out
+        q,
+        k,
+        v,
+        fq,
+        kv,
+        z,
+        prefix=prefix,
+        geometry=geometry,
+        stats=stats,
+        splits=splits,
+        out=out,
+        prefix_mask=prefix_mask,
     )
     return out
 
