@@ -7,7 +7,7 @@
 #   hunyuan-video  HunyuanVideo 13B at 544x960 (its 540p; 720x1280 does not fit the time), 7 13 frames,
 #                  one timed call per row (its forwards take seconds)
 #   cogvideox      CogVideoX-5B at 480x720, 7 13 frames (13 = the pipeline's 49 video frames), if time is left
-# The joint text-video families (HunyuanVideo, CogVideoX) run the op's PyTorch backend (global keys).
+# The joint text-video families (HunyuanVideo, CogVideoX) step on the Triton kernels (the text as cached keys).
 # A family cut off keeps what it measured: the results JSON is saved after each measurement and rendered.
 # Writes to $OUT (or ./runs/bench_families): bench_families.log (versions, GPU, each family's exit), and per
 # family model_<family>.md and model_<family>.tgz (its .json/.md/.png and the run's log; tar -xzf it
