@@ -1,6 +1,7 @@
 """The streaming step on the Triton kernels with global keys (masked or not) and anchor frames as cached
 keys (docs/method.md §2.1) against the PyTorch step: outputs without gradients, gradients without a
-mask, and the refusal of a mask with gradients.
+mask, and the refusal of a mask with gradients; the extra query rows of a step (a joint layer's text
+queries, ``attend_rows``) likewise.
 
 Runs in Triton's interpreter without a GPU (TRITON_INTERPRET=1, set before the kernel modules are
 first imported), on tiny shapes: 16-wide blocks, so global keys, cached frames and the chunk end mid-block.
@@ -17,8 +18,9 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from rehyat import hybrid_attention, recurrent_hybrid_attention
+from rehyat import hybrid_attention, hybrid_attention_step, recurrent_hybrid_attention
 from rehyat.attention.hybrid.kernels.windowed_attention import windowed_attention_forward
+from rehyat.attention.hybrid.recurrent import attend_rows
 
 from conftest import make_inputs, rel_err
 
@@ -123,3 +125,53 @@ def test_bad_prefix_mask_raises():
         windowed_attention_forward(
             q, k, v, fq, kv, z, Geometry(8, None, 0, True, None), prefix=prefix, prefix_mask=torch.ones(1, 20)
         )
+
+
+def _rows_case(masked, *, seed, grad=False):
+    """A stream stepped over 2 chunks of 2 frames (state with cached frames and sums), then 11 extra
+    query rows (a joint layer's text queries) with the next chunk's key sets."""
+    tensors, mask = _inputs(1, 6, 5, 2, 20, masked=masked, seed=seed)
+    q, k, v, fq, fk, gk, gv = (x.detach() for x in tensors)
+    globals_ = dict(global_k=gk, global_v=gv, global_mask=mask)
+    state = None
+    with torch.no_grad():
+        for start in (0, 10):
+            rows = slice(start, start + 10)
+            _, state = hybrid_attention_step(
+                q[:, rows], k[:, rows], v[:, rows], fq[:, rows], fk[:, rows], state,
+                frame_tokens=5, overlap_frames=1, backend="torch", **globals_,
+            )  # fmt: skip
+    gen = torch.Generator().manual_seed(seed + 2)
+    extra_q = torch.randn(1, 11, 2, 16, generator=gen).to(DEVICE).requires_grad_(grad)
+    extra_fq = torch.rand(1, 11, 2, 32, generator=gen).to(DEVICE).requires_grad_(grad)
+    chunk = [x[:, 20:].clone().requires_grad_(grad) for x in (k, v)]
+    return extra_q, extra_fq, chunk, state, globals_
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_extra_rows_on_the_kernels_match_pytorch(masked):
+    q, fq, (k, v), state, globals_ = _rows_case(masked, seed=7)
+    with torch.no_grad():
+        fast = attend_rows(q, fq, k, v, state, backend="triton", **globals_)
+        reference = attend_rows(q, fq, k, v, state, backend="torch", **globals_)
+    assert fast.shape == q.shape
+    assert rel_err(fast, reference) < TOL
+
+
+def test_extra_rows_gradients_on_the_kernels_match_pytorch():
+    grads = {}
+    for backend in ("triton", "torch"):
+        q, fq, (k, v), state, globals_ = _rows_case(False, seed=8, grad=True)
+        out = attend_rows(q, fq, k, v, state, backend=backend, **globals_)
+        out.backward(torch.sin(torch.arange(out.numel(), dtype=out.dtype, device=out.device)).view_as(out))
+        grads[backend] = [x.grad for x in (q, fq, k, v)]
+    for fast, reference in zip(grads["triton"], grads["torch"], strict=True):
+        assert rel_err(fast, reference) < 1e-4
+
+
+def test_extra_rows_check_their_shapes():
+    q, fq, (k, v), state, globals_ = _rows_case(False, seed=9)
+    with pytest.raises(ValueError, match="the state takes last dim 32"):
+        attend_rows(q, fq[..., :16], k, v, state, **globals_)
+    with pytest.raises(ValueError, match="must have q's rows"):
+        attend_rows(q, fq[:, :3], k, v, state, **globals_)

@@ -17,9 +17,9 @@ the next layer depend on frames up to the end of chunk t only, and the network s
   that state. A shorter last chunk is a second call, started from the state after the full chunks.
   ``chunk_frames`` ≥ the video's frames is one entry attending to everything: the original model.
 - **Rows.** The op attends the video queries, the text keys its global keys (docs/method.md §2.1); the L
-  text queries of a chunk, which have the same key sets and for which the op computes no rows, are
-  computed here by :func:`window_rows` (the formula of §3 over [text ‖ window] with the chunk's linear
-  state; L × window, small).
+  text queries of a chunk, which have the same key sets, are the step op's rows too
+  (:func:`rehyat.attention.hybrid.recurrent.attend_rows`: the formula of §3 over [text ‖ window] with the
+  chunk's linear state, on the kernels where the step runs there).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from rehyat.attention import AttentionStats, HybridAttentionState, hybrid_attention_step
-from rehyat.attention.hybrid.common import DENOMINATOR_EPS, accumulation_dtype
+from rehyat.attention import HybridAttentionState, hybrid_attention_step
+from rehyat.attention.hybrid.common import accumulation_dtype
+from rehyat.attention.hybrid.recurrent import attend_rows
 from rehyat.models.adapter import (
     PHI_K,
     PHI_Q,
@@ -84,40 +85,6 @@ def unrotate_leading(x: Tensor, rotary_emb, channels: int) -> Tensor:
     cos, sin = rotary_emb
     temporal = torch.arange(cos.shape[-1], device=cos.device) < channels
     return rotate(x, temporal_unrotation(temporal, cos, sin))
-
-
-def window_rows(
-    q: Tensor,
-    fq: Tensor,
-    keys: Tensor,
-    values: Tensor,
-    key_mask: Tensor | None,
-    kv: Tensor,
-    z: Tensor,
-    scale: float,
-    stats: AttentionStats | None = None,
-) -> Tensor:
-    """docs/method.md §3 for the query rows q [E, Q, H, D] (features fq [E, Q, H, D']) whose softmax keys are
-    ``keys``, ``values`` [E, K, H, D] (``key_mask`` [E, K], True = attend) and whose linear part is the
-    state's sums kv [E, H, D', D], z [E, H, D']: one row max over the softmax keys, the linear part not
-    rescaled, the denominator guard. Dense over the K keys (a chunk's window and the text)."""
-    acc = kv.dtype
-    s = torch.einsum("eqhd,ekhd->ehqk", q.to(acc), keys.to(acc)) * scale
-    if key_mask is not None:
-        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    c = torch.amax(s, dim=-1, keepdim=True)
-    weights = torch.exp(s - c)
-    n_softmax = weights.sum(dim=-1)
-    numerator = torch.einsum("ehqk,ekhd->ehqd", weights, values.to(acc))
-    fq = fq.to(acc)
-    numerator = numerator + torch.einsum("eqhf,ehfd->ehqd", fq, kv)
-    denominator = n_softmax + torch.einsum("eqhf,ehf->ehq", fq, z)
-    floor = DENOMINATOR_EPS * n_softmax
-    if stats is not None:
-        stats.total_rows += denominator.numel()
-        stats.guarded_rows += int((denominator < floor).sum())
-    out = numerator / torch.maximum(denominator, floor).unsqueeze(-1)
-    return out.transpose(1, 2).to(q.dtype)
 
 
 def frame_sums(fk: Tensor, v: Tensor, frame_tokens: int) -> tuple[Tensor, Tensor]:
@@ -260,11 +227,19 @@ class ReHyAtJointAttnProcessor(ReHyAtAttnProcessor):
             stats=self.stats,
             backend=self.runtime.backend,
         )
-        keys = torch.cat([kt, state.k, kv], dim=1)
-        values = torch.cat([vt, state.v, vv], dim=1)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], keys.shape[1] - mask.shape[1])], dim=1)
-        text_out = window_rows(qt, fqt, keys, values, mask, state.kv, state.z, scale, self.stats)
+        text_out = attend_rows(
+            qt,
+            fqt,
+            kv,
+            vv,
+            state,
+            scale=scale,
+            global_k=kt,
+            global_v=vt,
+            global_mask=mask,
+            stats=self.stats,
+            backend=self.runtime.backend,
+        )
         return video, text_out, next_state
 
     def _folded(self, qv, kv, vv, fqv, fkv, text, frame_tokens: int, scale: float):

@@ -278,11 +278,7 @@ def attend_step(
         cached = {"the state's cached k": state.k, "the state's cached v": state.v}
         check_out_overlap(out, {**given, **cached})
     cached, key_mask = _softmax_prefix(state, global_keys)
-    # The kernels take the global keys and anchor frames as cached keys (masked ones left out), but
-    # their backward has no key mask.
-    masked_grad = key_mask is not None and needs_grad(q, k, v, fq, *cached, state.kv, state.z)
-    reason = "a step with masked global keys that needs gradients (the kernels' backward takes no key mask)"
-    backend = resolve_backend(backend, q, fq, reason if masked_grad else None)
+    backend = _step_backend(backend, key_mask, q, k, v, fq, *cached, state.kv, state.z)
     out = step_attention(
         q,
         k,
@@ -349,6 +345,62 @@ def attend_step(
         anchor_cached=max(state.anchor_cached + anchored - leaving, 0),
     )
     return out, next_state
+
+
+def attend_rows(
+    q: Tensor,
+    fq: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: HybridAttentionState,
+    *,
+    scale: float | None = None,
+    global_k: Tensor | None = None,
+    global_v: Tensor | None = None,
+    global_mask: Tensor | None = None,
+    stats: AttentionStats | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Query rows of no frame — a joint layer's text queries q [B, L, H, D] with features fq [B, L, H, D'] —
+    that have the key sets of the chunk k, v [B, n, H, D] stepped from ``state`` (docs/method.md §6.1):
+    softmax over that step's window (global keys, anchor frames before the window, cached frames, the
+    chunk), linear through the state's sums. The state is not advanced. Runs the step's op: on the kernels
+    as :func:`attend_step` does (masked global keys with gradients to track in PyTorch)."""
+    if not isinstance(state, HybridAttentionState):
+        raise ValueError(f"state must be a HybridAttentionState, got {type(state).__name__}")
+    for name, x, last in (("q", q, state.head_dim), ("fq", fq, state.feature_dim), ("k", k, state.head_dim)):
+        if (
+            not isinstance(x, Tensor)
+            or x.dim() != 4
+            or x.shape[0] != state.batch_size
+            or x.shape[2] != state.heads
+        ):
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be [B, ·, H, ·] with the state's B, H, got {shape}")
+        if x.shape[3] != last or x.dtype != state.dtype or x.device != state.device:
+            raise ValueError(
+                f"{name} is {tuple(x.shape)} {x.dtype} on {x.device}; the state takes last dim {last}, "
+                f"{state.dtype} on {state.device}"
+            )
+    if fq.shape[1] != q.shape[1] or v.shape != k.shape:
+        raise ValueError(
+            f"fq {tuple(fq.shape)} must have q's rows {q.shape[1]} and v {tuple(v.shape)} k's shape"
+        )
+    global_keys = validate_globals(q, global_k, global_v, global_mask)
+    cached, key_mask = _softmax_prefix(state, global_keys)
+    backend = _step_backend(backend, key_mask, q, k, v, fq, *cached, state.kv, state.z)
+    geometry = Geometry(1, None, 0, True, scale)  # the rows are the one chunk; its window is every key
+    return step_attention(
+        q, k, v, *cached, fq, state.kv, state.z, geometry, backend=backend, stats=stats, key_mask=key_mask
+    )
+
+
+def _step_backend(backend: Backend, key_mask: Tensor | None, q: Tensor, k, v, fq: Tensor, *rest) -> str:
+    """The step op's concrete backend: the kernels take global keys and anchor frames as cached keys
+    (masked ones left out), but their backward has no key mask."""
+    masked_grad = key_mask is not None and needs_grad(q, k, v, fq, *rest)
+    reason = "a step with masked global keys that needs gradients (the kernels' backward takes no key mask)"
+    return resolve_backend(backend, q, fq, reason if masked_grad else None)
 
 
 def _softmax_prefix(
