@@ -13,9 +13,9 @@
 #   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
 #   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
-# Writes to $OUT (or ./runs)/toy_teacher: train.log, training_config.json, training_metrics.jsonl,
-# eval.jsonl, teacher.tgz (the teacher folder) and the newest checkpoint as ckpt.tar.part-* (15 MB
-# pieces: cat them | tar -x) — 8 files, what a device call brings back at most.
+# Writes to $OUT (or ./runs)/toy_teacher: train.log (the GPU's clocks at its end), training_config.json,
+# training_metrics.jsonl, eval.jsonl, teacher.tgz (the teacher folder) and the newest checkpoint as
+# ckpt.tar.part-* (15 MB pieces: cat them | tar -x) — 8 files, what a device call brings back at most.
 # Needs diffusers: where it is missing, carry wheels in .whl (see /work/.library/device/README.md).
 set -euo pipefail
 WORLD=${WORLD:-one-frame}
@@ -55,6 +55,13 @@ train() {  # $1: model.compile; the time left of LIMIT (none left: 124, as if cu
     --lr "$LR" --set progress=false checkpoint_every="$CKPT_EVERY" model.compile="$1" ${EXTRA[@]+"${EXTRA[@]}"} >> "$RUN/train.log" 2>&1
 }
 : > "$RUN/train.log"
+# The GPU's clocks, power, temperature and utilisation every 20 s while it trains (appended to train.log):
+# the clip rate differs between lent machines, and this tells throttling (low clocks) from a starved GPU.
+SMI_PID=
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,name,utilization.gpu,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 20 > "$WORK/gpu.csv" 2>&1 & SMI_PID=$!
+fi
 if [ "$COMPILE" = 1 ]; then train true || status=$?; else train false || status=$?; fi
 if [ "$COMPILE" = 1 ] && [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then
   # A compile failure must not cost the call: go on eagerly from the last checkpoint, if any.
@@ -62,6 +69,10 @@ if [ "$COMPILE" = 1 ] && [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then
   echo "compiled training failed (exit $status): continuing eagerly" | tee -a "$RUN/train.log"
   status=0
   train false || status=$?
+fi
+if [ -n "$SMI_PID" ]; then
+  kill "$SMI_PID" 2> /dev/null || true
+  { echo "GPU while training (nvidia-smi every 20 s):"; cat "$WORK/gpu.csv"; } >> "$RUN/train.log"
 fi
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
