@@ -77,10 +77,11 @@ def v_prediction_loss(
 
 
 def _draw(latents: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """u ~ U(0, 1) per sample [B] (on the CPU) and ε shaped like ``latents`` (on its device)."""
-    u = torch.rand(latents.shape[0], generator=generator, dtype=torch.float32)
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-    return u, noise.to(latents.device)
+    """u ~ U(0, 1) per sample [B] and ε shaped like ``latents``, drawn on the generator's device and
+    moved to the latents' (where the two differ)."""
+    u = torch.rand(latents.shape[0], generator=generator, dtype=torch.float32, device=generator.device)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32, device=generator.device)
+    return u.to(latents.device), noise.to(latents.device)
 
 
 def _regression(
@@ -122,14 +123,18 @@ def predict_velocity(
 
 def drop_prompts(prompt_embeds: Tensor, probability: float, generator: torch.Generator) -> Tensor:
     """Zero each sample's prompt embedding with ``probability`` (the empty prompt of CFG's unconditional branch)."""
-    keep = torch.rand(prompt_embeds.shape[0], generator=generator) >= probability
+    keep = torch.rand(prompt_embeds.shape[0], generator=generator, device=generator.device) >= probability
     return prompt_embeds * keep.to(prompt_embeds.device, prompt_embeds.dtype).view(-1, 1, 1)
 
 
-def noise_generator(seed: int, step: int, slot: int) -> torch.Generator:
-    """The generator of micro-batch ``slot`` (micro-step · world + rank) of a step.
+def noise_generator(seed: int, step: int, slot: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of micro-batch ``slot`` (micro-step · world + rank) of a step, on ``device``.
 
     Noise depends on the slot in the global batch only: a resumed run draws the same noise, and so does
-    a run with another split of the same global batch into ranks and accumulation steps.
+    a run with another split of the same global batch into ranks and accumulation steps. The trainer
+    draws on the training device: a batch's noise drawn on the host and copied over would cost more host
+    time than a small model's whole step on a GPU. The streams differ between device types (CPU and CUDA
+    draw other numbers from one seed), so only runs on the same device type draw the same noise.
     """
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 65_537 + slot) % 2**63)
+    seed = ((seed * 1_000_003 + step) * 65_537 + slot) % 2**63
+    return torch.Generator(device=device).manual_seed(seed)

@@ -276,7 +276,7 @@ def forward_backward(
         objective = dict(
             teacher=teacher, teacher_weight=cfg.teacher_weight, family=family, conditioning=conditioning
         )
-        generator = noise_generator(cfg.seed, step, micro * env.world + env.rank)
+        generator = noise_generator(cfg.seed, step, micro * env.world + env.rank, env.device)
         if cfg.prompt_dropout > 0:
             prompt_embeds = drop_prompts(prompt_embeds, cfg.prompt_dropout, generator)
         if mass is not None:  # rows drawn per slot of the global batch, as the noise is, from another stream
