@@ -160,3 +160,19 @@ def test_teacher_is_the_frozen_fp32_original(tmp_path):
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     for (name, got), want in zip(teacher.state_dict().items(), original.state_dict().values(), strict=True):
         assert got.dtype == torch.float32 and torch.equal(got, want), name
+
+
+def test_learning_rate_warms_up_holds_and_decays_linearly_to_zero_at_the_last_step():
+    from rehyat.training.finetune import FinetuneConfig, OptimSection
+    from rehyat.training.finetune.trainer import learning_rate
+
+    cfg = FinetuneConfig(steps=100, optim=OptimSection(lr=1.0, warmup_steps=10, decay_start=60))
+    lrs = [learning_rate(cfg, step) for step in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0  # warmup
+    assert lrs[10:61] == [1.0] * 51  # stable until decay_start
+    assert lrs[61:] == pytest.approx([(100 - s) / 40 for s in range(61, 100)])  # toward 0 at step 100
+    assert lrs[99] == pytest.approx(1 / 40)
+    constant = FinetuneConfig(steps=100, optim=OptimSection(lr=1.0, warmup_steps=10))
+    assert learning_rate(constant, 99) == 1.0
+    with pytest.raises(ValueError, match=r"optim\.decay_start must be >= 10"):
+        OptimSection(warmup_steps=10, decay_start=5)

@@ -74,6 +74,11 @@ class OptimSection:
     weight_decay: float = 0.01
     eps: float = 1e-8
     warmup_steps: int = 0
+    decay_start: int | None = None
+    """From this step on the learning rate falls linearly toward 0, which it reaches at step ``steps``: a
+    warmup-stable-decay schedule, whose constant phase can go on for as long as a run needs (piece after
+    resumed piece) and whose short cooldown at the end gains what a cosine schedule would. None: constant
+    after the warmup. Must lie in [warmup_steps, steps)."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this (> 0); null (None) turns clipping off."""
 
@@ -91,6 +96,8 @@ class OptimSection:
         self.weight_decay = check_number("optim.weight_decay", self.weight_decay, minimum=0.0)
         self.eps = check_number("optim.eps", self.eps, minimum=0.0, exclusive_minimum=True)
         check_int("optim.warmup_steps", self.warmup_steps, minimum=0)
+        if self.decay_start is not None:
+            check_int("optim.decay_start", self.decay_start, minimum=self.warmup_steps)
         if self.grad_clip is not None:
             self.grad_clip = check_number("optim.grad_clip", self.grad_clip)
             if self.grad_clip <= 0:
@@ -165,6 +172,11 @@ class FinetuneConfig:
             check_int(name, getattr(self, name), minimum=1)
         check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         check_int("max_nonfinite_steps", self.max_nonfinite_steps, minimum=0)
+        if self.optim.decay_start is not None and self.optim.decay_start >= self.steps:
+            raise ValueError(
+                f"optim.decay_start ({self.optim.decay_start}) must be below steps ({self.steps}): the "
+                "learning rate reaches 0 at the last step"
+            )
         self.flow_shift = check_number("flow_shift", self.flow_shift, minimum=0.0, exclusive_minimum=True)
         self.prompt_dropout = check_number("prompt_dropout", self.prompt_dropout)
         if not 0.0 <= self.prompt_dropout < 1.0:

@@ -246,8 +246,13 @@ def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.AdamW:
 
 
 def learning_rate(cfg: FinetuneConfig, step: int) -> float:
-    """``optim.lr`` after a linear warmup over ``optim.warmup_steps``."""
-    return cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+    """``optim.lr`` after a linear warmup over ``optim.warmup_steps``; from ``optim.decay_start`` on,
+    falling linearly to 0 at step ``steps``."""
+    lr = cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+    start = cfg.optim.decay_start
+    if start is not None and step >= start:
+        lr *= (cfg.steps - step) / (cfg.steps - start)
+    return lr
 
 
 def forward_backward(
