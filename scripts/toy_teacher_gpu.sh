@@ -10,6 +10,9 @@
 #   on from, with the same settings (same STEPS: the run's config must not change); or RESUME=FILE.tar.xz,
 #   that folder's contents packed (tar -cJf FILE.tar.xz -C DIR .: 40 of its 44 MB, what keeps the working
 #   tree, the wheels and the packed world's checkpoint under a device call's 64 MiB).
+#   Extra arguments are more `--set` overrides of the training config, e.g. the last piece's cooldown:
+#   STEPS=<where to end> ... bash scripts/toy_teacher_gpu.sh optim.decay_start=<the step to start it>
+#   (the learning rate then falls linearly to 0 at STEPS; `steps` may change on resume).
 #   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
 #   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
