@@ -176,7 +176,8 @@ def _coerce(value: Any, annotation: Any, where: str, strict: bool = False) -> An
                 try:
                     return _coerce(value, option, where, strict_pass)
                 except ValueError as error:
-                    errors.append(str(error))
+                    if str(error) not in errors:  # the loose pass often fails as the strict one did
+                        errors.append(str(error))
         shown = value.text if isinstance(value, _Typed) else _plain(value)
         raise ValueError(f"{where}: {shown!r} matches none of {annotation} ({'; '.join(errors)})")
     if isinstance(value, _Typed):

@@ -24,7 +24,12 @@ from rehyat.training.finetune import DataSection, FinetuneConfig, OptimSection
         ("optim.weight_decay=-0.1", r"optim\.weight_decay must be >= 0"),
         ("optim.warmup_steps=-1", r"optim\.warmup_steps must be >= 0"),
         ("optim.decay_start=-1", r"optim\.decay_start must be >= 0"),
-        ("optim.decay_start=1.5", r"optim\.decay_start: '1\.5' matches none of int \| None"),
+        # Each option's error once: int (strict, then loose), then null.
+        (
+            "optim.decay_start=1.5",
+            r"optim\.decay_start: '1\.5' matches none of int \| None \(optim\.decay_start must be int, got 1\.5; "
+            r"optim\.decay_start must be null, got 1\.5\)$",
+        ),
         ("optim.decay_start=1000", r"optim\.decay_start \(1000\) must be below steps \(1000\)"),
         ("flow_shift=-1", r"flow_shift must be > 0"),
         ("flow_shift=NaN", r"flow_shift must be finite"),
