@@ -88,28 +88,7 @@ tar -cf - -C "$WORK/train/checkpoints" latest "$LATEST" | split -b 15M - "$RUN/c
 tar -czf "$RUN/teacher.tgz" -C "$WORK" teacher
 MODELS=("$WORK/teacher")
 if [ "$INIT" != none ]; then MODELS+=("$INIT"); fi
-python3 - "$PROMPTS" "$DEVICE" "${MODELS[@]}" > "$RUN/eval.jsonl" <<'PY'
-import collections, json, sys, torch
-from rehyat.toy.evaluate import load_toy_model, sample_videos, toy_prompts
-from rehyat.toy.model import load_text_encoder, prompt_embeddings, toy_space
-from rehyat.toy.toybench import evaluate_videos
-prompts = toy_prompts(int(sys.argv[1]), 3)
-for model_dir in sys.argv[3:]:
-    space = toy_space(model_dir)
-    model = load_toy_model(model_dir, None, torch.device(sys.argv[2]))
-    embeds = prompt_embeddings(load_text_encoder(model_dir), prompts)
-    for guidance in (1.0, 4.0):
-        videos = sample_videos(model, embeds, frames=space.clip_frames, steps=20, guidance_scale=guidance,
-                               first_seed=1000, recurrent=False, batch_size=128, space=space)
-        result = evaluate_videos(videos, prompts, world=space.world)
-        hits = collections.defaultdict(list)
-        for prompt, clip in zip(prompts, result.pop("per_clip")):
-            for name in ("direction", "speed"):
-                hits[f"{name}_{prompt.speed}"].append(clip["hits"][name])
-            hits[f"shape_{prompt.shape}"].append(clip["hits"]["shape"])
-        result.update({k: 100 * sum(v) / len(v) for k, v in hits.items()})
-        print(json.dumps({"model": model_dir, "guidance": guidance, **result}), flush=True)
-PY
+python3 scripts/toy_teacher_eval.py "${MODELS[@]}" --prompts "$PROMPTS" --device "$DEVICE" > "$RUN/eval.jsonl"
 python3 - "$RUN/eval.jsonl" <<'PY'
 import json, sys
 keys = ("adherence", "shape_accuracy", "direction_accuracy", "direction_slow", "direction_fast",
