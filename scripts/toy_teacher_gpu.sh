@@ -88,7 +88,11 @@ tar -cf - -C "$WORK/train/checkpoints" latest "$LATEST" | split -b 15M - "$RUN/c
 tar -czf "$RUN/teacher.tgz" -C "$WORK" teacher
 MODELS=("$WORK/teacher")
 if [ "$INIT" != none ]; then MODELS+=("$INIT"); fi
-python3 scripts/toy_teacher_eval.py "${MODELS[@]}" --prompts "$PROMPTS" --device "$DEVICE" > "$RUN/eval.jsonl"
+: > "$RUN/eval.jsonl"
+for model in "${MODELS[@]}"; do for guidance in 1 4; do
+  python3 -m rehyat.cli toy eval --model "$model" --prompts "$PROMPTS" --guidance "$guidance" \
+    --device "$DEVICE" --batch 128 >> "$RUN/eval.jsonl"
+done; done
 python3 - "$RUN/eval.jsonl" <<'PY'
 import json, sys
 keys = ("adherence", "shape_accuracy", "direction_accuracy", "direction_slow", "direction_fast",

@@ -39,3 +39,22 @@ def test_batch_size_must_be_positive(embeds):
         sample_videos(
             model, embeds, frames=2, steps=1, guidance_scale=1.0, first_seed=0, recurrent=False, batch_size=0
         )
+
+
+def test_evaluate_model_breaks_direction_speed_and_shape_down_by_prompt():
+    from rehyat.toy.evaluate import evaluate_model
+
+    metrics = evaluate_model(bundled_teacher(), prompts=6, frames=3, steps=1, seed=5, batch_size=6)
+    chosen = toy_prompts(6, 5)
+    for name in ("direction", "speed"):
+        parts = {speed: sum(p.speed == speed for p in chosen) for speed in ("slow", "fast")}
+        assert {f"{name}_{s}" for s, n in parts.items() if n} <= metrics.keys()
+        mean = sum(n * metrics[f"{name}_{s}"] for s, n in parts.items() if n) / len(chosen)
+        assert mean == pytest.approx(metrics[f"{name}_accuracy"])
+    shapes = {p.shape for p in chosen}
+    assert {
+        k for k in metrics if k.startswith("shape_") and k != "shape_accuracy" and k != "shape_drift"
+    } == {f"shape_{s}" for s in shapes}
+    mean = sum(sum(p.shape == s for p in chosen) * metrics[f"shape_{s}"] for s in shapes) / len(chosen)
+    assert mean == pytest.approx(metrics["shape_accuracy"])
+    assert "per_clip" not in metrics

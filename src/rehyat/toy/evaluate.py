@@ -106,7 +106,9 @@ def evaluate_model(
 ) -> dict:
     """ToyBench a toy teacher folder (with a ReHyAt checkpoint on top if given) on ``prompts`` random
     prompts (seed ``seed``), videos of ``frames`` latent frames (default: a training clip's) from the noise
-    of seeds 1000, 1001, ...; the metrics without per-clip scores."""
+    of seeds 1000, 1001, ...; the metrics without per-clip scores, plus direction and speed accuracy per
+    prompted speed (``direction_slow``, ``speed_fast``, ...) and shape accuracy per shape (``shape_circle``,
+    ...): a teacher that fails one speed or one shape shows it there, not in the mean."""
     if recurrent and rehyat is None:
         raise ValueError("recurrent sampling needs a ReHyAt checkpoint: the teacher runs full attention")
     model = load_toy_model(Path(model_folder), None if rehyat is None else Path(rehyat), torch.device(device))
@@ -126,4 +128,9 @@ def evaluate_model(
         space=space,
     )
     scores = evaluate_videos(videos, chosen, world=space.world)
-    return {k: v for k, v in scores.items() if k != "per_clip"}
+    hits: dict[str, list[float]] = {}
+    for prompt, clip in zip(chosen, scores.pop("per_clip"), strict=True):
+        for name in ("direction", "speed"):
+            hits.setdefault(f"{name}_{prompt.speed}", []).append(clip["hits"][name])
+        hits.setdefault(f"shape_{prompt.shape}", []).append(clip["hits"]["shape"])
+    return {**scores, **{key: 100 * sum(v) / len(v) for key, v in sorted(hits.items())}}
