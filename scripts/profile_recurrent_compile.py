@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from rehyat import ReHyAtConfig, convert_wan
@@ -101,7 +102,12 @@ def profile_table(fn: Callable[[], torch.Tensor], cuda: bool) -> str:
     averages = prof.key_averages()
     lines = [f"wall {wall_us / 2e3:.1f} ms per call"]
     if cuda:
-        kernels_us = sum(event.self_device_time_total for event in averages)
+        # Device events only: a CPU op's self device time repeats its kernels' time.
+        kernels_us = sum(
+            event.self_device_time_total
+            for event in averages
+            if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+        )
         lines[0] += (
             f"; kernels {kernels_us / 2e3:.1f} ms per call ({100 * kernels_us / wall_us:.0f} % of wall)"
         )

@@ -99,5 +99,5 @@ keys = ("adherence", "shape_accuracy", "direction_accuracy", "direction_slow", "
         "speed_accuracy", "temporal_consistency", "size_drift", "motion_smoothness")
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    print(r["model"], "cfg", r["guidance"], {k: round(r[k], 3 if k == "size_drift" else 1) for k in keys})
+    print(r["model"], "cfg", r["guidance"], {k: round(r[k], 3 if k == "size_drift" else 1) for k in keys if k in r})
 PY

@@ -157,3 +157,11 @@ def test_resuming_with_another_config_is_refused_unless_allowed_and_both_configs
     assert (config["seed"], config["optim"]["lr"], old["seed"], old["optim"]["lr"]) == (1, 2e-3, 0, 1e-3)
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     finetune(tiny_config(run, data, steps=4, **changed))  # more steps of the same run is no change
+
+
+def test_a_resumed_run_may_start_its_cooldown_and_decays_from_there(tmp_path):
+    data, run = tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    finetune(tiny_config(run, data, steps=2))  # constant rate, decay_start null in its config
+    finetune(tiny_config(run, data, steps=4, **{"optim.decay_start": 2}))  # no allow_config_change
+    lrs = [r["lr"] for r in read_metrics(run)]
+    assert lrs[:2] == [lrs[0]] * 2 and lrs[2:] == pytest.approx([lrs[0], lrs[0] / 2])

@@ -65,6 +65,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
         "steps",
+        "optim.decay_start",  # a cooldown begun on resume: where the run ends, as steps
         "resume",
         "resume_fallback",
         "allow_config_change",

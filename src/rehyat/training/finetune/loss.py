@@ -133,8 +133,9 @@ def noise_generator(seed: int, step: int, slot: int, device: str | torch.device 
     Noise depends on the slot in the global batch only: a resumed run draws the same noise, and so does
     a run with another split of the same global batch into ranks and accumulation steps. The trainer
     draws on the training device: a batch's noise drawn on the host and copied over would cost more host
-    time than a small model's whole step on a GPU. The streams differ between device types (CPU and CUDA
-    draw other numbers from one seed), so only runs on the same device type draw the same noise.
+    time than a small model's whole step on a GPU. The streams differ between devices (CPU and CUDA draw
+    other numbers from one seed, and CUDA's depend on the card's SM count), so only runs on the same
+    device model draw the same noise.
     """
     seed = ((seed * 1_000_003 + step) * 65_537 + slot) % 2**63
     return torch.Generator(device=device).manual_seed(seed)

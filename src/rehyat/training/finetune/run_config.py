@@ -175,7 +175,7 @@ class FinetuneConfig:
         if self.optim.decay_start is not None and self.optim.decay_start >= self.steps:
             raise ValueError(
                 f"optim.decay_start ({self.optim.decay_start}) must be below steps ({self.steps}): the "
-                "learning rate reaches 0 at the last step"
+                "learning rate falls toward 0 at steps"
             )
         self.flow_shift = check_number("flow_shift", self.flow_shift, minimum=0.0, exclusive_minimum=True)
         self.prompt_dropout = check_number("prompt_dropout", self.prompt_dropout)
