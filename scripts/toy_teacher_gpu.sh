@@ -12,7 +12,7 @@
 #   tree, the wheels and the packed world's checkpoint under a device call's 64 MiB).
 #   Extra arguments are more `--set` overrides of the training config, e.g. the last piece's cooldown:
 #   STEPS=<where to end> ... bash scripts/toy_teacher_gpu.sh optim.decay_start=<the step to start it>
-#   (the learning rate then falls linearly to 0 at STEPS; `steps` may change on resume).
+#   (the learning rate then falls linearly toward 0, reached at STEPS; both may change on resume).
 #   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
 #   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
