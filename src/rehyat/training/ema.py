@@ -22,8 +22,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, param in model.named_parameters():
-            self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
+        names, params = zip(*model.named_parameters(), strict=True)
+        # One multi-tensor lerp (as torch.optim.swa_utils' EMA does), not a launch per parameter: a small
+        # model's step is bound by the host.
+        torch._foreach_lerp_(
+            [self.shadow[name] for name in names], [p.detach().float() for p in params], 1.0 - self.decay
+        )
 
     def state_dict(self) -> dict[str, Tensor]:
         """Full (unsharded) fp32 shadows on the CPU."""
