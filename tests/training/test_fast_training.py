@@ -1,5 +1,6 @@
 """Stage 2's speed options change nothing it learns: batches read one step ahead are the batches the
-sample order names, in order, and a run with compiled blocks trains the weights eager training does."""
+sample order names, in order, a preloaded dataset gives the samples the files hold, and a run with
+compiled blocks or a preloaded dataset trains the weights the plain run does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 import torch
 from finetune_helpers import tiny_config, tiny_dataset
 
-from rehyat.training.data import LatentDataset, SampleOrder
+from rehyat.training.data import (
+    LatentDataset,
+    PreloadedDataset,
+    SampleOrder,
+    check_preload_fits,
+    write_latent_dataset,
+)
 from rehyat.training.finetune import finetune
 from rehyat.training.prefetch import StepBatches
 
@@ -75,3 +82,45 @@ def test_compiled_blocks_train_the_weights_eager_training_does(tmp_path):
         torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
     torch._dynamo.reset()
     finetune(tiny_config(tmp_path / "compiled", data, steps=3, checkpoint_every=1))
+
+
+def test_a_preloaded_dataset_gives_the_samples_the_shards_hold(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    samples = [
+        (
+            torch.randn(2, 3, 4, 4, generator=gen),
+            torch.randn(5, 6, generator=gen),
+            {"mask": torch.rand(5) > 0.5},
+        )
+        for _ in range(7)
+    ]
+    dataset = LatentDataset(write_latent_dataset(tmp_path / "data", samples, shard_size=3))
+    preloaded = PreloadedDataset(dataset, "cpu")
+    assert len(preloaded) == 7 and preloaded.conditioning_shapes == {"mask": (5,)}
+    indices = [6, 0, 3, 3, 5]  # across the three shards, one twice
+    for got, want in zip(preloaded.batch(indices), dataset.batch(indices), strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(preloaded.conditioning(indices)["mask"], dataset.conditioning(indices)["mask"])
+    order = SampleOrder(7, seed=1, micro_batch=2, accumulation=1, world=1)
+    with StepBatches(preloaded, order, rank=0, accumulation=1, device="cpu", start=0, stop=4) as batches:
+        for step, (batch,) in enumerate(batches):
+            assert torch.equal(batch.latents, dataset.batch(order.indices(step, 0, 0))[0])
+
+
+def test_preloading_refuses_a_dataset_larger_than_half_the_free_memory(tmp_path):
+    dataset = LatentDataset(tiny_dataset(tmp_path / "data", samples=4))
+    shapes = {"latents": dataset.latent_shape, "prompt_embeds": dataset.prompt_shape}
+    dtypes = dict.fromkeys(shapes, torch.float32)
+    need = sum(4 * torch.Size(shape).numel() * 4 for shape in shapes.values())
+    check_preload_fits(dataset, shapes, dtypes, torch.device("cuda"), free=2 * need)
+    with pytest.raises(ValueError, match=r"data.preload: dataset .*data takes .* GiB, more than half"):
+        check_preload_fits(dataset, shapes, dtypes, torch.device("cuda"), free=2 * need - 1)
+
+
+def test_a_preloaded_run_trains_the_weights_a_reading_run_does(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    reading = finetune(tiny_config(tmp_path / "reading", data, steps=2, save="false")).model.state_dict()
+    run = tiny_config(tmp_path / "preloaded", data, steps=2, save="false", **{"data.preload": "true"})
+    preloaded = finetune(run).model.state_dict()
+    for name, value in reading.items():
+        assert torch.equal(preloaded[name], value), name

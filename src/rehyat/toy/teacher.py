@@ -100,7 +100,7 @@ def teacher_finetune_config(out: Path, *, steps: int, batch: int, lr: float, see
     return FinetuneConfig(
         output_dir=str(out / "train"),
         model=ModelSection(path=str(out / "init"), convert=False, gradient_checkpointing=False),
-        data=DataSection(path=str(out / "dataset"), micro_batch_size=batch),
+        data=DataSection(path=str(out / "dataset"), micro_batch_size=batch, preload=True),
         optim=OptimSection(lr=lr, warmup_steps=200, weight_decay=0.0),
         steps=steps,
         flow_shift=FLOW_SHIFT,

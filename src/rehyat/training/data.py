@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -154,6 +155,67 @@ class LatentDataset:
             return {}
         columns = zip(*(self._read(index, names) for index in indices), strict=True)
         return {name: torch.stack(column) for name, column in zip(names, columns, strict=True)}
+
+
+class PreloadedDataset:
+    """A :class:`LatentDataset` read whole into one device's memory: each batch is an index on that device,
+    not a read and a copy of every sample. For a dataset that fits beside the model (the toy worlds'),
+    where reading the step's samples would take longer than training on them."""
+
+    def __init__(self, dataset: LatentDataset, device: torch.device | str) -> None:
+        self.path, self.source = dataset.path, dataset
+        self.latent_shape, self.prompt_shape = dataset.latent_shape, dataset.prompt_shape
+        self.conditioning_shapes = dataset.conditioning_shapes
+        self.device = torch.device(device)
+        shapes = {"latents": dataset.latent_shape, "prompt_embeds": dataset.prompt_shape}
+        shapes |= dataset.conditioning_shapes
+        first = dataset._handles[0]
+        dtypes = {key: first.get_slice(key)[0:1].dtype for key in shapes}
+        check_preload_fits(dataset, shapes, dtypes, self.device)
+        self.tensors = {
+            key: torch.empty((len(dataset), *shape), dtype=dtypes[key], device=self.device)
+            for key, shape in shapes.items()
+        }
+        for start, handle in zip(dataset._starts, dataset._handles, strict=True):
+            for key, tensor in self.tensors.items():
+                shard = handle.get_tensor(key)
+                tensor[start : start + len(shard)].copy_(shard)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.tensors["latents"][index], self.tensors["prompt_embeds"][index]
+
+    def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """(latents [B, C, T, H, W], prompt embeddings [B, L, D]) of the given samples, on the device."""
+        rows = torch.tensor(indices, device=self.device)
+        return self.tensors["latents"][rows], self.tensors["prompt_embeds"][rows]
+
+    def conditioning(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        rows = torch.tensor(indices, device=self.device)
+        return {name: self.tensors[name][rows] for name in self.conditioning_shapes}
+
+
+def check_preload_fits(
+    dataset: LatentDataset,
+    shapes: Mapping[str, Sequence[int]],
+    dtypes: Mapping[str, torch.dtype],
+    device: torch.device,
+    free: int | None = None,
+) -> None:
+    """Refuse to preload a dataset that would take more than half the device's free memory (the rest is
+    the model's); ``free`` defaults to what CUDA reports (unchecked on the CPU)."""
+    if free is None:
+        if device.type != "cuda":
+            return
+        free = torch.cuda.mem_get_info(device)[0]
+    need = sum(len(dataset) * math.prod(shape) * dtypes[key].itemsize for key, shape in shapes.items())
+    if need > free / 2:
+        raise ValueError(
+            f"data.preload: dataset {dataset.path} takes {need / 2**30:.1f} GiB, more than half of the "
+            f"{free / 2**30:.1f} GiB free on {device}; set data.preload=false"
+        )
 
 
 class SampleOrder:

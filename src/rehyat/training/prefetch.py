@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rehyat.training.data import LatentDataset, SampleOrder
+from rehyat.training.data import LatentDataset, PreloadedDataset, SampleOrder
 
 
 @dataclass
@@ -39,7 +39,7 @@ class StepBatches:
 
     def __init__(
         self,
-        dataset: LatentDataset,
+        dataset: LatentDataset | PreloadedDataset,
         order: SampleOrder,
         *,
         rank: int,
@@ -68,7 +68,7 @@ class StepBatches:
             indices = self.order.indices(step, micro, self.rank)
             latents, prompt_embeds = self.dataset.batch(indices)
             conditioning = self.dataset.conditioning(indices)
-            if pin:
+            if pin and latents.device.type == "cpu":  # a preloaded dataset's are on the device already
                 latents, prompt_embeds = latents.pin_memory(), prompt_embeds.pin_memory()
                 conditioning = {name: t.pin_memory() for name, t in conditioning.items()}
             batches.append(MicroBatch(indices, latents, prompt_embeds, conditioning))

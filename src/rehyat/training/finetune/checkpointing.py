@@ -72,6 +72,7 @@ RESUMABLE_CHANGES = frozenset(
         "save",
         "progress",
         "checkpoint_every",
+        "data.preload",  # where the samples are read from, not which
         "keep_checkpoints",
         "log_every",
         "max_nonfinite_steps",

@@ -57,6 +57,10 @@ class DataSection:
     path: str = ""
     """A latent dataset folder (:mod:`rehyat.training.data`)."""
     micro_batch_size: int = 1
+    preload: bool = False
+    """Read the whole dataset into the training device's memory once and gather each micro-batch there:
+    for a dataset that fits beside the model (at most half the device's free memory, else refused), where
+    reading each step's samples from disk would bound the step."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,6 +69,8 @@ class DataSection:
         if not isinstance(self.path, str):
             raise ValueError(f"data.path must be a string, got {self.path!r}")
         check_int("data.micro_batch_size", self.micro_batch_size, minimum=1)
+        if not isinstance(self.preload, bool):
+            raise ValueError(f"data.preload must be true or false, got {self.preload!r}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from rehyat.models.joint import JointAdapter
 from rehyat.settings import config_to_dict
 from rehyat.training import distributed
 from rehyat.training.checkpoint import clean_staging
-from rehyat.training.data import LatentDataset, SampleOrder
+from rehyat.training.data import LatentDataset, PreloadedDataset, SampleOrder
 from rehyat.training.ema import EMA
 from rehyat.training.finetune.checkpointing import (
     record_config,
@@ -99,6 +99,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         record_config(cfg, out / "config.json")
         logger = MetricsLogger(out, resume_step=start if resumed else None)
 
+    if cfg.data.preload:  # after the model is on the device: what is free beside it decides
+        dataset = PreloadedDataset(dataset, env.device)
     order = SampleOrder(len(dataset), cfg.seed, cfg.data.micro_batch_size, cfg.grad_accumulation, env.world)
     autocast = (
         torch.autocast(env.device.type, dtype=torch.bfloat16)
@@ -121,8 +123,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     try:
         with attention_mode:  # stage 2's mass term, if any, records through the processors
+            tic = time.perf_counter()  # a step's time includes waiting for its batch
             for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
-                tic = time.perf_counter()
                 lr = learning_rate(cfg, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -154,7 +156,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                 mass_metric = (
                     {} if mass is None else {"mass_error": distributed.mean_over_ranks(mass.step_mean())}
                 )
-                throughput = samples_per_step / (time.perf_counter() - tic)
+                toc = time.perf_counter()
+                throughput, tic = samples_per_step / (toc - tic), toc
                 done = step + 1
                 progress.update()
                 progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
