@@ -12,7 +12,8 @@
 #   tree, the wheels and the packed world's checkpoint under a device call's 64 MiB).
 #   Extra arguments are more `--set` overrides of the training config, e.g. the last piece's cooldown:
 #   STEPS=<where to end> ... bash scripts/toy_teacher_gpu.sh optim.decay_start=<the step to start it>
-#   (the learning rate then falls linearly toward 0, reached at STEPS; both may change on resume).
+#   (the learning rate then falls linearly toward 0, reached at STEPS; both may change on resume);
+#   profile.start=N profile.steps=5 appends the profiler's table of those steps' ops to train.log.
 #   COMPILE=0: eager blocks (default 1: torch.compile'd, model.compile=true; a run that fails compiled
 #   goes on eagerly from its last checkpoint, within the same LIMIT).
 # WORK is wiped first; the dataset is rendered again (deterministic from the seed).
@@ -77,6 +78,9 @@ if [ -n "$SMI_PID" ]; then
   kill "$SMI_PID" 2> /dev/null || true
   { echo "GPU while training (nvidia-smi every 20 s):"; cat "$WORK/gpu.csv"; } >> "$RUN/train.log"
 fi
+for table in "$WORK"/train/profile/*.txt; do  # with the extra argument profile.start=N (the trainer's profiler)
+  if [ -f "$table" ]; then { echo "profile $(basename "$table"):"; cat "$table"; } >> "$RUN/train.log"; fi
+done
 echo "training: exit $status after $(( $(date +%s) - START )) s on $GPUS GPUs (124: cut off at LIMIT)"
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then tail -n 30 "$RUN/train.log"; exit "$status"; fi
 python3 -m rehyat.cli toy teacher --out "$WORK" --assemble-only

@@ -53,7 +53,13 @@ from rehyat.training.finetune.model import (
     noise_schedule,
     save_final_weights,
 )
-from rehyat.training.finetune.run_config import DataSection, FinetuneConfig, ModelSection, OptimSection
+from rehyat.training.finetune.run_config import (
+    DataSection,
+    FinetuneConfig,
+    ModelSection,
+    OptimSection,
+    ProfileSection,
+)
 from rehyat.training.finetune.trainer import FinetuneResult, finetune
 
 __all__ = [
@@ -64,6 +70,7 @@ __all__ = [
     "FinetuneResult",
     "ModelSection",
     "OptimSection",
+    "ProfileSection",
     "build_model",
     "build_teacher",
     "drop_prompts",

@@ -73,6 +73,8 @@ RESUMABLE_CHANGES = frozenset(
         "progress",
         "checkpoint_every",
         "data.preload",  # where the samples are read from, not which
+        "profile.start",
+        "profile.steps",
         "keep_checkpoints",
         "log_every",
         "max_nonfinite_steps",

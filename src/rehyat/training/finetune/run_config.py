@@ -111,11 +111,28 @@ class OptimSection:
 
 
 @dataclass
+class ProfileSection:
+    start: int | None = None
+    """Profile the steps from this (0-based) step index on with ``torch.profiler`` (main rank): a trace and
+    a table of ops in ``output_dir/profile``. None: off."""
+    steps: int = 5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.start is not None:
+            check_int("profile.start", self.start, minimum=0)
+        check_int("profile.steps", self.steps, minimum=1)
+
+
+@dataclass
 class FinetuneConfig:
     output_dir: str = "runs/finetune"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
     steps: int = 1000
     grad_accumulation: int = 1
     flow_shift: float = 5.0
@@ -166,7 +183,12 @@ class FinetuneConfig:
         """Raise a ValueError naming the first option out of range (every section included).
 
         Runs when the config is built, and again in :func:`~rehyat.training.finetune.finetune` for fields changed since."""
-        sections = (("model", ModelSection), ("data", DataSection), ("optim", OptimSection))
+        sections = (
+            ("model", ModelSection),
+            ("data", DataSection),
+            ("optim", OptimSection),
+            ("profile", ProfileSection),
+        )
         for name, section in sections:
             value = getattr(self, name)
             if not isinstance(value, section):

@@ -48,6 +48,7 @@ from rehyat.training.finetune.run_config import FinetuneConfig, OptimSection
 from rehyat.training.mass import OwnMassPenalty
 from rehyat.training.metrics import MetricsLogger
 from rehyat.training.prefetch import MicroBatch, StepBatches
+from rehyat.training.profiling import StepProfiler
 
 
 @dataclass
@@ -121,10 +122,12 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         start=start,
         stop=cfg.steps,
     )
+    profiler = StepProfiler(out / "profile", cfg.profile.start, cfg.profile.steps, env.device, env.is_main)
     try:
         with attention_mode:  # stage 2's mass term, if any, records through the processors
             tic = time.perf_counter()  # a step's time includes waiting for its batch
             for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
+                profiler.step(step)
                 lr = learning_rate(cfg, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -193,6 +196,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                     }
                     save_training_checkpoint(cfg, env, checkpoints, done, model, optimizer, ema, metadata)
     finally:
+        profiler.close()
         batches.close()
         progress.close()
         if logger is not None:
