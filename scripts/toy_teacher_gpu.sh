@@ -2,7 +2,7 @@
 # Train a toy teacher on every GPU of this machine (DDP through torchrun, BATCH clips per GPU and step)
 # for STEPS steps or until LIMIT seconds have passed; the teacher is the newest checkpoint's EMA (a run
 # cut off loses at most CKPT_EVERY steps, default 100: about 20 s of the packed world's on one H100).
-# Then ToyBench it (and INIT, if any) on PROMPTS prompts, with
+# Then ToyBench it (and INIT, if any, unless EVAL_INIT=0; PROMPTS=0: no evaluation) on PROMPTS prompts, with
 # direction accuracy per speed.
 #   WORLD=one-frame (default): from the weights in INIT (default: the bundled teacher), one video frame per latent frame.
 #   WORLD=packed INIT=none: from random weights, on the packed world (4 video frames to a latent frame).
@@ -29,6 +29,7 @@ BATCH=${BATCH:-64}
 LR=${LR:-3e-4}
 CLIPS=${CLIPS:-32768}
 PROMPTS=${PROMPTS:-256}
+EVAL_INIT=${EVAL_INIT:-1}
 INIT=${INIT:-src/rehyat/toy/assets/teacher}
 RESUME=${RESUME:-}
 CKPT_EVERY=${CKPT_EVERY:-100}
@@ -91,9 +92,10 @@ LATEST=$(cat "$WORK/train/checkpoints/latest")
 tar -cf - -C "$WORK/train/checkpoints" latest "$LATEST" | split -b 15M - "$RUN/ckpt.tar.part-"
 tar -czf "$RUN/teacher.tgz" -C "$WORK" teacher
 MODELS=("$WORK/teacher")
-if [ "$INIT" != none ]; then MODELS+=("$INIT"); fi
+if [ "$INIT" != none ] && [ "$EVAL_INIT" = 1 ]; then MODELS+=("$INIT"); fi
+if [ "$PROMPTS" = 0 ]; then MODELS=(); fi
 : > "$RUN/eval.jsonl"
-for model in "${MODELS[@]}"; do for guidance in 1 4; do
+for model in ${MODELS[@]+"${MODELS[@]}"}; do for guidance in 1 4; do
   python3 -m rehyat.cli toy eval --model "$model" --prompts "$PROMPTS" --guidance "$guidance" \
     --device "$DEVICE" --batch 128 >> "$RUN/eval.jsonl"
 done; done

@@ -167,9 +167,12 @@ def _prepare_run(out: Path, init_from: Path | None, clips: int, seed: int, space
 
 
 def _progress(pairs: Iterator, total: int, tic: float, every: int = 4096) -> Iterator:
-    """``pairs`` unchanged, printing how many are done every ``every`` (a long render shows its pace)."""
+    """``pairs`` unchanged, printing when the first arrives (the worker processes' start-up) and how many
+    are done every ``every`` (a long render shows its pace)."""
     for index, pair in enumerate(pairs, 1):
         yield pair
+        if index == 1 and total >= every:
+            print(f"dataset: first clip after {time.perf_counter() - tic:.0f} s", flush=True)
         if index % every == 0 and index < total:
             print(f"dataset: {index}/{total} clips after {time.perf_counter() - tic:.0f} s", flush=True)
 
