@@ -4,6 +4,7 @@ compiled blocks or a preloaded dataset trains the weights the plain run does."""
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import pytest
@@ -14,7 +15,7 @@ from rehyat.training.data import (
     LatentDataset,
     PreloadedDataset,
     SampleOrder,
-    check_preload_fits,
+    preload_refusal,
     write_latent_dataset,
 )
 from rehyat.training.finetune import finetune
@@ -109,18 +110,31 @@ def test_a_preloaded_dataset_gives_the_samples_the_shards_hold(tmp_path):
 
 def test_preloading_refuses_a_dataset_larger_than_half_the_free_memory(tmp_path):
     dataset = LatentDataset(tiny_dataset(tmp_path / "data", samples=4))
-    shapes = {"latents": dataset.latent_shape, "prompt_embeds": dataset.prompt_shape}
-    dtypes = dict.fromkeys(shapes, torch.float32)
-    need = sum(4 * torch.Size(shape).numel() * 4 for shape in shapes.values())
-    check_preload_fits(dataset, shapes, dtypes, torch.device("cuda"), free=2 * need)
-    with pytest.raises(ValueError, match=r"data.preload: dataset .*data takes .* GiB, more than half"):
-        check_preload_fits(dataset, shapes, dtypes, torch.device("cuda"), free=2 * need - 1)
+    need = 4 * (torch.Size(dataset.latent_shape).numel() + torch.Size(dataset.prompt_shape).numel()) * 4
+    assert preload_refusal(dataset, torch.device("cuda"), free=2 * need) is None
+    refusal = preload_refusal(dataset, torch.device("cuda"), free=2 * need - 1)
+    assert refusal is not None and refusal.startswith(f"data.preload: dataset {dataset.path} takes 0.0 GiB")
+    assert refusal.endswith("set data.preload=false")
+    assert preload_refusal(dataset, torch.device("cpu")) is None
 
 
-def test_a_preloaded_run_trains_the_weights_a_reading_run_does(tmp_path):
+def test_a_preloaded_run_trains_the_weights_a_reading_run_does(tmp_path, monkeypatch):
+    trainer = importlib.import_module(
+        "rehyat.training.finetune.trainer"
+    )  # the package's name is a function too
+    made = []
+
+    class Recorded(PreloadedDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(trainer, "PreloadedDataset", Recorded)
     data = tiny_dataset(tmp_path / "data")
     reading = finetune(tiny_config(tmp_path / "reading", data, steps=2, save="false")).model.state_dict()
+    assert not made
     run = tiny_config(tmp_path / "preloaded", data, steps=2, save="false", **{"data.preload": "true"})
     preloaded = finetune(run).model.state_dict()
+    assert len(made) == 1
     for name, value in reading.items():
         assert torch.equal(preloaded[name], value), name

@@ -130,6 +130,12 @@ class LatentDataset:
     def __len__(self) -> int:
         return self._len
 
+    def specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """(per-sample shape, dtype) of every tensor of a sample, latents and prompt embeddings first."""
+        shapes = {"latents": self.latent_shape, "prompt_embeds": self.prompt_shape} | self.conditioning_shapes
+        first = self._handles[0]
+        return {key: (tuple(shape), first.get_slice(key)[0:1].dtype) for key, shape in shapes.items()}
+
     def _read(self, index: int, keys: Iterable[str]) -> tuple[Tensor, ...]:
         """The tensors ``keys`` of sample ``index``."""
         if not 0 <= index < self._len:
@@ -160,26 +166,26 @@ class LatentDataset:
 class PreloadedDataset:
     """A :class:`LatentDataset` read whole into one device's memory: each batch is an index on that device,
     not a read and a copy of every sample. For a dataset that fits beside the model (the toy worlds'),
-    where reading the step's samples would take longer than training on them."""
+    where reading the step's samples would take longer than training on them (:func:`preload_refusal`
+    says whether it fits)."""
 
     def __init__(self, dataset: LatentDataset, device: torch.device | str) -> None:
         self.path, self.source = dataset.path, dataset
         self.latent_shape, self.prompt_shape = dataset.latent_shape, dataset.prompt_shape
         self.conditioning_shapes = dataset.conditioning_shapes
         self.device = torch.device(device)
-        shapes = {"latents": dataset.latent_shape, "prompt_embeds": dataset.prompt_shape}
-        shapes |= dataset.conditioning_shapes
-        first = dataset._handles[0]
-        dtypes = {key: first.get_slice(key)[0:1].dtype for key in shapes}
-        check_preload_fits(dataset, shapes, dtypes, self.device)
         self.tensors = {
-            key: torch.empty((len(dataset), *shape), dtype=dtypes[key], device=self.device)
-            for key, shape in shapes.items()
+            key: torch.empty((len(dataset), *shape), dtype=dtype, device=self.device)
+            for key, (shape, dtype) in dataset.specs().items()
         }
         for start, handle in zip(dataset._starts, dataset._handles, strict=True):
             for key, tensor in self.tensors.items():
-                shard = handle.get_tensor(key)
-                tensor[start : start + len(shard)].copy_(shard)
+                rows = handle.get_slice(key).get_shape()[0]
+                for row in range(
+                    0, rows, _PRELOAD_ROWS
+                ):  # a few rows at a time: no whole shard in host memory
+                    end = min(row + _PRELOAD_ROWS, rows)
+                    tensor[start + row : start + end].copy_(handle.get_slice(key)[row:end])
 
     def __len__(self) -> int:
         return len(self.source)
@@ -187,35 +193,43 @@ class PreloadedDataset:
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.tensors["latents"][index], self.tensors["prompt_embeds"][index]
 
+    def _rows(self, indices: Sequence[int]) -> Tensor:
+        """``indices`` on the device, copied without waiting for the work queued there."""
+        rows = torch.tensor(indices, pin_memory=self.device.type == "cuda")
+        return rows.to(self.device, non_blocking=True)
+
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """(latents [B, C, T, H, W], prompt embeddings [B, L, D]) of the given samples, on the device."""
-        rows = torch.tensor(indices, device=self.device)
+        rows = self._rows(indices)
         return self.tensors["latents"][rows], self.tensors["prompt_embeds"][rows]
 
     def conditioning(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        rows = torch.tensor(indices, device=self.device)
+        if not self.conditioning_shapes:
+            return {}
+        rows = self._rows(indices)
         return {name: self.tensors[name][rows] for name in self.conditioning_shapes}
 
 
-def check_preload_fits(
-    dataset: LatentDataset,
-    shapes: Mapping[str, Sequence[int]],
-    dtypes: Mapping[str, torch.dtype],
-    device: torch.device,
-    free: int | None = None,
-) -> None:
-    """Refuse to preload a dataset that would take more than half the device's free memory (the rest is
-    the model's); ``free`` defaults to what CUDA reports (unchecked on the CPU)."""
+#: Samples a preload copies at a time.
+_PRELOAD_ROWS = 64
+
+
+def preload_refusal(dataset: LatentDataset, device: torch.device, free: int | None = None) -> str | None:
+    """Why ``dataset`` should not be preloaded on ``device``, or None: more than half the memory free there
+    (``free``; default: what CUDA reports, with what torch's allocator caches unused), the rest being the
+    training step's. On the CPU: None."""
     if free is None:
         if device.type != "cuda":
-            return
+            return None
         free = torch.cuda.mem_get_info(device)[0]
-    need = sum(len(dataset) * math.prod(shape) * dtypes[key].itemsize for key, shape in shapes.items())
-    if need > free / 2:
-        raise ValueError(
-            f"data.preload: dataset {dataset.path} takes {need / 2**30:.1f} GiB, more than half of the "
-            f"{free / 2**30:.1f} GiB free on {device}; set data.preload=false"
-        )
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    need = sum(len(dataset) * math.prod(shape) * dtype.itemsize for shape, dtype in dataset.specs().values())
+    if need <= free / 2:
+        return None
+    return (
+        f"data.preload: dataset {dataset.path} takes {need / 2**30:.1f} GiB, more than half of the "
+        f"{free / 2**30:.1f} GiB free on {device}; set data.preload=false"
+    )
 
 
 class SampleOrder:

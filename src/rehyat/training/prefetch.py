@@ -1,6 +1,6 @@
 """Stage-2 batches read one step ahead: while a step trains, a background thread reads the next step's
 micro-batches from the latent dataset (and pins them, on CUDA), so the accelerator does not wait for
-the disk. The order is :class:`~rehyat.training.data.SampleOrder`'s, exactly as without prefetching;
+the disk; from a preloaded dataset it gathers them on the device instead. The order is :class:`~rehyat.training.data.SampleOrder`'s, exactly as without prefetching;
 a read that fails raises in the training loop at the step that needed it."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from rehyat.training.data import LatentDataset, PreloadedDataset, SampleOrder
 
 @dataclass
 class MicroBatch:
-    """One micro-batch of a rank: its dataset indices and tensors (on the host, pinned on CUDA)."""
+    """One micro-batch of a rank: its dataset indices and tensors (on the host, pinned on CUDA; on the
+    device already when the dataset is preloaded)."""
 
     indices: list[int]
     latents: Tensor

@@ -116,6 +116,7 @@ class ProfileSection:
     """Profile the steps from this (0-based) step index on with ``torch.profiler`` (main rank): a trace and
     a table of ops in ``output_dir/profile``. None: off."""
     steps: int = 5
+    """How many steps the window holds (a run that ends first writes the steps it profiled)."""
 
     def __post_init__(self) -> None:
         self.validate()

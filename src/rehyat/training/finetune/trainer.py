@@ -21,7 +21,7 @@ from rehyat.models.joint import JointAdapter
 from rehyat.settings import config_to_dict
 from rehyat.training import distributed
 from rehyat.training.checkpoint import clean_staging
-from rehyat.training.data import LatentDataset, PreloadedDataset, SampleOrder
+from rehyat.training.data import LatentDataset, PreloadedDataset, SampleOrder, preload_refusal
 from rehyat.training.ema import EMA
 from rehyat.training.finetune.checkpointing import (
     record_config,
@@ -89,6 +89,12 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         rehyat_runtime(distributed.unwrap(model)).mode(attention=mass) if mass is not None else nullcontext()
     )
 
+    if cfg.data.preload:  # with the model on the device, before anything is written; refused on every rank
+        refusal = preload_refusal(dataset, env.device)
+        if distributed.any_rank(refusal is not None):
+            raise ValueError(refusal or f"data.preload: dataset {dataset.path} does not fit on another rank")
+        dataset = PreloadedDataset(dataset, env.device)
+
     if env.is_main:  # what a killed save or config write left behind
         clean_staging(checkpoints)
         clean_staging(out, (".config.json.*.tmp", ".metrics.jsonl.*.tmp"))
@@ -100,8 +106,6 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         record_config(cfg, out / "config.json")
         logger = MetricsLogger(out, resume_step=start if resumed else None)
 
-    if cfg.data.preload:  # after the model is on the device: what is free beside it decides
-        dataset = PreloadedDataset(dataset, env.device)
     order = SampleOrder(len(dataset), cfg.seed, cfg.data.micro_batch_size, cfg.grad_accumulation, env.world)
     autocast = (
         torch.autocast(env.device.type, dtype=torch.bfloat16)
@@ -125,7 +129,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     profiler = StepProfiler(out / "profile", cfg.profile.start, cfg.profile.steps, env.device, env.is_main)
     try:
         with attention_mode:  # stage 2's mass term, if any, records through the processors
-            tic = time.perf_counter()  # a step's time includes waiting for its batch
+            tic = time.perf_counter()  # a step's time includes the wait for its batch
             for step, micro_batches in zip(range(start, cfg.steps), batches, strict=True):
                 profiler.step(step)
                 lr = learning_rate(cfg, step)
@@ -159,8 +163,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                 mass_metric = (
                     {} if mass is None else {"mass_error": distributed.mean_over_ranks(mass.step_mean())}
                 )
-                toc = time.perf_counter()
-                throughput, tic = samples_per_step / (toc - tic), toc
+                throughput = samples_per_step / (time.perf_counter() - tic)
                 done = step + 1
                 progress.update()
                 progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.2f}")
@@ -195,12 +198,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                         "nonfinite_steps": nonfinite,
                     }
                     save_training_checkpoint(cfg, env, checkpoints, done, model, optimizer, ema, metadata)
+                tic = time.perf_counter()  # logging and checkpoints are not the next step's time
     finally:
-        profiler.close()
         batches.close()
         progress.close()
         if logger is not None:
             logger.close()
+        profiler.close()  # last: a failing export cannot keep the rest open
 
     if env.is_main and cfg.save:
         save_final(cfg, checkpoints, out, ema=ema is not None)
