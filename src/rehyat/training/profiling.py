@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from rehyat.utils import atomic_write, atomic_write_text
+
 
 class StepProfiler:
     """Profiles steps ``[start, start + steps)`` (0-based step indices; ``start=None``: off) and, when the
@@ -44,14 +46,14 @@ class StepProfiler:
         if self.cuda:
             torch.cuda.synchronize()
         self._profile.__exit__(None, None, None)
-        self.folder.mkdir(parents=True, exist_ok=True)
         stem = self.folder / f"steps-{self._first}-{self._last}"
-        self._profile.export_chrome_trace(str(stem.with_suffix(".json")))
+        profiled = self._profile
+        atomic_write(stem.with_suffix(".json"), lambda temp: profiled.export_chrome_trace(str(temp)))
         averages = self._profile.key_averages()
         tables = [f"steps {self._first}–{self._last}, ops by self host time\n"]
         tables.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
         if self.cuda:
             tables.append("\nops by device time\n")
             tables.append(averages.table(sort_by="self_device_time_total", row_limit=30))
-        stem.with_suffix(".txt").write_text("".join(tables))
+        atomic_write_text(stem.with_suffix(".txt"), "".join(tables))
         self._profile = None
